@@ -1,0 +1,228 @@
+//! The execution state machine: what an attempt's outcome means for its execution.
+
+use crate::job::{OnNodeLoss, RunSpec};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::Duration;
+
+/// Attempts lost to dead nodes that are re-run before an execution fails anyway; guards
+/// against a job that takes down every node it lands on.
+pub const MAX_NODE_LOSS_RETRIES: u32 = 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl ExecState {
+    pub const ALL: [ExecState; 6] = [
+        ExecState::Queued,
+        ExecState::Running,
+        ExecState::Succeeded,
+        ExecState::Failed,
+        ExecState::Cancelled,
+        ExecState::TimedOut,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecState::Queued => "queued",
+            ExecState::Running => "running",
+            ExecState::Succeeded => "succeeded",
+            ExecState::Failed => "failed",
+            ExecState::Cancelled => "cancelled",
+            ExecState::TimedOut => "timed_out",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ExecState> {
+        ExecState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, ExecState::Queued | ExecState::Running)
+    }
+}
+
+impl fmt::Display for ExecState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an execution is in its state: a stable code for scripts, beside a human message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonCode {
+    /// Waiting for a slot.
+    Submitted,
+    /// Waiting for its retry backoff to pass.
+    RetryScheduled,
+    /// Started on a node.
+    Started,
+    /// The process exited with a code (0 for success).
+    Exited,
+    /// The process was killed by a signal it was not sent by shoal.
+    Signaled,
+    Timeout,
+    Cancelled,
+    /// The node running the attempt died or lost its lease.
+    NodeLost,
+}
+
+impl ReasonCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonCode::Submitted => "submitted",
+            ReasonCode::RetryScheduled => "retry_scheduled",
+            ReasonCode::Started => "started",
+            ReasonCode::Exited => "exited",
+            ReasonCode::Signaled => "signaled",
+            ReasonCode::Timeout => "timeout",
+            ReasonCode::Cancelled => "cancelled",
+            ReasonCode::NodeLost => "node_lost",
+        }
+    }
+}
+
+/// How one attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    Signaled(i32),
+    TimedOut,
+    Cancelled { by: String },
+    NodeLost { node: String },
+}
+
+/// What happens to the execution after an attempt ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Finish { state: ExecState, reason: ReasonCode, message: String },
+    Retry { after: Duration, reason: ReasonCode, message: String },
+}
+
+/// Decides the execution's next step from the outcome of attempt number `attempt`
+/// (1-based) and how many of its attempts so far were lost with their node.
+pub fn decide(spec: &RunSpec, attempt: u32, node_losses: u32, outcome: &Outcome) -> Decision {
+    // Retries count the attempts that failed on their own merits, not those lost to nodes.
+    let failed_attempts = attempt.saturating_sub(node_losses);
+    let retry_or_fail = |message: String, reason: ReasonCode| {
+        if failed_attempts <= spec.retries {
+            let after = spec.backoff_before_retry(failed_attempts);
+            Decision::Retry {
+                after,
+                reason: ReasonCode::RetryScheduled,
+                message: format!("{message}; retry {failed_attempts} of {} in {}", spec.retries, crate::duration::format(after)),
+            }
+        } else {
+            Decision::Finish { state: ExecState::Failed, reason, message }
+        }
+    };
+    match outcome {
+        Outcome::Exited(0) => Decision::Finish {
+            state: ExecState::Succeeded,
+            reason: ReasonCode::Exited,
+            message: "exit code 0".into(),
+        },
+        Outcome::Exited(code) => retry_or_fail(format!("exit code {code}"), ReasonCode::Exited),
+        Outcome::Signaled(sig) => retry_or_fail(format!("killed by signal {sig}"), ReasonCode::Signaled),
+        Outcome::TimedOut => Decision::Finish {
+            state: ExecState::TimedOut,
+            reason: ReasonCode::Timeout,
+            message: match spec.timeout() {
+                Some(t) => format!("ran longer than its timeout of {}", crate::duration::format(t)),
+                None => "timed out".into(),
+            },
+        },
+        Outcome::Cancelled { by } => Decision::Finish {
+            state: ExecState::Cancelled,
+            reason: ReasonCode::Cancelled,
+            message: format!("cancelled by {by}"),
+        },
+        Outcome::NodeLost { node } => {
+            let message = format!("node {node} was lost while running attempt {attempt}");
+            match spec.on_node_loss {
+                OnNodeLoss::Retry if node_losses <= MAX_NODE_LOSS_RETRIES => Decision::Retry {
+                    after: Duration::ZERO,
+                    reason: ReasonCode::NodeLost,
+                    message: format!("{message}; running it again"),
+                },
+                _ => Decision::Finish { state: ExecState::Failed, reason: ReasonCode::NodeLost, message },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn spec(retries: u32) -> RunSpec {
+        let mut s = RunSpec::inline(vec!["x".into()]);
+        s.retries = retries;
+        s.retry_backoff_ms = 100;
+        s
+    }
+
+    #[test]
+    fn success_and_failure() {
+        assert!(matches!(decide(&spec(0), 1, 0, &Outcome::Exited(0)), Decision::Finish { state: ExecState::Succeeded, .. }));
+        assert!(matches!(decide(&spec(0), 1, 0, &Outcome::Exited(3)), Decision::Finish { state: ExecState::Failed, .. }));
+        assert!(matches!(decide(&spec(1), 1, 0, &Outcome::Exited(3)), Decision::Retry { .. }));
+        assert!(matches!(decide(&spec(1), 2, 0, &Outcome::Exited(3)), Decision::Finish { state: ExecState::Failed, .. }));
+        assert!(matches!(decide(&spec(5), 1, 0, &Outcome::TimedOut), Decision::Finish { state: ExecState::TimedOut, .. }));
+    }
+
+    #[test]
+    fn node_loss_follows_policy() {
+        let mut s = spec(0);
+        assert!(matches!(decide(&s, 1, 1, &Outcome::NodeLost { node: "n1".into() }), Decision::Retry { after: Duration::ZERO, .. }));
+        s.on_node_loss = OnNodeLoss::Fail;
+        assert!(matches!(
+            decide(&s, 1, 1, &Outcome::NodeLost { node: "n1".into() }),
+            Decision::Finish { state: ExecState::Failed, reason: ReasonCode::NodeLost, .. }
+        ));
+    }
+
+    proptest! {
+        // An execution is never retried more often than its job allows, and the total
+        // number of attempts is bounded whatever happens.
+        #[test]
+        fn retries_are_bounded(retries in 0u32..10, outcomes in proptest::collection::vec(0u8..4, 1..60)) {
+            let s = spec(retries);
+            let mut attempt = 0;
+            let mut losses = 0;
+            for o in outcomes {
+                attempt += 1;
+                let outcome = match o {
+                    0 => Outcome::Exited(1),
+                    1 => Outcome::Signaled(9),
+                    2 => { losses += 1; Outcome::NodeLost { node: "n".into() } }
+                    _ => Outcome::Exited(2),
+                };
+                match decide(&s, attempt, losses, &outcome) {
+                    Decision::Finish { state, .. } => { prop_assert!(state.is_final()); break; }
+                    Decision::Retry { .. } => {
+                        prop_assert!(attempt - losses <= retries);
+                        prop_assert!(losses <= MAX_NODE_LOSS_RETRIES + 1);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn states_round_trip() {
+        for s in ExecState::ALL {
+            assert_eq!(ExecState::parse(s.as_str()), Some(s));
+        }
+    }
+}
