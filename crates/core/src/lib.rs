@@ -10,9 +10,11 @@ pub mod ids;
 pub mod job;
 pub mod path;
 pub mod placement;
+pub mod sandbox;
 pub mod state;
 
 pub use ids::{ExecutionId, FencingToken, NodeId, SandboxName};
 pub use job::{Allocation, JobFileError, JobKind, JobSpec, OnNodeLoss, ParamError, RunSpec};
 pub use path::{PathError, SandboxPath};
+pub use sandbox::SandboxKind;
 pub use state::{Decision, ExecState, Outcome, ReasonCode};

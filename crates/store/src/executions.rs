@@ -1,0 +1,616 @@
+//! Executions, their attempts and their logs: submission, claiming, fenced completion,
+//! cancellation, and taking over the attempts of nodes whose lease is gone.
+//!
+//! Fencing: claiming an execution gives its attempt a token from a store-wide sequence and
+//! writes it to the execution row. Every later write by that attempt (log chunks, its end)
+//! checks, inside the writing transaction and under a row lock, that the row still holds the
+//! token and is still `running`. The reaper that hands an attempt to another node replaces
+//! the state first, so a node that lost an attempt can never write over its successor.
+
+use crate::db::{query_one, Dialect, Row, Tx, Value};
+use crate::{Result, Store, StoreError};
+use shoal_core::placement::{eligible, NodeView};
+use shoal_core::state::{decide, Decision, Outcome};
+use shoal_core::{ExecState, ExecutionId, FencingToken, RunSpec};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone, Debug)]
+pub struct NewExecution {
+    pub sandbox: Option<String>,
+    pub job: Option<String>,
+    pub params: BTreeMap<String, String>,
+    pub spec: RunSpec,
+    /// The node that must run it (the holder of a local sandbox).
+    pub pinned_node: Option<String>,
+    /// `Idempotency-Key` and a hash of the request it came with.
+    pub idempotency: Option<(String, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Submitted {
+    Created(ExecutionRow),
+    /// The idempotency key was seen before with the same request: this is that execution.
+    Replayed(ExecutionRow),
+}
+
+#[derive(Clone, Debug)]
+pub struct ExecutionRow {
+    pub id: ExecutionId,
+    pub sandbox: Option<String>,
+    pub job: Option<String>,
+    pub params: BTreeMap<String, String>,
+    pub spec: RunSpec,
+    pub state: ExecState,
+    pub reason: String,
+    pub message: String,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub attempt: i64,
+    pub node_id: Option<String>,
+    pub fence: Option<FencingToken>,
+    pub cancel_requested: Option<String>,
+    pub created_at: i64,
+    pub run_after: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// An attempt this node now owns.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub id: ExecutionId,
+    pub fence: FencingToken,
+    pub attempt: i64,
+    pub sandbox: Option<String>,
+    pub spec: RunSpec,
+}
+
+#[derive(Clone, Debug)]
+pub struct AttemptEnd {
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// One attempt's end, with the last of its output.
+#[derive(Clone, Debug)]
+pub struct Finish {
+    pub id: ExecutionId,
+    pub fence: FencingToken,
+    pub attempt: i64,
+    pub end: AttemptEnd,
+    pub logs: Vec<LogChunk>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FinishResult {
+    /// Recorded; the execution is now in this state.
+    Done(ExecState),
+    /// The token was stale: nothing was written.
+    Fenced,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogChunk {
+    /// Position within the attempt's output; chunks are numbered by the writer from 0.
+    pub seq: i64,
+    /// 1 for stdout, 2 for stderr.
+    pub stream: i64,
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogRow {
+    pub attempt: i64,
+    pub seq: i64,
+    pub stream: i64,
+    pub data: Vec<u8>,
+    pub at: i64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ExecutionFilter {
+    pub state: Option<ExecState>,
+    pub sandbox: Option<String>,
+    pub job: Option<String>,
+    pub node: Option<String>,
+    pub limit: i64,
+    /// Return executions older than this id (ids sort by creation).
+    pub cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CancelResult {
+    /// It was queued and is now cancelled.
+    Cancelled,
+    /// It is running; its node has been asked to stop it.
+    Requested { node: Option<String> },
+}
+
+const COLUMNS: &str = "id, sandbox, job, params, spec, state, reason, message, exit_code, signal, attempt, node_id, fence,
+    cancel_requested, created_at, run_after, started_at, finished_at, updated_at";
+
+fn json_err(e: serde_json::Error) -> StoreError {
+    StoreError::Internal(format!("stored JSON is invalid: {e}"))
+}
+
+fn execution_row(r: &Row) -> Result<ExecutionRow> {
+    let state = r.text(5)?;
+    Ok(ExecutionRow {
+        id: ExecutionId::from_trusted(r.text(0)?),
+        sandbox: r.opt_text(1)?,
+        job: r.opt_text(2)?,
+        params: serde_json::from_str(&r.text(3)?).map_err(json_err)?,
+        spec: serde_json::from_str(&r.text(4)?).map_err(json_err)?,
+        state: ExecState::parse(&state).ok_or_else(|| StoreError::Internal(format!("unknown state {state}")))?,
+        reason: r.text(6)?,
+        message: r.text(7)?,
+        exit_code: r.opt_i64(8)?,
+        signal: r.opt_i64(9)?,
+        attempt: r.i64(10)?,
+        node_id: r.opt_text(11)?,
+        fence: r.opt_i64(12)?.map(FencingToken),
+        cancel_requested: r.opt_text(13)?,
+        created_at: r.i64(14)?,
+        run_after: r.i64(15)?,
+        started_at: r.opt_i64(16)?,
+        finished_at: r.opt_i64(17)?,
+        updated_at: r.i64(18)?,
+    })
+}
+
+async fn get_in(tx: &mut dyn Tx, id: &str) -> Result<Option<ExecutionRow>> {
+    let row = query_one(tx, &format!("SELECT {COLUMNS} FROM executions WHERE id = $1"), vec![id.into()]).await?;
+    row.as_ref().map(execution_row).transpose()
+}
+
+/// Draws `n` fencing tokens from the store-wide sequence.
+async fn next_fences(tx: &mut dyn Tx, n: usize) -> Result<Vec<FencingToken>> {
+    match tx.dialect() {
+        Dialect::Postgres => {
+            let rows = tx.query("SELECT nextval('fence_seq') FROM generate_series(1, $1)", vec![(n as i64).into()]).await?;
+            rows.iter().map(|r| r.i64(0).map(FencingToken)).collect()
+        }
+        Dialect::Sqlite => {
+            let row = query_one(
+                tx,
+                "UPDATE counters SET value = value + $1 WHERE name = 'fence' RETURNING value",
+                vec![(n as i64).into()],
+            )
+            .await?
+            .ok_or_else(|| StoreError::Internal("fence counter missing".into()))?;
+            let last = row.i64(0)?;
+            Ok((0..n as i64).map(|i| FencingToken(last - n as i64 + 1 + i)).collect())
+        }
+    }
+}
+
+/// Applies an attempt's end to a locked execution row already checked to be `running` with
+/// the attempt's token. Returns the new state.
+async fn apply_end(tx: &mut dyn Tx, row: &ExecutionRow, node_losses: i64, end: &AttemptEnd) -> Result<ExecState> {
+    let id = row.id.as_str();
+    let outcome_text = match &end.outcome {
+        Outcome::Exited(c) => format!("exited {c}"),
+        Outcome::Signaled(s) => format!("signal {s}"),
+        Outcome::TimedOut => "timed_out".into(),
+        Outcome::Cancelled { .. } => "cancelled".into(),
+        Outcome::NodeLost { .. } => "node_lost".into(),
+    };
+    tx.execute(
+        "UPDATE attempts SET finished_at = {now}, outcome = $3 WHERE execution_id = $1 AND attempt = $2",
+        vec![id.into(), row.attempt.into(), outcome_text.into()],
+    )
+    .await?;
+    let decision = decide(&row.spec, row.attempt.max(0) as u32, node_losses.max(0) as u32, &end.outcome);
+    match decision {
+        Decision::Finish { state, reason, message } => {
+            tx.execute(
+                "UPDATE executions SET state = $2, reason = $3, message = $4, exit_code = $5, signal = $6,
+                     node_losses = $7, finished_at = {now}, updated_at = {now}
+                 WHERE id = $1",
+                vec![
+                    id.into(),
+                    state.as_str().into(),
+                    reason.as_str().into(),
+                    message.into(),
+                    end.exit_code.map(i64::from).into(),
+                    end.signal.map(i64::from).into(),
+                    node_losses.into(),
+                ],
+            )
+            .await?;
+            Ok(state)
+        }
+        Decision::Retry { after, reason, message } => {
+            tx.execute(
+                "UPDATE executions SET state = 'queued', reason = $2, message = $3, exit_code = $4, signal = $5,
+                     node_losses = $6, node_id = NULL, run_after = {now} + $7, updated_at = {now}
+                 WHERE id = $1",
+                vec![
+                    id.into(),
+                    reason.as_str().into(),
+                    message.into(),
+                    end.exit_code.map(i64::from).into(),
+                    end.signal.map(i64::from).into(),
+                    node_losses.into(),
+                    (after.as_millis() as i64).into(),
+                ],
+            )
+            .await?;
+            Ok(ExecState::Queued)
+        }
+    }
+}
+
+async fn insert_logs(tx: &mut dyn Tx, id: &str, attempt: i64, logs: &[LogChunk]) -> Result<()> {
+    for chunk in logs {
+        // ON CONFLICT: a chunk re-sent after a store error whose commit did in fact land.
+        tx.execute(
+            "INSERT INTO logs (execution_id, attempt, seq, stream, data, at) VALUES ($1, $2, $3, $4, $5, {now})
+             ON CONFLICT (execution_id, attempt, seq) DO NOTHING",
+            vec![id.into(), attempt.into(), chunk.seq.into(), chunk.stream.into(), Value::Bytes(chunk.data.clone())],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Locks an execution row and checks the token; `None` when the token is stale.
+async fn lock_fenced(tx: &mut dyn Tx, id: &str, fence: FencingToken) -> Result<Option<(ExecutionRow, i64)>> {
+    let row = query_one(
+        tx,
+        &format!("SELECT {COLUMNS}, node_losses FROM executions WHERE id = $1 {{for_update}}"),
+        vec![id.into()],
+    )
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let losses = row.i64(19)?;
+    let exec = execution_row(&row)?;
+    if exec.state != ExecState::Running || exec.fence != Some(fence) {
+        return Ok(None);
+    }
+    Ok(Some((exec, losses)))
+}
+
+impl Store {
+    /// Accepts a new execution. Once this returns, the execution will reach a final state.
+    pub async fn submit(&self, new: &NewExecution) -> Result<Submitted> {
+        match self.submit_once(new).await {
+            // Two submissions with one key raced and the other insert won: now it is visible.
+            Err(StoreError::Conflict(_)) if new.idempotency.is_some() => self.submit_once(new).await,
+            other => other,
+        }
+    }
+
+    async fn submit_once(&self, new: &NewExecution) -> Result<Submitted> {
+        let mut tx = self.begin_write().await?;
+        if let Some((key, hash)) = &new.idempotency {
+            let found = query_one(
+                tx.as_mut(),
+                &format!("SELECT {COLUMNS}, request_hash FROM executions WHERE idempotency_key = $1"),
+                vec![key.into()],
+            )
+            .await?;
+            if let Some(found) = found {
+                if found.opt_text(19)?.as_deref() != Some(hash.as_str()) {
+                    return Err(StoreError::IdempotencyMismatch);
+                }
+                return Ok(Submitted::Replayed(execution_row(&found)?));
+            }
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let params = serde_json::to_string(&new.params).map_err(json_err)?;
+        let spec = serde_json::to_string(&new.spec).map_err(json_err)?;
+        let concurrency_key = match (&new.sandbox, &new.job) {
+            (Some(s), Some(j)) if new.spec.max_concurrent.is_some() => Some(format!("{s}/{j}")),
+            _ => None,
+        };
+        let (key, hash) = new.idempotency.clone().unzip();
+        tx.execute(
+            "INSERT INTO executions (id, sandbox, job, params, spec, state, reason, message, priority, pinned_node,
+                 concurrency_key, max_concurrent, idempotency_key, request_hash, created_at, run_after, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'queued', 'submitted', 'waiting for a free slot', $6, $7, $8, $9, $10, $11, {now}, {now}, {now})",
+            vec![
+                id.as_str().into(),
+                new.sandbox.clone().into(),
+                new.job.clone().into(),
+                params.into(),
+                spec.into(),
+                i64::from(new.spec.priority).into(),
+                new.pinned_node.clone().into(),
+                concurrency_key.into(),
+                new.spec.max_concurrent.map(i64::from).into(),
+                key.into(),
+                hash.into(),
+            ],
+        )
+        .await?;
+        let row = get_in(tx.as_mut(), &id).await?.ok_or_else(|| StoreError::Internal("inserted execution vanished".into()))?;
+        tx.commit().await?;
+        Ok(Submitted::Created(row))
+    }
+
+    pub async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRow>> {
+        let mut c = self.read().await?;
+        get_in(c.as_mut(), id).await
+    }
+
+    pub async fn list_executions(&self, f: &ExecutionFilter) -> Result<Vec<ExecutionRow>> {
+        let mut sql = format!("SELECT {COLUMNS} FROM executions WHERE 1 = 1");
+        let mut params: Vec<Value> = Vec::new();
+        let mut add = |sql: &mut String, cond: &str, v: Value| {
+            params.push(v);
+            sql.push_str(&format!(" AND {cond} ${}", params.len()));
+        };
+        if let Some(s) = f.state {
+            add(&mut sql, "state =", s.as_str().into());
+        }
+        if let Some(s) = &f.sandbox {
+            add(&mut sql, "sandbox =", s.into());
+        }
+        if let Some(j) = &f.job {
+            add(&mut sql, "job =", j.into());
+        }
+        if let Some(n) = &f.node {
+            add(&mut sql, "node_id =", n.into());
+        }
+        if let Some(c) = &f.cursor {
+            add(&mut sql, "id <", c.into());
+        }
+        params.push(f.limit.into());
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));
+        let mut c = self.read().await?;
+        let rows = c.query(&sql, params).await?;
+        rows.iter().map(execution_row).collect()
+    }
+
+    /// Claims up to `max` queued executions this node may run, highest priority first,
+    /// honouring each job's cluster-wide `max_concurrent`.
+    pub async fn claim(&self, node: &NodeView<'_>, max: usize) -> Result<Vec<Claimed>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        let scan = (max * 4 + 16) as i64;
+        let rows = tx
+            .query(
+                "SELECT id, sandbox, spec, pinned_node, concurrency_key, max_concurrent FROM executions
+                 WHERE state = 'queued' AND run_after <= {now}
+                 ORDER BY priority DESC, id LIMIT $1 {skip_locked}",
+                vec![scan.into()],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut running_by_key: HashMap<String, i64> = HashMap::new();
+        let mut chosen: Vec<(String, Option<String>, RunSpec)> = Vec::new();
+        for r in &rows {
+            if chosen.len() >= max {
+                break;
+            }
+            let spec: RunSpec = serde_json::from_str(&r.text(2)?).map_err(json_err)?;
+            if !eligible(&spec.allocation, r.opt_text(3)?.as_deref(), node) {
+                continue;
+            }
+            if let (Some(key), Some(limit)) = (r.opt_text(4)?, r.opt_i64(5)?) {
+                if !running_by_key.contains_key(&key) {
+                    if tx.dialect() == Dialect::Postgres {
+                        // Serialise claims of one limited job across nodes: without it two
+                        // nodes could each count the same running total and both start one.
+                        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", vec![key.as_str().into()]).await?;
+                    }
+                    let n = query_one(
+                        tx.as_mut(),
+                        "SELECT COUNT(*) FROM executions WHERE state = 'running' AND concurrency_key = $1",
+                        vec![key.as_str().into()],
+                    )
+                    .await?
+                    .map(|r| r.i64(0))
+                    .transpose()?
+                    .unwrap_or(0);
+                    running_by_key.insert(key.clone(), n);
+                }
+                let running = running_by_key.get_mut(&key).expect("inserted above");
+                if *running >= limit {
+                    continue;
+                }
+                *running += 1;
+            }
+            chosen.push((r.text(0)?, r.opt_text(1)?, spec));
+        }
+        if chosen.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fences = next_fences(tx.as_mut(), chosen.len()).await?;
+        let mut claimed = Vec::with_capacity(chosen.len());
+        for ((id, sandbox, spec), fence) in chosen.into_iter().zip(fences) {
+            let row = query_one(
+                tx.as_mut(),
+                "UPDATE executions SET state = 'running', node_id = $2, attempt = attempt + 1, fence = $3,
+                     started_at = COALESCE(started_at, {now}), reason = 'started', message = $4, updated_at = {now}
+                 WHERE id = $1 AND state = 'queued' RETURNING attempt",
+                vec![id.as_str().into(), node.id.into(), fence.0.into(), format!("running on {}", node.id).into()],
+            )
+            .await?;
+            let Some(row) = row else { continue };
+            let attempt = row.i64(0)?;
+            tx.execute(
+                "INSERT INTO attempts (execution_id, attempt, fence, node_id, started_at) VALUES ($1, $2, $3, $4, {now})",
+                vec![id.as_str().into(), attempt.into(), fence.0.into(), node.id.into()],
+            )
+            .await?;
+            claimed.push(Claimed { id: ExecutionId::from_trusted(id), fence, attempt, sandbox, spec });
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    /// Appends output of a running attempt; [`StoreError::Fenced`] if it is no longer current.
+    pub async fn append_logs(&self, id: &ExecutionId, fence: FencingToken, attempt: i64, logs: &[LogChunk]) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        // FOR SHARE: a takeover (which updates the row) waits for this write, and this write
+        // sees the takeover if it came first.
+        let row = query_one(
+            tx.as_mut(),
+            "SELECT fence, state FROM executions WHERE id = $1 {for_share}",
+            vec![id.as_str().into()],
+        )
+        .await?;
+        let current = match row {
+            Some(r) => r.opt_i64(0)? == Some(fence.0) && r.text(1)? == "running",
+            None => false,
+        };
+        if !current {
+            return Err(StoreError::Fenced);
+        }
+        insert_logs(tx.as_mut(), id.as_str(), attempt, logs).await?;
+        tx.commit().await
+    }
+
+    /// Records the end of attempts (with their last output) in one transaction, each checked
+    /// against its fencing token.
+    pub async fn finish(&self, items: &[Finish]) -> Result<Vec<FinishResult>> {
+        let mut tx = self.begin_write().await?;
+        let mut results = Vec::with_capacity(items.len());
+        for item in items {
+            match lock_fenced(tx.as_mut(), item.id.as_str(), item.fence).await? {
+                None => results.push(FinishResult::Fenced),
+                Some((row, losses)) => {
+                    insert_logs(tx.as_mut(), item.id.as_str(), item.attempt, &item.logs).await?;
+                    let losses = losses + i64::from(matches!(item.end.outcome, Outcome::NodeLost { .. }));
+                    let state = apply_end(tx.as_mut(), &row, losses, &item.end).await?;
+                    results.push(FinishResult::Done(state));
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    /// Cancels a queued execution at once, or asks the node running it to stop it.
+    pub async fn request_cancel(&self, id: &str, by: &str) -> Result<CancelResult> {
+        let mut tx = self.begin_write().await?;
+        let row = query_one(tx.as_mut(), "SELECT state, node_id FROM executions WHERE id = $1 {for_update}", vec![id.into()])
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no execution with id {id}")))?;
+        let state = ExecState::parse(&row.text(0)?).ok_or_else(|| StoreError::Internal("bad state".into()))?;
+        let result = match state {
+            s if s.is_final() => {
+                return Err(StoreError::Conflict(format!("execution {id} already finished ({s}); there is nothing to cancel")));
+            }
+            ExecState::Queued => {
+                tx.execute(
+                    "UPDATE executions SET state = 'cancelled', reason = 'cancelled', message = $2, finished_at = {now},
+                         updated_at = {now}, node_id = NULL
+                     WHERE id = $1",
+                    vec![id.into(), format!("cancelled by {by} before it started").into()],
+                )
+                .await?;
+                CancelResult::Cancelled
+            }
+            _ => {
+                tx.execute(
+                    "UPDATE executions SET cancel_requested = $2, updated_at = {now} WHERE id = $1",
+                    vec![id.into(), by.into()],
+                )
+                .await?;
+                CancelResult::Requested { node: row.opt_text(1)? }
+            }
+        };
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    /// Running attempts on this node that someone asked to cancel: (id, token, by whom).
+    pub async fn cancel_requests(&self, node: &str) -> Result<Vec<(ExecutionId, FencingToken, String)>> {
+        let mut c = self.read().await?;
+        let rows = c
+            .query(
+                "SELECT id, fence, cancel_requested FROM executions
+                 WHERE node_id = $1 AND state = 'running' AND cancel_requested IS NOT NULL",
+                vec![node.into()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((ExecutionId::from_trusted(r.text(0)?), FencingToken(r.i64(1)?), r.text(2)?)))
+            .collect()
+    }
+
+    /// Takes over the attempts of nodes whose lease has run out (or that have no row at all),
+    /// following each job's `on_node_loss`. Returns the executions it touched.
+    pub async fn reap_lost_attempts(&self) -> Result<Vec<ExecutionId>> {
+        self.take_over(
+            "SELECT e.id, e.fence, e.node_id FROM executions e LEFT JOIN nodes n ON n.id = e.node_id
+             WHERE e.state = 'running' AND (n.id IS NULL OR n.lease_expires_at <= {now})
+             LIMIT 500",
+            vec![],
+        )
+        .await
+    }
+
+    /// At start-up: attempts recorded as running on this node id belong to an earlier
+    /// process (whose children died with it), so they are lost.
+    pub async fn recover_node(&self, node: &str) -> Result<Vec<ExecutionId>> {
+        self.take_over(
+            "SELECT id, fence, node_id FROM executions WHERE state = 'running' AND node_id = $1 LIMIT 10000",
+            vec![node.into()],
+        )
+        .await
+    }
+
+    async fn take_over(&self, select: &str, params: Vec<Value>) -> Result<Vec<ExecutionId>> {
+        let candidates = {
+            let mut c = self.read().await?;
+            c.query(select, params).await?
+        };
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_write().await?;
+        let mut touched = Vec::new();
+        for r in &candidates {
+            let id = r.text(0)?;
+            let Some(fence) = r.opt_i64(1)? else { continue };
+            let node = r.opt_text(2)?.unwrap_or_default();
+            // Re-checked under the row lock: the attempt may have finished meanwhile.
+            if let Some((row, losses)) = lock_fenced(tx.as_mut(), &id, FencingToken(fence)).await? {
+                let end = AttemptEnd { outcome: Outcome::NodeLost { node: node.clone() }, exit_code: None, signal: None };
+                let state = apply_end(tx.as_mut(), &row, losses + 1, &end).await?;
+                tracing::warn!(execution = %id, node = %node, attempt = row.attempt, new_state = %state, "took over an attempt from a lost node");
+                touched.push(row.id);
+            }
+        }
+        tx.commit().await?;
+        Ok(touched)
+    }
+
+    /// Log chunks of an execution after position (`attempt`, `seq`), in order.
+    pub async fn read_logs(&self, id: &str, after: (i64, i64), limit: i64) -> Result<Vec<LogRow>> {
+        let mut c = self.read().await?;
+        let rows = c
+            .query(
+                "SELECT attempt, seq, stream, data, at FROM logs
+                 WHERE execution_id = $1 AND (attempt > $2 OR (attempt = $2 AND seq > $3))
+                 ORDER BY attempt, seq LIMIT $4",
+                vec![id.into(), after.0.into(), after.1.into(), limit.into()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok(LogRow { attempt: r.i64(0)?, seq: r.i64(1)?, stream: r.i64(2)?, data: r.bytes(3)?, at: r.i64(4)? }))
+            .collect()
+    }
+
+    /// Number of executions per state (for metrics and `shoal ps` summaries).
+    pub async fn count_by_state(&self) -> Result<Vec<(ExecState, i64)>> {
+        let mut c = self.read().await?;
+        let rows = c.query("SELECT state, COUNT(*) FROM executions GROUP BY state", vec![]).await?;
+        rows.iter()
+            .filter_map(|r| match (r.text(0), r.i64(1)) {
+                (Ok(s), Ok(n)) => ExecState::parse(&s).map(|s| Ok((s, n))),
+                (Err(e), _) | (_, Err(e)) => Some(Err(e)),
+            })
+            .collect()
+    }
+}

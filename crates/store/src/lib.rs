@@ -1,0 +1,167 @@
+//! The store: every byte of shoal's SQL, for SQLite and PostgreSQL alike.
+//!
+//! All cluster state lives here and every decision that must be right (who owns an attempt,
+//! whether a write is still allowed, what time it is) is made by the database, in a
+//! transaction, on the database's clock. Nodes only ask.
+
+mod db;
+mod executions;
+mod nodes;
+mod postgres;
+mod sandboxes;
+pub mod schema;
+mod sqlite;
+
+pub use db::Dialect;
+pub use executions::{
+    AttemptEnd, CancelResult, Claimed, ExecutionFilter, ExecutionRow, Finish, FinishResult, LogChunk, LogRow,
+    NewExecution, Submitted,
+};
+pub use nodes::{NodeLease, NodeRegistration, NodeRow, Renewal};
+pub use sandboxes::SandboxRow;
+
+use db::Tx;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or cannot take writes right now; retrying may work.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The attempt's fencing token is no longer the execution's current one.
+    #[error("stale fencing token: this attempt is no longer the execution's current attempt")]
+    Fenced,
+    #[error("the idempotency key was already used for a different request; use a new key for a new request")]
+    IdempotencyMismatch,
+    #[error("the store's schema is version {found}, newer than the newest this shoal knows ({known}); upgrade this node before starting it")]
+    SchemaTooNew { found: i64, known: i64 },
+    /// Another process registered this node id after us.
+    #[error("node lease lost: another process registered this node id (generation {0})")]
+    LeaseLost(i64),
+    #[error("{0}")]
+    Config(String),
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+enum Backend {
+    Sqlite(sqlite::SqlitePool),
+    Postgres(postgres::PgPool),
+}
+
+/// A handle on the store; cheap to share behind an `Arc`.
+pub struct Store {
+    backend: Backend,
+    url: String,
+}
+
+/// Hides the password in a store URL so it can be logged and shown in errors.
+pub fn redact(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = &out[scheme_end + 3..];
+        if let Some(at) = rest.rfind('@') {
+            let userinfo = &rest[..at];
+            if let Some(colon) = userinfo.find(':') {
+                let start = scheme_end + 3 + colon + 1;
+                let end = scheme_end + 3 + at;
+                out.replace_range(start..end, "***");
+            }
+        }
+    }
+    // key=value connection strings and query parameters
+    for key in ["password="] {
+        let mut search = 0;
+        while let Some(pos) = out[search..].find(key) {
+            let start = search + pos + key.len();
+            let end = out[start..].find([' ', '&']).map_or(out.len(), |e| start + e);
+            out.replace_range(start..end, "***");
+            search = start + 3;
+        }
+    }
+    out
+}
+
+impl Store {
+    /// Opens the store at `url` (`sqlite://PATH` or `postgres://...`), checks it can be
+    /// reached, and applies pending migrations.
+    pub async fn open(url: &str, pool_size: usize) -> Result<Store> {
+        let backend = if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(StoreError::Config("the SQLite URL names no file; write sqlite://PATH, e.g. sqlite://./data/shoal.db".into()));
+            }
+            let path = PathBuf::from(path);
+            let pool = tokio::task::spawn_blocking(move || sqlite::SqlitePool::open(&path, pool_size))
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))??;
+            Backend::Sqlite(pool)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres(postgres::PgPool::open(url, pool_size)?)
+        } else {
+            return Err(StoreError::Config(format!(
+                "unsupported store URL {}; use sqlite://PATH or postgres://USER@HOST/DB",
+                redact(url)
+            )));
+        };
+        let store = Store { backend, url: url.to_owned() };
+        schema::migrate(&store).await.map_err(|e| match e {
+            StoreError::Unavailable(m) => StoreError::Unavailable(format!("cannot reach the store at {}: {m}", store.redacted_url())),
+            other => other,
+        })?;
+        Ok(store)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+
+    pub(crate) async fn begin_write(&self) -> Result<Box<dyn Tx>> {
+        match &self.backend {
+            Backend::Sqlite(p) => p.begin(true, false).await,
+            Backend::Postgres(p) => p.begin(false).await,
+        }
+    }
+
+    /// A connection in autocommit mode, for single-statement reads.
+    pub(crate) async fn read(&self) -> Result<Box<dyn Tx>> {
+        match &self.backend {
+            Backend::Sqlite(p) => p.begin(false, true).await,
+            Backend::Postgres(p) => p.begin(true).await,
+        }
+    }
+
+    /// The store's clock, in milliseconds since the Unix epoch.
+    pub async fn now_ms(&self) -> Result<i64> {
+        let mut c = self.read().await?;
+        let row = db::query_one(c.as_mut(), "SELECT {now}", vec![]).await?;
+        row.ok_or_else(|| StoreError::Internal("no row from SELECT now".into()))?.i64(0)
+    }
+
+    /// The schema version the store is at.
+    pub async fn schema_version(&self) -> Result<i64> {
+        let mut c = self.read().await?;
+        schema::current_version(c.as_mut()).await
+    }
+
+    /// For tests of the version check: pretend a newer shoal migrated this store.
+    #[doc(hidden)]
+    pub async fn force_schema_version(&self, version: i64) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        tx.execute("UPDATE shoal_meta SET value = $1 WHERE key = 'schema_version'", vec![version.to_string().into()])
+            .await?;
+        tx.commit().await
+    }
+}

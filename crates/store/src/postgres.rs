@@ -1,0 +1,219 @@
+//! The PostgreSQL backend: tokio-postgres behind a deadpool pool.
+//!
+//! tokio-postgres is chosen over sqlx because it takes multi-host connection strings with
+//! `target_session_attrs=read-write`, so a promoted replica is found again after failover.
+
+use crate::db::{render, Dialect, Row, Tx, Value};
+use crate::{Result, StoreError};
+use async_trait::async_trait;
+use bytes::BytesMut;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::NoTls;
+
+pub struct PgPool {
+    pool: Pool,
+}
+
+impl ToSql for Value {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::I64(v) if *ty == Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+            Value::I64(v) if *ty == Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
+            Value::I64(v) if *ty == Type::BOOL => (*v != 0).to_sql(ty, out),
+            Value::I64(v) => v.to_sql(ty, out),
+            Value::Text(v) => v.as_str().to_sql(ty, out),
+            Value::Bytes(v) => v.as_slice().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_ty: &Type) -> bool {
+        // Checked per value in `to_sql`; a mismatch is a bug in this crate's SQL.
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn from_row(row: &tokio_postgres::Row) -> Result<Row> {
+    let mut vals = Vec::with_capacity(row.len());
+    for (i, col) in row.columns().iter().enumerate() {
+        let t = col.type_();
+        let v = if *t == Type::INT8 {
+            row.try_get::<_, Option<i64>>(i).map(|v| v.map_or(Value::Null, Value::I64))
+        } else if *t == Type::INT4 {
+            row.try_get::<_, Option<i32>>(i).map(|v| v.map_or(Value::Null, |v| Value::I64(v.into())))
+        } else if *t == Type::INT2 {
+            row.try_get::<_, Option<i16>>(i).map(|v| v.map_or(Value::Null, |v| Value::I64(v.into())))
+        } else if *t == Type::BOOL {
+            row.try_get::<_, Option<bool>>(i).map(|v| v.map_or(Value::Null, |v| Value::I64(v.into())))
+        } else if *t == Type::BYTEA {
+            row.try_get::<_, Option<Vec<u8>>>(i).map(|v| v.map_or(Value::Null, Value::Bytes))
+        } else {
+            row.try_get::<_, Option<String>>(i).map(|v| v.map_or(Value::Null, Value::Text))
+        };
+        vals.push(v.map_err(|e| StoreError::Internal(format!("column {} ({t}): {e}", col.name())))?);
+    }
+    Ok(Row(vals))
+}
+
+/// SQLSTATE classes that mean "this server can't take our writes now": connection
+/// exceptions (08), a read-only (demoted) server (25006), shutdown (57P01..57P03).
+fn map_err(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        if code == "23505" || code == "23503" {
+            return StoreError::Conflict(db.message().to_owned());
+        }
+        if code.starts_with("08") || code == "25006" || code.starts_with("57P") {
+            return StoreError::Unavailable(format!("{}: {}", code, db.message()));
+        }
+        return StoreError::Internal(format!("postgres {code}: {}", db.message()));
+    }
+    if e.is_closed() {
+        return StoreError::Unavailable(format!("connection closed: {e}"));
+    }
+    StoreError::Unavailable(e.to_string())
+}
+
+fn map_pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => map_err(e),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+impl PgPool {
+    pub fn open(url: &str, size: usize) -> Result<PgPool> {
+        let mut cfg = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL {}: {e}", crate::redact(url))))?;
+        if cfg.get_connect_timeout().is_none() {
+            cfg.connect_timeout(Duration::from_secs(5));
+        }
+        cfg.application_name("shoal");
+        let manager = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(size.max(1))
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(6)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Config(format!("cannot build the PostgreSQL pool: {e}")))?;
+        Ok(PgPool { pool })
+    }
+
+    pub async fn begin(&self, autocommit: bool) -> Result<Box<dyn Tx>> {
+        let client = self.pool.get().await.map_err(map_pool_err)?;
+        if client.is_closed() {
+            // A connection that died while idle (server restart, failover): drop it from the
+            // pool instead of handing out an error on first use.
+            let _ = Object::take(client);
+            return Err(StoreError::Unavailable("connection to PostgreSQL was closed".into()));
+        }
+        let mut tx = PgTx { client: Some(client), open: false };
+        if !autocommit {
+            tx.batch("BEGIN").await?;
+            tx.open = true;
+        }
+        Ok(Box::new(tx))
+    }
+}
+
+struct PgTx {
+    client: Option<Object>,
+    open: bool,
+}
+
+impl PgTx {
+    fn client(&self) -> Result<&Object> {
+        self.client.as_ref().ok_or_else(|| StoreError::Internal("transaction already ended".into()))
+    }
+
+    /// Connections that failed or landed on a demoted primary are evicted from the pool, not
+    /// reused: the next checkout connects afresh and `target_session_attrs` finds the primary.
+    fn check(&mut self, e: tokio_postgres::Error) -> StoreError {
+        let err = map_err(e);
+        if matches!(err, StoreError::Unavailable(_)) {
+            if let Some(c) = self.client.take() {
+                let _ = Object::take(c);
+            }
+            self.open = false;
+        }
+        err
+    }
+}
+
+fn params(p: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    p.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+}
+
+#[async_trait]
+impl Tx for PgTx {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    async fn query(&mut self, sql: &str, p: Vec<Value>) -> Result<Vec<Row>> {
+        let sql = render(Dialect::Postgres, sql);
+        let client = self.client()?;
+        let res = match client.prepare_cached(&sql).await {
+            Ok(stmt) => client.query(&stmt, &params(&p)).await,
+            Err(e) => Err(e),
+        };
+        match res {
+            Ok(rows) => rows.iter().map(from_row).collect(),
+            Err(e) => Err(self.check(e)),
+        }
+    }
+
+    async fn execute(&mut self, sql: &str, p: Vec<Value>) -> Result<u64> {
+        let sql = render(Dialect::Postgres, sql);
+        let client = self.client()?;
+        let res = match client.prepare_cached(&sql).await {
+            Ok(stmt) => client.execute(&stmt, &params(&p)).await,
+            Err(e) => Err(e),
+        };
+        res.map_err(|e| self.check(e))
+    }
+
+    async fn batch(&mut self, sql: &str) -> Result<()> {
+        let sql = render(Dialect::Postgres, sql);
+        let res = self.client()?.batch_execute(&sql).await;
+        res.map_err(|e| self.check(e))
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        if self.open {
+            let res = self.client()?.batch_execute("COMMIT").await;
+            res.map_err(|e| self.check(e))?;
+            self.open = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PgTx {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            if self.open {
+                // Dropped mid-transaction: roll back before the connection is reused. Drop
+                // cannot await, so a task does it and returns the connection afterwards.
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(async move {
+                            if client.batch_execute("ROLLBACK").await.is_err() {
+                                let _ = Object::take(client);
+                            }
+                        });
+                    }
+                    Err(_) => {
+                        let _ = Object::take(client);
+                    }
+                }
+            }
+        }
+    }
+}

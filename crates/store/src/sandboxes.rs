@@ -1,0 +1,89 @@
+//! The sandbox registry: names, kinds, and where each sandbox's files live.
+
+use crate::db::{query_one, Row};
+use crate::{Result, Store, StoreError};
+use shoal_core::SandboxKind;
+
+#[derive(Clone, Debug)]
+pub struct SandboxRow {
+    pub name: String,
+    pub kind: SandboxKind,
+    /// The sandbox's root folder on the node(s) that hold it.
+    pub root: String,
+    /// The holder of a local sandbox.
+    pub node_id: Option<String>,
+    pub created_at: i64,
+}
+
+fn sandbox_row(r: &Row) -> Result<SandboxRow> {
+    Ok(SandboxRow {
+        name: r.text(0)?,
+        kind: SandboxKind::parse(&r.text(1)?).map_err(StoreError::Internal)?,
+        root: r.text(2)?,
+        node_id: r.opt_text(3)?,
+        created_at: r.i64(4)?,
+    })
+}
+
+impl Store {
+    /// Creates a sandbox; [`StoreError::Conflict`] if the name is taken.
+    pub async fn create_sandbox(&self, name: &str, kind: SandboxKind, root: &str, node: Option<&str>) -> Result<SandboxRow> {
+        let mut tx = self.begin_write().await?;
+        let row = query_one(
+            tx.as_mut(),
+            "INSERT INTO sandboxes (name, kind, root, node_id, created_at) VALUES ($1, $2, $3, $4, {now})
+             ON CONFLICT (name) DO NOTHING
+             RETURNING name, kind, root, node_id, created_at",
+            vec![name.into(), kind.as_str().into(), root.into(), node.map(str::to_owned).into()],
+        )
+        .await?;
+        let Some(row) = row else {
+            return Err(StoreError::Conflict(format!("a sandbox named `{name}` already exists; pick another name or delete it first")));
+        };
+        tx.commit().await?;
+        sandbox_row(&row)
+    }
+
+    pub async fn list_sandboxes(&self) -> Result<Vec<SandboxRow>> {
+        let mut c = self.read().await?;
+        let rows = c.query("SELECT name, kind, root, node_id, created_at FROM sandboxes ORDER BY name", vec![]).await?;
+        rows.iter().map(sandbox_row).collect()
+    }
+
+    pub async fn get_sandbox(&self, name: &str) -> Result<Option<SandboxRow>> {
+        let mut c = self.read().await?;
+        let row = query_one(
+            c.as_mut(),
+            "SELECT name, kind, root, node_id, created_at FROM sandboxes WHERE name = $1",
+            vec![name.into()],
+        )
+        .await?;
+        row.as_ref().map(sandbox_row).transpose()
+    }
+
+    /// Deletes a sandbox's registration (its files are left alone). Refused while any of its
+    /// executions is queued or running, so no accepted execution loses its sandbox.
+    pub async fn delete_sandbox(&self, name: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let exists = query_one(tx.as_mut(), "SELECT name FROM sandboxes WHERE name = $1 {for_update}", vec![name.into()]).await?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound(format!("no sandbox named `{name}`")));
+        }
+        let live = query_one(
+            tx.as_mut(),
+            "SELECT COUNT(*) FROM executions WHERE sandbox = $1 AND state IN ('queued', 'running')",
+            vec![name.into()],
+        )
+        .await?
+        .map(|r| r.i64(0))
+        .transpose()?
+        .unwrap_or(0);
+        if live > 0 {
+            return Err(StoreError::Conflict(format!(
+                "sandbox `{name}` has {live} queued or running execution(s); cancel them or wait for them to finish"
+            )));
+        }
+        tx.execute("DELETE FROM sandboxes WHERE name = $1", vec![name.into()]).await?;
+        tx.commit().await
+    }
+}

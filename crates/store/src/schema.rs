@@ -1,0 +1,169 @@
+//! Versioned schema migrations, applied at start by whichever node gets there first.
+//!
+//! Each migration has a SQLite and a PostgreSQL text; they differ only in types (`BLOB` and
+//! `BYTEA`) and in PostgreSQL's sequence for fencing tokens. The version lives in
+//! `shoal_meta`; a node refuses a store whose schema is newer than the newest it knows, since
+//! writing to it with old assumptions could corrupt state a newer node relies on.
+
+use crate::db::{query_one, Dialect, Tx};
+use crate::{Result, StoreError};
+
+struct Migration {
+    version: i64,
+    /// Statements both dialects share.
+    common: &'static str,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+const V1_COMMON: &str = "
+CREATE TABLE nodes (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    generation BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    slots BIGINT NOT NULL,
+    running BIGINT NOT NULL,
+    version TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    renewed_at BIGINT NOT NULL,
+    lease_expires_at BIGINT NOT NULL
+);
+CREATE TABLE sandboxes (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    root TEXT NOT NULL,
+    node_id TEXT,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE executions (
+    id TEXT PRIMARY KEY,
+    sandbox TEXT,
+    job TEXT,
+    params TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    message TEXT NOT NULL,
+    exit_code BIGINT,
+    signal BIGINT,
+    attempt BIGINT NOT NULL DEFAULT 0,
+    node_losses BIGINT NOT NULL DEFAULT 0,
+    node_id TEXT,
+    fence BIGINT,
+    priority BIGINT NOT NULL,
+    pinned_node TEXT,
+    concurrency_key TEXT,
+    max_concurrent BIGINT,
+    cancel_requested TEXT,
+    idempotency_key TEXT UNIQUE,
+    request_hash TEXT,
+    created_at BIGINT NOT NULL,
+    run_after BIGINT NOT NULL,
+    started_at BIGINT,
+    finished_at BIGINT,
+    updated_at BIGINT NOT NULL
+);
+CREATE INDEX executions_queue ON executions (priority DESC, id) WHERE state = 'queued';
+CREATE INDEX executions_running ON executions (node_id) WHERE state = 'running';
+CREATE INDEX executions_limit ON executions (concurrency_key) WHERE state = 'running';
+CREATE INDEX executions_job ON executions (sandbox, job, id);
+CREATE INDEX executions_state ON executions (state, id);
+CREATE TABLE attempts (
+    execution_id TEXT NOT NULL REFERENCES executions (id) ON DELETE CASCADE,
+    attempt BIGINT NOT NULL,
+    fence BIGINT NOT NULL,
+    node_id TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    finished_at BIGINT,
+    outcome TEXT,
+    PRIMARY KEY (execution_id, attempt)
+);
+";
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    common: V1_COMMON,
+    sqlite: "
+CREATE TABLE logs (
+    execution_id TEXT NOT NULL,
+    attempt BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    stream BIGINT NOT NULL,
+    data BLOB NOT NULL,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (execution_id, attempt, seq)
+);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+INSERT INTO counters (name, value) VALUES ('fence', 0);
+",
+    postgres: "
+CREATE TABLE logs (
+    execution_id TEXT NOT NULL,
+    attempt BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    stream BIGINT NOT NULL,
+    data BYTEA NOT NULL,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (execution_id, attempt, seq)
+);
+CREATE SEQUENCE fence_seq;
+",
+}];
+
+/// The newest schema version this build knows.
+pub const LATEST: i64 = 1;
+
+pub async fn current_version(tx: &mut dyn Tx) -> Result<i64> {
+    let row = query_one(tx, "SELECT value FROM shoal_meta WHERE key = 'schema_version'", vec![]).await?;
+    match row {
+        Some(r) => r
+            .text(0)?
+            .parse()
+            .map_err(|_| StoreError::Internal("shoal_meta.schema_version is not a number".into())),
+        None => Ok(0),
+    }
+}
+
+/// Brings the schema up to [`LATEST`], one migration per transaction.
+pub async fn migrate(store: &crate::Store) -> Result<i64> {
+    {
+        let mut tx = store.begin_write().await?;
+        tx.batch("CREATE TABLE IF NOT EXISTS shoal_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)").await?;
+        tx.commit().await?;
+    }
+    loop {
+        let mut tx = store.begin_write().await?;
+        if tx.dialect() == Dialect::Postgres {
+            // Several nodes may start at once against an empty database; one migrates, the
+            // others wait here and then see the new version.
+            tx.execute("SELECT pg_advisory_xact_lock(7700770077)", vec![]).await?;
+        }
+        let version = current_version(tx.as_mut()).await?;
+        if version > LATEST {
+            return Err(StoreError::SchemaTooNew { found: version, known: LATEST });
+        }
+        let Some(m) = MIGRATIONS.iter().find(|m| m.version == version + 1) else {
+            return Ok(version);
+        };
+        tracing::info!(version = m.version, "applying schema migration");
+        tx.batch(m.common).await?;
+        tx.batch(match tx.dialect() {
+            Dialect::Sqlite => m.sqlite,
+            Dialect::Postgres => m.postgres,
+        })
+        .await?;
+        let n = tx
+            .execute("UPDATE shoal_meta SET value = $1 WHERE key = 'schema_version'", vec![m.version.to_string().into()])
+            .await?;
+        if n == 0 {
+            tx.execute(
+                "INSERT INTO shoal_meta (key, value) VALUES ('schema_version', $1)",
+                vec![m.version.to_string().into()],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+    }
+}

@@ -1,0 +1,441 @@
+//! One store test suite, run against both backends: SQLite in a temporary file and a
+//! throwaway PostgreSQL server started by the test harness.
+
+use shoal_core::placement::NodeView;
+use shoal_core::state::Outcome;
+use shoal_core::{Allocation, ExecState, FencingToken, OnNodeLoss, RunSpec, SandboxKind};
+use shoal_store::{
+    AttemptEnd, CancelResult, ExecutionFilter, Finish, FinishResult, LogChunk, NewExecution, NodeRegistration, Store,
+    StoreError, Submitted,
+};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A store for one test, and whatever keeps it alive.
+struct Fixture {
+    store: Arc<Store>,
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/shoal.db", dir.path().display());
+    Fixture { store: Arc::new(Store::open(&url, 4).await.unwrap()), url, _dir: Some(dir) }
+}
+
+async fn postgres() -> Fixture {
+    let url = shoal_testkit::postgres().fresh_database();
+    Fixture { store: Arc::new(Store::open(&url, 8).await.unwrap()), url, _dir: None }
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::sqlite().await).await })*
+        }
+        mod on_postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::postgres().await).await })*
+        }
+    };
+}
+
+suite!(
+    migrations_are_idempotent_and_refuse_newer_schemas,
+    store_clock_is_sane,
+    sandboxes_crud,
+    submit_get_list_and_page,
+    idempotency_keys,
+    claim_respects_allocation_and_fences,
+    max_concurrent_is_cluster_wide,
+    stale_tokens_change_nothing,
+    retries_wait_for_backoff,
+    cancel_rules,
+    leases_and_takeover,
+    recover_own_attempts_after_restart,
+    logs_read_in_order,
+    concurrent_claimers_never_share_an_execution,
+);
+
+fn node(id: &str) -> NodeRegistration {
+    NodeRegistration {
+        id: id.into(),
+        url: format!("http://{id}"),
+        state: "active".into(),
+        tags: vec![],
+        slots: 8,
+        version: "test".into(),
+    }
+}
+
+fn new_exec(spec: RunSpec) -> NewExecution {
+    NewExecution { sandbox: None, job: None, params: BTreeMap::new(), spec, pinned_node: None, idempotency: None }
+}
+
+fn inline() -> RunSpec {
+    RunSpec::inline(vec!["true".into()])
+}
+
+async fn submit(store: &Store, new: NewExecution) -> shoal_store::ExecutionRow {
+    match store.submit(&new).await.unwrap() {
+        Submitted::Created(r) => r,
+        Submitted::Replayed(r) => panic!("unexpected replay of {}", r.id),
+    }
+}
+
+const NO_TAGS: &[String] = &[];
+
+fn view(id: &str) -> NodeView<'_> {
+    NodeView { id, tags: NO_TAGS }
+}
+
+fn exited(code: i32) -> AttemptEnd {
+    AttemptEnd { outcome: Outcome::Exited(code), exit_code: Some(code), signal: None }
+}
+
+async fn migrations_are_idempotent_and_refuse_newer_schemas(f: Fixture) {
+    assert_eq!(f.store.schema_version().await.unwrap(), shoal_store::schema::LATEST);
+    // A second node opening the same store migrates nothing and works.
+    let again = Store::open(&f.url, 2).await.unwrap();
+    assert_eq!(again.schema_version().await.unwrap(), shoal_store::schema::LATEST);
+    f.store.force_schema_version(shoal_store::schema::LATEST + 1).await.unwrap();
+    match Store::open(&f.url, 2).await {
+        Err(e @ StoreError::SchemaTooNew { .. }) => assert!(e.to_string().contains("upgrade this node"), "{e}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("opened a store with a newer schema"),
+    }
+}
+
+async fn store_clock_is_sane(f: Fixture) {
+    let a = f.store.now_ms().await.unwrap();
+    let b = f.store.now_ms().await.unwrap();
+    assert!(b >= a);
+    let local = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert!((local - a).abs() < 60_000, "store clock {a} vs local {local}");
+}
+
+async fn sandboxes_crud(f: Fixture) {
+    let s = &f.store;
+    let row = s.create_sandbox("demo", SandboxKind::Shared, "/srv/demo", None).await.unwrap();
+    assert_eq!(row.kind, SandboxKind::Shared);
+    assert!(matches!(s.create_sandbox("demo", SandboxKind::Local, "/x", Some("n1")).await, Err(StoreError::Conflict(_))));
+    s.create_sandbox("local1", SandboxKind::Local, "/data/l", Some("n1")).await.unwrap();
+    let names: Vec<_> = s.list_sandboxes().await.unwrap().into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["demo", "local1"]);
+    assert_eq!(s.get_sandbox("local1").await.unwrap().unwrap().node_id.as_deref(), Some("n1"));
+    // A sandbox with a live execution cannot be deleted.
+    let mut new = new_exec(inline());
+    new.sandbox = Some("demo".into());
+    submit(s, new).await;
+    assert!(matches!(s.delete_sandbox("demo").await, Err(StoreError::Conflict(_))));
+    s.delete_sandbox("local1").await.unwrap();
+    assert!(s.get_sandbox("local1").await.unwrap().is_none());
+    assert!(matches!(s.delete_sandbox("local1").await, Err(StoreError::NotFound(_))));
+}
+
+async fn submit_get_list_and_page(f: Fixture) {
+    let s = &f.store;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut new = new_exec(inline());
+        new.sandbox = Some("sb".into());
+        new.job = Some(format!("jobs/{}.toml", i % 2));
+        new.params.insert("i".into(), i.to_string());
+        ids.push(submit(s, new).await.id);
+    }
+    let got = s.get_execution(ids[2].as_str()).await.unwrap().unwrap();
+    assert_eq!(got.state, ExecState::Queued);
+    assert_eq!(got.params["i"], "2");
+    assert!(s.get_execution("00000000-0000-7000-8000-000000000000").await.unwrap().is_none());
+
+    let page1 = s.list_executions(&ExecutionFilter { limit: 3, ..Default::default() }).await.unwrap();
+    assert_eq!(page1.len(), 3);
+    assert_eq!(page1[0].id, ids[4], "newest first");
+    let page2 = s
+        .list_executions(&ExecutionFilter { limit: 3, cursor: Some(page1[2].id.to_string()), ..Default::default() })
+        .await
+        .unwrap();
+    let all: Vec<_> = page1.iter().chain(page2.iter()).map(|r| r.id.clone()).collect();
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(all, expected);
+    let job0 = s
+        .list_executions(&ExecutionFilter { limit: 10, job: Some("jobs/0.toml".into()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(job0.len(), 3);
+    let running = s
+        .list_executions(&ExecutionFilter { limit: 10, state: Some(ExecState::Running), ..Default::default() })
+        .await
+        .unwrap();
+    assert!(running.is_empty());
+}
+
+async fn idempotency_keys(f: Fixture) {
+    let s = &f.store;
+    let mut new = new_exec(inline());
+    new.idempotency = Some(("key-1".into(), "hash-a".into()));
+    let first = submit(s, new.clone()).await;
+    match s.submit(&new).await.unwrap() {
+        Submitted::Replayed(r) => assert_eq!(r.id, first.id),
+        Submitted::Created(_) => panic!("a retried submission created a second execution"),
+    }
+    new.idempotency = Some(("key-1".into(), "hash-b".into()));
+    assert!(matches!(s.submit(&new).await, Err(StoreError::IdempotencyMismatch)));
+    let all = s.list_executions(&ExecutionFilter { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), 1);
+}
+
+async fn claim_respects_allocation_and_fences(f: Fixture) {
+    let s = &f.store;
+    let mut tagged = inline();
+    tagged.allocation = Allocation::Tags { tags: vec!["gpu".into()] };
+    let t = submit(s, new_exec(tagged)).await;
+    let mut on_n2 = inline();
+    on_n2.allocation = Allocation::Nodes { nodes: vec!["n2".into()] };
+    let n2 = submit(s, new_exec(on_n2)).await;
+    let mut pinned = new_exec(inline());
+    pinned.pinned_node = Some("n3".into());
+    let p = submit(s, pinned).await;
+    let any = submit(s, new_exec(inline())).await;
+
+    let c1 = s.claim(&view("n1"), 10).await.unwrap();
+    assert_eq!(c1.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![any.id.clone()]);
+    let gpu_tags = vec!["gpu".to_string()];
+    let c2 = s.claim(&NodeView { id: "n2", tags: &gpu_tags }, 10).await.unwrap();
+    let got: HashSet<_> = c2.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(got, HashSet::from([t.id.clone(), n2.id.clone()]));
+    let c3 = s.claim(&view("n3"), 10).await.unwrap();
+    assert_eq!(c3[0].id, p.id);
+    // Tokens are unique and increase.
+    let mut fences: Vec<_> = c1.iter().chain(&c2).chain(&c3).map(|c| c.fence).collect();
+    let n = fences.len();
+    fences.dedup();
+    assert_eq!(fences.len(), n);
+    assert!(c3[0].fence > c1[0].fence);
+    let row = s.get_execution(any.id.as_str()).await.unwrap().unwrap();
+    assert_eq!(row.state, ExecState::Running);
+    assert_eq!(row.node_id.as_deref(), Some("n1"));
+    assert_eq!(row.attempt, 1);
+    assert!(s.claim(&view("n1"), 10).await.unwrap().is_empty());
+}
+
+async fn max_concurrent_is_cluster_wide(f: Fixture) {
+    let s = &f.store;
+    let mut spec = inline();
+    spec.max_concurrent = Some(2);
+    for _ in 0..5 {
+        let mut new = new_exec(spec.clone());
+        new.sandbox = Some("sb".into());
+        new.job = Some("jobs/limited.toml".into());
+        submit(s, new).await;
+    }
+    let a = s.claim(&view("n1"), 10).await.unwrap();
+    let b = s.claim(&view("n2"), 10).await.unwrap();
+    assert_eq!(a.len() + b.len(), 2, "max_concurrent = 2 across two nodes");
+    let done = &a[0];
+    let r = s
+        .finish(&[Finish { id: done.id.clone(), fence: done.fence, attempt: done.attempt, end: exited(0), logs: vec![] }])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![FinishResult::Done(ExecState::Succeeded)]);
+    assert_eq!(s.claim(&view("n2"), 10).await.unwrap().len(), 1, "a finished run frees one place");
+}
+
+async fn stale_tokens_change_nothing(f: Fixture) {
+    let s = &f.store;
+    let e = submit(s, new_exec(inline())).await;
+    let c = s.claim(&view("n1"), 1).await.unwrap().remove(0);
+    let chunk = |seq| LogChunk { seq, stream: 1, data: b"hello\n".to_vec() };
+    s.append_logs(&c.id, c.fence, c.attempt, &[chunk(0)]).await.unwrap();
+    let stale = FencingToken(c.fence.0 - 1);
+    assert!(matches!(s.append_logs(&c.id, stale, c.attempt, &[chunk(1)]).await, Err(StoreError::Fenced)));
+    let r = s
+        .finish(&[Finish { id: c.id.clone(), fence: stale, attempt: c.attempt, end: exited(0), logs: vec![chunk(2)] }])
+        .await
+        .unwrap();
+    assert_eq!(r, vec![FinishResult::Fenced]);
+    let row = s.get_execution(e.id.as_str()).await.unwrap().unwrap();
+    assert_eq!(row.state, ExecState::Running, "a stale token changed the state");
+    assert_eq!(s.read_logs(e.id.as_str(), (0, -1), 100).await.unwrap().len(), 1, "a stale token wrote logs");
+    // The real token still works, once; afterwards it is stale too.
+    let done = Finish { id: c.id.clone(), fence: c.fence, attempt: c.attempt, end: exited(3), logs: vec![chunk(1)] };
+    assert_eq!(s.finish(std::slice::from_ref(&done)).await.unwrap(), vec![FinishResult::Done(ExecState::Failed)]);
+    assert_eq!(s.finish(&[done]).await.unwrap(), vec![FinishResult::Fenced]);
+    let row = s.get_execution(e.id.as_str()).await.unwrap().unwrap();
+    assert_eq!((row.state, row.exit_code, row.reason.as_str()), (ExecState::Failed, Some(3), "exited"));
+    assert!(row.finished_at.is_some());
+    assert!(matches!(s.append_logs(&c.id, c.fence, c.attempt, &[chunk(9)]).await, Err(StoreError::Fenced)));
+}
+
+async fn retries_wait_for_backoff(f: Fixture) {
+    let s = &f.store;
+    let mut spec = inline();
+    spec.retries = 2;
+    spec.retry_backoff_ms = 3_600_000;
+    let e = submit(s, new_exec(spec)).await;
+    let c = s.claim(&view("n1"), 1).await.unwrap().remove(0);
+    let r = s.finish(&[Finish { id: c.id, fence: c.fence, attempt: 1, end: exited(1), logs: vec![] }]).await.unwrap();
+    assert_eq!(r, vec![FinishResult::Done(ExecState::Queued)]);
+    let row = s.get_execution(e.id.as_str()).await.unwrap().unwrap();
+    assert_eq!(row.reason, "retry_scheduled");
+    assert!(row.message.contains("retry 1 of 2"), "{}", row.message);
+    assert!(s.claim(&view("n1"), 1).await.unwrap().is_empty(), "claimed before its backoff passed");
+
+    let mut spec = inline();
+    spec.retries = 1;
+    spec.retry_backoff_ms = 0;
+    let e = submit(s, new_exec(spec)).await;
+    for (attempt, expect) in [(1, ExecState::Queued), (2, ExecState::Failed)] {
+        let c = s.claim(&view("n1"), 1).await.unwrap().remove(0);
+        assert_eq!(c.id, e.id);
+        assert_eq!(c.attempt, attempt);
+        let r = s.finish(&[Finish { id: c.id, fence: c.fence, attempt, end: exited(1), logs: vec![] }]).await.unwrap();
+        assert_eq!(r, vec![FinishResult::Done(expect)]);
+    }
+}
+
+async fn cancel_rules(f: Fixture) {
+    let s = &f.store;
+    let queued = submit(s, new_exec(inline())).await;
+    assert_eq!(s.request_cancel(queued.id.as_str(), "api").await.unwrap(), CancelResult::Cancelled);
+    let row = s.get_execution(queued.id.as_str()).await.unwrap().unwrap();
+    assert_eq!(row.state, ExecState::Cancelled);
+    assert!(matches!(s.request_cancel(queued.id.as_str(), "api").await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.request_cancel("00000000-0000-7000-8000-000000000000", "api").await,
+        Err(StoreError::NotFound(_))
+    ));
+    let running = submit(s, new_exec(inline())).await;
+    let c = s.claim(&view("n1"), 1).await.unwrap().remove(0);
+    assert_eq!(
+        s.request_cancel(running.id.as_str(), "alice").await.unwrap(),
+        CancelResult::Requested { node: Some("n1".into()) }
+    );
+    let reqs = s.cancel_requests("n1").await.unwrap();
+    assert_eq!(reqs, vec![(c.id.clone(), c.fence, "alice".to_string())]);
+    assert!(s.cancel_requests("n2").await.unwrap().is_empty());
+    let end = AttemptEnd { outcome: Outcome::Cancelled { by: "alice".into() }, exit_code: None, signal: Some(15) };
+    let r = s.finish(&[Finish { id: c.id, fence: c.fence, attempt: 1, end, logs: vec![] }]).await.unwrap();
+    assert_eq!(r, vec![FinishResult::Done(ExecState::Cancelled)]);
+}
+
+async fn leases_and_takeover(f: Fixture) {
+    let s = &f.store;
+    let l1 = s.register_node(&node("n1"), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(l1.generation, 1);
+    s.register_node(&node("n2"), Duration::from_secs(60)).await.unwrap();
+    let renewed = s.renew_lease("n1", 1, Duration::from_secs(60), "active", 3).await.unwrap();
+    assert!(!renewed.had_expired);
+    let nodes = s.list_nodes().await.unwrap();
+    assert_eq!(nodes.len(), 2);
+    assert_eq!(nodes[0].running, 3);
+    assert!(nodes[0].lease_expires_at - nodes[0].now > 50_000);
+
+    let mut fail_spec = inline();
+    fail_spec.on_node_loss = OnNodeLoss::Fail;
+    let retry = submit(s, new_exec(inline())).await;
+    let fail = submit(s, new_exec(fail_spec)).await;
+    let claimed = s.claim(&view("n1"), 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    // Nothing is taken over while n1's lease is live.
+    assert!(s.reap_lost_attempts().await.unwrap().is_empty());
+    // n1 stops cleanly (lease released): its attempts are taken over at once.
+    s.release_lease("n1", 1).await.unwrap();
+    let touched: HashSet<_> = s.reap_lost_attempts().await.unwrap().into_iter().collect();
+    assert_eq!(touched, HashSet::from([retry.id.clone(), fail.id.clone()]));
+    let r = s.get_execution(retry.id.as_str()).await.unwrap().unwrap();
+    assert_eq!((r.state, r.reason.as_str()), (ExecState::Queued, "node_lost"));
+    let r = s.get_execution(fail.id.as_str()).await.unwrap().unwrap();
+    assert_eq!((r.state, r.reason.as_str()), (ExecState::Failed, "node_lost"));
+    // The old attempt's token is now stale.
+    let old = claimed.iter().find(|c| c.id == retry.id).unwrap();
+    assert!(matches!(
+        s.append_logs(&old.id, old.fence, old.attempt, &[LogChunk { seq: 0, stream: 1, data: vec![1] }]).await,
+        Err(StoreError::Fenced)
+    ));
+    // And n2 runs it again as attempt 2.
+    let again = s.claim(&view("n2"), 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id.clone(), again[0].attempt), (retry.id.clone(), 2));
+    assert!(again[0].fence > old.fence);
+    // A second process registering n1 pushes the first out.
+    let l2 = s.register_node(&node("n1"), Duration::from_secs(60)).await.unwrap();
+    assert_eq!(l2.generation, 2);
+    assert!(matches!(s.renew_lease("n1", 1, Duration::from_secs(60), "active", 0).await, Err(StoreError::LeaseLost(2))));
+    // An expired lease is reported as such on renewal.
+    s.register_node(&node("n3"), Duration::ZERO).await.unwrap();
+    shoal_testkit::wait_until_async("n3's zero lease to expire", Duration::from_secs(5), || async {
+        s.list_nodes().await.unwrap().iter().any(|n| n.id == "n3" && n.lease_expires_at < n.now)
+    })
+    .await;
+    assert!(s.renew_lease("n3", 1, Duration::from_secs(60), "active", 0).await.unwrap().had_expired);
+}
+
+async fn recover_own_attempts_after_restart(f: Fixture) {
+    let s = &f.store;
+    s.register_node(&node("n1"), Duration::from_secs(60)).await.unwrap();
+    let e = submit(s, new_exec(inline())).await;
+    s.claim(&view("n1"), 1).await.unwrap();
+    // The lease is live, but the process restarted: its attempts died with it.
+    assert_eq!(s.recover_node("n1").await.unwrap(), vec![e.id.clone()]);
+    let r = s.get_execution(e.id.as_str()).await.unwrap().unwrap();
+    assert_eq!(r.state, ExecState::Queued);
+    assert!(s.recover_node("n1").await.unwrap().is_empty());
+}
+
+async fn logs_read_in_order(f: Fixture) {
+    let s = &f.store;
+    let e = submit(s, new_exec(inline())).await;
+    let c = s.claim(&view("n1"), 1).await.unwrap().remove(0);
+    let chunks: Vec<_> = (0..10).map(|i| LogChunk { seq: i, stream: 1 + (i % 2), data: format!("line {i}\n").into_bytes() }).collect();
+    s.append_logs(&c.id, c.fence, c.attempt, &chunks[..4]).await.unwrap();
+    // Re-sending a chunk (after an ambiguous failure) does not duplicate it.
+    s.append_logs(&c.id, c.fence, c.attempt, &chunks[3..7]).await.unwrap();
+    s.finish(&[Finish { id: c.id.clone(), fence: c.fence, attempt: 1, end: exited(0), logs: chunks[7..].to_vec() }])
+        .await
+        .unwrap();
+    let first = s.read_logs(e.id.as_str(), (0, -1), 4).await.unwrap();
+    assert_eq!(first.len(), 4);
+    let last = first.last().unwrap();
+    let rest = s.read_logs(e.id.as_str(), (last.attempt, last.seq), 100).await.unwrap();
+    let text: String = first.iter().chain(&rest).map(|r| String::from_utf8_lossy(&r.data).into_owned()).collect();
+    let expected: String = (0..10).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(text, expected);
+    assert_eq!(rest.iter().filter(|r| r.stream == 2).count(), 3);
+}
+
+async fn concurrent_claimers_never_share_an_execution(f: Fixture) {
+    // Two handles on one store, as two nodes (or two processes on one SQLite file) have.
+    let other = Arc::new(Store::open(&f.url, 4).await.unwrap());
+    for _ in 0..120 {
+        submit(&f.store, new_exec(inline())).await;
+    }
+    let mut tasks = Vec::new();
+    for (i, store) in [f.store.clone(), other.clone(), f.store.clone(), other].into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let id = format!("n{i}");
+            let mut mine = Vec::new();
+            loop {
+                let batch = store.claim(&NodeView { id: &id, tags: NO_TAGS }, 7).await.unwrap();
+                if batch.is_empty() {
+                    break;
+                }
+                mine.extend(batch.into_iter().map(|c| c.id));
+            }
+            mine
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for t in tasks {
+        for id in t.await.unwrap() {
+            total += 1;
+            assert!(seen.insert(id.clone()), "{id} claimed twice");
+        }
+    }
+    assert_eq!(total, 120);
+}
