@@ -142,6 +142,10 @@ pub trait Tx: Send {
     /// Runs several statements without parameters (schema migrations).
     async fn batch(&mut self, sql: &str) -> Result<()>;
     async fn commit(self: Box<Self>) -> Result<()>;
+    /// Ends the transaction without keeping its changes. Dropping a transaction also rolls it
+    /// back, but later (PostgreSQL row locks would be held until then), so paths that end a
+    /// transaction early call this.
+    async fn rollback(self: Box<Self>) -> Result<()>;
 }
 
 /// Helpers on top of [`Tx`].

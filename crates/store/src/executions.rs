@@ -293,6 +293,7 @@ impl Store {
             )
             .await?;
             if let Some(found) = found {
+                tx.rollback().await?;
                 if found.opt_text(19)?.as_deref() != Some(hash.as_str()) {
                     return Err(StoreError::IdempotencyMismatch);
                 }
@@ -382,6 +383,7 @@ impl Store {
             )
             .await?;
         if rows.is_empty() {
+            tx.rollback().await?;
             return Ok(Vec::new());
         }
         let mut running_by_key: HashMap<String, i64> = HashMap::new();
@@ -421,6 +423,7 @@ impl Store {
             chosen.push((r.text(0)?, r.opt_text(1)?, spec));
         }
         if chosen.is_empty() {
+            tx.rollback().await?;
             return Ok(Vec::new());
         }
         let fences = next_fences(tx.as_mut(), chosen.len()).await?;
@@ -463,6 +466,7 @@ impl Store {
             None => false,
         };
         if !current {
+            tx.rollback().await?;
             return Err(StoreError::Fenced);
         }
         insert_logs(tx.as_mut(), id.as_str(), attempt, logs).await?;
@@ -493,11 +497,15 @@ impl Store {
     pub async fn request_cancel(&self, id: &str, by: &str) -> Result<CancelResult> {
         let mut tx = self.begin_write().await?;
         let row = query_one(tx.as_mut(), "SELECT state, node_id FROM executions WHERE id = $1 {for_update}", vec![id.into()])
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no execution with id {id}")))?;
+            .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Err(StoreError::NotFound(format!("no execution with id {id}")));
+        };
         let state = ExecState::parse(&row.text(0)?).ok_or_else(|| StoreError::Internal("bad state".into()))?;
         let result = match state {
             s if s.is_final() => {
+                tx.rollback().await?;
                 return Err(StoreError::Conflict(format!("execution {id} already finished ({s}); there is nothing to cancel")));
             }
             ExecState::Queued => {

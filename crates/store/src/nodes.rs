@@ -91,10 +91,12 @@ impl Store {
         )
         .await?;
         let Some(row) = row else {
+            tx.rollback().await?;
             return Err(StoreError::LeaseLost(0));
         };
         let current = row.i64(0)?;
         if current != generation {
+            tx.rollback().await?;
             return Err(StoreError::LeaseLost(current));
         }
         let had_expired = row.i64(1)? != 0;

@@ -193,6 +193,15 @@ impl Tx for PgTx {
         }
         Ok(())
     }
+
+    async fn rollback(mut self: Box<Self>) -> Result<()> {
+        if self.open {
+            let res = self.client()?.batch_execute("ROLLBACK").await;
+            res.map_err(|e| self.check(e))?;
+            self.open = false;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for PgTx {

@@ -38,6 +38,7 @@ impl Store {
         )
         .await?;
         let Some(row) = row else {
+            tx.rollback().await?;
             return Err(StoreError::Conflict(format!("a sandbox named `{name}` already exists; pick another name or delete it first")));
         };
         tx.commit().await?;
@@ -67,6 +68,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let exists = query_one(tx.as_mut(), "SELECT name FROM sandboxes WHERE name = $1 {for_update}", vec![name.into()]).await?;
         if exists.is_none() {
+            tx.rollback().await?;
             return Err(StoreError::NotFound(format!("no sandbox named `{name}`")));
         }
         let live = query_one(
@@ -79,6 +81,7 @@ impl Store {
         .transpose()?
         .unwrap_or(0);
         if live > 0 {
+            tx.rollback().await?;
             return Err(StoreError::Conflict(format!(
                 "sandbox `{name}` has {live} queued or running execution(s); cancel them or wait for them to finish"
             )));

@@ -142,9 +142,11 @@ pub async fn migrate(store: &crate::Store) -> Result<i64> {
         }
         let version = current_version(tx.as_mut()).await?;
         if version > LATEST {
+            tx.rollback().await?;
             return Err(StoreError::SchemaTooNew { found: version, known: LATEST });
         }
         let Some(m) = MIGRATIONS.iter().find(|m| m.version == version + 1) else {
+            tx.rollback().await?;
             return Ok(version);
         };
         tracing::info!(version = m.version, "applying schema migration");

@@ -213,6 +213,20 @@ impl Tx for SqliteTx {
         }
         Ok(())
     }
+
+    async fn rollback(mut self: Box<Self>) -> Result<()> {
+        self.end().await
+    }
+}
+
+impl SqliteTx {
+    async fn end(&mut self) -> Result<()> {
+        if self.open {
+            self.open = false;
+            self.call(|c| c.execute_batch("ROLLBACK")).await?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for SqliteTx {
