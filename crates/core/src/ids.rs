@@ -46,13 +46,8 @@ string_id!(
 /// Checks the shape shared by node ids and sandbox names: it appears in URLs, paths and logs.
 fn check_slug(kind: &str, text: &str) -> Result<(), String> {
     let ok_len = !text.is_empty() && text.len() <= 63;
-    let ok_first = text
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let ok_chars = text
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    let ok_first = text.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok_chars = text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if ok_len && ok_first && ok_chars {
         Ok(())
     } else {
@@ -86,10 +81,13 @@ impl ExecutionId {
     /// garbage fail fast with 404 rather than reaching the store.
     pub fn parse(text: &str) -> Option<Self> {
         let ok = text.len() == 36
-            && text
-                .chars()
-                .enumerate()
-                .all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() });
+            && text.chars().enumerate().all(|(i, c)| {
+                if matches!(i, 8 | 13 | 18 | 23) {
+                    c == '-'
+                } else {
+                    c.is_ascii_hexdigit()
+                }
+            });
         ok.then(|| Self(text.to_ascii_lowercase()))
     }
 }

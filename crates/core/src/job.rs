@@ -234,9 +234,7 @@ fn pieces(template: &str) -> Result<Vec<Piece<'_>>, String> {
             }
             b'{' => {
                 let Some(end) = template[i + 1..].find('}') else {
-                    return Err(format!(
-                        "unclosed `{{` in `{template}`; write `{{{{` for a literal brace"
-                    ));
+                    return Err(format!("unclosed `{{` in `{template}`; write `{{{{` for a literal brace"));
                 };
                 let name = &template[i + 1..i + 1 + end];
                 if !is_param_name(name) {
@@ -318,18 +316,14 @@ impl JobSpec {
                     format!("parameter `{}` is required and has a default; keep one of the two", name.get_ref()),
                 ));
             }
-            params.insert(
-                name.into_inner(),
-                ParamSpec { default: p.default, description: p.description },
-            );
+            params.insert(name.into_inner(), ParamSpec { default: p.default, description: p.description });
         }
         let check_template = |s: &Spanned<String>| -> Result<(), JobFileError> {
             for name in placeholders(s.get_ref()).map_err(|m| ctx.err(s.span(), m))? {
                 if !params.contains_key(name) {
-                    return Err(ctx.err(
-                        s.span(),
-                        format!("`{{{name}}}` names no parameter; declare it as [params.{name}]"),
-                    ));
+                    return Err(
+                        ctx.err(s.span(), format!("`{{{name}}}` names no parameter; declare it as [params.{name}]"))
+                    );
                 }
             }
             Ok(())
@@ -357,9 +351,8 @@ impl JobSpec {
 
         let mut env = BTreeMap::new();
         for (k, v) in raw.env {
-            let key_ok = !k.get_ref().is_empty()
-                && !k.get_ref().contains(['=', '\0'])
-                && !k.get_ref().starts_with("SHOAL_");
+            let key_ok =
+                !k.get_ref().is_empty() && !k.get_ref().contains(['=', '\0']) && !k.get_ref().starts_with("SHOAL_");
             if !key_ok {
                 return Err(ctx.err(
                     k.span(),
@@ -423,11 +416,19 @@ impl JobSpec {
                             }
                             Allocation::Nodes { nodes }
                         }
-                        _ => return Err(ctx.err(span, "allocation kind `nodes` needs a non-empty `nodes` list and no `tags`")),
+                        _ => {
+                            return Err(
+                                ctx.err(span, "allocation kind `nodes` needs a non-empty `nodes` list and no `tags`")
+                            )
+                        }
                     },
                     RawAllocKind::Tags => match (a.tags, a.nodes) {
                         (Some(tags), None) if !tags.is_empty() => Allocation::Tags { tags },
-                        _ => return Err(ctx.err(span, "allocation kind `tags` needs a non-empty `tags` list and no `nodes`")),
+                        _ => {
+                            return Err(
+                                ctx.err(span, "allocation kind `tags` needs a non-empty `tags` list and no `nodes`")
+                            )
+                        }
                     },
                     RawAllocKind::Partitioned => {
                         return Err(ctx.err(span, "allocation kind `partitioned` needs partitioned sandboxes, which this version does not support yet; use `any`, `nodes` or `tags`"));
@@ -560,7 +561,9 @@ kind = "any"
         let run = job.resolve(&job.bind_params(&params(&[("day", "2026-01-02")])).unwrap());
         assert_eq!(
             run.kind,
-            JobKind::Process { command: vec!["python3".into(), "scripts/load.py".into(), "--day".into(), "2026-01-02".into()] }
+            JobKind::Process {
+                command: vec!["python3".into(), "scripts/load.py".into(), "--day".into(), "2026-01-02".into()]
+            }
         );
         let run = job.resolve(&job.bind_params(&BTreeMap::new()).unwrap());
         let JobKind::Process { command } = run.kind else { panic!() };

@@ -24,9 +24,9 @@ impl SandboxKind {
         match text {
             "shared" => Ok(SandboxKind::Shared),
             "local" => Ok(SandboxKind::Local),
-            "partitioned" | "replicated" => Err(format!(
-                "sandbox kind `{text}` is not supported by this version yet; use `shared` or `local`"
-            )),
+            "partitioned" | "replicated" => {
+                Err(format!("sandbox kind `{text}` is not supported by this version yet; use `shared` or `local`"))
+            }
             other => Err(format!("unknown sandbox kind `{other}`; use `shared` or `local`")),
         }
     }

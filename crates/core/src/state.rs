@@ -119,18 +119,20 @@ pub fn decide(spec: &RunSpec, attempt: u32, node_losses: u32, outcome: &Outcome)
             Decision::Retry {
                 after,
                 reason: ReasonCode::RetryScheduled,
-                message: format!("{message}; retry {failed_attempts} of {} in {}", spec.retries, crate::duration::format(after)),
+                message: format!(
+                    "{message}; retry {failed_attempts} of {} in {}",
+                    spec.retries,
+                    crate::duration::format(after)
+                ),
             }
         } else {
             Decision::Finish { state: ExecState::Failed, reason, message }
         }
     };
     match outcome {
-        Outcome::Exited(0) => Decision::Finish {
-            state: ExecState::Succeeded,
-            reason: ReasonCode::Exited,
-            message: "exit code 0".into(),
-        },
+        Outcome::Exited(0) => {
+            Decision::Finish { state: ExecState::Succeeded, reason: ReasonCode::Exited, message: "exit code 0".into() }
+        }
         Outcome::Exited(code) => retry_or_fail(format!("exit code {code}"), ReasonCode::Exited),
         Outcome::Signaled(sig) => retry_or_fail(format!("killed by signal {sig}"), ReasonCode::Signaled),
         Outcome::TimedOut => Decision::Finish {
@@ -174,17 +176,32 @@ mod tests {
 
     #[test]
     fn success_and_failure() {
-        assert!(matches!(decide(&spec(0), 1, 0, &Outcome::Exited(0)), Decision::Finish { state: ExecState::Succeeded, .. }));
-        assert!(matches!(decide(&spec(0), 1, 0, &Outcome::Exited(3)), Decision::Finish { state: ExecState::Failed, .. }));
+        assert!(matches!(
+            decide(&spec(0), 1, 0, &Outcome::Exited(0)),
+            Decision::Finish { state: ExecState::Succeeded, .. }
+        ));
+        assert!(matches!(
+            decide(&spec(0), 1, 0, &Outcome::Exited(3)),
+            Decision::Finish { state: ExecState::Failed, .. }
+        ));
         assert!(matches!(decide(&spec(1), 1, 0, &Outcome::Exited(3)), Decision::Retry { .. }));
-        assert!(matches!(decide(&spec(1), 2, 0, &Outcome::Exited(3)), Decision::Finish { state: ExecState::Failed, .. }));
-        assert!(matches!(decide(&spec(5), 1, 0, &Outcome::TimedOut), Decision::Finish { state: ExecState::TimedOut, .. }));
+        assert!(matches!(
+            decide(&spec(1), 2, 0, &Outcome::Exited(3)),
+            Decision::Finish { state: ExecState::Failed, .. }
+        ));
+        assert!(matches!(
+            decide(&spec(5), 1, 0, &Outcome::TimedOut),
+            Decision::Finish { state: ExecState::TimedOut, .. }
+        ));
     }
 
     #[test]
     fn node_loss_follows_policy() {
         let mut s = spec(0);
-        assert!(matches!(decide(&s, 1, 1, &Outcome::NodeLost { node: "n1".into() }), Decision::Retry { after: Duration::ZERO, .. }));
+        assert!(matches!(
+            decide(&s, 1, 1, &Outcome::NodeLost { node: "n1".into() }),
+            Decision::Retry { after: Duration::ZERO, .. }
+        ));
         s.on_node_loss = OnNodeLoss::Fail;
         assert!(matches!(
             decide(&s, 1, 1, &Outcome::NodeLost { node: "n1".into() }),

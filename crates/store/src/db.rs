@@ -53,9 +53,7 @@ pub struct Row(pub Vec<Value>);
 
 impl Row {
     fn get(&self, i: usize) -> Result<&Value> {
-        self.0
-            .get(i)
-            .ok_or_else(|| StoreError::Internal(format!("row has no column {i}")))
+        self.0.get(i).ok_or_else(|| StoreError::Internal(format!("row has no column {i}")))
     }
     pub fn i64(&self, i: usize) -> Result<i64> {
         match self.get(i)? {

@@ -128,7 +128,8 @@ pub enum CancelResult {
     Requested { node: Option<String> },
 }
 
-const COLUMNS: &str = "id, sandbox, job, params, spec, state, reason, message, exit_code, signal, attempt, node_id, fence,
+const COLUMNS: &str =
+    "id, sandbox, job, params, spec, state, reason, message, exit_code, signal, attempt, node_id, fence,
     cancel_requested, created_at, run_after, started_at, finished_at, updated_at";
 
 fn json_err(e: serde_json::Error) -> StoreError {
@@ -169,7 +170,8 @@ async fn get_in(tx: &mut dyn Tx, id: &str) -> Result<Option<ExecutionRow>> {
 async fn next_fences(tx: &mut dyn Tx, n: usize) -> Result<Vec<FencingToken>> {
     match tx.dialect() {
         Dialect::Postgres => {
-            let rows = tx.query("SELECT nextval('fence_seq') FROM generate_series(1, $1)", vec![(n as i64).into()]).await?;
+            let rows =
+                tx.query("SELECT nextval('fence_seq') FROM generate_series(1, $1)", vec![(n as i64).into()]).await?;
             rows.iter().map(|r| r.i64(0).map(FencingToken)).collect()
         }
         Dialect::Sqlite => {
@@ -327,7 +329,9 @@ impl Store {
             ],
         )
         .await?;
-        let row = get_in(tx.as_mut(), &id).await?.ok_or_else(|| StoreError::Internal("inserted execution vanished".into()))?;
+        let row = get_in(tx.as_mut(), &id)
+            .await?
+            .ok_or_else(|| StoreError::Internal("inserted execution vanished".into()))?;
         tx.commit().await?;
         Ok(Submitted::Created(row))
     }
@@ -451,7 +455,13 @@ impl Store {
     }
 
     /// Appends output of a running attempt; [`StoreError::Fenced`] if it is no longer current.
-    pub async fn append_logs(&self, id: &ExecutionId, fence: FencingToken, attempt: i64, logs: &[LogChunk]) -> Result<()> {
+    pub async fn append_logs(
+        &self,
+        id: &ExecutionId,
+        fence: FencingToken,
+        attempt: i64,
+        logs: &[LogChunk],
+    ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         // FOR SHARE: a takeover (which updates the row) waits for this write, and this write
         // sees the takeover if it came first.
@@ -496,8 +506,9 @@ impl Store {
     /// Cancels a queued execution at once, or asks the node running it to stop it.
     pub async fn request_cancel(&self, id: &str, by: &str) -> Result<CancelResult> {
         let mut tx = self.begin_write().await?;
-        let row = query_one(tx.as_mut(), "SELECT state, node_id FROM executions WHERE id = $1 {for_update}", vec![id.into()])
-            .await?;
+        let row =
+            query_one(tx.as_mut(), "SELECT state, node_id FROM executions WHERE id = $1 {for_update}", vec![id.into()])
+                .await?;
         let Some(row) = row else {
             tx.rollback().await?;
             return Err(StoreError::NotFound(format!("no execution with id {id}")));
@@ -506,7 +517,9 @@ impl Store {
         let result = match state {
             s if s.is_final() => {
                 tx.rollback().await?;
-                return Err(StoreError::Conflict(format!("execution {id} already finished ({s}); there is nothing to cancel")));
+                return Err(StoreError::Conflict(format!(
+                    "execution {id} already finished ({s}); there is nothing to cancel"
+                )));
             }
             ExecState::Queued => {
                 tx.execute(
@@ -541,9 +554,7 @@ impl Store {
                 vec![node.into()],
             )
             .await?;
-        rows.iter()
-            .map(|r| Ok((ExecutionId::from_trusted(r.text(0)?), FencingToken(r.i64(1)?), r.text(2)?)))
-            .collect()
+        rows.iter().map(|r| Ok((ExecutionId::from_trusted(r.text(0)?), FencingToken(r.i64(1)?), r.text(2)?))).collect()
     }
 
     /// Takes over the attempts of nodes whose lease has run out (or that have no row at all),
@@ -584,7 +595,8 @@ impl Store {
             let node = r.opt_text(2)?.unwrap_or_default();
             // Re-checked under the row lock: the attempt may have finished meanwhile.
             if let Some((row, losses)) = lock_fenced(tx.as_mut(), &id, FencingToken(fence)).await? {
-                let end = AttemptEnd { outcome: Outcome::NodeLost { node: node.clone() }, exit_code: None, signal: None };
+                let end =
+                    AttemptEnd { outcome: Outcome::NodeLost { node: node.clone() }, exit_code: None, signal: None };
                 let state = apply_end(tx.as_mut(), &row, losses + 1, &end).await?;
                 tracing::warn!(execution = %id, node = %node, attempt = row.attempt, new_state = %state, "took over an attempt from a lost node");
                 touched.push(row.id);
@@ -606,7 +618,9 @@ impl Store {
             )
             .await?;
         rows.iter()
-            .map(|r| Ok(LogRow { attempt: r.i64(0)?, seq: r.i64(1)?, stream: r.i64(2)?, data: r.bytes(3)?, at: r.i64(4)? }))
+            .map(|r| {
+                Ok(LogRow { attempt: r.i64(0)?, seq: r.i64(1)?, stream: r.i64(2)?, data: r.bytes(3)?, at: r.i64(4)? })
+            })
             .collect()
     }
 

@@ -94,7 +94,9 @@ impl Store {
     pub async fn open(url: &str, pool_size: usize) -> Result<Store> {
         let backend = if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
-                return Err(StoreError::Config("the SQLite URL names no file; write sqlite://PATH, e.g. sqlite://./data/shoal.db".into()));
+                return Err(StoreError::Config(
+                    "the SQLite URL names no file; write sqlite://PATH, e.g. sqlite://./data/shoal.db".into(),
+                ));
             }
             let path = PathBuf::from(path);
             let pool = tokio::task::spawn_blocking(move || sqlite::SqlitePool::open(&path, pool_size))
@@ -111,7 +113,9 @@ impl Store {
         };
         let store = Store { backend, url: url.to_owned() };
         schema::migrate(&store).await.map_err(|e| match e {
-            StoreError::Unavailable(m) => StoreError::Unavailable(format!("cannot reach the store at {}: {m}", store.redacted_url())),
+            StoreError::Unavailable(m) => {
+                StoreError::Unavailable(format!("cannot reach the store at {}: {m}", store.redacted_url()))
+            }
             other => other,
         })?;
         Ok(store)

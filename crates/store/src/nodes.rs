@@ -82,7 +82,14 @@ impl Store {
     }
 
     /// Extends the node's lease to `now + ttl` (store time) and publishes its state and load.
-    pub async fn renew_lease(&self, node: &str, generation: i64, ttl: Duration, state: &str, running: i64) -> Result<Renewal> {
+    pub async fn renew_lease(
+        &self,
+        node: &str,
+        generation: i64,
+        ttl: Duration,
+        state: &str,
+        running: i64,
+    ) -> Result<Renewal> {
         let mut tx = self.begin_write().await?;
         let row = query_one(
             tx.as_mut(),

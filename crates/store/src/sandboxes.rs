@@ -27,7 +27,13 @@ fn sandbox_row(r: &Row) -> Result<SandboxRow> {
 
 impl Store {
     /// Creates a sandbox; [`StoreError::Conflict`] if the name is taken.
-    pub async fn create_sandbox(&self, name: &str, kind: SandboxKind, root: &str, node: Option<&str>) -> Result<SandboxRow> {
+    pub async fn create_sandbox(
+        &self,
+        name: &str,
+        kind: SandboxKind,
+        root: &str,
+        node: Option<&str>,
+    ) -> Result<SandboxRow> {
         let mut tx = self.begin_write().await?;
         let row = query_one(
             tx.as_mut(),
@@ -39,7 +45,9 @@ impl Store {
         .await?;
         let Some(row) = row else {
             tx.rollback().await?;
-            return Err(StoreError::Conflict(format!("a sandbox named `{name}` already exists; pick another name or delete it first")));
+            return Err(StoreError::Conflict(format!(
+                "a sandbox named `{name}` already exists; pick another name or delete it first"
+            )));
         };
         tx.commit().await?;
         sandbox_row(&row)
@@ -66,7 +74,9 @@ impl Store {
     /// executions is queued or running, so no accepted execution loses its sandbox.
     pub async fn delete_sandbox(&self, name: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
-        let exists = query_one(tx.as_mut(), "SELECT name FROM sandboxes WHERE name = $1 {for_update}", vec![name.into()]).await?;
+        let exists =
+            query_one(tx.as_mut(), "SELECT name FROM sandboxes WHERE name = $1 {for_update}", vec![name.into()])
+                .await?;
         if exists.is_none() {
             tx.rollback().await?;
             return Err(StoreError::NotFound(format!("no sandbox named `{name}`")));

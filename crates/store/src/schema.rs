@@ -118,10 +118,9 @@ pub const LATEST: i64 = 1;
 pub async fn current_version(tx: &mut dyn Tx) -> Result<i64> {
     let row = query_one(tx, "SELECT value FROM shoal_meta WHERE key = 'schema_version'", vec![]).await?;
     match row {
-        Some(r) => r
-            .text(0)?
-            .parse()
-            .map_err(|_| StoreError::Internal("shoal_meta.schema_version is not a number".into())),
+        Some(r) => {
+            r.text(0)?.parse().map_err(|_| StoreError::Internal("shoal_meta.schema_version is not a number".into()))
+        }
         None => Ok(0),
     }
 }
@@ -157,7 +156,10 @@ pub async fn migrate(store: &crate::Store) -> Result<i64> {
         })
         .await?;
         let n = tx
-            .execute("UPDATE shoal_meta SET value = $1 WHERE key = 'schema_version'", vec![m.version.to_string().into()])
+            .execute(
+                "UPDATE shoal_meta SET value = $1 WHERE key = 'schema_version'",
+                vec![m.version.to_string().into()],
+            )
             .await?;
         if n == 0 {
             tx.execute(

@@ -47,7 +47,10 @@ impl SqlitePool {
     pub fn open(path: &Path, size: usize) -> Result<SqlitePool> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create the directory {} for the SQLite store: {e}", dir.display()))
+                StoreError::Unavailable(format!(
+                    "cannot create the directory {} for the SQLite store: {e}",
+                    dir.display()
+                ))
             })?;
         }
         let mut handles = Vec::with_capacity(size);
@@ -68,10 +71,7 @@ impl SqlitePool {
                 .map_err(|e| StoreError::Internal(format!("cannot start a SQLite thread: {e}")))?;
             handles.push(Handle { jobs: tx });
         }
-        Ok(SqlitePool {
-            permits: Arc::new(Semaphore::new(handles.len())),
-            idle: Arc::new(Mutex::new(handles)),
-        })
+        Ok(SqlitePool { permits: Arc::new(Semaphore::new(handles.len())), idle: Arc::new(Mutex::new(handles)) })
     }
 
     /// A connection for one transaction (`write`: `BEGIN IMMEDIATE`, taking the write lock up
@@ -170,9 +170,7 @@ impl SqliteTx {
                 let _ = reply.send(f(conn));
             }))
             .map_err(|_| StoreError::Internal("the SQLite thread is gone".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Internal("the SQLite thread dropped a reply".into()))?
-            .map_err(map_err)
+        rx.await.map_err(|_| StoreError::Internal("the SQLite thread dropped a reply".into()))?.map_err(map_err)
     }
 }
 

@@ -121,7 +121,10 @@ async fn sandboxes_crud(f: Fixture) {
     let s = &f.store;
     let row = s.create_sandbox("demo", SandboxKind::Shared, "/srv/demo", None).await.unwrap();
     assert_eq!(row.kind, SandboxKind::Shared);
-    assert!(matches!(s.create_sandbox("demo", SandboxKind::Local, "/x", Some("n1")).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.create_sandbox("demo", SandboxKind::Local, "/x", Some("n1")).await,
+        Err(StoreError::Conflict(_))
+    ));
     s.create_sandbox("local1", SandboxKind::Local, "/data/l", Some("n1")).await.unwrap();
     let names: Vec<_> = s.list_sandboxes().await.unwrap().into_iter().map(|r| r.name).collect();
     assert_eq!(names, ["demo", "local1"]);
@@ -238,7 +241,13 @@ async fn max_concurrent_is_cluster_wide(f: Fixture) {
     assert_eq!(a.len() + b.len(), 2, "max_concurrent = 2 across two nodes");
     let done = &a[0];
     let r = s
-        .finish(&[Finish { id: done.id.clone(), fence: done.fence, attempt: done.attempt, end: exited(0), logs: vec![] }])
+        .finish(&[Finish {
+            id: done.id.clone(),
+            fence: done.fence,
+            attempt: done.attempt,
+            end: exited(0),
+            logs: vec![],
+        }])
         .await
         .unwrap();
     assert_eq!(r, vec![FinishResult::Done(ExecState::Succeeded)]);
@@ -365,7 +374,10 @@ async fn leases_and_takeover(f: Fixture) {
     // A second process registering n1 pushes the first out.
     let l2 = s.register_node(&node("n1"), Duration::from_secs(60)).await.unwrap();
     assert_eq!(l2.generation, 2);
-    assert!(matches!(s.renew_lease("n1", 1, Duration::from_secs(60), "active", 0).await, Err(StoreError::LeaseLost(2))));
+    assert!(matches!(
+        s.renew_lease("n1", 1, Duration::from_secs(60), "active", 0).await,
+        Err(StoreError::LeaseLost(2))
+    ));
     // An expired lease is reported as such on renewal.
     s.register_node(&node("n3"), Duration::ZERO).await.unwrap();
     shoal_testkit::wait_until_async("n3's zero lease to expire", Duration::from_secs(5), || async {
@@ -391,7 +403,8 @@ async fn logs_read_in_order(f: Fixture) {
     let s = &f.store;
     let e = submit(s, new_exec(inline())).await;
     let c = s.claim(&view("n1"), 1).await.unwrap().remove(0);
-    let chunks: Vec<_> = (0..10).map(|i| LogChunk { seq: i, stream: 1 + (i % 2), data: format!("line {i}\n").into_bytes() }).collect();
+    let chunks: Vec<_> =
+        (0..10).map(|i| LogChunk { seq: i, stream: 1 + (i % 2), data: format!("line {i}\n").into_bytes() }).collect();
     s.append_logs(&c.id, c.fence, c.attempt, &chunks[..4]).await.unwrap();
     // Re-sending a chunk (after an ambiguous failure) does not duplicate it.
     s.append_logs(&c.id, c.fence, c.attempt, &chunks[3..7]).await.unwrap();

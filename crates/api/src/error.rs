@@ -1,0 +1,94 @@
+//! The one error shape of the API, and the one table from domain errors to HTTP statuses and
+//! stable codes. Scripts match on `code`; people read `message`, which says what to fix.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use shoal_store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Option<serde_json::Value>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+macro_rules! codes {
+    ($($fn:ident => ($status:ident, $code:literal)),* $(,)?) => {
+        impl ApiError {
+            $(pub fn $fn(message: impl Into<String>) -> ApiError {
+                ApiError { status: StatusCode::$status, code: $code, message: message.into(), details: None }
+            })*
+        }
+        /// Every code the API can answer with, for the OpenAPI document and the docs test.
+        pub const ALL_CODES: &[(&str, u16)] = &[$(($code, StatusCode::$status.as_u16())),*];
+    };
+}
+
+codes! {
+    bad_request => (BAD_REQUEST, "bad_request"),
+    invalid_json => (BAD_REQUEST, "invalid_json"),
+    invalid_query => (BAD_REQUEST, "invalid_query"),
+    invalid_path => (BAD_REQUEST, "invalid_path"),
+    unauthorized => (UNAUTHORIZED, "unauthorized"),
+    not_found => (NOT_FOUND, "not_found"),
+    method_not_allowed => (METHOD_NOT_ALLOWED, "method_not_allowed"),
+    already_exists => (CONFLICT, "already_exists"),
+    conflict => (CONFLICT, "conflict"),
+    execution_finished => (CONFLICT, "execution_finished"),
+    sandbox_not_here => (CONFLICT, "sandbox_not_here"),
+    payload_too_large => (PAYLOAD_TOO_LARGE, "payload_too_large"),
+    unsupported_media_type => (UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+    invalid_request => (UNPROCESSABLE_ENTITY, "invalid_request"),
+    invalid_job => (UNPROCESSABLE_ENTITY, "invalid_job"),
+    unknown_sandbox => (UNPROCESSABLE_ENTITY, "unknown_sandbox"),
+    unknown_job => (UNPROCESSABLE_ENTITY, "unknown_job"),
+    missing_parameter => (UNPROCESSABLE_ENTITY, "missing_parameter"),
+    unknown_parameter => (UNPROCESSABLE_ENTITY, "unknown_parameter"),
+    invalid_parameter => (UNPROCESSABLE_ENTITY, "invalid_parameter"),
+    idempotency_key_reused => (UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+    internal => (INTERNAL_SERVER_ERROR, "internal"),
+    store_unavailable => (SERVICE_UNAVAILABLE, "store_unavailable"),
+    not_ready => (SERVICE_UNAVAILABLE, "not_ready"),
+}
+
+impl ApiError {
+    pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
+        self.details = Some(details);
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(code = self.code, status = self.status.as_u16(), message = %self.message, "request failed");
+        }
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(d) = self.details {
+            error["details"] = d;
+        }
+        (self.status, axum::Json(json!({ "error": error }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Unavailable(m) => {
+                ApiError::store_unavailable(format!("{m}; the request changed nothing, retry it later"))
+            }
+            StoreError::NotFound(m) => ApiError::not_found(m),
+            StoreError::Conflict(m) => ApiError::conflict(m),
+            StoreError::IdempotencyMismatch => ApiError::idempotency_key_reused(e.to_string()),
+            StoreError::Fenced
+            | StoreError::SchemaTooNew { .. }
+            | StoreError::LeaseLost(_)
+            | StoreError::Config(_)
+            | StoreError::Internal(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! Executions: submit (from a sandbox job or an inline command), list, get, cancel, and logs
+//! (`?follow=true` streams them while the attempt runs, from whichever node is asked).
+
+use crate::body;
+use crate::error::{ApiError, ApiResult};
+use crate::files::{open_root, resolve_error};
+use crate::sandboxes::{ensure_here, find};
+use crate::State;
+use axum::body::Body;
+use axum::extract::{Path, Query};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use shoal_core::{
+    Allocation, ExecState, ExecutionId, JobKind, JobSpec, OnNodeLoss, ParamError, RunSpec, SandboxKind, SandboxPath,
+};
+use shoal_store::{CancelResult, ExecutionFilter, ExecutionRow, NewExecution, Submitted};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Submit {
+    sandbox: Option<String>,
+    job: Option<String>,
+    #[serde(default)]
+    params: BTreeMap<String, Value>,
+    /// An inline command instead of a job file.
+    command: Option<Vec<String>>,
+    // Settings of an inline command (a job file carries its own).
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    workdir: Option<String>,
+    timeout: Option<String>,
+    retries: Option<u32>,
+    retry_backoff: Option<String>,
+    on_node_loss: Option<OnNodeLoss>,
+    allocation: Option<Allocation>,
+    /// Overrides the job's priority (higher runs first).
+    priority: Option<i32>,
+}
+
+pub fn execution_json(e: &ExecutionRow) -> Value {
+    let command = match &e.spec.kind {
+        JobKind::Process { command } => json!(command),
+        JobKind::Noop => Value::Null,
+    };
+    json!({
+        "id": e.id,
+        "sandbox": e.sandbox,
+        "job": e.job,
+        "kind": match e.spec.kind { JobKind::Process { .. } => "process", JobKind::Noop => "noop" },
+        "command": command,
+        "state": e.state,
+        "reason": e.reason,
+        "message": e.message,
+        "exit_code": e.exit_code,
+        "signal": e.signal,
+        "attempt": e.attempt,
+        "node": e.node_id,
+        "params": e.params,
+        "priority": e.spec.priority,
+        "timeout_ms": e.spec.timeout_ms,
+        "retries": e.spec.retries,
+        "cancel_requested_by": e.cancel_requested,
+        "created_at": crate::rfc3339(e.created_at),
+        "started_at": e.started_at.map(crate::rfc3339),
+        "finished_at": e.finished_at.map(crate::rfc3339),
+        "updated_at": crate::rfc3339(e.updated_at),
+    })
+}
+
+fn param_value(name: &str, v: &Value) -> ApiResult<String> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        _ => Err(ApiError::invalid_parameter(format!("parameter `{name}` must be a string, number or boolean"))),
+    }
+}
+
+fn duration_field(name: &str, v: &Option<String>) -> ApiResult<Option<Duration>> {
+    v.as_ref()
+        .map(|t| shoal_core::duration::parse(t).map_err(|m| ApiError::invalid_request(format!("{name}: {m}"))))
+        .transpose()
+}
+
+/// Reads and validates a job file from a sandbox.
+async fn load_job(root: &str, job: &SandboxPath) -> ApiResult<JobSpec> {
+    let root = root.to_owned();
+    let shown = job.to_string();
+    let rel = job.to_relative();
+    let text = tokio::task::spawn_blocking(move || {
+        let dir = open_root(&root)?;
+        let meta = dir.metadata(&rel).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ApiError::unknown_job(format!("no job file `{shown}` in this sandbox")),
+            _ => resolve_error(&shown, e),
+        })?;
+        if meta.len() > shoal_core::job::MAX_JOB_FILE_BYTES as u64 {
+            return Err(ApiError::invalid_job(format!(
+                "job file `{shown}` is over {} bytes",
+                shoal_core::job::MAX_JOB_FILE_BYTES
+            )));
+        }
+        dir.read_to_string(&rel).map_err(|e| resolve_error(&shown, e))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    JobSpec::parse(&text).map_err(|e| {
+        ApiError::invalid_job(format!("{}: {}", job, e)).with_details(json!({
+            "file": job.to_string(), "line": e.line, "column": e.column, "message": e.message,
+        }))
+    })
+}
+
+pub async fn submit(state: State, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let (req, raw): (Submit, Value) = body::json(&headers, body, state.limits.max_request_bytes).await?;
+    let idempotency = match headers.get("idempotency-key") {
+        Some(k) => {
+            let key =
+                k.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255).ok_or_else(|| {
+                    ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters")
+                })?;
+            // serde_json's maps are sorted, so equal requests hash equally whatever the key order.
+            let hash = hex::encode(Sha256::digest(raw.to_string().as_bytes()));
+            Some((key.to_owned(), hash))
+        }
+        None => None,
+    };
+    let mut params = BTreeMap::new();
+    for (k, v) in &req.params {
+        params.insert(k.clone(), param_value(k, v)?);
+    }
+    let sandbox = match &req.sandbox {
+        Some(name) => Some(find(&state, name).await.map_err(|e| {
+            if e.status == StatusCode::NOT_FOUND {
+                ApiError::unknown_sandbox(format!("no sandbox named `{name}`; create it first or check the name"))
+            } else {
+                e
+            }
+        })?),
+        None => None,
+    };
+    let pinned_node = sandbox.as_ref().and_then(|s| match s.kind {
+        SandboxKind::Local => s.node_id.clone(),
+        SandboxKind::Shared => None,
+    });
+    let (job_path, mut spec) = match (&req.job, &req.command) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid_request("give either `job` or `command`, not both")),
+        (None, None) => {
+            return Err(ApiError::invalid_request(
+                "give `job` (with `sandbox`) to run a job file, or `command` to run a command",
+            ))
+        }
+        (Some(job), None) => {
+            let Some(sandbox) = &sandbox else {
+                return Err(ApiError::invalid_request("`job` needs `sandbox`: the sandbox that holds the job file"));
+            };
+            let inline_only = req.env.is_empty()
+                && req.workdir.is_none()
+                && req.timeout.is_none()
+                && req.retries.is_none()
+                && req.retry_backoff.is_none()
+                && req.on_node_loss.is_none()
+                && req.allocation.is_none();
+            if !inline_only {
+                return Err(ApiError::invalid_request(
+                    "`env`, `workdir`, `timeout`, `retries`, `retry_backoff`, `on_node_loss` and `allocation` are set in the job file, not in the request; only `params` and `priority` go with `job`",
+                ));
+            }
+            ensure_here(&state, sandbox)?;
+            let path = SandboxPath::parse(job).map_err(|e| ApiError::invalid_path(e.to_string()))?;
+            let spec = load_job(&sandbox.root, &path).await?;
+            let bound = spec.bind_params(&params).map_err(|e| match &e {
+                ParamError::Missing(_) => ApiError::missing_parameter(e.to_string()),
+                ParamError::Unknown { .. } => ApiError::unknown_parameter(e.to_string()),
+            })?;
+            params = bound.clone();
+            (Some(path.to_string()), spec.resolve(&bound))
+        }
+        (None, Some(command)) => {
+            if command.is_empty() || command[0].is_empty() {
+                return Err(ApiError::invalid_request("`command` is empty; its first element is the program to run"));
+            }
+            if !params.is_empty() {
+                return Err(ApiError::unknown_parameter(
+                    "an inline command takes no `params`; put the values in `command` or `env`",
+                ));
+            }
+            if let Some(k) = req.env.keys().find(|k| k.is_empty() || k.contains('=') || k.starts_with("SHOAL_")) {
+                return Err(ApiError::invalid_request(format!("invalid environment variable name `{k}`; names may not be empty, contain `=`, or start with `SHOAL_`")));
+            }
+            if let Some(w) = &req.workdir {
+                SandboxPath::parse(w).map_err(|e| ApiError::invalid_path(format!("workdir: {e}")))?;
+                if sandbox.is_none() {
+                    return Err(ApiError::invalid_request("`workdir` is relative to a sandbox; give `sandbox` too"));
+                }
+            }
+            let mut spec = RunSpec::inline(command.clone());
+            spec.env = req.env.clone();
+            spec.workdir = req.workdir.clone();
+            spec.timeout_ms = duration_field("timeout", &req.timeout)?.map(|d| d.as_millis() as u64);
+            if spec.timeout_ms == Some(0) {
+                return Err(ApiError::invalid_request("timeout must be more than zero; leave it out for no timeout"));
+            }
+            spec.retries = req.retries.unwrap_or(0);
+            if let Some(b) = duration_field("retry_backoff", &req.retry_backoff)? {
+                spec.retry_backoff_ms = b.as_millis() as u64;
+            }
+            spec.on_node_loss = req.on_node_loss.unwrap_or_default();
+            spec.allocation = req.allocation.clone().unwrap_or_default();
+            (None, spec)
+        }
+    };
+    if let Some(p) = req.priority {
+        spec.priority = p;
+    }
+    if let Allocation::Nodes { nodes } = &spec.allocation {
+        if nodes.is_empty() {
+            return Err(ApiError::invalid_request("allocation `nodes` needs at least one node id"));
+        }
+    }
+    let new = NewExecution { sandbox: req.sandbox.clone(), job: job_path, params, spec, pinned_node, idempotency };
+    let submitted = state.store.submit(&new).await?;
+    state.engine.wake();
+    match submitted {
+        Submitted::Created(row) => {
+            state.metrics.executions_submitted.fetch_add(1, Ordering::Relaxed);
+            let location = format!("/api/v1/executions/{}", row.id);
+            let mut r = (StatusCode::CREATED, Json(execution_json(&row))).into_response();
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(r)
+        }
+        Submitted::Replayed(row) => {
+            let mut r = (StatusCode::OK, Json(execution_json(&row))).into_response();
+            r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(r)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    sandbox: Option<String>,
+    job: Option<String>,
+    node: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+pub async fn list(
+    state: State,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::invalid_query(format!("{}; filters are state, sandbox, job, node, limit and cursor", e.body_text()))
+    })?;
+    let st = match &q.state {
+        Some(s) => Some(ExecState::parse(s).ok_or_else(|| {
+            ApiError::invalid_query(format!(
+                "unknown state `{s}`; use one of {}",
+                ExecState::ALL.map(|s| s.as_str()).join(", ")
+            ))
+        })?),
+        None => None,
+    };
+    let limit = match &q.limit {
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::invalid_query(format!("limit `{l}` must be a whole number from 1 to 1000")))?,
+        None => 50,
+    };
+    if let Some(c) = &q.cursor {
+        ExecutionId::parse(c)
+            .ok_or_else(|| ApiError::invalid_query(format!("cursor `{c}` is not one this API returned")))?;
+    }
+    let rows = state
+        .store
+        .list_executions(&ExecutionFilter {
+            state: st,
+            sandbox: q.sandbox,
+            job: q.job,
+            node: q.node,
+            limit,
+            cursor: q.cursor,
+        })
+        .await?;
+    let next = if rows.len() as i64 == limit { rows.last().map(|r| r.id.to_string()) } else { None };
+    Ok(Json(json!({ "executions": rows.iter().map(execution_json).collect::<Vec<_>>(), "next_cursor": next })))
+}
+
+async fn find_execution(state: &crate::AppState, id: &str) -> ApiResult<ExecutionRow> {
+    let not_found = || ApiError::not_found(format!("no execution with id `{id}`"));
+    let id = ExecutionId::parse(id).ok_or_else(not_found)?;
+    state.store.get_execution(id.as_str()).await?.ok_or_else(not_found)
+}
+
+pub async fn get(state: State, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(execution_json(&find_execution(&state, &id).await?)))
+}
+
+pub async fn cancel(state: State, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<(StatusCode, Json<Value>)> {
+    let row = find_execution(&state, &id).await?;
+    let by = headers
+        .get("x-shoal-user")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() < 128)
+        .unwrap_or("api")
+        .to_owned();
+    let result = state.store.request_cancel(row.id.as_str(), &by).await.map_err(|e| match e {
+        shoal_store::StoreError::Conflict(m) => ApiError::execution_finished(m),
+        other => other.into(),
+    })?;
+    let status = match result {
+        CancelResult::Cancelled => StatusCode::OK,
+        CancelResult::Requested { node } => {
+            if node.as_deref() == Some(state.node.id.as_str()) {
+                state.engine.cancel_local(row.id.as_str(), &by);
+            }
+            StatusCode::ACCEPTED
+        }
+    };
+    let row = find_execution(&state, &id).await?;
+    Ok((status, Json(execution_json(&row))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    follow: Option<bool>,
+    stream: Option<String>,
+}
+
+/// How often a follower looks for new output. Cheap (one indexed range read), and it keeps
+/// `logs --follow` within a fraction of a second of the job.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+
+pub async fn logs(
+    state: State,
+    Path(id): Path<String>,
+    query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query.map_err(|e| {
+        ApiError::invalid_query(format!("{}; options are follow=true|false and stream=stdout|stderr", e.body_text()))
+    })?;
+    let want: Option<i64> = match q.stream.as_deref() {
+        None | Some("both") => None,
+        Some("stdout") => Some(1),
+        Some("stderr") => Some(2),
+        Some(other) => {
+            return Err(ApiError::invalid_query(format!("unknown stream `{other}`; use stdout, stderr or both")))
+        }
+    };
+    let row = find_execution(&state, &id).await?;
+    let follow = q.follow.unwrap_or(false);
+    let store = state.store.clone();
+    let id = row.id.to_string();
+    // One page is read before answering, so a store error becomes a proper error response.
+    let first = store.read_logs(&id, (0, -1), 256).await?;
+    let stream = async_stream(store, id, want, follow, first);
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+fn async_stream(
+    store: std::sync::Arc<shoal_store::Store>,
+    id: String,
+    want: Option<i64>,
+    follow: bool,
+    first: Vec<shoal_store::LogRow>,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    struct S {
+        store: std::sync::Arc<shoal_store::Store>,
+        id: String,
+        pos: (i64, i64),
+        pending: Vec<shoal_store::LogRow>,
+        done: bool,
+        errors: u32,
+    }
+    let s = S { store, id, pos: (0, -1), pending: first, done: false, errors: 0 };
+    futures::stream::unfold(s, move |mut s| async move {
+        loop {
+            if !s.pending.is_empty() {
+                let mut out = Vec::new();
+                for r in s.pending.drain(..) {
+                    s.pos = (r.attempt, r.seq);
+                    if want.is_none_or(|w| w == r.stream) {
+                        out.extend_from_slice(&r.data);
+                    }
+                }
+                if !out.is_empty() {
+                    return Some((Ok(bytes::Bytes::from(out)), s));
+                }
+                continue;
+            }
+            if s.done {
+                return None;
+            }
+            // Decide whether more can come *before* reading, so that output written just
+            // before the execution finished is never skipped.
+            let finished = if follow {
+                match s.store.get_execution(&s.id).await {
+                    Ok(Some(r)) => r.state.is_final(),
+                    Ok(None) => true,
+                    Err(_) => false,
+                }
+            } else {
+                true
+            };
+            match s.store.read_logs(&s.id, s.pos, 256).await {
+                Ok(rows) => {
+                    s.errors = 0;
+                    if rows.is_empty() {
+                        if finished {
+                            return None;
+                        }
+                        tokio::time::sleep(FOLLOW_POLL).await;
+                    } else {
+                        s.pending = rows;
+                    }
+                }
+                Err(e) => {
+                    s.errors += 1;
+                    if s.errors > 50 || !follow {
+                        s.done = true;
+                        return Some((Ok(bytes::Bytes::from(format!("\n[shoal: log stream ended: {e}]\n"))), s));
+                    }
+                    tokio::time::sleep(FOLLOW_POLL).await;
+                }
+            }
+        }
+    })
+}

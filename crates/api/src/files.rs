@@ -1,0 +1,239 @@
+//! Sandbox files: list a folder, download, upload and delete, confined to the sandbox root.
+//!
+//! Confinement has two halves. [`SandboxPath`] refuses absolute paths and `..` before any IO.
+//! Then every file operation goes through a `cap_std` directory handle on the sandbox root,
+//! which refuses to resolve a path (including through symlinks) to anything outside it.
+//! Uploads are written to a temporary file beside the target and renamed into place, so a
+//! failed or oversized upload leaves nothing behind and readers never see half a file.
+
+use crate::error::{ApiError, ApiResult};
+use crate::sandboxes::{ensure_here, find};
+use crate::State;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use futures::StreamExt;
+use serde_json::json;
+use shoal_core::SandboxPath;
+use std::io;
+use tokio::io::AsyncWriteExt;
+
+pub fn open_root(root: &str) -> ApiResult<Dir> {
+    Dir::open_ambient_dir(root, ambient_authority())
+        .map_err(|e| ApiError::internal(format!("cannot open the sandbox folder {root}: {e}")))
+}
+
+/// Maps an IO error on a sandbox path to the API's errors.
+pub fn resolve_error(path: &str, e: io::Error) -> ApiError {
+    let text = e.to_string();
+    if text.contains("outside of the filesystem") || text.contains("escape") {
+        return ApiError::invalid_path(format!(
+            "path `{path}` leads outside the sandbox (through a symlink); it is refused"
+        ));
+    }
+    match e.kind() {
+        io::ErrorKind::NotFound => ApiError::not_found(format!("no file or folder `{path}` in this sandbox")),
+        io::ErrorKind::IsADirectory => ApiError::conflict(format!("`{path}` is a folder")),
+        io::ErrorKind::NotADirectory => ApiError::conflict(format!("a part of `{path}` is a file, not a folder")),
+        io::ErrorKind::AlreadyExists => ApiError::conflict(format!("`{path}` already exists as a folder")),
+        io::ErrorKind::DirectoryNotEmpty => {
+            ApiError::conflict(format!("folder `{path}` is not empty; delete its files first"))
+        }
+        io::ErrorKind::PermissionDenied => ApiError::invalid_path(format!("path `{path}` is not accessible: {e}")),
+        _ => ApiError::internal(format!("file operation on `{path}` failed: {e}")),
+    }
+}
+
+fn parse_path(raw: &str) -> ApiResult<SandboxPath> {
+    SandboxPath::parse(raw).map_err(|e| ApiError::invalid_path(e.to_string()))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(e.to_string()))?
+}
+
+pub async fn get_root(state: State, Path(name): Path<String>) -> ApiResult<Response> {
+    serve_get(state, name, String::new()).await
+}
+
+pub async fn get(state: State, Path((name, path)): Path<(String, String)>) -> ApiResult<Response> {
+    serve_get(state, name, path).await
+}
+
+enum Found {
+    Folder(Vec<serde_json::Value>),
+    File(std::fs::File, u64),
+}
+
+async fn serve_get(state: State, name: String, raw: String) -> ApiResult<Response> {
+    let sandbox = find(&state, &name).await?;
+    ensure_here(&state, &sandbox)?;
+    let path = parse_path(&raw)?;
+    let shown = path.to_string();
+    let found = blocking(move || {
+        let dir = open_root(&sandbox.root)?;
+        let rel = path.to_relative();
+        let meta = dir.metadata(&rel).map_err(|e| resolve_error(&shown, e))?;
+        if meta.is_dir() {
+            let sub = dir.open_dir(&rel).map_err(|e| resolve_error(&shown, e))?;
+            let mut entries = Vec::new();
+            for entry in sub.entries().map_err(|e| resolve_error(&shown, e))?.flatten() {
+                let fname = entry.file_name().to_string_lossy().into_owned();
+                let Ok(m) = entry.metadata() else { continue };
+                let child = if shown.is_empty() { fname.clone() } else { format!("{shown}/{fname}") };
+                entries.push(json!({
+                    "name": fname,
+                    "path": child,
+                    "kind": if m.is_dir() { "folder" } else if m.is_symlink() { "symlink" } else { "file" },
+                    "size": if m.is_dir() { 0 } else { m.len() },
+                }));
+            }
+            entries.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            Ok(Found::Folder(entries))
+        } else {
+            let f = dir.open(&rel).map_err(|e| resolve_error(&shown, e))?;
+            Ok(Found::File(f.into_std(), meta.len()))
+        }
+    })
+    .await?;
+    match found {
+        Found::Folder(entries) => {
+            Ok(Json(json!({ "path": raw.trim_matches('/'), "entries": entries })).into_response())
+        }
+        Found::File(file, len) => {
+            let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+            Ok((
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                    (header::CONTENT_LENGTH, len.to_string()),
+                ],
+                Body::from_stream(stream),
+            )
+                .into_response())
+        }
+    }
+}
+
+pub async fn put(
+    state: State,
+    Path((name, raw)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let sandbox = find(&state, &name).await?;
+    ensure_here(&state, &sandbox)?;
+    let path = parse_path(&raw)?;
+    if path.is_root() {
+        return Err(ApiError::invalid_path("give a file path to upload to, not the sandbox root"));
+    }
+    let limit = state.limits.max_upload_bytes;
+    let too_large = || {
+        ApiError::payload_too_large(format!("upload is larger than the limit of {limit} bytes; nothing was written"))
+    };
+    if headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > limit)
+    {
+        return Err(too_large());
+    }
+    let shown = path.to_string();
+    let tmp_name = format!(".shoal-upload-{}", uuid::Uuid::new_v4());
+    let (parent_rel, tmp_rel, final_rel) = {
+        let parent = path.parent().to_relative();
+        (parent.clone(), parent.join(&tmp_name), path.to_relative())
+    };
+    let root = sandbox.root.clone();
+    let (shown2, tmp2) = (shown.clone(), tmp_rel.clone());
+    let (file, existed) = blocking(move || {
+        let dir = open_root(&root)?;
+        dir.create_dir_all(&parent_rel).map_err(|e| resolve_error(&shown2, e))?;
+        let existed = match dir.symlink_metadata(&final_rel) {
+            Ok(m) if m.is_dir() => {
+                return Err(ApiError::conflict(format!("`{shown2}` is a folder; upload to a file path")))
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        };
+        let f = dir.create(&tmp2).map_err(|e| resolve_error(&shown2, e))?;
+        Ok((f.into_std(), existed))
+    })
+    .await?;
+    let cleanup = |root: String, tmp: std::path::PathBuf| async move {
+        let _ = blocking(move || {
+            if let Ok(dir) = open_root(&root) {
+                let _ = dir.remove_file(&tmp);
+            }
+            Ok(())
+        })
+        .await;
+    };
+    let mut out = tokio::fs::File::from_std(file);
+    let mut written: u64 = 0;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                cleanup(sandbox.root.clone(), tmp_rel).await;
+                return Err(ApiError::bad_request(format!("upload interrupted: {e}; nothing was written")));
+            }
+        };
+        written += chunk.len() as u64;
+        if written > limit {
+            cleanup(sandbox.root.clone(), tmp_rel).await;
+            return Err(too_large());
+        }
+        if let Err(e) = out.write_all(&chunk).await {
+            cleanup(sandbox.root.clone(), tmp_rel).await;
+            return Err(ApiError::internal(format!("cannot write `{shown}`: {e}")));
+        }
+    }
+    if let Err(e) = out.sync_all().await {
+        cleanup(sandbox.root.clone(), tmp_rel).await;
+        return Err(ApiError::internal(format!("cannot write `{shown}`: {e}")));
+    }
+    drop(out);
+    let root = sandbox.root.clone();
+    let (shown2, tmp2) = (shown.clone(), tmp_rel.clone());
+    let renamed = blocking(move || {
+        let dir = open_root(&root)?;
+        dir.rename(&tmp2, &dir, path.to_relative()).map_err(|e| resolve_error(&shown2, e))
+    })
+    .await;
+    if let Err(e) = renamed {
+        cleanup(sandbox.root.clone(), tmp_rel).await;
+        return Err(e);
+    }
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(json!({ "path": shown, "size": written }))))
+}
+
+pub async fn delete(state: State, Path((name, raw)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let sandbox = find(&state, &name).await?;
+    ensure_here(&state, &sandbox)?;
+    let path = parse_path(&raw)?;
+    if path.is_root() {
+        return Err(ApiError::invalid_path(
+            "the sandbox root cannot be deleted through the file API; delete the sandbox instead",
+        ));
+    }
+    let shown = path.to_string();
+    blocking(move || {
+        let dir = open_root(&sandbox.root)?;
+        let rel = path.to_relative();
+        let meta = dir.symlink_metadata(&rel).map_err(|e| resolve_error(&shown, e))?;
+        if meta.is_dir() {
+            dir.remove_dir(&rel).map_err(|e| resolve_error(&shown, e))
+        } else {
+            dir.remove_file(&rel).map_err(|e| resolve_error(&shown, e))
+        }
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

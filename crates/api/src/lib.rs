@@ -1,0 +1,114 @@
+//! shoal's HTTP API: the routes under `/api/v1`, health, metrics and the OpenAPI document.
+//!
+//! Handlers turn requests into store calls and engine nudges; they never run jobs or hold
+//! cluster state themselves. The engine (in `shoal-server`) is reached through [`Engine`],
+//! so this crate does not depend on how nodes run work.
+
+mod body;
+mod error;
+mod executions;
+mod files;
+mod health;
+mod metrics;
+mod nodes;
+mod sandboxes;
+
+pub use error::{ApiError, ApiResult, ALL_CODES};
+pub use metrics::Metrics;
+
+use axum::routing::{get, post};
+use axum::Router;
+use shoal_store::Store;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What the API needs from the node it runs in.
+pub trait Engine: Send + Sync + 'static {
+    /// New work may be claimable: look now rather than at the next poll.
+    fn wake(&self);
+    /// Stop a running attempt on this node at once, if it runs here.
+    fn cancel_local(&self, execution: &str, by: &str);
+    /// Whether the node should receive traffic from a load balancer, and if not, why.
+    fn readiness(&self) -> Result<(), String>;
+    /// Attempts running on this node.
+    fn running(&self) -> usize;
+    /// The background workers and how they are doing.
+    fn workers(&self) -> Vec<WorkerStatus>;
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct WorkerStatus {
+    pub name: String,
+    pub state: String,
+    pub last_error: Option<String>,
+    pub errors: u64,
+}
+
+/// This node, as the API describes it.
+#[derive(Clone, Debug)]
+pub struct NodeIdentity {
+    pub id: String,
+    pub url: String,
+    pub version: &'static str,
+    pub tags: Vec<String>,
+    pub slots: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest JSON request body.
+    pub max_request_bytes: usize,
+    /// Largest file upload.
+    pub max_upload_bytes: u64,
+}
+
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub node: NodeIdentity,
+    pub engine: Arc<dyn Engine>,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+}
+
+pub type State = axum::extract::State<Arc<AppState>>;
+
+/// The whole HTTP surface of a node.
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/nodes", get(nodes::list))
+        .route("/nodes/{id}", get(nodes::get))
+        .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
+        .route("/sandboxes/{name}", get(sandboxes::get).delete(sandboxes::delete))
+        .route("/sandboxes/{name}/jobs", get(sandboxes::jobs))
+        .route("/sandboxes/{name}/files", get(files::get_root))
+        .route("/sandboxes/{name}/files/", get(files::get_root))
+        .route("/sandboxes/{name}/files/{*path}", get(files::get).put(files::put).delete(files::delete))
+        .route("/executions", get(executions::list).post(executions::submit))
+        .route("/executions/{id}", get(executions::get))
+        .route("/executions/{id}/logs", get(executions::logs))
+        .route("/executions/{id}/cancel", post(executions::cancel))
+        .route("/openapi.json", get(health::openapi))
+        .fallback(health::api_not_found)
+        .method_not_allowed_fallback(health::method_not_allowed);
+    Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/api/v1/health/live", get(health::live))
+        .route("/api/v1/health/ready", get(health::ready))
+        .route("/openapi.json", get(health::openapi))
+        .route("/metrics", get(metrics::render))
+        .nest("/api/v1", api)
+        .fallback(health::api_not_found)
+        .with_state(state)
+}
+
+/// Where inline commands without a sandbox run.
+pub fn scratch_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("scratch")
+}
+
+/// Formats a store timestamp (milliseconds since the epoch) as RFC 3339.
+pub(crate) fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}

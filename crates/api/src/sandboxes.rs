@@ -1,0 +1,146 @@
+//! Sandboxes: registering the folders that hold job files and data, and listing their jobs.
+
+use crate::body;
+use crate::error::{ApiError, ApiResult};
+use crate::files::{open_root, resolve_error};
+use crate::State;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shoal_core::{JobSpec, SandboxKind, SandboxName};
+use shoal_store::SandboxRow;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSandbox {
+    name: String,
+    kind: String,
+    /// Absolute path of the sandbox's folder on the node(s) that hold it; created if missing.
+    root: String,
+    /// Holder of a `local` sandbox; defaults to the node serving the request.
+    node: Option<String>,
+}
+
+pub fn sandbox_json(s: &SandboxRow) -> Value {
+    json!({
+        "name": s.name,
+        "kind": s.kind,
+        "root": s.root,
+        "node": s.node_id,
+        "created_at": crate::rfc3339(s.created_at),
+    })
+}
+
+pub async fn list(state: State) -> ApiResult<Json<Value>> {
+    let rows = state.store.list_sandboxes().await?;
+    Ok(Json(json!({ "sandboxes": rows.iter().map(sandbox_json).collect::<Vec<_>>() })))
+}
+
+/// Looks a sandbox up by name, answering 404 for a bad or unknown name.
+pub async fn find(state: &crate::AppState, name: &str) -> ApiResult<SandboxRow> {
+    SandboxName::parse(name).map_err(|_| ApiError::not_found(format!("no sandbox named `{name}`")))?;
+    state.store.get_sandbox(name).await?.ok_or_else(|| ApiError::not_found(format!("no sandbox named `{name}`")))
+}
+
+/// A local sandbox's files are only on its holder; until requests are forwarded between
+/// nodes, other nodes say so instead of answering from an empty folder.
+pub fn ensure_here(state: &crate::AppState, s: &SandboxRow) -> ApiResult<()> {
+    match (&s.kind, &s.node_id) {
+        (SandboxKind::Local, Some(node)) if *node != state.node.id => Err(ApiError::sandbox_not_here(format!(
+            "sandbox `{}` is local to node {node}; send this request to that node",
+            s.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
+pub async fn get(state: State, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(sandbox_json(&find(&state, &name).await?)))
+}
+
+pub async fn create(state: State, headers: HeaderMap, body: Body) -> ApiResult<(StatusCode, Json<Value>)> {
+    let (req, _): (CreateSandbox, _) = body::json(&headers, body, state.limits.max_request_bytes).await?;
+    let name = SandboxName::parse(&req.name).map_err(ApiError::invalid_request)?;
+    let kind = SandboxKind::parse(&req.kind).map_err(ApiError::invalid_request)?;
+    let root = std::path::PathBuf::from(&req.root);
+    if !root.is_absolute() {
+        return Err(ApiError::invalid_request(format!(
+            "root `{}` is not an absolute path; give the sandbox folder's full path on the node",
+            req.root
+        )));
+    }
+    let node = match kind {
+        SandboxKind::Shared => {
+            if req.node.is_some() {
+                return Err(ApiError::invalid_request(
+                    "a shared sandbox is on every node; `node` is only for local sandboxes",
+                ));
+            }
+            None
+        }
+        SandboxKind::Local => Some(req.node.unwrap_or_else(|| state.node.id.clone())),
+    };
+    if node.as_deref().is_none_or(|n| n == state.node.id) {
+        let r = root.clone();
+        tokio::task::spawn_blocking(move || std::fs::create_dir_all(&r))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::invalid_request(format!("cannot create the sandbox folder {}: {e}", req.root)))?;
+    }
+    let row =
+        state.store.create_sandbox(name.as_str(), kind, &req.root, node.as_deref()).await.map_err(|e| match e {
+            shoal_store::StoreError::Conflict(m) => ApiError::already_exists(m),
+            other => other.into(),
+        })?;
+    Ok((StatusCode::CREATED, Json(sandbox_json(&row))))
+}
+
+pub async fn delete(state: State, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    find(&state, &name).await?;
+    state.store.delete_sandbox(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every `*.toml` under the sandbox's `jobs/` folder, and whether it is a valid job.
+pub async fn jobs(state: State, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let sandbox = find(&state, &name).await?;
+    ensure_here(&state, &sandbox)?;
+    let root = sandbox.root.clone();
+    let jobs = tokio::task::spawn_blocking(move || -> ApiResult<Vec<Value>> {
+        let dir = open_root(&root)?;
+        let mut out = Vec::new();
+        let mut stack = vec![std::path::PathBuf::from("jobs")];
+        while let Some(folder) = stack.pop() {
+            let entries = match dir.read_dir(&folder) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(resolve_error(&folder.display().to_string(), e)),
+            };
+            for entry in entries.flatten() {
+                let path = folder.join(entry.file_name());
+                let Ok(ft) = entry.file_type() else { continue };
+                if ft.is_dir() {
+                    stack.push(path);
+                } else if ft.is_file() && path.extension().is_some_and(|e| e == "toml") {
+                    let shown = path.display().to_string();
+                    let text = dir.read_to_string(&path);
+                    out.push(match text.map_err(|e| e.to_string()).and_then(|t| JobSpec::parse(&t).map_err(|e| e.to_string())) {
+                        Ok(job) => json!({
+                            "path": shown, "valid": true, "description": job.description,
+                            "params": job.params.iter().map(|(k, p)| json!({"name": k, "default": p.default, "required": p.default.is_none(), "description": p.description})).collect::<Vec<_>>(),
+                        }),
+                        Err(e) => json!({ "path": shown, "valid": false, "error": e }),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(Json(json!({ "sandbox": name, "jobs": jobs })))
+}

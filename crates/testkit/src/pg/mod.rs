@@ -1,0 +1,258 @@
+//! Throwaway PostgreSQL servers: one primary per test process, started on first use, plus streaming replicas on demand.
+//!
+//! Every server runs `postgres` directly as a child of the test process (not
+//! through `pg_ctl`, which daemonizes), armed to get SIGINT when the process
+//! ends, so no server outlives its tests. Data lives under
+//! `<temp>/shoal-test-pg/<pid>-<n>`, removed at a normal exit and otherwise
+//! by the next test process that starts a server.
+
+mod bins;
+mod dirs;
+mod proc;
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bins::Bins;
+use proc::Instance;
+
+/// The role every URL connects as: the bootstrap superuser, so tests may
+/// create databases, roles and extensions freely.
+const SUPERUSER: &str = "shoal";
+
+/// Settings for speed over durability (a crash loses nothing a test needs)
+/// and for streaming replication (so [`PgServer::start_replica`] works).
+const CONFIG: &str = "
+# added by shoal-testkit
+listen_addresses = '127.0.0.1'
+max_connections = 200
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+wal_level = replica
+max_wal_senders = 10
+hot_standby = on
+timezone = 'UTC'
+log_timezone = 'UTC'
+";
+
+fn bins() -> Result<&'static Bins, String> {
+    static BINS: OnceLock<Result<Bins, String>> = OnceLock::new();
+    BINS.get_or_init(Bins::find).as_ref().map_err(Clone::clone)
+}
+
+fn url(port: u16, db: &str) -> String {
+    format!("postgres://{SUPERUSER}@127.0.0.1:{port}/{db}")
+}
+
+/// Appends `text` to the data directory's `postgresql.conf`; later lines win.
+fn append_config(data: &Path, text: &str) -> Result<(), String> {
+    let path = data.join("postgresql.conf");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("cannot append to {}: {e}", path.display()))
+}
+
+/// The Unix socket goes beside the data directory, in a directory private to
+/// this server: not the system default, which may be missing or another's.
+fn socket_config(root: &Path) -> String {
+    let dir = root.to_string_lossy().replace('\'', "''");
+    format!("unix_socket_directories = '{dir}'\n")
+}
+
+/// The test process's PostgreSQL server, started on first call.
+///
+/// Starting takes a second or two; later calls return at once. If the start
+/// fails, this and every later call panic with the reason (and the server's
+/// log when it got that far).
+pub fn postgres() -> &'static PgServer {
+    static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
+    match SERVER.get_or_init(PgServer::start) {
+        Ok(server) => server,
+        Err(e) => panic!("cannot start the test PostgreSQL server: {e}"),
+    }
+}
+
+/// Runs `sql` with `psql` against `url`, returning its output as unaligned,
+/// tuples-only text (`|` between columns, one row a line, no trailing
+/// newline), or psql's complaint. Meant for tests that need no client library.
+pub fn psql(url: &str, sql: &str) -> Result<String, String> {
+    let mut cmd = Command::new(bins()?.tool("psql"));
+    proc::scrub_pg_env(&mut cmd);
+    let out = cmd
+        // No ~/.psqlrc, quiet, unaligned, tuples only, stop at the first error.
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .args(["-d", url, "-c", sql])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.success() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text.trim_end_matches('\n').to_owned())
+    } else {
+        Err(format!(
+            "psql against {url} failed ({}) running {sql:?}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ))
+    }
+}
+
+/// A PostgreSQL server private to this test process, accepting any local
+/// connection without a password (trust authentication).
+#[derive(Debug)]
+pub struct PgServer {
+    inst: Instance,
+    next_db: AtomicU32,
+    next_replica: AtomicU32,
+}
+
+impl PgServer {
+    fn start() -> Result<PgServer, String> {
+        let bins = bins()?;
+        let root = dirs::new_root()?;
+        let data = root.join("data");
+        let mut initdb = proc::command(&bins.tool("initdb"), &root)?;
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", SUPERUSER, "-A", "trust", "-E", "UTF8"])
+            // The C locale exists everywhere; a shell's LANG may name one
+            // that is not installed, which would fail initdb.
+            .args(["--locale=C", "--no-sync"]);
+        proc::run("initdb", initdb)?;
+        append_config(&data, CONFIG)?;
+        append_config(&data, &socket_config(&root))?;
+        Ok(PgServer { inst: Instance::start(bins, root)?, next_db: AtomicU32::new(0), next_replica: AtomicU32::new(0) })
+    }
+
+    /// Creates a new, empty database with a name unique in this process and
+    /// returns its URL, e.g. `postgres://shoal@127.0.0.1:PORT/shoal_test_3`.
+    pub fn fresh_database(&self) -> String {
+        let n = self.next_db.fetch_add(1, Ordering::Relaxed);
+        let name = format!("shoal_test_{n}");
+        if let Err(e) = psql(&self.admin_url(), &format!("CREATE DATABASE {name}")) {
+            panic!("cannot create test database {name}: {e}");
+        }
+        self.url_for(&name)
+    }
+
+    /// The URL of the `postgres` maintenance database, as the superuser.
+    pub fn admin_url(&self) -> String {
+        self.url_for("postgres")
+    }
+
+    /// The URL of database `db` on this server.
+    pub fn url_for(&self, db: &str) -> String {
+        url(self.inst.port, db)
+    }
+
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.inst.port
+    }
+
+    /// The data directory (PGDATA). Its parent holds the server's log,
+    /// `postgres.log`, and its Unix socket.
+    pub fn data_dir(&self) -> &Path {
+        &self.inst.data
+    }
+
+    /// Starts a hot standby streaming from this server, copied with
+    /// `pg_basebackup` and holding a replication slot so the primary keeps
+    /// the WAL it has yet to receive. Stopped and removed when dropped.
+    pub fn start_replica(&self) -> PgReplica {
+        match self.try_start_replica() {
+            Ok(replica) => replica,
+            Err(e) => panic!("cannot start a replica of the test PostgreSQL server: {e}"),
+        }
+    }
+
+    fn try_start_replica(&self) -> Result<PgReplica, String> {
+        let bins = bins()?;
+        let root = dirs::new_root()?;
+        let data = root.join("data");
+        let n = self.next_replica.fetch_add(1, Ordering::Relaxed);
+        let slot = format!("shoal_replica_{n}");
+        let mut backup = proc::command(&bins.tool("pg_basebackup"), &root)?;
+        backup
+            .arg("-D")
+            .arg(&data)
+            // -R writes standby.signal and primary_conninfo; -C -S makes the slot.
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-C", "-S", &slot])
+            .args(["-h", "127.0.0.1", "-p", &self.port().to_string(), "-U", SUPERUSER]);
+        proc::run("pg_basebackup", backup)?;
+        // The copied configuration names the primary's socket directory.
+        append_config(&data, &socket_config(&root))?;
+        Ok(PgReplica { inst: Instance::start(bins, root)?, slot, primary_admin_url: self.admin_url() })
+    }
+}
+
+/// A streaming replica of the test server; see [`PgServer::start_replica`].
+#[derive(Debug)]
+pub struct PgReplica {
+    inst: Instance,
+    slot: String,
+    primary_admin_url: String,
+}
+
+impl PgReplica {
+    /// The TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.inst.port
+    }
+
+    /// The URL of database `db` on this replica.
+    pub fn url_for(&self, db: &str) -> String {
+        url(self.inst.port, db)
+    }
+
+    /// The replica's data directory; its parent holds its `postgres.log`.
+    pub fn data_dir(&self) -> &Path {
+        &self.inst.data
+    }
+
+    /// Promotes the replica to a primary, returning once it accepts writes.
+    pub fn promote(&self) {
+        let run = || -> Result<(), String> {
+            let mut cmd = proc::command(&bins()?.tool("pg_ctl"), &self.inst.root)?;
+            cmd.arg("promote").arg("-D").arg(&self.inst.data).args(["-w", "-t", "30"]);
+            proc::run("pg_ctl promote", cmd).map(drop)
+        };
+        if let Err(e) = run() {
+            panic!("cannot promote the replica on port {}: {e}", self.port());
+        }
+    }
+
+    /// Stops the replica at once, as a crash would (immediate shutdown).
+    /// Its data directory stays until the replica is dropped.
+    pub fn kill(&self) {
+        self.inst.stop();
+    }
+}
+
+impl Drop for PgReplica {
+    fn drop(&mut self) {
+        self.inst.stop();
+        // The primary's WAL sender may take a moment to notice the replica is
+        // gone, and the slot cannot be dropped while it is active.
+        let drop_slot = format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = '{}'",
+            self.slot
+        );
+        for _ in 0..100 {
+            if psql(&self.primary_admin_url, &drop_slot).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.inst.root);
+    }
+}

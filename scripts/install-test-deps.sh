@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond the Rust toolchain: PostgreSQL's
+# server programs and psql, which shoal-testkit runs as throwaway servers.
+# Idempotent: does nothing when they are already there.
+set -euo pipefail
+
+# The same search as shoal-testkit (crates/testkit/src/pg/bins.rs).
+server_bindir() {
+    local dir
+    if [[ -n "${SHOAL_PG_BINDIR:-}" && -x "$SHOAL_PG_BINDIR/postgres" && -x "$SHOAL_PG_BINDIR/initdb" ]]; then
+        echo "$SHOAL_PG_BINDIR"
+        return 0
+    fi
+    if dir=$(pg_config --bindir 2>/dev/null) && [[ -x "$dir/postgres" && -x "$dir/initdb" ]]; then
+        echo "$dir"
+        return 0
+    fi
+    # Highest version first, compared as numbers (10 > 9.6).
+    while read -r dir; do
+        if [[ -x "$dir/postgres" && -x "$dir/initdb" ]]; then
+            echo "$dir"
+            return 0
+        fi
+    done < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -t/ -k5,5Vr)
+    return 1
+}
+
+have_psql() {
+    command -v psql >/dev/null 2>&1 || [[ -x "$1/psql" ]]
+}
+
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "install-test-deps: need root (or sudo) to run: $*" >&2
+        exit 1
+    fi
+}
+
+apt_install() {
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# Debian's postinst creates a "main" cluster and may start it; the tests run
+# their own servers on free ports, so one on 5432 would only use resources.
+stop_packaged_clusters() {
+    if command -v pg_lsclusters >/dev/null 2>&1; then
+        local version name _
+        while read -r version name _; do
+            as_root pg_ctlcluster "$version" "$name" stop >/dev/null 2>&1 || true
+        done < <(pg_lsclusters -h 2>/dev/null || true)
+    fi
+    as_root service postgresql stop >/dev/null 2>&1 || true
+}
+
+did=()
+if bindir=$(server_bindir); then
+    if ! have_psql "$bindir"; then
+        apt_install postgresql-client
+        did+=("installed postgresql-client")
+    fi
+else
+    apt_install postgresql
+    stop_packaged_clusters
+    bindir=$(server_bindir) || {
+        echo "install-test-deps: installed postgresql but found no server programs" >&2
+        exit 1
+    }
+    did+=("installed postgresql")
+fi
+
+# shoal-testkit runs PostgreSQL as this user when tests run as root (it refuses
+# to run as root); the package creates it, but a hand-made install may not.
+if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
+    useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    did+=("created the postgres user")
+fi
+
+if [[ ${#did[@]} -eq 0 ]]; then
+    echo "install-test-deps: PostgreSQL already present ($bindir); nothing to do"
+else
+    echo "install-test-deps: $(IFS=,; echo "${did[*]}" | sed 's/,/, /g') ($bindir)"
+fi

@@ -1,0 +1,142 @@
+//! `cargo xtask`: the project's own build and test tasks, in Rust so they run wherever cargo does.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+const HELP: &str = "\
+usage: cargo xtask <task> [-- <args>]
+e.g.:  cargo xtask test -- -p shoal-testkit -- --nocapture
+
+tasks:
+  deps    install what the tests need beyond Rust (scripts/install-test-deps.sh)
+  test    deps, then `cargo test --workspace --all-targets <args>`
+          (without --workspace when <args> pick packages with -p)
+  ci      `cargo fmt --check`, `cargo clippy -D warnings`, then what `test` does
+  help    print this
+";
+
+fn main() {
+    if let Err(e) = run(std::env::args_os().skip(1).collect()) {
+        eprintln!("xtask: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Vec<OsString>) -> Result<()> {
+    let mut args = args.into_iter();
+    let task = args.next();
+    // Everything after the task goes to `cargo test`; a leading `--` only
+    // separates it, as in `cargo xtask test -- -p shoal-store`.
+    let mut rest: Vec<OsString> = args.collect();
+    if rest.first().is_some_and(|a| a == "--") {
+        rest.remove(0);
+    }
+    let root = workspace_root();
+    match task.as_ref().and_then(|t| t.to_str()) {
+        Some("deps") => deps(&root),
+        Some("test") => test(&root, &rest),
+        Some("ci") => ci(&root, &rest),
+        Some("help" | "--help" | "-h") => {
+            print!("{HELP}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown task `{other}`\n\n{HELP}"),
+        None => bail!("no task given\n\n{HELP}"),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask/ sits directly in the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask's manifest directory has a parent").to_owned()
+}
+
+/// The cargo that is running us, so a toolchain picked by rustup or by
+/// `cargo +toolchain xtask` carries over to the commands we run.
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+/// Runs `cmd` with its output going straight to ours, failing with the
+/// command's name if it fails.
+fn run_cmd(mut cmd: Command) -> Result<()> {
+    let shown = describe(&cmd);
+    eprintln!("xtask: running {shown}");
+    let status = cmd.status().with_context(|| format!("cannot run `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status})");
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    let program = Path::new(cmd.get_program());
+    // Show `cargo`, not the full path of the toolchain's cargo binary.
+    let program = program.file_name().unwrap_or(program.as_os_str());
+    std::iter::once(program).chain(cmd.get_args()).map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+}
+
+fn deps(root: &Path) -> Result<()> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(root.join("scripts/install-test-deps.sh")).current_dir(root);
+    run_cmd(cmd)
+}
+
+fn test(root: &Path, extra: &[OsString]) -> Result<()> {
+    deps(root)?;
+    let mut cmd = cargo(root);
+    cmd.arg("test");
+    // `--workspace` would override a package chosen in `extra`.
+    if !names_package(extra) {
+        cmd.arg("--workspace");
+    }
+    cmd.arg("--all-targets").args(extra);
+    // A failing test's backtrace is the first thing anyone asks for; keep a
+    // caller's own choice (`full`, `0`) if it made one.
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        cmd.env("RUST_BACKTRACE", "1");
+    }
+    run_cmd(cmd)
+}
+
+/// Whether cargo's own arguments (those before a `--` meant for the test
+/// binaries) pick packages.
+fn names_package(args: &[OsString]) -> bool {
+    args.iter()
+        .map(|a| a.to_string_lossy())
+        .take_while(|a| a != "--")
+        .any(|a| a == "-p" || a.starts_with("--package") || (a.starts_with("-p") && a.len() > 2))
+}
+
+fn ci(root: &Path, extra: &[OsString]) -> Result<()> {
+    let mut fmt = cargo(root);
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run_cmd(fmt)?;
+    let mut clippy = cargo(root);
+    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    run_cmd(clippy)?;
+    test(root, extra)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_package;
+    use std::ffi::OsString;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn package_selection_is_seen_only_in_cargo_args() {
+        assert!(names_package(&args(&["-p", "shoal-store"])));
+        assert!(names_package(&args(&["-pshoal-store"])));
+        assert!(names_package(&args(&["--package=shoal-store"])));
+        assert!(!names_package(&args(&["--release"])));
+        assert!(!names_package(&args(&["--", "-p"])));
+    }
+}
