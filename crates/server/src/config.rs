@@ -1,0 +1,400 @@
+//! Configuration: one TOML file plus `SHOAL_<SECTION>_<KEY>` environment overrides, validated
+//! once into [`Config`], whose values cannot be invalid.
+//!
+//! Every key is documented in `docs/configuration.md`; unknown keys are errors that name the
+//! key, because a misspelt key silently ignored is a setting the operator thinks they have.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}, line {line}, column {column}: {message}")]
+    Parse { path: String, line: usize, column: usize, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The file's shape. Every field is optional here; defaults live in [`Config::from_raw`].
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    node_id: Option<String>,
+    data_dir: Option<PathBuf>,
+    tags: Option<Vec<String>>,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    cluster: RawCluster,
+    #[serde(default)]
+    executor: RawExecutor,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+    advertise: Option<String>,
+    max_request_bytes: Option<u64>,
+    max_upload_bytes: Option<u64>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+    pool_size: Option<u32>,
+    replicas: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    secret: Option<String>,
+    lease_ttl: Option<String>,
+    gossip_listen: Option<String>,
+    seeds: Option<Vec<String>>,
+    multicast: Option<toml::Value>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawExecutor {
+    slots: Option<u32>,
+    kill_grace: Option<String>,
+    poll_interval: Option<String>,
+    supervisor: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A validated node configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `None`: generated once and kept in `data_dir/node_id`.
+    pub node_id: Option<shoal_core::NodeId>,
+    pub data_dir: PathBuf,
+    pub tags: Vec<String>,
+    pub http: HttpConfig,
+    pub store: StoreConfig,
+    pub cluster: ClusterConfig,
+    pub executor: ExecutorConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// `None`: `http://` and the address actually bound (so port 0 works).
+    pub advertise: Option<String>,
+    pub max_request_bytes: usize,
+    pub max_upload_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub url: String,
+    pub pool_size: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub secret: Option<String>,
+    pub lease_ttl: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    pub slots: u32,
+    pub kill_grace: Duration,
+    pub poll_interval: Duration,
+    /// The binary that understands `__supervise`; `None`: this executable.
+    pub supervisor: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// The sections environment overrides may name, and the keys each has.
+const SECTIONS: &[(&str, &[&str])] = &[
+    ("http", &["listen", "advertise", "max_request_bytes", "max_upload_bytes"]),
+    ("store", &["url", "pool_size", "replicas"]),
+    ("cluster", &["secret", "lease_ttl", "gossip_listen", "seeds", "multicast"]),
+    ("executor", &["slots", "kill_grace", "poll_interval", "supervisor"]),
+    ("log", &["level", "format"]),
+];
+const TOP_LEVEL: &[&str] = &["node_id", "data_dir", "tags"];
+
+/// Environment variables shoal sets for jobs or reads as a client; never config overrides.
+const NOT_CONFIG: &[&str] = &["SHOAL_EXECUTION_ID", "SHOAL_ATTEMPT", "SHOAL_FENCING_TOKEN", "SHOAL_SANDBOX", "SHOAL_SANDBOX_ROOT", "SHOAL_SERVER", "SHOAL_CONFIG"];
+
+fn parse_duration(what: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(t) => shoal_core::duration::parse(t).map_err(|m| ConfigError::Invalid(format!("{what}: {m}"))),
+    }
+}
+
+/// Turns an environment value into TOML: arrays, numbers and booleans as written, anything
+/// else as a string (so `SHOAL_STORE_URL=postgres://...` needs no quoting).
+fn env_value(text: &str) -> toml::Value {
+    let probe = format!("v = {text}");
+    match toml::from_str::<toml::Table>(&probe) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(text.to_owned())),
+        Err(_) => toml::Value::String(text.to_owned()),
+    }
+}
+
+impl Config {
+    /// Loads the file (if any) and applies overrides from `env` (pass `std::env::vars()`).
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let (text, shown) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|e| ConfigError::Read { path: p.to_owned(), source: e })?,
+                p.display().to_string(),
+            ),
+            None => (String::new(), "(none)".to_owned()),
+        };
+        Self::parse(&text, &shown, env)
+    }
+
+    pub fn parse(text: &str, shown: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let parse_err = |e: toml::de::Error, text: &str| {
+            let (line, column) = shoal_core::job::line_col(text, e.span().map_or(0, |s| s.start));
+            ConfigError::Parse { path: shown.to_owned(), line, column, message: e.message().trim().to_owned() }
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e, text))?;
+        // Validate the file on its own first, so its errors point at its lines.
+        if let Err(e) = toml::from_str::<Raw>(text) {
+            return Err(parse_err(e, text));
+        }
+        let overrides: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("SHOAL_")).collect();
+        for (var, value) in overrides {
+            if NOT_CONFIG.contains(&var.as_str()) {
+                continue;
+            }
+            let rest = var["SHOAL_".len()..].to_ascii_lowercase();
+            if TOP_LEVEL.contains(&rest.as_str()) {
+                let v = if rest == "node_id" || rest == "data_dir" { toml::Value::String(value) } else { env_value(&value) };
+                table.insert(rest, v);
+                continue;
+            }
+            let Some((section, keys)) = SECTIONS.iter().find(|(s, _)| rest.starts_with(&format!("{s}_"))) else {
+                // SHOAL_ variables of other tools or future versions are none of our business,
+                // but a variable that looks like ours and is misspelt deserves an error below.
+                continue;
+            };
+            let key = &rest[section.len() + 1..];
+            if !keys.contains(&key) {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("[{section}] has no key `{key}`; its keys are {}", keys.join(", ")),
+                });
+            }
+            let v = if matches!(key, "url" | "secret" | "listen" | "advertise" | "gossip_listen" | "supervisor" | "level" | "format") {
+                toml::Value::String(value)
+            } else {
+                env_value(&value)
+            };
+            let entry = table.entry(section.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+            match entry {
+                toml::Value::Table(t) => {
+                    t.insert(key.to_owned(), v);
+                }
+                _ => return Err(ConfigError::Invalid(format!("`{section}` must be a table"))),
+            }
+        }
+        let raw = Raw::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Invalid(format!("after environment overrides: {}", e.message().trim())))?;
+        Self::from_raw(raw)
+    }
+
+    fn from_raw(raw: Raw) -> Result<Config, ConfigError> {
+        let node_id = raw.node_id.as_deref().map(shoal_core::NodeId::parse).transpose().map_err(ConfigError::Invalid)?;
+        let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        let tags = raw.tags.unwrap_or_default();
+        if let Some(t) = tags.iter().find(|t| t.is_empty() || t.contains(char::is_whitespace)) {
+            return Err(ConfigError::Invalid(format!("tag `{t}` is empty or contains whitespace")));
+        }
+        let listen_text = raw.http.listen.unwrap_or_else(|| "127.0.0.1:7700".into());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError::Invalid(format!("http.listen `{listen_text}` is not an IP address and port, like 127.0.0.1:7700 or 0.0.0.0:7700"))
+        })?;
+        if let Some(a) = &raw.http.advertise {
+            if !(a.starts_with("http://") || a.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!("http.advertise `{a}` must be a URL starting with http:// or https://")));
+            }
+        }
+        let max_request_bytes = raw.http.max_request_bytes.unwrap_or(1024 * 1024);
+        if !(1024..=64 * 1024 * 1024).contains(&max_request_bytes) {
+            return Err(ConfigError::Invalid("http.max_request_bytes must be from 1024 to 67108864".into()));
+        }
+        let url = raw.store.url.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("shoal.db").display()));
+        if let Some(replicas) = &raw.store.replicas {
+            if url.starts_with("sqlite://") && !replicas.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "store.replicas is set but the store is SQLite: read replicas are a PostgreSQL feature; remove store.replicas or use a postgres:// store.url".into(),
+                ));
+            }
+            if !replicas.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "store.replicas: read-replica routing is not supported by this version yet; remove the key".into(),
+                ));
+            }
+        }
+        let pool_size = raw.store.pool_size.unwrap_or(8);
+        if !(1..=256).contains(&pool_size) {
+            return Err(ConfigError::Invalid("store.pool_size must be from 1 to 256".into()));
+        }
+        if raw.cluster.gossip_listen.is_some() || raw.cluster.seeds.is_some() || raw.cluster.multicast.is_some() {
+            return Err(ConfigError::Invalid(
+                "cluster.gossip_listen, cluster.seeds and cluster.multicast belong to gossip membership, which this version does not have yet; remove them (nodes sharing a store already share work through it)".into(),
+            ));
+        }
+        let lease_ttl = parse_duration("cluster.lease_ttl", &raw.cluster.lease_ttl, Duration::from_secs(5))?;
+        if lease_ttl < Duration::from_secs(2) || lease_ttl > Duration::from_secs(600) {
+            return Err(ConfigError::Invalid("cluster.lease_ttl must be from 2s to 10m".into()));
+        }
+        let slots = raw.executor.slots.unwrap_or(8);
+        if !(1..=10_000).contains(&slots) {
+            return Err(ConfigError::Invalid("executor.slots must be from 1 to 10000".into()));
+        }
+        let kill_grace = parse_duration("executor.kill_grace", &raw.executor.kill_grace, Duration::from_secs(5))?;
+        let poll_interval = parse_duration("executor.poll_interval", &raw.executor.poll_interval, Duration::from_millis(500))?;
+        if poll_interval < Duration::from_millis(10) || poll_interval > Duration::from_secs(60) {
+            return Err(ConfigError::Invalid("executor.poll_interval must be from 10ms to 60s".into()));
+        }
+        let format = match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(ConfigError::Invalid(format!("log.format `{other}` is unknown; use `text` or `json`"))),
+        };
+        Ok(Config {
+            node_id,
+            data_dir,
+            tags,
+            http: HttpConfig {
+                listen,
+                advertise: raw.http.advertise.map(|a| a.trim_end_matches('/').to_owned()),
+                max_request_bytes: max_request_bytes as usize,
+                max_upload_bytes: raw.http.max_upload_bytes.unwrap_or(256 * 1024 * 1024),
+            },
+            store: StoreConfig { url, pool_size: pool_size as usize },
+            cluster: ClusterConfig { secret: raw.cluster.secret, lease_ttl },
+            executor: ExecutorConfig { slots, kill_grace, poll_interval, supervisor: raw.executor.supervisor },
+            log: LogConfig { level: raw.log.level.unwrap_or_else(|| "info".into()), format },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_run_on_one_machine() {
+        let c = Config::parse("", "x", env(&[])).unwrap();
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:7700");
+        assert_eq!(c.store.url, "sqlite://./data/shoal.db");
+        assert_eq!(c.executor.slots, 8);
+        assert!(c.node_id.is_none());
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let text = r#"
+node_id = "n1"
+data_dir = "./data/n1"
+tags = ["etl", "big-memory"]
+[http]
+listen = "127.0.0.1:7700"
+advertise = "http://127.0.0.1:7700"
+[store]
+url = "sqlite://./data/shoal.db"
+[cluster]
+secret = "s3cret"
+[executor]
+slots = 8
+"#;
+        let c = Config::parse(text, "x", env(&[])).unwrap();
+        assert_eq!(c.node_id.unwrap().as_str(), "n1");
+        assert_eq!(c.tags, ["etl", "big-memory"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::parse("[http]\nlisen = \"x\"\n", "shoal.toml", env(&[])).unwrap_err().to_string();
+        assert!(e.contains("lisen") && e.contains("line 2"), "{e}");
+        let e = Config::parse("colour = 1\n", "shoal.toml", env(&[])).unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        let e = Config::parse("", "x", env(&[("SHOAL_HTTP_LISEN", "1")])).unwrap_err().to_string();
+        assert!(e.contains("SHOAL_HTTP_LISEN") && e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = Config::parse(
+            "[executor]\nslots = 2\n",
+            "x",
+            env(&[
+                ("SHOAL_EXECUTOR_SLOTS", "16"),
+                ("SHOAL_STORE_URL", "postgres://u:p@h1,h2/db?target_session_attrs=read-write"),
+                ("SHOAL_TAGS", "[\"a\", \"b\"]"),
+                ("SHOAL_NODE_ID", "n7"),
+                ("SHOAL_EXECUTION_ID", "not config"),
+                ("SHOAL_UNRELATED_THING", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.executor.slots, 16);
+        assert!(c.store.url.starts_with("postgres://"));
+        assert_eq!(c.tags, ["a", "b"]);
+        assert_eq!(c.node_id.unwrap().as_str(), "n7");
+    }
+
+    #[test]
+    fn invalid_values_say_what_to_fix() {
+        for (text, needle) in [
+            ("[http]\nlisten = \"localhost\"", "127.0.0.1:7700"),
+            ("[executor]\nslots = 0", "executor.slots"),
+            ("[executor]\nkill_grace = \"soon\"", "executor.kill_grace"),
+            ("[store]\nreplicas = [\"postgres://r\"]", "PostgreSQL feature"),
+            ("[cluster]\nseeds = [\"a:1\"]", "gossip"),
+            ("node_id = \"Bad Id\"", "node id"),
+            ("[log]\nformat = \"xml\"", "log.format"),
+            ("[executor]\nslots = \"many\"", "line 2"),
+        ] {
+            let e = Config::parse(text, "x", env(&[])).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+}

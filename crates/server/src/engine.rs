@@ -1,0 +1,478 @@
+//! The engine of one node: claims work from the store, runs attempts as supervised child
+//! processes, streams their output into the store, and records how they end, every write
+//! fenced by the attempt's token.
+//!
+//! Ownership rules (see docs/design/leases-and-fencing.md): this node may run an attempt
+//! only while its lease in the store is live. If it cannot renew the lease, it kills its
+//! children before the lease can run out, so a node cut off from the store never runs an
+//! attempt beside the node that takes it over.
+
+use crate::workers::Workers;
+use shoal_api::{Metrics, WorkerStatus};
+use shoal_core::placement::NodeView;
+use shoal_core::state::Outcome;
+use shoal_core::{ExecutionId, FencingToken, JobKind, SandboxPath};
+use shoal_runner::{Exit, Launcher, SpawnSpec, Stream};
+use shoal_store::{AttemptEnd, Claimed, Finish, FinishResult, LogChunk, Store, StoreError};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+
+/// Why an attempt is being stopped by this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Cancel { by: String },
+    /// The node is shutting down: the attempt is handed back (`node_lost`, retried by policy).
+    Shutdown,
+    /// The lease could not be renewed in time: kill now, before anyone takes over.
+    LeaseLost,
+    /// The store refused the attempt's token: someone else owns it now. Kill, write nothing.
+    Fenced,
+}
+
+struct AttemptHandle {
+    fence: FencingToken,
+    stop: watch::Sender<Option<Stop>>,
+}
+
+pub struct EngineConfig {
+    pub node_id: String,
+    pub tags: Vec<String>,
+    pub slots: usize,
+    pub kill_grace: Duration,
+    pub poll_interval: Duration,
+    pub lease_ttl: Duration,
+    pub scratch_dir: PathBuf,
+}
+
+pub struct Engine {
+    pub store: Arc<Store>,
+    pub cfg: EngineConfig,
+    pub metrics: Arc<Metrics>,
+    pub workers: Workers,
+    launcher: Launcher,
+    attempts: Mutex<HashMap<String, AttemptHandle>>,
+    running: AtomicUsize,
+    pub wake: Notify,
+    pub generation: AtomicI64,
+    pub registered: AtomicBool,
+    pub cut_off: AtomicBool,
+    pub lease_lost: AtomicBool,
+    pub stopping: AtomicBool,
+    /// When the last successful lease renewal was *sent*: the store set the expiry after
+    /// that, so `sent + ttl` is never later than the real expiry.
+    pub last_renewal: Mutex<Instant>,
+    pub last_store_error: Mutex<Option<String>>,
+}
+
+/// Largest amount of output kept in memory for an attempt while the store is unreachable.
+const MAX_BUFFERED_OUTPUT: usize = 64 * 1024 * 1024;
+/// Output is written to the store at least this often while a job runs.
+const LOG_FLUSH: Duration = Duration::from_millis(100);
+/// Rows are merged up to this size, so chatty jobs do not write one row per line.
+const MAX_LOG_ROW: usize = 256 * 1024;
+
+impl Engine {
+    pub fn new(store: Arc<Store>, cfg: EngineConfig, launcher: Launcher, metrics: Arc<Metrics>) -> Engine {
+        Engine {
+            store,
+            cfg,
+            metrics,
+            workers: Workers::default(),
+            launcher,
+            attempts: Mutex::new(HashMap::new()),
+            running: AtomicUsize::new(0),
+            wake: Notify::new(),
+            generation: AtomicI64::new(0),
+            registered: AtomicBool::new(false),
+            cut_off: AtomicBool::new(false),
+            lease_lost: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            last_renewal: Mutex::new(Instant::now()),
+            last_store_error: Mutex::new(None),
+        }
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    fn accepting(&self) -> bool {
+        self.registered.load(Ordering::SeqCst)
+            && !self.cut_off.load(Ordering::SeqCst)
+            && !self.lease_lost.load(Ordering::SeqCst)
+            && !self.stopping.load(Ordering::SeqCst)
+    }
+
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.registered.load(Ordering::SeqCst) {
+            return Err("starting".into());
+        }
+        if self.lease_lost.load(Ordering::SeqCst) {
+            return Err("another process registered this node id; this process no longer runs work".into());
+        }
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err("shutting down".into());
+        }
+        if self.cut_off.load(Ordering::SeqCst) {
+            let why = self.last_store_error.lock().ok().and_then(|e| e.clone()).unwrap_or_default();
+            return Err(format!("cut off from the store: {why}"));
+        }
+        Ok(())
+    }
+
+    /// Asks every running attempt to stop.
+    pub fn stop_all(&self, why: Stop) {
+        if let Ok(attempts) = self.attempts.lock() {
+            for a in attempts.values() {
+                let _ = a.stop.send(Some(why.clone()));
+            }
+        }
+    }
+
+    /// Stops one attempt if it runs here with this token (any token when `None`).
+    pub fn stop_one(&self, id: &str, fence: Option<FencingToken>, why: Stop) -> bool {
+        let Ok(attempts) = self.attempts.lock() else { return false };
+        match attempts.get(id) {
+            Some(a) if fence.is_none_or(|f| f == a.fence) => {
+                let _ = a.stop.send(Some(why));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Claims what fits in the free slots and starts it; loops while there is more.
+    pub async fn dispatch(self: &Arc<Self>) -> Result<bool, StoreError> {
+        let mut any = false;
+        while self.accepting() {
+            let free = self.cfg.slots.saturating_sub(self.running());
+            if free == 0 {
+                break;
+            }
+            let view = NodeView { id: &self.cfg.node_id, tags: &self.cfg.tags };
+            let claimed = self.store.claim(&view, free.min(256)).await?;
+            if claimed.is_empty() {
+                break;
+            }
+            any = true;
+            let mut noops = Vec::new();
+            for c in claimed {
+                self.metrics.attempts_started.fetch_add(1, Ordering::Relaxed);
+                match c.spec.kind {
+                    JobKind::Noop => noops.push(Finish {
+                        id: c.id,
+                        fence: c.fence,
+                        attempt: c.attempt,
+                        end: AttemptEnd { outcome: Outcome::Exited(0), exit_code: Some(0), signal: None },
+                        logs: Vec::new(),
+                    }),
+                    JobKind::Process { .. } => {
+                        self.running.fetch_add(1, Ordering::SeqCst);
+                        let (stop, stop_rx) = watch::channel(None);
+                        if let Ok(mut a) = self.attempts.lock() {
+                            a.insert(c.id.to_string(), AttemptHandle { fence: c.fence, stop });
+                        }
+                        let engine = self.clone();
+                        tokio::spawn(async move { engine.run_attempt(c, stop_rx).await });
+                    }
+                }
+            }
+            if !noops.is_empty() {
+                // No process: all of a batch's no-op attempts end in one transaction.
+                self.finish_with_retry(noops).await;
+            }
+        }
+        Ok(any)
+    }
+
+    async fn run_attempt(self: Arc<Self>, c: Claimed, stop_rx: watch::Receiver<Option<Stop>>) {
+        let id = c.id.clone();
+        let (end, logs, fenced) = self.execute(&c, stop_rx).await;
+        if !fenced {
+            self.finish_with_retry(vec![Finish { id: c.id.clone(), fence: c.fence, attempt: c.attempt, end, logs }]).await;
+        } else {
+            self.metrics.attempts_fenced.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut a) = self.attempts.lock() {
+            a.remove(id.as_str());
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Writes attempt ends, retrying while the store is unreachable. Gives up only when the
+    /// node is stopping and the store stays away; then the lease expires and the attempt is
+    /// taken over like any lost one (never reported as succeeded).
+    async fn finish_with_retry(&self, items: Vec<Finish>) {
+        let mut delay = Duration::from_millis(100);
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            match self.store.finish(&items).await {
+                Ok(results) => {
+                    for (item, r) in items.iter().zip(results) {
+                        match r {
+                            FinishResult::Done(state) => {
+                                self.metrics.attempts_finished.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(execution = %item.id, attempt = item.attempt, state = %state, "attempt recorded");
+                            }
+                            FinishResult::Fenced => {
+                                self.metrics.attempts_fenced.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(execution = %item.id, fence = %item.fence, "attempt end refused: its token is stale, another node owns the execution now");
+                            }
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, tries, "cannot record attempt ends yet; retrying");
+                    if self.stopping.load(Ordering::SeqCst) && tries >= 20 {
+                        tracing::error!(error = %e, "giving up recording attempt ends at shutdown; the lease expiry hands them to another node");
+                        return;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// Resolves where and how an attempt runs; an error is shown in the attempt's output.
+    async fn spawn_spec(&self, c: &Claimed) -> Result<SpawnSpec, String> {
+        let JobKind::Process { command } = &c.spec.kind else {
+            return Err("not a process".into());
+        };
+        let (root, sandbox_root) = match &c.sandbox {
+            Some(name) => match self.store.get_sandbox(name).await {
+                Ok(Some(s)) => (PathBuf::from(&s.root), Some(s.root)),
+                Ok(None) => return Err(format!("sandbox `{name}` no longer exists")),
+                Err(e) => return Err(format!("cannot look up sandbox `{name}`: {e}")),
+            },
+            None => {
+                let dir = self.cfg.scratch_dir.clone();
+                if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+                    return Err(format!("cannot create the scratch folder {}: {e}", dir.display()));
+                }
+                (dir, None)
+            }
+        };
+        let cwd = match &c.spec.workdir {
+            Some(w) => {
+                let p = SandboxPath::parse(w).map_err(|e| format!("workdir: {e}"))?;
+                root.join(p.to_relative())
+            }
+            None => root,
+        };
+        let mut env: Vec<(String, String)> = c.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.push(("SHOAL_EXECUTION_ID".into(), c.id.to_string()));
+        env.push(("SHOAL_ATTEMPT".into(), c.attempt.to_string()));
+        env.push(("SHOAL_NODE_ID".into(), self.cfg.node_id.clone()));
+        env.push(("SHOAL_FENCING_TOKEN".into(), c.fence.to_string()));
+        if let (Some(name), Some(root)) = (&c.sandbox, sandbox_root) {
+            env.push(("SHOAL_SANDBOX".into(), name.clone()));
+            env.push(("SHOAL_SANDBOX_ROOT".into(), root));
+        }
+        Ok(SpawnSpec { argv: command.clone(), cwd, env, kill_grace: self.cfg.kill_grace })
+    }
+
+    /// Runs one attempt to its end. Returns how it ended, the output not yet written, and
+    /// whether the store refused its token (then nothing more may be written).
+    async fn execute(&self, c: &Claimed, mut stop_rx: watch::Receiver<Option<Stop>>) -> (AttemptEnd, Vec<LogChunk>, bool) {
+        let spawn_failed = |msg: String| {
+            let line = format!("shoal: cannot start attempt {} on {}: {msg}\n", c.attempt, self.cfg.node_id);
+            (
+                AttemptEnd { outcome: Outcome::Exited(127), exit_code: Some(127), signal: None },
+                vec![LogChunk { seq: 0, stream: 2, data: line.into_bytes() }],
+                false,
+            )
+        };
+        let spec = match self.spawn_spec(c).await {
+            Ok(s) => s,
+            Err(msg) => return spawn_failed(msg),
+        };
+        let mut child = match self.launcher.spawn(spec).await {
+            Ok(ch) => ch,
+            Err(e) => return spawn_failed(e.to_string()),
+        };
+        tracing::info!(execution = %c.id, attempt = c.attempt, fence = %c.fence, pid = child.pid(), "attempt started");
+        let Some(output) = child.take_output() else {
+            child.kill();
+            return spawn_failed("no output pipes".into());
+        };
+        let (fenced_tx, mut fenced_rx) = watch::channel(false);
+        let writer = tokio::spawn(write_logs(
+            self.store.clone(),
+            self.metrics.clone(),
+            c.id.clone(),
+            c.fence,
+            c.attempt,
+            output,
+            fenced_tx,
+        ));
+        let deadline = c.spec.timeout().map(|t| tokio::time::Instant::now() + t);
+        let mut stopped: Option<Stop> = None;
+        let mut timed_out = false;
+        let exit = loop {
+            tokio::select! {
+                exit = child.wait() => break exit,
+                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() && !timed_out && stopped.is_none() => {
+                    timed_out = true;
+                    tracing::info!(execution = %c.id, "attempt timed out; stopping its process tree");
+                    child.terminate();
+                }
+                changed = stop_rx.changed(), if stopped.is_none() => {
+                    if changed.is_err() { continue; }
+                    let why = stop_rx.borrow().clone();
+                    if let Some(why) = why {
+                        tracing::info!(execution = %c.id, reason = ?why, "stopping attempt");
+                        match why {
+                            Stop::LeaseLost | Stop::Fenced => child.kill(),
+                            Stop::Cancel { .. } | Stop::Shutdown => child.terminate(),
+                        }
+                        stopped = Some(why);
+                    }
+                }
+                _ = fenced_rx.changed(), if stopped.is_none() => {
+                    if *fenced_rx.borrow() {
+                        tracing::warn!(execution = %c.id, "log write refused: another node owns this execution now; killing the attempt");
+                        child.kill();
+                        stopped = Some(Stop::Fenced);
+                    }
+                }
+            }
+        };
+        let rest = writer.await.unwrap_or_default();
+        let fenced = *fenced_rx.borrow() || stopped == Some(Stop::Fenced);
+        let (exit_code, signal) = match &exit {
+            Ok(Exit::Code(c)) => (Some(*c), None),
+            Ok(Exit::Signal(s)) => (None, Some(*s)),
+            Err(_) => (None, None),
+        };
+        let outcome = match (&stopped, timed_out, &exit) {
+            (Some(Stop::Cancel { by }), _, _) => Outcome::Cancelled { by: by.clone() },
+            (Some(Stop::Shutdown | Stop::LeaseLost | Stop::Fenced), _, _) => {
+                Outcome::NodeLost { node: self.cfg.node_id.clone() }
+            }
+            (None, true, _) => Outcome::TimedOut,
+            (None, false, Ok(Exit::Code(code))) => Outcome::Exited(*code),
+            (None, false, Ok(Exit::Signal(sig))) => Outcome::Signaled(*sig),
+            (None, false, Err(e)) => {
+                tracing::error!(execution = %c.id, error = %e, "lost track of the attempt's process");
+                Outcome::NodeLost { node: self.cfg.node_id.clone() }
+            }
+        };
+        tracing::info!(execution = %c.id, attempt = c.attempt, outcome = ?outcome, "attempt ended");
+        (AttemptEnd { outcome, exit_code, signal }, rest, fenced)
+    }
+}
+
+/// Pumps an attempt's output into the store, fenced, until the pipes close. Returns what it
+/// could not write yet (the caller writes it with the attempt's end, in one transaction).
+async fn write_logs(
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    id: ExecutionId,
+    fence: FencingToken,
+    attempt: i64,
+    mut output: tokio::sync::mpsc::Receiver<shoal_runner::OutputChunk>,
+    fenced: watch::Sender<bool>,
+) -> Vec<LogChunk> {
+    let mut pending: Vec<LogChunk> = Vec::new();
+    let mut buffered = 0usize;
+    let mut dropped = 0usize;
+    let mut seq = 0i64;
+    let mut tick = tokio::time::interval(LOG_FLUSH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut open = true;
+    let mut refused = false;
+    while open {
+        tokio::select! {
+            chunk = output.recv() => match chunk {
+                Some(chunk) => {
+                    if refused {
+                        continue;
+                    }
+                    let stream = match chunk.stream { Stream::Stdout => 1, Stream::Stderr => 2 };
+                    if buffered + chunk.data.len() > MAX_BUFFERED_OUTPUT {
+                        dropped += chunk.data.len();
+                        continue;
+                    }
+                    if dropped > 0 {
+                        let note = format!("\n[shoal: {dropped} bytes of output were dropped while the store was unreachable]\n");
+                        buffered += note.len();
+                        pending.push(LogChunk { seq, stream: 2, data: note.into_bytes() });
+                        seq += 1;
+                        dropped = 0;
+                    }
+                    buffered += chunk.data.len();
+                    match pending.last_mut() {
+                        // Merge into the last unwritten row of the same stream.
+                        Some(last) if last.stream == stream && last.data.len() + chunk.data.len() <= MAX_LOG_ROW => {
+                            last.data.extend_from_slice(&chunk.data);
+                        }
+                        _ => {
+                            pending.push(LogChunk { seq, stream, data: chunk.data.to_vec() });
+                            seq += 1;
+                        }
+                    }
+                }
+                None => open = false,
+            },
+            _ = tick.tick() => {
+                if pending.is_empty() || refused {
+                    continue;
+                }
+                match store.append_logs(&id, fence, attempt, &pending).await {
+                    Ok(()) => {
+                        metrics.log_bytes_written.fetch_add(buffered as u64, Ordering::Relaxed);
+                        pending.clear();
+                        buffered = 0;
+                    }
+                    Err(StoreError::Fenced) => {
+                        refused = true;
+                        pending.clear();
+                        let _ = fenced.send(true);
+                    }
+                    Err(e) => tracing::debug!(execution = %id, error = %e, "log write failed; keeping the output to retry"),
+                }
+            }
+        }
+    }
+    if refused {
+        return Vec::new();
+    }
+    if dropped > 0 {
+        let note = format!("\n[shoal: {dropped} bytes of output were dropped while the store was unreachable]\n");
+        pending.push(LogChunk { seq, stream: 2, data: note.into_bytes() });
+    }
+    pending
+}
+
+impl shoal_api::Engine for EngineHandle {
+    fn wake(&self) {
+        self.0.wake.notify_one();
+    }
+
+    fn cancel_local(&self, execution: &str, by: &str) {
+        self.0.stop_one(execution, None, Stop::Cancel { by: by.to_owned() });
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        self.0.readiness()
+    }
+
+    fn running(&self) -> usize {
+        self.0.running()
+    }
+
+    fn workers(&self) -> Vec<WorkerStatus> {
+        self.0.workers.snapshot()
+    }
+}
+
+/// The engine as the API sees it.
+pub struct EngineHandle(pub Arc<Engine>);

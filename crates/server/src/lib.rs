@@ -1,0 +1,318 @@
+//! The composition root: [`start`] builds a node from a [`Config`] (store, engine, workers,
+//! HTTP server); [`serve`] runs one until a shutdown signal. The CLI and the multi-node test
+//! harness both come through here, so tests exercise exactly what production runs.
+
+pub mod config;
+mod engine;
+mod workers;
+
+pub use config::{Config, ConfigError};
+
+use anyhow::Context;
+use engine::{Engine, EngineConfig, EngineHandle, Stop};
+use shoal_api::{AppState, Limits, Metrics, NodeIdentity};
+use shoal_store::{NodeRegistration, Store, StoreError};
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use workers::Step;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A running node.
+pub struct Node {
+    engine: Arc<Engine>,
+    id: String,
+    url: String,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    http: JoinHandle<()>,
+    kill_grace: Duration,
+}
+
+/// Reads the node id kept in the data directory, or makes one and keeps it.
+fn node_id(config: &Config) -> anyhow::Result<String> {
+    if let Some(id) = &config.node_id {
+        return Ok(id.to_string());
+    }
+    let path = config.data_dir.join("node_id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            shoal_core::NodeId::parse(id).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Ok(id.to_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+            std::fs::write(&path, format!("{id}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn supervisor_exe(config: &Config) -> anyhow::Result<std::path::PathBuf> {
+    match &config.executor.supervisor {
+        Some(p) => Ok(p.clone()),
+        None => std::env::current_exe().context("cannot find this executable to supervise job processes"),
+    }
+}
+
+/// Builds and starts a node. Returns once it serves HTTP and holds its lease.
+pub async fn start(config: Config) -> anyhow::Result<Node> {
+    let started = Instant::now();
+    let id = node_id(&config)?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    let store = Store::open(&config.store.url, config.store.pool_size).await.map_err(|e| match e {
+        StoreError::Unavailable(m) => anyhow::anyhow!("{m}"),
+        other => anyhow::anyhow!("store {}: {other}", shoal_store::redact(&config.store.url)),
+    })?;
+    let store = Arc::new(store);
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+    let bound = listener.local_addr()?;
+    let url = config.http.advertise.clone().unwrap_or_else(|| format!("http://{bound}"));
+    let launcher = shoal_runner::Launcher::new(supervisor_exe(&config)?).context("cannot start the process launcher")?;
+    let metrics = Arc::new(Metrics::default());
+    let engine = Arc::new(Engine::new(
+        store.clone(),
+        EngineConfig {
+            node_id: id.clone(),
+            tags: config.tags.clone(),
+            slots: config.executor.slots as usize,
+            kill_grace: config.executor.kill_grace,
+            poll_interval: config.executor.poll_interval,
+            lease_ttl: config.cluster.lease_ttl,
+            scratch_dir: shoal_api::scratch_dir(&config.data_dir),
+        },
+        launcher,
+        metrics.clone(),
+    ));
+
+    // Register first (a new generation), then take back what an earlier process of this node
+    // left running: its children died with it, so those attempts are lost.
+    let reg = NodeRegistration {
+        id: id.clone(),
+        url: url.clone(),
+        state: "active".into(),
+        tags: config.tags.clone(),
+        slots: config.executor.slots,
+        version: VERSION.into(),
+    };
+    let sent = Instant::now();
+    let lease = store.register_node(&reg, config.cluster.lease_ttl).await.context("cannot register this node in the store")?;
+    *engine.last_renewal.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = sent;
+    engine.generation.store(lease.generation, Ordering::SeqCst);
+    let recovered = store.recover_node(&id).await.context("cannot recover this node's earlier attempts")?;
+    if !recovered.is_empty() {
+        tracing::warn!(count = recovered.len(), "attempts of this node's previous process were lost; they follow their on_node_loss policy");
+    }
+    engine.registered.store(true, Ordering::SeqCst);
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    tasks.push(spawn_lease_worker(engine.clone(), shutdown_rx.clone()));
+    tasks.push(spawn_watchdog(engine.clone(), shutdown_rx.clone()));
+    {
+        let e = engine.clone();
+        let rx = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let step = || {
+                let e = e.clone();
+                async move { e.dispatch().await.map(|any| if any { Step::Busy } else { Step::Idle }).map_err(|e| e.to_string()) }
+            };
+            workers::run(&e.workers, "dispatcher", e.cfg.poll_interval, Some(&e.wake), rx, step).await;
+        }));
+    }
+    {
+        let e = engine.clone();
+        let rx = shutdown_rx.clone();
+        let interval = (config.cluster.lease_ttl / 5).max(Duration::from_millis(200));
+        tasks.push(tokio::spawn(async move {
+            let step = || {
+                let e = e.clone();
+                async move {
+                    let touched = e.store.reap_lost_attempts().await.map_err(|e| e.to_string())?;
+                    if touched.is_empty() {
+                        return Ok(Step::Idle);
+                    }
+                    e.metrics.takeovers.fetch_add(touched.len() as u64, Ordering::Relaxed);
+                    e.wake.notify_one();
+                    Ok(Step::Busy)
+                }
+            };
+            workers::run(&e.workers, "reaper", interval, None, rx, step).await;
+        }));
+    }
+    {
+        let e = engine.clone();
+        let rx = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let step = || {
+                let e = e.clone();
+                async move {
+                    if e.running() == 0 {
+                        return Ok(Step::Idle);
+                    }
+                    let reqs = e.store.cancel_requests(&e.cfg.node_id).await.map_err(|e| e.to_string())?;
+                    for (id, fence, by) in reqs {
+                        e.stop_one(id.as_str(), Some(fence), Stop::Cancel { by });
+                    }
+                    Ok(Step::Idle)
+                }
+            };
+            workers::run(&e.workers, "cancel-watcher", e.cfg.poll_interval, None, rx, step).await;
+        }));
+    }
+
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        node: NodeIdentity { id: id.clone(), url: url.clone(), version: VERSION, tags: config.tags.clone(), slots: config.executor.slots },
+        engine: Arc::new(EngineHandle(engine.clone())),
+        limits: Limits { max_request_bytes: config.http.max_request_bytes, max_upload_bytes: config.http.max_upload_bytes },
+        metrics,
+    });
+    let app = shoal_api::router(state);
+    let mut http_shutdown = shutdown_rx.clone();
+    let http = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = http_shutdown.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    engine.wake.notify_one();
+    tracing::info!(node = %id, url = %url, store = %store.redacted_url(), generation = lease.generation, startup_ms = started.elapsed().as_millis() as u64, "node ready");
+    Ok(Node { engine, id, url, shutdown, tasks, http, kill_grace: config.executor.kill_grace })
+}
+
+/// Renews the lease on the store's clock and publishes the node's load.
+fn spawn_lease_worker(e: Arc<Engine>, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let interval = (e.cfg.lease_ttl / 5).max(Duration::from_millis(200));
+        let workers = &e.workers;
+        let step = || {
+            let e = e.clone();
+            async move {
+                let sent = Instant::now();
+                let generation = e.generation.load(Ordering::SeqCst);
+                let state = if e.stopping.load(Ordering::SeqCst) { "stopping" } else { "active" };
+                // Bounded by the interval: a renewal that hangs is a failed renewal.
+                let renewal = tokio::time::timeout(
+                    interval,
+                    e.store.renew_lease(&e.cfg.node_id, generation, e.cfg.lease_ttl, state, e.running() as i64),
+                )
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("lease renewal timed out".into())));
+                match renewal {
+                    Ok(r) => {
+                        if let Ok(mut last) = e.last_renewal.lock() {
+                            *last = sent;
+                        }
+                        if r.had_expired {
+                            tracing::warn!("lease had expired before it was renewed; attempts of this node may have been taken over");
+                        }
+                        if e.cut_off.swap(false, Ordering::SeqCst) {
+                            tracing::info!("store reachable again; taking work again");
+                            e.wake.notify_one();
+                        }
+                        Ok(Step::Idle)
+                    }
+                    Err(StoreError::LeaseLost(g)) => {
+                        if !e.lease_lost.swap(true, Ordering::SeqCst) {
+                            tracing::error!(generation = g, "another process registered this node id; stopping every attempt here");
+                            e.stop_all(Stop::LeaseLost);
+                        }
+                        Err(format!("lease lost to generation {g} of this node id"))
+                    }
+                    Err(err) => {
+                        e.metrics.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut last) = e.last_store_error.lock() {
+                            *last = Some(err.to_string());
+                        }
+                        Err(err.to_string())
+                    }
+                }
+            }
+        };
+        workers::run(workers, "lease", interval, None, shutdown, step).await;
+    })
+}
+
+/// Kills every attempt before the lease can run out when renewals keep failing.
+fn spawn_watchdog(e: Arc<Engine>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        // Margin between killing our children and the earliest moment another node may take
+        // them over: covers the kill itself and the scheduling of this check.
+        let margin = (e.cfg.lease_ttl / 5).max(Duration::from_millis(500));
+        let deadline = e.cfg.lease_ttl.saturating_sub(margin);
+        loop {
+            let since = e.last_renewal.lock().map(|l| l.elapsed()).unwrap_or_default();
+            if since >= deadline && !e.cut_off.swap(true, Ordering::SeqCst) {
+                tracing::error!(since_ms = since.as_millis() as u64, "cannot renew the lease in time; killing every attempt before it runs out");
+                e.stop_all(Stop::LeaseLost);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    })
+}
+
+impl Node {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The URL other nodes and clients use.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn store(&self) -> Arc<Store> {
+        self.engine.store.clone()
+    }
+
+    /// Stops taking work, hands running attempts back (they are retried by their
+    /// `on_node_loss` policy), releases the lease at once and stops serving.
+    pub async fn shutdown(self) {
+        let e = &self.engine;
+        e.stopping.store(true, Ordering::SeqCst);
+        e.stop_all(Stop::Shutdown);
+        let deadline = Instant::now() + self.kill_grace + Duration::from_secs(10);
+        while e.running() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let generation = e.generation.load(Ordering::SeqCst);
+        if let Err(err) = e.store.release_lease(&self.id, generation).await {
+            tracing::warn!(error = %err, "could not release the lease; it will expire on its own");
+        }
+        // Followers of live logs may hold connections open; give them a moment, then go.
+        let mut http = self.http;
+        if tokio::time::timeout(Duration::from_secs(2), &mut http).await.is_err() {
+            http.abort();
+        }
+        tracing::info!(node = %self.id, "node stopped");
+    }
+}
+
+/// Runs a node until `shutdown` completes, then stops it cleanly.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let node = start(config).await?;
+    shutdown.await;
+    node.shutdown().await;
+    Ok(())
+}

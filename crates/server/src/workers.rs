@@ -1,0 +1,95 @@
+//! Background work has one shape: a named loop that runs a step, reports whether it was busy,
+//! idle or failing (with the last error, shown in `GET /api/v1/nodes/{id}`), backs off after
+//! errors, and ends promptly when the node shuts down.
+
+use shoal_api::WorkerStatus;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Default)]
+pub struct Workers {
+    status: Mutex<BTreeMap<&'static str, WorkerStatus>>,
+}
+
+/// What one step of a worker did.
+pub enum Step {
+    /// Did something; run again soon.
+    Busy,
+    /// Nothing to do; wait for the interval (or a wake-up).
+    Idle,
+}
+
+impl Workers {
+    pub fn snapshot(&self) -> Vec<WorkerStatus> {
+        self.status.lock().map(|s| s.values().cloned().collect()).unwrap_or_default()
+    }
+
+    fn report(&self, name: &'static str, result: &Result<Step, String>) {
+        if let Ok(mut s) = self.status.lock() {
+            let entry = s.entry(name).or_insert_with(|| WorkerStatus {
+                name: name.to_owned(),
+                state: "idle".into(),
+                last_error: None,
+                errors: 0,
+            });
+            match result {
+                Ok(Step::Busy) => entry.state = "busy".into(),
+                Ok(Step::Idle) => entry.state = "idle".into(),
+                Err(e) => {
+                    entry.state = "error".into();
+                    entry.errors += 1;
+                    entry.last_error = Some(e.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Runs `step` every `interval` (or when `wake` fires) until `shutdown` turns true.
+pub async fn run<F, Fut>(
+    workers: &Workers,
+    name: &'static str,
+    interval: Duration,
+    wake: Option<&tokio::sync::Notify>,
+    mut shutdown: watch::Receiver<bool>,
+    mut step: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Step, String>>,
+{
+    let mut backoff = interval;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let result = step().await;
+        workers.report(name, &result);
+        let wait = match &result {
+            Ok(Step::Busy) => {
+                backoff = interval;
+                Duration::ZERO
+            }
+            Ok(Step::Idle) => {
+                backoff = interval;
+                interval
+            }
+            Err(e) => {
+                tracing::warn!(worker = name, error = %e, "background worker step failed");
+                backoff = (backoff * 2).min(interval.max(Duration::from_secs(5)));
+                backoff
+            }
+        };
+        if wait.is_zero() {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = async { match wake { Some(w) => w.notified().await, None => std::future::pending().await } } => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
