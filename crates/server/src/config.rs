@@ -151,7 +151,15 @@ const SECTIONS: &[(&str, &[&str])] = &[
 const TOP_LEVEL: &[&str] = &["node_id", "data_dir", "tags"];
 
 /// Environment variables shoal sets for jobs or reads as a client; never config overrides.
-const NOT_CONFIG: &[&str] = &["SHOAL_EXECUTION_ID", "SHOAL_ATTEMPT", "SHOAL_FENCING_TOKEN", "SHOAL_SANDBOX", "SHOAL_SANDBOX_ROOT", "SHOAL_SERVER", "SHOAL_CONFIG"];
+const NOT_CONFIG: &[&str] = &[
+    "SHOAL_EXECUTION_ID",
+    "SHOAL_ATTEMPT",
+    "SHOAL_FENCING_TOKEN",
+    "SHOAL_SANDBOX",
+    "SHOAL_SANDBOX_ROOT",
+    "SHOAL_SERVER",
+    "SHOAL_CONFIG",
+];
 
 fn parse_duration(what: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
     match v {
@@ -183,7 +191,11 @@ impl Config {
         Self::parse(&text, &shown, env)
     }
 
-    pub fn parse(text: &str, shown: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+    pub fn parse(
+        text: &str,
+        shown: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
         let parse_err = |e: toml::de::Error, text: &str| {
             let (line, column) = shoal_core::job::line_col(text, e.span().map_or(0, |s| s.start));
             ConfigError::Parse { path: shown.to_owned(), line, column, message: e.message().trim().to_owned() }
@@ -200,7 +212,11 @@ impl Config {
             }
             let rest = var["SHOAL_".len()..].to_ascii_lowercase();
             if TOP_LEVEL.contains(&rest.as_str()) {
-                let v = if rest == "node_id" || rest == "data_dir" { toml::Value::String(value) } else { env_value(&value) };
+                let v = if rest == "node_id" || rest == "data_dir" {
+                    toml::Value::String(value)
+                } else {
+                    env_value(&value)
+                };
                 table.insert(rest, v);
                 continue;
             }
@@ -216,7 +232,10 @@ impl Config {
                     message: format!("[{section}] has no key `{key}`; its keys are {}", keys.join(", ")),
                 });
             }
-            let v = if matches!(key, "url" | "secret" | "listen" | "advertise" | "gossip_listen" | "supervisor" | "level" | "format") {
+            let v = if matches!(
+                key,
+                "url" | "secret" | "listen" | "advertise" | "gossip_listen" | "supervisor" | "level" | "format"
+            ) {
                 toml::Value::String(value)
             } else {
                 env_value(&value)
@@ -235,7 +254,8 @@ impl Config {
     }
 
     fn from_raw(raw: Raw) -> Result<Config, ConfigError> {
-        let node_id = raw.node_id.as_deref().map(shoal_core::NodeId::parse).transpose().map_err(ConfigError::Invalid)?;
+        let node_id =
+            raw.node_id.as_deref().map(shoal_core::NodeId::parse).transpose().map_err(ConfigError::Invalid)?;
         let data_dir = raw.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
         let tags = raw.tags.unwrap_or_default();
         if let Some(t) = tags.iter().find(|t| t.is_empty() || t.contains(char::is_whitespace)) {
@@ -243,11 +263,15 @@ impl Config {
         }
         let listen_text = raw.http.listen.unwrap_or_else(|| "127.0.0.1:7700".into());
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            ConfigError::Invalid(format!("http.listen `{listen_text}` is not an IP address and port, like 127.0.0.1:7700 or 0.0.0.0:7700"))
+            ConfigError::Invalid(format!(
+                "http.listen `{listen_text}` is not an IP address and port, like 127.0.0.1:7700 or 0.0.0.0:7700"
+            ))
         })?;
         if let Some(a) = &raw.http.advertise {
             if !(a.starts_with("http://") || a.starts_with("https://")) {
-                return Err(ConfigError::Invalid(format!("http.advertise `{a}` must be a URL starting with http:// or https://")));
+                return Err(ConfigError::Invalid(format!(
+                    "http.advertise `{a}` must be a URL starting with http:// or https://"
+                )));
             }
         }
         let max_request_bytes = raw.http.max_request_bytes.unwrap_or(1024 * 1024);
@@ -285,14 +309,17 @@ impl Config {
             return Err(ConfigError::Invalid("executor.slots must be from 1 to 10000".into()));
         }
         let kill_grace = parse_duration("executor.kill_grace", &raw.executor.kill_grace, Duration::from_secs(5))?;
-        let poll_interval = parse_duration("executor.poll_interval", &raw.executor.poll_interval, Duration::from_millis(500))?;
+        let poll_interval =
+            parse_duration("executor.poll_interval", &raw.executor.poll_interval, Duration::from_millis(500))?;
         if poll_interval < Duration::from_millis(10) || poll_interval > Duration::from_secs(60) {
             return Err(ConfigError::Invalid("executor.poll_interval must be from 10ms to 60s".into()));
         }
         let format = match raw.log.format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
-            Some(other) => return Err(ConfigError::Invalid(format!("log.format `{other}` is unknown; use `text` or `json`"))),
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!("log.format `{other}` is unknown; use `text` or `json`")))
+            }
         };
         Ok(Config {
             node_id,

@@ -24,7 +24,9 @@ use tokio::sync::{watch, Notify};
 /// Why an attempt is being stopped by this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Stop {
-    Cancel { by: String },
+    Cancel {
+        by: String,
+    },
     /// The node is shutting down: the attempt is handed back (`node_lost`, retried by policy).
     Shutdown,
     /// The lease could not be renewed in time: kill now, before anyone takes over.
@@ -34,7 +36,7 @@ pub enum Stop {
 }
 
 struct AttemptHandle {
-    fence: FencingToken,
+    execution: String,
     stop: watch::Sender<Option<Stop>>,
 }
 
@@ -54,7 +56,9 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     pub workers: Workers,
     launcher: Launcher,
-    attempts: Mutex<HashMap<String, AttemptHandle>>,
+    /// Running attempts by fencing token (unique), so an old attempt of an execution and its
+    /// successor can never be confused.
+    attempts: Mutex<HashMap<FencingToken, AttemptHandle>>,
     running: AtomicUsize,
     pub wake: Notify,
     pub generation: AtomicI64,
@@ -133,16 +137,23 @@ impl Engine {
         }
     }
 
-    /// Stops one attempt if it runs here with this token (any token when `None`).
+    /// Stops the attempts of an execution that run here: the one with this token, or every
+    /// one when `None`.
     pub fn stop_one(&self, id: &str, fence: Option<FencingToken>, why: Stop) -> bool {
         let Ok(attempts) = self.attempts.lock() else { return false };
-        match attempts.get(id) {
-            Some(a) if fence.is_none_or(|f| f == a.fence) => {
-                let _ = a.stop.send(Some(why));
-                true
+        let mut any = false;
+        for (f, a) in attempts.iter() {
+            if a.execution == id && fence.is_none_or(|want| want == *f) {
+                let _ = a.stop.send(Some(why.clone()));
+                any = true;
             }
-            _ => false,
         }
+        any
+    }
+
+    /// Whether an older attempt of this execution still runs here.
+    fn older_attempt_alive(&self, id: &str, fence: FencingToken) -> bool {
+        self.attempts.lock().map(|a| a.iter().any(|(f, h)| h.execution == id && *f != fence)).unwrap_or(false)
     }
 
     /// Claims what fits in the free slots and starts it; loops while there is more.
@@ -172,9 +183,13 @@ impl Engine {
                     }),
                     JobKind::Process { .. } => {
                         self.running.fetch_add(1, Ordering::SeqCst);
+                        // An older attempt of the same execution can only still run here if this
+                        // node's lease was taken from it while it thought it held it; the store
+                        // has moved on, so that attempt is fenced: kill it before starting anew.
+                        self.stop_one(c.id.as_str(), None, Stop::Fenced);
                         let (stop, stop_rx) = watch::channel(None);
                         if let Ok(mut a) = self.attempts.lock() {
-                            a.insert(c.id.to_string(), AttemptHandle { fence: c.fence, stop });
+                            a.insert(c.fence, AttemptHandle { execution: c.id.to_string(), stop });
                         }
                         let engine = self.clone();
                         tokio::spawn(async move { engine.run_attempt(c, stop_rx).await });
@@ -190,15 +205,19 @@ impl Engine {
     }
 
     async fn run_attempt(self: Arc<Self>, c: Claimed, stop_rx: watch::Receiver<Option<Stop>>) {
-        let id = c.id.clone();
+        // Never two live attempts of one execution, even on one node.
+        while self.older_attempt_alive(c.id.as_str(), c.fence) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let (end, logs, fenced) = self.execute(&c, stop_rx).await;
         if !fenced {
-            self.finish_with_retry(vec![Finish { id: c.id.clone(), fence: c.fence, attempt: c.attempt, end, logs }]).await;
+            self.finish_with_retry(vec![Finish { id: c.id.clone(), fence: c.fence, attempt: c.attempt, end, logs }])
+                .await;
         } else {
             self.metrics.attempts_fenced.fetch_add(1, Ordering::Relaxed);
         }
         if let Ok(mut a) = self.attempts.lock() {
-            a.remove(id.as_str());
+            a.remove(&c.fence);
         }
         self.running.fetch_sub(1, Ordering::SeqCst);
         self.wake.notify_one();
@@ -281,7 +300,11 @@ impl Engine {
 
     /// Runs one attempt to its end. Returns how it ended, the output not yet written, and
     /// whether the store refused its token (then nothing more may be written).
-    async fn execute(&self, c: &Claimed, mut stop_rx: watch::Receiver<Option<Stop>>) -> (AttemptEnd, Vec<LogChunk>, bool) {
+    async fn execute(
+        &self,
+        c: &Claimed,
+        mut stop_rx: watch::Receiver<Option<Stop>>,
+    ) -> (AttemptEnd, Vec<LogChunk>, bool) {
         let spawn_failed = |msg: String| {
             let line = format!("shoal: cannot start attempt {} on {}: {msg}\n", c.attempt, self.cfg.node_id);
             (

@@ -79,7 +79,8 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
     let bound = listener.local_addr()?;
     let url = config.http.advertise.clone().unwrap_or_else(|| format!("http://{bound}"));
-    let launcher = shoal_runner::Launcher::new(supervisor_exe(&config)?).context("cannot start the process launcher")?;
+    let launcher =
+        shoal_runner::Launcher::new(supervisor_exe(&config)?).context("cannot start the process launcher")?;
     let metrics = Arc::new(Metrics::default());
     let engine = Arc::new(Engine::new(
         store.clone(),
@@ -107,12 +108,16 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         version: VERSION.into(),
     };
     let sent = Instant::now();
-    let lease = store.register_node(&reg, config.cluster.lease_ttl).await.context("cannot register this node in the store")?;
+    let lease =
+        store.register_node(&reg, config.cluster.lease_ttl).await.context("cannot register this node in the store")?;
     *engine.last_renewal.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = sent;
     engine.generation.store(lease.generation, Ordering::SeqCst);
     let recovered = store.recover_node(&id).await.context("cannot recover this node's earlier attempts")?;
     if !recovered.is_empty() {
-        tracing::warn!(count = recovered.len(), "attempts of this node's previous process were lost; they follow their on_node_loss policy");
+        tracing::warn!(
+            count = recovered.len(),
+            "attempts of this node's previous process were lost; they follow their on_node_loss policy"
+        );
     }
     engine.registered.store(true, Ordering::SeqCst);
 
@@ -126,7 +131,9 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         tasks.push(tokio::spawn(async move {
             let step = || {
                 let e = e.clone();
-                async move { e.dispatch().await.map(|any| if any { Step::Busy } else { Step::Idle }).map_err(|e| e.to_string()) }
+                async move {
+                    e.dispatch().await.map(|any| if any { Step::Busy } else { Step::Idle }).map_err(|e| e.to_string())
+                }
             };
             workers::run(&e.workers, "dispatcher", e.cfg.poll_interval, Some(&e.wake), rx, step).await;
         }));
@@ -174,9 +181,18 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
 
     let state = Arc::new(AppState {
         store: store.clone(),
-        node: NodeIdentity { id: id.clone(), url: url.clone(), version: VERSION, tags: config.tags.clone(), slots: config.executor.slots },
+        node: NodeIdentity {
+            id: id.clone(),
+            url: url.clone(),
+            version: VERSION,
+            tags: config.tags.clone(),
+            slots: config.executor.slots,
+        },
         engine: Arc::new(EngineHandle(engine.clone())),
-        limits: Limits { max_request_bytes: config.http.max_request_bytes, max_upload_bytes: config.http.max_upload_bytes },
+        limits: Limits {
+            max_request_bytes: config.http.max_request_bytes,
+            max_upload_bytes: config.http.max_upload_bytes,
+        },
         metrics,
     });
     let app = shoal_api::router(state);
@@ -228,7 +244,10 @@ fn spawn_lease_worker(e: Arc<Engine>, shutdown: watch::Receiver<bool>) -> JoinHa
                     }
                     Err(StoreError::LeaseLost(g)) => {
                         if !e.lease_lost.swap(true, Ordering::SeqCst) {
-                            tracing::error!(generation = g, "another process registered this node id; stopping every attempt here");
+                            tracing::error!(
+                                generation = g,
+                                "another process registered this node id; stopping every attempt here"
+                            );
                             e.stop_all(Stop::LeaseLost);
                         }
                         Err(format!("lease lost to generation {g} of this node id"))
@@ -257,7 +276,10 @@ fn spawn_watchdog(e: Arc<Engine>, mut shutdown: watch::Receiver<bool>) -> JoinHa
         loop {
             let since = e.last_renewal.lock().map(|l| l.elapsed()).unwrap_or_default();
             if since >= deadline && !e.cut_off.swap(true, Ordering::SeqCst) {
-                tracing::error!(since_ms = since.as_millis() as u64, "cannot renew the lease in time; killing every attempt before it runs out");
+                tracing::error!(
+                    since_ms = since.as_millis() as u64,
+                    "cannot renew the lease in time; killing every attempt before it runs out"
+                );
                 e.stop_all(Stop::LeaseLost);
             }
             tokio::select! {

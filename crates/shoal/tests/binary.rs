@@ -1,0 +1,172 @@
+//! Black-box tests of the real `shoal` binary, where a real process is the point: SIGKILL of
+//! a node, start-up failures and their messages, `shoal up`.
+
+mod common;
+
+use common::{alive, config_text, read_pid};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+
+fn server(config: &Path) -> Child {
+    Command::new(SHOAL)
+        .args(["server", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+/// Starts `shoal server` with a fixed port taken from a bound-then-released socket.
+fn start_server(dir: &Path, store: &str) -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = config_text(dir, store, "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let cfg = dir.join("shoal.toml");
+    std::fs::write(&cfg, text).unwrap();
+    (server(&cfg), format!("http://127.0.0.1:{port}"))
+}
+
+async fn wait_ready(url: &str, child: &mut Child) {
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.get(format!("{url}/health/ready")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("shoal server exited with {status} before it was ready");
+        }
+        assert!(std::time::Instant::now() < deadline, "shoal server at {url} not ready in time");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// SIGKILL the node process alone (not its group), as a crash would: its attempt's whole
+/// process tree dies with it, and after a restart the execution runs again and finishes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_node_leaves_no_orphans_and_its_execution_reruns() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}/shoal.db", dir.path().display());
+    let (mut child, url) = start_server(dir.path(), &store);
+    wait_ready(&url, &mut child).await;
+    let sandbox = dir.path().join("sb");
+    std::fs::create_dir_all(sandbox.join("jobs")).unwrap();
+    std::fs::write(
+        sandbox.join("jobs/crash.toml"),
+        "command = [\"sh\", \"-c\", \"echo $SHOAL_ATTEMPT >> attempts; if [ $SHOAL_ATTEMPT = 1 ]; then sleep 600 & echo $! > bg.pid; echo $$ > main.pid; wait; fi; echo recovered\"]\n",
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{url}/api/v1/sandboxes"))
+        .json(&serde_json::json!({"name": "sb", "kind": "shared", "root": sandbox.display().to_string()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let e: serde_json::Value = http
+        .post(format!("{url}/api/v1/executions"))
+        .json(&serde_json::json!({"sandbox": "sb", "job": "jobs/crash.toml"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = e["id"].as_str().unwrap().to_owned();
+    let bg = read_pid(&sandbox.join("bg.pid")).await;
+    let main = read_pid(&sandbox.join("main.pid")).await;
+    assert!(alive(bg) && alive(main));
+
+    // SIGKILL the shoal process only.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    shoal_testkit::wait_until_async("the job's process tree to die with its node", Duration::from_secs(5), || async move {
+        !alive(bg) && !alive(main)
+    })
+    .await;
+
+    let (mut child, url) = start_server(dir.path(), &store);
+    wait_ready(&url, &mut child).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let e = loop {
+        let e: serde_json::Value = http.get(format!("{url}/api/v1/executions/{id}")).send().await.unwrap().json().await.unwrap();
+        if e["state"] != "queued" && e["state"] != "running" {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "{e}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!((e["state"].as_str(), e["attempt"].as_i64()), (Some("succeeded"), Some(2)), "{e}");
+    assert_eq!(std::fs::read_to_string(sandbox.join("attempts")).unwrap(), "1\n2\n", "ran exactly twice");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success(), "SIGTERM is a clean stop");
+}
+
+fn run_fail(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(SHOAL).args(args).envs(env.iter().copied()).output().unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn unreachable_store_fails_start_with_the_url_but_not_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("postgres://shoal:hunter2@127.0.0.1:{port}/shoal");
+    let data = dir.path().display().to_string();
+    let started = std::time::Instant::now();
+    let err = run_fail(&["server"], &[("SHOAL_STORE_URL", &url), ("SHOAL_DATA_DIR", &data), ("SHOAL_HTTP_LISTEN", "127.0.0.1:0")]);
+    assert!(err.contains(&format!("postgres://shoal:***@127.0.0.1:{port}/shoal")), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("shoal.toml");
+    std::fs::write(&cfg, "[http]\nlisen = \"127.0.0.1:0\"\n").unwrap();
+    let err = run_fail(&["server", "--config", cfg.to_str().unwrap()], &[]);
+    assert!(err.contains("lisen") && err.contains("line 2"), "{err}");
+    let err = run_fail(&["server"], &[("SHOAL_EXECUTOR_SLOTZ", "3")]);
+    assert!(err.contains("SHOAL_EXECUTOR_SLOTZ") && err.contains("slots"), "{err}");
+    let err = run_fail(&["server", "--config", "/no/such/file.toml"], &[]);
+    assert!(err.contains("/no/such/file.toml"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/shoal.db", dir.path().display());
+    let store = shoal_store::Store::open(&url, 1).await.unwrap();
+    store.force_schema_version(shoal_store::schema::LATEST + 1).await.unwrap();
+    drop(store);
+    let data = dir.path().display().to_string();
+    let err = run_fail(&["server"], &[("SHOAL_STORE_URL", &url), ("SHOAL_DATA_DIR", &data), ("SHOAL_HTTP_LISTEN", "127.0.0.1:0")]);
+    assert!(err.contains("newer than the newest this shoal knows"), "{err}");
+}
+
+/// The README's first command, in its scriptable form: a node, the example sandbox, a job
+/// run and its logs shown.
+#[test]
+fn up_runs_the_example_job_and_shows_its_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(SHOAL)
+        .args(["up", "--listen", "127.0.0.1:0", "--run", "jobs/orders-report.toml", "--exit", "--data-dir"])
+        .arg(dir.path().join("up"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("shoal is up: node n1"), "{stdout}");
+    assert!(stdout.contains("total: 10 orders"), "{stdout}");
+    assert!(dir.path().join("up/sandboxes/examples/out/report-2026-11-20.csv").exists());
+}

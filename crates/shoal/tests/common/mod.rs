@@ -1,0 +1,216 @@
+//! Test harness: real nodes (in-process, on port 0) on a real store, and an HTTP client.
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use serde_json::{json, Value};
+use shoal_server::{Config, Node};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestNode {
+    pub node: Option<Node>,
+    pub url: String,
+    pub http: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    pub store_url: String,
+}
+
+pub fn store_url(backend: Backend, dir: &Path) -> String {
+    match backend {
+        Backend::Sqlite => format!("sqlite://{}/shoal.db", dir.display()),
+        Backend::Postgres => shoal_testkit::postgres().fresh_database(),
+    }
+}
+
+/// The configuration every test node starts from: port 0, short lease, fast polls.
+pub fn config_text(dir: &Path, store_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+node_id = "n1"
+data_dir = "{dir}"
+[http]
+listen = "127.0.0.1:0"
+max_request_bytes = 65536
+max_upload_bytes = 1048576
+[store]
+url = "{store_url}"
+pool_size = 4
+[cluster]
+lease_ttl = "2s"
+[executor]
+slots = 4
+kill_grace = "1s"
+poll_interval = "50ms"
+supervisor = "{supervisor}"
+{extra}
+"#,
+        dir = dir.join("data").display(),
+        supervisor = env!("CARGO_BIN_EXE_shoal"),
+    )
+}
+
+impl TestNode {
+    pub async fn start(backend: Backend) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let url = store_url(backend, dir.path());
+        Self::start_on(dir, url, "").await
+    }
+
+    pub async fn start_on(dir: tempfile::TempDir, store_url: String, extra: &str) -> TestNode {
+        let text = config_text(dir.path(), &store_url, extra);
+        let config = Config::parse(&text, "test", Vec::<(String, String)>::new()).unwrap();
+        let node = shoal_server::start(config).await.unwrap();
+        let url = node.url().to_owned();
+        TestNode { node: Some(node), url, http: reqwest::Client::new(), dir, store_url }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(n) = self.node.take() {
+            n.shutdown().await;
+        }
+    }
+
+    pub fn store(&self) -> std::sync::Arc<shoal_store::Store> {
+        self.node.as_ref().unwrap().store()
+    }
+
+    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.url, path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.request(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.request(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// Registers a shared sandbox whose folder holds the example files, plus `files`.
+    pub async fn sandbox(&self, name: &str, files: &[(&str, &str)]) -> PathBuf {
+        let root = self.dir.path().join("sandboxes").join(name);
+        copy_examples(&root);
+        for (rel, text) in files {
+            let p = root.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        let (status, body) =
+            self.post("/api/v1/sandboxes", json!({"name": name, "kind": "shared", "root": root.display().to_string()})).await;
+        assert_eq!(status, 201, "{body}");
+        root
+    }
+
+    pub async fn submit(&self, body: Value) -> String {
+        let (status, resp) = self.post("/api/v1/executions", body.clone()).await;
+        assert_eq!(status, 201, "submitting {body}: {resp}");
+        resp["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn execution(&self, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/executions/{id}")).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits for an execution to reach a final state and returns it.
+    pub async fn wait_final(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let e = self.execution(id).await;
+            let state = e["state"].as_str().unwrap().to_owned();
+            if !matches!(state.as_str(), "queued" | "running") {
+                return e;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("execution {id} still {state} after {timeout:?}: {e}\nlogs:\n{}", self.logs(id).await);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub async fn wait_state(&self, id: &str, want: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let e = self.execution(id).await;
+            if e["state"] == want {
+                return e;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("execution {id} not {want} after {timeout:?}: {e}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn logs(&self, id: &str) -> String {
+        self.http.get(format!("{}/api/v1/executions/{id}/logs", self.url)).send().await.unwrap().text().await.unwrap()
+    }
+
+    pub async fn count_executions(&self) -> usize {
+        let (_, body) = self.get("/api/v1/executions?limit=1000").await;
+        body["executions"].as_array().unwrap().len()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if self.node.is_some() {
+            eprintln!("note: test node dropped without stop(); its tasks end with the runtime");
+        }
+    }
+}
+
+/// Copies the repository's example sandbox into `root`.
+pub fn copy_examples(root: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/sandbox");
+    copy_dir(&src, root);
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+/// Reads a pid a job wrote to a file, waiting for it to appear.
+pub async fn read_pid(path: &Path) -> i32 {
+    let mut pid = 0;
+    shoal_testkit::wait_until_async(&format!("{} to hold a pid", path.display()), Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        pid = text.trim().parse().unwrap_or(0);
+        let ok = pid > 0;
+        async move { ok }
+    })
+    .await;
+    pid
+}
