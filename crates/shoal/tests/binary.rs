@@ -87,16 +87,19 @@ async fn sigkilled_node_leaves_no_orphans_and_its_execution_reruns() {
     // SIGKILL the shoal process only.
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();
-    shoal_testkit::wait_until_async("the job's process tree to die with its node", Duration::from_secs(5), || async move {
-        !alive(bg) && !alive(main)
-    })
+    shoal_testkit::wait_until_async(
+        "the job's process tree to die with its node",
+        Duration::from_secs(5),
+        || async move { !alive(bg) && !alive(main) },
+    )
     .await;
 
     let (mut child, url) = start_server(dir.path(), &store);
     wait_ready(&url, &mut child).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let e = loop {
-        let e: serde_json::Value = http.get(format!("{url}/api/v1/executions/{id}")).send().await.unwrap().json().await.unwrap();
+        let e: serde_json::Value =
+            http.get(format!("{url}/api/v1/executions/{id}")).send().await.unwrap().json().await.unwrap();
         if e["state"] != "queued" && e["state"] != "running" {
             break e;
         }
@@ -122,7 +125,10 @@ fn unreachable_store_fails_start_with_the_url_but_not_the_password() {
     let url = format!("postgres://shoal:hunter2@127.0.0.1:{port}/shoal");
     let data = dir.path().display().to_string();
     let started = std::time::Instant::now();
-    let err = run_fail(&["server"], &[("SHOAL_STORE_URL", &url), ("SHOAL_DATA_DIR", &data), ("SHOAL_HTTP_LISTEN", "127.0.0.1:0")]);
+    let err = run_fail(
+        &["server"],
+        &[("SHOAL_STORE_URL", &url), ("SHOAL_DATA_DIR", &data), ("SHOAL_HTTP_LISTEN", "127.0.0.1:0")],
+    );
     assert!(err.contains(&format!("postgres://shoal:***@127.0.0.1:{port}/shoal")), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -149,7 +155,10 @@ async fn a_newer_schema_is_refused_at_start() {
     store.force_schema_version(shoal_store::schema::LATEST + 1).await.unwrap();
     drop(store);
     let data = dir.path().display().to_string();
-    let err = run_fail(&["server"], &[("SHOAL_STORE_URL", &url), ("SHOAL_DATA_DIR", &data), ("SHOAL_HTTP_LISTEN", "127.0.0.1:0")]);
+    let err = run_fail(
+        &["server"],
+        &[("SHOAL_STORE_URL", &url), ("SHOAL_DATA_DIR", &data), ("SHOAL_HTTP_LISTEN", "127.0.0.1:0")],
+    );
     assert!(err.contains("newer than the newest this shoal knows"), "{err}");
 }
 

@@ -34,7 +34,12 @@ async fn cut_off_node_stops_its_attempts_before_the_lease_ends_and_recovers() {
     proxy.cut();
 
     // The child dies before the node's lease can expire (2 s lease in these tests).
-    shoal_testkit::wait_until_async("the attempt to be killed", Duration::from_secs(5), || async move { !alive(first) }).await;
+    shoal_testkit::wait_until_async(
+        "the attempt to be killed",
+        Duration::from_secs(5),
+        || async move { !alive(first) },
+    )
+    .await;
     let killed_after = cut_at.elapsed();
     let store_now = watcher.now_ms().await.unwrap();
     assert!(store_now < lease_end, "child killed at store time {store_now}, after the lease ended at {lease_end}");

@@ -128,6 +128,13 @@ impl Store {
         }
     }
 
+    pub fn dialect_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
     pub fn redacted_url(&self) -> String {
         redact(&self.url)
     }

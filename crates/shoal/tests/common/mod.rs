@@ -109,8 +109,9 @@ impl TestNode {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, text).unwrap();
         }
-        let (status, body) =
-            self.post("/api/v1/sandboxes", json!({"name": name, "kind": "shared", "root": root.display().to_string()})).await;
+        let (status, body) = self
+            .post("/api/v1/sandboxes", json!({"name": name, "kind": "shared", "root": root.display().to_string()}))
+            .await;
         assert_eq!(status, 201, "{body}");
         root
     }

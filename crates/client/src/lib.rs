@@ -1,0 +1,492 @@
+//! HTTP client for shoal's API, failing over between several servers.
+//!
+//! Every node serves every request, so a client is given several base URLs and tries them in
+//! turn: on a connection error, or on a `503` that says the node cannot serve now
+//! (`node_unavailable`, `not_ready`, `store_unavailable`), it moves to the next one, and it
+//! remembers the last one that answered so later calls go there first. A server that answered
+//! anything else (a `4xx`, a `500`) has decided; asking another node would get the same answer
+//! or, worse, do the thing twice.
+//!
+//! Only requests that are safe to repeat are sent again after they may have reached a server
+//! (the connection broke after sending): reads, uploads (the server writes them atomically) and
+//! submissions, which carry an `Idempotency-Key` that stays the same across the retries so the
+//! store creates at most one execution. Others (cancel, create, delete) move on only when the
+//! connection could not be made at all.
+
+mod error;
+mod logs;
+mod urls;
+
+pub use error::{Error, Result};
+pub use urls::{file_path, segment, API_PREFIX};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A response body read as it arrives, so large files and live logs are never held whole.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// How long to wait for a TCP connection before trying the next server.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The whole-request deadline of calls that answer with a small JSON document. Streaming
+/// calls (logs, downloads, uploads) have none: a followed log may rightly last for hours.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Filters of `GET /executions`; `None` leaves a filter out.
+#[derive(Clone, Debug, Default)]
+pub struct ExecutionFilter {
+    pub state: Option<String>,
+    pub sandbox: Option<String>,
+    pub job: Option<String>,
+    pub node: Option<String>,
+    /// Page size, 1 to 1000 (the server's default is 50).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A client for one cluster. Cheap to clone; clones share the memory of which server works.
+#[derive(Clone, Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    servers: Arc<[String]>,
+    /// Index of the server that answered last, tried first next time.
+    preferred: Arc<AtomicUsize>,
+    request_timeout: Duration,
+    user: Option<String>,
+}
+
+/// One logical request, which [`Client::execute`] may send to several servers.
+struct Call<'a> {
+    method: Method,
+    /// Encoded, after the API prefix, starting with `/`.
+    path: String,
+    query: Vec<(&'static str, String)>,
+    headers: Vec<(&'static str, String)>,
+    json: Option<&'a Value>,
+    upload: Option<&'a Path>,
+    /// Safe to send to another server after it may already have reached one.
+    idempotent: bool,
+    /// Hand the response body to the caller unread.
+    streaming: bool,
+    /// Apply the request deadline (not for streams and uploads, whose length is unbounded).
+    deadline: bool,
+}
+
+impl<'a> Call<'a> {
+    fn new(method: Method, path: String) -> Call<'a> {
+        let idempotent = method == Method::GET;
+        Call {
+            method,
+            path,
+            query: Vec::new(),
+            headers: Vec::new(),
+            json: None,
+            upload: None,
+            idempotent,
+            streaming: false,
+            deadline: true,
+        }
+    }
+}
+
+enum Reply {
+    Whole { status: StatusCode, headers: HeaderMap, body: Bytes },
+    Stream { base: String, response: reqwest::Response },
+}
+
+impl Client {
+    /// A client for the servers at these base URLs (`http://host:port`, optionally with a path
+    /// prefix; a bare `host:port` means http), tried in this order.
+    pub fn new(servers: Vec<String>) -> Result<Client> {
+        let servers = servers.iter().map(|s| urls::parse_server(s)).collect::<Result<Vec<_>>>()?;
+        if servers.is_empty() {
+            return Err(Error::Other("no server URL was given; pass at least one with --server".into()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("shoal-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Other(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Client {
+            http,
+            servers: servers.into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            user: None,
+        })
+    }
+
+    /// Changes the deadline of non-streaming calls.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Client {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Names the person or tool acting, recorded by the server as who cancelled an execution.
+    pub fn with_user(mut self, user: impl Into<String>) -> Client {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// The normalised base URLs, in the order given.
+    pub fn servers(&self) -> &[String] {
+        &self.servers
+    }
+
+    /// The server the next request goes to first: the last one that answered.
+    pub fn current_server(&self) -> &str {
+        &self.servers[self.preferred.load(Ordering::Relaxed) % self.servers.len()]
+    }
+
+    // ---- nodes and health ----
+
+    pub async fn nodes(&self) -> Result<Value> {
+        self.get_json("/nodes".into(), Vec::new()).await
+    }
+
+    pub async fn node(&self, id: &str) -> Result<Value> {
+        self.get_json(format!("/nodes/{}", segment(id)?), Vec::new()).await
+    }
+
+    /// Readiness of the first server that is ready (a `503 not_ready` moves on to the next).
+    pub async fn health_ready(&self) -> Result<Value> {
+        self.get_json("/health/ready".into(), Vec::new()).await
+    }
+
+    // ---- sandboxes and their files ----
+
+    pub async fn sandboxes(&self) -> Result<Value> {
+        self.get_json("/sandboxes".into(), Vec::new()).await
+    }
+
+    pub async fn sandbox(&self, name: &str) -> Result<Value> {
+        self.get_json(format!("/sandboxes/{}", segment(name)?), Vec::new()).await
+    }
+
+    /// Registers a sandbox. `root` must be absolute on the node(s); `node` only for `local`.
+    pub async fn create_sandbox(&self, name: &str, kind: &str, root: &str, node: Option<&str>) -> Result<Value> {
+        let mut body = json!({ "name": name, "kind": kind, "root": root });
+        if let Some(node) = node {
+            body["node"] = json!(node);
+        }
+        let mut call = Call::new(Method::POST, "/sandboxes".into());
+        call.json = Some(&body);
+        json_body(self.execute(call).await?)
+    }
+
+    pub async fn delete_sandbox(&self, name: &str) -> Result<()> {
+        self.execute(Call::new(Method::DELETE, format!("/sandboxes/{}", segment(name)?))).await.map(drop)
+    }
+
+    /// The sandbox's job files and whether each is valid.
+    pub async fn jobs(&self, sandbox: &str) -> Result<Value> {
+        self.get_json(format!("/sandboxes/{}/jobs", segment(sandbox)?), Vec::new()).await
+    }
+
+    /// Lists a folder of the sandbox (`""` for its root).
+    pub async fn list_files(&self, sandbox: &str, path: &str) -> Result<Value> {
+        let mut call = Call::new(Method::GET, files_path(sandbox, path)?);
+        // Streaming, so that naming a large file by mistake does not download it.
+        call.streaming = true;
+        call.deadline = true;
+        let Reply::Stream { base, response } = self.execute(call).await? else {
+            return Err(Error::Other("internal: expected a streaming reply".into()));
+        };
+        if !is_json(response.headers()) {
+            return Err(Error::Other(format!("`{path}` is a file, not a folder; download it to read it")));
+        }
+        let body = response.bytes().await.map_err(|e| lost(&base, &e))?;
+        parse_json(&body)
+    }
+
+    /// Downloads a file as a stream of chunks.
+    pub async fn download(&self, sandbox: &str, path: &str) -> Result<ByteStream> {
+        let mut call = Call::new(Method::GET, files_path(sandbox, path)?);
+        call.streaming = true;
+        call.deadline = false;
+        let Reply::Stream { base, response } = self.execute(call).await? else {
+            return Err(Error::Other("internal: expected a streaming reply".into()));
+        };
+        if is_json(response.headers()) {
+            return Err(Error::Other(format!("`{path}` is a folder, not a file; list it instead")));
+        }
+        Ok(byte_stream(base, response))
+    }
+
+    /// Uploads a local file to `path` in the sandbox, streaming it (it is opened again for
+    /// each server tried). Answers `{"path", "size"}`.
+    pub async fn upload(&self, sandbox: &str, path: &str, local: &Path) -> Result<Value> {
+        let mut call = Call::new(Method::PUT, files_path(sandbox, path)?);
+        call.upload = Some(local);
+        // The server writes uploads to a temporary file and renames it into place.
+        call.idempotent = true;
+        call.deadline = false;
+        json_body(self.execute(call).await?)
+    }
+
+    /// Deletes a file, or an empty folder.
+    pub async fn delete_file(&self, sandbox: &str, path: &str) -> Result<()> {
+        self.execute(Call::new(Method::DELETE, files_path(sandbox, path)?)).await.map(drop)
+    }
+
+    // ---- executions ----
+
+    /// Submits an execution (`{"sandbox", "job", "params"}` or `{"command": [...]}`), with a
+    /// fresh idempotency key. Answers the execution and whether the server replayed an
+    /// earlier submission instead of creating one.
+    pub async fn submit(&self, body: Value) -> Result<(Value, bool)> {
+        self.submit_with_key(body, &uuid::Uuid::new_v4().to_string()).await
+    }
+
+    /// Like [`Client::submit`] with the caller's key, to make a submission safe to repeat
+    /// across separate runs of a script.
+    pub async fn submit_with_key(&self, body: Value, key: &str) -> Result<(Value, bool)> {
+        let mut call = Call::new(Method::POST, "/executions".into());
+        call.json = Some(&body);
+        call.headers.push(("idempotency-key", key.to_owned()));
+        // The key makes a repeat harmless: the store answers with the execution it made.
+        call.idempotent = true;
+        match self.execute(call).await? {
+            Reply::Whole { status, headers, body } => {
+                let replayed = status == StatusCode::OK
+                    || headers.get("idempotent-replayed").and_then(|v| v.to_str().ok()) == Some("true");
+                Ok((parse_json(&body)?, replayed))
+            }
+            Reply::Stream { .. } => Err(Error::Other("internal: unexpected streaming reply".into())),
+        }
+    }
+
+    /// One page of executions, newest first: `{"executions": [...], "next_cursor"}`.
+    pub async fn executions(&self, filter: &ExecutionFilter) -> Result<Value> {
+        let mut query = Vec::new();
+        let fields = [
+            ("state", &filter.state),
+            ("sandbox", &filter.sandbox),
+            ("job", &filter.job),
+            ("node", &filter.node),
+            ("cursor", &filter.cursor),
+        ];
+        for (k, v) in fields {
+            if let Some(v) = v {
+                query.push((k, v.clone()));
+            }
+        }
+        if let Some(l) = filter.limit {
+            query.push(("limit", l.to_string()));
+        }
+        self.get_json("/executions".into(), query).await
+    }
+
+    pub async fn execution(&self, id: &str) -> Result<Value> {
+        self.get_json(format!("/executions/{}", segment(id)?), Vec::new()).await
+    }
+
+    /// Asks for an execution to stop; answers it as it is after the request (already
+    /// `cancelled` if it was queued, still `running` with `cancel_requested_by` if it runs).
+    pub async fn cancel(&self, id: &str) -> Result<Value> {
+        let mut call = Call::new(Method::POST, format!("/executions/{}/cancel", segment(id)?));
+        if let Some(user) = &self.user {
+            call.headers.push(("x-shoal-user", user.clone()));
+        }
+        json_body(self.execute(call).await?)
+    }
+
+    /// An execution's output (`stream`: `stdout`, `stderr`, or both when `None`); with
+    /// `follow`, until the execution has finished. If the connection breaks (the serving node
+    /// died), the stream reopens on another server and skips what was already delivered.
+    pub async fn logs(&self, id: &str, follow: bool, stream: Option<&str>) -> Result<ByteStream> {
+        let (base, first) = self.open_logs(id, follow, stream).await?;
+        Ok(logs::resumable(self.clone(), id.to_owned(), follow, stream.map(str::to_owned), base, first))
+    }
+
+    /// Opens a log stream; answers the server serving it too, so a break can be blamed on it.
+    async fn open_logs(&self, id: &str, follow: bool, stream: Option<&str>) -> Result<(String, ByteStream)> {
+        let mut call = Call::new(Method::GET, format!("/executions/{}/logs", segment(id)?));
+        if follow {
+            call.query.push(("follow", "true".into()));
+        }
+        if let Some(s) = stream {
+            call.query.push(("stream", s.to_owned()));
+        }
+        call.streaming = true;
+        call.deadline = false;
+        match self.execute(call).await? {
+            Reply::Stream { base, response } => Ok((base.clone(), byte_stream(base, response))),
+            Reply::Whole { .. } => Err(Error::Other("internal: expected a streaming reply".into())),
+        }
+    }
+
+    /// Stops preferring a server whose answer broke off, so that the next request tries the
+    /// others first: it answered, then failed, and may be going down.
+    fn demote(&self, base: &str) {
+        let n = self.servers.len();
+        let current = self.preferred.load(Ordering::Relaxed) % n;
+        if self.servers[current] == base {
+            // Only moves it if no other request has moved it meanwhile.
+            let _ = self.preferred.compare_exchange(current, (current + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    // ---- the fail-over loop ----
+
+    async fn get_json(&self, path: String, query: Vec<(&'static str, String)>) -> Result<Value> {
+        let mut call = Call::new(Method::GET, path);
+        call.query = query;
+        json_body(self.execute(call).await?)
+    }
+
+    async fn execute(&self, call: Call<'_>) -> Result<Reply> {
+        let n = self.servers.len();
+        let start = self.preferred.load(Ordering::Relaxed) % n;
+        let mut tried = Vec::with_capacity(n);
+        let mut last = String::new();
+        for i in 0..n {
+            let index = (start + i) % n;
+            let base = &self.servers[index];
+            tried.push(base.clone());
+            let mut req = self.http.request(call.method.clone(), urls::endpoint(base, &call.path, &call.query)?);
+            for (k, v) in &call.headers {
+                req = req.header(*k, v);
+            }
+            if let Some(body) = call.json {
+                req = req.json(body);
+            }
+            if let Some(local) = call.upload {
+                let (body, len) = file_body(local).await?;
+                // A known length lets the server refuse an oversized upload before it is sent.
+                req = req.header(CONTENT_LENGTH, len).body(body);
+            }
+            if call.deadline {
+                req = req.timeout(self.request_timeout);
+            }
+            let response = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let why = describe(&e);
+                    if e.is_connect() || call.idempotent {
+                        last = format!("{base}: {why}");
+                        continue;
+                    }
+                    return Err(Error::Unreachable {
+                        tried,
+                        last: format!(
+                            "{base}: {why}; the request may have been carried out, check before repeating it"
+                        ),
+                    });
+                }
+            };
+            let status = response.status();
+            if status.is_success() {
+                if call.streaming {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(Reply::Stream { base: base.clone(), response });
+                }
+                let headers = response.headers().clone();
+                match response.bytes().await {
+                    Ok(body) => {
+                        self.preferred.store(index, Ordering::Relaxed);
+                        return Ok(Reply::Whole { status, headers, body });
+                    }
+                    Err(e) if call.idempotent => {
+                        last = format!("{base}: {}", describe(&e));
+                        continue;
+                    }
+                    Err(e) => return Err(lost(base, &e)),
+                }
+            }
+            // An unreadable error body still yields an error, described by its status.
+            let body = response.bytes().await.unwrap_or_default();
+            let error = Error::from_response(status.as_u16(), &body);
+            if unavailable(status, &error) {
+                last = format!("{base}: {error}");
+                continue;
+            }
+            self.preferred.store(index, Ordering::Relaxed);
+            return Err(error);
+        }
+        Err(Error::Unreachable { tried, last })
+    }
+}
+
+/// Whether an error answer means "this node cannot serve now, another may".
+fn unavailable(status: StatusCode, error: &Error) -> bool {
+    let code = error.code().unwrap_or("");
+    match status {
+        StatusCode::SERVICE_UNAVAILABLE => {
+            matches!(code, "node_unavailable" | "not_ready" | "store_unavailable" | "unexpected_response")
+        }
+        // A proxy or load balancer in front of a node that is down.
+        StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => code == "unexpected_response",
+        _ => false,
+    }
+}
+
+fn files_path(sandbox: &str, path: &str) -> Result<String> {
+    Ok(format!("/sandboxes/{}/files/{}", segment(sandbox)?, file_path(path)?))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"))
+}
+
+fn json_body(reply: Reply) -> Result<Value> {
+    match reply {
+        Reply::Whole { body, .. } if body.is_empty() => Ok(Value::Null),
+        Reply::Whole { body, .. } => parse_json(&body),
+        Reply::Stream { .. } => Err(Error::Other("internal: unexpected streaming reply".into())),
+    }
+}
+
+fn parse_json(body: &[u8]) -> Result<Value> {
+    serde_json::from_slice(body).map_err(|e| Error::Other(format!("the server's answer is not valid JSON: {e}")))
+}
+
+async fn file_body(local: &Path) -> Result<(reqwest::Body, u64)> {
+    let shown = local.display();
+    let file = tokio::fs::File::open(local).await.map_err(|e| Error::Other(format!("cannot open `{shown}`: {e}")))?;
+    let meta = file.metadata().await.map_err(|e| Error::Other(format!("cannot read `{shown}`: {e}")))?;
+    if !meta.is_file() {
+        return Err(Error::Other(format!("`{shown}` is not a file")));
+    }
+    Ok((reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file)), meta.len()))
+}
+
+fn byte_stream(base: String, response: reqwest::Response) -> ByteStream {
+    Box::pin(response.bytes_stream().map(move |r| r.map_err(|e| lost(&base, &e))))
+}
+
+/// A connection that broke after the server had started answering.
+fn lost(base: &str, e: &reqwest::Error) -> Error {
+    Error::Unreachable {
+        tried: vec![base.to_owned()],
+        last: format!("{base}: the connection broke while reading the answer: {}", describe(e)),
+    }
+}
+
+/// The innermost cause of a transport error (reqwest's own text only repeats the URL).
+fn describe(e: &reqwest::Error) -> String {
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(source) = inner.source() {
+        inner = source;
+    }
+    let root = inner.to_string();
+    if e.is_connect() && e.is_timeout() {
+        format!("cannot connect within {}s", CONNECT_TIMEOUT.as_secs())
+    } else if e.is_connect() {
+        format!("cannot connect: {root}")
+    } else if e.is_timeout() {
+        format!("no answer in time: {root}")
+    } else {
+        root
+    }
+}
