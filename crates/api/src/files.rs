@@ -48,6 +48,28 @@ pub fn resolve_error(path: &str, e: io::Error) -> ApiError {
     }
 }
 
+/// Refuses a path any of whose existing folders is a symlink that leads out of the sandbox.
+/// cap-std already refuses to *follow* such links; this turns the refusal into a clear 400
+/// even where an operation would otherwise fail another way (creating a folder over it).
+fn check_escape(dir: &Dir, path: &SandboxPath, shown: &str) -> ApiResult<()> {
+    let mut prefix = std::path::PathBuf::new();
+    for part in path.parts() {
+        prefix.push(part);
+        match dir.symlink_metadata(&prefix) {
+            Ok(m) if m.is_symlink() => {
+                if let Err(e) = dir.metadata(&prefix) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        return Err(resolve_error(shown, e));
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 fn parse_path(raw: &str) -> ApiResult<SandboxPath> {
     SandboxPath::parse(raw).map_err(|e| ApiError::invalid_path(e.to_string()))
 }
@@ -76,6 +98,7 @@ async fn serve_get(state: State, name: String, raw: String) -> ApiResult<Respons
     let shown = path.to_string();
     let found = blocking(move || {
         let dir = open_root(&sandbox.root)?;
+        check_escape(&dir, &path, &shown)?;
         let rel = path.to_relative();
         let meta = dir.metadata(&rel).map_err(|e| resolve_error(&shown, e))?;
         if meta.is_dir() {
@@ -149,9 +172,10 @@ pub async fn put(
         (parent.clone(), parent.join(&tmp_name), path.to_relative())
     };
     let root = sandbox.root.clone();
-    let (shown2, tmp2) = (shown.clone(), tmp_rel.clone());
+    let (shown2, tmp2, checked) = (shown.clone(), tmp_rel.clone(), path.clone());
     let (file, existed) = blocking(move || {
         let dir = open_root(&root)?;
+        check_escape(&dir, &checked, &shown2)?;
         dir.create_dir_all(&parent_rel).map_err(|e| resolve_error(&shown2, e))?;
         let existed = match dir.symlink_metadata(&final_rel) {
             Ok(m) if m.is_dir() => {
@@ -226,6 +250,7 @@ pub async fn delete(state: State, Path((name, raw)): Path<(String, String)>) -> 
     let shown = path.to_string();
     blocking(move || {
         let dir = open_root(&sandbox.root)?;
+        check_escape(&dir, &path.parent(), &shown)?;
         let rel = path.to_relative();
         let meta = dir.symlink_metadata(&rel).map_err(|e| resolve_error(&shown, e))?;
         if meta.is_dir() {

@@ -176,6 +176,6 @@ fn up_runs_the_example_job_and_shows_its_logs() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("shoal is up: node n1"), "{stdout}");
-    assert!(stdout.contains("total: 10 orders"), "{stdout}");
+    assert!(stdout.contains("total: 9 orders"), "{stdout}");
     assert!(dir.path().join("up/sandboxes/examples/out/report-2026-11-20.csv").exists());
 }

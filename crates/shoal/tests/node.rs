@@ -55,7 +55,7 @@ async fn example_job_runs_end_to_end(b: Backend) {
     assert_eq!(e["params"]["day"], "2026-11-20");
     assert_eq!(e["params"]["input"], "data/orders.csv", "defaults are recorded");
     assert!(logs.contains(&format!("execution {id}, attempt 1 on n1")), "{logs}");
-    assert!(logs.contains("total: 10 orders"), "{logs}");
+    assert!(logs.contains("total: 9 orders"), "{logs}");
     assert!(logs.contains("skipping malformed line"), "stderr is kept too: {logs}");
     let report = std::fs::read_to_string(root.join("out/report-2026-11-20.csv")).unwrap();
     assert!(report.starts_with("region,orders,units,revenue\neast,2,14,347.00\n"), "{report}");
@@ -421,17 +421,22 @@ async fn files_are_confined_to_the_sandbox(b: Backend) {
     expect_error(n.get("/api/v1/sandboxes/sb/files/in/new.csv").await, 404, "not_found");
 
     // Escapes: `..`, absolute paths, and symlinks out of the sandbox. Nothing is written.
-    for bad in
-        ["%2E%2E/outside/secret.txt", "a/%2E%2E/%2E%2E/x", "%2Fetc%2Fpasswd", "escape/secret.txt", "escape/new.txt"]
-    {
-        let r = n.http.get(url(bad)).send().await.unwrap();
-        assert_eq!(r.status().as_u16(), 400, "GET {bad}");
-        let body: Value = r.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "invalid_path", "GET {bad}: {body}");
-        let r = n.http.put(url(bad)).body("pwned").send().await.unwrap();
-        assert_eq!(r.status().as_u16(), 400, "PUT {bad}");
-        let r = n.http.delete(url(bad)).send().await.unwrap();
-        assert_eq!(r.status().as_u16(), 400, "DELETE {bad}");
+    // Sent raw: an HTTP client library would normalise `..` away before sending.
+    for bad in [
+        "../outside/secret.txt",
+        "a/../../x",
+        "%2E%2E/outside/secret.txt",
+        "%2Fetc%2Fpasswd",
+        "escape/secret.txt",
+        "escape/new.txt",
+    ] {
+        for method in ["GET", "PUT", "DELETE"] {
+            let (status, body) =
+                raw_request(&n.url, method, &format!("/api/v1/sandboxes/sb/files/{bad}"), "pwned").await;
+            assert_eq!(status, 400, "{method} {bad}: {body}");
+            let body: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["error"]["code"], "invalid_path", "{method} {bad}: {body}");
+        }
     }
     assert_eq!(std::fs::read_to_string(outside.join("secret.txt")).unwrap(), "secret");
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "something was written outside the sandbox");
@@ -442,8 +447,12 @@ async fn files_are_confined_to_the_sandbox(b: Backend) {
     assert_eq!(r.status().as_u16(), 413);
     let stream =
         futures::stream::iter(big.chunks(64 * 1024).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
-    let r = n.http.put(url("big2.bin")).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 413, "chunked upload without a length");
+    // Chunked, without a length: refused once the limit is crossed. The server may close the
+    // connection before the client has finished sending, which is an error on the client side.
+    match n.http.put(url("big2.bin")).body(reqwest::Body::wrap_stream(stream)).send().await {
+        Ok(r) => assert_eq!(r.status().as_u16(), 413, "chunked upload without a length"),
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
     let leftovers: Vec<_> =
         std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert!(!leftovers.iter().any(|f| f.starts_with("big") || f.starts_with(".shoal-upload")), "{leftovers:?}");
@@ -619,4 +628,26 @@ async fn restart_hands_running_attempts_back(b: Backend) {
     assert_eq!((e["state"].as_str(), e["attempt"].as_i64()), (Some("succeeded"), Some(2)), "{e}");
     assert!(again.logs(&id).await.ends_with("second run\n"));
     again.stop().await;
+}
+
+/// Sends one HTTP/1.1 request byte for byte, returning the status and body.
+async fn raw_request(base: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    // Chunked bodies: keep the JSON object only.
+    let body = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) => body[a..=b].to_owned(),
+        _ => body,
+    };
+    (status, body)
 }
