@@ -122,6 +122,9 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     engine.registered.store(true, Ordering::SeqCst);
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    for name in ["lease", "dispatcher", "reaper", "cancel-watcher"] {
+        engine.workers.register(name);
+    }
     let mut tasks = Vec::new();
     tasks.push(spawn_lease_worker(engine.clone(), shutdown_rx.clone()));
     tasks.push(spawn_watchdog(engine.clone(), shutdown_rx.clone()));

@@ -27,6 +27,18 @@ impl Workers {
         self.status.lock().map(|s| s.values().cloned().collect()).unwrap_or_default()
     }
 
+    /// Lists a worker before its first step, so status pages show it from the start.
+    pub fn register(&self, name: &'static str) {
+        if let Ok(mut s) = self.status.lock() {
+            s.entry(name).or_insert_with(|| WorkerStatus {
+                name: name.to_owned(),
+                state: "starting".into(),
+                last_error: None,
+                errors: 0,
+            });
+        }
+    }
+
     fn report(&self, name: &'static str, result: &Result<Step, String>) {
         if let Ok(mut s) = self.status.lock() {
             let entry = s.entry(name).or_insert_with(|| WorkerStatus {

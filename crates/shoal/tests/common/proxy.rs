@@ -26,6 +26,8 @@ impl Proxy {
                     continue;
                 }
                 let mut rx = cut_rx.clone();
+                // Only cuts after this connection opened concern it.
+                rx.borrow_and_update();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else { return };
                     tokio::select! {
