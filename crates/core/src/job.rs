@@ -649,7 +649,7 @@ kind = "any"
             let (line, col) = line_col(&text, off);
             let prefix = &text[..off];
             prop_assert_eq!(line, prefix.split('\n').count());
-            prop_assert_eq!(col, prefix.split('\n').last().unwrap().len() + 1);
+            prop_assert_eq!(col, prefix.split('\n').next_back().unwrap().len() + 1);
         }
     }
 }
