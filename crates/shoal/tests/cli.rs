@@ -23,7 +23,8 @@ fn text(o: &Output) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_commands_end_to_end() {
     let mut n = TestNode::start(Backend::Sqlite).await;
-    let root = n.sandbox("examples", &[("jobs/fail.toml", "command = [\"sh\", \"-c\", \"echo oops >&2; exit 7\"]\n")]).await;
+    let root =
+        n.sandbox("examples", &[("jobs/fail.toml", "command = [\"sh\", \"-c\", \"echo oops >&2; exit 7\"]\n")]).await;
 
     // run --follow shows the job's output and exits 0 on success.
     let o = shoal(&n, &["run", "examples/jobs/greet.toml", "-p", "name=cli", "--follow"]).await;
