@@ -1,7 +1,8 @@
 //! A server cannot outlive its test process, and what it leaves behind is swept.
 //!
-//! Alone in its own test binary, so that this process starts its own server
-//! only after the child's is gone.
+//! Alone in its own test binary, without libtest's harness (`harness = false`): the binary
+//! re-runs itself as the child that starts a server and dies, then checks the aftermath, so
+//! this process starts its own server only after the child's is gone.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -11,14 +12,9 @@ use shoal_testkit::{postgres, wait_until};
 
 const CHILD_ENV: &str = "SHOAL_TESTKIT_LIFETIME_CHILD";
 
-/// Run by the test below in a child process: starts a server, reports it,
-/// then dies without any exit-time cleanup, as a killed test process would.
-#[test]
-#[ignore = "run by server_dies_with_its_process"]
+/// The child: starts a server, reports it, then dies without any exit-time cleanup, as a
+/// killed test process would.
 fn child_starts_server_then_dies() {
-    if std::env::var_os(CHILD_ENV).is_none() {
-        return;
-    }
     let pg = postgres();
     let pid_file = std::fs::read_to_string(pg.data_dir().join("postmaster.pid")).unwrap();
     let pid = pid_file.lines().next().unwrap();
@@ -37,14 +33,8 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-#[test]
 fn server_dies_with_its_process() {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_starts_server_then_dies", "--ignored", "--nocapture"])
-        .env(CHILD_ENV, "1")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = Command::new(std::env::current_exe().unwrap()).env(CHILD_ENV, "1").stdin(Stdio::null()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout
         .lines()
@@ -60,4 +50,20 @@ fn server_dies_with_its_process() {
     // Our own first server sweeps directories of processes that are gone.
     postgres();
     assert!(!dir.exists(), "{} was not swept", dir.display());
+}
+
+fn main() {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        child_starts_server_then_dies();
+        return;
+    }
+    // `cargo test -- --list` and filters: this binary has one test.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        println!("server_dies_with_its_process: test");
+        return;
+    }
+    println!("running 1 test");
+    server_dies_with_its_process();
+    println!("test server_dies_with_its_process ... ok\n\ntest result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
 }
