@@ -15,6 +15,8 @@ tasks:
   test    deps, then `cargo test --workspace --all-targets <args>`
           (without --workspace when <args> pick packages with -p)
   ci      `cargo fmt --check`, `cargo clippy -D warnings`, then what `test` does
+  bench   deps, a release build, a throwaway PostgreSQL, then every `shoal bench` run
+          behind BENCHMARKS.md, on SQLite and on PostgreSQL, in one go
   help    print this
 ";
 
@@ -39,6 +41,7 @@ fn run(args: Vec<OsString>) -> Result<()> {
         Some("deps") => deps(&root),
         Some("test") => test(&root, &rest),
         Some("ci") => ci(&root, &rest),
+        Some("bench") => bench(&root),
         Some("help" | "--help" | "-h") => {
             print!("{HELP}");
             Ok(())
@@ -139,4 +142,35 @@ mod tests {
         assert!(!names_package(&args(&["--release"])));
         assert!(!names_package(&args(&["--", "-p"])));
     }
+}
+
+/// Runs every benchmark of BENCHMARKS.md in one process, so the SQLite and PostgreSQL
+/// figures come from the same build, machine and moment.
+fn bench(root: &Path) -> Result<()> {
+    deps(root)?;
+    let mut build = cargo(root);
+    build.args(["build", "--release", "-p", "shoal"]);
+    run_cmd(build)?;
+    let shoal = root.join("target/release/shoal");
+    let pg = shoal_testkit::postgres();
+    let stores = [("sqlite", None), ("postgres", Some(pg.fresh_database()))];
+    let run = |args: &[&str], store: &Option<String>| -> Result<()> {
+        let mut cmd = Command::new(&shoal);
+        cmd.arg("bench").args(args);
+        if let Some(url) = store {
+            cmd.args(["--store", url]);
+        }
+        run_cmd(cmd)
+    };
+    for (_, store) in &stores {
+        // A fresh database per run keeps one run's rows from slowing the next.
+        let store = store.as_ref().map(|_| pg.fresh_database());
+        run(&["throughput", "--kind", "noop", "--count", "20000", "--concurrency", "32", "--slots", "64"], &store)?;
+        let store2 = store.as_ref().map(|_| pg.fresh_database());
+        run(&["throughput", "--kind", "true", "--count", "2000", "--concurrency", "16", "--slots", "16"], &store2)?;
+        let store3 = store.as_ref().map(|_| pg.fresh_database());
+        run(&["latency", "--count", "300"], &store3)?;
+    }
+    run(&["startup", "--count", "10"], &None)?;
+    Ok(())
 }
