@@ -225,7 +225,7 @@ pub async fn submit(state: State, headers: HeaderMap, body: Body) -> ApiResult<R
         }
     }
     let new = NewExecution { sandbox: req.sandbox.clone(), job: job_path, params, spec, pinned_node, idempotency };
-    let submitted = state.store.submit(&new).await?;
+    let submitted = state.submitter.submit(new).await?;
     state.engine.wake();
     match submitted {
         Submitted::Created(row) => {

@@ -64,6 +64,8 @@ pub struct Limits {
 
 pub struct AppState {
     pub store: Arc<Store>,
+    /// Submissions go through group commit.
+    pub submitter: shoal_store::Submitter,
     pub node: NodeIdentity,
     pub engine: Arc<dyn Engine>,
     pub limits: Limits,

@@ -9,7 +9,7 @@ use std::time::Duration;
 /// against a job that takes down every node it lands on.
 pub const MAX_NODE_LOSS_RETRIES: u32 = 20;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecState {
     Queued,

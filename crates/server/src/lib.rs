@@ -183,6 +183,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     }
 
     let state = Arc::new(AppState {
+        submitter: shoal_store::Submitter::spawn(store.clone()),
         store: store.clone(),
         node: NodeIdentity {
             id: id.clone(),

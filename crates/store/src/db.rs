@@ -99,20 +99,22 @@ pub enum Dialect {
 /// Tokens: `{now}` is the store's clock in milliseconds since the epoch (the one clock every
 /// lease, firing and timeout is decided by); `{skip_locked}`, `{for_update}` and
 /// `{for_share}` are row locks, which SQLite does not need because its writers are
-/// serialised by `BEGIN IMMEDIATE`.
+/// serialised by `BEGIN IMMEDIATE`; `{blob}` is the binary type's name.
 pub fn render(dialect: Dialect, sql: &str) -> String {
     match dialect {
         Dialect::Postgres => sql
             .replace("{now}", "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT")
             .replace("{skip_locked}", "FOR UPDATE SKIP LOCKED")
             .replace("{for_update}", "FOR UPDATE")
-            .replace("{for_share}", "FOR SHARE"),
+            .replace("{for_share}", "FOR SHARE")
+            .replace("{blob}", "BYTEA"),
         Dialect::Sqlite => {
             let sql = sql
                 .replace("{now}", "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)")
                 .replace("{skip_locked}", "")
                 .replace("{for_update}", "")
-                .replace("{for_share}", "");
+                .replace("{for_share}", "")
+                .replace("{blob}", "BLOB");
             // `$1` is a named parameter in SQLite, numbered by first appearance; `?1` is
             // positional, which is what the queries mean.
             let mut out = String::with_capacity(sql.len());

@@ -188,152 +188,291 @@ async fn next_fences(tx: &mut dyn Tx, n: usize) -> Result<Vec<FencingToken>> {
     }
 }
 
-/// Applies an attempt's end to a locked execution row already checked to be `running` with
-/// the attempt's token. Returns the new state.
-async fn apply_end(tx: &mut dyn Tx, row: &ExecutionRow, node_losses: i64, end: &AttemptEnd) -> Result<ExecState> {
-    let id = row.id.as_str();
-    let outcome_text = match &end.outcome {
-        Outcome::Exited(c) => format!("exited {c}"),
-        Outcome::Signaled(s) => format!("signal {s}"),
-        Outcome::TimedOut => "timed_out".into(),
-        Outcome::Cancelled { .. } => "cancelled".into(),
-        Outcome::NodeLost { .. } => "node_lost".into(),
-    };
-    tx.execute(
-        "UPDATE attempts SET finished_at = {now}, outcome = $3 WHERE execution_id = $1 AND attempt = $2",
-        vec![id.into(), row.attempt.into(), outcome_text.into()],
-    )
-    .await?;
-    let decision = decide(&row.spec, row.attempt.max(0) as u32, node_losses.max(0) as u32, &end.outcome);
-    match decision {
-        Decision::Finish { state, reason, message } => {
-            tx.execute(
-                "UPDATE executions SET state = $2, reason = $3, message = $4, exit_code = $5, signal = $6,
-                     node_losses = $7, finished_at = {now}, updated_at = {now}
-                 WHERE id = $1",
-                vec![
-                    id.into(),
-                    state.as_str().into(),
-                    reason.as_str().into(),
-                    message.into(),
-                    end.exit_code.map(i64::from).into(),
-                    end.signal.map(i64::from).into(),
-                    node_losses.into(),
-                ],
-            )
-            .await?;
-            Ok(state)
+/// Placeholders `($a, $b, ...), (...)` for `rows` rows of `width` values, numbered from `first`,
+/// with optional casts per column (`None`: none) so PostgreSQL knows the types.
+fn values_list(rows: usize, casts: &[Option<&str>], first: usize) -> String {
+    let width = casts.len();
+    let mut out = String::new();
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
         }
-        Decision::Retry { after, reason, message } => {
-            tx.execute(
-                "UPDATE executions SET state = 'queued', reason = $2, message = $3, exit_code = $4, signal = $5,
-                     node_losses = $6, node_id = NULL, run_after = {now} + $7, updated_at = {now}
-                 WHERE id = $1",
-                vec![
-                    id.into(),
-                    reason.as_str().into(),
-                    message.into(),
-                    end.exit_code.map(i64::from).into(),
-                    end.signal.map(i64::from).into(),
-                    node_losses.into(),
-                    (after.as_millis() as i64).into(),
-                ],
-            )
-            .await?;
-            Ok(ExecState::Queued)
+        out.push('(');
+        for (c, cast) in casts.iter().enumerate() {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            let n = first + r * width + c;
+            match cast {
+                Some(t) => out.push_str(&format!("CAST(${n} AS {t})")),
+                None => out.push_str(&format!("${n}")),
+            }
         }
+        out.push(')');
     }
+    out
 }
 
-async fn insert_logs(tx: &mut dyn Tx, id: &str, attempt: i64, logs: &[LogChunk]) -> Result<()> {
-    for chunk in logs {
-        // ON CONFLICT: a chunk re-sent after a store error whose commit did in fact land.
-        tx.execute(
-            "INSERT INTO logs (execution_id, attempt, seq, stream, data, at) VALUES ($1, $2, $3, $4, $5, {now})
+/// `$a, $b, ...` for an `IN (...)` list.
+fn in_list(n: usize, first: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Rows per multi-row statement: well under SQLite's and PostgreSQL's parameter limits.
+const BATCH_ROWS: usize = 500;
+
+async fn insert_logs(tx: &mut dyn Tx, logs: &[(&str, i64, &LogChunk)]) -> Result<()> {
+    for part in logs.chunks(BATCH_ROWS) {
+        let sql = format!(
+            "INSERT INTO logs (execution_id, attempt, seq, stream, data, at) SELECT v.column1, v.column2, v.column3, v.column4, v.column5, {{now}}
+             FROM (VALUES {}) AS v WHERE 1 = 1
              ON CONFLICT (execution_id, attempt, seq) DO NOTHING",
-            vec![id.into(), attempt.into(), chunk.seq.into(), chunk.stream.into(), Value::Bytes(chunk.data.clone())],
-        )
-        .await?;
+            values_list(part.len(), &[None, Some("BIGINT"), Some("BIGINT"), Some("BIGINT"), Some("{blob}")], 1)
+        );
+        let mut params = Vec::with_capacity(part.len() * 5);
+        for (id, attempt, chunk) in part {
+            params.extend([
+                (*id).into(),
+                (*attempt).into(),
+                chunk.seq.into(),
+                chunk.stream.into(),
+                Value::Bytes(chunk.data.clone()),
+            ]);
+        }
+        // ON CONFLICT: a chunk re-sent after a store error whose commit did in fact land.
+        // (`WHERE 1 = 1` lets SQLite's parser tell ON CONFLICT from a join constraint.)
+        tx.execute(&sql, params).await?;
     }
     Ok(())
 }
 
-/// Locks an execution row and checks the token; `None` when the token is stale.
-async fn lock_fenced(tx: &mut dyn Tx, id: &str, fence: FencingToken) -> Result<Option<(ExecutionRow, i64)>> {
-    let row = query_one(
-        tx,
-        &format!("SELECT {COLUMNS}, node_losses FROM executions WHERE id = $1 {{for_update}}"),
-        vec![id.into()],
-    )
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let losses = row.i64(19)?;
-    let exec = execution_row(&row)?;
-    if exec.state != ExecState::Running || exec.fence != Some(fence) {
-        return Ok(None);
+/// Locks execution rows and returns those still running with the given tokens, by id.
+async fn lock_fenced(tx: &mut dyn Tx, wanted: &[(&str, FencingToken)]) -> Result<HashMap<String, (ExecutionRow, i64)>> {
+    let mut out = HashMap::new();
+    for part in wanted.chunks(BATCH_ROWS) {
+        let sql = format!(
+            "SELECT {COLUMNS}, node_losses FROM executions WHERE id IN ({}) ORDER BY id {{for_update}}",
+            in_list(part.len(), 1)
+        );
+        let rows = tx.query(&sql, part.iter().map(|(id, _)| (*id).into()).collect()).await?;
+        for row in rows {
+            let losses = row.i64(19)?;
+            let exec = execution_row(&row)?;
+            let token = part.iter().find(|(id, _)| *id == exec.id.as_str()).map(|(_, f)| *f);
+            if exec.state == ExecState::Running && exec.fence.is_some() && exec.fence == token {
+                out.insert(exec.id.to_string(), (exec, losses));
+            }
+        }
     }
-    Ok(Some((exec, losses)))
+    Ok(out)
+}
+
+/// Records attempt ends on rows already locked and checked by [`lock_fenced`]: logs, the
+/// attempt rows, and each execution's next state as `core::state::decide` says, with one
+/// statement per group of executions that end the same way.
+async fn apply_ends(
+    tx: &mut dyn Tx,
+    ends: &[(&ExecutionRow, i64, &AttemptEnd, &[LogChunk])],
+) -> Result<Vec<ExecState>> {
+    let logs: Vec<(&str, i64, &LogChunk)> =
+        ends.iter().flat_map(|(row, _, _, logs)| logs.iter().map(move |c| (row.id.as_str(), row.attempt, c))).collect();
+    insert_logs(tx, &logs).await?;
+    for part in ends.chunks(BATCH_ROWS) {
+        let sql = format!(
+            "UPDATE attempts SET finished_at = {{now}}, outcome = v.column3 FROM (VALUES {}) AS v
+             WHERE attempts.execution_id = v.column1 AND attempts.attempt = v.column2",
+            values_list(part.len(), &[None, Some("BIGINT"), None], 1)
+        );
+        let mut params = Vec::with_capacity(part.len() * 3);
+        for (row, _, end, _) in part {
+            let outcome = match &end.outcome {
+                Outcome::Exited(c) => format!("exited {c}"),
+                Outcome::Signaled(s) => format!("signal {s}"),
+                Outcome::TimedOut => "timed_out".into(),
+                Outcome::Cancelled { .. } => "cancelled".into(),
+                Outcome::NodeLost { .. } => "node_lost".into(),
+            };
+            params.extend([row.id.as_str().into(), row.attempt.into(), outcome.into()]);
+        }
+        tx.execute(&sql, params).await?;
+    }
+    // Group executions by the exact update they need, so a batch of equal endings (the common
+    // case: many successes) is one statement.
+    let mut groups: BTreeMap<(Option<ExecState>, String, String, Option<i64>, Option<i64>, i64, i64), Vec<&str>> =
+        BTreeMap::new();
+    let mut states = Vec::with_capacity(ends.len());
+    for (row, losses, end, _) in ends {
+        let node_lost = i64::from(matches!(end.outcome, Outcome::NodeLost { .. }));
+        let decision = decide(&row.spec, row.attempt.max(0) as u32, (*losses + node_lost).max(0) as u32, &end.outcome);
+        let exit = end.exit_code.map(i64::from);
+        let signal = end.signal.map(i64::from);
+        let key = match decision {
+            Decision::Finish { state, reason, message } => {
+                states.push(state);
+                (Some(state), reason.as_str().to_owned(), message, exit, signal, node_lost, 0)
+            }
+            Decision::Retry { after, reason, message } => {
+                states.push(ExecState::Queued);
+                (None, reason.as_str().to_owned(), message, exit, signal, node_lost, after.as_millis() as i64)
+            }
+        };
+        groups.entry(key).or_default().push(row.id.as_str());
+    }
+    for ((state, reason, message, exit, signal, node_lost, after), ids) in groups {
+        for part in ids.chunks(BATCH_ROWS) {
+            let mut params: Vec<Value> =
+                vec![reason.as_str().into(), message.as_str().into(), exit.into(), signal.into(), node_lost.into()];
+            let sql = match state {
+                Some(state) => {
+                    params.push(state.as_str().into());
+                    format!(
+                        "UPDATE executions SET state = $6, reason = $1, message = $2, exit_code = $3, signal = $4,
+                             node_losses = node_losses + $5, finished_at = {{now}}, updated_at = {{now}}
+                         WHERE id IN ({})",
+                        in_list(part.len(), 7)
+                    )
+                }
+                None => {
+                    params.push(after.into());
+                    format!(
+                        "UPDATE executions SET state = 'queued', reason = $1, message = $2, exit_code = $3, signal = $4,
+                             node_losses = node_losses + $5, node_id = NULL, run_after = {{now}} + $6, updated_at = {{now}}
+                         WHERE id IN ({})",
+                        in_list(part.len(), 7)
+                    )
+                }
+            };
+            params.extend(part.iter().map(|id| (*id).into()));
+            tx.execute(&sql, params).await?;
+        }
+    }
+    Ok(states)
 }
 
 impl Store {
     /// Accepts a new execution. Once this returns, the execution will reach a final state.
     pub async fn submit(&self, new: &NewExecution) -> Result<Submitted> {
-        match self.submit_once(new).await {
+        match self.submit_one(new).await {
             // Two submissions with one key raced and the other insert won: now it is visible.
-            Err(StoreError::Conflict(_)) if new.idempotency.is_some() => self.submit_once(new).await,
+            Err(StoreError::Conflict(_)) if new.idempotency.is_some() => self.submit_one(new).await,
             other => other,
         }
     }
 
-    async fn submit_once(&self, new: &NewExecution) -> Result<Submitted> {
+    async fn submit_one(&self, new: &NewExecution) -> Result<Submitted> {
+        self.submit_batch(std::slice::from_ref(new))
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Internal("a batch of one gave no result".into())))
+    }
+
+    /// Accepts several executions in one transaction (group commit). The outer error fails
+    /// them all (nothing was written); an inner one concerns its item only.
+    pub async fn submit_batch(&self, items: &[NewExecution]) -> Result<Vec<Result<Submitted>>> {
         let mut tx = self.begin_write().await?;
-        if let Some((key, hash)) = &new.idempotency {
-            let found = query_one(
-                tx.as_mut(),
-                &format!("SELECT {COLUMNS}, request_hash FROM executions WHERE idempotency_key = $1"),
-                vec![key.into()],
-            )
-            .await?;
-            if let Some(found) = found {
-                tx.rollback().await?;
-                if found.opt_text(19)?.as_deref() != Some(hash.as_str()) {
-                    return Err(StoreError::IdempotencyMismatch);
-                }
-                return Ok(Submitted::Replayed(execution_row(&found)?));
+        // Earlier submissions with the same idempotency keys.
+        let keys: Vec<&str> = items.iter().filter_map(|n| n.idempotency.as_ref().map(|(k, _)| k.as_str())).collect();
+        let mut seen: HashMap<String, (ExecutionRow, Option<String>)> = HashMap::new();
+        for part in keys.chunks(BATCH_ROWS) {
+            let sql = format!(
+                "SELECT {COLUMNS}, request_hash, idempotency_key FROM executions WHERE idempotency_key IN ({})",
+                in_list(part.len(), 1)
+            );
+            for r in tx.query(&sql, part.iter().map(|k| (*k).into()).collect()).await? {
+                seen.insert(r.text(20)?, (execution_row(&r)?, r.opt_text(19)?));
             }
         }
-        let id = uuid::Uuid::now_v7().to_string();
-        let params = serde_json::to_string(&new.params).map_err(json_err)?;
-        let spec = serde_json::to_string(&new.spec).map_err(json_err)?;
-        let concurrency_key = match (&new.sandbox, &new.job) {
-            (Some(s), Some(j)) if new.spec.max_concurrent.is_some() => Some(format!("{s}/{j}")),
-            _ => None,
-        };
-        let (key, hash) = new.idempotency.clone().unzip();
-        tx.execute(
-            "INSERT INTO executions (id, sandbox, job, params, spec, state, reason, message, priority, pinned_node,
-                 concurrency_key, max_concurrent, idempotency_key, request_hash, created_at, run_after, updated_at)
-             VALUES ($1, $2, $3, $4, $5, 'queued', 'submitted', 'waiting for a free slot', $6, $7, $8, $9, $10, $11, {now}, {now}, {now})",
-            vec![
-                id.as_str().into(),
-                new.sandbox.clone().into(),
-                new.job.clone().into(),
-                params.into(),
-                spec.into(),
-                i64::from(new.spec.priority).into(),
-                new.pinned_node.clone().into(),
-                concurrency_key.into(),
-                new.spec.max_concurrent.map(i64::from).into(),
-                key.into(),
-                hash.into(),
-            ],
-        )
-        .await?;
-        let row = get_in(tx.as_mut(), &id)
-            .await?
-            .ok_or_else(|| StoreError::Internal("inserted execution vanished".into()))?;
+        enum Plan {
+            Insert(String),
+            Replay(String),
+            Mismatch,
+        }
+        let mut plans = Vec::with_capacity(items.len());
+        let mut inserts: Vec<(String, &NewExecution)> = Vec::new();
+        let mut batch_keys: HashMap<&str, (&str, String)> = HashMap::new();
+        for new in items {
+            if let Some((key, hash)) = &new.idempotency {
+                if let Some((row, stored)) = seen.get(key) {
+                    plans.push(if stored.as_deref() == Some(hash.as_str()) {
+                        Plan::Replay(row.id.to_string())
+                    } else {
+                        Plan::Mismatch
+                    });
+                    continue;
+                }
+                if let Some((stored, id)) = batch_keys.get(key.as_str()) {
+                    plans.push(if *stored == hash.as_str() { Plan::Replay(id.clone()) } else { Plan::Mismatch });
+                    continue;
+                }
+            }
+            let id = uuid::Uuid::now_v7().to_string();
+            if let Some((key, hash)) = &new.idempotency {
+                batch_keys.insert(key.as_str(), (hash.as_str(), id.clone()));
+            }
+            plans.push(Plan::Insert(id.clone()));
+            inserts.push((id, new));
+        }
+        for part in inserts.chunks(BATCH_ROWS / 2) {
+            let sql = format!(
+                "INSERT INTO executions (id, sandbox, job, params, spec, state, reason, message, priority, pinned_node,
+                     concurrency_key, max_concurrent, idempotency_key, request_hash, created_at, run_after, updated_at)
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, 'queued', 'submitted', 'waiting for a free slot',
+                     v.column6, v.column7, v.column8, v.column9, v.column10, v.column11, {{now}}, {{now}}, {{now}}
+                 FROM (VALUES {}) AS v",
+                values_list(
+                    part.len(),
+                    &[None, None, None, None, None, Some("BIGINT"), None, None, Some("BIGINT"), None, None],
+                    1
+                )
+            );
+            let mut params = Vec::with_capacity(part.len() * 11);
+            for (id, new) in part {
+                let concurrency_key = match (&new.sandbox, &new.job) {
+                    (Some(s), Some(j)) if new.spec.max_concurrent.is_some() => Some(format!("{s}/{j}")),
+                    _ => None,
+                };
+                let (key, hash) = new.idempotency.clone().unzip();
+                params.extend([
+                    id.as_str().into(),
+                    new.sandbox.clone().into(),
+                    new.job.clone().into(),
+                    serde_json::to_string(&new.params).map_err(json_err)?.into(),
+                    serde_json::to_string(&new.spec).map_err(json_err)?.into(),
+                    i64::from(new.spec.priority).into(),
+                    new.pinned_node.clone().into(),
+                    concurrency_key.into(),
+                    new.spec.max_concurrent.map(i64::from).into(),
+                    key.into(),
+                    hash.into(),
+                ]);
+            }
+            tx.execute(&sql, params).await?;
+        }
+        // Read back what this batch created (for created_at and the rest, as stored).
+        let mut created: HashMap<String, ExecutionRow> = HashMap::new();
+        for part in inserts.chunks(BATCH_ROWS) {
+            let sql = format!("SELECT {COLUMNS} FROM executions WHERE id IN ({})", in_list(part.len(), 1));
+            for r in tx.query(&sql, part.iter().map(|(id, _)| id.as_str().into()).collect()).await? {
+                let row = execution_row(&r)?;
+                created.insert(row.id.to_string(), row);
+            }
+        }
         tx.commit().await?;
-        Ok(Submitted::Created(row))
+        let lookup = |id: &str| {
+            created
+                .get(id)
+                .or_else(|| seen.values().find(|(r, _)| r.id.as_str() == id).map(|(r, _)| r))
+                .cloned()
+                .ok_or_else(|| StoreError::Internal(format!("execution {id} vanished")))
+        };
+        Ok(plans
+            .into_iter()
+            .map(|p| match p {
+                Plan::Insert(id) => lookup(&id).map(Submitted::Created),
+                Plan::Replay(id) => lookup(&id).map(Submitted::Replayed),
+                Plan::Mismatch => Err(StoreError::IdempotencyMismatch),
+            })
+            .collect())
     }
 
     pub async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRow>> {
@@ -431,24 +570,48 @@ impl Store {
             return Ok(Vec::new());
         }
         let fences = next_fences(tx.as_mut(), chosen.len()).await?;
-        let mut claimed = Vec::with_capacity(chosen.len());
-        for ((id, sandbox, spec), fence) in chosen.into_iter().zip(fences) {
-            let row = query_one(
-                tx.as_mut(),
-                "UPDATE executions SET state = 'running', node_id = $2, attempt = attempt + 1, fence = $3,
-                     started_at = COALESCE(started_at, {now}), reason = 'started', message = $4, updated_at = {now}
-                 WHERE id = $1 AND state = 'queued' RETURNING attempt",
-                vec![id.as_str().into(), node.id.into(), fence.0.into(), format!("running on {}", node.id).into()],
-            )
-            .await?;
-            let Some(row) = row else { continue };
-            let attempt = row.i64(0)?;
-            tx.execute(
-                "INSERT INTO attempts (execution_id, attempt, fence, node_id, started_at) VALUES ($1, $2, $3, $4, {now})",
-                vec![id.as_str().into(), attempt.into(), fence.0.into(), node.id.into()],
-            )
-            .await?;
-            claimed.push(Claimed { id: ExecutionId::from_trusted(id), fence, attempt, sandbox, spec });
+        // One statement moves the whole batch to `running`, each row with its own token.
+        let sql = format!(
+            "UPDATE executions SET state = 'running', node_id = $1, attempt = executions.attempt + 1,
+                 fence = v.column2, started_at = COALESCE(executions.started_at, {{now}}), reason = 'started',
+                 message = $2, updated_at = {{now}}
+             FROM (VALUES {}) AS v
+             WHERE executions.id = v.column1 AND executions.state = 'queued'
+             RETURNING executions.id, executions.attempt, executions.fence",
+            values_list(chosen.len(), &[None, Some("BIGINT")], 3)
+        );
+        let mut params: Vec<Value> = vec![node.id.into(), format!("running on {}", node.id).into()];
+        for ((id, _, _), fence) in chosen.iter().zip(&fences) {
+            params.extend([id.as_str().into(), fence.0.into()]);
+        }
+        let updated = tx.query(&sql, params).await?;
+        let mut attempts: HashMap<String, (i64, i64)> = HashMap::new();
+        for r in &updated {
+            attempts.insert(r.text(0)?, (r.i64(1)?, r.i64(2)?));
+        }
+        let mut claimed = Vec::with_capacity(updated.len());
+        for (id, sandbox, spec) in chosen {
+            if let Some((attempt, fence)) = attempts.get(&id) {
+                claimed.push(Claimed {
+                    id: ExecutionId::from_trusted(id),
+                    fence: FencingToken(*fence),
+                    attempt: *attempt,
+                    sandbox,
+                    spec,
+                });
+            }
+        }
+        if !claimed.is_empty() {
+            let sql = format!(
+                "INSERT INTO attempts (execution_id, attempt, fence, node_id, started_at)
+                 SELECT v.column1, v.column2, v.column3, $1, {{now}} FROM (VALUES {}) AS v",
+                values_list(claimed.len(), &[None, Some("BIGINT"), Some("BIGINT")], 2)
+            );
+            let mut params: Vec<Value> = vec![node.id.into()];
+            for c in &claimed {
+                params.extend([c.id.as_str().into(), c.attempt.into(), c.fence.0.into()]);
+            }
+            tx.execute(&sql, params).await?;
         }
         tx.commit().await?;
         Ok(claimed)
@@ -479,7 +642,8 @@ impl Store {
             tx.rollback().await?;
             return Err(StoreError::Fenced);
         }
-        insert_logs(tx.as_mut(), id.as_str(), attempt, logs).await?;
+        let rows: Vec<_> = logs.iter().map(|c| (id.as_str(), attempt, c)).collect();
+        insert_logs(tx.as_mut(), &rows).await?;
         tx.commit().await
     }
 
@@ -487,20 +651,25 @@ impl Store {
     /// against its fencing token.
     pub async fn finish(&self, items: &[Finish]) -> Result<Vec<FinishResult>> {
         let mut tx = self.begin_write().await?;
-        let mut results = Vec::with_capacity(items.len());
+        let wanted: Vec<(&str, FencingToken)> = items.iter().map(|i| (i.id.as_str(), i.fence)).collect();
+        let mut locked = lock_fenced(tx.as_mut(), &wanted).await?;
+        let mut ends = Vec::new();
+        let mut slots = Vec::with_capacity(items.len());
         for item in items {
-            match lock_fenced(tx.as_mut(), item.id.as_str(), item.fence).await? {
-                None => results.push(FinishResult::Fenced),
-                Some((row, losses)) => {
-                    insert_logs(tx.as_mut(), item.id.as_str(), item.attempt, &item.logs).await?;
-                    let losses = losses + i64::from(matches!(item.end.outcome, Outcome::NodeLost { .. }));
-                    let state = apply_end(tx.as_mut(), &row, losses, &item.end).await?;
-                    results.push(FinishResult::Done(state));
+            // `remove`: an execution listed twice is recorded once; the second is stale.
+            match locked.remove(item.id.as_str()) {
+                Some(found) => {
+                    slots.push(Some(ends.len()));
+                    ends.push((found, item));
                 }
+                None => slots.push(None),
             }
         }
+        let args: Vec<_> =
+            ends.iter().map(|((row, losses), item)| (row, *losses, &item.end, item.logs.as_slice())).collect();
+        let states = apply_ends(tx.as_mut(), &args).await?;
         tx.commit().await?;
-        Ok(results)
+        Ok(slots.into_iter().map(|s| s.map_or(FinishResult::Fenced, |i| FinishResult::Done(states[i]))).collect())
     }
 
     /// Cancels a queued execution at once, or asks the node running it to stop it.
@@ -587,22 +756,38 @@ impl Store {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin_write().await?;
-        let mut touched = Vec::new();
+        let mut wanted = Vec::with_capacity(candidates.len());
+        let mut nodes = HashMap::new();
         for r in &candidates {
-            let id = r.text(0)?;
-            let Some(fence) = r.opt_i64(1)? else { continue };
-            let node = r.opt_text(2)?.unwrap_or_default();
-            // Re-checked under the row lock: the attempt may have finished meanwhile.
-            if let Some((row, losses)) = lock_fenced(tx.as_mut(), &id, FencingToken(fence)).await? {
-                let end =
-                    AttemptEnd { outcome: Outcome::NodeLost { node: node.clone() }, exit_code: None, signal: None };
-                let state = apply_end(tx.as_mut(), &row, losses + 1, &end).await?;
-                tracing::warn!(execution = %id, node = %node, attempt = row.attempt, new_state = %state, "took over an attempt from a lost node");
-                touched.push(row.id);
+            if let Some(fence) = r.opt_i64(1)? {
+                let id = r.text(0)?;
+                nodes.insert(id.clone(), r.opt_text(2)?.unwrap_or_default());
+                wanted.push((id, FencingToken(fence)));
             }
         }
+        let mut tx = self.begin_write().await?;
+        // Re-checked under the row locks: an attempt may have finished meanwhile.
+        let refs: Vec<(&str, FencingToken)> = wanted.iter().map(|(id, f)| (id.as_str(), *f)).collect();
+        let locked = lock_fenced(tx.as_mut(), &refs).await?;
+        let ends: Vec<(ExecutionRow, i64, AttemptEnd)> = locked
+            .into_values()
+            .map(|(row, losses)| {
+                let node = nodes.get(row.id.as_str()).cloned().unwrap_or_default();
+                (row, losses, AttemptEnd { outcome: Outcome::NodeLost { node }, exit_code: None, signal: None })
+            })
+            .collect();
+        let args: Vec<_> = ends.iter().map(|(row, losses, end)| (row, *losses, end, &[][..])).collect();
+        let states = apply_ends(tx.as_mut(), &args).await?;
         tx.commit().await?;
+        let mut touched = Vec::with_capacity(ends.len());
+        for ((row, _, end), state) in ends.into_iter().zip(states) {
+            let node = match &end.outcome {
+                Outcome::NodeLost { node } => node.clone(),
+                _ => String::new(),
+            };
+            tracing::warn!(execution = %row.id, node = %node, attempt = row.attempt, new_state = %state, "took over an attempt from a lost node");
+            touched.push(row.id);
+        }
         Ok(touched)
     }
 

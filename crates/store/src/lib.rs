@@ -11,6 +11,7 @@ mod postgres;
 mod sandboxes;
 pub mod schema;
 mod sqlite;
+mod submitter;
 
 pub use db::Dialect;
 pub use executions::{
@@ -19,6 +20,7 @@ pub use executions::{
 };
 pub use nodes::{NodeLease, NodeRegistration, NodeRow, Renewal};
 pub use sandboxes::SandboxRow;
+pub use submitter::Submitter;
 
 use db::Tx;
 use std::path::PathBuf;

@@ -58,6 +58,7 @@ suite!(
     recover_own_attempts_after_restart,
     logs_read_in_order,
     concurrent_claimers_never_share_an_execution,
+    group_commit_keeps_every_submission_apart,
 );
 
 fn node(id: &str) -> NodeRegistration {
@@ -451,4 +452,41 @@ async fn concurrent_claimers_never_share_an_execution(f: Fixture) {
         }
     }
     assert_eq!(total, 120);
+}
+
+async fn group_commit_keeps_every_submission_apart(f: Fixture) {
+    let submitter = shoal_store::Submitter::spawn(f.store.clone());
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let submitter = submitter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut new = new_exec(inline());
+            new.params.insert("i".into(), i.to_string());
+            // Every third submission reuses a key: ten keys, each used ten times; key 0 comes
+            // with two different requests, five times each.
+            if i % 3 == 0 {
+                let k = (i / 3) % 10;
+                let hash = if k == 0 && (i / 30) % 2 == 1 { "other" } else { "same" };
+                new.params.clear();
+                new.idempotency = Some((format!("key-{k}"), hash.into()));
+            }
+            submitter.submit(new).await
+        }));
+    }
+    let (mut created, mut replayed, mut mismatched) = (0, 0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(Submitted::Created(_)) => created += 1,
+            Ok(Submitted::Replayed(_)) => replayed += 1,
+            Err(StoreError::IdempotencyMismatch) => mismatched += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // 200 without a key, plus one per key; key 0's five requests that differ from the
+    // first one it saw are refused.
+    assert_eq!(created, 210);
+    assert_eq!(mismatched, 5);
+    assert_eq!(created + replayed + mismatched, 300);
+    let all = f.store.list_executions(&ExecutionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), 210);
 }
