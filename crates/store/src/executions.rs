@@ -267,6 +267,10 @@ async fn lock_fenced(tx: &mut dyn Tx, wanted: &[(&str, FencingToken)]) -> Result
     Ok(out)
 }
 
+/// Executions that end the same way: final state (`None`: back to the queue), reason,
+/// message, exit code, signal, node losses to add, and retry delay in milliseconds.
+type EndGroup = (Option<ExecState>, String, String, Option<i64>, Option<i64>, i64, i64);
+
 /// Records attempt ends on rows already locked and checked by [`lock_fenced`]: logs, the
 /// attempt rows, and each execution's next state as `core::state::decide` says, with one
 /// statement per group of executions that end the same way.
@@ -298,8 +302,7 @@ async fn apply_ends(
     }
     // Group executions by the exact update they need, so a batch of equal endings (the common
     // case: many successes) is one statement.
-    let mut groups: BTreeMap<(Option<ExecState>, String, String, Option<i64>, Option<i64>, i64, i64), Vec<&str>> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<EndGroup, Vec<&str>> = BTreeMap::new();
     let mut states = Vec::with_capacity(ends.len());
     for (row, losses, end, _) in ends {
         let node_lost = i64::from(matches!(end.outcome, Outcome::NodeLost { .. }));
