@@ -125,25 +125,6 @@ fn ci(root: &Path, extra: &[OsString]) -> Result<()> {
     test(root, extra)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::names_package;
-    use std::ffi::OsString;
-
-    fn args(list: &[&str]) -> Vec<OsString> {
-        list.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn package_selection_is_seen_only_in_cargo_args() {
-        assert!(names_package(&args(&["-p", "shoal-store"])));
-        assert!(names_package(&args(&["-pshoal-store"])));
-        assert!(names_package(&args(&["--package=shoal-store"])));
-        assert!(!names_package(&args(&["--release"])));
-        assert!(!names_package(&args(&["--", "-p"])));
-    }
-}
-
 /// Runs every benchmark of BENCHMARKS.md in one process, so the SQLite and PostgreSQL
 /// figures come from the same build, machine and moment.
 fn bench(root: &Path) -> Result<()> {
@@ -173,4 +154,23 @@ fn bench(root: &Path) -> Result<()> {
     }
     run(&["startup", "--count", "10"], &None)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_package;
+    use std::ffi::OsString;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn package_selection_is_seen_only_in_cargo_args() {
+        assert!(names_package(&args(&["-p", "shoal-store"])));
+        assert!(names_package(&args(&["-pshoal-store"])));
+        assert!(names_package(&args(&["--package=shoal-store"])));
+        assert!(!names_package(&args(&["--release"])));
+        assert!(!names_package(&args(&["--", "-p"])));
+    }
 }
