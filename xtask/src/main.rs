@@ -125,6 +125,17 @@ fn ci(root: &Path, extra: &[OsString]) -> Result<()> {
     test(root, extra)
 }
 
+/// Where the PostgreSQL client tools are (pgbench is not always on PATH).
+fn pg_bindir() -> String {
+    Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "/usr/lib/postgresql/15/bin".into())
+}
+
 /// Runs every benchmark of BENCHMARKS.md in one process, so the SQLite and PostgreSQL
 /// figures come from the same build, machine and moment.
 fn bench(root: &Path) -> Result<()> {
@@ -153,6 +164,16 @@ fn bench(root: &Path) -> Result<()> {
         run(&["latency", "--count", "300"], &store3)?;
     }
     run(&["startup", "--count", "10"], &None)?;
+    // The reference point of DESIGN.md: small transactions per second this PostgreSQL
+    // commits (pgbench's simple-update script, 8 clients), measured in the same run.
+    let db = pg.fresh_database();
+    let bin = Path::new(&pg_bindir()).join("pgbench");
+    let mut init = Command::new(&bin);
+    init.args(["-i", "-s", "1", "-q", &db]);
+    run_cmd(init)?;
+    let mut pgbench = Command::new(&bin);
+    pgbench.args(["-N", "-c", "8", "-j", "2", "-T", "10", &db]);
+    run_cmd(pgbench)?;
     Ok(())
 }
 

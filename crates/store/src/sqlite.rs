@@ -26,6 +26,11 @@ struct Handle {
 pub struct SqlitePool {
     idle: Arc<Mutex<Vec<Handle>>>,
     permits: Arc<Semaphore>,
+    /// SQLite has one writer at a time, and its busy handler is not fair: under load a waiting
+    /// writer (a lease renewal, say) can lose the race again and again until it times out.
+    /// Writers of this process queue here instead, first come first served, and only
+    /// writers of other processes sharing the file meet the busy handler.
+    write_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -71,12 +76,17 @@ impl SqlitePool {
                 .map_err(|e| StoreError::Internal(format!("cannot start a SQLite thread: {e}")))?;
             handles.push(Handle { jobs: tx });
         }
-        Ok(SqlitePool { permits: Arc::new(Semaphore::new(handles.len())), idle: Arc::new(Mutex::new(handles)) })
+        Ok(SqlitePool {
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
+            permits: Arc::new(Semaphore::new(handles.len())),
+            idle: Arc::new(Mutex::new(handles)),
+        })
     }
 
     /// A connection for one transaction (`write`: `BEGIN IMMEDIATE`, taking the write lock up
     /// front so two writers never deadlock upgrading a read lock) or for autocommit reads.
     pub async fn begin(&self, write: bool, autocommit: bool) -> Result<Box<dyn Tx>> {
+        let writer = if write && !autocommit { Some(self.write_lock.clone().lock_owned().await) } else { None };
         let permit = self
             .permits
             .clone()
@@ -89,7 +99,8 @@ impl SqlitePool {
             .map_err(|_| StoreError::Internal("the SQLite pool lock is poisoned".into()))?
             .pop()
             .ok_or_else(|| StoreError::Internal("no idle SQLite connection behind a permit".into()))?;
-        let mut tx = SqliteTx { handle: Some(handle), idle: self.idle.clone(), _permit: permit, open: false };
+        let mut tx =
+            SqliteTx { handle: Some(handle), idle: self.idle.clone(), _permit: permit, open: false, _writer: writer };
         if !autocommit {
             tx.batch(if write { "BEGIN IMMEDIATE" } else { "BEGIN" }).await?;
             tx.open = true;
@@ -103,6 +114,9 @@ struct SqliteTx {
     idle: Arc<Mutex<Vec<Handle>>>,
     _permit: OwnedSemaphorePermit,
     open: bool,
+    /// Held until the transaction ends (dropped after `drop` has queued any rollback, which
+    /// runs on the connection's thread before that connection is used again).
+    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 fn map_err(e: rusqlite::Error) -> StoreError {
