@@ -7,7 +7,7 @@
 //! children before the lease can run out, so a node cut off from the store never runs an
 //! attempt beside the node that takes it over.
 
-use crate::workers::Workers;
+use crate::workers::{Step, Workers};
 use shoal_api::{Metrics, WorkerStatus};
 use shoal_core::placement::NodeView;
 use shoal_core::state::Outcome;
@@ -45,7 +45,6 @@ pub struct EngineConfig {
     pub tags: Vec<String>,
     pub slots: usize,
     pub kill_grace: Duration,
-    pub poll_interval: Duration,
     pub lease_ttl: Duration,
     pub scratch_dir: PathBuf,
 }
@@ -154,6 +153,77 @@ impl Engine {
     /// Whether an older attempt of this execution still runs here.
     fn older_attempt_alive(&self, id: &str, fence: FencingToken) -> bool {
         self.attempts.lock().map(|a| a.iter().any(|(f, h)| h.execution == id && *f != fence)).unwrap_or(false)
+    }
+
+    /// Renews the lease on the store's clock and publishes the node's load. A renewal that
+    /// takes longer than `bound` counts as failed.
+    pub async fn renew_lease(self: Arc<Self>, bound: Duration) -> Result<Step, String> {
+        let sent = Instant::now();
+        let generation = self.generation.load(Ordering::SeqCst);
+        let state = if self.stopping.load(Ordering::SeqCst) { "stopping" } else { "active" };
+        let renewal = tokio::time::timeout(
+            bound,
+            self.store.renew_lease(&self.cfg.node_id, generation, self.cfg.lease_ttl, state, self.running() as i64),
+        )
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("lease renewal timed out".into())));
+        match renewal {
+            Ok(r) => {
+                if let Ok(mut last) = self.last_renewal.lock() {
+                    *last = sent;
+                }
+                if r.had_expired {
+                    tracing::warn!(
+                        "lease had expired before it was renewed; attempts of this node may have been taken over"
+                    );
+                }
+                if self.cut_off.swap(false, Ordering::SeqCst) {
+                    tracing::info!("store reachable again; taking work again");
+                    self.wake.notify_one();
+                }
+                Ok(Step::Idle)
+            }
+            Err(StoreError::LeaseLost(g)) => {
+                if !self.lease_lost.swap(true, Ordering::SeqCst) {
+                    tracing::error!(
+                        generation = g,
+                        "another process registered this node id; stopping every attempt here"
+                    );
+                    self.stop_all(Stop::LeaseLost);
+                }
+                Err(format!("lease lost to generation {g} of this node id"))
+            }
+            Err(err) => {
+                self.metrics.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut last) = self.last_store_error.lock() {
+                    *last = Some(err.to_string());
+                }
+                Err(err.to_string())
+            }
+        }
+    }
+
+    /// Takes over the attempts of nodes whose lease is gone.
+    pub async fn reap(self: Arc<Self>) -> Result<Step, String> {
+        let touched = self.store.reap_lost_attempts().await.map_err(|e| e.to_string())?;
+        if touched.is_empty() {
+            return Ok(Step::Idle);
+        }
+        self.metrics.takeovers.fetch_add(touched.len() as u64, Ordering::Relaxed);
+        self.wake.notify_one();
+        Ok(Step::Busy)
+    }
+
+    /// Stops the attempts here that someone asked, on any node, to cancel.
+    pub async fn watch_cancels(self: Arc<Self>) -> Result<Step, String> {
+        if self.running() == 0 {
+            return Ok(Step::Idle);
+        }
+        let reqs = self.store.cancel_requests(&self.cfg.node_id).await.map_err(|e| e.to_string())?;
+        for (id, fence, by) in reqs {
+            self.stop_one(id.as_str(), Some(fence), Stop::Cancel { by });
+        }
+        Ok(Step::Idle)
     }
 
     /// Claims what fits in the free slots and starts it; loops while there is more.

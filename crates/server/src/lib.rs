@@ -89,7 +89,6 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
             tags: config.tags.clone(),
             slots: config.executor.slots as usize,
             kill_grace: config.executor.kill_grace,
-            poll_interval: config.executor.poll_interval,
             lease_ttl: config.cluster.lease_ttl,
             scratch_dir: shoal_api::scratch_dir(&config.data_dir),
         },
@@ -125,62 +124,18 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     for name in ["lease", "dispatcher", "reaper", "cancel-watcher"] {
         engine.workers.register(name);
     }
-    let mut tasks = Vec::new();
-    tasks.push(spawn_lease_worker(engine.clone(), shutdown_rx.clone()));
-    tasks.push(spawn_watchdog(engine.clone(), shutdown_rx.clone()));
-    {
-        let e = engine.clone();
-        let rx = shutdown_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let step = || {
-                let e = e.clone();
-                async move {
-                    e.dispatch().await.map(|any| if any { Step::Busy } else { Step::Idle }).map_err(|e| e.to_string())
-                }
-            };
-            workers::run(&e.workers, "dispatcher", e.cfg.poll_interval, Some(&e.wake), rx, step).await;
-        }));
-    }
-    {
-        let e = engine.clone();
-        let rx = shutdown_rx.clone();
-        let interval = (config.cluster.lease_ttl / 5).max(Duration::from_millis(200));
-        tasks.push(tokio::spawn(async move {
-            let step = || {
-                let e = e.clone();
-                async move {
-                    let touched = e.store.reap_lost_attempts().await.map_err(|e| e.to_string())?;
-                    if touched.is_empty() {
-                        return Ok(Step::Idle);
-                    }
-                    e.metrics.takeovers.fetch_add(touched.len() as u64, Ordering::Relaxed);
-                    e.wake.notify_one();
-                    Ok(Step::Busy)
-                }
-            };
-            workers::run(&e.workers, "reaper", interval, None, rx, step).await;
-        }));
-    }
-    {
-        let e = engine.clone();
-        let rx = shutdown_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let step = || {
-                let e = e.clone();
-                async move {
-                    if e.running() == 0 {
-                        return Ok(Step::Idle);
-                    }
-                    let reqs = e.store.cancel_requests(&e.cfg.node_id).await.map_err(|e| e.to_string())?;
-                    for (id, fence, by) in reqs {
-                        e.stop_one(id.as_str(), Some(fence), Stop::Cancel { by });
-                    }
-                    Ok(Step::Idle)
-                }
-            };
-            workers::run(&e.workers, "cancel-watcher", e.cfg.poll_interval, None, rx, step).await;
-        }));
-    }
+    let beat = (config.cluster.lease_ttl / 5).max(Duration::from_millis(200));
+    let poll = config.executor.poll_interval;
+    let rx = || shutdown_rx.clone();
+    let tasks = vec![
+        spawn_worker(&engine, "lease", beat, false, rx(), move |e| e.renew_lease(beat)),
+        spawn_watchdog(engine.clone(), rx()),
+        spawn_worker(&engine, "dispatcher", poll, true, rx(), |e| async move {
+            e.dispatch().await.map(|any| if any { Step::Busy } else { Step::Idle }).map_err(|e| e.to_string())
+        }),
+        spawn_worker(&engine, "reaper", beat, false, rx(), |e| e.reap()),
+        spawn_worker(&engine, "cancel-watcher", poll, false, rx(), |e| e.watch_cancels()),
+    ];
 
     let state = Arc::new(AppState {
         submitter: shoal_store::Submitter::spawn(store.clone()),
@@ -214,59 +169,24 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     Ok(Node { engine, id, url, shutdown, tasks, http, kill_grace: config.executor.kill_grace })
 }
 
-/// Renews the lease on the store's clock and publishes the node's load.
-fn spawn_lease_worker(e: Arc<Engine>, shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+/// Runs one of the engine's background steps as a worker (see `workers::run`); `wakeable`
+/// workers also run at once when the engine is woken.
+fn spawn_worker<F, Fut>(
+    engine: &Arc<Engine>,
+    name: &'static str,
+    interval: Duration,
+    wakeable: bool,
+    shutdown: watch::Receiver<bool>,
+    step: F,
+) -> JoinHandle<()>
+where
+    F: Fn(Arc<Engine>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Step, String>> + Send,
+{
+    let e = engine.clone();
     tokio::spawn(async move {
-        let interval = (e.cfg.lease_ttl / 5).max(Duration::from_millis(200));
-        let workers = &e.workers;
-        let step = || {
-            let e = e.clone();
-            async move {
-                let sent = Instant::now();
-                let generation = e.generation.load(Ordering::SeqCst);
-                let state = if e.stopping.load(Ordering::SeqCst) { "stopping" } else { "active" };
-                // Bounded by the interval: a renewal that hangs is a failed renewal.
-                let renewal = tokio::time::timeout(
-                    interval,
-                    e.store.renew_lease(&e.cfg.node_id, generation, e.cfg.lease_ttl, state, e.running() as i64),
-                )
-                .await
-                .unwrap_or_else(|_| Err(StoreError::Unavailable("lease renewal timed out".into())));
-                match renewal {
-                    Ok(r) => {
-                        if let Ok(mut last) = e.last_renewal.lock() {
-                            *last = sent;
-                        }
-                        if r.had_expired {
-                            tracing::warn!("lease had expired before it was renewed; attempts of this node may have been taken over");
-                        }
-                        if e.cut_off.swap(false, Ordering::SeqCst) {
-                            tracing::info!("store reachable again; taking work again");
-                            e.wake.notify_one();
-                        }
-                        Ok(Step::Idle)
-                    }
-                    Err(StoreError::LeaseLost(g)) => {
-                        if !e.lease_lost.swap(true, Ordering::SeqCst) {
-                            tracing::error!(
-                                generation = g,
-                                "another process registered this node id; stopping every attempt here"
-                            );
-                            e.stop_all(Stop::LeaseLost);
-                        }
-                        Err(format!("lease lost to generation {g} of this node id"))
-                    }
-                    Err(err) => {
-                        e.metrics.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut last) = e.last_store_error.lock() {
-                            *last = Some(err.to_string());
-                        }
-                        Err(err.to_string())
-                    }
-                }
-            }
-        };
-        workers::run(workers, "lease", interval, None, shutdown, step).await;
+        let wake = if wakeable { Some(&e.wake) } else { None };
+        workers::run(&e.workers, name, interval, wake, shutdown, || step(e.clone())).await;
     })
 }
 
