@@ -23,9 +23,16 @@ fn server(config: &Path) -> Child {
 
 /// Starts `shoal server` with a fixed port taken from a bound-then-released socket.
 fn start_server(dir: &Path, store: &str) -> (Child, String) {
+    start_named(dir, store, "n1")
+}
+
+fn start_named(dir: &Path, store: &str, node: &str) -> (Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = config_text(dir, store, "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    let cfg = dir.join("shoal.toml");
+    let text = config_text(dir, store, "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+        .replace("node_id = \"n1\"", &format!("node_id = \"{node}\""))
+        .replace("/data\"", &format!("/data-{node}\""));
+    let cfg = dir.join(format!("shoal-{node}.toml"));
     std::fs::write(&cfg, text).unwrap();
     (server(&cfg), format!("http://127.0.0.1:{port}"))
 }
@@ -178,4 +185,74 @@ fn up_runs_the_example_job_and_shows_its_logs() {
     assert!(stdout.contains("shoal is up: node n1"), "{stdout}");
     assert!(stdout.contains("total: 9 orders"), "{stdout}");
     assert!(dir.path().join("up/sandboxes/examples/out/report-2026-11-20.csv").exists());
+}
+
+/// Two `shoal server` processes sharing one SQLite file (the embedded store's multi-process
+/// case): every execution, submitted to either, runs exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_share_one_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}/shoal.db", dir.path().display());
+    let (mut a, url_a) = start_named(dir.path(), &store, "n1");
+    wait_ready(&url_a, &mut a).await;
+    let (mut b, url_b) = start_named(dir.path(), &store, "n2");
+    wait_ready(&url_b, &mut b).await;
+    let sandbox = dir.path().join("sb");
+    std::fs::create_dir_all(sandbox.join("jobs")).unwrap();
+    std::fs::write(
+        sandbox.join("jobs/mark.toml"),
+        "command = [\"sh\", \"-c\", \"echo $SHOAL_EXECUTION_ID $SHOAL_NODE_ID >> ran.log; sleep 0.05\"]\n",
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{url_a}/api/v1/sandboxes"))
+        .json(&serde_json::json!({"name": "sb", "kind": "shared", "root": sandbox.display().to_string()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let url = if i % 2 == 0 { &url_a } else { &url_b };
+        let e: serde_json::Value = http
+            .post(format!("{url}/api/v1/executions"))
+            .json(&serde_json::json!({"sandbox": "sb", "job": "jobs/mark.toml"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(e["id"].as_str().unwrap().to_owned());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            let e: serde_json::Value =
+                http.get(format!("{url_b}/api/v1/executions/{id}")).send().await.unwrap().json().await.unwrap();
+            if e["state"] == "succeeded" {
+                assert_eq!(e["attempt"], 1, "{e}");
+                break;
+            }
+            assert!(e["state"] == "queued" || e["state"] == "running", "{e}");
+            assert!(std::time::Instant::now() < deadline, "{e}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let log = std::fs::read_to_string(sandbox.join("ran.log")).unwrap();
+    let mut ran: Vec<&str> = log.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    ran.sort();
+    let mut expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(ran, expected, "each execution ran exactly once");
+    // Each node is woken by the submissions it accepts, so both take part.
+    assert!(log.contains(" n1\n") && log.contains(" n2\n"), "{log}");
+    let nodes: serde_json::Value =
+        http.get(format!("{url_a}/api/v1/nodes")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(nodes["nodes"].as_array().unwrap().len(), 2, "{nodes}");
+    for child in [&mut a, &mut b] {
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success());
+    }
 }
