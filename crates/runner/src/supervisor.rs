@@ -161,7 +161,19 @@ fn run(args: &SuperviseArgs) -> ExitStatus {
     // set all of them on the supervisor. process_group(0) makes the job the leader of a new
     // group whose id is its pid, so killpg reaches every process it starts.
     use std::os::unix::process::CommandExt;
-    let child = match Command::new(program).args(rest).process_group(0).spawn() {
+    let mut command = Command::new(program);
+    command.args(rest).process_group(0);
+    // Should the supervisor itself be SIGKILLed (the OOM killer), the job's main process goes
+    // with it. The supervisor is single-threaded here, so the forking thread is the one that
+    // lives as long as the supervisor does.
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = match command.spawn() {
         Ok(child) => child,
         Err(e) => fail(&format!("shoal: cannot start `{program}`: {e}")),
     };

@@ -426,3 +426,16 @@ fn parent_sigkill_kills_the_whole_tree() {
         group_members(job)
     );
 }
+
+#[tokio::test]
+async fn sigkill_of_the_supervisor_takes_the_job_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = launcher().spawn(sh("echo $$; while :; do sleep 1; done", dir.path())).await.unwrap();
+    let mut out = Output::of(&mut child);
+    let job = out.first_pid().await;
+    assert!(alive(job));
+    unsafe { libc::kill(child.pid() as i32, libc::SIGKILL) };
+    assert_eq!(wait_soon(&mut child).await, Exit::Signal(libc::SIGKILL));
+    assert!(eventually(SOON, || !alive(job)).await, "the job outlived its supervisor");
+    out.read_to_close().await;
+}
