@@ -256,3 +256,74 @@ async fn two_processes_share_one_sqlite_file() {
         assert!(child.wait().unwrap().success());
     }
 }
+
+/// Guarantee 2 across processes: SIGKILL the node running an attempt and another node takes
+/// it over once the dead node's lease has run out on the store's clock, and runs it to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_of_a_sigkilled_node_moves_to_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}/shoal.db", dir.path().display());
+    let (mut a, url_a) = start_named(dir.path(), &store, "n1");
+    wait_ready(&url_a, &mut a).await;
+    let (mut b, url_b) = start_named(dir.path(), &store, "n2");
+    wait_ready(&url_b, &mut b).await;
+    let sandbox = dir.path().join("sb");
+    std::fs::create_dir_all(sandbox.join("jobs")).unwrap();
+    std::fs::write(
+        sandbox.join("jobs/move.toml"),
+        "command = [\"sh\", \"-c\", \"if [ $SHOAL_ATTEMPT = 1 ]; then echo $SHOAL_NODE_ID > first.node; echo $$ > first.pid; sleep 600; fi; echo $SHOAL_NODE_ID > second.node\"]\n",
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{url_a}/api/v1/sandboxes"))
+        .json(&serde_json::json!({"name": "sb", "kind": "shared", "root": sandbox.display().to_string()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let e: serde_json::Value = http
+        .post(format!("{url_a}/api/v1/executions"))
+        .json(&serde_json::json!({"sandbox": "sb", "job": "jobs/move.toml"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = e["id"].as_str().unwrap().to_owned();
+    let first = read_pid(&sandbox.join("first.pid")).await;
+    let first_node = std::fs::read_to_string(sandbox.join("first.node")).unwrap().trim().to_owned();
+    let (victim, survivor_url, survivor) =
+        if first_node == "n1" { (&mut a, &url_b, "n2") } else { (&mut b, &url_a, "n1") };
+    let killed_at = std::time::Instant::now();
+    unsafe { libc::kill(victim.id() as i32, libc::SIGKILL) };
+    victim.wait().unwrap();
+    shoal_testkit::wait_until_async("the attempt to die with its node", Duration::from_secs(5), || async move {
+        !alive(first)
+    })
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let e = loop {
+        let e: serde_json::Value =
+            http.get(format!("{survivor_url}/api/v1/executions/{id}")).send().await.unwrap().json().await.unwrap();
+        if e["state"] == "succeeded" {
+            break e;
+        }
+        assert!(e["state"] == "queued" || e["state"] == "running", "{e}");
+        assert!(std::time::Instant::now() < deadline, "{e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = killed_at.elapsed();
+    assert_eq!((e["attempt"].as_i64(), e["node"].as_str()), (Some(2), Some(survivor)), "{e}");
+    assert_eq!(std::fs::read_to_string(sandbox.join("second.node")).unwrap().trim(), survivor);
+    // Lease 2 s in these tests, reaper every 400 ms: well within lease + a few seconds.
+    assert!(took < Duration::from_secs(8), "takeover took {took:?}");
+    let (mut a, mut b) = (a, b);
+    for child in [&mut a, &mut b] {
+        if child.try_wait().unwrap().is_none() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            assert!(child.wait().unwrap().success());
+        }
+    }
+}
