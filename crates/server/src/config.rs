@@ -73,6 +73,7 @@ struct RawCluster {
 struct RawExecutor {
     slots: Option<u32>,
     kill_grace: Option<String>,
+    max_output_bytes: Option<u64>,
     poll_interval: Option<String>,
     supervisor: Option<PathBuf>,
 }
@@ -129,6 +130,8 @@ pub struct ClusterConfig {
 pub struct ExecutorConfig {
     pub slots: u32,
     pub kill_grace: Duration,
+    /// Output kept per attempt; beyond it, output is counted and dropped.
+    pub max_output_bytes: u64,
     pub poll_interval: Duration,
     /// The binary that understands `__supervise`; `None`: this executable.
     pub supervisor: Option<PathBuf>,
@@ -145,7 +148,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ("http", &["listen", "advertise", "max_request_bytes", "max_upload_bytes"]),
     ("store", &["url", "pool_size", "replicas"]),
     ("cluster", &["secret", "lease_ttl", "gossip_listen", "seeds", "multicast"]),
-    ("executor", &["slots", "kill_grace", "poll_interval", "supervisor"]),
+    ("executor", &["slots", "kill_grace", "max_output_bytes", "poll_interval", "supervisor"]),
     ("log", &["level", "format"]),
 ];
 const TOP_LEVEL: &[&str] = &["node_id", "data_dir", "tags"];
@@ -333,7 +336,13 @@ impl Config {
             },
             store: StoreConfig { url, pool_size: pool_size as usize },
             cluster: ClusterConfig { secret: raw.cluster.secret, lease_ttl },
-            executor: ExecutorConfig { slots, kill_grace, poll_interval, supervisor: raw.executor.supervisor },
+            executor: ExecutorConfig {
+                slots,
+                kill_grace,
+                max_output_bytes: raw.executor.max_output_bytes.unwrap_or(64 * 1024 * 1024),
+                poll_interval,
+                supervisor: raw.executor.supervisor,
+            },
             log: LogConfig { level: raw.log.level.unwrap_or_else(|| "info".into()), format },
         })
     }

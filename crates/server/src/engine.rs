@@ -45,6 +45,8 @@ pub struct EngineConfig {
     pub tags: Vec<String>,
     pub slots: usize,
     pub kill_grace: Duration,
+    /// Output kept per attempt; the rest is counted and dropped.
+    pub max_output_bytes: u64,
     pub lease_ttl: Duration,
     pub scratch_dir: PathBuf,
 }
@@ -405,6 +407,7 @@ impl Engine {
             c.attempt,
             output,
             fenced_tx,
+            self.cfg.max_output_bytes,
         ));
         let deadline = c.spec.timeout().map(|t| tokio::time::Instant::now() + t);
         let mut stopped: Option<Stop> = None;
@@ -473,8 +476,12 @@ async fn write_logs(
     attempt: i64,
     mut output: tokio::sync::mpsc::Receiver<shoal_runner::OutputChunk>,
     fenced: watch::Sender<bool>,
+    max_output: u64,
 ) -> Vec<LogChunk> {
     let mut pending: Vec<LogChunk> = Vec::new();
+    // Output beyond `max_output` is counted, not kept: one runaway job must not fill the store.
+    let mut kept: u64 = 0;
+    let mut over_limit: u64 = 0;
     let mut buffered = 0usize;
     let mut dropped = 0usize;
     let mut seq = 0i64;
@@ -490,6 +497,17 @@ async fn write_logs(
                         continue;
                     }
                     let stream = match chunk.stream { Stream::Stdout => 1, Stream::Stderr => 2 };
+                    let room = max_output.saturating_sub(kept) as usize;
+                    let mut data = chunk.data;
+                    if data.len() > room {
+                        over_limit += (data.len() - room) as u64;
+                        data.truncate(room);
+                        if data.is_empty() {
+                            continue;
+                        }
+                    }
+                    kept += data.len() as u64;
+                    let chunk = shoal_runner::OutputChunk { stream: chunk.stream, data };
                     if buffered + chunk.data.len() > MAX_BUFFERED_OUTPUT {
                         dropped += chunk.data.len();
                         continue;
@@ -537,6 +555,13 @@ async fn write_logs(
     }
     if refused {
         return Vec::new();
+    }
+    if over_limit > 0 {
+        let note = format!(
+            "\n[shoal: output limit of {max_output} bytes reached; {over_limit} more bytes were not kept (executor.max_output_bytes)]\n"
+        );
+        pending.push(LogChunk { seq, stream: 2, data: note.into_bytes() });
+        seq += 1;
     }
     if dropped > 0 {
         let note = format!("\n[shoal: {dropped} bytes of output were dropped while the store was unreachable]\n");

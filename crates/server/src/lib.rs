@@ -89,6 +89,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
             tags: config.tags.clone(),
             slots: config.executor.slots as usize,
             kill_grace: config.executor.kill_grace,
+            max_output_bytes: config.executor.max_output_bytes,
             lease_ttl: config.cluster.lease_ttl,
             scratch_dir: shoal_api::scratch_dir(&config.data_dir),
         },

@@ -38,6 +38,7 @@ on_both!(
     listing_pages_with_a_cursor,
     fenced_attempt_is_killed_and_never_overlaps,
     restart_hands_running_attempts_back,
+    output_beyond_the_limit_is_counted_not_kept,
 );
 
 async fn example_job_runs_end_to_end(b: Backend) {
@@ -658,4 +659,18 @@ async fn raw_request(base: &str, method: &str, path: &str, body: &str) -> (u16, 
         _ => body,
     };
     (status, body)
+}
+
+async fn output_beyond_the_limit_is_counted_not_kept(b: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::store_url(b, dir.path());
+    let mut n = TestNode::start_on(dir, url, "max_output_bytes = 1000\n").await;
+    // 40 lines of 100 bytes: the first 1000 bytes are kept.
+    let id = n.submit(json!({"command": ["sh", "-c", "for i in $(seq 1 40); do printf '%099d\\n' $i; done"]})).await;
+    assert_eq!(n.wait_final(&id, T).await["state"], "succeeded");
+    let logs = n.logs(&id).await;
+    let (kept, note) = logs.split_at(logs.find("\n[shoal:").unwrap());
+    assert_eq!(kept.len(), 1000, "{logs}");
+    assert!(note.contains("output limit of 1000 bytes reached; 3000 more bytes were not kept"), "{note}");
+    n.stop().await;
 }
