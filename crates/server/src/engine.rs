@@ -399,16 +399,15 @@ impl Engine {
             return spawn_failed("no output pipes".into());
         };
         let (fenced_tx, mut fenced_rx) = watch::channel(false);
-        let writer = tokio::spawn(write_logs(
-            self.store.clone(),
-            self.metrics.clone(),
-            c.id.clone(),
-            c.fence,
-            c.attempt,
-            output,
-            fenced_tx,
-            self.cfg.max_output_bytes,
-        ));
+        let target = LogTarget {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            id: c.id.clone(),
+            fence: c.fence,
+            attempt: c.attempt,
+            max_output: self.cfg.max_output_bytes,
+        };
+        let writer = tokio::spawn(write_logs(target, output, fenced_tx));
         let deadline = c.spec.timeout().map(|t| tokio::time::Instant::now() + t);
         let mut stopped: Option<Stop> = None;
         let mut timed_out = false;
@@ -466,18 +465,24 @@ impl Engine {
     }
 }
 
-/// Pumps an attempt's output into the store, fenced, until the pipes close. Returns what it
-/// could not write yet (the caller writes it with the attempt's end, in one transaction).
-async fn write_logs(
+/// Where an attempt's output goes, and how much of it is kept.
+struct LogTarget {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
     id: ExecutionId,
     fence: FencingToken,
     attempt: i64,
+    max_output: u64,
+}
+
+/// Pumps an attempt's output into the store, fenced, until the pipes close. Returns what it
+/// could not write yet (the caller writes it with the attempt's end, in one transaction).
+async fn write_logs(
+    target: LogTarget,
     mut output: tokio::sync::mpsc::Receiver<shoal_runner::OutputChunk>,
     fenced: watch::Sender<bool>,
-    max_output: u64,
 ) -> Vec<LogChunk> {
+    let LogTarget { store, metrics, id, fence, attempt, max_output } = target;
     let mut pending: Vec<LogChunk> = Vec::new();
     // Output beyond `max_output` is counted, not kept: one runaway job must not fill the store.
     let mut kept: u64 = 0;
