@@ -54,6 +54,55 @@ async fn wait_ready(url: &str, child: &mut Child) {
     }
 }
 
+/// Registers `dir/sb` as shared sandbox `sb` holding one job file, and returns its folder.
+async fn sandbox_with_job(http: &reqwest::Client, url: &str, dir: &Path, job: &str, toml: &str) -> std::path::PathBuf {
+    let sandbox = dir.join("sb");
+    std::fs::create_dir_all(sandbox.join("jobs")).unwrap();
+    std::fs::write(sandbox.join("jobs").join(job), toml).unwrap();
+    let r = http
+        .post(format!("{url}/api/v1/sandboxes"))
+        .json(&serde_json::json!({"name": "sb", "kind": "shared", "root": sandbox.display().to_string()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    sandbox
+}
+
+async fn submit(http: &reqwest::Client, url: &str, job: &str) -> String {
+    let e: serde_json::Value = http
+        .post(format!("{url}/api/v1/executions"))
+        .json(&serde_json::json!({"sandbox": "sb", "job": format!("jobs/{job}")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    e["id"].as_str().unwrap_or_else(|| panic!("{e}")).to_owned()
+}
+
+/// Polls an execution until it is final and returns it.
+async fn wait_final(http: &reqwest::Client, url: &str, id: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let e: serde_json::Value =
+            http.get(format!("{url}/api/v1/executions/{id}")).send().await.unwrap().json().await.unwrap();
+        if e["state"] != "queued" && e["state"] != "running" {
+            return e;
+        }
+        assert!(std::time::Instant::now() < deadline, "{e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn stop(child: &mut Child) {
+    if child.try_wait().unwrap().is_none() {
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success(), "SIGTERM is a clean stop");
+    }
+}
+
 /// SIGKILL the node process alone (not its group), as a crash would: its attempt's whole
 /// process tree dies with it, and after a restart the execution runs again and finishes once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,31 +111,16 @@ async fn sigkilled_node_leaves_no_orphans_and_its_execution_reruns() {
     let store = format!("sqlite://{}/shoal.db", dir.path().display());
     let (mut child, url) = start_server(dir.path(), &store);
     wait_ready(&url, &mut child).await;
-    let sandbox = dir.path().join("sb");
-    std::fs::create_dir_all(sandbox.join("jobs")).unwrap();
-    std::fs::write(
-        sandbox.join("jobs/crash.toml"),
+    let http = reqwest::Client::new();
+    let sandbox = sandbox_with_job(
+        &http,
+        &url,
+        dir.path(),
+        "crash.toml",
         "command = [\"sh\", \"-c\", \"echo $SHOAL_ATTEMPT >> attempts; if [ $SHOAL_ATTEMPT = 1 ]; then sleep 600 & echo $! > bg.pid; echo $$ > main.pid; wait; fi; echo recovered\"]\n",
     )
-    .unwrap();
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{url}/api/v1/sandboxes"))
-        .json(&serde_json::json!({"name": "sb", "kind": "shared", "root": sandbox.display().to_string()}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let e: serde_json::Value = http
-        .post(format!("{url}/api/v1/executions"))
-        .json(&serde_json::json!({"sandbox": "sb", "job": "jobs/crash.toml"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = e["id"].as_str().unwrap().to_owned();
+    .await;
+    let id = submit(&http, &url, "crash.toml").await;
     let bg = read_pid(&sandbox.join("bg.pid")).await;
     let main = read_pid(&sandbox.join("main.pid")).await;
     assert!(alive(bg) && alive(main));
@@ -103,20 +137,10 @@ async fn sigkilled_node_leaves_no_orphans_and_its_execution_reruns() {
 
     let (mut child, url) = start_server(dir.path(), &store);
     wait_ready(&url, &mut child).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let e = loop {
-        let e: serde_json::Value =
-            http.get(format!("{url}/api/v1/executions/{id}")).send().await.unwrap().json().await.unwrap();
-        if e["state"] != "queued" && e["state"] != "running" {
-            break e;
-        }
-        assert!(std::time::Instant::now() < deadline, "{e}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    let e = wait_final(&http, &url, &id).await;
     assert_eq!((e["state"].as_str(), e["attempt"].as_i64()), (Some("succeeded"), Some(2)), "{e}");
     assert_eq!(std::fs::read_to_string(sandbox.join("attempts")).unwrap(), "1\n2\n", "ran exactly twice");
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success(), "SIGTERM is a clean stop");
+    stop(&mut child);
 }
 
 fn run_fail(args: &[&str], env: &[(&str, &str)]) -> String {
@@ -197,48 +221,22 @@ async fn two_processes_share_one_sqlite_file() {
     wait_ready(&url_a, &mut a).await;
     let (mut b, url_b) = start_named(dir.path(), &store, "n2");
     wait_ready(&url_b, &mut b).await;
-    let sandbox = dir.path().join("sb");
-    std::fs::create_dir_all(sandbox.join("jobs")).unwrap();
-    std::fs::write(
-        sandbox.join("jobs/mark.toml"),
+    let http = reqwest::Client::new();
+    let sandbox = sandbox_with_job(
+        &http,
+        &url_a,
+        dir.path(),
+        "mark.toml",
         "command = [\"sh\", \"-c\", \"echo $SHOAL_EXECUTION_ID $SHOAL_NODE_ID >> ran.log; sleep 0.05\"]\n",
     )
-    .unwrap();
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{url_a}/api/v1/sandboxes"))
-        .json(&serde_json::json!({"name": "sb", "kind": "shared", "root": sandbox.display().to_string()}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    .await;
     let mut ids = Vec::new();
     for i in 0..40 {
-        let url = if i % 2 == 0 { &url_a } else { &url_b };
-        let e: serde_json::Value = http
-            .post(format!("{url}/api/v1/executions"))
-            .json(&serde_json::json!({"sandbox": "sb", "job": "jobs/mark.toml"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        ids.push(e["id"].as_str().unwrap().to_owned());
+        ids.push(submit(&http, if i % 2 == 0 { &url_a } else { &url_b }, "mark.toml").await);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     for id in &ids {
-        loop {
-            let e: serde_json::Value =
-                http.get(format!("{url_b}/api/v1/executions/{id}")).send().await.unwrap().json().await.unwrap();
-            if e["state"] == "succeeded" {
-                assert_eq!(e["attempt"], 1, "{e}");
-                break;
-            }
-            assert!(e["state"] == "queued" || e["state"] == "running", "{e}");
-            assert!(std::time::Instant::now() < deadline, "{e}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let e = wait_final(&http, &url_b, id).await;
+        assert_eq!((e["state"].as_str(), e["attempt"].as_i64()), (Some("succeeded"), Some(1)), "{e}");
     }
     let log = std::fs::read_to_string(sandbox.join("ran.log")).unwrap();
     let mut ran: Vec<&str> = log.lines().map(|l| l.split(' ').next().unwrap()).collect();
@@ -251,10 +249,8 @@ async fn two_processes_share_one_sqlite_file() {
     let nodes: serde_json::Value =
         http.get(format!("{url_a}/api/v1/nodes")).send().await.unwrap().json().await.unwrap();
     assert_eq!(nodes["nodes"].as_array().unwrap().len(), 2, "{nodes}");
-    for child in [&mut a, &mut b] {
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        assert!(child.wait().unwrap().success());
-    }
+    stop(&mut a);
+    stop(&mut b);
 }
 
 /// Guarantee 2 across processes: SIGKILL the node running an attempt and another node takes
@@ -267,31 +263,16 @@ async fn work_of_a_sigkilled_node_moves_to_another_node() {
     wait_ready(&url_a, &mut a).await;
     let (mut b, url_b) = start_named(dir.path(), &store, "n2");
     wait_ready(&url_b, &mut b).await;
-    let sandbox = dir.path().join("sb");
-    std::fs::create_dir_all(sandbox.join("jobs")).unwrap();
-    std::fs::write(
-        sandbox.join("jobs/move.toml"),
+    let http = reqwest::Client::new();
+    let sandbox = sandbox_with_job(
+        &http,
+        &url_a,
+        dir.path(),
+        "move.toml",
         "command = [\"sh\", \"-c\", \"if [ $SHOAL_ATTEMPT = 1 ]; then echo $SHOAL_NODE_ID > first.node; echo $$ > first.pid; sleep 600; fi; echo $SHOAL_NODE_ID > second.node\"]\n",
     )
-    .unwrap();
-    let http = reqwest::Client::new();
-    let r = http
-        .post(format!("{url_a}/api/v1/sandboxes"))
-        .json(&serde_json::json!({"name": "sb", "kind": "shared", "root": sandbox.display().to_string()}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let e: serde_json::Value = http
-        .post(format!("{url_a}/api/v1/executions"))
-        .json(&serde_json::json!({"sandbox": "sb", "job": "jobs/move.toml"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = e["id"].as_str().unwrap().to_owned();
+    .await;
+    let id = submit(&http, &url_a, "move.toml").await;
     let first = read_pid(&sandbox.join("first.pid")).await;
     let first_node = std::fs::read_to_string(sandbox.join("first.node")).unwrap().trim().to_owned();
     let (victim, survivor_url, survivor) =
@@ -303,27 +284,16 @@ async fn work_of_a_sigkilled_node_moves_to_another_node() {
         !alive(first)
     })
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let e = loop {
-        let e: serde_json::Value =
-            http.get(format!("{survivor_url}/api/v1/executions/{id}")).send().await.unwrap().json().await.unwrap();
-        if e["state"] == "succeeded" {
-            break e;
-        }
-        assert!(e["state"] == "queued" || e["state"] == "running", "{e}");
-        assert!(std::time::Instant::now() < deadline, "{e}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let e = wait_final(&http, survivor_url, &id).await;
     let took = killed_at.elapsed();
-    assert_eq!((e["attempt"].as_i64(), e["node"].as_str()), (Some(2), Some(survivor)), "{e}");
+    assert_eq!(
+        (e["state"].as_str(), e["attempt"].as_i64(), e["node"].as_str()),
+        (Some("succeeded"), Some(2), Some(survivor)),
+        "{e}"
+    );
     assert_eq!(std::fs::read_to_string(sandbox.join("second.node")).unwrap().trim(), survivor);
     // Lease 2 s in these tests, reaper every 400 ms: well within lease + a few seconds.
     assert!(took < Duration::from_secs(8), "takeover took {took:?}");
-    let (mut a, mut b) = (a, b);
-    for child in [&mut a, &mut b] {
-        if child.try_wait().unwrap().is_none() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            assert!(child.wait().unwrap().success());
-        }
-    }
+    stop(&mut a);
+    stop(&mut b);
 }
