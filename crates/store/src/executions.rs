@@ -415,13 +415,15 @@ impl Store {
             plans.push(Plan::Insert(id.clone()));
             inserts.push((id, new));
         }
+        let mut created: HashMap<String, ExecutionRow> = HashMap::new();
         for part in inserts.chunks(BATCH_ROWS / 2) {
             let sql = format!(
                 "INSERT INTO executions (id, sandbox, job, params, spec, state, reason, message, priority, pinned_node,
                      concurrency_key, max_concurrent, idempotency_key, request_hash, created_at, run_after, updated_at)
                  SELECT v.column1, v.column2, v.column3, v.column4, v.column5, 'queued', 'submitted', 'waiting for a free slot',
                      v.column6, v.column7, v.column8, v.column9, v.column10, v.column11, {{now}}, {{now}}, {{now}}
-                 FROM (VALUES {}) AS v",
+                 FROM (VALUES {}) AS v
+                 RETURNING {COLUMNS}",
                 values_list(
                     part.len(),
                     &[None, None, None, None, None, Some("BIGINT"), None, None, Some("BIGINT"), None, None],
@@ -449,13 +451,8 @@ impl Store {
                     hash.into(),
                 ]);
             }
-            tx.execute(&sql, params).await?;
-        }
-        // Read back what this batch created (for created_at and the rest, as stored).
-        let mut created: HashMap<String, ExecutionRow> = HashMap::new();
-        for part in inserts.chunks(BATCH_ROWS) {
-            let sql = format!("SELECT {COLUMNS} FROM executions WHERE id IN ({})", in_list(part.len(), 1));
-            for r in tx.query(&sql, part.iter().map(|(id, _)| id.as_str().into()).collect()).await? {
+            // RETURNING: the rows as stored (created_at and the rest), without a read back.
+            for r in tx.query(&sql, params).await? {
                 let row = execution_row(&r)?;
                 created.insert(row.id.to_string(), row);
             }
@@ -572,20 +569,28 @@ impl Store {
             tx.rollback().await?;
             return Ok(Vec::new());
         }
-        let fences = next_fences(tx.as_mut(), chosen.len()).await?;
-        // One statement moves the whole batch to `running`, each row with its own token.
+        // One statement moves the whole batch to `running`, each row with its own token:
+        // PostgreSQL draws them from its sequence in the statement itself; SQLite takes a
+        // range from its counter row first (its writers are serialised anyway).
+        let (token, casts, fences): (&str, &[Option<&str>], Vec<FencingToken>) = match tx.dialect() {
+            Dialect::Postgres => ("nextval('fence_seq')", &[None], Vec::new()),
+            Dialect::Sqlite => ("v.column2", &[None, Some("BIGINT")], next_fences(tx.as_mut(), chosen.len()).await?),
+        };
         let sql = format!(
             "UPDATE executions SET state = 'running', node_id = $1, attempt = executions.attempt + 1,
-                 fence = v.column2, started_at = COALESCE(executions.started_at, {{now}}), reason = 'started',
+                 fence = {token}, started_at = COALESCE(executions.started_at, {{now}}), reason = 'started',
                  message = $2, updated_at = {{now}}
              FROM (VALUES {}) AS v
              WHERE executions.id = v.column1 AND executions.state = 'queued'
              RETURNING executions.id, executions.attempt, executions.fence",
-            values_list(chosen.len(), &[None, Some("BIGINT")], 3)
+            values_list(chosen.len(), casts, 3)
         );
         let mut params: Vec<Value> = vec![node.id.into(), format!("running on {}", node.id).into()];
-        for ((id, _, _), fence) in chosen.iter().zip(&fences) {
-            params.extend([id.as_str().into(), fence.0.into()]);
+        for (i, (id, _, _)) in chosen.iter().enumerate() {
+            params.push(id.as_str().into());
+            if let Some(fence) = fences.get(i) {
+                params.push(fence.0.into());
+            }
         }
         let updated = tx.query(&sql, params).await?;
         let mut attempts: HashMap<String, (i64, i64)> = HashMap::new();
