@@ -51,6 +51,33 @@ async fn allocation_and_cancel_across_two_nodes() {
         reqwest::get(format!("{url2}/api/v1/executions/{id}")).await.unwrap().json().await.unwrap();
     assert_eq!(from_n2["state"], "cancelled");
 
+    // Guarantee 7: a submission retried against the other node with the same key is the
+    // same execution.
+    let body = json!({"command": ["true"]});
+    let first: serde_json::Value = n1
+        .http
+        .post(format!("{}/api/v1/executions", n1.url))
+        .header("Idempotency-Key", "retry-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let retried = n1
+        .http
+        .post(format!("{url2}/api/v1/executions"))
+        .header("Idempotency-Key", "retry-1")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), 200);
+    assert_eq!(retried.headers()["idempotent-replayed"], "true");
+    let retried: serde_json::Value = retried.json().await.unwrap();
+    assert_eq!(first["id"], retried["id"]);
+
     node2.shutdown().await;
     n1.stop().await;
 }
