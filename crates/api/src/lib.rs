@@ -19,7 +19,6 @@ pub use metrics::Metrics;
 use axum::routing::{get, post};
 use axum::Router;
 use shoal_store::Store;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 /// What the API needs from the node it runs in.
@@ -102,11 +101,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest("/api/v1", api)
         .fallback(health::api_not_found)
         .with_state(state)
-}
-
-/// Where inline commands without a sandbox run.
-pub fn scratch_dir(data_dir: &std::path::Path) -> PathBuf {
-    data_dir.join("scratch")
 }
 
 /// Formats a store timestamp (milliseconds since the epoch) as RFC 3339.

@@ -66,10 +66,6 @@ impl SandboxPath {
         SandboxPath { parts }
     }
 
-    pub fn join(&self, name: &str) -> Result<SandboxPath, PathError> {
-        SandboxPath::parse(&format!("{self}/{name}"))
-    }
-
     /// The path relative to the sandbox root, for `cap_std::fs::Dir` calls; `.` for the root.
     pub fn to_relative(&self) -> PathBuf {
         if self.parts.is_empty() {

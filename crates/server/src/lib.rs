@@ -47,8 +47,6 @@ fn node_id(config: &Config) -> anyhow::Result<String> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id = format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-            std::fs::create_dir_all(&config.data_dir)
-                .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
             std::fs::write(&path, format!("{id}\n")).with_context(|| format!("cannot write {}", path.display()))?;
             Ok(id)
         }
@@ -66,9 +64,9 @@ fn supervisor_exe(config: &Config) -> anyhow::Result<std::path::PathBuf> {
 /// Builds and starts a node. Returns once it serves HTTP and holds its lease.
 pub async fn start(config: Config) -> anyhow::Result<Node> {
     let started = Instant::now();
-    let id = node_id(&config)?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    let id = node_id(&config)?;
     let store = Store::open(&config.store.url, config.store.pool_size).await.map_err(|e| match e {
         StoreError::Unavailable(m) => anyhow::anyhow!("{m}"),
         other => anyhow::anyhow!("store {}: {other}", shoal_store::redact(&config.store.url)),
@@ -91,7 +89,8 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
             kill_grace: config.executor.kill_grace,
             max_output_bytes: config.executor.max_output_bytes,
             lease_ttl: config.cluster.lease_ttl,
-            scratch_dir: shoal_api::scratch_dir(&config.data_dir),
+            // Where inline commands without a sandbox run.
+            scratch_dir: config.data_dir.join("scratch"),
         },
         launcher,
         metrics.clone(),

@@ -54,6 +54,16 @@ async fn wait_ready(url: &str, child: &mut Child) {
     }
 }
 
+/// Starts nodes n1 and n2 as two processes sharing one SQLite file, both ready.
+async fn start_pair(dir: &Path) -> ((Child, String), (Child, String)) {
+    let store = format!("sqlite://{}/shoal.db", dir.display());
+    let (mut a, url_a) = start_named(dir, &store, "n1");
+    wait_ready(&url_a, &mut a).await;
+    let (mut b, url_b) = start_named(dir, &store, "n2");
+    wait_ready(&url_b, &mut b).await;
+    ((a, url_a), (b, url_b))
+}
+
 /// Registers `dir/sb` as shared sandbox `sb` holding one job file, and returns its folder.
 async fn sandbox_with_job(http: &reqwest::Client, url: &str, dir: &Path, job: &str, toml: &str) -> std::path::PathBuf {
     let sandbox = dir.join("sb");
@@ -216,11 +226,7 @@ fn up_runs_the_example_job_and_shows_its_logs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_share_one_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();
-    let store = format!("sqlite://{}/shoal.db", dir.path().display());
-    let (mut a, url_a) = start_named(dir.path(), &store, "n1");
-    wait_ready(&url_a, &mut a).await;
-    let (mut b, url_b) = start_named(dir.path(), &store, "n2");
-    wait_ready(&url_b, &mut b).await;
+    let ((mut a, url_a), (mut b, url_b)) = start_pair(dir.path()).await;
     let http = reqwest::Client::new();
     let sandbox = sandbox_with_job(
         &http,
@@ -258,11 +264,7 @@ async fn two_processes_share_one_sqlite_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_of_a_sigkilled_node_moves_to_another_node() {
     let dir = tempfile::tempdir().unwrap();
-    let store = format!("sqlite://{}/shoal.db", dir.path().display());
-    let (mut a, url_a) = start_named(dir.path(), &store, "n1");
-    wait_ready(&url_a, &mut a).await;
-    let (mut b, url_b) = start_named(dir.path(), &store, "n2");
-    wait_ready(&url_b, &mut b).await;
+    let ((mut a, url_a), (mut b, url_b)) = start_pair(dir.path()).await;
     let http = reqwest::Client::new();
     let sandbox = sandbox_with_job(
         &http,

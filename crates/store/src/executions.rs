@@ -166,26 +166,18 @@ async fn get_in(tx: &mut dyn Tx, id: &str) -> Result<Option<ExecutionRow>> {
     row.as_ref().map(execution_row).transpose()
 }
 
-/// Draws `n` fencing tokens from the store-wide sequence.
-async fn next_fences(tx: &mut dyn Tx, n: usize) -> Result<Vec<FencingToken>> {
-    match tx.dialect() {
-        Dialect::Postgres => {
-            let rows =
-                tx.query("SELECT nextval('fence_seq') FROM generate_series(1, $1)", vec![(n as i64).into()]).await?;
-            rows.iter().map(|r| r.i64(0).map(FencingToken)).collect()
-        }
-        Dialect::Sqlite => {
-            let row = query_one(
-                tx,
-                "UPDATE counters SET value = value + $1 WHERE name = 'fence' RETURNING value",
-                vec![(n as i64).into()],
-            )
-            .await?
-            .ok_or_else(|| StoreError::Internal("fence counter missing".into()))?;
-            let last = row.i64(0)?;
-            Ok((0..n as i64).map(|i| FencingToken(last - n as i64 + 1 + i)).collect())
-        }
-    }
+/// Draws `n` fencing tokens from SQLite's counter row (PostgreSQL draws them from its
+/// sequence inside the claim's UPDATE).
+async fn sqlite_fences(tx: &mut dyn Tx, n: usize) -> Result<Vec<FencingToken>> {
+    let row = query_one(
+        tx,
+        "UPDATE counters SET value = value + $1 WHERE name = 'fence' RETURNING value",
+        vec![(n as i64).into()],
+    )
+    .await?
+    .ok_or_else(|| StoreError::Internal("fence counter missing".into()))?;
+    let last = row.i64(0)?;
+    Ok((0..n as i64).map(|i| FencingToken(last - n as i64 + 1 + i)).collect())
 }
 
 /// Placeholders `($a, $b, ...), (...)` for `rows` rows of `width` values, numbered from `first`,
@@ -255,10 +247,11 @@ async fn lock_fenced(tx: &mut dyn Tx, wanted: &[(&str, FencingToken)]) -> Result
             in_list(part.len(), 1)
         );
         let rows = tx.query(&sql, part.iter().map(|(id, _)| (*id).into()).collect()).await?;
+        let tokens: HashMap<&str, FencingToken> = part.iter().copied().collect();
         for row in rows {
             let losses = row.i64(19)?;
             let exec = execution_row(&row)?;
-            let token = part.iter().find(|(id, _)| *id == exec.id.as_str()).map(|(_, f)| *f);
+            let token = tokens.get(exec.id.as_str()).copied();
             if exec.state == ExecState::Running && exec.fence.is_some() && exec.fence == token {
                 out.insert(exec.id.to_string(), (exec, losses));
             }
@@ -574,7 +567,7 @@ impl Store {
         // range from its counter row first (its writers are serialised anyway).
         let (token, casts, fences): (&str, &[Option<&str>], Vec<FencingToken>) = match tx.dialect() {
             Dialect::Postgres => ("nextval('fence_seq')", &[None], Vec::new()),
-            Dialect::Sqlite => ("v.column2", &[None, Some("BIGINT")], next_fences(tx.as_mut(), chosen.len()).await?),
+            Dialect::Sqlite => ("v.column2", &[None, Some("BIGINT")], sqlite_fences(tx.as_mut(), chosen.len()).await?),
         };
         let sql = format!(
             "UPDATE executions SET state = 'running', node_id = $1, attempt = executions.attempt + 1,
