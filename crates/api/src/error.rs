@@ -34,6 +34,7 @@ codes! {
     invalid_query => (BAD_REQUEST, "invalid_query"),
     invalid_path => (BAD_REQUEST, "invalid_path"),
     unauthorized => (UNAUTHORIZED, "unauthorized"),
+    invalid_signature => (UNAUTHORIZED, "invalid_signature"),
     not_found => (NOT_FOUND, "not_found"),
     method_not_allowed => (METHOD_NOT_ALLOWED, "method_not_allowed"),
     already_exists => (CONFLICT, "already_exists"),
@@ -49,9 +50,12 @@ codes! {
     missing_parameter => (UNPROCESSABLE_ENTITY, "missing_parameter"),
     unknown_parameter => (UNPROCESSABLE_ENTITY, "unknown_parameter"),
     invalid_parameter => (UNPROCESSABLE_ENTITY, "invalid_parameter"),
+    unknown_node => (UNPROCESSABLE_ENTITY, "unknown_node"),
+    unknown_tag => (UNPROCESSABLE_ENTITY, "unknown_tag"),
     idempotency_key_reused => (UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
     internal => (INTERNAL_SERVER_ERROR, "internal"),
     store_unavailable => (SERVICE_UNAVAILABLE, "store_unavailable"),
+    node_unavailable => (SERVICE_UNAVAILABLE, "node_unavailable"),
     not_ready => (SERVICE_UNAVAILABLE, "not_ready"),
 }
 
@@ -87,6 +91,7 @@ impl From<StoreError> for ApiError {
             StoreError::Fenced
             | StoreError::SchemaTooNew { .. }
             | StoreError::LeaseLost(_)
+            | StoreError::LeaseEnded
             | StoreError::Config(_)
             | StoreError::Internal(_) => ApiError::internal(e.to_string()),
         }

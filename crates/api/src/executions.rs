@@ -4,7 +4,7 @@
 use crate::body;
 use crate::error::{ApiError, ApiResult};
 use crate::files::{open_root, resolve_error};
-use crate::sandboxes::{ensure_here, find};
+use crate::sandboxes::{find, held_elsewhere};
 use crate::State;
 use axum::body::Body;
 use axum::extract::{Path, Query};
@@ -40,6 +40,8 @@ struct Submit {
     retry_backoff: Option<String>,
     on_node_loss: Option<OnNodeLoss>,
     allocation: Option<Allocation>,
+    /// Queue even if no known node matches `allocation` yet.
+    allow_pending: Option<bool>,
     /// Overrides the job's priority (higher runs first).
     priority: Option<i32>,
 }
@@ -117,8 +119,10 @@ async fn load_job(root: &str, job: &SandboxPath) -> ApiResult<JobSpec> {
     })
 }
 
-pub async fn submit(state: State, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let (req, raw): (Submit, Value) = body::json(&headers, body, state.limits.max_request_bytes).await?;
+pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<Response> {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let (req, raw): (Submit, Value) = body::json(headers, body, state.limits.max_request_bytes).await?;
     let idempotency = match headers.get("idempotency-key") {
         Some(k) => {
             let key =
@@ -166,13 +170,18 @@ pub async fn submit(state: State, headers: HeaderMap, body: Body) -> ApiResult<R
                 && req.retries.is_none()
                 && req.retry_backoff.is_none()
                 && req.on_node_loss.is_none()
-                && req.allocation.is_none();
+                && req.allocation.is_none()
+                && req.allow_pending.is_none();
             if !inline_only {
                 return Err(ApiError::invalid_request(
-                    "`env`, `workdir`, `timeout`, `retries`, `retry_backoff`, `on_node_loss` and `allocation` are set in the job file, not in the request; only `params` and `priority` go with `job`",
+                    "`env`, `workdir`, `timeout`, `retries`, `retry_backoff`, `on_node_loss`, `allocation` and `allow_pending` are set in the job file, not in the request; only `params` and `priority` go with `job`",
                 ));
             }
-            ensure_here(&state, sandbox)?;
+            if let Some(holder) = held_elsewhere(&state, sandbox) {
+                // The job file is only on its holder: that node reads it and enqueues.
+                let request = axum::extract::Request::from_parts(parts, Body::from(raw.to_string()));
+                return crate::forward::to_sandbox_holder(&state, &sandbox.name, holder, request).await;
+            }
             let path = SandboxPath::parse(job).map_err(|e| ApiError::invalid_path(e.to_string()))?;
             let spec = load_job(&sandbox.root, &path).await?;
             let bound = spec.bind_params(&params).map_err(|e| match &e {
@@ -213,6 +222,7 @@ pub async fn submit(state: State, headers: HeaderMap, body: Body) -> ApiResult<R
             }
             spec.on_node_loss = req.on_node_loss.unwrap_or_default();
             spec.allocation = req.allocation.clone().unwrap_or_default();
+            spec.allow_pending = req.allow_pending.unwrap_or(false);
             (None, spec)
         }
     };
@@ -223,6 +233,9 @@ pub async fn submit(state: State, headers: HeaderMap, body: Body) -> ApiResult<R
         if nodes.is_empty() {
             return Err(ApiError::invalid_request("allocation `nodes` needs at least one node id"));
         }
+    }
+    if !spec.allow_pending {
+        check_allocation_targets(&state, &spec.allocation).await?;
     }
     let new = NewExecution { sandbox: req.sandbox.clone(), job: job_path, params, spec, pinned_node, idempotency };
     let submitted = state.submitter.submit(new).await?;
@@ -241,6 +254,42 @@ pub async fn submit(state: State, headers: HeaderMap, body: Body) -> ApiResult<R
             let mut r = (StatusCode::OK, Json(execution_json(&row))).into_response();
             r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             Ok(r)
+        }
+    }
+}
+
+/// Refuses an allocation no node of the cluster could ever take (a misspelt node id or tag),
+/// rather than queueing work that would wait forever. Nodes that are registered but down
+/// count: their work waits for them.
+async fn check_allocation_targets(state: &crate::AppState, allocation: &Allocation) -> ApiResult<()> {
+    let known = || async { state.store.list_nodes().await.map_err(ApiError::from) };
+    match allocation {
+        Allocation::Any => Ok(()),
+        Allocation::Nodes { nodes } => {
+            let known = known().await?;
+            match nodes.iter().find(|n| !known.iter().any(|k| &k.id == *n)) {
+                None => Ok(()),
+                Some(missing) => Err(ApiError::unknown_node(format!(
+                    "allocation names node `{missing}`, which has never joined the cluster (known nodes: {}); fix the id, or set allow_pending = true to queue until it joins",
+                    known.iter().map(|k| k.id.as_str()).collect::<Vec<_>>().join(", ")
+                ))),
+            }
+        }
+        Allocation::Tags { tags } => {
+            let known = known().await?;
+            if known.iter().any(|k| tags.iter().all(|t| k.tags.contains(t))) {
+                return Ok(());
+            }
+            let missing: Vec<&str> =
+                tags.iter().filter(|t| !known.iter().any(|k| k.tags.contains(t))).map(String::as_str).collect();
+            let what = if missing.is_empty() {
+                format!("no node carries all of the tags {}", tags.join(", "))
+            } else {
+                format!("no node carries the tag `{}`", missing.join("`, `"))
+            };
+            Err(ApiError::unknown_tag(format!(
+                "allocation needs {what}; fix the tags, or set allow_pending = true to queue until such a node joins"
+            )))
         }
     }
 }

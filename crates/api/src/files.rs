@@ -5,13 +5,17 @@
 //! which refuses to resolve a path (including through symlinks) to anything outside it.
 //! Uploads are written to a temporary file beside the target and renamed into place, so a
 //! failed or oversized upload leaves nothing behind and readers never see half a file.
+//!
+//! The files of a `local` sandbox held by another node are served by that node: each handler
+//! forwards such a request before it reads the body, so an upload streams straight through.
 
 use crate::error::{ApiError, ApiResult};
-use crate::sandboxes::{ensure_here, find};
+use crate::forward;
+use crate::sandboxes::{find, held_elsewhere};
 use crate::State;
 use axum::body::Body;
-use axum::extract::Path;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, Request};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cap_std::ambient_authority;
@@ -78,12 +82,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + '
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(e.to_string()))?
 }
 
-pub async fn get_root(state: State, Path(name): Path<String>) -> ApiResult<Response> {
-    serve_get(state, name, String::new()).await
+pub async fn get_root(state: State, Path(name): Path<String>, request: Request) -> ApiResult<Response> {
+    serve_get(state, name, String::new(), request).await
 }
 
-pub async fn get(state: State, Path((name, path)): Path<(String, String)>) -> ApiResult<Response> {
-    serve_get(state, name, path).await
+pub async fn get(state: State, Path((name, path)): Path<(String, String)>, request: Request) -> ApiResult<Response> {
+    serve_get(state, name, path, request).await
 }
 
 enum Found {
@@ -91,9 +95,11 @@ enum Found {
     File(std::fs::File, u64),
 }
 
-async fn serve_get(state: State, name: String, raw: String) -> ApiResult<Response> {
+async fn serve_get(state: State, name: String, raw: String, request: Request) -> ApiResult<Response> {
     let sandbox = find(&state, &name).await?;
-    ensure_here(&state, &sandbox)?;
+    if let Some(holder) = held_elsewhere(&state, &sandbox) {
+        return forward::to_sandbox_holder(&state, &sandbox.name, holder, request).await;
+    }
     let path = parse_path(&raw)?;
     let shown = path.to_string();
     let found = blocking(move || {
@@ -141,14 +147,14 @@ async fn serve_get(state: State, name: String, raw: String) -> ApiResult<Respons
     }
 }
 
-pub async fn put(
-    state: State,
-    Path((name, raw)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+pub async fn put(state: State, Path((name, raw)): Path<(String, String)>, request: Request) -> ApiResult<Response> {
     let sandbox = find(&state, &name).await?;
-    ensure_here(&state, &sandbox)?;
+    // Before the body is touched, so an upload streams through to the holder.
+    if let Some(holder) = held_elsewhere(&state, &sandbox) {
+        return forward::to_sandbox_holder(&state, &sandbox.name, holder, request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let path = parse_path(&raw)?;
     if path.is_root() {
         return Err(ApiError::invalid_path("give a file path to upload to, not the sandbox root"));
@@ -235,12 +241,14 @@ pub async fn put(
         return Err(e);
     }
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(json!({ "path": shown, "size": written }))))
+    Ok((status, Json(json!({ "path": shown, "size": written }))).into_response())
 }
 
-pub async fn delete(state: State, Path((name, raw)): Path<(String, String)>) -> ApiResult<StatusCode> {
+pub async fn delete(state: State, Path((name, raw)): Path<(String, String)>, request: Request) -> ApiResult<Response> {
     let sandbox = find(&state, &name).await?;
-    ensure_here(&state, &sandbox)?;
+    if let Some(holder) = held_elsewhere(&state, &sandbox) {
+        return forward::to_sandbox_holder(&state, &sandbox.name, holder, request).await;
+    }
     let path = parse_path(&raw)?;
     if path.is_root() {
         return Err(ApiError::invalid_path(
@@ -260,5 +268,5 @@ pub async fn delete(state: State, Path((name, raw)): Path<(String, String)>) -> 
         }
     })
     .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -8,14 +8,17 @@ mod body;
 mod error;
 mod executions;
 mod files;
+mod forward;
 mod health;
 mod metrics;
 mod nodes;
 mod sandboxes;
 
 pub use error::{ApiError, ApiResult, ALL_CODES};
+pub use forward::{forward_to_node, Forwarded, Forwarder, REPLAY_WINDOW, SERVED_BY};
 pub use metrics::Metrics;
 
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 use shoal_store::Store;
@@ -33,6 +36,16 @@ pub trait Engine: Send + Sync + 'static {
     fn running(&self) -> usize;
     /// The background workers and how they are doing.
     fn workers(&self) -> Vec<WorkerStatus>;
+    /// Active, draining or suspended.
+    fn state(&self) -> shoal_core::placement::NodeState;
+    /// Drains, suspends or resumes this node; returns the state before.
+    fn set_state(&self, state: shoal_core::placement::NodeState) -> shoal_core::placement::NodeState;
+    /// Why this node takes no new work now, if it takes none.
+    fn refusal(&self) -> Option<String>;
+    /// What this node's gossip says of each node it has heard of: (id, alive).
+    fn gossip(&self) -> Vec<(String, bool)>;
+    /// Gossip packets dropped because they failed authentication.
+    fn rejected_gossip_packets(&self) -> u64;
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -69,6 +82,9 @@ pub struct AppState {
     pub engine: Arc<dyn Engine>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// Sends requests that only another node can serve on to it, and verifies the ones other
+    /// nodes send here.
+    pub forwarder: Arc<Forwarder>,
 }
 
 pub type State = axum::extract::State<Arc<AppState>>;
@@ -78,6 +94,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .route("/nodes", get(nodes::list))
         .route("/nodes/{id}", get(nodes::get))
+        .route("/nodes/{id}/drain", post(nodes::drain))
+        .route("/nodes/{id}/suspend", post(nodes::suspend))
+        .route("/nodes/{id}/resume", post(nodes::resume))
         .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
         .route("/sandboxes/{name}", get(sandboxes::get).delete(sandboxes::delete))
         .route("/sandboxes/{name}/jobs", get(sandboxes::jobs))
@@ -90,7 +109,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/executions/{id}/cancel", post(executions::cancel))
         .route("/openapi.json", get(health::openapi))
         .fallback(health::api_not_found)
-        .method_not_allowed_fallback(health::method_not_allowed);
+        .method_not_allowed_fallback(health::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), forward::verify));
     Router::new()
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
@@ -100,6 +120,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics::render))
         .nest("/api/v1", api)
         .fallback(health::api_not_found)
+        .layer(middleware::map_response_with_state(state.clone(), forward::served_by))
         .with_state(state)
 }
 

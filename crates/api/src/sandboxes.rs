@@ -3,10 +3,12 @@
 use crate::body;
 use crate::error::{ApiError, ApiResult};
 use crate::files::{open_root, resolve_error};
+use crate::forward;
 use crate::State;
 use axum::body::Body;
-use axum::extract::Path;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -45,15 +47,13 @@ pub async fn find(state: &crate::AppState, name: &str) -> ApiResult<SandboxRow> 
     state.store.get_sandbox(name).await?.ok_or_else(|| ApiError::not_found(format!("no sandbox named `{name}`")))
 }
 
-/// A local sandbox's files are only on its holder; until requests are forwarded between
-/// nodes, other nodes say so instead of answering from an empty folder.
-pub fn ensure_here(state: &crate::AppState, s: &SandboxRow) -> ApiResult<()> {
+/// The other node that holds `s`, if any: a local sandbox's files are only on its holder, so
+/// requests that read or write them are forwarded there ([`forward::to_sandbox_holder`])
+/// rather than answered from an empty folder here.
+pub fn held_elsewhere<'a>(state: &crate::AppState, s: &'a SandboxRow) -> Option<&'a str> {
     match (&s.kind, &s.node_id) {
-        (SandboxKind::Local, Some(node)) if *node != state.node.id => Err(ApiError::sandbox_not_here(format!(
-            "sandbox `{}` is local to node {node}; send this request to that node",
-            s.name
-        ))),
-        _ => Ok(()),
+        (SandboxKind::Local, Some(node)) if *node != state.node.id => Some(node),
+        _ => None,
     }
 }
 
@@ -61,8 +61,9 @@ pub async fn get(state: State, Path(name): Path<String>) -> ApiResult<Json<Value
     Ok(Json(sandbox_json(&find(&state, &name).await?)))
 }
 
-pub async fn create(state: State, headers: HeaderMap, body: Body) -> ApiResult<(StatusCode, Json<Value>)> {
-    let (req, _): (CreateSandbox, _) = body::json(&headers, body, state.limits.max_request_bytes).await?;
+pub async fn create(state: State, request: Request) -> ApiResult<Response> {
+    let (parts, body) = request.into_parts();
+    let (req, raw): (CreateSandbox, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
     let name = SandboxName::parse(&req.name).map_err(ApiError::invalid_request)?;
     let kind = SandboxKind::parse(&req.kind).map_err(ApiError::invalid_request)?;
     let root = std::path::PathBuf::from(&req.root);
@@ -83,19 +84,21 @@ pub async fn create(state: State, headers: HeaderMap, body: Body) -> ApiResult<(
         }
         SandboxKind::Local => Some(req.node.unwrap_or_else(|| state.node.id.clone())),
     };
-    if node.as_deref().is_none_or(|n| n == state.node.id) {
-        let r = root.clone();
-        tokio::task::spawn_blocking(move || std::fs::create_dir_all(&r))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::invalid_request(format!("cannot create the sandbox folder {}: {e}", req.root)))?;
+    if let Some(holder) = node.as_deref().filter(|n| *n != state.node.id) {
+        // The folder is created on the holder, so the holder registers the sandbox.
+        let request = Request::from_parts(parts, Body::from(raw.to_string()));
+        return forward::to_sandbox_holder(&state, name.as_str(), holder, request).await;
     }
+    tokio::task::spawn_blocking(move || std::fs::create_dir_all(&root))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::invalid_request(format!("cannot create the sandbox folder {}: {e}", req.root)))?;
     let row =
         state.store.create_sandbox(name.as_str(), kind, &req.root, node.as_deref()).await.map_err(|e| match e {
             shoal_store::StoreError::Conflict(m) => ApiError::already_exists(m),
             other => other.into(),
         })?;
-    Ok((StatusCode::CREATED, Json(sandbox_json(&row))))
+    Ok((StatusCode::CREATED, Json(sandbox_json(&row))).into_response())
 }
 
 pub async fn delete(state: State, Path(name): Path<String>) -> ApiResult<StatusCode> {
@@ -105,9 +108,11 @@ pub async fn delete(state: State, Path(name): Path<String>) -> ApiResult<StatusC
 }
 
 /// Every `*.toml` under the sandbox's `jobs/` folder, and whether it is a valid job.
-pub async fn jobs(state: State, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn jobs(state: State, Path(name): Path<String>, request: Request) -> ApiResult<Response> {
     let sandbox = find(&state, &name).await?;
-    ensure_here(&state, &sandbox)?;
+    if let Some(holder) = held_elsewhere(&state, &sandbox) {
+        return forward::to_sandbox_holder(&state, &sandbox.name, holder, request).await;
+    }
     let root = sandbox.root.clone();
     let jobs = tokio::task::spawn_blocking(move || -> ApiResult<Vec<Value>> {
         let dir = open_root(&root)?;
@@ -142,5 +147,5 @@ pub async fn jobs(state: State, Path(name): Path<String>) -> ApiResult<Json<Valu
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(Json(json!({ "sandbox": name, "jobs": jobs })))
+    Ok(Json(json!({ "sandbox": name, "jobs": jobs })).into_response())
 }

@@ -158,6 +158,13 @@ impl Client {
         self.get_json(format!("/nodes/{}", segment(id)?), Vec::new()).await
     }
 
+    /// Drains, suspends or resumes node `id` (`action`: `drain`, `suspend` or `resume`); any
+    /// node forwards the request to `id`.
+    pub async fn node_action(&self, id: &str, action: &str) -> Result<Value> {
+        let call = Call::new(Method::POST, format!("/nodes/{}/{}", segment(id)?, segment(action)?));
+        json_body(self.execute(call).await?)
+    }
+
     /// Readiness of the first server that is ready (a `503 not_ready` moves on to the next).
     pub async fn health_ready(&self) -> Result<Value> {
         self.get_json("/health/ready".into(), Vec::new()).await

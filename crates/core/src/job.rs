@@ -74,6 +74,9 @@ pub struct JobSpec {
     pub priority: i32,
     pub params: BTreeMap<String, ParamSpec>,
     pub allocation: Allocation,
+    /// Queue even when no node known to the cluster matches the allocation yet (it runs when
+    /// one joins); otherwise such a submission is refused as a likely typo.
+    pub allow_pending: bool,
 }
 
 /// Everything an execution needs to run any of its attempts, parameters already substituted.
@@ -99,6 +102,8 @@ pub struct RunSpec {
     pub priority: i32,
     #[serde(default)]
     pub allocation: Allocation,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_pending: bool,
 }
 
 fn default_backoff_ms() -> u64 {
@@ -180,6 +185,8 @@ struct RawAllocation {
     kind: RawAllocKind,
     nodes: Option<Vec<String>>,
     tags: Option<Vec<String>>,
+    #[serde(default)]
+    allow_pending: bool,
 }
 
 /// Converts a byte offset into a 1-based line and column (columns count characters).
@@ -397,11 +404,13 @@ impl JobSpec {
             }
         }
 
+        let mut allow_pending = false;
         let allocation = match raw.allocation {
             None => Allocation::Any,
             Some(a) => {
                 let span = a.span();
                 let a = a.into_inner();
+                allow_pending = a.allow_pending;
                 match a.kind {
                     RawAllocKind::Any => {
                         if a.nodes.is_some() || a.tags.is_some() {
@@ -450,6 +459,7 @@ impl JobSpec {
             priority: raw.priority.unwrap_or(0),
             params,
             allocation,
+            allow_pending,
         })
     }
 
@@ -495,6 +505,7 @@ impl JobSpec {
             max_concurrent: self.max_concurrent,
             priority: self.priority,
             allocation: self.allocation.clone(),
+            allow_pending: self.allow_pending,
         }
     }
 }
@@ -513,6 +524,7 @@ impl RunSpec {
             max_concurrent: None,
             priority: 0,
             allocation: Allocation::Any,
+            allow_pending: false,
         }
     }
 

@@ -74,6 +74,9 @@ pub enum ReasonCode {
     Cancelled,
     /// The node running the attempt died or lost its lease.
     NodeLost,
+    /// The node stopped or drained past its deadline and gave the attempt back to be run
+    /// elsewhere.
+    HandedBack,
 }
 
 impl ReasonCode {
@@ -87,6 +90,7 @@ impl ReasonCode {
             ReasonCode::Timeout => "timeout",
             ReasonCode::Cancelled => "cancelled",
             ReasonCode::NodeLost => "node_lost",
+            ReasonCode::HandedBack => "handed_back",
         }
     }
 }
@@ -97,8 +101,17 @@ pub enum Outcome {
     Exited(i32),
     Signaled(i32),
     TimedOut,
-    Cancelled { by: String },
-    NodeLost { node: String },
+    Cancelled {
+        by: String,
+    },
+    NodeLost {
+        node: String,
+    },
+    /// The node gave the attempt back on purpose (drain deadline, shutdown): it runs again
+    /// elsewhere whatever `on_node_loss` says, since no node failed.
+    HandedBack {
+        node: String,
+    },
 }
 
 /// What happens to the execution after an attempt ends.
@@ -159,6 +172,18 @@ pub fn decide(spec: &RunSpec, attempt: u32, node_losses: u32, outcome: &Outcome)
                 _ => Decision::Finish { state: ExecState::Failed, reason: ReasonCode::NodeLost, message },
             }
         }
+        Outcome::HandedBack { node } => {
+            let message = format!("node {node} handed attempt {attempt} back while stopping");
+            if node_losses <= MAX_NODE_LOSS_RETRIES {
+                Decision::Retry {
+                    after: Duration::ZERO,
+                    reason: ReasonCode::HandedBack,
+                    message: format!("{message}; running it again"),
+                }
+            } else {
+                Decision::Finish { state: ExecState::Failed, reason: ReasonCode::HandedBack, message }
+            }
+        }
     }
 }
 
@@ -193,6 +218,16 @@ mod tests {
             decide(&spec(5), 1, 0, &Outcome::TimedOut),
             Decision::Finish { state: ExecState::TimedOut, .. }
         ));
+    }
+
+    #[test]
+    fn a_handed_back_attempt_runs_again_whatever_the_policy() {
+        let mut s = spec(0);
+        s.on_node_loss = OnNodeLoss::Fail;
+        let d = decide(&s, 1, 1, &Outcome::HandedBack { node: "n1".into() });
+        assert!(matches!(d, Decision::Retry { reason: ReasonCode::HandedBack, .. }), "{d:?}");
+        let d = decide(&s, 30, MAX_NODE_LOSS_RETRIES + 1, &Outcome::HandedBack { node: "n1".into() });
+        assert!(matches!(d, Decision::Finish { state: ExecState::Failed, .. }), "{d:?}");
     }
 
     #[test]

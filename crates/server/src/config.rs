@@ -64,8 +64,18 @@ struct RawCluster {
     secret: Option<String>,
     lease_ttl: Option<String>,
     gossip_listen: Option<String>,
+    gossip_advertise: Option<String>,
+    gossip_interval: Option<String>,
     seeds: Option<Vec<String>>,
-    multicast: Option<toml::Value>,
+    multicast: Option<RawMulticast>,
+    drain_deadline: Option<String>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawMulticast {
+    group: String,
+    interface: String,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -76,6 +86,8 @@ struct RawExecutor {
     max_output_bytes: Option<u64>,
     poll_interval: Option<String>,
     supervisor: Option<PathBuf>,
+    cpu_limit: Option<f64>,
+    memory_limit: Option<f64>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -122,8 +134,24 @@ pub struct StoreConfig {
 
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
+    /// `None`: the secret generated once and kept in the store.
     pub secret: Option<String>,
     pub lease_ttl: Duration,
+    /// Port 0 picks a free port; the store's node registry tells the others.
+    pub gossip_listen: SocketAddr,
+    pub gossip_advertise: Option<SocketAddr>,
+    pub gossip_interval: Duration,
+    /// Well-known `host:port` addresses, re-resolved while the node runs.
+    pub seeds: Vec<String>,
+    pub multicast: Option<Multicast>,
+    /// How long a drain waits for running attempts before handing them back.
+    pub drain_deadline: Duration,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Multicast {
+    pub group: std::net::SocketAddrV4,
+    pub interface: std::net::Ipv4Addr,
 }
 
 #[derive(Clone, Debug)]
@@ -135,6 +163,10 @@ pub struct ExecutorConfig {
     pub poll_interval: Duration,
     /// The binary that understands `__supervise`; `None`: this executable.
     pub supervisor: Option<PathBuf>,
+    /// Machine CPU use (percent) at or above which this node takes no new work.
+    pub cpu_limit: Option<f64>,
+    /// Machine memory use (percent) at or above which this node takes no new work.
+    pub memory_limit: Option<f64>,
 }
 
 #[derive(Clone, Debug)]
@@ -147,8 +179,23 @@ pub struct LogConfig {
 const SECTIONS: &[(&str, &[&str])] = &[
     ("http", &["listen", "advertise", "max_request_bytes", "max_upload_bytes"]),
     ("store", &["url", "pool_size", "replicas"]),
-    ("cluster", &["secret", "lease_ttl", "gossip_listen", "seeds", "multicast"]),
-    ("executor", &["slots", "kill_grace", "max_output_bytes", "poll_interval", "supervisor"]),
+    (
+        "cluster",
+        &[
+            "secret",
+            "lease_ttl",
+            "gossip_listen",
+            "gossip_advertise",
+            "gossip_interval",
+            "seeds",
+            "multicast",
+            "drain_deadline",
+        ],
+    ),
+    (
+        "executor",
+        &["slots", "kill_grace", "max_output_bytes", "poll_interval", "supervisor", "cpu_limit", "memory_limit"],
+    ),
     ("log", &["level", "format"]),
 ];
 const TOP_LEVEL: &[&str] = &["node_id", "data_dir", "tags"];
@@ -237,7 +284,15 @@ impl Config {
             }
             let v = if matches!(
                 key,
-                "url" | "secret" | "listen" | "advertise" | "gossip_listen" | "supervisor" | "level" | "format"
+                "url"
+                    | "secret"
+                    | "listen"
+                    | "advertise"
+                    | "gossip_listen"
+                    | "gossip_advertise"
+                    | "supervisor"
+                    | "level"
+                    | "format"
             ) {
                 toml::Value::String(value)
             } else {
@@ -298,15 +353,90 @@ impl Config {
         if !(1..=256).contains(&pool_size) {
             return Err(ConfigError::Invalid("store.pool_size must be from 1 to 256".into()));
         }
-        if raw.cluster.gossip_listen.is_some() || raw.cluster.seeds.is_some() || raw.cluster.multicast.is_some() {
-            return Err(ConfigError::Invalid(
-                "cluster.gossip_listen, cluster.seeds and cluster.multicast belong to gossip membership, which this version does not have yet; remove them (nodes sharing a store already share work through it)".into(),
-            ));
-        }
         let lease_ttl = parse_duration("cluster.lease_ttl", &raw.cluster.lease_ttl, Duration::from_secs(5))?;
         if lease_ttl < Duration::from_secs(2) || lease_ttl > Duration::from_secs(600) {
             return Err(ConfigError::Invalid("cluster.lease_ttl must be from 2s to 10m".into()));
         }
+        if let Some(secret) = &raw.cluster.secret {
+            if secret.len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "cluster.secret is shorter than 16 characters; use a long random value, e.g. from `openssl rand -hex 32`".into(),
+                ));
+            }
+        }
+        let gossip_listen = match &raw.cluster.gossip_listen {
+            None => SocketAddr::new(listen.ip(), 0),
+            Some(t) => t.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "cluster.gossip_listen `{t}` is not an IP address and port, like 127.0.0.1:7800 (port 0 picks a free one)"
+                ))
+            })?,
+        };
+        let gossip_advertise = raw
+            .cluster
+            .gossip_advertise
+            .as_deref()
+            .map(|t| {
+                t.parse::<SocketAddr>().map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "cluster.gossip_advertise `{t}` is not an IP address and port that other nodes can reach"
+                    ))
+                })
+            })
+            .transpose()?;
+        if gossip_advertise.is_none() && gossip_listen.ip().is_unspecified() {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.gossip_listen `{gossip_listen}` listens on every interface; set cluster.gossip_advertise to the address other nodes should use"
+            )));
+        }
+        let gossip_interval =
+            parse_duration("cluster.gossip_interval", &raw.cluster.gossip_interval, Duration::from_millis(200))?;
+        if gossip_interval < Duration::from_millis(20) || gossip_interval > Duration::from_secs(5) {
+            return Err(ConfigError::Invalid("cluster.gossip_interval must be from 20ms to 5s".into()));
+        }
+        let seeds = raw.cluster.seeds.unwrap_or_default();
+        if let Some(bad) =
+            seeds.iter().find(|s| s.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.seeds entry `{bad}` is not HOST:PORT, like node-a:7800 or 10.0.0.5:7800"
+            )));
+        }
+        let multicast = raw
+            .cluster
+            .multicast
+            .map(|m| -> Result<Multicast, ConfigError> {
+                let group: std::net::SocketAddrV4 = m.group.parse().map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "cluster.multicast.group `{}` is not an IPv4 multicast address and port, like 239.7.7.7:7799",
+                        m.group
+                    ))
+                })?;
+                if !group.ip().is_multicast() {
+                    return Err(ConfigError::Invalid(format!(
+                        "cluster.multicast.group `{}` is not a multicast address (224.0.0.0 to 239.255.255.255)",
+                        m.group
+                    )));
+                }
+                let interface = m.interface.parse().map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "cluster.multicast.interface `{}` is not the IPv4 address of a local interface, like 192.168.1.10",
+                        m.interface
+                    ))
+                })?;
+                Ok(Multicast { group, interface })
+            })
+            .transpose()?;
+        let drain_deadline =
+            parse_duration("cluster.drain_deadline", &raw.cluster.drain_deadline, Duration::from_secs(300))?;
+        let limit = |what: &str, v: Option<f64>| match v {
+            Some(p) if !(p > 0.0 && p <= 100.0) => {
+                Err(ConfigError::Invalid(format!("{what} must be a percentage above 0 and at most 100")))
+            }
+            other => Ok(other),
+        };
+        let cpu_limit = limit("executor.cpu_limit", raw.executor.cpu_limit)?;
+        let memory_limit = limit("executor.memory_limit", raw.executor.memory_limit)?;
         let slots = raw.executor.slots.unwrap_or(8);
         if !(1..=10_000).contains(&slots) {
             return Err(ConfigError::Invalid("executor.slots must be from 1 to 10000".into()));
@@ -335,13 +465,24 @@ impl Config {
                 max_upload_bytes: raw.http.max_upload_bytes.unwrap_or(256 * 1024 * 1024),
             },
             store: StoreConfig { url, pool_size: pool_size as usize },
-            cluster: ClusterConfig { secret: raw.cluster.secret, lease_ttl },
+            cluster: ClusterConfig {
+                secret: raw.cluster.secret,
+                lease_ttl,
+                gossip_listen,
+                gossip_advertise,
+                gossip_interval,
+                seeds,
+                multicast,
+                drain_deadline,
+            },
             executor: ExecutorConfig {
                 slots,
                 kill_grace,
                 max_output_bytes: raw.executor.max_output_bytes.unwrap_or(64 * 1024 * 1024),
                 poll_interval,
                 supervisor: raw.executor.supervisor,
+                cpu_limit,
+                memory_limit,
             },
             log: LogConfig { level: raw.log.level.unwrap_or_else(|| "info".into()), format },
         })
@@ -424,7 +565,12 @@ slots = 8
             ("[executor]\nslots = 0", "executor.slots"),
             ("[executor]\nkill_grace = \"soon\"", "executor.kill_grace"),
             ("[store]\nreplicas = [\"postgres://r\"]", "PostgreSQL feature"),
-            ("[cluster]\nseeds = [\"a:1\"]", "gossip"),
+            ("[cluster]\nseeds = [\"a\"]", "HOST:PORT"),
+            ("[cluster]\nsecret = \"short\"", "16 characters"),
+            ("[cluster]\ngossip_listen = \"0.0.0.0:7800\"", "gossip_advertise"),
+            ("[cluster]\nmulticast = { group = \"10.0.0.1:7799\", interface = \"127.0.0.1\" }", "not a multicast"),
+            ("[cluster]\nmulticast = { group = \"239.1.1.1:7799\" }", "interface"),
+            ("[executor]\ncpu_limit = 0", "executor.cpu_limit"),
             ("node_id = \"Bad Id\"", "node id"),
             ("[log]\nformat = \"xml\"", "log.format"),
             ("[executor]\nslots = \"many\"", "line 2"),

@@ -9,11 +9,13 @@
 
 use crate::workers::{Step, Workers};
 use shoal_api::{Metrics, WorkerStatus};
-use shoal_core::placement::NodeView;
+use shoal_core::placement::{admits_work, claim_delay, Candidate, Limits, Load, NodeState, NodeView, Refusal};
 use shoal_core::state::Outcome;
 use shoal_core::{ExecutionId, FencingToken, JobKind, SandboxPath};
 use shoal_runner::{Exit, Launcher, SpawnSpec, Stream};
-use shoal_store::{AttemptEnd, Claimed, Finish, FinishResult, LogChunk, Store, StoreError};
+use shoal_store::{
+    AttemptEnd, Claimed, Finish, FinishResult, LogChunk, NodeRegistration, NodeStatus, Store, StoreError,
+};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
@@ -49,7 +51,22 @@ pub struct EngineConfig {
     pub max_output_bytes: u64,
     pub lease_ttl: Duration,
     pub scratch_dir: PathBuf,
+    pub limits: Limits,
+    pub drain_deadline: Duration,
 }
+
+/// A peer's figures from gossip, for [`claim_delay`].
+#[derive(Clone, Debug)]
+pub struct PeerLoad {
+    pub id: String,
+    pub free: usize,
+    pub slots: usize,
+    pub cpu: f64,
+}
+
+/// How much longer each rank of [`claim_delay`] waits, and the most any node waits.
+const CLAIM_STEP: Duration = Duration::from_millis(2);
+const CLAIM_MAX_DELAY: Duration = Duration::from_millis(12);
 
 pub struct Engine {
     pub store: Arc<Store>,
@@ -71,6 +88,13 @@ pub struct Engine {
     /// that, so `sent + ttl` is never later than the real expiry.
     pub last_renewal: Mutex<Instant>,
     pub last_store_error: Mutex<Option<String>>,
+    /// Active, draining or suspended; set through the API.
+    state: Mutex<(NodeState, Option<Instant>)>,
+    pub load: Mutex<Load>,
+    /// Active peers' figures from gossip (this node excluded).
+    pub peers: Mutex<Vec<PeerLoad>>,
+    /// What to register again with when the cluster ended this node's lease.
+    pub registration: Mutex<Option<NodeRegistration>>,
 }
 
 /// Largest amount of output kept in memory for an attempt while the store is unreachable.
@@ -98,6 +122,62 @@ impl Engine {
             stopping: AtomicBool::new(false),
             last_renewal: Mutex::new(Instant::now()),
             last_store_error: Mutex::new(None),
+            state: Mutex::new((NodeState::Active, None)),
+            load: Mutex::new(Load::default()),
+            peers: Mutex::new(Vec::new()),
+            registration: Mutex::new(None),
+        }
+    }
+
+    pub fn state(&self) -> NodeState {
+        self.state.lock().map(|s| s.0).unwrap_or(NodeState::Active)
+    }
+
+    /// Drains, suspends or resumes this node. Returns the state before.
+    pub fn set_state(&self, new: NodeState) -> NodeState {
+        let Ok(mut s) = self.state.lock() else { return NodeState::Active };
+        let old = s.0;
+        if old != new {
+            *s = (new, (new == NodeState::Draining).then(Instant::now));
+            tracing::info!(from = old.as_str(), to = new.as_str(), "node state changed");
+        }
+        drop(s);
+        if new == NodeState::Active {
+            self.wake.notify_one();
+        }
+        old
+    }
+
+    /// Why this node takes no new work now, if it takes none.
+    pub fn refusal(&self) -> Option<Refusal> {
+        let free = self.cfg.slots.saturating_sub(self.running());
+        let load = self.load.lock().map(|l| *l).unwrap_or_default();
+        admits_work(self.state(), free, load, self.cfg.limits).err()
+    }
+
+    /// Wakes the dispatcher, after this node's turn in the claim order when peers are known.
+    pub fn wake_in_turn(self: &Arc<Self>) {
+        let delay = {
+            let peers = self.peers.lock().map(|p| p.clone()).unwrap_or_default();
+            if peers.is_empty() {
+                Duration::ZERO
+            } else {
+                let free = self.cfg.slots.saturating_sub(self.running());
+                let cpu = self.load.lock().map(|l| l.cpu).unwrap_or_default();
+                let mut all: Vec<Candidate<'_>> =
+                    peers.iter().map(|p| Candidate { id: &p.id, free: p.free, slots: p.slots, cpu: p.cpu }).collect();
+                all.push(Candidate { id: &self.cfg.node_id, free, slots: self.cfg.slots, cpu });
+                claim_delay(&self.cfg.node_id, &all, CLAIM_STEP, CLAIM_MAX_DELAY)
+            }
+        };
+        if delay.is_zero() {
+            self.wake.notify_one();
+        } else {
+            let e = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                e.wake.notify_one();
+            });
         }
     }
 
@@ -110,6 +190,7 @@ impl Engine {
             && !self.cut_off.load(Ordering::SeqCst)
             && !self.lease_lost.load(Ordering::SeqCst)
             && !self.stopping.load(Ordering::SeqCst)
+            && self.refusal().is_none()
     }
 
     pub fn readiness(&self) -> Result<(), String> {
@@ -121,6 +202,9 @@ impl Engine {
         }
         if self.stopping.load(Ordering::SeqCst) {
             return Err("shutting down".into());
+        }
+        if self.state() == NodeState::Draining {
+            return Err(format!("draining: {} attempts still running", self.running()));
         }
         if self.cut_off.load(Ordering::SeqCst) {
             let why = self.last_store_error.lock().ok().and_then(|e| e.clone()).unwrap_or_default();
@@ -162,10 +246,18 @@ impl Engine {
     pub async fn renew_lease(self: Arc<Self>, bound: Duration) -> Result<Step, String> {
         let sent = Instant::now();
         let generation = self.generation.load(Ordering::SeqCst);
-        let state = if self.stopping.load(Ordering::SeqCst) { "stopping" } else { "active" };
+        self.hand_back_after_drain_deadline();
+        let state = if self.stopping.load(Ordering::SeqCst) { "stopping" } else { self.state().as_str() };
+        let load = self.load.lock().map(|l| *l).unwrap_or_default();
+        let status = NodeStatus {
+            state,
+            running: self.running() as i64,
+            cpu_permille: (load.cpu * 10.0) as i64,
+            memory_permille: (load.memory * 10.0) as i64,
+        };
         let renewal = tokio::time::timeout(
             bound,
-            self.store.renew_lease(&self.cfg.node_id, generation, self.cfg.lease_ttl, state, self.running() as i64),
+            self.store.renew_lease(&self.cfg.node_id, generation, self.cfg.lease_ttl, &status),
         )
         .await
         .unwrap_or_else(|_| Err(StoreError::Unavailable("lease renewal timed out".into())));
@@ -195,12 +287,43 @@ impl Engine {
                 }
                 Err(format!("lease lost to generation {g} of this node id"))
             }
+            Err(StoreError::LeaseEnded) => {
+                // Other nodes found us dead (our store session ended and gossip lost us) and
+                // are taking our attempts over: stop them, then join again as a new generation.
+                tracing::error!("the cluster ended this node's lease; stopping every attempt and registering again");
+                self.stop_all(Stop::LeaseLost);
+                self.register_again(sent).await
+            }
             Err(err) => {
                 self.metrics.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut last) = self.last_store_error.lock() {
                     *last = Some(err.to_string());
                 }
                 Err(err.to_string())
+            }
+        }
+    }
+
+    async fn register_again(&self, sent: Instant) -> Result<Step, String> {
+        let Some(reg) = self.registration.lock().ok().and_then(|r| r.clone()) else {
+            return Err("lease ended and nothing to register again with".into());
+        };
+        let lease = self.store.register_node(&reg, self.cfg.lease_ttl).await.map_err(|e| e.to_string())?;
+        self.generation.store(lease.generation, Ordering::SeqCst);
+        if let Ok(mut last) = self.last_renewal.lock() {
+            *last = sent;
+        }
+        tracing::warn!(generation = lease.generation, "registered again after the cluster ended this node's lease");
+        Ok(Step::Busy)
+    }
+
+    /// A drain that outlasts its deadline hands the remaining attempts back to the cluster.
+    fn hand_back_after_drain_deadline(&self) {
+        let since = self.state.lock().ok().and_then(|s| s.1);
+        if let Some(since) = since {
+            if since.elapsed() >= self.cfg.drain_deadline && self.running() > 0 {
+                tracing::warn!(running = self.running(), "drain deadline passed; handing the remaining attempts back");
+                self.stop_all(Stop::Shutdown);
             }
         }
     }
@@ -233,9 +356,6 @@ impl Engine {
         let mut any = false;
         while self.accepting() {
             let free = self.cfg.slots.saturating_sub(self.running());
-            if free == 0 {
-                break;
-            }
             let view = NodeView { id: &self.cfg.node_id, tags: &self.cfg.tags };
             let claimed = self.store.claim(&view, free.min(256)).await?;
             if claimed.is_empty() {
@@ -449,9 +569,8 @@ impl Engine {
         };
         let outcome = match (&stopped, timed_out, &exit) {
             (Some(Stop::Cancel { by }), _, _) => Outcome::Cancelled { by: by.clone() },
-            (Some(Stop::Shutdown | Stop::LeaseLost | Stop::Fenced), _, _) => {
-                Outcome::NodeLost { node: self.cfg.node_id.clone() }
-            }
+            (Some(Stop::Shutdown), _, _) => Outcome::HandedBack { node: self.cfg.node_id.clone() },
+            (Some(Stop::LeaseLost | Stop::Fenced), _, _) => Outcome::NodeLost { node: self.cfg.node_id.clone() },
             (None, true, _) => Outcome::TimedOut,
             (None, false, Ok(Exit::Code(code))) => Outcome::Exited(*code),
             (None, false, Ok(Exit::Signal(sig))) => Outcome::Signaled(*sig),
@@ -577,25 +696,51 @@ async fn write_logs(
 
 impl shoal_api::Engine for EngineHandle {
     fn wake(&self) {
-        self.0.wake.notify_one();
+        self.engine.wake_in_turn();
     }
 
     fn cancel_local(&self, execution: &str, by: &str) {
-        self.0.stop_one(execution, None, Stop::Cancel { by: by.to_owned() });
+        self.engine.stop_one(execution, None, Stop::Cancel { by: by.to_owned() });
     }
 
     fn readiness(&self) -> Result<(), String> {
-        self.0.readiness()
+        self.engine.readiness()
     }
 
     fn running(&self) -> usize {
-        self.0.running()
+        self.engine.running()
     }
 
     fn workers(&self) -> Vec<WorkerStatus> {
-        self.0.workers.snapshot()
+        self.engine.workers.snapshot()
+    }
+
+    fn state(&self) -> NodeState {
+        self.engine.state()
+    }
+
+    fn set_state(&self, state: NodeState) -> NodeState {
+        let before = self.engine.set_state(state);
+        // Peers see the change now rather than at the next publishing tick.
+        self.cluster.publish(&self.engine);
+        before
+    }
+
+    fn refusal(&self) -> Option<String> {
+        self.engine.refusal().map(|r| r.to_string())
+    }
+
+    fn gossip(&self) -> Vec<(String, bool)> {
+        self.cluster.membership.snapshot().into_iter().map(|p| (p.id, p.alive)).collect()
+    }
+
+    fn rejected_gossip_packets(&self) -> u64 {
+        self.cluster.membership.rejected_packets()
     }
 }
 
 /// The engine as the API sees it.
-pub struct EngineHandle(pub Arc<Engine>);
+pub struct EngineHandle {
+    pub engine: Arc<Engine>,
+    pub cluster: Arc<crate::cluster::Cluster>,
+}

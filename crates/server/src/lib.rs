@@ -2,8 +2,10 @@
 //! HTTP server); [`serve`] runs one until a shutdown signal. The CLI and the multi-node test
 //! harness both come through here, so tests exercise exactly what production runs.
 
+mod cluster;
 pub mod config;
 mod engine;
+mod load;
 mod workers;
 
 pub use config::{Config, ConfigError};
@@ -25,6 +27,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// A running node.
 pub struct Node {
     engine: Arc<Engine>,
+    cluster: Arc<cluster::Cluster>,
     id: String,
     url: String,
     shutdown: watch::Sender<bool>,
@@ -91,13 +94,27 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
             lease_ttl: config.cluster.lease_ttl,
             // Where inline commands without a sandbox run.
             scratch_dir: config.data_dir.join("scratch"),
+            limits: shoal_core::placement::Limits {
+                cpu: config.executor.cpu_limit,
+                memory: config.executor.memory_limit,
+            },
+            drain_deadline: config.cluster.drain_deadline,
         },
         launcher,
         metrics.clone(),
     ));
 
-    // Register first (a new generation), then take back what an earlier process of this node
-    // left running: its children died with it, so those attempts are lost.
+    // Authenticates gossip and forwarded requests; without cluster.secret, the one kept in the
+    // store (see shoal_store's secret.rs for why that is as safe).
+    let secret = match &config.cluster.secret {
+        Some(s) => s.clone().into_bytes(),
+        None => store.cluster_secret().await.context("cannot read the cluster secret from the store")?,
+    };
+    let (session, session_events) = store.open_session(&id).await.context("cannot open a store session")?;
+    let membership = start_membership(&config, &id, &url, &secret, &store).await?;
+
+    // Register (a new generation), then take back what an earlier process of this node left
+    // running: its children died with it, so those attempts are lost.
     let reg = NodeRegistration {
         id: id.clone(),
         url: url.clone(),
@@ -105,11 +122,14 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         tags: config.tags.clone(),
         slots: config.executor.slots,
         version: VERSION.into(),
+        gossip_addr: membership.gossip_addr().to_string(),
+        session_key: session.key,
     };
     let sent = Instant::now();
     let lease =
         store.register_node(&reg, config.cluster.lease_ttl).await.context("cannot register this node in the store")?;
     *engine.last_renewal.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = sent;
+    *engine.registration.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(reg);
     engine.generation.store(lease.generation, Ordering::SeqCst);
     let recovered = store.recover_node(&id).await.context("cannot recover this node's earlier attempts")?;
     if !recovered.is_empty() {
@@ -119,15 +139,17 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         );
     }
     engine.registered.store(true, Ordering::SeqCst);
+    let cluster = cluster::Cluster::new(membership, session);
+    cluster.publish(&engine);
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    for name in ["lease", "dispatcher", "reaper", "cancel-watcher"] {
+    for name in ["lease", "dispatcher", "reaper", "cancel-watcher", "membership", "discovery", "failure-detector"] {
         engine.workers.register(name);
     }
     let beat = (config.cluster.lease_ttl / 5).max(Duration::from_millis(200));
     let poll = config.executor.poll_interval;
     let rx = || shutdown_rx.clone();
-    let tasks = vec![
+    let mut tasks = vec![
         spawn_worker(&engine, "lease", beat, false, rx(), move |e| e.renew_lease(beat)),
         spawn_watchdog(engine.clone(), rx()),
         spawn_worker(&engine, "dispatcher", poll, true, rx(), |e| async move {
@@ -135,9 +157,12 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         }),
         spawn_worker(&engine, "reaper", beat, false, rx(), |e| e.reap()),
         spawn_worker(&engine, "cancel-watcher", poll, false, rx(), |e| e.watch_cancels()),
+        cluster::spawn_session_relay(cluster.clone(), engine.clone(), session_events, rx()),
     ];
+    tasks.extend(cluster::spawn_workers(&cluster, &engine, &shutdown_rx));
 
     let state = Arc::new(AppState {
+        forwarder: Arc::new(shoal_api::Forwarder::new(id.clone(), secret)?),
         submitter: shoal_store::Submitter::spawn(store.clone()),
         store: store.clone(),
         node: NodeIdentity {
@@ -147,7 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
             tags: config.tags.clone(),
             slots: config.executor.slots,
         },
-        engine: Arc::new(EngineHandle(engine.clone())),
+        engine: Arc::new(EngineHandle { engine: engine.clone(), cluster: cluster.clone() }),
         limits: Limits {
             max_request_bytes: config.http.max_request_bytes,
             max_upload_bytes: config.http.max_upload_bytes,
@@ -166,7 +191,49 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     });
     engine.wake.notify_one();
     tracing::info!(node = %id, url = %url, store = %store.redacted_url(), generation = lease.generation, startup_ms = started.elapsed().as_millis() as u64, "node ready");
-    Ok(Node { engine, id, url, shutdown, tasks, http, kill_grace: config.executor.kill_grace })
+    Ok(Node { engine, cluster, id, url, shutdown, tasks, http, kill_grace: config.executor.kill_grace })
+}
+
+/// Starts gossip on its own thread and runtime, with this node's fixed keys.
+async fn start_membership(
+    config: &Config,
+    id: &str,
+    url: &str,
+    secret: &[u8],
+    store: &Store,
+) -> anyhow::Result<shoal_cluster::Membership> {
+    use shoal_cluster::keys;
+    let mut m = shoal_cluster::MembershipConfig::new(
+        id,
+        // A restart is a new incarnation: the start time orders them without asking the store.
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(1),
+        secret.to_vec(),
+        config.cluster.gossip_listen,
+    );
+    m.advertise = config.cluster.gossip_advertise;
+    m.seeds = config.cluster.seeds.clone();
+    m.multicast = config.cluster.multicast.map(|c| shoal_cluster::Multicast { group: c.group, interface: c.interface });
+    m.gossip_interval = config.cluster.gossip_interval;
+    let held: Vec<String> = store
+        .list_sandboxes()
+        .await
+        .context("cannot list sandboxes")?
+        .into_iter()
+        .filter(|s| s.node_id.as_deref() == Some(id))
+        .map(|s| s.name)
+        .collect();
+    m.initial_keys = vec![
+        (keys::URL.into(), url.into()),
+        (keys::STATE.into(), "joining".into()),
+        (keys::SLOTS.into(), config.executor.slots.to_string()),
+        (keys::TAGS.into(), serde_json::to_string(&config.tags)?),
+        (keys::SANDBOXES.into(), serde_json::to_string(&held)?),
+        (keys::VERSION.into(), VERSION.into()),
+    ];
+    let membership = tokio::task::spawn_blocking(move || shoal_cluster::Membership::start(m))
+        .await?
+        .map_err(|e| anyhow::anyhow!("cannot start gossip on {}: {e}", config.cluster.gossip_listen))?;
+    Ok(membership)
 }
 
 /// Runs one of the engine's background steps as a worker (see `workers::run`); `wakeable`
@@ -246,6 +313,11 @@ impl Node {
         if let Err(err) = e.store.release_lease(&self.id, generation).await {
             tracing::warn!(error = %err, "could not release the lease; it will expire on its own");
         }
+        // Only now, with the lease released, may gossip see this node go.
+        if let Ok(mut s) = self.cluster.session.lock() {
+            s.take();
+        }
+        self.cluster.membership.leave();
         // Followers of live logs may hold connections open; give them a moment, then go.
         let mut http = self.http;
         if tokio::time::timeout(Duration::from_secs(2), &mut http).await.is_err() {

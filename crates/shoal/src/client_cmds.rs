@@ -72,9 +72,22 @@ pub enum ClientCommand {
     Show(IdArgs),
     /// List the cluster's nodes
     Nodes,
+    /// Drain a node: it takes no new work, lets running attempts finish (handing them back
+    /// after cluster.drain_deadline) and reports not ready, so it can be stopped
+    Drain(NodeArgs),
+    /// Suspend a node: it takes no new work until resumed, but keeps serving requests
+    Suspend(NodeArgs),
+    /// Resume a drained or suspended node
+    Resume(NodeArgs),
     /// Manage sandboxes and their files
     #[command(subcommand)]
     Sandbox(SandboxCmd),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// The node's id (see `shoal nodes`); any server forwards the request to it
+    pub node: String,
 }
 
 // The command-only options conflict with the target rather than `requires = "command"`:
@@ -252,6 +265,9 @@ pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
         ClientCommand::Cancel(args) => cmd_cancel(&client, &args.id, json).await,
         ClientCommand::Show(args) => cmd_show(&client, &args.id, json).await,
         ClientCommand::Nodes => cmd_nodes(&client, json).await,
+        ClientCommand::Drain(a) => cmd_node_action(&client, &a.node, "drain", json).await,
+        ClientCommand::Suspend(a) => cmd_node_action(&client, &a.node, "suspend", json).await,
+        ClientCommand::Resume(a) => cmd_node_action(&client, &a.node, "resume", json).await,
         ClientCommand::Sandbox(cmd) => cmd_sandbox(&client, cmd, json).await,
     };
     match result {
@@ -540,19 +556,39 @@ async fn cmd_nodes(client: &Client, json: bool) -> CmdResult {
                 Some(ms) => format!("expired {} ago", fmt_ms(-ms)),
                 None => "-".into(),
             };
-            let load = n["load"].as_f64().map_or_else(|| "-".into(), |l| format!("{:.0}%", l * 100.0));
+            let pct = |v: &Value| v.as_f64().map_or_else(|| "-".into(), |l| format!("{l:.0}%"));
+            let age = n["lease_age_ms"].as_i64().map_or_else(|| "-".into(), fmt_ms);
             vec![
                 text(&n["id"]),
                 text(&n["state"]),
+                text(&n["gossip"]),
                 text(&n["url"]),
                 format!("{}/{}", text(&n["running"]), text(&n["slots"])),
-                load,
+                pct(&n["load"]["cpu_percent"]),
+                pct(&n["load"]["memory_percent"]),
+                age,
                 lease,
                 text(&n["version"]),
             ]
         })
         .collect();
-    emit(&table(&["ID", "STATE", "URL", "RUNNING/SLOTS", "LOAD", "LEASE", "VERSION"], &rows));
+    emit(&table(
+        &["ID", "STATE", "GOSSIP", "URL", "RUNNING/SLOTS", "CPU", "MEM", "LEASE AGE", "LEASE", "VERSION"],
+        &rows,
+    ));
+    Ok(EXIT_OK)
+}
+
+async fn cmd_node_action(client: &Client, id: &str, action: &str, json: bool) -> CmdResult {
+    let node = client.node_action(id, action).await?;
+    if json {
+        print_json(&node);
+        return Ok(EXIT_OK);
+    }
+    println!("node {id}: {} (was {})", text(&node["state"]), text(&node["previous_state"]));
+    if let Some(why) = node["not_accepting_because"].as_str() {
+        println!("not taking new work: {why}");
+    }
     Ok(EXIT_OK)
 }
 

@@ -288,6 +288,7 @@ async fn apply_ends(
                 Outcome::TimedOut => "timed_out".into(),
                 Outcome::Cancelled { .. } => "cancelled".into(),
                 Outcome::NodeLost { .. } => "node_lost".into(),
+                Outcome::HandedBack { .. } => "handed_back".into(),
             };
             params.extend([row.id.as_str().into(), row.attempt.into(), outcome.into()]);
         }
@@ -298,7 +299,7 @@ async fn apply_ends(
     let mut groups: BTreeMap<EndGroup, Vec<&str>> = BTreeMap::new();
     let mut states = Vec::with_capacity(ends.len());
     for (row, losses, end, _) in ends {
-        let node_lost = i64::from(matches!(end.outcome, Outcome::NodeLost { .. }));
+        let node_lost = i64::from(matches!(end.outcome, Outcome::NodeLost { .. } | Outcome::HandedBack { .. }));
         let decision = decide(&row.spec, row.attempt.max(0) as u32, (*losses + node_lost).max(0) as u32, &end.outcome);
         let exit = end.exit_code.map(i64::from);
         let signal = end.signal.map(i64::from);
@@ -449,6 +450,9 @@ impl Store {
                 let row = execution_row(&r)?;
                 created.insert(row.id.to_string(), row);
             }
+        }
+        if !created.is_empty() {
+            Store::notify_work(tx.as_mut()).await?;
         }
         tx.commit().await?;
         let lookup = |id: &str| {
@@ -779,6 +783,7 @@ impl Store {
             .collect();
         let args: Vec<_> = ends.iter().map(|(row, losses, end)| (row, *losses, end, &[][..])).collect();
         let states = apply_ends(tx.as_mut(), &args).await?;
+        Store::notify_work(tx.as_mut()).await?;
         tx.commit().await?;
         let mut touched = Vec::with_capacity(ends.len());
         for ((row, _, end), state) in ends.into_iter().zip(states) {

@@ -10,6 +10,8 @@ mod nodes;
 mod postgres;
 mod sandboxes;
 pub mod schema;
+mod secret;
+mod session;
 mod sqlite;
 mod submitter;
 
@@ -18,8 +20,9 @@ pub use executions::{
     AttemptEnd, CancelResult, Claimed, ExecutionFilter, ExecutionRow, Finish, FinishResult, LogChunk, LogRow,
     NewExecution, Submitted,
 };
-pub use nodes::{NodeLease, NodeRegistration, NodeRow, Renewal};
+pub use nodes::{NodeLease, NodeRegistration, NodeRow, NodeStatus, Renewal};
 pub use sandboxes::SandboxRow;
+pub use session::{NodeSession, SessionEvent, WORK_CHANNEL};
 pub use submitter::Submitter;
 
 use db::Tx;
@@ -44,6 +47,10 @@ pub enum StoreError {
     /// Another process registered this node id after us.
     #[error("node lease lost: another process registered this node id (generation {0})")]
     LeaseLost(i64),
+    /// Other nodes found this node dead (its store session ended and gossip lost it) and ended
+    /// its lease; its attempts are being taken over. The node registers again to go on.
+    #[error("node lease ended by the cluster: this node was found dead and its attempts taken over")]
+    LeaseEnded,
     #[error("{0}")]
     Config(String),
     #[error("store error: {0}")]

@@ -16,6 +16,20 @@ pub struct NodeRegistration {
     pub tags: Vec<String>,
     pub slots: u32,
     pub version: String,
+    /// Where the node gossips (`host:port`); other nodes use it to find the cluster.
+    pub gossip_addr: String,
+    /// The node's store session (see [`crate::NodeSession`]).
+    pub session_key: i64,
+}
+
+/// What a node publishes with every lease renewal.
+#[derive(Clone, Debug)]
+pub struct NodeStatus<'a> {
+    pub state: &'a str,
+    pub running: i64,
+    /// Machine CPU and memory use, in tenths of a percent.
+    pub cpu_permille: i64,
+    pub memory_permille: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -45,6 +59,10 @@ pub struct NodeRow {
     pub started_at: i64,
     pub renewed_at: i64,
     pub lease_expires_at: i64,
+    pub gossip_addr: String,
+    pub session_key: i64,
+    pub cpu_permille: i64,
+    pub memory_permille: i64,
     /// The store's clock when the row was read, to compute lease ages without node clocks.
     pub now: i64,
 }
@@ -60,10 +78,12 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let row = query_one(
             tx.as_mut(),
-            "INSERT INTO nodes (id, url, generation, state, tags, slots, running, version, started_at, renewed_at, lease_expires_at)
-             VALUES ($1, $2, 1, $3, $4, $5, 0, $6, {now}, {now}, {now} + $7)
+            "INSERT INTO nodes (id, url, generation, state, tags, slots, running, version, started_at, renewed_at,
+                 lease_expires_at, gossip_addr, session_key)
+             VALUES ($1, $2, 1, $3, $4, $5, 0, $6, {now}, {now}, {now} + $7, $8, $9)
              ON CONFLICT (id) DO UPDATE SET url = $2, generation = nodes.generation + 1, state = $3, tags = $4,
-                 slots = $5, running = 0, version = $6, started_at = {now}, renewed_at = {now}, lease_expires_at = {now} + $7
+                 slots = $5, running = 0, version = $6, started_at = {now}, renewed_at = {now}, lease_expires_at = {now} + $7,
+                 gossip_addr = $8, session_key = $9
              RETURNING generation, lease_expires_at",
             vec![
                 reg.id.as_str().into(),
@@ -73,6 +93,8 @@ impl Store {
                 i64::from(reg.slots).into(),
                 reg.version.as_str().into(),
                 ttl_ms(ttl).into(),
+                reg.gossip_addr.as_str().into(),
+                reg.session_key.into(),
             ],
         )
         .await?
@@ -87,13 +109,12 @@ impl Store {
         node: &str,
         generation: i64,
         ttl: Duration,
-        state: &str,
-        running: i64,
+        status: &NodeStatus<'_>,
     ) -> Result<Renewal> {
         let mut tx = self.begin_write().await?;
         let row = query_one(
             tx.as_mut(),
-            "SELECT generation, lease_expires_at < {now} FROM nodes WHERE id = $1 {for_update}",
+            "SELECT generation, lease_expires_at < {now}, state FROM nodes WHERE id = $1 {for_update}",
             vec![node.into()],
         )
         .await?;
@@ -106,12 +127,25 @@ impl Store {
             tx.rollback().await?;
             return Err(StoreError::LeaseLost(current));
         }
+        if row.text(2)? == "lost" {
+            tx.rollback().await?;
+            return Err(StoreError::LeaseEnded);
+        }
         let had_expired = row.i64(1)? != 0;
         let row = query_one(
             tx.as_mut(),
-            "UPDATE nodes SET lease_expires_at = {now} + $3, renewed_at = {now}, state = $4, running = $5
+            "UPDATE nodes SET lease_expires_at = {now} + $3, renewed_at = {now}, state = $4, running = $5,
+                 cpu_permille = $6, memory_permille = $7
              WHERE id = $1 AND generation = $2 RETURNING lease_expires_at",
-            vec![node.into(), generation.into(), ttl_ms(ttl).into(), state.into(), running.into()],
+            vec![
+                node.into(),
+                generation.into(),
+                ttl_ms(ttl).into(),
+                status.state.into(),
+                status.running.into(),
+                status.cpu_permille.into(),
+                status.memory_permille.into(),
+            ],
         )
         .await?
         .ok_or(StoreError::LeaseLost(current))?;
@@ -130,11 +164,43 @@ impl Store {
         tx.commit().await
     }
 
+    /// Ends the lease of a node that other nodes found dead: gossip lost it and its store
+    /// session has ended (checked here, in the same transaction, so a node whose session is
+    /// alive is never ended early). Returns whether the lease was ended. Its attempts are
+    /// then taken over by the normal reaping of expired leases.
+    pub async fn end_dead_node_lease(&self, node: &str, generation: i64, session_key: i64) -> Result<bool> {
+        if !self.session_ended(session_key).await? {
+            return Ok(false);
+        }
+        let mut tx = self.begin_write().await?;
+        let n = tx
+            .execute(
+                "UPDATE nodes SET lease_expires_at = {now}, state = 'lost'
+                 WHERE id = $1 AND generation = $2 AND session_key = $3 AND lease_expires_at > {now}",
+                vec![node.into(), generation.into(), session_key.into()],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// Records the key of the node's new store session (after the old one was lost).
+    pub async fn set_session_key(&self, node: &str, generation: i64, key: i64) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        tx.execute(
+            "UPDATE nodes SET session_key = $3 WHERE id = $1 AND generation = $2",
+            vec![node.into(), generation.into(), key.into()],
+        )
+        .await?;
+        tx.commit().await
+    }
+
     pub async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
         let mut c = self.read().await?;
         let rows = c
             .query(
-                "SELECT id, url, generation, state, tags, slots, running, version, started_at, renewed_at, lease_expires_at, {now}
+                "SELECT id, url, generation, state, tags, slots, running, version, started_at, renewed_at, lease_expires_at, {now},
+                     gossip_addr, session_key, cpu_permille, memory_permille
                  FROM nodes ORDER BY id",
                 vec![],
             )
@@ -157,5 +223,9 @@ fn node_row(r: &Row) -> Result<NodeRow> {
         renewed_at: r.i64(9)?,
         lease_expires_at: r.i64(10)?,
         now: r.i64(11)?,
+        gossip_addr: r.text(12)?,
+        session_key: r.i64(13)?,
+        cpu_permille: r.i64(14)?,
+        memory_permille: r.i64(15)?,
     })
 }

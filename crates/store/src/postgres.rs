@@ -15,6 +15,8 @@ use tokio_postgres::NoTls;
 
 pub struct PgPool {
     pool: Pool,
+    /// Kept to open node sessions: dedicated connections outside the pool.
+    pub(crate) config: tokio_postgres::Config,
 }
 
 impl ToSql for Value {
@@ -98,7 +100,8 @@ impl PgPool {
             cfg.connect_timeout(Duration::from_secs(5));
         }
         cfg.application_name("shoal");
-        let manager = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager =
+            Manager::from_config(cfg.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(size.max(1))
             .wait_timeout(Some(Duration::from_secs(10)))
@@ -106,7 +109,7 @@ impl PgPool {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Config(format!("cannot build the PostgreSQL pool: {e}")))?;
-        Ok(PgPool { pool })
+        Ok(PgPool { pool, config: cfg })
     }
 
     pub async fn begin(&self, autocommit: bool) -> Result<Box<dyn Tx>> {

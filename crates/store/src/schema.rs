@@ -82,10 +82,20 @@ CREATE TABLE attempts (
 );
 ";
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    common: V1_COMMON,
-    sqlite: "
+/// Gossip membership and fast failure detection: where each node gossips, the key of its
+/// store session (see `session.rs`) and its load figures.
+const V2_COMMON: &str = "
+ALTER TABLE nodes ADD COLUMN gossip_addr TEXT NOT NULL DEFAULT '';
+ALTER TABLE nodes ADD COLUMN session_key BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN cpu_permille BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE nodes ADD COLUMN memory_permille BIGINT NOT NULL DEFAULT 0;
+";
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        common: V1_COMMON,
+        sqlite: "
 CREATE TABLE logs (
     execution_id TEXT NOT NULL,
     attempt BIGINT NOT NULL,
@@ -98,7 +108,7 @@ CREATE TABLE logs (
 CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
 INSERT INTO counters (name, value) VALUES ('fence', 0);
 ",
-    postgres: "
+        postgres: "
 CREATE TABLE logs (
     execution_id TEXT NOT NULL,
     attempt BIGINT NOT NULL,
@@ -110,10 +120,12 @@ CREATE TABLE logs (
 );
 CREATE SEQUENCE fence_seq;
 ",
-}];
+    },
+    Migration { version: 2, common: V2_COMMON, sqlite: "", postgres: "" },
+];
 
 /// The newest schema version this build knows.
-pub const LATEST: i64 = 1;
+pub const LATEST: i64 = 2;
 
 pub async fn current_version(tx: &mut dyn Tx) -> Result<i64> {
     let row = query_one(tx, "SELECT value FROM shoal_meta WHERE key = 'schema_version'", vec![]).await?;

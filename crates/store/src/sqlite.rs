@@ -31,6 +31,8 @@ pub struct SqlitePool {
     /// Writers of this process queue here instead, first come first served, and only
     /// writers of other processes sharing the file meet the busy handler.
     write_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The database file; node sessions keep their lock files beside it.
+    pub(crate) path: std::path::PathBuf,
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -77,6 +79,7 @@ impl SqlitePool {
             handles.push(Handle { jobs: tx });
         }
         Ok(SqlitePool {
+            path: path.to_owned(),
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
             permits: Arc::new(Semaphore::new(handles.len())),
             idle: Arc::new(Mutex::new(handles)),

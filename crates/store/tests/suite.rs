@@ -5,8 +5,8 @@ use shoal_core::placement::NodeView;
 use shoal_core::state::Outcome;
 use shoal_core::{Allocation, ExecState, FencingToken, OnNodeLoss, RunSpec, SandboxKind};
 use shoal_store::{
-    AttemptEnd, CancelResult, ExecutionFilter, Finish, FinishResult, LogChunk, NewExecution, NodeRegistration, Store,
-    StoreError, Submitted,
+    AttemptEnd, CancelResult, Dialect, ExecutionFilter, Finish, FinishResult, LogChunk, NewExecution, NodeRegistration,
+    NodeStatus, SessionEvent, Store, StoreError, Submitted,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -59,6 +59,7 @@ suite!(
     logs_read_in_order,
     concurrent_claimers_never_share_an_execution,
     group_commit_keeps_every_submission_apart,
+    a_dead_node_is_ended_early_only_when_its_session_has_ended,
 );
 
 fn node(id: &str) -> NodeRegistration {
@@ -69,7 +70,13 @@ fn node(id: &str) -> NodeRegistration {
         tags: vec![],
         slots: 8,
         version: "test".into(),
+        gossip_addr: String::new(),
+        session_key: 0,
     }
+}
+
+fn status(running: i64) -> NodeStatus<'static> {
+    NodeStatus { state: "active", running, cpu_permille: 0, memory_permille: 0 }
 }
 
 fn new_exec(spec: RunSpec) -> NewExecution {
@@ -338,7 +345,7 @@ async fn leases_and_takeover(f: Fixture) {
     let l1 = s.register_node(&node("n1"), Duration::from_secs(60)).await.unwrap();
     assert_eq!(l1.generation, 1);
     s.register_node(&node("n2"), Duration::from_secs(60)).await.unwrap();
-    let renewed = s.renew_lease("n1", 1, Duration::from_secs(60), "active", 3).await.unwrap();
+    let renewed = s.renew_lease("n1", 1, Duration::from_secs(60), &status(3)).await.unwrap();
     assert!(!renewed.had_expired);
     let nodes = s.list_nodes().await.unwrap();
     assert_eq!(nodes.len(), 2);
@@ -375,17 +382,14 @@ async fn leases_and_takeover(f: Fixture) {
     // A second process registering n1 pushes the first out.
     let l2 = s.register_node(&node("n1"), Duration::from_secs(60)).await.unwrap();
     assert_eq!(l2.generation, 2);
-    assert!(matches!(
-        s.renew_lease("n1", 1, Duration::from_secs(60), "active", 0).await,
-        Err(StoreError::LeaseLost(2))
-    ));
+    assert!(matches!(s.renew_lease("n1", 1, Duration::from_secs(60), &status(0)).await, Err(StoreError::LeaseLost(2))));
     // An expired lease is reported as such on renewal.
     s.register_node(&node("n3"), Duration::ZERO).await.unwrap();
     shoal_testkit::wait_until_async("n3's zero lease to expire", Duration::from_secs(5), || async {
         s.list_nodes().await.unwrap().iter().any(|n| n.id == "n3" && n.lease_expires_at < n.now)
     })
     .await;
-    assert!(s.renew_lease("n3", 1, Duration::from_secs(60), "active", 0).await.unwrap().had_expired);
+    assert!(s.renew_lease("n3", 1, Duration::from_secs(60), &status(0)).await.unwrap().had_expired);
 }
 
 async fn recover_own_attempts_after_restart(f: Fixture) {
@@ -489,4 +493,44 @@ async fn group_commit_keeps_every_submission_apart(f: Fixture) {
     assert_eq!(created + replayed + mismatched, 300);
     let all = f.store.list_executions(&ExecutionFilter { limit: 1000, ..Default::default() }).await.unwrap();
     assert_eq!(all.len(), 210);
+}
+
+async fn a_dead_node_is_ended_early_only_when_its_session_has_ended(f: Fixture) {
+    let s = &f.store;
+    let (session, mut events) = s.open_session("n1").await.unwrap();
+    let reg = NodeRegistration { session_key: session.key, ..node("n1") };
+    let lease = s.register_node(&reg, Duration::from_secs(60)).await.unwrap();
+    let (_other, _) = s.open_session("n2").await.unwrap();
+    s.register_node(&node("n2"), Duration::from_secs(60)).await.unwrap();
+    let e = submit(s, new_exec(inline())).await;
+    if s.dialect() == Dialect::Postgres {
+        // The submission was announced to listening sessions.
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("a work notification");
+        assert!(matches!(ev, Some(SessionEvent::Work)), "{ev:?}");
+    } else {
+        assert!(events.recv().await.is_none(), "SQLite sessions send no events");
+    }
+    s.claim(&view("n1"), 1).await.unwrap();
+    // Alive: the session holds, so nothing is ended however loudly gossip might suspect it.
+    assert!(!s.session_ended(session.key).await.unwrap());
+    assert!(!s.end_dead_node_lease("n1", lease.generation, session.key).await.unwrap());
+    assert!(s.reap_lost_attempts().await.unwrap().is_empty());
+    let key = session.key;
+    drop(session);
+    shoal_testkit::wait_until_async("n1's session to end", Duration::from_secs(10), || async {
+        s.session_ended(key).await.unwrap()
+    })
+    .await;
+    // A stale generation or key ends nothing.
+    assert!(!s.end_dead_node_lease("n1", lease.generation + 1, key).await.unwrap());
+    assert!(s.end_dead_node_lease("n1", lease.generation, key).await.unwrap());
+    assert_eq!(s.reap_lost_attempts().await.unwrap(), vec![e.id.clone()]);
+    // If n1 was in fact alive, its next renewal tells it to stop and register again.
+    assert!(matches!(
+        s.renew_lease("n1", lease.generation, Duration::from_secs(60), &status(0)).await,
+        Err(StoreError::LeaseEnded)
+    ));
+    let again = s.register_node(&reg, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(again.generation, lease.generation + 1);
+    s.renew_lease("n1", again.generation, Duration::from_secs(60), &status(0)).await.unwrap();
 }

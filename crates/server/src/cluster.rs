@@ -1,0 +1,252 @@
+//! This node's place in the cluster: its gossip membership (published figures, peers found
+//! through the store's node registry), its store session, and early takeover of dead nodes.
+//!
+//! Gossip only notices; the store decides. A node is taken over before its lease runs out
+//! only when gossip has lost it *and* its store session has ended, checked by the store
+//! (`Store::end_dead_node_lease`); see docs/design/failure-detection.md.
+
+use crate::engine::{Engine, PeerLoad};
+use crate::workers::Step;
+use shoal_cluster::{keys, Membership};
+use shoal_core::placement::NodeState;
+use shoal_store::{NodeSession, SessionEvent};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The membership and session of a node, shared by its background tasks.
+pub struct Cluster {
+    pub membership: Membership,
+    pub session: Mutex<Option<NodeSession>>,
+    sampler: Mutex<crate::load::Sampler>,
+    /// Dead nodes (id, generation) whose lease this node already tried to end.
+    ended: Mutex<HashSet<(String, i64)>>,
+}
+
+impl Cluster {
+    pub fn new(membership: Membership, session: NodeSession) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            membership,
+            session: Mutex::new(Some(session)),
+            sampler: Mutex::new(crate::load::Sampler::default()),
+            ended: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Samples load and publishes this node's figures; refreshes the peers the engine uses
+    /// to decide its turn in the claim order.
+    pub fn publish(&self, e: &Engine) {
+        let load = self.sampler.lock().map(|mut s| s.sample()).unwrap_or_default();
+        if let Ok(mut l) = e.load.lock() {
+            *l = load;
+        }
+        let running = e.running();
+        let state = if e.stopping.load(Ordering::SeqCst) { NodeState::Draining } else { e.state() };
+        let m = &self.membership;
+        m.set(keys::STATE, state.as_str());
+        m.set(keys::RUNNING, running.to_string());
+        m.set(
+            keys::FREE_SLOTS,
+            if e.refusal().is_some() { 0 } else { e.cfg.slots.saturating_sub(running) }.to_string(),
+        );
+        m.set(keys::CPU, format!("{:.1}", load.cpu));
+        m.set(keys::MEMORY, format!("{:.1}", load.memory));
+        let peers = m
+            .snapshot()
+            .into_iter()
+            .filter(|p| p.alive && p.id != e.cfg.node_id)
+            .filter(|p| p.keys.get(keys::STATE).map(String::as_str) == Some("active"))
+            .map(|p| {
+                let num = |k: &str| p.keys.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+                PeerLoad {
+                    id: p.id.clone(),
+                    free: num(keys::FREE_SLOTS) as usize,
+                    slots: num(keys::SLOTS) as usize,
+                    cpu: num(keys::CPU),
+                }
+            })
+            .collect();
+        if let Ok(mut p) = e.peers.lock() {
+            *p = peers;
+        }
+    }
+
+    /// Feeds gossip the addresses of nodes the store's registry knows, so the loss of every
+    /// well-known address never splits the cluster.
+    pub async fn discover(&self, e: &Engine) -> Result<Step, String> {
+        let nodes = e.store.list_nodes().await.map_err(|err| err.to_string())?;
+        let known: HashSet<String> = self.membership.snapshot().into_iter().filter(|p| p.alive).map(|p| p.id).collect();
+        let addrs: Vec<SocketAddr> = nodes
+            .iter()
+            .filter(|n| n.id != e.cfg.node_id && n.lease_expires_at > n.now && !known.contains(&n.id))
+            .filter_map(|n| n.gossip_addr.parse().ok())
+            .collect();
+        if !addrs.is_empty() {
+            self.membership.add_seeds(addrs);
+        }
+        Ok(Step::Idle)
+    }
+
+    /// Ends the leases of nodes gossip has lost whose store session has ended, and takes
+    /// their attempts over at once.
+    pub async fn take_over_dead(&self, e: &Arc<Engine>) -> Result<Step, String> {
+        let dead: Vec<String> = self
+            .membership
+            .snapshot()
+            .into_iter()
+            .filter(|p| !p.alive && p.id != e.cfg.node_id)
+            .map(|p| p.id)
+            .collect();
+        if dead.is_empty() {
+            return Ok(Step::Idle);
+        }
+        let nodes = e.store.list_nodes().await.map_err(|err| err.to_string())?;
+        let mut ended_any = false;
+        for n in nodes.iter().filter(|n| dead.contains(&n.id) && n.lease_expires_at > n.now && n.session_key != 0) {
+            // Gossip may still call an old incarnation dead while a new one runs: only act on
+            // the generation the registry holds, and only while gossip calls the id dead.
+            if self.membership.is_alive(&n.id) != Some(false) {
+                continue;
+            }
+            if self.ended.lock().map(|s| s.contains(&(n.id.clone(), n.generation))).unwrap_or(false) {
+                continue;
+            }
+            match e.store.end_dead_node_lease(&n.id, n.generation, n.session_key).await {
+                Ok(true) => {
+                    tracing::warn!(node = %n.id, generation = n.generation, "node is dead (gossip lost it and its store session ended); taking its attempts over");
+                    if let Ok(mut s) = self.ended.lock() {
+                        s.insert((n.id.clone(), n.generation));
+                    }
+                    ended_any = true;
+                }
+                Ok(false) => {}
+                Err(err) => return Err(err.to_string()),
+            }
+        }
+        if ended_any {
+            e.clone().reap().await?;
+            return Ok(Step::Busy);
+        }
+        Ok(Step::Idle)
+    }
+}
+
+/// Relays session events: work notifications wake the dispatcher (in this node's turn); a
+/// lost session is opened again and its new key written to the registry.
+pub fn spawn_session_relay(
+    cluster: Arc<Cluster>,
+    e: Arc<Engine>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<SessionEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                ev = events.recv() => ev,
+                _ = shutdown.wait_for(|s| *s) => return,
+            };
+            match ev {
+                Some(SessionEvent::Work) => e.wake_in_turn(),
+                // SQLite sessions send nothing: the poll and local wakes do the work.
+                None => {
+                    let _ = shutdown.wait_for(|s| *s).await;
+                    return;
+                }
+                Some(SessionEvent::Lost(why)) => {
+                    tracing::warn!(error = %why, "store session lost; opening a new one");
+                    let mut backoff = Duration::from_millis(100);
+                    loop {
+                        match reopen(&cluster, &e).await {
+                            Ok(rx) => {
+                                events = rx;
+                                break;
+                            }
+                            Err(err) => {
+                                tracing::warn!(error = %err, "cannot open a store session yet");
+                                tokio::select! {
+                                    _ = tokio::time::sleep(backoff) => {}
+                                    _ = shutdown.wait_for(|s| *s) => return,
+                                }
+                                backoff = (backoff * 2).min(Duration::from_secs(2));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn reopen(
+    cluster: &Cluster,
+    e: &Engine,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<SessionEvent>, shoal_store::StoreError> {
+    let (session, rx) = e.store.open_session(&e.cfg.node_id).await?;
+    let generation = e.generation.load(Ordering::SeqCst);
+    e.store.set_session_key(&e.cfg.node_id, generation, session.key).await?;
+    if let Ok(mut reg) = e.registration.lock() {
+        if let Some(r) = reg.as_mut() {
+            r.session_key = session.key;
+        }
+    }
+    if let Ok(mut s) = cluster.session.lock() {
+        *s = Some(session);
+    }
+    Ok(rx)
+}
+
+/// How often this node publishes its figures and samples load.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// How often the store's registry is read for peers gossip has not found.
+const DISCOVER_EVERY: Duration = Duration::from_secs(2);
+/// How often dead nodes are checked for besides membership changes (a session can take a
+/// moment to end after its process died).
+const CHECK_DEAD_EVERY: Duration = Duration::from_millis(200);
+
+/// The cluster's background workers: publishing, discovery through the store, and the
+/// failure detector that acts on gossip's verdicts.
+pub fn spawn_workers(cluster: &Arc<Cluster>, e: &Arc<Engine>, shutdown: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::new();
+    {
+        let mut sub = cluster.membership.subscribe();
+        let changed = changed.clone();
+        let mut stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = sub.changed() => if r.is_err() { return },
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                changed.notify_one();
+            }
+        }));
+    }
+    let (c, en) = (cluster.clone(), e.clone());
+    let stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        crate::workers::run(&en.workers, "membership", PUBLISH_EVERY, None, stop, || {
+            c.publish(&en);
+            std::future::ready(Ok(Step::Idle))
+        })
+        .await
+    }));
+    let (c, en) = (cluster.clone(), e.clone());
+    let stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        crate::workers::run(&en.workers, "discovery", DISCOVER_EVERY, None, stop, || c.discover(&en)).await
+    }));
+    let (c, en) = (cluster.clone(), e.clone());
+    let stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        crate::workers::run(&en.workers, "failure-detector", CHECK_DEAD_EVERY, Some(&changed), stop, || {
+            c.take_over_dead(&en)
+        })
+        .await
+    }));
+    tasks
+}
