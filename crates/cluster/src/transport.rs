@@ -209,3 +209,72 @@ fn is_transient(err: &std::io::Error) -> bool {
     use std::io::ErrorKind;
     matches!(err.kind(), ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset | ErrorKind::OutOfMemory)
 }
+
+#[cfg(test)]
+mod tests {
+    use chitchat::{ChitchatMessage, ProtocolVersion};
+
+    use super::*;
+    use crate::crypto::GOSSIP_LABEL;
+
+    async fn open(secret: &[u8]) -> (Box<dyn Socket>, Arc<Rejections>) {
+        let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let rejections = Arc::new(Rejections::default());
+        let transport = SealedTransport::new(socket, Arc::new(Sealer::new(secret, GOSSIP_LABEL)), rejections.clone());
+        (transport.open(addr).await.unwrap(), rejections)
+    }
+
+    fn bad_cluster() -> ChitchatEnvelope {
+        // The one message that needs no digest, which chitchat does not let us build.
+        ChitchatEnvelope { version: ProtocolVersion::V1, message: ChitchatMessage::BadCluster }
+    }
+
+    async fn recv(socket: &mut Box<dyn Socket>) -> RecvOutcome {
+        tokio::time::timeout(Duration::from_secs(5), socket.recv()).await.expect("a packet arrives").unwrap()
+    }
+
+    #[tokio::test]
+    async fn envelopes_travel_sealed_and_arrive_from_the_real_sender() {
+        let (mut a, _) = open(b"secret").await;
+        let (mut b, b_rejections) = open(b"secret").await;
+        let eavesdropper = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+
+        let sent = a.send(b.local_addr().unwrap(), bad_cluster()).await.unwrap();
+        let received = recv(&mut b).await;
+        assert_eq!(received.envelope, bad_cluster());
+        assert_eq!(received.from_addr, a.local_addr().unwrap());
+        assert_eq!(received.num_bytes_received, sent.num_bytes_sent);
+        assert_eq!(b_rejections.count(), 0);
+
+        // On the wire there is no chitchat header, only a sealed packet.
+        a.send(eavesdropper.local_addr().unwrap(), bad_cluster()).await.unwrap();
+        let mut wire = [0u8; 1024];
+        let (len, _) = eavesdropper.recv_from(&mut wire).await.unwrap();
+        assert!(!looks_like_chitchat(&wire[..len]) && len == sent.num_bytes_sent);
+        assert!(looks_like_chitchat(&[0x53, 0xb0, 1, 3]), "the header check knows chitchat's header");
+    }
+
+    #[tokio::test]
+    async fn packets_sealed_with_another_secret_or_unsealed_are_dropped_and_counted() {
+        let (mut outsider, _) = open(b"other secret").await;
+        let (mut b, b_rejections) = open(b"secret").await;
+        let b_addr = b.local_addr().unwrap();
+        outsider.send(b_addr, bad_cluster()).await.unwrap();
+        let plain = ChitchatUdpSocket::open(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.unwrap();
+        let mut plain: Box<dyn Socket> = Box::new(plain);
+        plain.send(b_addr, bad_cluster()).await.unwrap();
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b_rejections.count() < 2 {
+            assert!(Instant::now() < deadline, "both packets are rejected");
+            let outcome = tokio::time::timeout(Duration::from_millis(20), b.recv()).await;
+            assert!(outcome.is_err(), "nothing gets through: {outcome:?}");
+        }
+
+        // Still working afterwards.
+        let (mut a, _) = open(b"secret").await;
+        a.send(b_addr, bad_cluster()).await.unwrap();
+        assert_eq!(recv(&mut b).await.from_addr, a.local_addr().unwrap());
+    }
+}

@@ -141,6 +141,11 @@ pub async fn current_version(tx: &mut dyn Tx) -> Result<i64> {
 pub async fn migrate(store: &crate::Store) -> Result<i64> {
     {
         let mut tx = store.begin_write().await?;
+        if tx.dialect() == Dialect::Postgres {
+            // IF NOT EXISTS is not safe against a concurrent CREATE in PostgreSQL (two nodes
+            // starting at once on an empty database): serialise it like the migrations.
+            tx.execute("SELECT pg_advisory_xact_lock(7700770077)", vec![]).await?;
+        }
         tx.batch("CREATE TABLE IF NOT EXISTS shoal_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)").await?;
         tx.commit().await?;
     }
