@@ -355,7 +355,23 @@ async fn find_execution(state: &crate::AppState, id: &str) -> ApiResult<Executio
 }
 
 pub async fn get(state: State, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(execution_json(&find_execution(&state, &id).await?)))
+    let row = find_execution(&state, &id).await?;
+    let mut v = execution_json(&row);
+    let attempts = state.store.list_attempts(row.id.as_str()).await?;
+    v["attempts"] = attempts
+        .iter()
+        .map(|a| {
+            json!({
+                "attempt": a.attempt,
+                "node": a.node_id,
+                "fencing_token": a.fence.0,
+                "started_at": crate::rfc3339(a.started_at),
+                "finished_at": a.finished_at.map(crate::rfc3339),
+                "outcome": a.outcome,
+            })
+        })
+        .collect();
+    Ok(Json(v))
 }
 
 pub async fn cancel(state: State, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<(StatusCode, Json<Value>)> {

@@ -147,3 +147,64 @@ impl Discovery {
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MULTICAST_LABEL;
+
+    fn discovery(node_id: &str, secret: &[u8]) -> Discovery {
+        Discovery {
+            group: "239.1.2.3:7799".parse().unwrap(),
+            node_id: node_id.into(),
+            generation: 1,
+            gossip_addr: "127.0.0.1:7800".parse().unwrap(),
+            sealer: Sealer::new(secret, MULTICAST_LABEL),
+            rejections: Arc::default(),
+            found: tokio::sync::mpsc::unbounded_channel().0,
+        }
+    }
+
+    fn sealed(secret: &[u8], announcement: &Announcement) -> Vec<u8> {
+        let mut out = Vec::new();
+        Sealer::new(secret, MULTICAST_LABEL).seal(&serde_json::to_vec(announcement).unwrap(), &mut out);
+        out
+    }
+
+    #[test]
+    fn announcements_of_other_nodes_with_the_secret_and_a_close_clock_are_accepted() {
+        let me = discovery("a", b"secret");
+        let from: SocketAddr = "127.0.0.1:7799".parse().unwrap();
+        let mut other = Announcement {
+            node_id: "b".into(),
+            generation: 3,
+            gossip_addr: "10.0.0.2:7800".parse().unwrap(),
+            sent_at_ms: now_ms(),
+        };
+        assert_eq!(me.open(&mut sealed(b"secret", &other), from), Some(other.gossip_addr));
+
+        // Our own announcement, looped back: ignored, not an error.
+        let mut own = sealed(b"secret", &Announcement { node_id: "a".into(), ..other.clone() });
+        assert_eq!(me.open(&mut own, from), None);
+        assert_eq!(me.rejections.count(), 0);
+
+        assert_eq!(me.open(&mut sealed(b"another secret", &other), from), None);
+        assert_eq!(me.open(&mut b"hello".to_vec(), from), None);
+        assert_eq!(me.rejections.count(), 2);
+
+        other.sent_at_ms -= MAX_CLOCK_DISTANCE.as_millis() as u64 + 1_000;
+        assert_eq!(me.open(&mut sealed(b"secret", &other), from), None, "a replay of an old announcement");
+        assert_eq!(me.rejections.count(), 3);
+    }
+
+    #[test]
+    fn sealed_announcements_open_as_sent() {
+        let me = discovery("a", b"secret");
+        let mut packet = Vec::new();
+        me.seal_announcement(&mut packet);
+        let plain = me.sealer.open(&mut packet).unwrap();
+        let announcement: Announcement = serde_json::from_slice(plain).unwrap();
+        assert_eq!((announcement.node_id.as_str(), announcement.generation), ("a", 1));
+        assert_eq!(announcement.gossip_addr, me.gossip_addr);
+    }
+}

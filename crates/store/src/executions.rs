@@ -56,6 +56,17 @@ pub struct ExecutionRow {
     pub updated_at: i64,
 }
 
+/// One attempt of an execution, as recorded.
+#[derive(Clone, Debug)]
+pub struct AttemptRow {
+    pub attempt: i64,
+    pub fence: FencingToken,
+    pub node_id: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub outcome: Option<String>,
+}
+
 /// An attempt this node now owns.
 #[derive(Clone, Debug)]
 pub struct Claimed {
@@ -475,6 +486,31 @@ impl Store {
     pub async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRow>> {
         let mut c = self.read().await?;
         get_in(c.as_mut(), id).await
+    }
+
+    /// Every attempt of an execution, oldest first: where each ran, with which token, and how
+    /// it ended (`None` while it runs).
+    pub async fn list_attempts(&self, id: &str) -> Result<Vec<AttemptRow>> {
+        let mut c = self.read().await?;
+        let rows = c
+            .query(
+                "SELECT attempt, fence, node_id, started_at, finished_at, outcome FROM attempts
+                 WHERE execution_id = $1 ORDER BY attempt",
+                vec![id.into()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRow {
+                    attempt: r.i64(0)?,
+                    fence: FencingToken(r.i64(1)?),
+                    node_id: r.text(2)?,
+                    started_at: r.i64(3)?,
+                    finished_at: r.opt_i64(4)?,
+                    outcome: r.opt_text(5)?,
+                })
+            })
+            .collect()
     }
 
     pub async fn list_executions(&self, f: &ExecutionFilter) -> Result<Vec<ExecutionRow>> {

@@ -17,8 +17,8 @@ mod submitter;
 
 pub use db::Dialect;
 pub use executions::{
-    AttemptEnd, CancelResult, Claimed, ExecutionFilter, ExecutionRow, Finish, FinishResult, LogChunk, LogRow,
-    NewExecution, Submitted,
+    AttemptEnd, AttemptRow, CancelResult, Claimed, ExecutionFilter, ExecutionRow, Finish, FinishResult, LogChunk,
+    LogRow, NewExecution, Submitted,
 };
 pub use nodes::{NodeLease, NodeRegistration, NodeRow, NodeStatus, Renewal};
 pub use sandboxes::SandboxRow;

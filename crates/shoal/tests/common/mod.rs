@@ -65,6 +65,25 @@ impl TestNode {
 
     pub async fn start_on(dir: tempfile::TempDir, store_url: String, extra: &str) -> TestNode {
         let text = config_text(dir.path(), &store_url, extra);
+        Self::start_with_text(dir, store_url, text).await
+    }
+
+    /// A node with id `id` (the others are `n1` unless said otherwise).
+    pub async fn start_named(dir: tempfile::TempDir, store_url: String, id: &str) -> TestNode {
+        Self::start_edited(dir, store_url, |t| t.replace("node_id = \"n1\"", &format!("node_id = \"{id}\""))).await
+    }
+
+    /// A node whose configuration is the standard one changed by `edit`.
+    pub async fn start_edited(
+        dir: tempfile::TempDir,
+        store_url: String,
+        edit: impl FnOnce(String) -> String,
+    ) -> TestNode {
+        let text = edit(config_text(dir.path(), &store_url, ""));
+        Self::start_with_text(dir, store_url, text).await
+    }
+
+    async fn start_with_text(dir: tempfile::TempDir, store_url: String, text: String) -> TestNode {
         let config = Config::parse(&text, "test", Vec::<(String, String)>::new()).unwrap();
         let node = shoal_server::start(config).await.unwrap();
         let url = node.url().to_owned();
