@@ -317,7 +317,9 @@ impl Node {
         if let Ok(mut s) = self.cluster.session.lock() {
             s.take();
         }
-        self.cluster.membership.leave();
+        // Stopping gossip joins its thread: not on a runtime thread.
+        let cluster = self.cluster.clone();
+        let _ = tokio::task::spawn_blocking(move || cluster.membership.leave()).await;
         // Followers of live logs may hold connections open; give them a moment, then go.
         let mut http = self.http;
         if tokio::time::timeout(Duration::from_secs(2), &mut http).await.is_err() {

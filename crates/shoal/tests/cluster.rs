@@ -1,0 +1,252 @@
+//! Several in-process nodes on one PostgreSQL store: drain and a rolling restart under load,
+//! how work spreads, load limits, and the cluster secret.
+
+mod common;
+
+use common::TestNode;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+async fn node(db: &str, id: &str, edit: impl FnOnce(String) -> String) -> TestNode {
+    let id = id.to_owned();
+    TestNode::start_edited(tempfile::tempdir().unwrap(), db.to_owned(), move |t| {
+        edit(t.replace("node_id = \"n1\"", &format!("node_id = \"{id}\"")))
+    })
+    .await
+}
+
+async fn cluster(db: &str, n: usize) -> Vec<TestNode> {
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        nodes.push(node(db, &format!("n{i}"), |t| t).await);
+    }
+    wait_gossip(&nodes, n).await;
+    nodes
+}
+
+/// Waits until every node's gossip sees `n` nodes alive.
+async fn wait_gossip(nodes: &[TestNode], n: usize) {
+    for t in nodes {
+        shoal_testkit::wait_until_async(
+            &format!("{} to see {n} nodes alive", t.url),
+            Duration::from_secs(20),
+            || async {
+                let (_, v) = t.get("/api/v1/nodes").await;
+                v["nodes"].as_array().is_some_and(|a| a.iter().filter(|x| x["gossip"] == "alive").count() == n)
+            },
+        )
+        .await;
+    }
+}
+
+/// How many executions each node ran, from the listing.
+async fn ran_per_node(t: &TestNode, ids: &[String]) -> BTreeMap<String, usize> {
+    let mut per = BTreeMap::new();
+    for id in ids {
+        let e = t.execution(id).await;
+        *per.entry(e["node"].as_str().unwrap_or("-").to_owned()).or_default() += 1;
+    }
+    per
+}
+
+/// Guarantee 8: drain each node in turn (through another node), stop it once idle and start
+/// it again, while work keeps arriving: no execution fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_and_a_rolling_restart_under_load_fail_nothing() {
+    let db = shoal_testkit::postgres().fresh_database();
+    let mut nodes = cluster(&db, 3).await;
+    // The sandbox outlives every node's own folder.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(shared.path().join("jobs")).unwrap();
+    std::fs::write(
+        shared.path().join("jobs/work.toml"),
+        "command = [\"sh\", \"-c\", \"sleep 0.3; echo done\"]\non_node_loss = \"fail\"\n",
+    )
+    .unwrap();
+    let (status, v) = nodes[0]
+        .post("/api/v1/sandboxes", json!({"name": "sb", "kind": "shared", "root": shared.path().display().to_string()}))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let urls: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(nodes.iter().map(|n| n.url.clone()).collect()));
+    let ids: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (urls, ids, stop) = (urls.clone(), ids.clone(), stop.clone());
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
+            let mut i = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                let candidates = urls.lock().unwrap().clone();
+                let url = &candidates[i % candidates.len()];
+                i += 1;
+                // A client retries on another node with the same idempotency key.
+                let key = format!("k{i}");
+                for attempt in 0..candidates.len() {
+                    let url = if attempt == 0 { url } else { &candidates[(i + attempt) % candidates.len()] };
+                    let r = http
+                        .post(format!("{url}/api/v1/executions"))
+                        .header("idempotency-key", &key)
+                        .json(&json!({"sandbox": "sb", "job": "jobs/work.toml"}))
+                        .send()
+                        .await;
+                    if let Ok(r) = r {
+                        if r.status().is_success() {
+                            let v: Value = r.json().await.unwrap();
+                            ids.lock().unwrap().push(v["id"].as_str().unwrap().to_owned());
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        })
+    };
+
+    for k in 0..nodes.len() {
+        let id = format!("n{}", k + 1);
+        let other = &nodes[(k + 1) % nodes.len()];
+        shoal_testkit::wait_until_async(&format!("{id} to run something"), Duration::from_secs(20), || async {
+            let (_, v) = nodes[k].get(&format!("/api/v1/nodes/{id}")).await;
+            v["running"].as_i64().unwrap_or(0) > 0
+        })
+        .await;
+        urls.lock().unwrap().retain(|u| *u != nodes[k].url);
+        // Drain through another node: the request is forwarded to the node it names.
+        let (status, v) = other.post(&format!("/api/v1/nodes/{id}/drain"), json!({})).await;
+        assert_eq!((status, v["state"].as_str()), (200, Some("draining")), "{v}");
+        let (status, v) = nodes[k].get("/health/ready").await;
+        assert_eq!(status, 503, "a draining node is not ready: {v}");
+        shoal_testkit::wait_until_async(&format!("{id} to finish its attempts"), Duration::from_secs(30), || async {
+            let (_, v) = nodes[k].get(&format!("/api/v1/nodes/{id}")).await;
+            v["running"].as_i64() == Some(0)
+        })
+        .await;
+        nodes[k].stop().await;
+        nodes[k] = node(&db, &id, |t| t).await;
+        urls.lock().unwrap().push(nodes[k].url.clone());
+        wait_gossip(&nodes, 3).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    producer.await.unwrap();
+    let ids = ids.lock().unwrap().clone();
+    assert!(ids.len() > 20, "only {} executions were submitted", ids.len());
+    let mut states = BTreeMap::new();
+    for id in &ids {
+        let e = nodes[0].wait_final(id, Duration::from_secs(60)).await;
+        *states.entry(e["state"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+        assert_eq!(e["state"], "succeeded", "{e}");
+    }
+    eprintln!("rolling restart: {states:?}");
+    for n in nodes.iter_mut() {
+        n.stop().await;
+    }
+}
+
+/// Work spreads: 300 equal executions submitted to one node land within 20% of even on three
+/// equal nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_work_spreads_evenly_over_equal_nodes() {
+    let db = shoal_testkit::postgres().fresh_database();
+    let mut nodes = cluster(&db, 3).await;
+    nodes[0].sandbox("sb", &[("jobs/w.toml", "command = [\"sleep\", \"0.1\"]\n")]).await;
+    let mut ids = Vec::new();
+    for _ in 0..300 {
+        ids.push(nodes[0].submit(json!({"sandbox": "sb", "job": "jobs/w.toml"})).await);
+    }
+    for id in &ids {
+        let e = nodes[1].wait_final(id, Duration::from_secs(120)).await;
+        assert_eq!(e["state"], "succeeded", "{e}");
+    }
+    let per = ran_per_node(&nodes[2], &ids).await;
+    eprintln!("spread of 300: {per:?}");
+    assert_eq!(per.len(), 3, "{per:?}");
+    for (n, count) in &per {
+        assert!((80..=120).contains(count), "node {n} ran {count} of 300, more than 20% off even: {per:?}");
+    }
+    for n in nodes.iter_mut() {
+        n.stop().await;
+    }
+}
+
+/// A node at its CPU limit takes no new work; the others take all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_at_its_cpu_limit_gets_no_work() {
+    let db = shoal_testkit::postgres().fresh_database();
+    let mut nodes = vec![node(&db, "n1", |t| t).await, node(&db, "n2", |t| t).await];
+    // One spinning core of this machine's is at least 1/cores of its CPU: above a 5% limit.
+    let spin = Arc::new(AtomicBool::new(true));
+    let spinner = {
+        let spin = spin.clone();
+        std::thread::spawn(move || {
+            while spin.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    nodes.push(node(&db, "n3", |t| t.replace("[executor]\n", "[executor]\ncpu_limit = 5\n")).await);
+    wait_gossip(&nodes, 3).await;
+    shoal_testkit::wait_until_async("n3 to refuse work for its CPU", Duration::from_secs(10), || async {
+        let (_, v) = nodes[2].get("/api/v1/nodes/n3").await;
+        v["accepting_work"] == false && v["not_accepting_because"].as_str().is_some_and(|w| w.contains("CPU"))
+    })
+    .await;
+    nodes[0].sandbox("sb", &[("jobs/w.toml", "command = [\"true\"]\n")]).await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(nodes[i % 3].submit(json!({"sandbox": "sb", "job": "jobs/w.toml"})).await);
+    }
+    for id in &ids {
+        nodes[0].wait_final(id, Duration::from_secs(60)).await;
+    }
+    let per = ran_per_node(&nodes[0], &ids).await;
+    spin.store(false, Ordering::Relaxed);
+    spinner.join().unwrap();
+    assert_eq!(per.get("n3"), None, "n3 is at its CPU limit yet ran work: {per:?}");
+    assert_eq!(per.values().sum::<usize>(), 30, "{per:?}");
+    for n in nodes.iter_mut() {
+        n.stop().await;
+    }
+}
+
+/// A node with another cluster secret cannot join: gossip drops its packets (and counts them)
+/// and the others never see it alive, nor it them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_secret_cannot_join() {
+    let db = shoal_testkit::postgres().fresh_database();
+    let secret = |s: &'static str| move |t: String| t.replace("[cluster]\n", &format!("[cluster]\nsecret = \"{s}\"\n"));
+    let mut nodes = vec![
+        node(&db, "n1", secret("the-right-secret-0123456789")).await,
+        node(&db, "n2", secret("the-right-secret-0123456789")).await,
+    ];
+    wait_gossip(&nodes, 2).await;
+    let mut intruder = node(&db, "n3", secret("some-other-secret-987654321")).await;
+    // n3 finds the others through the store's registry and keeps knocking.
+    shoal_testkit::wait_until_async("n1 to drop n3's packets", Duration::from_secs(20), || async {
+        let (_, v) = nodes[0].get("/api/v1/nodes/n1").await;
+        v["rejected_gossip_packets"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    for t in nodes.iter().chain(std::iter::once(&intruder)) {
+        let (_, v) = t.get("/api/v1/nodes").await;
+        let alive: Vec<&str> = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["gossip"] == "alive")
+            .map(|x| x["id"].as_str().unwrap())
+            .collect();
+        if t.url == intruder.url {
+            assert_eq!(alive, ["n3"], "{v}");
+        } else {
+            assert!(!alive.contains(&"n3"), "{v}");
+            assert_eq!(alive.len(), 2, "{v}");
+        }
+    }
+    intruder.stop().await;
+    for n in nodes.iter_mut() {
+        n.stop().await;
+    }
+}
