@@ -34,6 +34,9 @@ pub struct SpawnSpec {
     pub env: Vec<(String, String)>,
     /// How long [`RunningChild::terminate`] waits between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
+    /// The node's lease deadline file (see [`crate::deadline`]); the supervisor kills the job
+    /// once the deadline in it has passed.
+    pub deadline_file: Option<PathBuf>,
 }
 
 /// A spawn request to the launcher thread. The runtime handle is that of the caller, so the
@@ -137,7 +140,7 @@ fn spawn_supervisor(exe: &std::path::Path, parent_pid: u32, spec: SpawnSpec) -> 
     if !spec.cwd.is_dir() {
         return Err(Error::Cwd { path: spec.cwd });
     }
-    let args = SuperviseArgs { parent_pid, grace: spec.kill_grace, argv: spec.argv };
+    let args = SuperviseArgs { parent_pid, grace: spec.kill_grace, deadline_file: spec.deadline_file, argv: spec.argv };
     let mut command = tokio::process::Command::new(exe);
     command
         .arg(SUPERVISE_SUBCOMMAND)

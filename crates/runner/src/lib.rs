@@ -16,9 +16,13 @@
 //! sends SIGHUP itself when shoal dies. The supervisor exits the way the job did, so shoal
 //! sees the job's exit code or fatal signal as the supervisor's.
 //!
+//! A supervisor also watches the node's lease deadline (see [`deadline`]) and kills the job
+//! when the deadline passes, so a frozen node's jobs die before its lease runs out.
+//!
 //! The supervisor is the shoal binary re-executed with the hidden `__supervise` subcommand,
 //! whose entry point is [`supervise_main`].
 
+pub mod deadline;
 mod exit;
 mod launcher;
 mod output;

@@ -3,6 +3,7 @@
 //! main process exits, and when shoal itself dies.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -12,6 +13,9 @@ use signal_hook::iterator::Signals;
 /// The hidden subcommand of the shoal binary that runs [`supervise_main`]. The shoal binary
 /// must dispatch it before any other argument parsing and before starting a tokio runtime.
 pub const SUPERVISE_SUBCOMMAND: &str = "__supervise";
+
+/// How often a supervisor reads the node's lease deadline.
+const DEADLINE_CHECK: Duration = Duration::from_millis(100);
 
 /// Exit code when the job cannot be started, as a shell would report it.
 const CANNOT_START: i32 = 127;
@@ -23,21 +27,23 @@ pub(crate) struct SuperviseArgs {
     pub parent_pid: u32,
     /// How long a graceful stop waits between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// The node's lease deadline file: the job is killed once the deadline in it has passed.
+    pub deadline_file: Option<std::path::PathBuf>,
     /// The job's program and arguments; never empty.
     pub argv: Vec<String>,
 }
 
 impl SuperviseArgs {
-    /// `--parent-pid N --grace-ms N -- program args...`
+    /// `--parent-pid N --grace-ms N [--deadline-file PATH] -- program args...`
     pub(crate) fn encode(&self) -> Vec<String> {
         let grace_ms = u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX);
-        let mut out = vec![
-            "--parent-pid".to_owned(),
-            self.parent_pid.to_string(),
-            "--grace-ms".to_owned(),
-            grace_ms.to_string(),
-            "--".to_owned(),
-        ];
+        let mut out =
+            vec!["--parent-pid".to_owned(), self.parent_pid.to_string(), "--grace-ms".to_owned(), grace_ms.to_string()];
+        if let Some(path) = &self.deadline_file {
+            out.push("--deadline-file".to_owned());
+            out.push(path.display().to_string());
+        }
+        out.push("--".to_owned());
         out.extend(self.argv.iter().cloned());
         out
     }
@@ -45,6 +51,7 @@ impl SuperviseArgs {
     pub(crate) fn parse(args: &[String]) -> Result<SuperviseArgs, String> {
         let mut parent_pid = None;
         let mut grace = None;
+        let mut deadline_file = None;
         let mut rest = args.iter();
         loop {
             let Some(flag) = rest.next() else {
@@ -62,6 +69,10 @@ impl SuperviseArgs {
                     let ms = value.parse::<u64>().map_err(|e| format!("bad --grace-ms {value:?}: {e}"))?;
                     grace = Some(Duration::from_millis(ms));
                 }
+                "--deadline-file" => {
+                    let value = rest.next().ok_or("--deadline-file needs a value")?;
+                    deadline_file = Some(std::path::PathBuf::from(value));
+                }
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -72,6 +83,7 @@ impl SuperviseArgs {
         Ok(SuperviseArgs {
             parent_pid: parent_pid.ok_or("missing --parent-pid")?,
             grace: grace.ok_or("missing --grace-ms")?,
+            deadline_file,
             argv,
         })
     }
@@ -189,34 +201,44 @@ fn run(args: &SuperviseArgs) -> ExitStatus {
         fail(&format!("shoal: supervisor cannot start a thread: {e}"));
     }
 
-    event_loop(&events, pgid, args.grace);
+    event_loop(&events, pgid, args.grace, args.deadline_file.as_deref());
     // The main process has exited and the rest of its group has been sent SIGKILL.
     reap(child)
 }
 
 /// Reacts to signals until the job's main process exits, then kills what is left of its
 /// group.
-fn event_loop(events: &mpsc::Receiver<Event>, pgid: libc::pid_t, grace: Duration) {
+fn event_loop(events: &mpsc::Receiver<Event>, pgid: libc::pid_t, grace: Duration, deadline: Option<&Path>) {
     // Set while a graceful stop is in progress: when to give up and SIGKILL.
     let mut kill_at: Option<Instant> = None;
     // Once SIGKILL has been sent, further stop requests change nothing.
     let mut killed = false;
     loop {
-        let event = match kill_at {
-            None => events.recv().ok(),
-            Some(at) => {
-                let left = at.saturating_duration_since(Instant::now());
-                match events.recv_timeout(left) {
-                    Ok(event) => Some(event),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        kill_group(pgid, libc::SIGKILL);
-                        killed = true;
-                        kill_at = None;
-                        continue;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => None,
+        // Wake at least this often to check the node's lease deadline.
+        let tick = if deadline.is_some() && !killed { DEADLINE_CHECK } else { Duration::from_secs(3600) };
+        let wait = match kill_at {
+            None => tick,
+            Some(at) => at.saturating_duration_since(Instant::now()).min(tick),
+        };
+        let event = match events.recv_timeout(wait) {
+            Ok(event) => Some(event),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if kill_at.is_some_and(|at| Instant::now() >= at) {
+                    kill_group(pgid, libc::SIGKILL);
+                    killed = true;
+                    kill_at = None;
+                } else if !killed
+                    && deadline.and_then(crate::deadline::read).is_some_and(|d| crate::deadline::boottime_ms() >= d)
+                {
+                    // The node could not renew its lease in time and did not kill us itself
+                    // (frozen): go now, before another node may take the attempt over.
+                    let _ = writeln!(std::io::stderr(), "shoal: the node's lease deadline passed; killing the job");
+                    kill_group(pgid, libc::SIGKILL);
+                    killed = true;
                 }
+                continue;
             }
+            Err(mpsc::RecvTimeoutError::Disconnected) => None,
         };
         match event {
             Some(Event::Signal(libc::SIGHUP)) => {
@@ -325,6 +347,7 @@ mod tests {
         let args = SuperviseArgs {
             parent_pid: 42,
             grace: Duration::from_millis(2500),
+            deadline_file: None,
             argv: strings(&["sh", "-c", "echo -- --grace-ms"]),
         };
         let encoded = args.encode();
@@ -332,7 +355,9 @@ mod tests {
             encoded,
             strings(&["--parent-pid", "42", "--grace-ms", "2500", "--", "sh", "-c", "echo -- --grace-ms"])
         );
-        assert_eq!(SuperviseArgs::parse(&encoded), Ok(args));
+        assert_eq!(SuperviseArgs::parse(&encoded), Ok(args.clone()));
+        let with = SuperviseArgs { deadline_file: Some("/d/lease-deadline".into()), ..args };
+        assert_eq!(SuperviseArgs::parse(&with.encode()), Ok(with));
     }
 
     #[test]

@@ -26,6 +26,7 @@ fn sh(script: &str, cwd: &Path) -> SpawnSpec {
         cwd: cwd.to_owned(),
         env: Vec::new(),
         kill_grace: Duration::from_secs(10),
+        deadline_file: None,
     }
 }
 
@@ -281,6 +282,7 @@ async fn program_that_cannot_start_exits_127() {
             cwd: dir.path().to_owned(),
             env: Vec::new(),
             kill_grace: Duration::from_secs(1),
+            deadline_file: None,
         };
         let mut child = launcher.spawn(spec).await.unwrap();
         let mut out = Output::of(&mut child);
@@ -438,4 +440,33 @@ async fn sigkill_of_the_supervisor_takes_the_job_with_it() {
     assert_eq!(wait_soon(&mut child).await, Exit::Signal(libc::SIGKILL));
     assert!(eventually(SOON, || !alive(job)).await, "the job outlived its supervisor");
     out.read_to_close().await;
+}
+
+/// A frozen node cannot kill its jobs; the supervisor does, once the lease deadline the node
+/// last published has passed, and only then.
+#[tokio::test]
+async fn the_job_dies_when_the_nodes_lease_deadline_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lease-deadline");
+    let launcher = launcher();
+    shoal_runner::deadline::write(&file, shoal_runner::deadline::boottime_ms() + 60_000).unwrap();
+    let mut spec = sh("echo $$ > pid; sleep 600", dir.path());
+    spec.deadline_file = Some(file.clone());
+    let mut child = launcher.spawn(spec).await.unwrap();
+    let _out = Output::of(&mut child);
+    let pid_file = dir.path().join("pid");
+    let started = std::time::Instant::now();
+    while !pid_file.exists() {
+        assert!(started.elapsed() < Duration::from_secs(10), "job did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A deadline in the future keeps it alive.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(child.try_wait().unwrap().is_none(), "killed before the deadline");
+    // The node stops renewing: the deadline passes.
+    shoal_runner::deadline::write(&file, shoal_runner::deadline::boottime_ms()).unwrap();
+    let killed_at = std::time::Instant::now();
+    let exit = wait_soon(&mut child).await;
+    assert_eq!(exit, Exit::Signal(libc::SIGKILL));
+    assert!(killed_at.elapsed() < Duration::from_secs(2), "{:?}", killed_at.elapsed());
 }

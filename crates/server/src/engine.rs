@@ -53,6 +53,8 @@ pub struct EngineConfig {
     pub scratch_dir: PathBuf,
     pub limits: Limits,
     pub drain_deadline: Duration,
+    /// Where the lease deadline is published to supervisors (see `shoal_runner::deadline`).
+    pub deadline_file: PathBuf,
 }
 
 /// A peer's figures from gossip, for [`claim_delay`].
@@ -243,8 +245,24 @@ impl Engine {
 
     /// Renews the lease on the store's clock and publishes the node's load. A renewal that
     /// takes longer than `bound` counts as failed.
+    /// How long before its lease runs out a node (or, if the node is frozen, each supervisor)
+    /// kills the attempts: covers the kill itself and the scheduling of the check.
+    pub fn kill_margin(&self) -> Duration {
+        (self.cfg.lease_ttl / 5).max(Duration::from_millis(500))
+    }
+
+    /// Publishes to supervisors the moment their jobs must be dead by: the lease end as this
+    /// node knows it (from when the renewal was sent), less the margin.
+    pub fn publish_deadline(&self, sent_boottime_ms: u64) {
+        let deadline = sent_boottime_ms + self.cfg.lease_ttl.saturating_sub(self.kill_margin()).as_millis() as u64;
+        if let Err(e) = shoal_runner::deadline::write(&self.cfg.deadline_file, deadline) {
+            tracing::warn!(error = %e, path = %self.cfg.deadline_file.display(), "cannot publish the lease deadline");
+        }
+    }
+
     pub async fn renew_lease(self: Arc<Self>, bound: Duration) -> Result<Step, String> {
         let sent = Instant::now();
+        let sent_boottime = shoal_runner::deadline::boottime_ms();
         let generation = self.generation.load(Ordering::SeqCst);
         self.hand_back_after_drain_deadline();
         let state = if self.stopping.load(Ordering::SeqCst) { "stopping" } else { self.state().as_str() };
@@ -266,6 +284,7 @@ impl Engine {
                 if let Ok(mut last) = self.last_renewal.lock() {
                     *last = sent;
                 }
+                self.publish_deadline(sent_boottime);
                 if r.had_expired {
                     tracing::warn!(
                         "lease had expired before it was renewed; attempts of this node may have been taken over"
@@ -292,7 +311,7 @@ impl Engine {
                 // are taking our attempts over: stop them, then join again as a new generation.
                 tracing::error!("the cluster ended this node's lease; stopping every attempt and registering again");
                 self.stop_all(Stop::LeaseLost);
-                self.register_again(sent).await
+                self.register_again(sent, sent_boottime).await
             }
             Err(err) => {
                 self.metrics.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
@@ -304,7 +323,7 @@ impl Engine {
         }
     }
 
-    async fn register_again(&self, sent: Instant) -> Result<Step, String> {
+    async fn register_again(&self, sent: Instant, sent_boottime: u64) -> Result<Step, String> {
         let Some(reg) = self.registration.lock().ok().and_then(|r| r.clone()) else {
             return Err("lease ended and nothing to register again with".into());
         };
@@ -313,6 +332,7 @@ impl Engine {
         if let Ok(mut last) = self.last_renewal.lock() {
             *last = sent;
         }
+        self.publish_deadline(sent_boottime);
         tracing::warn!(generation = lease.generation, "registered again after the cluster ended this node's lease");
         Ok(Step::Busy)
     }
@@ -487,7 +507,13 @@ impl Engine {
             env.push(("SHOAL_SANDBOX".into(), name.clone()));
             env.push(("SHOAL_SANDBOX_ROOT".into(), root));
         }
-        Ok(SpawnSpec { argv: command.clone(), cwd, env, kill_grace: self.cfg.kill_grace })
+        Ok(SpawnSpec {
+            argv: command.clone(),
+            cwd,
+            env,
+            kill_grace: self.cfg.kill_grace,
+            deadline_file: Some(self.cfg.deadline_file.clone()),
+        })
     }
 
     /// Runs one attempt to its end. Returns how it ended, the output not yet written, and

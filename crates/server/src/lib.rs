@@ -99,6 +99,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
                 memory: config.executor.memory_limit,
             },
             drain_deadline: config.cluster.drain_deadline,
+            deadline_file: config.data_dir.join("lease-deadline"),
         },
         launcher,
         metrics.clone(),
@@ -126,8 +127,10 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         session_key: session.key,
     };
     let sent = Instant::now();
+    let sent_boottime = shoal_runner::deadline::boottime_ms();
     let lease =
         store.register_node(&reg, config.cluster.lease_ttl).await.context("cannot register this node in the store")?;
+    engine.publish_deadline(sent_boottime);
     *engine.last_renewal.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = sent;
     *engine.registration.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(reg);
     engine.generation.store(lease.generation, Ordering::SeqCst);
@@ -262,8 +265,7 @@ fn spawn_watchdog(e: Arc<Engine>, mut shutdown: watch::Receiver<bool>) -> JoinHa
     tokio::spawn(async move {
         // Margin between killing our children and the earliest moment another node may take
         // them over: covers the kill itself and the scheduling of this check.
-        let margin = (e.cfg.lease_ttl / 5).max(Duration::from_millis(500));
-        let deadline = e.cfg.lease_ttl.saturating_sub(margin);
+        let deadline = e.cfg.lease_ttl.saturating_sub(e.kill_margin());
         loop {
             let since = e.last_renewal.lock().map(|l| l.elapsed()).unwrap_or_default();
             if since >= deadline && !e.cut_off.swap(true, Ordering::SeqCst) {

@@ -38,6 +38,7 @@ fn parent(argv: Vec<String>) -> Result<(), Box<dyn std::error::Error>> {
                 cwd: std::env::current_dir()?,
                 env: Vec::new(),
                 kill_grace: std::time::Duration::from_secs(30),
+                deadline_file: None,
             })
             .await?;
         let mut stdout = std::io::stdout();
