@@ -52,6 +52,7 @@ codes! {
     invalid_parameter => (UNPROCESSABLE_ENTITY, "invalid_parameter"),
     unknown_node => (UNPROCESSABLE_ENTITY, "unknown_node"),
     unknown_tag => (UNPROCESSABLE_ENTITY, "unknown_tag"),
+    invalid_partitions => (UNPROCESSABLE_ENTITY, "invalid_partitions"),
     idempotency_key_reused => (UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
     internal => (INTERNAL_SERVER_ERROR, "internal"),
     store_unavailable => (SERVICE_UNAVAILABLE, "store_unavailable"),

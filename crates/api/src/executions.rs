@@ -73,6 +73,8 @@ pub fn execution_json(e: &ExecutionRow) -> Value {
         "started_at": e.started_at.map(crate::rfc3339),
         "finished_at": e.finished_at.map(crate::rfc3339),
         "updated_at": crate::rfc3339(e.updated_at),
+        "parent": e.parent_id,
+        "partition": e.partition,
     })
 }
 
@@ -151,8 +153,14 @@ pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<
     };
     let pinned_node = sandbox.as_ref().and_then(|s| match s.kind {
         SandboxKind::Local => s.node_id.clone(),
-        SandboxKind::Shared => None,
+        SandboxKind::Shared | SandboxKind::Partitioned => None,
     });
+    if let Some(s) = sandbox.as_ref().filter(|s| s.kind == SandboxKind::Partitioned) {
+        return Err(ApiError::invalid_request(format!(
+            "sandbox `{}` is partitioned: keep job files in a shared sandbox and run them with allocation kind `partitioned` and sandbox = \"{}\"",
+            s.name, s.name
+        )));
+    }
     let (job_path, mut spec) = match (&req.job, &req.command) {
         (Some(_), Some(_)) => return Err(ApiError::invalid_request("give either `job` or `command`, not both")),
         (None, None) => {
@@ -237,8 +245,41 @@ pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<
     if !spec.allow_pending {
         check_allocation_targets(&state, &spec.allocation).await?;
     }
+    let partitioned = match &spec.allocation {
+        Allocation::Partitioned { sandbox: parts } => Some(partitions_of(&state, parts).await?),
+        _ => None,
+    };
     let new = NewExecution { sandbox: req.sandbox.clone(), job: job_path, params, spec, pinned_node, idempotency };
-    let submitted = state.submitter.submit(new).await?;
+    let submitted = match partitioned {
+        None => state.submitter.submit(new).await?,
+        Some((parts, list)) => {
+            if new.pinned_node.is_some() {
+                return Err(ApiError::invalid_request(
+                    "a job of a local sandbox runs on its holder only and cannot be partitioned; keep it in a shared sandbox",
+                ));
+            }
+            let children: Vec<(String, NewExecution)> = list
+                .iter()
+                .map(|p| {
+                    let mut spec = new.spec.clone();
+                    spec.allocation = Allocation::Any;
+                    spec.env.insert("SHOAL_PARTITION".into(), p.name.clone());
+                    spec.env.insert("SHOAL_PARTITION_ROOT".into(), p.root.clone());
+                    spec.env.insert("SHOAL_PARTITIONED_SANDBOX".into(), parts.clone());
+                    let child = NewExecution {
+                        sandbox: new.sandbox.clone(),
+                        job: new.job.clone(),
+                        params: new.params.clone(),
+                        spec,
+                        pinned_node: Some(p.node.clone()),
+                        idempotency: None,
+                    };
+                    (p.name.clone(), child)
+                })
+                .collect();
+            state.store.submit_partitioned(&new, &children).await?
+        }
+    };
     state.engine.wake();
     match submitted {
         Submitted::Created(row) => {
@@ -258,6 +299,20 @@ pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<
     }
 }
 
+/// The partitions a `partitioned` allocation runs on: its sandbox must exist and be partitioned.
+async fn partitions_of(state: &crate::AppState, name: &str) -> ApiResult<(String, Vec<shoal_core::Partition>)> {
+    let s = state.store.get_sandbox(name).await?.ok_or_else(|| {
+        ApiError::unknown_sandbox(format!("allocation `partitioned` names sandbox `{name}`, which does not exist"))
+    })?;
+    if s.kind != SandboxKind::Partitioned {
+        return Err(ApiError::invalid_request(format!(
+            "allocation `partitioned` names sandbox `{name}`, which is {}, not partitioned",
+            s.kind
+        )));
+    }
+    Ok((s.name, s.partitions))
+}
+
 /// Refuses an allocation no node of the cluster could ever take (a misspelt node id or tag),
 /// rather than queueing work that would wait forever. Nodes that are registered but down
 /// count: their work waits for them.
@@ -265,6 +320,17 @@ async fn check_allocation_targets(state: &crate::AppState, allocation: &Allocati
     let known = || async { state.store.list_nodes().await.map_err(ApiError::from) };
     match allocation {
         Allocation::Any => Ok(()),
+        Allocation::Partitioned { sandbox } => {
+            let known = known().await?;
+            let (_, parts) = partitions_of(state, sandbox).await?;
+            match parts.iter().find(|p| !known.iter().any(|k| k.id == p.node)) {
+                None => Ok(()),
+                Some(p) => Err(ApiError::unknown_node(format!(
+                    "partition `{}` of sandbox `{sandbox}` is on node `{}`, which has never joined the cluster; fix the sandbox, or set allow_pending = true to queue until it joins",
+                    p.name, p.node
+                ))),
+            }
+        }
         Allocation::Nodes { nodes } => {
             let known = known().await?;
             match nodes.iter().find(|n| !known.iter().any(|k| &k.id == *n)) {
@@ -371,6 +437,10 @@ pub async fn get(state: State, Path(id): Path<String>) -> ApiResult<Json<Value>>
             })
         })
         .collect();
+    if matches!(row.spec.allocation, Allocation::Partitioned { .. }) && row.parent_id.is_none() {
+        let children = state.store.list_children(row.id.as_str()).await?;
+        v["children"] = children.iter().map(execution_json).collect();
+    }
     Ok(Json(v))
 }
 

@@ -21,9 +21,54 @@ struct CreateSandbox {
     name: String,
     kind: String,
     /// Absolute path of the sandbox's folder on the node(s) that hold it; created if missing.
-    root: String,
+    /// Not for partitioned sandboxes, whose parts each have their own.
+    root: Option<String>,
     /// Holder of a `local` sandbox; defaults to the node serving the request.
     node: Option<String>,
+    /// The parts of a `partitioned` sandbox.
+    partitions: Option<Vec<RawPartition>>,
+}
+
+/// A part as sent: every field optional here so that a missing one gets a 422 that names it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartition {
+    name: Option<String>,
+    node: Option<String>,
+    root: Option<String>,
+}
+
+/// Checks a partitioned sandbox's parts (422 for a missing field, an overlap, a duplicate name,
+/// or a node that has never joined).
+async fn partitions(state: &crate::AppState, raw: Option<Vec<RawPartition>>) -> ApiResult<Vec<shoal_core::Partition>> {
+    let raw = raw.ok_or_else(|| {
+        ApiError::invalid_partitions(
+            "a partitioned sandbox needs `partitions`: a list of {\"name\", \"node\", \"root\"}, one per part",
+        )
+    })?;
+    let mut parts = Vec::with_capacity(raw.len());
+    for (i, p) in raw.into_iter().enumerate() {
+        let missing = |field: &str| {
+            ApiError::invalid_partitions(format!(
+                "partition {} has no `{field}`; each needs name, node and root",
+                i + 1
+            ))
+        };
+        parts.push(shoal_core::Partition {
+            name: p.name.ok_or_else(|| missing("name"))?,
+            node: p.node.ok_or_else(|| missing("node"))?,
+            root: p.root.ok_or_else(|| missing("root"))?,
+        });
+    }
+    shoal_core::validate_partitions(&parts).map_err(ApiError::invalid_partitions)?;
+    let known = state.store.list_nodes().await?;
+    if let Some(p) = parts.iter().find(|p| !known.iter().any(|k| k.id == p.node)) {
+        return Err(ApiError::unknown_node(format!(
+            "partition `{}` is on node `{}`, which has never joined the cluster; start that node first or fix the id",
+            p.name, p.node
+        )));
+    }
+    Ok(parts)
 }
 
 pub fn sandbox_json(s: &SandboxRow) -> Value {
@@ -32,6 +77,7 @@ pub fn sandbox_json(s: &SandboxRow) -> Value {
         "kind": s.kind,
         "root": s.root,
         "node": s.node_id,
+        "partitions": s.partitions,
         "created_at": crate::rfc3339(s.created_at),
     })
 }
@@ -66,11 +112,29 @@ pub async fn create(state: State, request: Request) -> ApiResult<Response> {
     let (req, raw): (CreateSandbox, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
     let name = SandboxName::parse(&req.name).map_err(ApiError::invalid_request)?;
     let kind = SandboxKind::parse(&req.kind).map_err(ApiError::invalid_request)?;
-    let root = std::path::PathBuf::from(&req.root);
+    if kind == SandboxKind::Partitioned {
+        if req.root.is_some() || req.node.is_some() {
+            return Err(ApiError::invalid_partitions(
+                "a partitioned sandbox has no `root` or `node` of its own; give each partition its node and root",
+            ));
+        }
+        let parts = partitions(&state, req.partitions).await?;
+        let row = state.store.create_sandbox(name.as_str(), kind, "", None, &parts).await.map_err(|e| match e {
+            shoal_store::StoreError::Conflict(m) => ApiError::already_exists(m),
+            other => other.into(),
+        })?;
+        return Ok((StatusCode::CREATED, Json(sandbox_json(&row))).into_response());
+    }
+    if req.partitions.is_some() {
+        return Err(ApiError::invalid_request("`partitions` is only for sandboxes of kind `partitioned`"));
+    }
+    let root_text = req.root.clone().ok_or_else(|| {
+        ApiError::invalid_request("`root` is missing: the absolute path of the sandbox's folder on the node")
+    })?;
+    let root = std::path::PathBuf::from(&root_text);
     if !root.is_absolute() {
         return Err(ApiError::invalid_request(format!(
-            "root `{}` is not an absolute path; give the sandbox folder's full path on the node",
-            req.root
+            "root `{root_text}` is not an absolute path; give the sandbox folder's full path on the node"
         )));
     }
     let node = match kind {
@@ -83,6 +147,7 @@ pub async fn create(state: State, request: Request) -> ApiResult<Response> {
             None
         }
         SandboxKind::Local => Some(req.node.unwrap_or_else(|| state.node.id.clone())),
+        SandboxKind::Partitioned => None,
     };
     if let Some(holder) = node.as_deref().filter(|n| *n != state.node.id) {
         // The folder is created on the holder, so the holder registers the sandbox.
@@ -92,12 +157,14 @@ pub async fn create(state: State, request: Request) -> ApiResult<Response> {
     tokio::task::spawn_blocking(move || std::fs::create_dir_all(&root))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::invalid_request(format!("cannot create the sandbox folder {}: {e}", req.root)))?;
+        .map_err(|e| ApiError::invalid_request(format!("cannot create the sandbox folder {root_text}: {e}")))?;
     let row =
-        state.store.create_sandbox(name.as_str(), kind, &req.root, node.as_deref()).await.map_err(|e| match e {
-            shoal_store::StoreError::Conflict(m) => ApiError::already_exists(m),
-            other => other.into(),
-        })?;
+        state.store.create_sandbox(name.as_str(), kind, &root_text, node.as_deref(), &[]).await.map_err(
+            |e| match e {
+                shoal_store::StoreError::Conflict(m) => ApiError::already_exists(m),
+                other => other.into(),
+            },
+        )?;
     Ok((StatusCode::CREATED, Json(sandbox_json(&row))).into_response())
 }
 

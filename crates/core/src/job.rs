@@ -50,6 +50,9 @@ pub enum Allocation {
     Nodes { nodes: Vec<String> },
     /// A node carrying every one of these tags.
     Tags { tags: Vec<String> },
+    /// One child execution per partition of this partitioned sandbox, each on the node that
+    /// holds its partition; the execution itself finishes when all children have.
+    Partitioned { sandbox: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,6 +188,7 @@ struct RawAllocation {
     kind: RawAllocKind,
     nodes: Option<Vec<String>>,
     tags: Option<Vec<String>>,
+    sandbox: Option<String>,
     #[serde(default)]
     allow_pending: bool,
 }
@@ -412,6 +416,9 @@ impl JobSpec {
                 let a = a.into_inner();
                 allow_pending = a.allow_pending;
                 match a.kind {
+                    _ if a.sandbox.is_some() && !matches!(a.kind, RawAllocKind::Partitioned) => {
+                        return Err(ctx.err(span, "`sandbox` belongs to allocation kind `partitioned`"));
+                    }
                     RawAllocKind::Any => {
                         if a.nodes.is_some() || a.tags.is_some() {
                             return Err(ctx.err(span, "allocation kind `any` takes no `nodes` or `tags`"));
@@ -439,9 +446,18 @@ impl JobSpec {
                             )
                         }
                     },
-                    RawAllocKind::Partitioned => {
-                        return Err(ctx.err(span, "allocation kind `partitioned` needs partitioned sandboxes, which this version does not support yet; use `any`, `nodes` or `tags`"));
-                    }
+                    RawAllocKind::Partitioned => match (a.sandbox, a.nodes, a.tags) {
+                        (Some(sandbox), None, None) => {
+                            crate::SandboxName::parse(&sandbox).map_err(|m| ctx.err(span.clone(), m))?;
+                            Allocation::Partitioned { sandbox }
+                        }
+                        _ => {
+                            return Err(ctx.err(
+                                span,
+                                "allocation kind `partitioned` needs `sandbox`, the partitioned sandbox whose partitions it runs on, and no `nodes` or `tags`",
+                            ))
+                        }
+                    },
                 }
             }
         };
@@ -609,6 +625,9 @@ kind = "any"
         assert_eq!(j.allocation, Allocation::Tags { tags: vec!["etl".into()] });
         assert!(JobSpec::parse("command=[\"x\"]\n[allocation]\nkind=\"nodes\"").is_err());
         assert!(JobSpec::parse("command=[\"x\"]\n[allocation]\nkind=\"partitioned\"").is_err());
+        let j = JobSpec::parse("command=[\"x\"]\n[allocation]\nkind=\"partitioned\"\nsandbox=\"parts\"").unwrap();
+        assert_eq!(j.allocation, Allocation::Partitioned { sandbox: "parts".into() });
+        assert!(JobSpec::parse("command=[\"x\"]\n[allocation]\nkind=\"any\"\nsandbox=\"parts\"").is_err());
         assert!(JobSpec::parse("command=[\"x\"]\nmax_concurrent = 0").is_err());
         assert!(JobSpec::parse("command=[\"x\"]\n[env]\nSHOAL_X = \"1\"").is_err());
     }

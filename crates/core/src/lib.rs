@@ -16,5 +16,5 @@ pub mod state;
 pub use ids::{ExecutionId, FencingToken, NodeId, SandboxName};
 pub use job::{Allocation, JobFileError, JobKind, JobSpec, OnNodeLoss, ParamError, RunSpec};
 pub use path::{PathError, SandboxPath};
-pub use sandbox::SandboxKind;
+pub use sandbox::{validate_partitions, Partition, SandboxKind};
 pub use state::{Decision, ExecState, Outcome, ReasonCode};

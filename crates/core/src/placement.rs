@@ -134,6 +134,8 @@ pub fn eligible(allocation: &Allocation, pinned: Option<&str>, node: &NodeView<'
         Allocation::Any => true,
         Allocation::Nodes { nodes } => nodes.iter().any(|n| n == node.id),
         Allocation::Tags { tags } => tags.iter().all(|t| node.tags.contains(t)),
+        // The parent of a partitioned execution never runs; its children do, pinned.
+        Allocation::Partitioned { .. } => false,
     }
 }
 

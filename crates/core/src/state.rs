@@ -187,10 +187,61 @@ pub fn decide(spec: &RunSpec, attempt: u32, node_losses: u32, outcome: &Outcome)
     }
 }
 
+/// The state of a partitioned execution from its children's: `None` while any child is not
+/// final; then succeeded if all succeeded, else failed if any failed, else timed out if any
+/// timed out, else cancelled. With a message counting the children by state.
+pub fn derive_parent(children: &[ExecState]) -> Option<(ExecState, String)> {
+    if children.is_empty() || children.iter().any(|s| !s.is_final()) {
+        return None;
+    }
+    let count = |want: ExecState| children.iter().filter(|s| **s == want).count();
+    let state = if count(ExecState::Succeeded) == children.len() {
+        ExecState::Succeeded
+    } else if count(ExecState::Failed) > 0 {
+        ExecState::Failed
+    } else if count(ExecState::TimedOut) > 0 {
+        ExecState::TimedOut
+    } else {
+        ExecState::Cancelled
+    };
+    let parts: Vec<String> = [ExecState::Succeeded, ExecState::Failed, ExecState::TimedOut, ExecState::Cancelled]
+        .into_iter()
+        .filter(|s| count(*s) > 0)
+        .map(|s| format!("{} {}", count(s), s.as_str()))
+        .collect();
+    Some((state, format!("{} partition(s): {}", children.len(), parts.join(", "))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_partitioned_execution_ends_when_all_its_children_have() {
+        use ExecState::*;
+        assert_eq!(derive_parent(&[]), None);
+        assert_eq!(derive_parent(&[Succeeded, Running]), None);
+        assert_eq!(derive_parent(&[Succeeded, Succeeded]).unwrap().0, Succeeded);
+        assert_eq!(derive_parent(&[Succeeded, Failed, Cancelled]).unwrap().0, Failed);
+        assert_eq!(derive_parent(&[TimedOut, Cancelled]).unwrap().0, TimedOut);
+        assert_eq!(derive_parent(&[Cancelled, Succeeded]).unwrap().0, Cancelled);
+        assert_eq!(derive_parent(&[Succeeded, Failed]).unwrap().1, "2 partition(s): 1 succeeded, 1 failed");
+    }
+
+    proptest! {
+        #[test]
+        fn the_parent_succeeds_only_if_every_child_did(states in proptest::collection::vec(0usize..6, 1..8)) {
+            let states: Vec<ExecState> = states.into_iter().map(|i| ExecState::ALL[i]).collect();
+            match derive_parent(&states) {
+                None => prop_assert!(states.iter().any(|s| !s.is_final())),
+                Some((s, _)) => {
+                    prop_assert!(s.is_final());
+                    prop_assert_eq!(s == ExecState::Succeeded, states.iter().all(|c| *c == ExecState::Succeeded));
+                }
+            }
+        }
+    }
 
     fn spec(retries: u32) -> RunSpec {
         let mut s = RunSpec::inline(vec!["x".into()]);

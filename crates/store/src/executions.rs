@@ -54,6 +54,10 @@ pub struct ExecutionRow {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub updated_at: i64,
+    /// The partitioned execution this one is a child of.
+    pub parent_id: Option<String>,
+    /// The partition a child runs on.
+    pub partition: Option<String>,
 }
 
 /// One attempt of an execution, as recorded.
@@ -141,7 +145,7 @@ pub enum CancelResult {
 
 const COLUMNS: &str =
     "id, sandbox, job, params, spec, state, reason, message, exit_code, signal, attempt, node_id, fence,
-    cancel_requested, created_at, run_after, started_at, finished_at, updated_at";
+    cancel_requested, created_at, run_after, started_at, finished_at, updated_at, parent_id, partition";
 
 fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Internal(format!("stored JSON is invalid: {e}"))
@@ -169,6 +173,8 @@ fn execution_row(r: &Row) -> Result<ExecutionRow> {
         started_at: r.opt_i64(16)?,
         finished_at: r.opt_i64(17)?,
         updated_at: r.i64(18)?,
+        parent_id: r.opt_text(19)?,
+        partition: r.opt_text(20)?,
     })
 }
 
@@ -260,7 +266,7 @@ async fn lock_fenced(tx: &mut dyn Tx, wanted: &[(&str, FencingToken)]) -> Result
         let rows = tx.query(&sql, part.iter().map(|(id, _)| (*id).into()).collect()).await?;
         let tokens: HashMap<&str, FencingToken> = part.iter().copied().collect();
         for row in rows {
-            let losses = row.i64(19)?;
+            let losses = row.i64(21)?;
             let exec = execution_row(&row)?;
             let token = tokens.get(exec.id.as_str()).copied();
             if exec.state == ExecState::Running && exec.fence.is_some() && exec.fence == token {
@@ -269,6 +275,29 @@ async fn lock_fenced(tx: &mut dyn Tx, wanted: &[(&str, FencingToken)]) -> Result
         }
     }
     Ok(out)
+}
+
+/// Finishes the partitioned executions among `parents` whose children have all finished,
+/// with the state `core::state::derive_parent` gives, in the caller's transaction.
+async fn settle_parents(tx: &mut dyn Tx, parents: &[&str]) -> Result<()> {
+    let mut unique: Vec<&str> = parents.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    for parent in unique {
+        let rows =
+            tx.query("SELECT state FROM executions WHERE parent_id = $1 {for_update}", vec![parent.into()]).await?;
+        let states: Vec<ExecState> =
+            rows.iter().filter_map(|r| r.text(0).ok().and_then(|s| ExecState::parse(&s))).collect();
+        if let Some((state, message)) = shoal_core::state::derive_parent(&states) {
+            tx.execute(
+                "UPDATE executions SET state = $2, reason = 'partitions', message = $3, finished_at = {now}, updated_at = {now}
+                 WHERE id = $1 AND state = 'running'",
+                vec![parent.into(), state.as_str().into(), message.into()],
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Executions that end the same way: final state (`None`: back to the queue), reason,
@@ -354,6 +383,13 @@ async fn apply_ends(
             tx.execute(&sql, params).await?;
         }
     }
+    let parents: Vec<&str> = ends
+        .iter()
+        .zip(&states)
+        .filter(|(_, s)| s.is_final())
+        .filter_map(|((row, ..), _)| row.parent_id.as_deref())
+        .collect();
+    settle_parents(tx, &parents).await?;
     Ok(states)
 }
 
@@ -387,7 +423,7 @@ impl Store {
                 in_list(part.len(), 1)
             );
             for r in tx.query(&sql, part.iter().map(|k| (*k).into()).collect()).await? {
-                seen.insert(r.text(20)?, (execution_row(&r)?, r.opt_text(19)?));
+                seen.insert(r.text(22)?, (execution_row(&r)?, r.opt_text(21)?));
             }
         }
         enum Plan {
@@ -486,6 +522,93 @@ impl Store {
     pub async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRow>> {
         let mut c = self.read().await?;
         get_in(c.as_mut(), id).await
+    }
+
+    /// Submits a partitioned execution: the parent (running from the start, never claimed)
+    /// and one queued child per partition, pinned to the partition's node, in one transaction.
+    /// The parent's idempotency key, if any, covers the whole.
+    pub async fn submit_partitioned(
+        &self,
+        parent: &NewExecution,
+        children: &[(String, NewExecution)],
+    ) -> Result<Submitted> {
+        let mut tx = self.begin_write().await?;
+        if let Some((key, hash)) = &parent.idempotency {
+            let sql = format!("SELECT {COLUMNS}, request_hash FROM executions WHERE idempotency_key = $1");
+            if let Some(r) = query_one(tx.as_mut(), &sql, vec![key.as_str().into()]).await? {
+                tx.rollback().await?;
+                return if r.opt_text(21)?.as_deref() == Some(hash.as_str()) {
+                    Ok(Submitted::Replayed(execution_row(&r)?))
+                } else {
+                    Err(StoreError::IdempotencyMismatch)
+                };
+            }
+        }
+        let parent_id = uuid::Uuid::now_v7().to_string();
+        let (key, hash) = parent.idempotency.clone().unzip();
+        let row = query_one(
+            tx.as_mut(),
+            &format!(
+                "INSERT INTO executions (id, sandbox, job, params, spec, state, reason, message, priority,
+                     idempotency_key, request_hash, created_at, run_after, started_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, 'running', 'partitions', $6, $7, $8, $9, {{now}}, {{now}}, {{now}}, {{now}})
+                 RETURNING {COLUMNS}"
+            ),
+            vec![
+                parent_id.as_str().into(),
+                parent.sandbox.clone().into(),
+                parent.job.clone().into(),
+                serde_json::to_string(&parent.params).map_err(json_err)?.into(),
+                serde_json::to_string(&parent.spec).map_err(json_err)?.into(),
+                format!("waiting for {} partition(s)", children.len()).into(),
+                i64::from(parent.spec.priority).into(),
+                key.into(),
+                hash.into(),
+            ],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Internal("partitioned execution insert returned no row".into()))?;
+        for (partition, child) in children {
+            let concurrency_key = match (&child.sandbox, &child.job) {
+                (Some(s), Some(j)) if child.spec.max_concurrent.is_some() => Some(format!("{s}/{j}")),
+                _ => None,
+            };
+            tx.execute(
+                "INSERT INTO executions (id, sandbox, job, params, spec, state, reason, message, priority, pinned_node,
+                     concurrency_key, max_concurrent, parent_id, partition, created_at, run_after, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, 'queued', 'submitted', 'waiting for a free slot', $6, $7, $8, $9, $10, $11,
+                     {now}, {now}, {now})",
+                vec![
+                    uuid::Uuid::now_v7().to_string().into(),
+                    child.sandbox.clone().into(),
+                    child.job.clone().into(),
+                    serde_json::to_string(&child.params).map_err(json_err)?.into(),
+                    serde_json::to_string(&child.spec).map_err(json_err)?.into(),
+                    i64::from(child.spec.priority).into(),
+                    child.pinned_node.clone().into(),
+                    concurrency_key.into(),
+                    child.spec.max_concurrent.map(i64::from).into(),
+                    parent_id.as_str().into(),
+                    partition.as_str().into(),
+                ],
+            )
+            .await?;
+        }
+        Store::notify_work(tx.as_mut()).await?;
+        tx.commit().await?;
+        Ok(Submitted::Created(execution_row(&row)?))
+    }
+
+    /// The children of a partitioned execution, by partition name.
+    pub async fn list_children(&self, parent: &str) -> Result<Vec<ExecutionRow>> {
+        let mut c = self.read().await?;
+        let rows = c
+            .query(
+                &format!("SELECT {COLUMNS} FROM executions WHERE parent_id = $1 ORDER BY partition"),
+                vec![parent.into()],
+            )
+            .await?;
+        rows.iter().map(execution_row).collect()
     }
 
     /// Every attempt of an execution, oldest first: where each ran, with which token, and how
@@ -716,9 +839,12 @@ impl Store {
     /// Cancels a queued execution at once, or asks the node running it to stop it.
     pub async fn request_cancel(&self, id: &str, by: &str) -> Result<CancelResult> {
         let mut tx = self.begin_write().await?;
-        let row =
-            query_one(tx.as_mut(), "SELECT state, node_id FROM executions WHERE id = $1 {for_update}", vec![id.into()])
-                .await?;
+        let row = query_one(
+            tx.as_mut(),
+            "SELECT state, node_id, parent_id, fence, spec FROM executions WHERE id = $1 {for_update}",
+            vec![id.into()],
+        )
+        .await?;
         let Some(row) = row else {
             tx.rollback().await?;
             return Err(StoreError::NotFound(format!("no execution with id {id}")));
@@ -739,7 +865,27 @@ impl Store {
                     vec![id.into(), format!("cancelled by {by} before it started").into()],
                 )
                 .await?;
+                if let Some(parent) = row.opt_text(2)? {
+                    settle_parents(tx.as_mut(), &[parent.as_str()]).await?;
+                }
                 CancelResult::Cancelled
+            }
+            ExecState::Running if row.opt_i64(3)?.is_none() && row.opt_text(1)?.is_none() => {
+                // A partitioned execution: cancel its children; it ends when they all have.
+                tx.execute(
+                    "UPDATE executions SET state = 'cancelled', reason = 'cancelled', message = $2, finished_at = {now},
+                         updated_at = {now}
+                     WHERE parent_id = $1 AND state = 'queued'",
+                    vec![id.into(), format!("cancelled by {by} (with its partitioned execution) before it started").into()],
+                )
+                .await?;
+                tx.execute(
+                    "UPDATE executions SET cancel_requested = $2, updated_at = {now} WHERE parent_id = $1 AND state = 'running'",
+                    vec![id.into(), by.into()],
+                )
+                .await?;
+                settle_parents(tx.as_mut(), &[id]).await?;
+                CancelResult::Requested { node: None }
             }
             _ => {
                 tx.execute(
@@ -772,7 +918,7 @@ impl Store {
     pub async fn reap_lost_attempts(&self) -> Result<Vec<ExecutionId>> {
         self.take_over(
             "SELECT e.id, e.fence, e.node_id FROM executions e LEFT JOIN nodes n ON n.id = e.node_id
-             WHERE e.state = 'running' AND (n.id IS NULL OR n.lease_expires_at <= {now})
+             WHERE e.state = 'running' AND e.fence IS NOT NULL AND (n.id IS NULL OR n.lease_expires_at <= {now})
              LIMIT 500",
             vec![],
         )

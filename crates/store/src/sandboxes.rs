@@ -2,7 +2,7 @@
 
 use crate::db::{query_one, Row};
 use crate::{Result, Store, StoreError};
-use shoal_core::SandboxKind;
+use shoal_core::{Partition, SandboxKind};
 
 #[derive(Clone, Debug)]
 pub struct SandboxRow {
@@ -13,6 +13,8 @@ pub struct SandboxRow {
     /// The holder of a local sandbox.
     pub node_id: Option<String>,
     pub created_at: i64,
+    /// The parts of a partitioned sandbox (empty for the other kinds).
+    pub partitions: Vec<Partition>,
 }
 
 fn sandbox_row(r: &Row) -> Result<SandboxRow> {
@@ -22,6 +24,8 @@ fn sandbox_row(r: &Row) -> Result<SandboxRow> {
         root: r.text(2)?,
         node_id: r.opt_text(3)?,
         created_at: r.i64(4)?,
+        partitions: serde_json::from_str(&r.text(5)?)
+            .map_err(|e| StoreError::Internal(format!("stored partitions are invalid: {e}")))?,
     })
 }
 
@@ -33,14 +37,16 @@ impl Store {
         kind: SandboxKind,
         root: &str,
         node: Option<&str>,
+        partitions: &[Partition],
     ) -> Result<SandboxRow> {
+        let parts = serde_json::to_string(partitions).map_err(|e| StoreError::Internal(e.to_string()))?;
         let mut tx = self.begin_write().await?;
         let row = query_one(
             tx.as_mut(),
-            "INSERT INTO sandboxes (name, kind, root, node_id, created_at) VALUES ($1, $2, $3, $4, {now})
+            "INSERT INTO sandboxes (name, kind, root, node_id, created_at, partitions) VALUES ($1, $2, $3, $4, {now}, $5)
              ON CONFLICT (name) DO NOTHING
-             RETURNING name, kind, root, node_id, created_at",
-            vec![name.into(), kind.as_str().into(), root.into(), node.map(str::to_owned).into()],
+             RETURNING name, kind, root, node_id, created_at, partitions",
+            vec![name.into(), kind.as_str().into(), root.into(), node.map(str::to_owned).into(), parts.into()],
         )
         .await?;
         let Some(row) = row else {
@@ -55,7 +61,9 @@ impl Store {
 
     pub async fn list_sandboxes(&self) -> Result<Vec<SandboxRow>> {
         let mut c = self.read().await?;
-        let rows = c.query("SELECT name, kind, root, node_id, created_at FROM sandboxes ORDER BY name", vec![]).await?;
+        let rows = c
+            .query("SELECT name, kind, root, node_id, created_at, partitions FROM sandboxes ORDER BY name", vec![])
+            .await?;
         rows.iter().map(sandbox_row).collect()
     }
 
@@ -63,7 +71,7 @@ impl Store {
         let mut c = self.read().await?;
         let row = query_one(
             c.as_mut(),
-            "SELECT name, kind, root, node_id, created_at FROM sandboxes WHERE name = $1",
+            "SELECT name, kind, root, node_id, created_at, partitions FROM sandboxes WHERE name = $1",
             vec![name.into()],
         )
         .await?;

@@ -91,6 +91,15 @@ ALTER TABLE nodes ADD COLUMN cpu_permille BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE nodes ADD COLUMN memory_permille BIGINT NOT NULL DEFAULT 0;
 ";
 
+/// Partitioned sandboxes (their parts, as JSON) and partitioned executions (children point at
+/// their parent and name their partition).
+const V3_COMMON: &str = "
+ALTER TABLE sandboxes ADD COLUMN partitions TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE executions ADD COLUMN parent_id TEXT;
+ALTER TABLE executions ADD COLUMN partition TEXT;
+CREATE INDEX executions_parent ON executions (parent_id) WHERE parent_id IS NOT NULL;
+";
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -122,10 +131,11 @@ CREATE SEQUENCE fence_seq;
 ",
     },
     Migration { version: 2, common: V2_COMMON, sqlite: "", postgres: "" },
+    Migration { version: 3, common: V3_COMMON, sqlite: "", postgres: "" },
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i64 = 2;
+pub const LATEST: i64 = 3;
 
 pub async fn current_version(tx: &mut dyn Tx) -> Result<i64> {
     let row = query_one(tx, "SELECT value FROM shoal_meta WHERE key = 'schema_version'", vec![]).await?;

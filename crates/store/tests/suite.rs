@@ -60,6 +60,7 @@ suite!(
     concurrent_claimers_never_share_an_execution,
     group_commit_keeps_every_submission_apart,
     a_dead_node_is_ended_early_only_when_its_session_has_ended,
+    a_partitioned_execution_ends_with_its_children,
 );
 
 fn node(id: &str) -> NodeRegistration {
@@ -127,13 +128,13 @@ async fn store_clock_is_sane(f: Fixture) {
 
 async fn sandboxes_crud(f: Fixture) {
     let s = &f.store;
-    let row = s.create_sandbox("demo", SandboxKind::Shared, "/srv/demo", None).await.unwrap();
+    let row = s.create_sandbox("demo", SandboxKind::Shared, "/srv/demo", None, &[]).await.unwrap();
     assert_eq!(row.kind, SandboxKind::Shared);
     assert!(matches!(
-        s.create_sandbox("demo", SandboxKind::Local, "/x", Some("n1")).await,
+        s.create_sandbox("demo", SandboxKind::Local, "/x", Some("n1"), &[]).await,
         Err(StoreError::Conflict(_))
     ));
-    s.create_sandbox("local1", SandboxKind::Local, "/data/l", Some("n1")).await.unwrap();
+    s.create_sandbox("local1", SandboxKind::Local, "/data/l", Some("n1"), &[]).await.unwrap();
     let names: Vec<_> = s.list_sandboxes().await.unwrap().into_iter().map(|r| r.name).collect();
     assert_eq!(names, ["demo", "local1"]);
     assert_eq!(s.get_sandbox("local1").await.unwrap().unwrap().node_id.as_deref(), Some("n1"));
@@ -533,4 +534,54 @@ async fn a_dead_node_is_ended_early_only_when_its_session_has_ended(f: Fixture) 
     let again = s.register_node(&reg, Duration::from_secs(60)).await.unwrap();
     assert_eq!(again.generation, lease.generation + 1);
     s.renew_lease("n1", again.generation, Duration::from_secs(60), &status(0)).await.unwrap();
+}
+
+async fn a_partitioned_execution_ends_with_its_children(f: Fixture) {
+    let s = &f.store;
+    let mut spec = inline();
+    spec.allocation = Allocation::Partitioned { sandbox: "parts".into() };
+    let parent = new_exec(spec.clone());
+    let child = |node: &str| {
+        let mut c = new_exec(RunSpec { allocation: Allocation::Any, ..spec.clone() });
+        c.pinned_node = Some(node.into());
+        c
+    };
+    let submit_parts = || async {
+        match s.submit_partitioned(&parent, &[("a".into(), child("n1")), ("b".into(), child("n2"))]).await.unwrap() {
+            Submitted::Created(r) => r,
+            Submitted::Replayed(r) => panic!("replayed {}", r.id),
+        }
+    };
+    s.register_node(&node("n1"), Duration::from_secs(60)).await.unwrap();
+    s.register_node(&node("n2"), Duration::from_secs(60)).await.unwrap();
+    let p = submit_parts().await;
+    assert_eq!(p.state, ExecState::Running);
+    // The parent itself is never claimed; each child only by its partition's node.
+    let on_n1 = s.claim(&view("n1"), 10).await.unwrap();
+    assert_eq!(on_n1.len(), 1);
+    let on_n2 = s.claim(&view("n2"), 10).await.unwrap();
+    assert_eq!(on_n2.len(), 1);
+    assert!(s.claim(&view("n3"), 10).await.unwrap().is_empty());
+    assert!(s.reap_lost_attempts().await.unwrap().is_empty(), "a parent has no attempt to take over");
+    let fin = |c: &shoal_store::Claimed, code| Finish {
+        id: c.id.clone(),
+        fence: c.fence,
+        attempt: c.attempt,
+        end: exited(code),
+        logs: vec![],
+    };
+    s.finish(&[fin(&on_n1[0], 0)]).await.unwrap();
+    assert_eq!(s.get_execution(p.id.as_str()).await.unwrap().unwrap().state, ExecState::Running);
+    s.finish(&[fin(&on_n2[0], 3)]).await.unwrap();
+    let done = s.get_execution(p.id.as_str()).await.unwrap().unwrap();
+    assert_eq!((done.state, done.reason.as_str()), (ExecState::Failed, "partitions"), "{done:?}");
+    let children = s.list_children(p.id.as_str()).await.unwrap();
+    assert_eq!(children.iter().map(|c| c.partition.as_deref().unwrap()).collect::<Vec<_>>(), ["a", "b"]);
+
+    // Cancelling the parent cancels its queued children, and it ends with them.
+    let p2 = submit_parts().await;
+    assert_eq!(s.request_cancel(p2.id.as_str(), "alice").await.unwrap(), CancelResult::Requested { node: None });
+    let done = s.get_execution(p2.id.as_str()).await.unwrap().unwrap();
+    assert_eq!(done.state, ExecState::Cancelled, "{done:?}");
+    assert!(s.list_children(p2.id.as_str()).await.unwrap().iter().all(|c| c.state == ExecState::Cancelled));
 }
