@@ -250,3 +250,63 @@ async fn a_node_with_the_wrong_secret_cannot_join() {
         n.stop().await;
     }
 }
+
+/// A partitioned execution runs one child per partition, each on the node that holds it, and
+/// ends when they all have; bad partition specs are refused and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_execution_runs_one_child_per_partition_on_its_node() {
+    let db = shoal_testkit::postgres().fresh_database();
+    let mut nodes = cluster(&db, 2).await;
+    let data = tempfile::tempdir().unwrap();
+    let (p1, p2) = (data.path().join("p1"), data.path().join("p2"));
+    for (p, rows) in [(&p1, "a\nb\n"), (&p2, "c\n")] {
+        std::fs::create_dir_all(p).unwrap();
+        std::fs::write(p.join("rows.txt"), rows).unwrap();
+    }
+    let part = |name: &str, node: &str, root: &std::path::Path| json!({"name": name, "node": node, "root": root.display().to_string()});
+    let bad = [
+        (json!([]), 422, "invalid_partitions"),
+        (json!([part("a", "n1", &p1), part("a", "n2", &p2)]), 422, "invalid_partitions"),
+        (json!([part("a", "n1", data.path()), part("b", "n1", &p1)]), 422, "invalid_partitions"),
+        (json!([{"name": "a", "root": "/x"}]), 422, "invalid_partitions"),
+        (json!([part("a", "n9", &p1)]), 422, "unknown_node"),
+    ];
+    for (parts, status, code) in bad {
+        let (s, v) = nodes[0]
+            .post("/api/v1/sandboxes", json!({"name": "parts", "kind": "partitioned", "partitions": parts}))
+            .await;
+        assert_eq!((s, v["error"]["code"].as_str()), (status, Some(code)), "{parts}: {v}");
+    }
+    let (s, v) = nodes[0].get("/api/v1/sandboxes/parts").await;
+    assert_eq!(s, 404, "a refused sandbox was registered: {v}");
+
+    let (s, v) = nodes[1]
+        .post("/api/v1/sandboxes", json!({"name": "parts", "kind": "partitioned", "partitions": [part("p1", "n1", &p1), part("p2", "n2", &p2)]}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    nodes[0]
+        .sandbox("jobs", &[(
+            "jobs/count.toml",
+            "command = [\"sh\", \"-c\", \"wc -l < $SHOAL_PARTITION_ROOT/rows.txt > $SHOAL_PARTITION_ROOT/count.txt; echo $SHOAL_PARTITION on $SHOAL_NODE_ID\"]\n[allocation]\nkind = \"partitioned\"\nsandbox = \"parts\"\n",
+        )])
+        .await;
+    let id = nodes[0].submit(json!({"sandbox": "jobs", "job": "jobs/count.toml"})).await;
+    let e = nodes[1].wait_final(&id, Duration::from_secs(30)).await;
+    assert_eq!((e["state"].as_str(), e["reason"].as_str()), (Some("succeeded"), Some("partitions")), "{e}");
+    let children = e["children"].as_array().unwrap();
+    let ran: Vec<(String, String)> = children
+        .iter()
+        .map(|c| (c["partition"].as_str().unwrap().to_owned(), c["node"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(ran, [("p1".to_owned(), "n1".to_owned()), ("p2".to_owned(), "n2".to_owned())], "{e}");
+    for c in children {
+        assert_eq!(c["parent"].as_str(), Some(id.as_str()));
+        let log = nodes[0].logs(c["id"].as_str().unwrap()).await;
+        assert_eq!(log, format!("{} on {}\n", c["partition"].as_str().unwrap(), c["node"].as_str().unwrap()));
+    }
+    assert_eq!(std::fs::read_to_string(p1.join("count.txt")).unwrap().trim(), "2");
+    assert_eq!(std::fs::read_to_string(p2.join("count.txt")).unwrap().trim(), "1");
+    for n in nodes.iter_mut() {
+        n.stop().await;
+    }
+}
