@@ -50,6 +50,9 @@ pub mod keys {
     pub const SANDBOXES: &str = "sandboxes";
     /// The shoal version the node runs.
     pub const VERSION: &str = "version";
+    /// A counter the node bumps when it accepts new work, so peers look for work without
+    /// waiting for their poll (stores without notifications: SQLite).
+    pub const WORK: &str = "work";
 }
 
 /// What can go wrong starting a [`Membership`].

@@ -25,6 +25,9 @@ pub struct Cluster {
     sampler: Mutex<crate::load::Sampler>,
     /// Dead nodes (id, generation) whose lease this node already tried to end.
     ended: Mutex<HashSet<(String, i64)>>,
+    /// This node's work counter (see `keys::WORK`), and the peers' as last seen.
+    work: std::sync::atomic::AtomicU64,
+    peers_work: Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Cluster {
@@ -34,6 +37,8 @@ impl Cluster {
             session: Mutex::new(Some(session)),
             sampler: Mutex::new(crate::load::Sampler::default()),
             ended: Mutex::new(HashSet::new()),
+            work: std::sync::atomic::AtomicU64::new(0),
+            peers_work: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -73,6 +78,31 @@ impl Cluster {
         if let Ok(mut p) = e.peers.lock() {
             *p = peers;
         }
+    }
+
+    /// Tells peers through gossip that this node accepted work (for stores that cannot notify).
+    pub fn announce_work(&self) {
+        let n = self.work.fetch_add(1, Ordering::Relaxed) + 1;
+        self.membership.set(keys::WORK, n.to_string());
+    }
+
+    /// Whether a peer announced work since the last call.
+    fn peers_announced_work(&self, me: &str) -> bool {
+        let Ok(mut seen) = self.peers_work.lock() else { return false };
+        let mut any = false;
+        for p in self.membership.snapshot() {
+            if p.id == me || !p.alive {
+                continue;
+            }
+            if let Some(w) = p.keys.get(keys::WORK) {
+                if seen.get(&p.id) != Some(w) {
+                    // A first sighting counts too: a spare wake-up costs one empty claim.
+                    any = true;
+                    seen.insert(p.id.clone(), w.clone());
+                }
+            }
+        }
+        any
     }
 
     /// Feeds gossip the addresses of nodes the store's registry knows, so the loss of every
@@ -216,6 +246,7 @@ pub fn spawn_workers(cluster: &Arc<Cluster>, e: &Arc<Engine>, shutdown: &watch::
         let mut sub = cluster.membership.subscribe();
         let changed = changed.clone();
         let mut stop = shutdown.clone();
+        let (c, en) = (cluster.clone(), e.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -223,6 +254,9 @@ pub fn spawn_workers(cluster: &Arc<Cluster>, e: &Arc<Engine>, shutdown: &watch::
                     _ = stop.wait_for(|s| *s) => return,
                 }
                 changed.notify_one();
+                if c.peers_announced_work(&en.cfg.node_id) {
+                    en.wake_in_turn();
+                }
             }
         }));
     }

@@ -723,6 +723,10 @@ async fn write_logs(
 impl shoal_api::Engine for EngineHandle {
     fn wake(&self) {
         self.engine.wake_in_turn();
+        if self.engine.store.dialect() == shoal_store::Dialect::Sqlite {
+            // PostgreSQL tells the other nodes itself (NOTIFY); SQLite cannot.
+            self.cluster.announce_work();
+        }
     }
 
     fn cancel_local(&self, execution: &str, by: &str) {

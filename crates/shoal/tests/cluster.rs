@@ -310,3 +310,38 @@ async fn a_partitioned_execution_runs_one_child_per_partition_on_its_node() {
         n.stop().await;
     }
 }
+
+/// On SQLite (no notifications), a node that accepts work it cannot take tells the others
+/// through gossip: they start it without waiting for their poll (here a minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sqlite_new_work_reaches_a_free_node_without_a_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/shoal.db", dir.path().display());
+    let slow =
+        |t: String| t.replace("poll_interval = \"50ms\"", "poll_interval = \"60s\"").replace("slots = 4", "slots = 1");
+    let mut nodes = vec![node(&db, "n1", slow).await, node(&db, "n2", slow).await];
+    wait_gossip(&nodes, 2).await;
+    nodes[0]
+        .sandbox(
+            "sb",
+            &[("jobs/hold.toml", "command = [\"sleep\", \"600\"]\n"), ("jobs/quick.toml", "command = [\"true\"]\n")],
+        )
+        .await;
+    // Fill n1's only slot (n2 may take it; then fill n2's too).
+    let hold = nodes[0].submit(json!({"sandbox": "sb", "job": "jobs/hold.toml"})).await;
+    let holder =
+        nodes[0].wait_state(&hold, "running", Duration::from_secs(10)).await["node"].as_str().unwrap().to_owned();
+    let busy = if holder == "n1" { 0 } else { 1 };
+    let started = std::time::Instant::now();
+    let quick = nodes[busy].submit(json!({"sandbox": "sb", "job": "jobs/quick.toml"})).await;
+    let e = nodes[busy].wait_final(&quick, Duration::from_secs(20)).await;
+    let took = started.elapsed();
+    assert_eq!(e["state"], "succeeded", "{e}");
+    assert_ne!(e["node"].as_str(), Some(holder.as_str()), "{e}");
+    assert!(took < Duration::from_secs(10), "took {took:?}: the other node waited for its poll");
+    eprintln!("gossip nudge: the free node ran it {took:?} after submission");
+    nodes[0].request(reqwest::Method::POST, &format!("/api/v1/executions/{hold}/cancel"), None).await;
+    for n in nodes.iter_mut() {
+        n.stop().await;
+    }
+}
