@@ -345,3 +345,45 @@ async fn on_sqlite_new_work_reaches_a_free_node_without_a_poll() {
         n.stop().await;
     }
 }
+
+/// An allocation no node could ever take is refused (a misspelt id or tag), unless the job
+/// says `allow_pending`: then it waits, and runs when such a node joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocations_to_unknown_nodes_or_tags_are_refused_unless_pending_is_allowed() {
+    let db = shoal_testkit::postgres().fresh_database();
+    let mut nodes = vec![node(&db, "n1", |t| t).await];
+    nodes[0]
+        .sandbox(
+            "sb",
+            &[
+                ("jobs/typo.toml", "command = [\"true\"]\n[allocation]\nkind = \"nodes\"\nnodes = [\"n7\"]\n"),
+                ("jobs/gpu.toml", "command = [\"true\"]\n[allocation]\nkind = \"tags\"\ntags = [\"gpu\"]\n"),
+                (
+                    "jobs/later.toml",
+                    "command = [\"true\"]\n[allocation]\nkind = \"tags\"\ntags = [\"gpu\"]\nallow_pending = true\n",
+                ),
+            ],
+        )
+        .await;
+    let before = nodes[0].count_executions().await;
+    for (job, code, needle) in [("jobs/typo.toml", "unknown_node", "`n7`"), ("jobs/gpu.toml", "unknown_tag", "`gpu`")] {
+        let (s, v) = nodes[0].post("/api/v1/executions", json!({"sandbox": "sb", "job": job})).await;
+        assert_eq!((s, v["error"]["code"].as_str()), (422, Some(code)), "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("allow_pending"), "{v}");
+    }
+    let (s, v) = nodes[0]
+        .post("/api/v1/executions", json!({"command": ["true"], "allocation": {"kind": "nodes", "nodes": ["n7"]}}))
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (422, Some("unknown_node")), "{v}");
+    assert_eq!(nodes[0].count_executions().await, before, "a refused submission created an execution");
+
+    let id = nodes[0].submit(json!({"sandbox": "sb", "job": "jobs/later.toml"})).await;
+    assert_eq!(nodes[0].execution(&id).await["state"], "queued");
+    nodes.push(node(&db, "n2", |t| t.replace("node_id = \"n2\"", "node_id = \"n2\"\ntags = [\"gpu\"]")).await);
+    let e = nodes[0].wait_final(&id, Duration::from_secs(20)).await;
+    assert_eq!((e["state"].as_str(), e["node"].as_str()), (Some("succeeded"), Some("n2")), "{e}");
+    for n in nodes.iter_mut() {
+        n.stop().await;
+    }
+}
