@@ -484,6 +484,7 @@ pub async fn logs(
     state: State,
     Path(id): Path<String>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+    request: axum::extract::Request,
 ) -> ApiResult<Response> {
     let Query(q) = query.map_err(|e| {
         ApiError::invalid_query(format!("{}; options are follow=true|false and stream=stdout|stderr", e.body_text()))
@@ -498,11 +499,27 @@ pub async fn logs(
     };
     let row = find_execution(&state, &id).await?;
     let follow = q.follow.unwrap_or(false);
+    // A live log is followed on the node that runs the attempt, which hands its followers
+    // each piece of output as soon as it is stored. If that node cannot be reached, the log
+    // is in the store all the same: follow it from here.
+    if let Some(runner) =
+        row.node_id.as_deref().filter(|n| follow && row.state == ExecState::Running && *n != state.node.id)
+    {
+        if request.extensions().get::<crate::forward::Forwarded>().is_none() {
+            match crate::forward::forward_to_node(&state, runner, request).await {
+                Ok(response) if !response.status().is_server_error() => return Ok(response),
+                Ok(response) => {
+                    tracing::debug!(node = runner, status = %response.status(), "following the log here instead")
+                }
+                Err(e) => tracing::debug!(node = runner, error = %e.message, "following the log here instead"),
+            }
+        }
+    }
     let store = state.store.clone();
     let id = row.id.to_string();
     // One page is read before answering, so a store error becomes a proper error response.
     let first = store.read_logs(&id, (0, -1), 256).await?;
-    let stream = async_stream(store, id, want, follow, first);
+    let stream = async_stream(store, state.metrics.clone(), id, want, follow, first);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
         Body::from_stream(stream),
@@ -512,6 +529,7 @@ pub async fn logs(
 
 fn async_stream(
     store: std::sync::Arc<shoal_store::Store>,
+    metrics: std::sync::Arc<crate::Metrics>,
     id: String,
     want: Option<i64>,
     follow: bool,
@@ -524,8 +542,9 @@ fn async_stream(
         pending: Vec<shoal_store::LogRow>,
         done: bool,
         errors: u32,
+        metrics: std::sync::Arc<crate::Metrics>,
     }
-    let s = S { store, id, pos: (0, -1), pending: first, done: false, errors: 0 };
+    let s = S { store, id, pos: (0, -1), pending: first, done: false, errors: 0, metrics };
     futures::stream::unfold(s, move |mut s| async move {
         loop {
             if !s.pending.is_empty() {
@@ -562,7 +581,11 @@ fn async_stream(
                         if finished {
                             return None;
                         }
-                        tokio::time::sleep(FOLLOW_POLL).await;
+                        // Output written by this node wakes us at once; other nodes' at the poll.
+                        tokio::select! {
+                            _ = s.metrics.logs_written.notified() => {}
+                            _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                        }
                     } else {
                         s.pending = rows;
                     }

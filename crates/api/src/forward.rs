@@ -175,7 +175,8 @@ fn path_and_query(uri: &Uri, extensions: &Extensions) -> String {
 }
 
 /// The headers that travel end to end: all but the hop-by-hop ones (RFC 9110 section 7.6.1),
-/// `Host` (the target's is not the client's) and any forwarding headers a client sent.
+/// `Host` (the target's is not the client's), `Expect` (this node already answered the
+/// client's `100-continue` by reading the body) and any forwarding headers a client sent.
 fn end_to_end(headers: &HeaderMap) -> HeaderMap {
     let named_by_connection: Vec<String> = headers
         .get_all(header::CONNECTION)
@@ -198,6 +199,7 @@ fn end_to_end(headers: &HeaderMap) -> HeaderMap {
                 | "transfer-encoding"
                 | "upgrade"
                 | "host"
+                | "expect"
         ) || named_by_connection.iter().any(|t| t == name.as_str())
             || SIGNED.contains(name);
         if !hop_by_hop {

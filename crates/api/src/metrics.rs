@@ -16,6 +16,9 @@ pub struct Metrics {
     pub takeovers: AtomicU64,
     pub lease_renewal_failures: AtomicU64,
     pub log_bytes_written: AtomicU64,
+    /// Woken whenever this node writes job output to the store, so log followers here read it
+    /// at once instead of at their next poll.
+    pub logs_written: tokio::sync::Notify,
 }
 
 pub async fn render(state: State) -> Response {
@@ -55,6 +58,11 @@ pub async fn render(state: State) -> Response {
         "shoal_log_bytes_written_total",
         "Bytes of job output written to the store.",
         m.log_bytes_written.load(Ordering::Relaxed),
+    );
+    counter(
+        "shoal_gossip_rejected_packets_total",
+        "Gossip packets dropped because they were not sealed with this cluster's secret (another cluster, or not shoal).",
+        state.engine.rejected_gossip_packets(),
     );
     let _ = writeln!(
         out,

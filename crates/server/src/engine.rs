@@ -690,6 +690,7 @@ async fn write_logs(
                 match store.append_logs(&id, fence, attempt, &pending).await {
                     Ok(()) => {
                         metrics.log_bytes_written.fetch_add(buffered as u64, Ordering::Relaxed);
+                        metrics.logs_written.notify_waiters();
                         pending.clear();
                         buffered = 0;
                     }

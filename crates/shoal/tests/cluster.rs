@@ -387,3 +387,28 @@ async fn allocations_to_unknown_nodes_or_tags_are_refused_unless_pending_is_allo
         n.stop().await;
     }
 }
+
+/// A live log asked of any node is followed on the node running the attempt (forwarded,
+/// signed), and streams to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_log_is_followed_through_another_node() {
+    let db = shoal_testkit::postgres().fresh_database();
+    let mut nodes = cluster(&db, 2).await;
+    nodes[0]
+        .sandbox("sb", &[(
+            "jobs/talk.toml",
+            "command = [\"sh\", \"-c\", \"for i in 1 2 3 4 5; do echo line $i; sleep 0.1; done\"]\n[allocation]\nkind = \"nodes\"\nnodes = [\"n2\"]\n",
+        )])
+        .await;
+    let id = nodes[0].submit(json!({"sandbox": "sb", "job": "jobs/talk.toml"})).await;
+    nodes[0].wait_state(&id, "running", Duration::from_secs(10)).await;
+    let r =
+        nodes[0].http.get(format!("{}/api/v1/executions/{id}/logs?follow=true", nodes[0].url)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers().get("x-shoal-served-by").and_then(|v| v.to_str().ok()), Some("n2"), "{:?}", r.headers());
+    let text = r.text().await.unwrap();
+    assert_eq!(text, "line 1\nline 2\nline 3\nline 4\nline 5\n");
+    for n in nodes.iter_mut() {
+        n.stop().await;
+    }
+}
