@@ -118,6 +118,10 @@ impl Cluster {
         if !addrs.is_empty() {
             self.membership.add_seeds(addrs);
         }
+        // What this node holds: local sandboxes and partitions (as `sandbox/partition`).
+        let sandboxes = e.store.list_sandboxes().await.map_err(|err| err.to_string())?;
+        let held = held_by(&e.cfg.node_id, &sandboxes);
+        self.membership.set(keys::SANDBOXES, serde_json::to_string(&held).unwrap_or_default());
         Ok(Step::Idle)
     }
 
@@ -163,6 +167,20 @@ impl Cluster {
         }
         Ok(Step::Idle)
     }
+}
+
+/// The local sandboxes and the partitions (`sandbox/partition`) that `node` holds.
+pub fn held_by(node: &str, sandboxes: &[shoal_store::SandboxRow]) -> Vec<String> {
+    let mut held = Vec::new();
+    for s in sandboxes {
+        if s.node_id.as_deref() == Some(node) {
+            held.push(s.name.clone());
+        }
+        for p in s.partitions.iter().filter(|p| p.node == node) {
+            held.push(format!("{}/{}", s.name, p.name));
+        }
+    }
+    held
 }
 
 /// Relays session events: work notifications wake the dispatcher (in this node's turn); a

@@ -518,7 +518,7 @@ advertise = "http://127.0.0.1:7700"
 [store]
 url = "sqlite://./data/shoal.db"
 [cluster]
-secret = "s3cret"
+secret = "s3cret-s3cret-s3cret"
 [executor]
 slots = 8
 "#;

@@ -217,14 +217,7 @@ async fn start_membership(
     m.seeds = config.cluster.seeds.clone();
     m.multicast = config.cluster.multicast.map(|c| shoal_cluster::Multicast { group: c.group, interface: c.interface });
     m.gossip_interval = config.cluster.gossip_interval;
-    let held: Vec<String> = store
-        .list_sandboxes()
-        .await
-        .context("cannot list sandboxes")?
-        .into_iter()
-        .filter(|s| s.node_id.as_deref() == Some(id))
-        .map(|s| s.name)
-        .collect();
+    let held = cluster::held_by(id, &store.list_sandboxes().await.context("cannot list sandboxes")?);
     m.initial_keys = vec![
         (keys::URL.into(), url.into()),
         (keys::STATE.into(), "joining".into()),

@@ -90,3 +90,30 @@ async fn client_commands_end_to_end() {
     assert!(text(&o).1.contains("127.0.0.1:1"), "{:?}", text(&o));
     n.stop().await;
 }
+
+/// `shoal drain`, `suspend` and `resume`, and `shoal nodes` showing the state, gossip view
+/// and load; an unknown node is an error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_suspend_and_resume_from_the_cli() {
+    let mut n = TestNode::start(Backend::Sqlite).await;
+    let o = shoal(&n, &["drain", "n1"]).await;
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    assert_eq!(text(&o).0, "node n1: draining (was active)\nnot taking new work: node is draining\n");
+    assert_eq!(n.get("/health/ready").await.0, 503, "a draining node is not ready");
+    let o = shoal(&n, &["nodes"]).await;
+    let (out, _) = text(&o);
+    let header = out.lines().next().unwrap();
+    for col in ["ID", "STATE", "GOSSIP", "CPU", "MEM", "LEASE AGE", "VERSION"] {
+        assert!(header.contains(col), "{out}");
+    }
+    assert!(out.lines().nth(1).unwrap().contains("draining") && out.contains("alive"), "{out}");
+    let o = shoal(&n, &["suspend", "n1"]).await;
+    assert!(text(&o).0.starts_with("node n1: suspended (was draining)"), "{:?}", text(&o));
+    assert_eq!(n.get("/health/ready").await.0, 200, "a suspended node stays ready");
+    let o = shoal(&n, &["resume", "n1"]).await;
+    assert_eq!(text(&o).0, "node n1: active (was suspended)\n");
+    let o = shoal(&n, &["drain", "n9"]).await;
+    assert_eq!(o.status.code(), Some(1), "{:?}", text(&o));
+    assert!(text(&o).1.contains("n9") && text(&o).1.contains("not_found"), "{:?}", text(&o));
+    n.stop().await;
+}
