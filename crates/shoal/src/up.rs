@@ -1,8 +1,30 @@
-//! `shoal up`: one command from nothing to a running node with the example sandbox, on the
-//! embedded SQLite store, so a new user can try shoal before configuring anything.
+//! `shoal up`: one command from nothing to a running local cluster with the example sandbox,
+//! on the embedded SQLite store, so a new user can try shoal before configuring anything.
+//!
+//! With one node (the default) the node runs in this process. With `--nodes N` it starts N
+//! real `shoal server` processes (n1..nN) on one shared store, each with its own config, data
+//! folder and log under `<data-dir>/nK`: they find each other through the store's node
+//! registry and gossip, as nodes on separate machines do, so killing one shows a real
+//! takeover. The children die with this process (`PR_SET_PDEATHSIG`), so a killed `up`
+//! leaves nothing running.
 
+use anyhow::Context;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// How long the nodes of a cluster have to start, answer readiness and see each other alive.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long each node has after SIGTERM to hand back its attempts and release its lease.
+const STOP_DEADLINE: Duration = Duration::from_secs(30);
+/// Lines of a node's log shown when it fails to start.
+const LOG_TAIL_LINES: usize = 20;
+/// Exit code when Ctrl-C or SIGTERM stops `up` before it serves (128 + SIGINT, as a shell
+/// reports a command killed by Ctrl-C).
+const INTERRUPTED: u8 = 130;
 
 /// The example sandbox, built into the binary so `shoal up` works from any folder.
 const EXAMPLES: &[(&str, &str)] = &[
@@ -16,25 +38,41 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("data/orders.csv", include_str!("../../../examples/sandbox/data/orders.csv")),
 ];
 
+/// Start a local node, or with `--nodes N` a cluster of N local `shoal server` processes, on
+/// the embedded SQLite store with the example sandbox
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
-    /// Folder for the node's data, its SQLite store and the example sandbox
+    /// Folder for the nodes' data, their SQLite store and the example sandbox
     #[arg(long, default_value = ".shoal")]
     data_dir: PathBuf,
-    /// Address to serve the API on (port 0 picks a free one)
+    /// Address to serve the API on (port 0 picks a free one); with --nodes N and port P, the
+    /// nodes use ports P to P+N-1
     #[arg(long, default_value = "127.0.0.1:7700")]
     listen: String,
-    /// Concurrent attempts
+    /// Concurrent attempts (per node)
     #[arg(long, default_value_t = 4)]
     slots: u32,
+    /// Nodes to start: 1 runs in this process; more start that many `shoal server` processes
+    /// (n1, n2, ...) sharing DATA_DIR/shoal.db, each with its config, data and server.log in
+    /// DATA_DIR/nK
+    #[arg(long, default_value_t = 1, value_parser = node_count)]
+    nodes: u32,
     /// Run this job of the example sandbox once the node is up and show its logs (repeatable),
-    /// e.g. `--run jobs/orders-report.toml`
+    /// e.g. `--run jobs/orders-report.toml`; with several nodes it is submitted to n1
     #[arg(long = "run", value_name = "JOB")]
     run: Vec<String>,
     /// Stop after the --run jobs have finished instead of serving until Ctrl-C; the exit code
     /// is 1 if any of them did not succeed
     #[arg(long)]
     exit: bool,
+}
+
+fn node_count(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(0) => Err("a cluster needs at least one node".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{text}` is not a number of nodes")),
+    }
 }
 
 /// Writes the example files that are missing (a user's edits are kept).
@@ -54,7 +92,8 @@ fn write_examples(root: &Path) -> std::io::Result<()> {
 
 pub async fn run(args: UpArgs) -> u8 {
     crate::init_logging("warn,shoal_server=info", false);
-    match up(args).await {
+    let result = if args.nodes == 1 { up(args).await } else { up_cluster(args).await };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -63,8 +102,8 @@ pub async fn run(args: UpArgs) -> u8 {
     }
 }
 
+/// One node, in this process.
 async fn up(args: UpArgs) -> anyhow::Result<u8> {
-    use anyhow::Context;
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
     let sandbox_root = data_dir.join("sandboxes").join("examples");
@@ -80,15 +119,7 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
     let node = shoal_server::start(config).await?;
     let store = node.store();
     let root_text = sandbox_root.display().to_string();
-    match store.create_sandbox("examples", shoal_core::SandboxKind::Shared, &root_text, None).await {
-        Ok(_) | Err(shoal_store::StoreError::Conflict(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
-    if let Ok(Some(s)) = store.get_sandbox("examples").await {
-        if s.root != root_text {
-            eprintln!("note: sandbox `examples` is registered at {}, not {root_text}; leaving it as it is", s.root);
-        }
-    }
+    register_examples(&store, &root_text).await?;
     println!("shoal is up: node {} at {} (store {})", node.id(), node.url(), store.redacted_url());
     println!("sandbox `examples` is at {root_text}");
     println!("try, in another terminal:");
@@ -100,7 +131,7 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
         for job in &args.run {
             let job = job.trim_start_matches("examples/");
             println!("\n$ shoal run examples/{job} --follow");
-            match run_and_follow(node.url(), "examples", job).await {
+            match run_and_follow(node.url(), "examples", job, false).await {
                 Ok(true) => {}
                 Ok(false) => failed = true,
                 Err(e) => {
@@ -121,9 +152,24 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// Registers the example folder as shared sandbox `examples`, leaving an existing registration
+/// (perhaps of a folder the user chose) as it is.
+async fn register_examples(store: &shoal_store::Store, root_text: &str) -> anyhow::Result<()> {
+    match store.create_sandbox("examples", shoal_core::SandboxKind::Shared, root_text, None, &[]).await {
+        Ok(_) | Err(shoal_store::StoreError::Conflict(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if let Ok(Some(s)) = store.get_sandbox("examples").await {
+        if s.root != root_text {
+            eprintln!("note: sandbox `examples` is registered at {}, not {root_text}; leaving it as it is", s.root);
+        }
+    }
+    Ok(())
+}
+
 /// Submits a job through the node's API, streams its logs to stdout, and reports whether it
-/// succeeded.
-async fn run_and_follow(url: &str, sandbox: &str, job: &str) -> anyhow::Result<bool> {
+/// succeeded; `show_node` names the node that ran it (which matters once there are several).
+async fn run_and_follow(url: &str, sandbox: &str, job: &str, show_node: bool) -> anyhow::Result<bool> {
     use std::io::Write;
     let http = reqwest::Client::new();
     let resp = http
@@ -148,11 +194,537 @@ async fn run_and_follow(url: &str, sandbox: &str, job: &str) -> anyhow::Result<b
         std::io::stdout().flush()?;
     }
     let e: serde_json::Value = http.get(format!("{url}/api/v1/executions/{id}")).send().await?.json().await?;
+    let node = match e["node"].as_str() {
+        Some(node) if show_node => format!(" on node {node}"),
+        _ => String::new(),
+    };
     eprintln!(
-        "execution {id} {} ({}) after {} attempt(s)",
+        "execution {id} {}{node} ({}) after {} attempt(s)",
         e["state"].as_str().unwrap_or("?"),
         e["message"].as_str().unwrap_or(""),
         e["attempt"]
     );
     Ok(e["state"] == "succeeded")
+}
+
+/// One node of a local cluster: where its files are.
+struct NodeSpec {
+    id: String,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+/// A node's `shoal server` process and what this run has learnt of it.
+struct NodeProc {
+    id: String,
+    log: PathBuf,
+    child: Child,
+    /// From the store's node registry, once the node has registered in this run.
+    url: Option<String>,
+    /// The registry generation of this run's process (0 until it registered).
+    generation: i64,
+    ready: bool,
+    /// Why it is not up yet, for the error if it never is.
+    waiting_for: String,
+    exited: Option<ExitStatus>,
+    /// Whether its exit has been reported to the user.
+    reported: bool,
+}
+
+impl NodeProc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reaps the process if it has exited.
+    fn poll_exit(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            match self.child.try_wait() {
+                Ok(status) => self.exited = status,
+                Err(e) => tracing::warn!(node = %self.id, error = %e, "cannot check whether the node's process exited"),
+            }
+        }
+        self.exited
+    }
+}
+
+/// The cluster's processes. Any still running when this is dropped (a panic) are killed; every
+/// other path stops them with [`stop_all`] first, which lets them release their leases.
+#[derive(Default)]
+struct Procs(Vec<NodeProc>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for p in &mut self.0 {
+            if p.poll_exit().is_none() {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+    }
+}
+
+/// Ctrl-C and SIGTERM, listened for from before the first node starts, so that neither kills
+/// `up` before it has stopped its nodes.
+struct Interrupt {
+    int: Signal,
+    term: Signal,
+}
+
+impl Interrupt {
+    fn new() -> anyhow::Result<Interrupt> {
+        Ok(Interrupt {
+            int: signal(SignalKind::interrupt()).context("cannot listen for Ctrl-C")?,
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
+/// `s` as a TOML basic string.
+fn toml_str(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The last lines of a node's log, indented and without terminal colours, for an error message.
+fn log_tail(path: &Path) -> String {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => strip_ansi(&String::from_utf8_lossy(&bytes)),
+        Err(e) => return format!("    (cannot read it: {e})"),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return "    (empty)".into();
+    }
+    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..]
+        .iter()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`), which the logs use for colour.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Several nodes, each a `shoal server` child process, on one store.
+async fn up_cluster(args: UpArgs) -> anyhow::Result<u8> {
+    let listen: SocketAddr = args.listen.parse().map_err(|_| {
+        anyhow::anyhow!("--listen `{}` is not an address with a port, like 127.0.0.1:7700", args.listen)
+    })?;
+    let last_port = u32::from(listen.port()) + args.nodes - 1;
+    if listen.port() != 0 && last_port > u32::from(u16::MAX) {
+        anyhow::bail!(
+            "--listen port {} leaves no room for {} nodes (they would need ports up to {last_port}); use a lower port, or port 0",
+            listen.port(),
+            args.nodes
+        );
+    }
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)?;
+    let data_text = data_dir
+        .to_str()
+        .with_context(|| format!("the data directory {} is not valid UTF-8; pick another", data_dir.display()))?;
+    let sandbox_root = data_dir.join("sandboxes").join("examples");
+    write_examples(&sandbox_root).context("cannot write the example sandbox")?;
+    let exe = std::env::current_exe().context("cannot find this executable to start the nodes")?;
+
+    let store_url = format!("sqlite://{data_text}/shoal.db");
+    let mut specs = Vec::new();
+    let mut configs = Vec::new();
+    for k in 1..=args.nodes {
+        let id = format!("n{k}");
+        let dir = data_dir.join(&id);
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let port = if listen.port() == 0 { 0 } else { listen.port() + (k - 1) as u16 };
+        let text = format!(
+            "# written by `shoal up --nodes {}`; rewritten on every run\nnode_id = {}\ndata_dir = {}\n\n[http]\nlisten = {}\n\n[store]\nurl = {}\n\n[executor]\nslots = {}\n",
+            args.nodes,
+            toml_str(&id),
+            toml_str(&format!("{data_text}/{id}")),
+            toml_str(&SocketAddr::new(listen.ip(), port).to_string()),
+            toml_str(&store_url),
+            args.slots,
+        );
+        let path = dir.join("shoal.toml");
+        std::fs::write(&path, &text).with_context(|| format!("cannot write {}", path.display()))?;
+        // Checked here with the environment overrides the child will see, so that a bad one
+        // fails once, clearly, rather than in every node's log.
+        let config = shoal_server::Config::parse(&text, &path.display().to_string(), std::env::vars())?;
+        if config.node_id.as_ref().map(|n| n.to_string()).as_deref() != Some(id.as_str()) || config.data_dir != dir {
+            anyhow::bail!(
+                "SHOAL_NODE_ID or SHOAL_DATA_DIR is set, which would give every node the same id or data; unset them for `shoal up --nodes {}`",
+                args.nodes
+            );
+        }
+        specs.push(NodeSpec { id, config: path, log: dir.join("server.log") });
+        configs.push(config);
+    }
+    // An override such as SHOAL_STORE_URL applies to every node alike; this process uses the
+    // same store to register the sandbox and to find the nodes.
+    let config = &configs[0];
+    let store = shoal_store::Store::open(&config.store.url, 1).await.map_err(|e| match e {
+        shoal_store::StoreError::Unavailable(m) => anyhow::anyhow!("{m}"),
+        other => anyhow::anyhow!("store {}: {other}", shoal_store::redact(&config.store.url)),
+    })?;
+    let root_text = sandbox_root.display().to_string();
+    register_examples(&store, &root_text).await?;
+    let ids: Vec<&str> = specs.iter().map(|s| s.id.as_str()).collect();
+    let before = earlier_generations(&store, &ids, config.cluster.lease_ttl).await?;
+
+    let mut interrupt = Interrupt::new()?;
+    let mut procs = Procs::default();
+    let cluster = Cluster { args: &args, exe: &exe, store: &store, specs: &specs, before: &before, root: &root_text };
+    let outcome = cluster.drive(&mut procs, &mut interrupt).await;
+    if !procs.0.is_empty() {
+        println!("stopping");
+        stop_all(&mut procs.0, &mut interrupt).await;
+    }
+    outcome
+}
+
+/// The registry generation of each node before this run, so that its rows are not mistaken
+/// for this run's. A node whose lease is still live may be of a run killed a moment ago: its
+/// lease is waited out. One whose lease keeps being renewed is running elsewhere, and two
+/// processes must not share a node id.
+async fn earlier_generations(
+    store: &shoal_store::Store,
+    ids: &[&str],
+    lease_ttl: Duration,
+) -> anyhow::Result<HashMap<String, i64>> {
+    let deadline = Instant::now() + lease_ttl + Duration::from_secs(1);
+    let mut noted = false;
+    loop {
+        let rows = store.list_nodes().await.context("cannot read the node registry")?;
+        let live: Vec<_> = rows
+            .iter()
+            .filter(|r| {
+                ids.contains(&r.id.as_str()) && r.lease_expires_at > r.now && r.state != "stopped" && r.state != "lost"
+            })
+            .collect();
+        let Some(first) = live.first() else {
+            return Ok(rows.into_iter().map(|r| (r.id, r.generation)).collect());
+        };
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "node {} is already running (at {}) on the store {}; stop that `shoal up` or `shoal server` first, or give this one another --data-dir",
+                first.id,
+                first.url,
+                store.redacted_url()
+            );
+        }
+        if !noted {
+            println!("waiting up to {lease_ttl:?} for the lease of node {} of an earlier run to run out", first.id);
+            noted = true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What starting a cluster needs.
+struct Cluster<'a> {
+    args: &'a UpArgs,
+    exe: &'a Path,
+    store: &'a shoal_store::Store,
+    specs: &'a [NodeSpec],
+    before: &'a HashMap<String, i64>,
+    root: &'a str,
+}
+
+impl Cluster<'_> {
+    /// Starts the nodes, waits until they are one cluster, runs the --run jobs and serves.
+    /// The caller stops whatever was started, whichever way this ends.
+    async fn drive(&self, procs: &mut Procs, interrupt: &mut Interrupt) -> anyhow::Result<u8> {
+        for spec in self.specs {
+            let child = spawn_node(self.exe, spec)?;
+            println!("starting {} (pid {}, log {})", spec.id, child.id(), spec.log.display());
+            procs.0.push(NodeProc {
+                id: spec.id.clone(),
+                log: spec.log.clone(),
+                child,
+                url: None,
+                generation: 0,
+                ready: false,
+                waiting_for: "not registered in the store yet".into(),
+                exited: None,
+                reported: false,
+            });
+        }
+        if !self.wait_until_up(&mut procs.0, interrupt).await? {
+            println!("interrupted");
+            return Ok(INTERRUPTED);
+        }
+        let nodes = &procs.0;
+        let urls: Vec<&str> = nodes.iter().filter_map(|p| p.url.as_deref()).collect();
+        println!("shoal is up: {} nodes (store {})", nodes.len(), self.store.redacted_url());
+        let id_width = nodes.iter().map(|p| p.id.len()).max().unwrap_or(0);
+        let url_width = urls.iter().map(|u| u.len()).max().unwrap_or(0);
+        for (p, url) in nodes.iter().zip(&urls) {
+            println!("  {:id_width$}  {url:url_width$}  pid {:<7}  log {}", p.id, p.pid(), p.log.display());
+        }
+        println!("sandbox `examples` is at {}", self.root);
+        println!("try, in another terminal:");
+        println!("  shoal --server {} run examples/jobs/greet.toml -p name=you --follow", urls.join(","));
+        println!("  shoal --server {} nodes", urls[0]);
+
+        let mut failed = false;
+        for job in &self.args.run {
+            let job = job.trim_start_matches("examples/");
+            println!("\n$ shoal run examples/{job} --follow");
+            let result = tokio::select! {
+                r = run_and_follow(urls[0], "examples", job, true) => r,
+                _ = interrupt.recv() => {
+                    println!("\ninterrupted");
+                    return Ok(INTERRUPTED);
+                }
+            };
+            match result {
+                Ok(true) => {}
+                Ok(false) => failed = true,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    failed = true;
+                }
+            }
+        }
+        if self.args.exit {
+            return Ok(u8::from(failed));
+        }
+        println!("\nserving until Ctrl-C");
+        serve(&mut procs.0, interrupt).await
+    }
+
+    /// Waits until every node has registered, answers readiness, and n1 sees all of them
+    /// alive. `Ok(false)`: interrupted.
+    async fn wait_until_up(&self, procs: &mut [NodeProc], interrupt: &mut Interrupt) -> anyhow::Result<bool> {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            for p in procs.iter_mut() {
+                if let Some(status) = p.poll_exit() {
+                    p.reported = true;
+                    anyhow::bail!(
+                        "node {} exited while starting ({status}); the end of its log {}:\n{}",
+                        p.id,
+                        p.log.display(),
+                        log_tail(&p.log)
+                    );
+                }
+            }
+            if procs.iter().any(|p| p.url.is_none()) {
+                // Only a row of a newer generation than before this run is this run's process.
+                for row in self.store.list_nodes().await.context("cannot read the node registry")? {
+                    let earlier = self.before.get(&row.id).copied().unwrap_or(0);
+                    if let Some(p) = procs.iter_mut().find(|p| p.id == row.id && p.url.is_none()) {
+                        if row.generation > earlier {
+                            p.waiting_for = format!("no answer yet at {}/api/v1/health/ready", row.url);
+                            p.url = Some(row.url);
+                            p.generation = row.generation;
+                        }
+                    }
+                }
+            }
+            for p in procs.iter_mut().filter(|p| !p.ready) {
+                let Some(url) = &p.url else { continue };
+                let ready = format!("{url}/api/v1/health/ready");
+                match http.get(&ready).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        p.ready = true;
+                        p.waiting_for.clear();
+                    }
+                    Ok(r) => p.waiting_for = format!("{ready} answers {}", r.status()),
+                    Err(e) => p.waiting_for = format!("no answer at {ready}: {e}"),
+                }
+            }
+            if procs.iter().all(|p| p.ready) {
+                match membership_gaps(&http, procs).await {
+                    Ok(gaps) if gaps.is_empty() => return Ok(true),
+                    Ok(gaps) => {
+                        for (i, why) in gaps {
+                            procs[i].waiting_for = why;
+                        }
+                    }
+                    Err(e) => procs[0].waiting_for = format!("cannot list the nodes: {e:#}"),
+                }
+            }
+            if Instant::now() >= deadline {
+                use std::fmt::Write;
+                let lagging: Vec<&NodeProc> = procs.iter().filter(|p| !p.waiting_for.is_empty()).collect();
+                let mut msg = format!("the nodes did not all come up within {START_DEADLINE:?}");
+                for p in &lagging {
+                    let _ = write!(msg, "\n  {}: {}", p.id, p.waiting_for);
+                }
+                for p in &lagging {
+                    let _ = write!(msg, "\nthe end of {}'s log {}:\n{}", p.id, p.log.display(), log_tail(&p.log));
+                }
+                anyhow::bail!(msg);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = interrupt.recv() => return Ok(false),
+            }
+        }
+    }
+}
+
+/// For each node that n1 does not show as this run's process, alive by gossip: its index and
+/// why. In a build without gossip membership (no `gossip` field), a live lease is enough.
+async fn membership_gaps(http: &reqwest::Client, procs: &mut [NodeProc]) -> anyhow::Result<Vec<(usize, String)>> {
+    let url = procs[0].url.as_deref().unwrap_or_default();
+    let body: serde_json::Value =
+        http.get(format!("{url}/api/v1/nodes")).send().await?.error_for_status()?.json().await?;
+    let rows = body["nodes"].as_array().cloned().unwrap_or_default();
+    let first = procs[0].id.clone();
+    let mut gaps = Vec::new();
+    for (i, p) in procs.iter_mut().enumerate() {
+        let row = rows.iter().find(|r| r["id"] == p.id.as_str());
+        let why = match row {
+            None => Some(format!("{first} does not list it")),
+            Some(r) if r["generation"].as_i64() != Some(p.generation) => {
+                Some(format!("{first} lists generation {} of it, not this run's {}", r["generation"], p.generation))
+            }
+            Some(r) => match r.get("gossip").and_then(|g| g.as_str()) {
+                Some("alive") => None,
+                Some(other) => Some(format!("not alive by gossip as {first} sees it (gossip: {other})")),
+                None if r["lease_expires_in_ms"].as_i64().unwrap_or(0) > 0 => None,
+                None => Some("its lease is not live".into()),
+            },
+        };
+        match why {
+            Some(why) => gaps.push((i, why)),
+            None => p.waiting_for.clear(),
+        }
+    }
+    Ok(gaps)
+}
+
+/// Starts a node's `shoal server`, its output going to its log.
+fn spawn_node(exe: &Path, spec: &NodeSpec) -> anyhow::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::File::create(&spec.log).with_context(|| format!("cannot create {}", spec.log.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("server")
+        .arg("--config")
+        .arg(&spec.config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().with_context(|| format!("cannot open {}", spec.log.display()))?)
+        .stderr(log);
+    let parent = std::process::id();
+    // SAFETY: between fork and exec the closure makes only async-signal-safe calls (prctl,
+    // getppid) and allocates nothing on its success path.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The child gets SIGTERM (a clean stop) when this process dies, however it dies.
+            // The signal follows the *thread* that forked: this runs on the main thread, in
+            // the runtime's `block_on`, which lasts as long as the process.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // If this process died before the prctl, nothing would ever signal the child.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("cannot start `{} server` for node {}", exe.display(), spec.id))
+}
+
+/// Serves until Ctrl-C or SIGTERM, reporting nodes that exit meanwhile (the others carry on,
+/// taking over their work as they would on separate machines).
+async fn serve(procs: &mut [NodeProc], interrupt: &mut Interrupt) -> anyhow::Result<u8> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = interrupt.recv() => return Ok(0),
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+        for p in procs.iter_mut().filter(|p| !p.reported) {
+            if let Some(status) = p.poll_exit() {
+                p.reported = true;
+                println!("node {} exited ({status}); the others carry on. see its log {}", p.id, p.log.display());
+            }
+        }
+        if procs.iter().all(|p| p.reported) {
+            anyhow::bail!("every node has exited; see their logs");
+        }
+    }
+}
+
+/// SIGTERM to every node still running, so that it hands back its attempts and releases its
+/// lease; SIGKILL to any that has not stopped within [`STOP_DEADLINE`], or to all at once on
+/// another Ctrl-C.
+async fn stop_all(procs: &mut [NodeProc], interrupt: &mut Interrupt) {
+    for p in procs.iter_mut() {
+        if p.poll_exit().is_none() {
+            // SAFETY: kill(2) on our own child, which is not reaped yet, so its pid is not reused.
+            unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+    let deadline = Instant::now() + STOP_DEADLINE;
+    loop {
+        for p in procs.iter_mut().filter(|p| !p.reported) {
+            if let Some(status) = p.poll_exit() {
+                p.reported = true;
+                if status.success() {
+                    println!("node {} stopped", p.id);
+                } else {
+                    println!("node {} stopped ({status}); see its log {}", p.id, p.log.display());
+                }
+            }
+        }
+        if procs.iter().all(|p| p.reported) {
+            return;
+        }
+        let why = if Instant::now() >= deadline {
+            format!("did not stop within {STOP_DEADLINE:?}")
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                _ = interrupt.recv() => "was still stopping at the second Ctrl-C".to_owned(),
+            }
+        };
+        for p in procs.iter_mut().filter(|p| !p.reported) {
+            let _ = p.child.kill();
+            p.exited = p.child.wait().ok();
+            p.reported = true;
+            println!("node {} {why}; killed it", p.id);
+        }
+        return;
+    }
 }
