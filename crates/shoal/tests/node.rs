@@ -486,10 +486,11 @@ async fn sandbox_lifecycle(b: Backend) {
         422,
         "invalid_request",
     );
+    // A partitioned sandbox has parts, not a root of its own.
     expect_error(
         n.post("/api/v1/sandboxes", json!({"name": "p", "kind": "partitioned", "root": "/tmp/p"})).await,
         422,
-        "invalid_request",
+        "invalid_partitions",
     );
     let (status, local) = n
         .post(
