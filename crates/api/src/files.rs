@@ -96,7 +96,7 @@ enum Found {
 }
 
 async fn serve_get(state: State, name: String, raw: String, request: Request) -> ApiResult<Response> {
-    let sandbox = find(&state, &name).await?;
+    let sandbox = crate::sandboxes::locate(find(&state, &name).await?, request.uri().query())?;
     if let Some(holder) = held_elsewhere(&state, &sandbox) {
         return forward::to_sandbox_holder(&state, &sandbox.name, holder, request).await;
     }
@@ -148,7 +148,7 @@ async fn serve_get(state: State, name: String, raw: String, request: Request) ->
 }
 
 pub async fn put(state: State, Path((name, raw)): Path<(String, String)>, request: Request) -> ApiResult<Response> {
-    let sandbox = find(&state, &name).await?;
+    let sandbox = crate::sandboxes::locate(find(&state, &name).await?, request.uri().query())?;
     // Before the body is touched, so an upload streams through to the holder.
     if let Some(holder) = held_elsewhere(&state, &sandbox) {
         return forward::to_sandbox_holder(&state, &sandbox.name, holder, request).await;
@@ -180,6 +180,8 @@ pub async fn put(state: State, Path((name, raw)): Path<(String, String)>, reques
     let root = sandbox.root.clone();
     let (shown2, tmp2, checked) = (shown.clone(), tmp_rel.clone(), path.clone());
     let (file, existed) = blocking(move || {
+        // A partition's folder (or a sandbox folder removed by hand) is made on first upload.
+        std::fs::create_dir_all(&root).map_err(|e| ApiError::internal(format!("cannot create {root}: {e}")))?;
         let dir = open_root(&root)?;
         check_escape(&dir, &checked, &shown2)?;
         dir.create_dir_all(&parent_rel).map_err(|e| resolve_error(&shown2, e))?;
@@ -245,7 +247,7 @@ pub async fn put(state: State, Path((name, raw)): Path<(String, String)>, reques
 }
 
 pub async fn delete(state: State, Path((name, raw)): Path<(String, String)>, request: Request) -> ApiResult<Response> {
-    let sandbox = find(&state, &name).await?;
+    let sandbox = crate::sandboxes::locate(find(&state, &name).await?, request.uri().query())?;
     if let Some(holder) = held_elsewhere(&state, &sandbox) {
         return forward::to_sandbox_holder(&state, &sandbox.name, holder, request).await;
     }

@@ -96,6 +96,34 @@ pub async fn find(state: &crate::AppState, name: &str) -> ApiResult<SandboxRow> 
 /// The other node that holds `s`, if any: a local sandbox's files are only on its holder, so
 /// requests that read or write them are forwarded there ([`forward::to_sandbox_holder`])
 /// rather than answered from an empty folder here.
+/// The files a request is about: a partitioned sandbox's files are those of one partition,
+/// chosen with `?partition=NAME`, and behave like a local sandbox on the partition's node.
+pub fn locate(s: SandboxRow, query: Option<&str>) -> ApiResult<SandboxRow> {
+    if s.kind != SandboxKind::Partitioned {
+        return Ok(s);
+    }
+    let names = || s.partitions.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+    let wanted =
+        query.into_iter().flat_map(|q| q.split('&')).find_map(|kv| kv.strip_prefix("partition=")).ok_or_else(|| {
+            ApiError::invalid_query(format!(
+                "sandbox `{}` is partitioned: say which partition with ?partition=NAME (one of {})",
+                s.name,
+                names()
+            ))
+        })?;
+    let part = s.partitions.iter().find(|p| p.name == wanted).ok_or_else(|| {
+        ApiError::not_found(format!("sandbox `{}` has no partition `{wanted}` (it has {})", s.name, names()))
+    })?;
+    Ok(SandboxRow {
+        kind: SandboxKind::Local,
+        root: part.root.clone(),
+        node_id: Some(part.node.clone()),
+        name: s.name.clone(),
+        created_at: s.created_at,
+        partitions: Vec::new(),
+    })
+}
+
 pub fn held_elsewhere<'a>(state: &crate::AppState, s: &'a SandboxRow) -> Option<&'a str> {
     match (&s.kind, &s.node_id) {
         (SandboxKind::Local, Some(node)) if *node != state.node.id => Some(node),

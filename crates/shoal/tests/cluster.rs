@@ -412,3 +412,43 @@ async fn a_live_log_is_followed_through_another_node() {
         n.stop().await;
     }
 }
+
+/// A partitioned sandbox's files are those of one partition (`?partition=NAME`), served by
+/// its node through any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_files_are_served_by_their_node_through_any_node() {
+    let db = shoal_testkit::postgres().fresh_database();
+    let mut nodes = cluster(&db, 2).await;
+    let data = tempfile::tempdir().unwrap();
+    let parts = json!([
+        {"name": "p1", "node": "n1", "root": data.path().join("p1").display().to_string()},
+        {"name": "p2", "node": "n2", "root": data.path().join("p2").display().to_string()},
+    ]);
+    let (s, v) =
+        nodes[0].post("/api/v1/sandboxes", json!({"name": "parts", "kind": "partitioned", "partitions": parts})).await;
+    assert_eq!(s, 201, "{v}");
+    let put = nodes[0]
+        .http
+        .put(format!("{}/api/v1/sandboxes/parts/files/in/rows.txt?partition=p2", nodes[0].url))
+        .body("x\ny\n")
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.text().await.unwrap());
+    assert_eq!(std::fs::read_to_string(data.path().join("p2/in/rows.txt")).unwrap(), "x\ny\n");
+    let got = nodes[0]
+        .http
+        .get(format!("{}/api/v1/sandboxes/parts/files/in/rows.txt?partition=p2", nodes[0].url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.headers().get("x-shoal-served-by").and_then(|v| v.to_str().ok()), Some("n2"));
+    assert_eq!(got.text().await.unwrap(), "x\ny\n");
+    let (s, v) = nodes[1].get("/api/v1/sandboxes/parts/files/in/rows.txt").await;
+    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid_query")), "{v}");
+    let (s, v) = nodes[1].get("/api/v1/sandboxes/parts/files/in?partition=p9").await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("not_found")), "{v}");
+    for n in nodes.iter_mut() {
+        n.stop().await;
+    }
+}
