@@ -483,6 +483,12 @@ async fn route(state: &AppState, node_id: &str, role: Option<&str>, req: Request
     if node_id == state.node.id {
         return Err(ApiError::internal(format!("a request was to be forwarded to node {node_id}, this node itself")));
     }
+    // Gossip knows every live peer's URL: no store read on the common path. The store's
+    // registry is asked when gossip does not vouch for the node, to say why it is unavailable.
+    if let Some(url) = state.engine.live_peer_url(node_id) {
+        let target = Target { id: node_id, url: &url, role };
+        return Ok(state.forwarder.send(&target, req).await);
+    }
     let nodes = state.store.list_nodes().await?;
     let Some(node) = nodes.iter().find(|n| n.id == node_id) else {
         let target = Target { id: node_id, url: "", role };

@@ -46,6 +46,8 @@ pub trait Engine: Send + Sync + 'static {
     fn gossip(&self) -> Vec<(String, bool)>;
     /// Gossip packets dropped because they failed authentication.
     fn rejected_gossip_packets(&self) -> u64;
+    /// The URL of another node that gossip currently reports alive, if it does.
+    fn live_peer_url(&self, id: &str) -> Option<String>;
 }
 
 #[derive(Clone, Debug, serde::Serialize)]

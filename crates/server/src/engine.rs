@@ -768,6 +768,15 @@ impl shoal_api::Engine for EngineHandle {
     fn rejected_gossip_packets(&self) -> u64 {
         self.cluster.membership.rejected_packets()
     }
+
+    fn live_peer_url(&self, id: &str) -> Option<String> {
+        self.cluster
+            .membership
+            .snapshot()
+            .into_iter()
+            .find(|p| p.id == id && p.alive && p.id != self.engine.cfg.node_id)
+            .and_then(|p| p.keys.get(shoal_cluster::keys::URL).cloned())
+    }
 }
 
 /// The engine as the API sees it.
