@@ -11,6 +11,7 @@ pub mod job;
 pub mod path;
 pub mod placement;
 pub mod sandbox;
+pub mod schedule;
 pub mod state;
 
 pub use ids::{ExecutionId, FencingToken, NodeId, SandboxName};

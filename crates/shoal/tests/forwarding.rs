@@ -309,7 +309,7 @@ async fn a_holder_that_is_down_is_a_prompt_503_naming_it(b: Backend) {
     let root3 = n3.dir.path().join("far");
     std::fs::create_dir_all(&root3).unwrap();
     n1.store()
-        .create_sandbox("far", shoal_core::SandboxKind::Local, &root3.display().to_string(), Some("n3"))
+        .create_sandbox("far", shoal_core::SandboxKind::Local, &root3.display().to_string(), Some("n3"), &[])
         .await
         .unwrap();
     for method in ["GET", "PUT"] {
@@ -322,7 +322,7 @@ async fn a_holder_that_is_down_is_a_prompt_503_naming_it(b: Backend) {
     assert_eq!(n1.count_executions().await, 0, "nothing was accepted");
 
     // A holder that never joined.
-    n1.store().create_sandbox("ghost", shoal_core::SandboxKind::Local, "/nonexistent", Some("n9")).await.unwrap();
+    n1.store().create_sandbox("ghost", shoal_core::SandboxKind::Local, "/nonexistent", Some("n9"), &[]).await.unwrap();
     assert_unavailable(&n1, "GET", "/api/v1/sandboxes/ghost/files", "n9", "it has never joined the cluster").await;
 
     n3.stop().await;
