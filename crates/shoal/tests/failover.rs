@@ -27,10 +27,6 @@ struct Proc {
 }
 
 impl Proc {
-    fn start(dir: &Path, store: &str, id: &str) -> Proc {
-        Self::start_with_lease(dir, store, id, LEASE)
-    }
-
     fn start_with_lease(dir: &Path, store: &str, id: &str, lease: &str) -> Proc {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let text = config_text(dir, store, "")

@@ -61,7 +61,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 enum Backend {
     Sqlite(sqlite::SqlitePool),
-    Postgres(postgres::PgPool),
+    // Boxed: the pool keeps its connection config for sessions, which makes it large.
+    Postgres(Box<postgres::PgPool>),
 }
 
 /// A handle on the store; cheap to share behind an `Arc`.
@@ -113,7 +114,7 @@ impl Store {
                 .map_err(|e| StoreError::Internal(e.to_string()))??;
             Backend::Sqlite(pool)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Backend::Postgres(postgres::PgPool::open(url, pool_size)?)
+            Backend::Postgres(Box::new(postgres::PgPool::open(url, pool_size)?))
         } else {
             return Err(StoreError::Config(format!(
                 "unsupported store URL {}; use sqlite://PATH or postgres://USER@HOST/DB",

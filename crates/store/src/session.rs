@@ -94,7 +94,7 @@ impl Store {
             }
             Backend::Postgres(pool) => {
                 let mut cfg = pool.config.clone();
-                cfg.application_name(&format!("shoal session {node}"));
+                cfg.application_name(format!("shoal session {node}"));
                 let (client, mut conn) = cfg
                     .connect(tokio_postgres::NoTls)
                     .await
