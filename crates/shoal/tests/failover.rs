@@ -61,6 +61,16 @@ impl Proc {
     }
 }
 
+impl Drop for Proc {
+    /// A failing test must not leave its nodes running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 async fn get(http: &reqwest::Client, url: &str) -> Option<Value> {
     http.get(url).send().await.ok()?.json().await.ok()
 }
