@@ -16,7 +16,8 @@ tasks:
           (without --workspace when <args> pick packages with -p)
   ci      `cargo fmt --check`, `cargo clippy -D warnings`, then what `test` does
   bench   deps, a release build, a throwaway PostgreSQL, then every `shoal bench` run
-          behind BENCHMARKS.md, on SQLite and on PostgreSQL, in one go
+          behind BENCHMARKS.md, on SQLite and on PostgreSQL, in one go;
+          `bench --soak` also runs the 10-minute soak at the end
   help    print this
 ";
 
@@ -41,7 +42,7 @@ fn run(args: Vec<OsString>) -> Result<()> {
         Some("deps") => deps(&root),
         Some("test") => test(&root, &rest),
         Some("ci") => ci(&root, &rest),
-        Some("bench") => bench(&root),
+        Some("bench") => bench(&root, &rest),
         Some("help" | "--help" | "-h") => {
             print!("{HELP}");
             Ok(())
@@ -137,13 +138,19 @@ fn pg_bindir() -> String {
 }
 
 /// Runs every benchmark of BENCHMARKS.md in one process, so the SQLite and PostgreSQL
-/// figures come from the same build, machine and moment.
-fn bench(root: &Path) -> Result<()> {
+/// figures come from the same build, machine and moment. `--soak` adds the 10-minute soak.
+fn bench(root: &Path, extra: &[OsString]) -> Result<()> {
+    let soak = extra.iter().any(|a| a == "--soak");
+    if let Some(other) = extra.iter().find(|a| *a != "--soak") {
+        bail!("unknown bench option `{}`; the only one is --soak", other.to_string_lossy());
+    }
     deps(root)?;
     let mut build = cargo(root);
     build.args(["build", "--release", "-p", "shoal"]);
     run_cmd(build)?;
-    let shoal = root.join("target/release/shoal");
+    // Where that build went: CARGO_TARGET_DIR if set (relative to the workspace), else target/.
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
+    let shoal = target.join("release/shoal");
     let pg = shoal_testkit::postgres();
     let stores = [("sqlite", None), ("postgres", Some(pg.fresh_database()))];
     let run = |args: &[&str], store: &Option<String>| -> Result<()> {
@@ -156,14 +163,26 @@ fn bench(root: &Path) -> Result<()> {
     };
     for (_, store) in &stores {
         // A fresh database per run keeps one run's rows from slowing the next.
-        let store = store.as_ref().map(|_| pg.fresh_database());
-        run(&["throughput", "--kind", "noop", "--count", "20000", "--concurrency", "32", "--slots", "64"], &store)?;
-        let store2 = store.as_ref().map(|_| pg.fresh_database());
-        run(&["throughput", "--kind", "true", "--count", "2000", "--concurrency", "16", "--slots", "16"], &store2)?;
-        let store3 = store.as_ref().map(|_| pg.fresh_database());
-        run(&["latency", "--count", "300"], &store3)?;
+        let fresh = || store.as_ref().map(|_| pg.fresh_database());
+        let noop = ["throughput", "--kind", "noop", "--count", "20000", "--concurrency", "32", "--slots", "64"];
+        let true_ = ["throughput", "--kind", "true", "--count", "2000", "--concurrency", "16", "--slots", "16"];
+        run(&noop, &fresh())?;
+        if store.is_some() {
+            // The same on 3 in-process nodes, side by side with the single node.
+            run(&[&noop[..], &["--nodes", "3"]].concat(), &fresh())?;
+        }
+        run(&true_, &fresh())?;
+        if store.is_some() {
+            run(&[&true_[..], &["--nodes", "3"]].concat(), &fresh())?;
+        }
+        run(&["latency", "--count", "300"], &fresh())?;
+        run(&["forwarding", "--count", "2000"], &fresh())?;
     }
     run(&["startup", "--count", "10"], &None)?;
+    // Cluster behaviour on PostgreSQL: SIGKILL failover across real processes, and a node
+    // cut off from the store.
+    run(&["failover", "--nodes", "3", "--kills", "20", "--lease", "10s"], &Some(pg.fresh_database()))?;
+    run(&["cutoff", "--rounds", "5", "--lease", "4s"], &Some(pg.fresh_database()))?;
     // The reference point of DESIGN.md: small transactions per second this PostgreSQL
     // commits (pgbench's simple-update script, 8 clients), measured in the same run.
     let db = pg.fresh_database();
@@ -174,6 +193,9 @@ fn bench(root: &Path) -> Result<()> {
     let mut pgbench = Command::new(&bin);
     pgbench.args(["-N", "-c", "8", "-j", "2", "-T", "10", &db]);
     run_cmd(pgbench)?;
+    if soak {
+        run(&["soak", "--duration", "10m", "--nodes", "3", "--burn", "2"], &Some(pg.fresh_database()))?;
+    }
     Ok(())
 }
 

@@ -185,6 +185,11 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     let app = shoal_api::router(state);
     let mut http_shutdown = shutdown_rx.clone();
     let http = tokio::spawn(async move {
+        // Small answers (a file, a JSON body) must not wait for a delayed ACK.
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = http_shutdown.wait_for(|s| *s).await;
         });

@@ -16,7 +16,7 @@ pub struct BenchArgs {
 #[derive(clap::Subcommand, Debug)]
 enum BenchCmd {
     /// Executions completed per second, submission to final state
-    Throughput(Common),
+    Throughput(ThroughputArgs),
     /// Submission to process start, one execution at a time with a free slot
     Latency(Common),
     /// Start-up to ready, and resident memory when idle, of a real `shoal server` process
@@ -25,28 +25,45 @@ enum BenchCmd {
         #[arg(long, default_value_t = 10)]
         count: usize,
     },
+    /// SIGKILL the `shoal server` process running an attempt: time until the next attempt runs
+    Failover(crate::bench_cluster::FailoverArgs),
+    /// Cut a node off from PostgreSQL: when it kills its child, when another node takes over
+    Cutoff(crate::bench_cluster::CutoffArgs),
+    /// A local sandbox's file read directly from its holder versus forwarded by another node
+    Forwarding(crate::bench_cluster::ForwardingArgs),
+    /// Real processes under CPU pressure and steady load: count nodes falsely seen dead
+    Soak(crate::bench_cluster::SoakArgs),
 }
 
 #[derive(clap::Args, Debug)]
-struct Common {
-    /// Store URL; default: a fresh SQLite file in a temporary folder
-    #[arg(long)]
-    store: Option<String>,
-    /// `noop` (built-in job kind) or `true` (a real process)
-    #[arg(long, default_value = "noop")]
-    kind: String,
-    /// Executions to run
-    #[arg(long, default_value_t = 2000)]
-    count: usize,
-    /// Concurrent submitting clients
-    #[arg(long, default_value_t = 16)]
-    concurrency: usize,
-    /// The node's slots
-    #[arg(long, default_value_t = 16)]
-    slots: u32,
+struct ThroughputArgs {
+    #[command(flatten)]
+    common: Common,
+    /// In-process nodes on the one store, submissions round-robin across them
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+#[derive(clap::Args, Debug)]
+pub(crate) struct Common {
+    /// Store URL; default: a fresh SQLite file in a temporary folder
+    #[arg(long)]
+    pub(crate) store: Option<String>,
+    /// `noop` (built-in job kind) or `true` (a real process)
+    #[arg(long, default_value = "noop")]
+    pub(crate) kind: String,
+    /// Executions to run
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) count: usize,
+    /// Concurrent submitting clients
+    #[arg(long, default_value_t = 16)]
+    pub(crate) concurrency: usize,
+    /// The node's slots
+    #[arg(long, default_value_t = 16)]
+    pub(crate) slots: u32,
+}
+
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -143,7 +160,7 @@ async fn throughput(c: Common) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn count_final(store: &shoal_store::Store) -> anyhow::Result<i64> {
+pub(crate) async fn count_final(store: &shoal_store::Store) -> anyhow::Result<i64> {
     Ok(store.count_by_state().await?.into_iter().filter(|(s, _)| s.is_final()).map(|(_, n)| n).sum())
 }
 
@@ -263,9 +280,14 @@ async fn startup(count: usize) -> anyhow::Result<()> {
 pub async fn run(args: BenchArgs) -> u8 {
     crate::init_logging("error", false);
     let result = match args.what {
-        BenchCmd::Throughput(c) => throughput(c).await,
+        BenchCmd::Throughput(t) if t.nodes <= 1 => throughput(t.common).await,
+        BenchCmd::Throughput(t) => crate::bench_cluster::throughput(&t.common, t.nodes).await,
         BenchCmd::Latency(c) => latency(c).await,
         BenchCmd::Startup { count } => startup(count).await,
+        BenchCmd::Failover(a) => crate::bench_cluster::failover(a).await,
+        BenchCmd::Cutoff(a) => crate::bench_cluster::cutoff(a).await,
+        BenchCmd::Forwarding(a) => crate::bench_cluster::forwarding(a).await,
+        BenchCmd::Soak(a) => crate::bench_cluster::soak(a).await,
     };
     match result {
         Ok(()) => 0,

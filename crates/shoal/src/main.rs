@@ -2,6 +2,7 @@
 //! example sandbox, and the client commands (run, ps, logs, ...) talk to any node's API.
 
 mod bench;
+mod bench_cluster;
 mod client_cmds;
 mod up;
 
@@ -22,7 +23,7 @@ struct Cli {
 enum Command {
     /// Run a node
     Server(ServerArgs),
-    /// Start a local node on the embedded store with the example sandbox, for trying shoal
+    /// Start a local cluster (one node, or `--nodes N` processes) on the embedded store with the example sandbox, for trying shoal
     Up(up::UpArgs),
     /// Measure throughput, dispatch latency, start-up time and memory (see BENCHMARKS.md)
     Bench(bench::BenchArgs),
