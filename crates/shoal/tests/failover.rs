@@ -132,11 +132,19 @@ fn beats(sandbox: &Path) -> Vec<(i64, u128, String)> {
         .collect()
 }
 
-async fn sigkill_failover(store: String) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut procs = start_cluster(dir.path(), &store, &["n1", "n2", "n3"], LEASE).await;
-    let http = reqwest::Client::new();
-    let sandbox = dir.path().join("sb");
+/// An execution of [`BEATING_JOB`] whose attempt 1 beats, and where.
+struct Beating {
+    sandbox: PathBuf,
+    id: String,
+    first_pid: i32,
+    victim_id: String,
+    /// Index in the cluster of the node running attempt 1.
+    victim: usize,
+}
+
+/// Registers the beating job's sandbox, submits it, and waits for attempt 1's first beat.
+async fn start_beating(http: &reqwest::Client, dir: &Path, procs: &[Proc]) -> Beating {
+    let sandbox = dir.join("sb");
     std::fs::create_dir_all(sandbox.join("jobs")).unwrap();
     std::fs::write(sandbox.join("jobs/beat.toml"), BEATING_JOB).unwrap();
     let r = http
@@ -164,6 +172,14 @@ async fn sigkill_failover(store: String) {
     .await;
     let victim_id = beats(&sandbox)[0].2.clone();
     let victim = procs.iter().position(|p| p.id == victim_id).unwrap();
+    Beating { sandbox, id, first_pid, victim_id, victim }
+}
+
+async fn sigkill_failover(store: String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut procs = start_cluster(dir.path(), &store, &["n1", "n2", "n3"], LEASE).await;
+    let http = reqwest::Client::new();
+    let Beating { sandbox, id, first_pid, victim_id, victim } = start_beating(&http, dir.path(), &procs).await;
     let killed_at = Instant::now();
     unsafe { libc::kill(procs[victim].child.id() as i32, libc::SIGKILL) };
     procs[victim].child.wait().unwrap();
@@ -228,34 +244,7 @@ async fn a_frozen_nodes_job_dies_before_its_lease_and_moves_after_it() {
     let store = shoal_testkit::postgres().fresh_database();
     let mut procs = start_cluster(dir.path(), &store, &["n1", "n2", "n3"], SHORT_LEASE).await;
     let http = reqwest::Client::new();
-    let sandbox = dir.path().join("sb");
-    std::fs::create_dir_all(sandbox.join("jobs")).unwrap();
-    std::fs::write(sandbox.join("jobs/beat.toml"), BEATING_JOB).unwrap();
-    let r = http
-        .post(format!("{}/api/v1/sandboxes", procs[0].url))
-        .json(&json!({"name": "sb", "kind": "shared", "root": sandbox.display().to_string()}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let e: Value = http
-        .post(format!("{}/api/v1/executions", procs[0].url))
-        .json(&json!({"sandbox": "sb", "job": "jobs/beat.toml"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = e["id"].as_str().unwrap_or_else(|| panic!("{e}")).to_owned();
-    let first_pid = read_pid(&sandbox.join("first.pid")).await;
-    shoal_testkit::wait_until_async("attempt 1 to beat", Duration::from_secs(10), || {
-        let n = beats(&sandbox).len();
-        async move { n > 0 }
-    })
-    .await;
-    let victim_id = beats(&sandbox)[0].2.clone();
-    let victim = procs.iter().position(|p| p.id == victim_id).unwrap();
+    let Beating { sandbox, id, first_pid, victim_id, victim } = start_beating(&http, dir.path(), &procs).await;
     let watcher = shoal_store::Store::open(&store, 1).await.unwrap();
     unsafe { libc::kill(procs[victim].child.id() as i32, libc::SIGSTOP) };
     let lease_end =
