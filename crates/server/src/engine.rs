@@ -252,12 +252,25 @@ impl Engine {
     }
 
     /// Publishes to supervisors the moment their jobs must be dead by: the lease end as this
-    /// node knows it (from when the renewal was sent), less the margin.
+    /// node knows it (from when the renewal was sent), less half the margin. The node's own
+    /// watchdog acts at the full margin, first, so a supervisor only acts for a node too
+    /// frozen to; both are before the lease ends.
     pub fn publish_deadline(&self, sent_boottime_ms: u64) {
-        let deadline = sent_boottime_ms + self.cfg.lease_ttl.saturating_sub(self.kill_margin()).as_millis() as u64;
+        let deadline = sent_boottime_ms + self.cfg.lease_ttl.saturating_sub(self.kill_margin() / 2).as_millis() as u64;
         if let Err(e) = shoal_runner::deadline::write(&self.cfg.deadline_file, deadline) {
             tracing::warn!(error = %e, path = %self.cfg.deadline_file.display(), "cannot publish the lease deadline");
         }
+    }
+
+    /// Whether this node's lease deadline has passed without a renewal: then a SIGKILL of an
+    /// attempt came from its supervisor's deadline (or the watchdog), not from the job.
+    fn past_lease_deadline(&self) -> bool {
+        self.cut_off.load(Ordering::SeqCst)
+            || self
+                .last_renewal
+                .lock()
+                .map(|l| l.elapsed() >= self.cfg.lease_ttl.saturating_sub(self.kill_margin()))
+                .unwrap_or(false)
     }
 
     pub async fn renew_lease(self: Arc<Self>, bound: Duration) -> Result<Step, String> {
@@ -599,6 +612,9 @@ impl Engine {
             (Some(Stop::LeaseLost | Stop::Fenced), _, _) => Outcome::NodeLost { node: self.cfg.node_id.clone() },
             (None, true, _) => Outcome::TimedOut,
             (None, false, Ok(Exit::Code(code))) => Outcome::Exited(*code),
+            (None, false, Ok(Exit::Signal(sig))) if *sig == libc::SIGKILL && self.past_lease_deadline() => {
+                Outcome::NodeLost { node: self.cfg.node_id.clone() }
+            }
             (None, false, Ok(Exit::Signal(sig))) => Outcome::Signaled(*sig),
             (None, false, Err(e)) => {
                 tracing::error!(execution = %c.id, error = %e, "lost track of the attempt's process");
