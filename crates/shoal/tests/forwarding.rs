@@ -3,6 +3,7 @@
 //! that is down is a prompt `503 node_unavailable` naming it; and a node refuses forwarded
 //! requests whose signature is forged, stale, replayed or incomplete, changing nothing.
 
+#[macro_use]
 mod common;
 
 use common::{Backend, TestNode};
@@ -14,19 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const T: Duration = Duration::from_secs(30);
-
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
-}
 
 on_both!(
     files_jobs_and_submissions_of_another_nodes_sandbox_go_through_any_node,

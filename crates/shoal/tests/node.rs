@@ -1,6 +1,7 @@
 //! End-to-end tests of one node on a real store (SQLite and PostgreSQL): jobs as real child
 //! processes, logs, retries, timeouts, cancel, fencing, files, and every class of bad input.
 
+#[macro_use]
 mod common;
 
 use common::{alive, read_pid, Backend, TestNode};
@@ -8,19 +9,6 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
-
-macro_rules! on_both {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
-}
 
 on_both!(
     example_job_runs_end_to_end,

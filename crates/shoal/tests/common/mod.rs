@@ -3,6 +3,22 @@
 
 pub mod proxy;
 
+/// Runs each named `async fn(Backend)` as two tests, `sqlite::NAME` and `postgres::NAME`
+/// (use with `#[macro_use] mod common;`).
+#[allow(unused_macros)]
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Postgres).await })*
+        }
+    };
+}
+
 use serde_json::{json, Value};
 use shoal_server::{Config, Node};
 use std::path::{Path, PathBuf};
