@@ -23,8 +23,10 @@ pub struct Cluster {
     pub membership: Membership,
     pub session: Mutex<Option<NodeSession>>,
     sampler: Mutex<crate::load::Sampler>,
-    /// Dead nodes (id, generation) whose lease this node already tried to end.
-    ended: Mutex<HashSet<(String, i64)>>,
+    /// Dead gossip incarnations (id, gossip generation) whose registry lease is known gone:
+    /// nothing left to do for them, so the store is not asked again. Dropped once gossip
+    /// no longer calls them dead.
+    settled: Mutex<HashSet<(String, u64)>>,
     /// This node's work counter (see `keys::WORK`), and the peers' as last seen.
     work: std::sync::atomic::AtomicU64,
     peers_work: Mutex<std::collections::HashMap<String, String>>,
@@ -36,7 +38,7 @@ impl Cluster {
             membership,
             session: Mutex::new(Some(session)),
             sampler: Mutex::new(crate::load::Sampler::default()),
-            ended: Mutex::new(HashSet::new()),
+            settled: Mutex::new(HashSet::new()),
             work: std::sync::atomic::AtomicU64::new(0),
             peers_work: Mutex::new(std::collections::HashMap::new()),
         })
@@ -128,37 +130,45 @@ impl Cluster {
     /// Ends the leases of nodes gossip has lost whose store session has ended, and takes
     /// their attempts over at once.
     pub async fn take_over_dead(&self, e: &Arc<Engine>) -> Result<Step, String> {
-        let dead: Vec<String> = self
+        let dead: HashSet<(String, u64)> = self
             .membership
             .snapshot()
             .into_iter()
             .filter(|p| !p.alive && p.id != e.cfg.node_id)
-            .map(|p| p.id)
+            .map(|p| (p.id, p.generation))
             .collect();
-        if dead.is_empty() {
-            return Ok(Step::Idle);
+        {
+            // Gossip keeps a dead node listed for a long while: read the store only for
+            // incarnations not settled yet.
+            let Ok(mut settled) = self.settled.lock() else { return Ok(Step::Idle) };
+            settled.retain(|d| dead.contains(d));
+            if dead.iter().all(|d| settled.contains(d)) {
+                return Ok(Step::Idle);
+            }
         }
         let nodes = e.store.list_nodes().await.map_err(|err| err.to_string())?;
         let mut ended_any = false;
-        for n in nodes.iter().filter(|n| dead.contains(&n.id) && n.lease_expires_at > n.now && n.session_key != 0) {
-            // Gossip may still call an old incarnation dead while a new one runs: only act on
-            // the generation the registry holds, and only while gossip calls the id dead.
-            if self.membership.is_alive(&n.id) != Some(false) {
-                continue;
-            }
-            if self.ended.lock().map(|s| s.contains(&(n.id.clone(), n.generation))).unwrap_or(false) {
-                continue;
-            }
-            match e.store.end_dead_node_lease(&n.id, n.generation, n.session_key).await {
-                Ok(true) => {
-                    tracing::warn!(node = %n.id, generation = n.generation, "node is dead (gossip lost it and its store session ended); taking its attempts over");
-                    if let Ok(mut s) = self.ended.lock() {
-                        s.insert((n.id.clone(), n.generation));
+        for (id, incarnation) in &dead {
+            // No row: it died before registering, so it owns nothing.
+            let n = nodes.iter().find(|n| n.id == *id);
+            let live = n.is_some_and(|n| n.lease_expires_at > n.now && n.session_key != 0);
+            // Gossip may still call an old incarnation dead while a new one runs: act only
+            // while gossip calls the id dead, on the generation the registry holds.
+            if let Some(n) = n.filter(|_| live && self.membership.is_alive(id) == Some(false)) {
+                match e.store.end_dead_node_lease(id, n.generation, n.session_key).await {
+                    Ok(true) => {
+                        tracing::warn!(node = %id, generation = n.generation, "node is dead (gossip lost it and its store session ended); taking its attempts over");
+                        ended_any = true;
                     }
-                    ended_any = true;
+                    // Its session still holds: look again at the next check.
+                    Ok(false) => continue,
+                    Err(err) => return Err(err.to_string()),
                 }
-                Ok(false) => {}
-                Err(err) => return Err(err.to_string()),
+            } else if live {
+                continue;
+            }
+            if let Ok(mut settled) = self.settled.lock() {
+                settled.insert((id.clone(), *incarnation));
             }
         }
         if ended_any {
