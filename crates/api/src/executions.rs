@@ -94,7 +94,7 @@ fn duration_field(name: &str, v: &Option<String>) -> ApiResult<Option<Duration>>
 }
 
 /// Reads and validates a job file from a sandbox.
-async fn load_job(root: &str, job: &SandboxPath) -> ApiResult<JobSpec> {
+pub(crate) async fn load_job(root: &str, job: &SandboxPath) -> ApiResult<JobSpec> {
     let root = root.to_owned();
     let shown = job.to_string();
     let rel = job.to_relative();

@@ -10,9 +10,12 @@ mod executions;
 mod files;
 mod forward;
 mod health;
+pub mod jobs;
+pub mod listeners;
 mod metrics;
 mod nodes;
 mod sandboxes;
+pub mod schedules;
 
 pub use error::{ApiError, ApiResult, ALL_CODES};
 pub use forward::{forward_to_node, Forwarded, Forwarder, REPLAY_WINDOW, SERVED_BY};
@@ -48,6 +51,12 @@ pub trait Engine: Send + Sync + 'static {
     fn rejected_gossip_packets(&self) -> u64;
     /// The URL of another node that gossip currently reports alive, if it does.
     fn live_peer_url(&self, id: &str) -> Option<String>;
+    /// A schedule or listener was defined, changed or deleted: the trigger workers look
+    /// again now, here and (through gossip) on the other nodes.
+    fn triggers_changed(&self);
+    /// Checks a file listener's pattern; the error says whether the pattern would leave the
+    /// sandbox (`true`) or is otherwise invalid, and what to fix.
+    fn check_file_pattern(&self, pattern: &str) -> Result<(), (bool, String)>;
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -109,6 +118,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/executions/{id}", get(executions::get))
         .route("/executions/{id}/logs", get(executions::logs))
         .route("/executions/{id}/cancel", post(executions::cancel))
+        .route("/schedules", get(schedules::list).post(schedules::create))
+        .route("/schedules/preview", post(schedules::preview_expression))
+        .route("/schedules/{id}", get(schedules::get).patch(schedules::patch).delete(schedules::delete))
+        .route("/schedules/{id}/firings", get(schedules::firings))
+        .route("/schedules/{id}/preview", get(schedules::preview))
+        .route("/listeners", get(listeners::list).post(listeners::create))
+        .route("/listeners/{id}", get(listeners::get).patch(listeners::patch).delete(listeners::delete))
+        .route("/listeners/{id}/events", get(listeners::events))
+        .route("/hooks/{name}", post(listeners::hook))
         .route("/openapi.json", get(health::openapi))
         .fallback(health::api_not_found)
         .method_not_allowed_fallback(health::method_not_allowed)

@@ -29,7 +29,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A response body read as it arrives, so large files and live logs are never held whole.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
@@ -73,6 +73,8 @@ struct Call<'a> {
     query: Vec<(&'static str, String)>,
     headers: Vec<(&'static str, String)>,
     json: Option<&'a Value>,
+    /// A JSON body sent exactly as these bytes (a signed webhook: the signature covers them).
+    raw_json: Option<&'a [u8]>,
     upload: Option<&'a Path>,
     /// Safe to send to another server after it may already have reached one.
     idempotent: bool,
@@ -91,6 +93,7 @@ impl<'a> Call<'a> {
             query: Vec::new(),
             headers: Vec::new(),
             json: None,
+            raw_json: None,
             upload: None,
             idempotent,
             streaming: false,
@@ -333,6 +336,126 @@ impl Client {
         }
     }
 
+    // ---- schedules ----
+
+    /// Every schedule, sorted by name: `{"schedules": [...]}`.
+    pub async fn schedules(&self) -> Result<Value> {
+        self.get_json("/schedules".into(), Vec::new()).await
+    }
+
+    /// One schedule, by id or name.
+    pub async fn schedule(&self, reference: &str) -> Result<Value> {
+        self.get_json(format!("/schedules/{}", segment(reference)?), Vec::new()).await
+    }
+
+    /// Creates a schedule from `{"name", "sandbox", "job", "cron", ...}`; answers it, with its
+    /// `next_fire_time`.
+    pub async fn create_schedule(&self, body: &Value) -> Result<Value> {
+        let mut call = Call::new(Method::POST, "/schedules".into());
+        call.json = Some(body);
+        json_body(self.execute(call).await?)
+    }
+
+    /// Changes the fields of a schedule given in `patch` (any of the creation fields but
+    /// `name`, e.g. `{"enabled": false}`); answers the schedule as it is now.
+    pub async fn update_schedule(&self, reference: &str, patch: &Value) -> Result<Value> {
+        self.patch_json(format!("/schedules/{}", segment(reference)?), patch).await
+    }
+
+    pub async fn delete_schedule(&self, reference: &str) -> Result<()> {
+        self.execute(Call::new(Method::DELETE, format!("/schedules/{}", segment(reference)?))).await.map(drop)
+    }
+
+    /// A schedule's recent firings, newest first (`limit`: the server's default is 50):
+    /// `{"firings": [...]}`.
+    pub async fn schedule_firings(&self, reference: &str, limit: Option<u32>) -> Result<Value> {
+        let query = limit.map(|l| ("limit", l.to_string())).into_iter().collect();
+        self.get_json(format!("/schedules/{}/firings", segment(reference)?), query).await
+    }
+
+    /// A schedule's next `count` fire times (the server's default is 10, at most 1000), in its
+    /// time zone: `{"firings": ["...", ...]}`.
+    pub async fn schedule_preview(&self, reference: &str, count: Option<u32>) -> Result<Value> {
+        let query = count.map(|c| ("count", c.to_string())).into_iter().collect();
+        self.get_json(format!("/schedules/{}/preview", segment(reference)?), query).await
+    }
+
+    /// The next fire times of a cron expression, without creating a schedule (`timezone`
+    /// `None`: UTC): `{"firings": ["...", ...]}`.
+    pub async fn preview_cron(&self, cron: &str, timezone: Option<&str>, count: Option<u32>) -> Result<Value> {
+        let mut body = json!({ "cron": cron });
+        if let Some(tz) = timezone {
+            body["timezone"] = json!(tz);
+        }
+        if let Some(count) = count {
+            body["count"] = json!(count);
+        }
+        let mut call = Call::new(Method::POST, "/schedules/preview".into());
+        call.json = Some(&body);
+        // A computation that changes nothing.
+        call.idempotent = true;
+        json_body(self.execute(call).await?)
+    }
+
+    // ---- listeners and webhooks ----
+
+    /// Every listener: `{"listeners": [...]}`.
+    pub async fn listeners(&self) -> Result<Value> {
+        self.get_json("/listeners".into(), Vec::new()).await
+    }
+
+    /// One listener, by id or name.
+    pub async fn listener(&self, reference: &str) -> Result<Value> {
+        self.get_json(format!("/listeners/{}", segment(reference)?), Vec::new()).await
+    }
+
+    /// Creates a listener from `{"name", "kind", "sandbox", "job", ...}`. The answer of a
+    /// webhook listener carries its `secret`, the only time the server ever shows it.
+    pub async fn create_listener(&self, body: &Value) -> Result<Value> {
+        let mut call = Call::new(Method::POST, "/listeners".into());
+        call.json = Some(body);
+        json_body(self.execute(call).await?)
+    }
+
+    /// Changes the fields of a listener given in `patch` (`enabled`, `params`, `sandbox`, `job`,
+    /// and `secret` for webhooks); answers the listener as it is now.
+    pub async fn update_listener(&self, reference: &str, patch: &Value) -> Result<Value> {
+        self.patch_json(format!("/listeners/{}", segment(reference)?), patch).await
+    }
+
+    pub async fn delete_listener(&self, reference: &str) -> Result<()> {
+        self.execute(Call::new(Method::DELETE, format!("/listeners/{}", segment(reference)?))).await.map(drop)
+    }
+
+    /// The events a listener received, newest first: `{"events": [...]}`.
+    pub async fn listener_events(&self, reference: &str, limit: Option<u32>) -> Result<Value> {
+        let query = limit.map(|l| ("limit", l.to_string())).into_iter().collect();
+        self.get_json(format!("/listeners/{}/events", segment(reference)?), query).await
+    }
+
+    /// Delivers a webhook to the webhook listener `name`, as an outside service would: `body`
+    /// (JSON) is sent as exactly these bytes, signed with `secret` (see [`hook_signature`]).
+    /// A delivery sent again with the same `delivery` id starts no second job; without an id a
+    /// fresh one is made, which also makes the request safe to send to another server after a
+    /// broken connection. Answers `{"event", "execution"}` and whether the server had already
+    /// received this delivery (the execution is then the one it started the first time).
+    pub async fn hook(&self, name: &str, secret: &str, body: &[u8], delivery: Option<&str>) -> Result<(Value, bool)> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| Error::Other("the system clock is set before 1970; cannot sign the webhook".into()))?;
+        let mut call = Call::new(Method::POST, format!("/hooks/{}", segment(name)?));
+        call.raw_json = Some(body);
+        call.headers.push(("x-shoal-signature", hook_signature(secret.as_bytes(), now.as_secs(), body)));
+        let delivery = delivery.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        call.headers.push(("x-shoal-delivery", delivery));
+        // The delivery id makes a repeat harmless: the server answers with the first event.
+        call.idempotent = true;
+        match self.execute(call).await? {
+            Reply::Whole { status, body, .. } => Ok((parse_json(&body)?, status == StatusCode::OK)),
+            Reply::Stream { .. } => Err(Error::Other("internal: unexpected streaming reply".into())),
+        }
+    }
+
     /// Stops preferring a server whose answer broke off, so that the next request tries the
     /// others first: it answered, then failed, and may be going down.
     fn demote(&self, base: &str) {
@@ -352,6 +475,15 @@ impl Client {
         json_body(self.execute(call).await?)
     }
 
+    /// A `PATCH` that sets the given fields: sending it twice leaves the same result, so it
+    /// may go to another server after a broken connection.
+    async fn patch_json(&self, path: String, patch: &Value) -> Result<Value> {
+        let mut call = Call::new(Method::PATCH, path);
+        call.json = Some(patch);
+        call.idempotent = true;
+        json_body(self.execute(call).await?)
+    }
+
     async fn execute(&self, call: Call<'_>) -> Result<Reply> {
         let n = self.servers.len();
         let start = self.preferred.load(Ordering::Relaxed) % n;
@@ -367,6 +499,9 @@ impl Client {
             }
             if let Some(body) = call.json {
                 req = req.json(body);
+            }
+            if let Some(body) = call.raw_json {
+                req = req.header(CONTENT_TYPE, "application/json").body(body.to_vec());
             }
             if let Some(local) = call.upload {
                 let (body, len) = file_body(local).await?;
@@ -423,6 +558,23 @@ impl Client {
         }
         Err(Error::Unreachable { tried, last })
     }
+}
+
+/// The `X-Shoal-Signature` header of a webhook delivery made at `timestamp` (Unix seconds):
+/// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
+pub fn hook_signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    let t = timestamp.to_string();
+    format!("t={t},v1={}", hmac_sha256_hex(secret, &[t.as_bytes(), b".", body]))
+}
+
+/// The hex HMAC-SHA256 of the concatenated `parts`.
+fn hmac_sha256_hex(key: &[u8], parts: &[&[u8]]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC accepts keys of any length");
+    for part in parts {
+        mac.update(part);
+    }
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// Whether an error answer means "this node cannot serve now, another may".
@@ -495,5 +647,73 @@ fn describe(e: &reqwest::Error) -> String {
         format!("no answer in time: {root}")
     } else {
         root
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap as AxumHeaders, StatusCode as AxumStatus};
+    use std::sync::Mutex;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            hmac_sha256_hex(b"Jefe", &[b"what do ya ", b"want for nothing?"]),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn hook_signature_signs_timestamp_dot_body() {
+        // Computed independently (Python's hmac module).
+        assert_eq!(
+            hook_signature(b"whsec-0123456789abcdef", 1_700_000_000, br#"{"order": 42}"#),
+            "t=1700000000,v1=6b8a41a95266b27abb837ae0ff056877ea1ff1430dcb7a903fe494e618fb21f9"
+        );
+    }
+
+    /// What the stand-in hook endpoint saw: signature header, delivery header, raw body.
+    type Seen = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+    async fn hook_endpoint(
+        axum::extract::State(seen): axum::extract::State<Seen>,
+        headers: AxumHeaders,
+        body: Bytes,
+    ) -> (AxumStatus, axum::Json<Value>) {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let (signature, delivery) = (header("x-shoal-signature"), header("x-shoal-delivery"));
+        let t: u64 = signature.strip_prefix("t=").and_then(|r| r.split(',').next()).unwrap().parse().unwrap();
+        assert_eq!(signature, hook_signature(b"a-secret-of-16-chars", t, &body));
+        assert_eq!(header("content-type"), "application/json");
+        let mut seen = seen.lock().unwrap();
+        let again = seen.iter().any(|(_, d, _)| *d == delivery);
+        seen.push((signature, delivery, body.to_vec()));
+        let status = if again { AxumStatus::OK } else { AxumStatus::CREATED };
+        (status, axum::Json(json!({"event": {"outcome": "started"}, "execution": {"id": "e1"}})))
+    }
+
+    #[tokio::test]
+    async fn hooks_are_signed_over_the_exact_body_and_carry_a_delivery_id() {
+        let seen = Seen::default();
+        let app = axum::Router::new()
+            .route("/api/v1/hooks/{name}", axum::routing::post(hook_endpoint))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = Client::new(vec![url]).unwrap();
+        // Spacing kept as typed: the signature covers these bytes.
+        let body = br#"{ "order" :42 }"#;
+        let (answer, replayed) = client.hook("orders", "a-secret-of-16-chars", body, Some("d-1")).await.unwrap();
+        assert_eq!((answer["execution"]["id"].as_str(), replayed), (Some("e1"), false));
+        let (_, replayed) = client.hook("orders", "a-secret-of-16-chars", body, Some("d-1")).await.unwrap();
+        assert!(replayed, "a second delivery with one id is a replay");
+        client.hook("orders", "a-secret-of-16-chars", b"{}", None).await.unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].2, body);
+        assert_eq!((seen[0].1.as_str(), seen[1].1.as_str()), ("d-1", "d-1"));
+        assert!(!seen[2].1.is_empty(), "a delivery id is made when none is given");
     }
 }

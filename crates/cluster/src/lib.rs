@@ -53,6 +53,9 @@ pub mod keys {
     /// A counter the node bumps when it accepts new work, so peers look for work without
     /// waiting for their poll (stores without notifications: SQLite).
     pub const WORK: &str = "work";
+    /// A counter the node bumps when a schedule or listener is defined, changed or deleted
+    /// through it, so peers reload definitions without waiting for their next look.
+    pub const TRIGGERS: &str = "triggers";
 }
 
 /// What can go wrong starting a [`Membership`].

@@ -8,6 +8,7 @@
 pub mod duration;
 pub mod ids;
 pub mod job;
+pub mod listener;
 pub mod path;
 pub mod placement;
 pub mod sandbox;

@@ -277,6 +277,13 @@ impl CronSpec {
         out
     }
 
+    /// An instant as RFC 3339 in the schedule's zone (`2024-03-31T03:00:00+02:00`).
+    pub fn format_local(&self, at_ms: i64) -> String {
+        DateTime::<Utc>::from_timestamp_millis(at_ms)
+            .map(|t| t.with_timezone(&self.tz).to_rfc3339_opts(SecondsFormat::AutoSi, false))
+            .unwrap_or_else(|| at_ms.to_string())
+    }
+
     /// Parameters for the firing at `fire_ms`: see [`firing_params`].
     pub fn firing_params(&self, template: &BTreeMap<String, String>, fire_ms: i64) -> BTreeMap<String, String> {
         firing_params(template, fire_ms, self.tz)
@@ -759,7 +766,7 @@ pub fn firing_params(template: &BTreeMap<String, String>, fire_ms: i64, tz: Tz) 
     template.iter().map(|(k, v)| (k.clone(), render(v, &value))).collect()
 }
 
-fn render(template: &str, value: &dyn Fn(&str) -> Option<String>) -> String {
+pub(crate) fn render(template: &str, value: &dyn Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(i) = rest.find(['{', '}']) {

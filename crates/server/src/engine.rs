@@ -738,6 +738,15 @@ async fn write_logs(
 }
 
 impl shoal_api::Engine for EngineHandle {
+    fn triggers_changed(&self) {
+        self.triggers.definitions_changed();
+    }
+
+    fn check_file_pattern(&self, pattern: &str) -> Result<(), (bool, String)> {
+        use crate::filewatch::{Pattern, PatternError};
+        Pattern::parse(pattern).map(|_| ()).map_err(|e| (matches!(e, PatternError::LeavesSandbox(_)), e.to_string()))
+    }
+
     fn wake(&self) {
         self.engine.wake_in_turn();
         if self.engine.store.dialect() == shoal_store::Dialect::Sqlite {
@@ -799,4 +808,5 @@ impl shoal_api::Engine for EngineHandle {
 pub struct EngineHandle {
     pub engine: Arc<Engine>,
     pub cluster: Arc<crate::cluster::Cluster>,
+    pub triggers: Arc<crate::triggers::Triggers>,
 }

@@ -5,7 +5,9 @@
 mod cluster;
 pub mod config;
 mod engine;
+pub mod filewatch;
 mod load;
+mod triggers;
 mod workers;
 
 pub use config::{Config, ConfigError};
@@ -146,7 +148,17 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     cluster.publish(&engine);
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    for name in ["lease", "dispatcher", "reaper", "cancel-watcher", "membership", "discovery", "failure-detector"] {
+    for name in [
+        "lease",
+        "dispatcher",
+        "reaper",
+        "cancel-watcher",
+        "membership",
+        "discovery",
+        "failure-detector",
+        "scheduler",
+        "listeners",
+    ] {
         engine.workers.register(name);
     }
     let beat = (config.cluster.lease_ttl / 5).max(Duration::from_millis(200));
@@ -163,6 +175,8 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         cluster::spawn_session_relay(cluster.clone(), engine.clone(), session_events, rx()),
     ];
     tasks.extend(cluster::spawn_workers(&cluster, &engine, &shutdown_rx));
+    let triggers = triggers::Triggers::new(store.clone(), id.clone(), cluster.clone());
+    tasks.extend(triggers::spawn_workers(&triggers, &engine, &shutdown_rx));
 
     let state = Arc::new(AppState {
         forwarder: Arc::new(shoal_api::Forwarder::new(id.clone(), secret)?),
@@ -175,7 +189,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
             tags: config.tags.clone(),
             slots: config.executor.slots,
         },
-        engine: Arc::new(EngineHandle { engine: engine.clone(), cluster: cluster.clone() }),
+        engine: Arc::new(EngineHandle { engine: engine.clone(), cluster: cluster.clone(), triggers }),
         limits: Limits {
             max_request_bytes: config.http.max_request_bytes,
             max_upload_bytes: config.http.max_upload_bytes,

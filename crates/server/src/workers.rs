@@ -20,6 +20,8 @@ pub enum Step {
     Busy,
     /// Nothing to do; wait for the interval (or a wake-up).
     Idle,
+    /// Nothing to do until this much later (or a wake-up), if that is sooner than the interval.
+    After(Duration),
 }
 
 impl Workers {
@@ -49,7 +51,7 @@ impl Workers {
             });
             match result {
                 Ok(Step::Busy) => entry.state = "busy".into(),
-                Ok(Step::Idle) => entry.state = "idle".into(),
+                Ok(Step::Idle | Step::After(_)) => entry.state = "idle".into(),
                 Err(e) => {
                     entry.state = "error".into();
                     entry.errors += 1;
@@ -87,6 +89,10 @@ pub async fn run<F, Fut>(
             Ok(Step::Idle) => {
                 backoff = interval;
                 interval
+            }
+            Ok(Step::After(d)) => {
+                backoff = interval;
+                (*d).min(interval).max(Duration::from_millis(1))
             }
             Err(e) => {
                 tracing::warn!(worker = name, error = %e, "background worker step failed");

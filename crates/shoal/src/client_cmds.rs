@@ -1,5 +1,6 @@
-//! The client commands of `shoal` (run, ps, logs, cancel, show, nodes, sandbox): each one
-//! calls the HTTP API through `shoal_client`, failing over between the `--server`s given.
+//! The client commands of `shoal` (run, ps, logs, cancel, show, nodes, sandbox, and in
+//! `client_sched` schedule, listener, hook): each one calls the HTTP API through
+//! `shoal_client`, failing over between the `--server`s given.
 //!
 //! Output: human tables and lines on stdout by default, the API's JSON (pretty) with
 //! `--json`; progress notes and errors on stderr, so stdout stays usable in scripts
@@ -10,7 +11,7 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | success (with `--wait`/`--follow`: the execution succeeded) |
-//! | 1 | the execution did not succeed (`failed`, `timed_out`, `cancelled`; with `--wait`/`--follow`), the server refused the request (a 4xx answer, such as an unknown sandbox, a missing parameter or cancelling a finished execution), or a local problem (a file that cannot be read or written) |
+//! | 1 | the execution did not succeed (`failed`, `timed_out`, `cancelled`; with `--wait`/`--follow`), the server refused the request (a 4xx answer, such as an unknown sandbox, a missing parameter or cancelling a finished execution), a `hook` started no job (the listener skipped the event), or a local problem (a file that cannot be read or written) |
 //! | 2 | usage error: bad arguments or options, or an invalid `--server` URL |
 //! | 3 | no server could be reached, or a server error (a 5xx answer) |
 //!
@@ -18,6 +19,7 @@
 //! stable code, e.g. ``error: missing required parameter `day`; pass it as `-p day=VALUE` or
 //! in `params` (missing_parameter)``; an invalid job file adds a `  --> FILE:LINE:COLUMN` line.
 
+use crate::client_sched::{self, HookArgs, ListenerCmd, ScheduleCmd};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use shoal_client::{ByteStream, Client, Error, ExecutionFilter};
@@ -26,10 +28,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
-const EXIT_OK: i32 = 0;
+pub(crate) const EXIT_OK: i32 = 0;
 /// The execution did not succeed, the server refused the request, or a local problem.
-const EXIT_FAILED: i32 = 1;
-const EXIT_USAGE: i32 = 2;
+pub(crate) const EXIT_FAILED: i32 = 1;
+pub(crate) const EXIT_USAGE: i32 = 2;
 /// No server reachable, or a server error.
 const EXIT_UNAVAILABLE: i32 = 3;
 
@@ -82,6 +84,16 @@ pub enum ClientCommand {
     /// Manage sandboxes and their files
     #[command(subcommand)]
     Sandbox(SandboxCmd),
+    /// Manage schedules: jobs started at the times a cron expression names
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
+    /// Manage listeners: jobs started by events (a job finishing, a file appearing, a
+    /// webhook, a node joining or dying)
+    #[command(subcommand)]
+    Listener(ListenerCmd),
+    /// Deliver a signed webhook to a webhook listener, as an outside service would, and print
+    /// the id of the execution it started
+    Hook(HookArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -269,6 +281,9 @@ pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
         ClientCommand::Suspend(a) => cmd_node_action(&client, &a.node, "suspend", json).await,
         ClientCommand::Resume(a) => cmd_node_action(&client, &a.node, "resume", json).await,
         ClientCommand::Sandbox(cmd) => cmd_sandbox(&client, cmd, json).await,
+        ClientCommand::Schedule(cmd) => client_sched::cmd_schedule(&client, cmd, json).await,
+        ClientCommand::Listener(cmd) => client_sched::cmd_listener(&client, cmd, json).await,
+        ClientCommand::Hook(args) => client_sched::cmd_hook(&client, args, json).await,
     };
     match result {
         Ok(code) => code,
@@ -276,7 +291,7 @@ pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
     }
 }
 
-type CmdResult = Result<i32, Error>;
+pub(crate) type CmdResult = Result<i32, Error>;
 
 /// Prints an error and answers its exit code.
 fn report(e: &Error) -> i32 {
@@ -812,18 +827,18 @@ async fn copy_to_stdout(mut stream: ByteStream) -> Result<u64, Error> {
 
 /// Writes to stdout, ignoring a closed pipe (`shoal ps | head -1`) instead of panicking as
 /// `println!` would.
-fn emit(text: &str) {
+pub(crate) fn emit(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
-fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     let pretty = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
     emit(&format!("{pretty}\n"));
 }
 
 /// A JSON value as a table cell: strings bare, null as `-`.
-fn text(value: &Value) -> String {
+pub(crate) fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
@@ -832,7 +847,7 @@ fn text(value: &Value) -> String {
 }
 
 /// A list as words, an object as `k=v` pairs, anything else as [`text`].
-fn text_list(value: &Value) -> String {
+pub(crate) fn text_list(value: &Value) -> String {
     match value {
         Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(" "),
         Value::Object(map) if map.is_empty() => "-".into(),
@@ -846,7 +861,7 @@ fn one_line(s: &str) -> String {
 }
 
 /// Cuts a cell to `max` characters, marking the cut.
-fn clip(s: &str, max: usize) -> String {
+pub(crate) fn clip(s: &str, max: usize) -> String {
     let s = one_line(s);
     if s.chars().count() <= max {
         return s;
@@ -857,7 +872,7 @@ fn clip(s: &str, max: usize) -> String {
 }
 
 /// An RFC 3339 time to the second: `2024-05-01T10:00:00.123Z` becomes `2024-05-01T10:00:00Z`.
-fn short_time(value: &Value) -> String {
+pub(crate) fn short_time(value: &Value) -> String {
     match value.as_str() {
         Some(t) => match t.split_once('.') {
             Some((seconds, rest)) if rest.ends_with('Z') => format!("{seconds}Z"),
@@ -868,7 +883,7 @@ fn short_time(value: &Value) -> String {
 }
 
 /// A duration in milliseconds, briefly: `850ms`, `4.2s`, `3m20s`, `2h05m`.
-fn fmt_ms(ms: i64) -> String {
+pub(crate) fn fmt_ms(ms: i64) -> String {
     let ms = ms.max(0);
     if ms < 1000 {
         format!("{ms}ms")
@@ -882,7 +897,7 @@ fn fmt_ms(ms: i64) -> String {
 }
 
 /// Plain aligned columns, two spaces apart; the last column is not padded.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -910,7 +925,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// `key: value` lines, keys aligned: the keys in `order` first, then any others.
-fn key_values(value: &Value, order: &[&str]) -> String {
+pub(crate) fn key_values(value: &Value, order: &[&str]) -> String {
     let Some(map) = value.as_object() else { return format!("{}\n", text(value)) };
     let mut keys: Vec<&str> = order.iter().copied().filter(|k| map.contains_key(*k)).collect();
     keys.extend(map.keys().map(String::as_str).filter(|k| !order.contains(k)));
@@ -926,7 +941,7 @@ fn key_values(value: &Value, order: &[&str]) -> String {
 
 /// `SANDBOX/JOB`, split at the first `/`: `examples/jobs/hello.toml` is job
 /// `jobs/hello.toml` of sandbox `examples`.
-fn parse_target(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_target(s: &str) -> Result<(String, String), String> {
     match s.split_once('/') {
         Some((sandbox, job)) if !sandbox.is_empty() && !job.is_empty() => Ok((sandbox.to_owned(), job.to_owned())),
         _ => Err(format!(
@@ -935,7 +950,7 @@ fn parse_target(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("`{s}` is not KEY=VALUE")),

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_cluster;
 mod client_cmds;
+mod client_sched;
 mod up;
 
 use clap::{Parser, Subcommand};

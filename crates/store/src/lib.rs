@@ -6,9 +6,11 @@
 
 mod db;
 mod executions;
+mod listeners;
 mod nodes;
 mod postgres;
 mod sandboxes;
+mod schedules;
 pub mod schema;
 mod secret;
 mod session;
@@ -21,7 +23,13 @@ pub use executions::{
     LogRow, NewExecution, Submitted,
 };
 pub use nodes::{NodeLease, NodeRegistration, NodeRow, NodeStatus, Renewal};
+pub use listeners::{
+    CursorMove, EventRow, FinishedExecution, ListenerDef, ListenerRow, NewEvent, NodeEventRow, Recorded,
+};
 pub use sandboxes::SandboxRow;
+pub use schedules::{
+    FireContext, FireDecision, Fired, FiringOutcome, FiringRow, NewFiring, ScheduleDef, ScheduleRow,
+};
 pub use session::{NodeSession, SessionEvent, WORK_CHANNEL};
 pub use submitter::Submitter;
 

@@ -76,6 +76,16 @@ impl Store {
     pub async fn register_node(&self, reg: &NodeRegistration, ttl: Duration) -> Result<NodeLease> {
         let tags = serde_json::to_string(&reg.tags).map_err(|e| StoreError::Internal(e.to_string()))?;
         let mut tx = self.begin_write().await?;
+        // An earlier process of this node that did not stop gracefully died, whether or not
+        // its lease had run out yet: cluster listeners hear of it.
+        let previous =
+            query_one(tx.as_mut(), "SELECT generation, state FROM nodes WHERE id = $1 {for_update}", vec![reg.id.as_str().into()])
+                .await?;
+        if let Some(p) = previous {
+            if p.text(1)? != "stopped" {
+                crate::listeners::insert_node_event(tx.as_mut(), &reg.id, p.i64(0)?, "node_died").await?;
+            }
+        }
         let row = query_one(
             tx.as_mut(),
             "INSERT INTO nodes (id, url, generation, state, tags, slots, running, version, started_at, renewed_at,
@@ -99,6 +109,7 @@ impl Store {
         )
         .await?
         .ok_or_else(|| StoreError::Internal("node upsert returned no row".into()))?;
+        crate::listeners::insert_node_event(tx.as_mut(), &reg.id, row.i64(0)?, "node_joined").await?;
         tx.commit().await?;
         Ok(NodeLease { generation: row.i64(0)?, expires_at: row.i64(1)? })
     }
@@ -156,11 +167,23 @@ impl Store {
     /// Ends the node's lease at once (clean shutdown), so nothing waits for it to expire.
     pub async fn release_lease(&self, node: &str, generation: i64) -> Result<()> {
         let mut tx = self.begin_write().await?;
+        // A stop after the lease ran out is a death the cluster already acted on, not a leave.
+        let live = query_one(
+            tx.as_mut(),
+            "SELECT lease_expires_at > {now} FROM nodes WHERE id = $1 AND generation = $2 {for_update}",
+            vec![node.into(), generation.into()],
+        )
+        .await?
+        .map(|r| r.i64(0))
+        .transpose()?;
         tx.execute(
             "UPDATE nodes SET lease_expires_at = {now}, state = 'stopped', running = 0 WHERE id = $1 AND generation = $2",
             vec![node.into(), generation.into()],
         )
         .await?;
+        if live == Some(1) {
+            crate::listeners::insert_node_event(tx.as_mut(), node, generation, "node_left").await?;
+        }
         tx.commit().await
     }
 

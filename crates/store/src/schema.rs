@@ -100,6 +100,84 @@ ALTER TABLE executions ADD COLUMN partition TEXT;
 CREATE INDEX executions_parent ON executions (parent_id) WHERE parent_id IS NOT NULL;
 ";
 
+/// Schedules and listeners (issue 4): definitions, and one row per firing or event, whose
+/// primary key is the exactly-once claim (DESIGN.md guarantees 4 and 5). `node_events`
+/// records joins, deaths and departures for cluster listeners; `file_cursors` is what each
+/// file listener has already seen.
+const V4_COMMON: &str = "
+CREATE TABLE schedules (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    sandbox TEXT NOT NULL,
+    job TEXT NOT NULL,
+    params TEXT NOT NULL,
+    cron TEXT NOT NULL,
+    timezone TEXT NOT NULL,
+    enabled BIGINT NOT NULL,
+    misfire TEXT NOT NULL,
+    misfire_max BIGINT,
+    misfire_threshold_ms BIGINT NOT NULL,
+    overlap TEXT NOT NULL,
+    last_fire_at BIGINT NOT NULL,
+    last_execution_id TEXT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE firings (
+    schedule_id TEXT NOT NULL,
+    fire_at BIGINT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    execution_id TEXT,
+    node_id TEXT NOT NULL,
+    claimed_at BIGINT NOT NULL,
+    PRIMARY KEY (schedule_id, fire_at)
+);
+CREATE INDEX firings_queued ON firings (schedule_id, fire_at) WHERE outcome = 'queued';
+CREATE TABLE listeners (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    sandbox TEXT NOT NULL,
+    job TEXT NOT NULL,
+    params TEXT NOT NULL,
+    config TEXT NOT NULL,
+    secret TEXT,
+    enabled BIGINT NOT NULL,
+    cursor_at BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE events (
+    listener_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    node_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    execution_id TEXT,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (listener_id, key)
+);
+CREATE INDEX events_at ON events (listener_id, at);
+CREATE TABLE file_cursors (
+    listener_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    mtime_ns BIGINT NOT NULL,
+    PRIMARY KEY (listener_id, path)
+);
+CREATE TABLE node_events (
+    node_id TEXT NOT NULL,
+    generation BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (node_id, generation, kind)
+);
+CREATE INDEX node_events_at ON node_events (at);
+CREATE INDEX executions_finished ON executions (finished_at) WHERE finished_at IS NOT NULL;
+";
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -132,10 +210,11 @@ CREATE SEQUENCE fence_seq;
     },
     Migration { version: 2, common: V2_COMMON, sqlite: "", postgres: "" },
     Migration { version: 3, common: V3_COMMON, sqlite: "", postgres: "" },
+    Migration { version: 4, common: V4_COMMON, sqlite: "", postgres: "" },
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i64 = 3;
+pub const LATEST: i64 = 4;
 
 pub async fn current_version(tx: &mut dyn Tx) -> Result<i64> {
     let row = query_one(tx, "SELECT value FROM shoal_meta WHERE key = 'schema_version'", vec![]).await?;

@@ -1,0 +1,528 @@
+//! Listeners: define, change, delete and read their events; and webhooks, the one kind whose
+//! events arrive through the API (`POST /hooks/{name}`). Job, file and cluster events are
+//! watched by every node's listener workers (shoal-server's `triggers.rs`).
+
+use crate::body;
+use crate::error::{ApiError, ApiResult};
+use crate::executions::execution_json;
+use crate::jobs;
+use crate::schedules::{check_name, LimitQuery};
+use crate::State;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::Sha256;
+use shoal_core::listener::{
+    check_templates, event_params, payload_field, ListenerKind, OnCluster, OnFile, OnJob, CLUSTER_EVENTS, FILE_EVENTS,
+};
+use shoal_core::ExecState;
+use shoal_store::{EventRow, ListenerDef, ListenerRow, NewEvent, StoreError};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+/// How old a webhook signature's timestamp may be, either way, before it is refused.
+pub const HOOK_TOLERANCE_S: i64 = 300;
+/// The header a webhook is signed in: `t=<unix seconds>,v1=<hex HMAC-SHA256>`.
+pub const SIGNATURE_HEADER: &str = "x-shoal-signature";
+/// The header naming a delivery; one id starts one job however often it is sent.
+pub const DELIVERY_HEADER: &str = "x-shoal-delivery";
+const MIN_SECRET_CHARS: usize = 16;
+/// The default settle time of file listeners.
+const DEFAULT_SETTLE_MS: u64 = 1000;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Body_ {
+    name: Option<String>,
+    kind: Option<String>,
+    sandbox: Option<String>,
+    job: Option<String>,
+    params: Option<BTreeMap<String, Value>>,
+    enabled: Option<bool>,
+    on_job: Option<OnJobBody>,
+    on_file: Option<OnFileBody>,
+    on_cluster: Option<OnClusterBody>,
+    secret: Option<String>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct OnJobBody {
+    sandbox: String,
+    job: String,
+    states: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct OnFileBody {
+    sandbox: String,
+    pattern: String,
+    events: Option<Vec<String>>,
+    settle: Option<String>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct OnClusterBody {
+    events: Option<Vec<String>>,
+}
+
+fn on_job(b: &OnJobBody) -> ApiResult<OnJob> {
+    let mut states = Vec::new();
+    for s in b.states.clone().unwrap_or_else(|| vec!["succeeded".into()]) {
+        if s == "final" {
+            states.extend(ExecState::ALL.iter().copied().filter(|s| s.is_final()));
+            continue;
+        }
+        match ExecState::parse(&s) {
+            Some(st) if st.is_final() => states.push(st),
+            _ => {
+                return Err(ApiError::invalid_request(format!(
+                    "on_job.states: `{s}` is not a final state; use succeeded, failed, cancelled, timed_out or final"
+                )))
+            }
+        }
+    }
+    states.sort_by_key(|s| s.as_str());
+    states.dedup();
+    if states.is_empty() {
+        return Err(ApiError::invalid_request("on_job.states is empty; name at least one state, or `final`"));
+    }
+    Ok(OnJob { sandbox: b.sandbox.clone(), job: b.job.clone(), states })
+}
+
+fn on_file(b: &OnFileBody) -> ApiResult<OnFile> {
+    let events = b.events.clone().unwrap_or_else(|| vec!["appeared".into()]);
+    if let Some(e) = events.iter().find(|e| !FILE_EVENTS.contains(&e.as_str())) {
+        return Err(ApiError::invalid_request(format!(
+            "on_file.events: unknown event `{e}`; use appeared, changed or vanished"
+        )));
+    }
+    if events.is_empty() {
+        return Err(ApiError::invalid_request("on_file.events is empty; name at least one of appeared, changed, vanished"));
+    }
+    let settle_ms = match &b.settle {
+        Some(t) => {
+            shoal_core::duration::parse(t).map_err(|m| ApiError::invalid_request(format!("on_file.settle: {m}")))?.as_millis()
+                as u64
+        }
+        None => DEFAULT_SETTLE_MS,
+    };
+    Ok(OnFile { sandbox: b.sandbox.clone(), pattern: b.pattern.clone(), events, settle_ms })
+}
+
+fn on_cluster(b: &OnClusterBody) -> ApiResult<OnCluster> {
+    let events = b.events.clone().unwrap_or_else(|| vec!["node_died".into(), "node_joined".into()]);
+    if let Some(e) = events.iter().find(|e| !CLUSTER_EVENTS.contains(&e.as_str())) {
+        return Err(ApiError::invalid_request(format!(
+            "on_cluster.events: unknown event `{e}`; use node_joined, node_left or node_died"
+        )));
+    }
+    if events.is_empty() {
+        return Err(ApiError::invalid_request("on_cluster.events is empty"));
+    }
+    Ok(OnCluster { events })
+}
+
+/// Checks a file listener's sandbox and pattern. The pattern's syntax is checked by the
+/// server's file watcher through [`crate::Engine::check_file_pattern`].
+async fn check_file_source(state: &crate::AppState, f: &OnFile) -> ApiResult<()> {
+    jobs::sandbox(&state.store, &f.sandbox, "on_file").await?;
+    state.engine.check_file_pattern(&f.pattern).map_err(|(leaves, m)| {
+        if leaves {
+            ApiError::invalid_path(format!("on_file.pattern: {m}"))
+        } else {
+            ApiError::invalid_pattern(format!("on_file.pattern: {m}"))
+        }
+    })
+}
+
+/// A validated definition.
+async fn definition(
+    state: &crate::AppState,
+    b: &Body_,
+    name: String,
+    kind: ListenerKind,
+    old_secret: Option<String>,
+) -> ApiResult<ListenerDef> {
+    let missing = |f: &str| ApiError::invalid_request(format!("`{f}` is required"));
+    let given = [("on_job", b.on_job.is_some()), ("on_file", b.on_file.is_some()), ("on_cluster", b.on_cluster.is_some())];
+    let wanted = match kind {
+        ListenerKind::Job => Some("on_job"),
+        ListenerKind::File => Some("on_file"),
+        ListenerKind::Cluster => Some("on_cluster"),
+        ListenerKind::Webhook => None,
+    };
+    if let Some((extra, _)) = given.iter().find(|(n, g)| *g && Some(*n) != wanted) {
+        return Err(ApiError::invalid_request(format!("`{extra}` does not go with a {} listener", kind.as_str())));
+    }
+    let config = match kind {
+        ListenerKind::Job => {
+            let j = on_job(b.on_job.as_ref().ok_or_else(|| missing("on_job"))?)?;
+            let s = jobs::sandbox(&state.store, &j.sandbox, "on_job").await?;
+            shoal_core::SandboxPath::parse(&j.job).map_err(|e| ApiError::invalid_path(format!("on_job.job: {e}")))?;
+            drop(s);
+            serde_json::to_string(&j)
+        }
+        ListenerKind::File => {
+            let f = on_file(b.on_file.as_ref().ok_or_else(|| missing("on_file"))?)?;
+            check_file_source(state, &f).await?;
+            serde_json::to_string(&f)
+        }
+        ListenerKind::Cluster => {
+            let c = on_cluster(b.on_cluster.as_ref().unwrap_or(&OnClusterBody { events: None }))?;
+            serde_json::to_string(&c)
+        }
+        ListenerKind::Webhook => Ok("{}".into()),
+    }
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let secret = match (kind, &b.secret) {
+        (ListenerKind::Webhook, Some(s)) if s.chars().count() < MIN_SECRET_CHARS => {
+            return Err(ApiError::invalid_request(format!(
+                "secret: a webhook secret needs at least {MIN_SECRET_CHARS} characters; leave it out to have one generated"
+            )))
+        }
+        (ListenerKind::Webhook, Some(s)) => Some(s.clone()),
+        (ListenerKind::Webhook, None) => Some(old_secret.unwrap_or_else(|| {
+            use rand::RngCore;
+            let mut bytes = [0u8; 24];
+            rand::thread_rng().fill_bytes(&mut bytes);
+            hex::encode(bytes)
+        })),
+        (_, Some(_)) => return Err(ApiError::invalid_request("`secret` goes with webhook listeners only")),
+        (_, None) => None,
+    };
+    let params = jobs::params_from_json(&b.params.clone().unwrap_or_default())?;
+    check_templates(kind, &params).map_err(ApiError::invalid_parameter)?;
+    Ok(ListenerDef {
+        name,
+        kind: kind.as_str().to_owned(),
+        sandbox: b.sandbox.clone().ok_or_else(|| missing("sandbox"))?,
+        job: b.job.clone().ok_or_else(|| missing("job"))?,
+        params,
+        config,
+        secret,
+        enabled: b.enabled.unwrap_or(true),
+    })
+}
+
+/// Checks the job a listener starts; `Some(holder)`: only that node can read it.
+async fn check_job(state: &crate::AppState, def: &ListenerDef) -> ApiResult<Option<String>> {
+    let s = jobs::sandbox(&state.store, &def.sandbox, "the listener").await?;
+    if !jobs::readable_here(&s, &state.node.id) {
+        return Ok(s.node_id.clone());
+    }
+    let job = jobs::load(s, &def.job).await.map_err(|e| {
+        if e.code == "unknown_job" {
+            ApiError::unknown_job(format!("the listener names a job that does not exist: {}", e.message))
+        } else {
+            e
+        }
+    })?;
+    job.check_params(&def.params)?;
+    Ok(None)
+}
+
+pub fn listener_json(l: &ListenerRow) -> Value {
+    let config: Value = serde_json::from_str(&l.config).unwrap_or(Value::Null);
+    let mut v = json!({
+        "id": l.id,
+        "name": l.name,
+        "kind": l.kind,
+        "sandbox": l.sandbox,
+        "job": l.job,
+        "params": l.params,
+        "enabled": l.enabled,
+        "created_at": crate::rfc3339(l.created_at),
+        "updated_at": crate::rfc3339(l.updated_at),
+    });
+    let key = match l.kind.as_str() {
+        "job" => Some("on_job"),
+        "file" => Some("on_file"),
+        "cluster" => Some("on_cluster"),
+        _ => None,
+    };
+    if let Some(key) = key {
+        v[key] = config;
+    }
+    if l.kind == "webhook" {
+        v["hook_url"] = json!(format!("/api/v1/hooks/{}", l.name));
+    }
+    v
+}
+
+fn event_json(e: &EventRow) -> Value {
+    json!({
+        "listener": e.listener_id,
+        "key": e.key,
+        "at": crate::rfc3339(e.at),
+        "node": e.node_id,
+        "outcome": e.outcome,
+        "reason": e.reason,
+        "execution": e.execution_id,
+        "payload": e.payload,
+    })
+}
+
+async fn find(state: &crate::AppState, reference: &str) -> ApiResult<ListenerRow> {
+    state
+        .store
+        .get_listener(reference)
+        .await?
+        .ok_or_else(|| ApiError::unknown_listener(format!("no listener with id or name `{reference}`")))
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict(m) => ApiError::already_exists(m),
+        StoreError::NotFound(m) => ApiError::unknown_listener(m),
+        other => other.into(),
+    }
+}
+
+pub async fn list(state: State) -> ApiResult<Json<Value>> {
+    let rows = state.store.list_listeners().await?;
+    Ok(Json(json!({ "listeners": rows.iter().map(listener_json).collect::<Vec<_>>() })))
+}
+
+pub async fn get(state: State, Path(reference): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(listener_json(&find(&state, &reference).await?)))
+}
+
+pub async fn create(state: State, request: Request) -> ApiResult<Response> {
+    let (parts, body) = request.into_parts();
+    let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
+    let name = b.name.clone().ok_or_else(|| ApiError::invalid_request("`name` is required"))?;
+    check_name(&name, "listener")?;
+    let kind_name = b.kind.clone().ok_or_else(|| ApiError::invalid_request("`kind` is required: job, file, webhook or cluster"))?;
+    let kind = ListenerKind::parse(&kind_name).ok_or_else(|| {
+        ApiError::invalid_request(format!("unknown listener kind `{kind_name}`; use job, file, webhook or cluster"))
+    })?;
+    let def = definition(&state, &b, name, kind, None).await?;
+    if let Some(holder) = check_job(&state, &def).await? {
+        let request = Request::from_parts(parts, Body::from(raw.to_string()));
+        return crate::forward::to_sandbox_holder(&state, &def.sandbox, &holder, request).await;
+    }
+    let row = state.store.create_listener(&def).await.map_err(store_error)?;
+    state.engine.triggers_changed();
+    let mut v = listener_json(&row);
+    if kind == ListenerKind::Webhook {
+        // Shown once: the API never returns it again.
+        v["secret"] = json!(row.secret);
+    }
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+pub async fn patch(state: State, Path(reference): Path<String>, request: Request) -> ApiResult<Response> {
+    let (parts, body) = request.into_parts();
+    let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
+    let old = find(&state, &reference).await?;
+    if b.name.as_ref().is_some_and(|n| *n != old.name) || b.kind.as_ref().is_some_and(|k| *k != old.kind) {
+        return Err(ApiError::invalid_request(
+            "a listener's name and kind cannot change; create a new listener instead",
+        ));
+    }
+    let kind = ListenerKind::parse(&old.kind).ok_or_else(|| ApiError::internal("stored listener kind is unknown"))?;
+    let config: Value = serde_json::from_str(&old.config).unwrap_or(Value::Null);
+    let merged = Body_ {
+        name: None,
+        kind: None,
+        sandbox: b.sandbox.or(Some(old.sandbox.clone())),
+        job: b.job.or(Some(old.job.clone())),
+        params: b.params.or_else(|| Some(old.params.iter().map(|(k, v)| (k.clone(), json!(v))).collect())),
+        enabled: b.enabled.or(Some(old.enabled)),
+        on_job: b.on_job.or_else(|| if kind == ListenerKind::Job { reparse(&config, "job") } else { None }),
+        on_file: b.on_file.or_else(|| if kind == ListenerKind::File { reparse(&config, "file") } else { None }),
+        on_cluster: b.on_cluster.or_else(|| if kind == ListenerKind::Cluster { reparse(&config, "cluster") } else { None }),
+        secret: b.secret,
+    };
+    let def = definition(&state, &merged, old.name.clone(), kind, old.secret.clone()).await?;
+    if let Some(holder) = check_job(&state, &def).await? {
+        let request = Request::from_parts(parts, Body::from(raw.to_string()));
+        return crate::forward::to_sandbox_holder(&state, &def.sandbox, &holder, request).await;
+    }
+    let row = state.store.update_listener(&old.id, &def).await.map_err(store_error)?;
+    state.engine.triggers_changed();
+    Ok(Json(listener_json(&row)).into_response())
+}
+
+fn reparse<T: serde::de::DeserializeOwned>(config: &Value, kind: &str) -> Option<T> {
+    serde_json::from_value(config_body(config, kind)).ok()
+}
+
+/// A stored config in the shape the request takes (for PATCH, which may leave it out).
+fn config_body(config: &Value, kind: &str) -> Value {
+    let mut v = config.clone();
+    match kind {
+        "job" => {}
+        "file" => {
+            if let Some(ms) = v.get("settle_ms").and_then(Value::as_u64) {
+                v["settle"] = json!(format!("{ms}ms"));
+            }
+            if let Some(o) = v.as_object_mut() {
+                o.remove("settle_ms");
+            }
+        }
+        _ => {}
+    }
+    v
+}
+
+pub async fn delete(state: State, Path(reference): Path<String>) -> ApiResult<StatusCode> {
+    state.store.delete_listener(&reference).await.map_err(store_error)?;
+    state.engine.triggers_changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn events(state: State, Path(reference): Path<String>, q: Query<LimitQuery>) -> ApiResult<Json<Value>> {
+    let l = find(&state, &reference).await?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::invalid_query("limit must be between 1 and 10000"));
+    }
+    let rows = state.store.list_events(&l.id, limit).await?;
+    Ok(Json(json!({ "events": rows.iter().map(event_json).collect::<Vec<_>>() })))
+}
+
+/// The signature a webhook carries: `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+pub fn sign_hook(secret: &[u8], unix_s: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(unix_s.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("t={unix_s},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Checks a webhook's signature header against the body, on the store's clock.
+fn verify_hook(headers: &HeaderMap, secret: &[u8], body: &[u8], now_s: i64) -> ApiResult<()> {
+    let bad = |m: &str| ApiError::invalid_signature(format!("webhook signature: {m}"));
+    let header = headers
+        .get(SIGNATURE_HEADER)
+        .ok_or_else(|| bad("missing; send X-Shoal-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\" with the hook's secret>"))?
+        .to_str()
+        .map_err(|_| bad("not readable text"))?;
+    let mut t = None;
+    let mut sigs = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => t = v.parse::<i64>().ok(),
+            Some(("v1", v)) => sigs.push(hex::decode(v).map_err(|_| bad("v1 is not hex"))?),
+            _ => {}
+        }
+    }
+    let t = t.ok_or_else(|| bad("no t=<unix seconds>"))?;
+    if (now_s - t).abs() > HOOK_TOLERANCE_S {
+        return Err(bad(&format!(
+            "its time t={t} is more than {HOOK_TOLERANCE_S} s from the server's; sign with the current time"
+        )));
+    }
+    if sigs.is_empty() {
+        return Err(bad("no v1=<signature>"));
+    }
+    for sig in sigs {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+        mac.update(t.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        if mac.verify_slice(&sig).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(bad("does not match; sign \"<t>.<body>\" with the hook's secret"))
+}
+
+/// `POST /hooks/{name}`: a signed delivery starts the hook's job once.
+pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> ApiResult<Response> {
+    let (parts, body) = request.into_parts();
+    let bytes = body::read_limited(&parts.headers, body, state.limits.max_request_bytes).await?;
+    let listener = state
+        .store
+        .get_listener(&name)
+        .await?
+        .filter(|l| l.kind == "webhook")
+        .ok_or_else(|| ApiError::unknown_hook(format!("no webhook named `{name}`")))?;
+    let now = state.store.now_ms().await?;
+    verify_hook(&parts.headers, listener.secret.as_deref().unwrap_or_default().as_bytes(), &bytes, now.div_euclid(1000))?;
+    let payload: Value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(format!("webhook payload is not valid JSON: {e}")))?
+    };
+    let delivery = match parts.headers.get(DELIVERY_HEADER) {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|d| !d.is_empty() && d.len() <= 200)
+            .ok_or_else(|| ApiError::bad_request("X-Shoal-Delivery must be 1 to 200 visible ASCII characters"))?
+            .to_owned(),
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    let key = format!("delivery:{delivery}");
+    if let Some(seen) = state.store.get_event(&listener.id, &key).await? {
+        return Ok((StatusCode::OK, Json(json!({ "event": event_json(&seen), "replayed": true }))).into_response());
+    }
+    let s = jobs::sandbox(&state.store, &listener.sandbox, "the webhook").await?;
+    if !jobs::readable_here(&s, &state.node.id) {
+        let holder = s.node_id.clone().unwrap_or_default();
+        let request = Request::from_parts(parts, Body::from(bytes));
+        return crate::forward::to_sandbox_holder(&state, &s.name, &holder, request).await;
+    }
+    let values: BTreeMap<String, String> =
+        [("delivery".to_owned(), delivery.clone()), ("hook".to_owned(), listener.name.clone())].into();
+    let mut stored_payload = values.clone();
+    stored_payload.insert("payload".into(), payload.to_string());
+    let (execution, reason) = if listener.enabled {
+        let params = event_params(&listener.params, &values, &|n| payload_field(&payload, n))
+            .map_err(|m| ApiError::invalid_parameter(format!("webhook `{name}`: {m}")))?;
+        let job = jobs::load(s, &listener.job).await?;
+        (Some(job.execution(&params)?), None)
+    } else {
+        (None, Some("disabled".to_owned()))
+    };
+    let event = NewEvent { key: key.clone(), payload: stored_payload, execution, reason, cursor: None, silent: false };
+    let recorded = state.store.record_events(&listener.id, &state.node.id, &[event], None).await?;
+    let row = state
+        .store
+        .get_event(&listener.id, &key)
+        .await?
+        .ok_or_else(|| ApiError::internal("the webhook's event vanished"))?;
+    if recorded.is_empty() {
+        // The same delivery raced in through another node and won.
+        return Ok((StatusCode::OK, Json(json!({ "event": event_json(&row), "replayed": true }))).into_response());
+    }
+    state.engine.wake();
+    let execution = match &row.execution_id {
+        Some(id) => {
+            state.metrics.executions_submitted.fetch_add(1, Ordering::Relaxed);
+            state.store.get_execution(id).await?.map(|e| execution_json(&e))
+        }
+        None => None,
+    };
+    Ok((StatusCode::CREATED, Json(json!({ "event": event_json(&row), "execution": execution }))).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn a_signature_is_checked_against_body_secret_and_time() {
+        let body = br#"{"a":1}"#;
+        let sig = sign_hook(b"0123456789abcdef", 1_700_000_000, body);
+        let mut h = HeaderMap::new();
+        h.insert(SIGNATURE_HEADER, HeaderValue::from_str(&sig).unwrap());
+        assert!(verify_hook(&h, b"0123456789abcdef", body, 1_700_000_010).is_ok());
+        // Another body, another secret, a stale time, no header: all 401.
+        assert_eq!(verify_hook(&h, b"0123456789abcdef", b"{}", 1_700_000_010).unwrap_err().code, "invalid_signature");
+        assert_eq!(verify_hook(&h, b"fedcba9876543210", body, 1_700_000_010).unwrap_err().code, "invalid_signature");
+        assert_eq!(verify_hook(&h, b"0123456789abcdef", body, 1_700_001_000).unwrap_err().code, "invalid_signature");
+        assert_eq!(verify_hook(&HeaderMap::new(), b"x", body, 0).unwrap_err().code, "invalid_signature");
+    }
+}

@@ -1,0 +1,296 @@
+//! Schedules: define, change, delete, preview, and read their firing history. Firing itself
+//! is done by every node's scheduler worker (shoal-server's `triggers.rs`); the API only
+//! keeps definitions valid and tells the local workers that they changed.
+
+use crate::body;
+use crate::error::{ApiError, ApiResult};
+use crate::jobs;
+use crate::State;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shoal_core::schedule::{CronSpec, Misfire, Overlap, ScheduleError, DEFAULT_MISFIRE_THRESHOLD_MS, MAX_PREVIEW};
+use shoal_store::{FiringRow, ScheduleDef, ScheduleRow, StoreError};
+use std::collections::BTreeMap;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Body_ {
+    name: Option<String>,
+    sandbox: Option<String>,
+    job: Option<String>,
+    params: Option<BTreeMap<String, Value>>,
+    cron: Option<String>,
+    timezone: Option<String>,
+    enabled: Option<bool>,
+    misfire: Option<String>,
+    misfire_max: Option<u32>,
+    misfire_threshold: Option<String>,
+    overlap: Option<String>,
+}
+
+/// Names of schedules and listeners: 1 to 64 letters, digits, `.`, `_` and `-`.
+pub(crate) fn check_name(name: &str, what: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_request(format!(
+            "invalid {what} name `{name}`: use 1 to 64 letters, digits, `.`, `_` or `-`"
+        )))
+    }
+}
+
+pub(crate) fn schedule_error(e: ScheduleError) -> ApiError {
+    match &e {
+        ScheduleError::UnknownTimeZone { .. } => ApiError::unknown_time_zone(e.to_string()),
+        _ => match e.field() {
+            Some((field, position)) => ApiError::invalid_cron(e.to_string())
+                .with_details(json!({ "field": field.as_str(), "position": position })),
+            None => ApiError::invalid_cron(e.to_string()),
+        },
+    }
+}
+
+/// A validated definition, and the parsed expression.
+fn definition(b: &Body_, name: String) -> ApiResult<(ScheduleDef, CronSpec)> {
+    let missing = |f: &str| ApiError::invalid_request(format!("`{f}` is required"));
+    let cron = b.cron.clone().ok_or_else(|| missing("cron"))?;
+    let timezone = b.timezone.clone().unwrap_or_else(|| "UTC".into());
+    let spec = CronSpec::parse(&cron, &timezone).map_err(schedule_error)?;
+    let misfire_name = b.misfire.clone().unwrap_or_else(|| "once".into());
+    if b.misfire_max.is_some() && misfire_name != "all" {
+        return Err(ApiError::invalid_request("`misfire_max` goes with misfire policy `all` only"));
+    }
+    let misfire = Misfire::parse(&misfire_name, b.misfire_max).map_err(|e| ApiError::invalid_request(e.to_string()))?;
+    let overlap = Overlap::parse(b.overlap.as_deref().unwrap_or("allow"))
+        .map_err(|e| ApiError::invalid_request(e.to_string()))?;
+    let threshold = match &b.misfire_threshold {
+        Some(t) => {
+            let d = shoal_core::duration::parse(t)
+                .map_err(|m| ApiError::invalid_request(format!("misfire_threshold: {m}")))?;
+            if d.is_zero() {
+                return Err(ApiError::invalid_request(
+                    "misfire_threshold must be more than zero: it is how late a firing may be and still count as on time",
+                ));
+            }
+            d.as_millis() as i64
+        }
+        None => DEFAULT_MISFIRE_THRESHOLD_MS,
+    };
+    let params = jobs::params_from_json(&b.params.clone().unwrap_or_default())?;
+    let def = ScheduleDef {
+        name,
+        sandbox: b.sandbox.clone().ok_or_else(|| missing("sandbox"))?,
+        job: b.job.clone().ok_or_else(|| missing("job"))?,
+        params,
+        cron: spec.expr().to_owned(),
+        timezone: spec.tz_name().to_owned(),
+        enabled: b.enabled.unwrap_or(true),
+        misfire: misfire.as_str().to_owned(),
+        misfire_max: match misfire {
+            Misfire::All { max } => Some(i64::from(max)),
+            _ => None,
+        },
+        misfire_threshold_ms: threshold,
+        overlap: overlap.as_str().to_owned(),
+    };
+    Ok((def, spec))
+}
+
+/// Checks the sandbox and job a definition names. `Err(Ok(holder))`: the job file is on
+/// another node, which must check it.
+async fn check_job(
+    state: &crate::AppState,
+    sandbox: &str,
+    job: &str,
+    params: &BTreeMap<String, String>,
+    what: &str,
+) -> ApiResult<Option<String>> {
+    let s = jobs::sandbox(&state.store, sandbox, what).await?;
+    if !jobs::readable_here(&s, &state.node.id) {
+        return Ok(s.node_id.clone());
+    }
+    let job = jobs::load(s, job).await.map_err(|e| {
+        if e.code == "unknown_job" {
+            ApiError::unknown_job(format!("{what} names a job that does not exist: {}", e.message))
+        } else {
+            e
+        }
+    })?;
+    job.check_params(params)?;
+    Ok(None)
+}
+
+pub fn schedule_json(s: &ScheduleRow) -> Value {
+    let spec = CronSpec::parse(&s.cron, &s.timezone).ok();
+    let next = spec.as_ref().filter(|_| s.enabled).and_then(|c| c.next_after(s.last_fire_at));
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "sandbox": s.sandbox,
+        "job": s.job,
+        "params": s.params,
+        "cron": s.cron,
+        "timezone": s.timezone,
+        "enabled": s.enabled,
+        "misfire": s.misfire,
+        "misfire_max": s.misfire_max,
+        "misfire_threshold_ms": s.misfire_threshold_ms,
+        "overlap": s.overlap,
+        "last_fire_time": (s.last_fire_at > s.created_at).then(|| crate::rfc3339(s.last_fire_at)),
+        "next_fire_time": next.map(crate::rfc3339),
+        "last_execution": s.last_execution_id,
+        "created_at": crate::rfc3339(s.created_at),
+        "updated_at": crate::rfc3339(s.updated_at),
+    })
+}
+
+fn firing_json(f: &FiringRow) -> Value {
+    json!({
+        "schedule": f.schedule_id,
+        "fire_time": crate::rfc3339(f.fire_at),
+        "outcome": f.outcome,
+        "reason": f.reason,
+        "execution": f.execution_id,
+        "node": f.node_id,
+        "claimed_at": crate::rfc3339(f.claimed_at),
+        "lateness_ms": f.claimed_at - f.fire_at,
+    })
+}
+
+async fn find(state: &crate::AppState, reference: &str) -> ApiResult<ScheduleRow> {
+    state
+        .store
+        .get_schedule(reference)
+        .await?
+        .ok_or_else(|| ApiError::unknown_schedule(format!("no schedule with id or name `{reference}`")))
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict(m) => ApiError::already_exists(m),
+        StoreError::NotFound(m) => ApiError::unknown_schedule(m),
+        other => other.into(),
+    }
+}
+
+pub async fn list(state: State) -> ApiResult<Json<Value>> {
+    let rows = state.store.list_schedules().await?;
+    Ok(Json(json!({ "schedules": rows.iter().map(schedule_json).collect::<Vec<_>>() })))
+}
+
+pub async fn get(state: State, Path(reference): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(schedule_json(&find(&state, &reference).await?)))
+}
+
+pub async fn create(state: State, request: Request) -> ApiResult<Response> {
+    let (parts, body) = request.into_parts();
+    let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
+    let name = b.name.clone().ok_or_else(|| ApiError::invalid_request("`name` is required"))?;
+    check_name(&name, "schedule")?;
+    let (def, _) = definition(&b, name)?;
+    if let Some(holder) = check_job(&state, &def.sandbox, &def.job, &def.params, "the schedule").await? {
+        let request = Request::from_parts(parts, Body::from(raw.to_string()));
+        return crate::forward::to_sandbox_holder(&state, &def.sandbox, &holder, request).await;
+    }
+    let row = state.store.create_schedule(&def).await.map_err(store_error)?;
+    state.engine.triggers_changed();
+    Ok((StatusCode::CREATED, Json(schedule_json(&row))).into_response())
+}
+
+pub async fn patch(state: State, Path(reference): Path<String>, request: Request) -> ApiResult<Response> {
+    let (parts, body) = request.into_parts();
+    let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
+    let old = find(&state, &reference).await?;
+    if b.name.as_ref().is_some_and(|n| *n != old.name) {
+        return Err(ApiError::invalid_request("a schedule's name cannot change; create a new schedule instead"));
+    }
+    let misfire_changed = b.misfire.is_some();
+    let merged = Body_ {
+        name: None,
+        sandbox: b.sandbox.or(Some(old.sandbox.clone())),
+        job: b.job.or(Some(old.job.clone())),
+        params: b.params.or_else(|| Some(old.params.iter().map(|(k, v)| (k.clone(), json!(v))).collect())),
+        cron: b.cron.or(Some(old.cron.clone())),
+        timezone: b.timezone.or(Some(old.timezone.clone())),
+        enabled: b.enabled.or(Some(old.enabled)),
+        misfire: b.misfire.or(Some(old.misfire.clone())),
+        misfire_max: b.misfire_max.or(if misfire_changed { None } else { old.misfire_max.map(|m| m as u32) }),
+        misfire_threshold: b.misfire_threshold.or(Some(format!("{}ms", old.misfire_threshold_ms))),
+        overlap: b.overlap.or(Some(old.overlap.clone())),
+    };
+    let (def, _) = definition(&merged, old.name.clone())?;
+    if let Some(holder) = check_job(&state, &def.sandbox, &def.job, &def.params, "the schedule").await? {
+        let request = Request::from_parts(parts, Body::from(raw.to_string()));
+        return crate::forward::to_sandbox_holder(&state, &def.sandbox, &holder, request).await;
+    }
+    let row = state.store.update_schedule(&old.id, &def).await.map_err(store_error)?;
+    state.engine.triggers_changed();
+    Ok(Json(schedule_json(&row)).into_response())
+}
+
+pub async fn delete(state: State, Path(reference): Path<String>) -> ApiResult<StatusCode> {
+    state.store.delete_schedule(&reference).await.map_err(store_error)?;
+    state.engine.triggers_changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitQuery {
+    pub limit: Option<i64>,
+}
+
+pub async fn firings(state: State, Path(reference): Path<String>, q: Query<LimitQuery>) -> ApiResult<Json<Value>> {
+    let s = find(&state, &reference).await?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::invalid_query("limit must be between 1 and 10000"));
+    }
+    let rows = state.store.list_firings(&s.id, limit).await?;
+    Ok(Json(json!({ "firings": rows.iter().map(firing_json).collect::<Vec<_>>() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountQuery {
+    count: Option<usize>,
+}
+
+fn preview_json(spec: &CronSpec, after: i64, count: usize) -> ApiResult<Json<Value>> {
+    if !(1..=MAX_PREVIEW).contains(&count) {
+        return Err(ApiError::invalid_query(format!("count must be between 1 and {MAX_PREVIEW}")));
+    }
+    let times: Vec<String> = spec.preview(after, count).into_iter().map(|t| spec.format_local(t)).collect();
+    Ok(Json(json!({ "cron": spec.expr(), "timezone": spec.tz_name(), "firings": times })))
+}
+
+pub async fn preview(state: State, Path(reference): Path<String>, q: Query<CountQuery>) -> ApiResult<Json<Value>> {
+    let s = find(&state, &reference).await?;
+    let spec = CronSpec::parse(&s.cron, &s.timezone).map_err(schedule_error)?;
+    let now = state.store.now_ms().await?;
+    preview_json(&spec, s.last_fire_at.max(now), q.count.unwrap_or(10))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewBody {
+    cron: String,
+    timezone: Option<String>,
+    count: Option<usize>,
+}
+
+pub async fn preview_expression(state: State, request: Request) -> ApiResult<Json<Value>> {
+    let (parts, body) = request.into_parts();
+    let (b, _): (PreviewBody, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
+    let spec = CronSpec::parse(&b.cron, b.timezone.as_deref().unwrap_or("UTC")).map_err(schedule_error)?;
+    let now = state.store.now_ms().await?;
+    preview_json(&spec, now, b.count.unwrap_or(10))
+}

@@ -1,0 +1,697 @@
+//! Schedules and listeners at work: every node runs a scheduler and a listener worker, and
+//! none is in charge.
+//!
+//! **Spread.** Each schedule and listener has one preferred node: the highest rendezvous
+//! score of its id among the nodes gossip reports alive (a local sandbox's work goes to its
+//! holder, the only node that can read it). When a node dies, gossip drops it within about
+//! a second and its share moves to the others with no hand-over. Every node also fires any
+//! schedule more than [`BACKSTOP`] late, whoever prefers it, so two nodes that disagree
+//! about membership cost lateness, never a missed firing.
+//!
+//! **Correctness** does not depend on the spread: firings and events are claimed by unique
+//! rows in the store, in the transaction that enqueues their executions
+//! (`Store::fire_schedules`, `Store::record_events`), and every decision there is made on
+//! the store's clock. A node's own clock only decides when it wakes up to look.
+
+use crate::cluster::Cluster;
+use crate::filewatch::{self, FileEventKind, Pattern, Settler};
+use crate::workers::Step;
+use shoal_api::jobs::{self, JobRef};
+use shoal_cluster::keys;
+use shoal_core::listener::{event_params, ListenerKind, OnCluster, OnFile, OnJob};
+use shoal_core::schedule::{due_firings, on_overlap, CronSpec, Misfire, Overlap, OverlapDecision, SkipReason};
+use shoal_store::{
+    CursorMove, FireContext, FireDecision, FiringOutcome, ListenerRow, NewEvent, NewFiring, SandboxRow, ScheduleRow,
+    Store,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+
+/// A schedule this late is fired by whichever node notices, not only by its preferred one.
+pub const BACKSTOP: Duration = Duration::from_secs(2);
+/// Definitions are read again at least this often (and at once when a node says they changed).
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// Schedules fired per transaction.
+const FIRE_BATCH: usize = 200;
+/// How often listeners look for events.
+pub const LISTEN_EVERY: Duration = Duration::from_millis(250);
+/// Job and cluster events are looked for this far behind the listener's cursor: an
+/// execution's `finished_at` is stamped before its transaction commits, so one may become
+/// visible after a later one. The event's unique key keeps the overlap from repeating.
+const LOOKBACK_MS: i64 = 10_000;
+/// Events read per listener per look.
+const EVENT_BATCH: i64 = 500;
+/// A file listener refuses folders with more matching files than this.
+const MAX_WATCHED_FILES: usize = 100_000;
+
+pub struct Triggers {
+    store: Arc<Store>,
+    node: String,
+    cluster: Arc<Cluster>,
+    /// Woken when definitions change through this node.
+    pub changed: Notify,
+    /// This node's definitions counter (`keys::TRIGGERS`), and the peers' as last seen.
+    version: AtomicU64,
+    peers_version: Mutex<HashMap<String, String>>,
+    /// The store's clock minus this node's, in ms, as last measured.
+    offset_ms: AtomicI64,
+    sched: tokio::sync::Mutex<SchedState>,
+    listen: tokio::sync::Mutex<ListenState>,
+}
+
+#[derive(Default)]
+struct SchedState {
+    schedules: Vec<(ScheduleRow, Option<CronSpec>)>,
+    sandboxes: HashMap<String, SandboxRow>,
+    queued: HashSet<String>,
+    loaded: Option<Instant>,
+}
+
+#[derive(Default)]
+struct ListenState {
+    listeners: Vec<ListenerRow>,
+    sandboxes: HashMap<String, SandboxRow>,
+    loaded: Option<Instant>,
+    files: HashMap<String, FileWatch>,
+    deaths_recorded: Option<Instant>,
+}
+
+struct FileWatch {
+    /// The definition this state was built for; a changed one starts afresh.
+    config: String,
+    pattern: Pattern,
+    settler: Settler,
+}
+
+fn local_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A stable 64-bit hash, the same on every node and every build: FNV-1a, then the
+/// SplitMix64 finaliser so that similar keys (`n1`, `n2`) get unrelated scores.
+fn fnv(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for b in p.bytes().chain(std::iter::once(0xff)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+/// The node that prefers `key`: the highest rendezvous score among `live`.
+pub fn owner<'a>(live: &'a [String], key: &str) -> Option<&'a str> {
+    live.iter().max_by_key(|n| (fnv(&[n, key]), n.as_str())).map(String::as_str)
+}
+
+/// What the scheduler does with one schedule's due firings, decided in the firing
+/// transaction with the schedule locked (see `Store::fire_schedules`).
+pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>) -> FireDecision {
+    let s = ctx.schedule;
+    let misfire = Misfire::parse(&s.misfire, s.misfire_max.map(|m| m.clamp(1, u32::MAX as i64) as u32))
+        .unwrap_or(Misfire::Once);
+    let overlap = Overlap::parse(&s.overlap).unwrap_or_default();
+    let plan = due_firings(spec, Some(s.last_fire_at), ctx.now, s.misfire_threshold_ms, misfire);
+    let mut d = FireDecision { covered_to: plan.last_covered(), ..FireDecision::default() };
+    let execution = |fire_at: i64| match job {
+        Ok(j) => j.execution(&spec.firing_params(&s.params, fire_at)).map_err(|e| e.message),
+        Err(m) => Err(m.to_owned()),
+    };
+    let skipped = |fire_at, reason: &'static str| NewFiring {
+        fire_at,
+        outcome: FiringOutcome::Skipped,
+        reason: Some(reason),
+        execution: None,
+    };
+
+    let mut running = ctx.previous.is_some_and(|p| !p.is_final());
+    let mut waiting = ctx.queued.is_some();
+    if let Some(queued_at) = ctx.queued {
+        if !running {
+            match execution(queued_at) {
+                Ok(e) => {
+                    d.release_queued = Some(e);
+                    running = true;
+                    waiting = false;
+                }
+                Err(m) => tracing::warn!(schedule = %s.name, error = %m, "cannot start the queued firing"),
+            }
+        }
+    }
+    let mut events: Vec<(i64, Option<SkipReason>)> = plan.run.iter().map(|f| (*f, None)).collect();
+    events.extend(plan.skipped.iter().map(|k| (k.fire_ms, Some(k.reason))));
+    events.sort_by_key(|(f, _)| *f);
+    // With `replace`, of several firings due at once only the newest starts.
+    let last_run = plan.run.last().copied();
+    for (fire_at, skip) in events {
+        if !s.enabled {
+            d.firings.push(skipped(fire_at, SkipReason::Disabled.as_str()));
+            continue;
+        }
+        if let Some(reason) = skip {
+            d.firings.push(skipped(fire_at, reason.as_str()));
+            continue;
+        }
+        let start = match on_overlap(overlap, running) {
+            OverlapDecision::Start => true,
+            OverlapDecision::Skip => false,
+            OverlapDecision::QueueAfterPrevious => {
+                if !waiting {
+                    d.firings.push(NewFiring {
+                        fire_at,
+                        outcome: FiringOutcome::Queued,
+                        reason: Some(SkipReason::Overlap.as_str()),
+                        execution: None,
+                    });
+                    waiting = true;
+                    continue;
+                }
+                // One firing waits at most; later ones are skipped until it has started.
+                false
+            }
+            OverlapDecision::CancelPreviousThenStart => {
+                if Some(fire_at) == last_run {
+                    d.cancel_previous = true;
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        if !start {
+            d.firings.push(skipped(fire_at, SkipReason::Overlap.as_str()));
+            continue;
+        }
+        match execution(fire_at) {
+            Ok(e) => {
+                d.firings.push(NewFiring {
+                    fire_at,
+                    outcome: FiringOutcome::Started,
+                    reason: None,
+                    execution: Some(e),
+                });
+                running = true;
+            }
+            Err(m) => {
+                tracing::warn!(schedule = %s.name, error = %m, "a firing could not start its job");
+                d.firings.push(skipped(fire_at, "job_error"));
+            }
+        }
+    }
+    d
+}
+
+impl Triggers {
+    pub fn new(store: Arc<Store>, node: String, cluster: Arc<Cluster>) -> Arc<Triggers> {
+        Arc::new(Triggers {
+            store,
+            node,
+            cluster,
+            changed: Notify::new(),
+            version: AtomicU64::new(0),
+            peers_version: Mutex::new(HashMap::new()),
+            offset_ms: AtomicI64::new(0),
+            sched: tokio::sync::Mutex::new(SchedState::default()),
+            listen: tokio::sync::Mutex::new(ListenState::default()),
+        })
+    }
+
+    /// Definitions changed through this node: look again here, and tell the peers.
+    pub fn definitions_changed(&self) {
+        let n = self.version.fetch_add(1, Ordering::Relaxed) + 1;
+        self.cluster.membership.set(keys::TRIGGERS, n.to_string());
+        self.mark_stale();
+        self.changed.notify_waiters();
+    }
+
+    fn mark_stale(&self) {
+        if let Ok(mut s) = self.sched.try_lock() {
+            s.loaded = None;
+        }
+        if let Ok(mut l) = self.listen.try_lock() {
+            l.loaded = None;
+        }
+    }
+
+    /// Nodes gossip reports alive (this one included), and whether a peer's definitions
+    /// counter moved since the last look.
+    fn membership(&self) -> (Vec<String>, bool) {
+        let mut live = vec![self.node.clone()];
+        let mut moved = false;
+        let mut seen = self.peers_version.lock().unwrap_or_else(|e| e.into_inner());
+        for p in self.cluster.membership.snapshot() {
+            if p.id == self.node || !p.alive {
+                continue;
+            }
+            if let Some(v) = p.keys.get(keys::TRIGGERS) {
+                if seen.get(&p.id) != Some(v) {
+                    moved = true;
+                    seen.insert(p.id.clone(), v.clone());
+                }
+            }
+            live.push(p.id);
+        }
+        live.sort();
+        live.dedup();
+        (live, moved)
+    }
+
+    /// Whether this node should do the work of `key`, whose job lives in `sandbox`.
+    fn mine(&self, live: &[String], key: &str, sandbox: Option<&SandboxRow>) -> bool {
+        match sandbox {
+            Some(s) if s.kind == shoal_core::SandboxKind::Local => s.node_id.as_deref() == Some(self.node.as_str()),
+            _ => owner(live, key) == Some(self.node.as_str()),
+        }
+    }
+
+    fn store_now_estimate(&self) -> i64 {
+        local_ms() + self.offset_ms.load(Ordering::Relaxed)
+    }
+
+    fn measured(&self, store_now: i64, local_before: i64, local_after: i64) {
+        self.offset_ms.store(store_now - (local_before + local_after) / 2, Ordering::Relaxed);
+    }
+
+    /// One look of the scheduler: fires what is due, and says when to look again.
+    pub async fn schedule_step(&self) -> Result<Step, String> {
+        let (live, moved) = self.membership();
+        let mut st = self.sched.lock().await;
+        if moved || st.loaded.is_none_or(|t| t.elapsed() >= RELOAD_EVERY) {
+            let before = local_ms();
+            let now = self.store.now_ms().await.map_err(|e| e.to_string())?;
+            self.measured(now, before, local_ms());
+            let rows = self.store.list_schedules().await.map_err(|e| e.to_string())?;
+            st.schedules = rows
+                .into_iter()
+                .map(|r| {
+                    let spec = CronSpec::parse(&r.cron, &r.timezone).ok();
+                    (r, spec)
+                })
+                .collect();
+            st.sandboxes = self
+                .store
+                .list_sandboxes()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|s| (s.name.clone(), s))
+                .collect();
+            st.queued = self.store.schedules_with_queued_firings().await.map_err(|e| e.to_string())?.into_iter().collect();
+            st.loaded = Some(Instant::now());
+        }
+        let now = self.store_now_estimate();
+        let backstop = BACKSTOP.as_millis() as i64;
+        let mut due: Vec<String> = Vec::new();
+        let mut wait_ms = RELOAD_EVERY.as_millis() as i64;
+        for (row, spec) in &st.schedules {
+            let Some(spec) = spec else { continue };
+            let sandbox = st.sandboxes.get(&row.sandbox);
+            let readable = sandbox.is_some_and(|s| jobs::readable_here(s, &self.node));
+            if !readable {
+                continue;
+            }
+            let mine = self.mine(&live, &row.id, sandbox);
+            if mine && st.queued.contains(&row.id) {
+                due.push(row.id.clone());
+                wait_ms = wait_ms.min(LISTEN_EVERY.as_millis() as i64);
+                continue;
+            }
+            let Some(next) = spec.next_after(row.last_fire_at) else { continue };
+            let at = if mine { next } else { next + backstop };
+            if at <= now {
+                due.push(row.id.clone());
+            } else {
+                wait_ms = wait_ms.min(at - now);
+            }
+        }
+        if due.is_empty() {
+            return Ok(Step::After(Duration::from_millis(wait_ms.max(1) as u64)));
+        }
+        // Read each job file once per look; an unreadable one is recorded on its firings.
+        let mut jobs_cache: HashMap<(String, String), Result<JobRef, String>> = HashMap::new();
+        let wanted: HashSet<&str> = due.iter().map(String::as_str).collect();
+        for (row, _) in st.schedules.iter().filter(|(r, _)| wanted.contains(r.id.as_str())) {
+            let key = (row.sandbox.clone(), row.job.clone());
+            if jobs_cache.contains_key(&key) {
+                continue;
+            }
+            let loaded = match st.sandboxes.get(&row.sandbox) {
+                Some(s) => jobs::load(s.clone(), &row.job).await.map_err(|e| e.message),
+                None => Err(format!("sandbox `{}` no longer exists", row.sandbox)),
+            };
+            jobs_cache.insert(key, loaded);
+        }
+        let specs: HashMap<String, (CronSpec, (String, String))> = st
+            .schedules
+            .iter()
+            .filter(|(r, _)| wanted.contains(r.id.as_str()))
+            .filter_map(|(r, s)| s.clone().map(|s| (r.id.clone(), (s, (r.sandbox.clone(), r.job.clone())))))
+            .collect();
+        let mut recorded = 0usize;
+        let mut behind = false;
+        for chunk in due.chunks(FIRE_BATCH) {
+            let before = local_ms();
+            let (store_now, fired) = self
+                .store
+                .fire_schedules(chunk, &self.node, |ctx| match specs.get(&ctx.schedule.id) {
+                    Some((spec, key)) => {
+                        let job = match jobs_cache.get(key) {
+                            Some(Ok(j)) => Ok(j),
+                            Some(Err(m)) => Err(m.as_str()),
+                            None => Err("the job was not read"),
+                        };
+                        decide(ctx, spec, job)
+                    }
+                    None => FireDecision::default(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            self.measured(store_now, before, local_ms());
+            for f in fired {
+                recorded += f.recorded.len();
+                if f.recorded.iter().any(|(_, o, _)| *o == FiringOutcome::Queued) {
+                    st.queued.insert(f.schedule_id.clone());
+                } else if f.recorded.iter().any(|(_, o, _)| *o == FiringOutcome::Started) {
+                    st.queued.remove(&f.schedule_id);
+                }
+                if let Some((row, spec)) = st.schedules.iter_mut().find(|(r, _)| r.id == f.schedule_id) {
+                    row.last_fire_at = f.last_fire_at;
+                    if spec.as_ref().and_then(|s| s.next_after(f.last_fire_at)).is_some_and(|n| n <= store_now) {
+                        behind = true;
+                    }
+                }
+            }
+        }
+        if recorded > 0 || behind {
+            Ok(Step::Busy)
+        } else {
+            // Woken a little early by the clock estimate: the store's clock decides.
+            Ok(Step::After(Duration::from_millis(1)))
+        }
+    }
+
+    /// One look of the listener worker over every job, file and cluster listener.
+    pub async fn listen_step(&self) -> Result<Step, String> {
+        let (live, moved) = self.membership();
+        let mut st = self.listen.lock().await;
+        if moved || st.loaded.is_none_or(|t| t.elapsed() >= RELOAD_EVERY) {
+            st.listeners = self.store.list_listeners().await.map_err(|e| e.to_string())?;
+            st.sandboxes = self
+                .store
+                .list_sandboxes()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|s| (s.name.clone(), s))
+                .collect();
+            st.loaded = Some(Instant::now());
+            let ids: HashSet<String> = st.listeners.iter().map(|l| l.id.clone()).collect();
+            st.files.retain(|id, _| ids.contains(id));
+        }
+        let listeners = st.listeners.clone();
+        let mut busy = false;
+        for l in &listeners {
+            let Some(kind) = ListenerKind::parse(&l.kind) else { continue };
+            let job_sandbox = st.sandboxes.get(&l.sandbox).cloned();
+            let readable = job_sandbox.as_ref().is_some_and(|s| jobs::readable_here(s, &self.node));
+            let result = match kind {
+                ListenerKind::Webhook => continue,
+                ListenerKind::Job => {
+                    if !readable || !self.mine(&live, &l.id, job_sandbox.as_ref()) {
+                        continue;
+                    }
+                    self.job_events(l, job_sandbox).await
+                }
+                ListenerKind::Cluster => {
+                    if !readable || !self.mine(&live, &l.id, job_sandbox.as_ref()) {
+                        continue;
+                    }
+                    if st.deaths_recorded.is_none_or(|t| t.elapsed() >= LISTEN_EVERY) {
+                        self.store.record_node_deaths().await.map_err(|e| e.to_string())?;
+                        st.deaths_recorded = Some(Instant::now());
+                    }
+                    self.cluster_events(l, job_sandbox).await
+                }
+                ListenerKind::File => {
+                    let Ok(cfg) = serde_json::from_str::<OnFile>(&l.config) else { continue };
+                    let watched = st.sandboxes.get(&cfg.sandbox).cloned();
+                    let watch_here = watched.as_ref().is_some_and(|s| jobs::readable_here(s, &self.node));
+                    // A local watched folder (or job) decides the node; otherwise the spread does.
+                    let decider = watched.as_ref().filter(|s| s.kind == shoal_core::SandboxKind::Local).or(job_sandbox.as_ref());
+                    if !readable || !watch_here || !self.mine(&live, &l.id, decider) {
+                        st.files.remove(&l.id);
+                        continue;
+                    }
+                    let Some(watched) = watched else { continue };
+                    self.file_events(&mut st.files, l, cfg, watched, job_sandbox).await
+                }
+            };
+            match result {
+                Ok(n) => busy |= n > 0,
+                Err(e) => tracing::warn!(listener = %l.name, error = %e, "listener step failed"),
+            }
+        }
+        Ok(if busy { Step::Busy } else { Step::Idle })
+    }
+
+    async fn job_of(&self, l: &ListenerRow, sandbox: Option<SandboxRow>) -> Result<JobRef, String> {
+        match sandbox {
+            Some(s) => jobs::load(s, &l.job).await.map_err(|e| e.message),
+            None => Err(format!("sandbox `{}` no longer exists", l.sandbox)),
+        }
+    }
+
+    /// The execution an event starts, or why it starts none.
+    fn event_execution(
+        l: &ListenerRow,
+        job: &Result<JobRef, String>,
+        values: &BTreeMap<String, String>,
+    ) -> (Option<shoal_store::NewExecution>, Option<String>) {
+        if !l.enabled {
+            return (None, Some("disabled".into()));
+        }
+        let job = match job {
+            Ok(j) => j,
+            Err(m) => {
+                tracing::warn!(listener = %l.name, error = %m, "an event could not start its job");
+                return (None, Some("job_error".into()));
+            }
+        };
+        match event_params(&l.params, values, &|_| None).map_err(|m| m).and_then(|p| job.execution(&p).map_err(|e| e.message)) {
+            Ok(e) => (Some(e), None),
+            Err(m) => {
+                tracing::warn!(listener = %l.name, error = %m, "an event could not start its job");
+                (None, Some("job_error".into()))
+            }
+        }
+    }
+
+    async fn job_events(&self, l: &ListenerRow, sandbox: Option<SandboxRow>) -> Result<usize, String> {
+        let Ok(cfg) = serde_json::from_str::<OnJob>(&l.config) else { return Ok(0) };
+        let since = (l.cursor_at - LOOKBACK_MS).max(l.created_at);
+        let rows = self
+            .store
+            .finished_executions_for(&l.id, &cfg.sandbox, &cfg.job, &cfg.states, since, EVENT_BATCH)
+            .await
+            .map_err(|e| e.to_string())?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let job = self.job_of(l, sandbox).await;
+        let mut events = Vec::with_capacity(rows.len());
+        let mut cursor = l.cursor_at;
+        for r in &rows {
+            cursor = cursor.max(r.finished_at);
+            let mut values: BTreeMap<String, String> = [
+                ("execution", r.id.clone()),
+                ("sandbox", r.sandbox.clone().unwrap_or_default()),
+                ("job", r.job.clone().unwrap_or_default()),
+                ("state", r.state.as_str().to_owned()),
+                ("exit_code", r.exit_code.map(|c| c.to_string()).unwrap_or_default()),
+                ("node", r.node_id.clone().unwrap_or_default()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            for (k, v) in &r.params {
+                values.insert(format!("param.{k}"), v.clone());
+            }
+            let (execution, reason) = Self::event_execution(l, &job, &values);
+            events.push(NewEvent { key: r.id.clone(), payload: values, execution, reason, cursor: None, silent: false });
+        }
+        let recorded =
+            self.store.record_events(&l.id, &self.node, &events, Some(cursor)).await.map_err(|e| e.to_string())?;
+        Ok(recorded.len())
+    }
+
+    async fn cluster_events(&self, l: &ListenerRow, sandbox: Option<SandboxRow>) -> Result<usize, String> {
+        let Ok(cfg) = serde_json::from_str::<OnCluster>(&l.config) else { return Ok(0) };
+        let since = (l.cursor_at - LOOKBACK_MS).max(l.created_at);
+        let rows = self.store.node_events_for(&l.id, since, EVENT_BATCH).await.map_err(|e| e.to_string())?;
+        let wanted: Vec<_> = rows.iter().filter(|r| cfg.events.contains(&r.kind)).collect();
+        let cursor = rows.iter().map(|r| r.at).max();
+        if wanted.is_empty() {
+            if let Some(c) = cursor.filter(|c| *c > l.cursor_at) {
+                self.store.record_events(&l.id, &self.node, &[], Some(c)).await.map_err(|e| e.to_string())?;
+            }
+            return Ok(0);
+        }
+        let job = self.job_of(l, sandbox).await;
+        let events: Vec<NewEvent> = wanted
+            .iter()
+            .map(|r| {
+                let values: BTreeMap<String, String> = [
+                    ("node", r.node_id.clone()),
+                    ("kind", r.kind.clone()),
+                    ("generation", r.generation.to_string()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+                let (execution, reason) = Self::event_execution(l, &job, &values);
+                NewEvent {
+                    key: format!("{}:{}:{}", r.kind, r.node_id, r.generation),
+                    payload: values,
+                    execution,
+                    reason,
+                    cursor: None,
+                    silent: false,
+                }
+            })
+            .collect();
+        let recorded = self.store.record_events(&l.id, &self.node, &events, cursor).await.map_err(|e| e.to_string())?;
+        Ok(recorded.len())
+    }
+
+    async fn file_events(
+        &self,
+        files: &mut HashMap<String, FileWatch>,
+        l: &ListenerRow,
+        cfg: OnFile,
+        watched: SandboxRow,
+        job_sandbox: Option<SandboxRow>,
+    ) -> Result<usize, String> {
+        let fresh = files.get(&l.id).is_none_or(|w| w.config != l.config);
+        if fresh {
+            let pattern = Pattern::parse(&cfg.pattern).map_err(|e| e.to_string())?;
+            files.insert(
+                l.id.clone(),
+                FileWatch {
+                    config: l.config.clone(),
+                    pattern,
+                    settler: Settler::new(Duration::from_millis(cfg.settle_ms)),
+                },
+            );
+        }
+        let w = files.get_mut(&l.id).expect("inserted above");
+        let root = std::path::PathBuf::from(&watched.root);
+        let pattern = w.pattern.clone();
+        let present = tokio::task::spawn_blocking(move || filewatch::scan(&root, &pattern, MAX_WATCHED_FILES))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot scan sandbox `{}`: {e}", watched.name))?;
+        let settled = w.settler.observe(Instant::now(), &present);
+        let cursor: HashMap<String, (u64, i64)> = self
+            .store
+            .file_cursor(&l.id)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(p, (size, mtime))| (p, (size.max(0) as u64, mtime)))
+            .collect();
+        let found = filewatch::diff(&cursor, &present, &settled);
+        if found.is_empty() {
+            return Ok(0);
+        }
+        let wanted: Vec<FileEventKind> = cfg.events.iter().filter_map(|e| FileEventKind::parse(e)).collect();
+        let job = self.job_of(l, job_sandbox).await;
+        let mut events = Vec::with_capacity(found.len());
+        for ev in &found {
+            let from = cursor.get(&ev.path).map(|(s, m)| (*s as i64, *m));
+            let to = match ev.kind {
+                FileEventKind::Vanished => None,
+                _ => Some((ev.size as i64, ev.mtime_ns)),
+            };
+            let cursor_move = Some(CursorMove { path: ev.path.clone(), from, to });
+            let name = ev.path.rsplit('/').next().unwrap_or(&ev.path).to_owned();
+            let values: BTreeMap<String, String> = [
+                ("path", ev.path.clone()),
+                ("name", name),
+                ("size", ev.size.to_string()),
+                ("kind", ev.kind.as_str().to_owned()),
+                ("sandbox", watched.name.clone()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            if !wanted.contains(&ev.kind) {
+                events.push(NewEvent {
+                    key: ev.key(),
+                    payload: values,
+                    execution: None,
+                    reason: None,
+                    cursor: cursor_move,
+                    silent: true,
+                });
+                continue;
+            }
+            let (execution, reason) = Self::event_execution(l, &job, &values);
+            events.push(NewEvent { key: ev.key(), payload: values, execution, reason, cursor: cursor_move, silent: false });
+        }
+        let mut recorded = 0;
+        for chunk in events.chunks(FIRE_BATCH) {
+            recorded +=
+                self.store.record_events(&l.id, &self.node, chunk, None).await.map_err(|e| e.to_string())?.len();
+        }
+        Ok(recorded)
+    }
+}
+
+/// The scheduler and the listener worker of this node.
+pub fn spawn_workers(
+    triggers: &Arc<Triggers>,
+    engine: &Arc<crate::engine::Engine>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let (t, e, stop) = (triggers.clone(), engine.clone(), shutdown.clone());
+    let scheduler = tokio::spawn(async move {
+        crate::workers::run(&e.workers, "scheduler", RELOAD_EVERY, Some(&t.changed), stop, || t.schedule_step()).await
+    });
+    let (t, e, stop) = (triggers.clone(), engine.clone(), shutdown.clone());
+    let listeners = tokio::spawn(async move {
+        crate::workers::run(&e.workers, "listeners", LISTEN_EVERY, Some(&t.changed), stop, || t.listen_step()).await
+    });
+    vec![scheduler, listeners]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendezvous_spreads_and_moves_only_the_dead_nodes_share() {
+        let three: Vec<String> = ["n1", "n2", "n3"].iter().map(|s| s.to_string()).collect();
+        let two: Vec<String> = ["n1", "n3"].iter().map(|s| s.to_string()).collect();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for i in 0..3000 {
+            let key = format!("schedule-{i}");
+            let before = owner(&three, &key).unwrap();
+            *counts.entry(before).or_default() += 1;
+            let after = owner(&two, &key).unwrap();
+            if before != "n2" {
+                assert_eq!(before, after, "{key} moved although its node lives");
+            }
+        }
+        for n in ["n1", "n2", "n3"] {
+            assert!((800..1200).contains(&counts[n]), "uneven spread: {counts:?}");
+        }
+    }
+}

@@ -1,0 +1,1190 @@
+//! The client commands for jobs that start by themselves: `schedule` (cron), `listener`
+//! (events: a job finishing, files, webhooks, the cluster) and `hook` (deliver a signed
+//! webhook, as an outside service would). Output and exit codes as for the other client
+//! commands (see `client_cmds`).
+
+use crate::client_cmds::{
+    clip, emit, fmt_ms, key_values, parse_key_value, parse_target, print_json, short_time, table, text, text_list,
+    CmdResult, EXIT_FAILED, EXIT_OK, EXIT_USAGE,
+};
+use serde_json::{json, Map, Value};
+use shoal_client::{Client, Error};
+use std::path::PathBuf;
+use tokio::io::AsyncReadExt;
+
+/// The shortest webhook secret the server accepts.
+const MIN_SECRET_CHARS: usize = 16;
+
+const FILE_EVENTS: [&str; 3] = ["appeared", "changed", "vanished"];
+const CLUSTER_EVENTS: [&str; 2] = ["node_died", "node_joined"];
+
+// ---- schedules: arguments ----
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ScheduleCmd {
+    /// Create a schedule: start a job at the times a cron expression names
+    Create(ScheduleCreateArgs),
+    /// List schedules
+    #[command(visible_alias = "ls")]
+    List,
+    /// Show one schedule
+    Show(RefArgs),
+    /// Enable a schedule: it fires again from its next fire time
+    Enable(RefArgs),
+    /// Disable a schedule: it fires no more until enabled
+    Disable(RefArgs),
+    /// Change a schedule; only the options given change
+    Edit(ScheduleEditArgs),
+    /// Delete a schedule (executions it started are left alone)
+    #[command(visible_alias = "rm")]
+    Delete(RefArgs),
+    /// List a schedule's recent firings, newest first: what each fire time did and why
+    Firings {
+        /// The schedule's name or id
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// How many firings to list; the server's default is 50
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
+    },
+    /// Print a schedule's next fire times, or those of a cron expression (--cron), one a line
+    Preview(PreviewArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RefArgs {
+    /// The name or id
+    #[arg(value_name = "REF")]
+    pub reference: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ScheduleCreateArgs {
+    /// The schedule's name: 1 to 64 letters, digits, `.`, `_` or `-`
+    pub name: String,
+    /// The job to start: the sandbox, a slash, and the job file's path in it, e.g.
+    /// examples/jobs/greet.toml
+    #[arg(value_name = "SANDBOX/JOB", value_parser = parse_target)]
+    pub target: (String, String),
+    /// When to fire: a cron expression of 5 fields (minute first) or 6 (second first), or
+    /// @hourly, @daily, ...; quote it, e.g. --cron '0 2 * * *'
+    #[arg(long, value_name = "EXPR")]
+    pub cron: String,
+    #[command(flatten)]
+    pub common: ScheduleOpts,
+    /// Create it disabled: it fires only once enabled
+    #[arg(long)]
+    pub disabled: bool,
+}
+
+/// The options `schedule create` and `schedule edit` share.
+#[derive(clap::Args, Debug)]
+pub struct ScheduleOpts {
+    /// The time zone the cron expression is read in, e.g. Europe/Berlin (default UTC)
+    #[arg(long = "tz", value_name = "ZONE")]
+    pub timezone: Option<String>,
+    /// A job parameter; repeat for several. Values may use {fire_time}, {fire_date},
+    /// {fire_unix} and {fire_unix_ms}, e.g. -p day={fire_date}
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub params: Vec<(String, String)>,
+    /// Fire times missed while no node could fire them: skip drops them, once fires once for
+    /// all of them, all fires each (default once)
+    #[arg(long, value_parser = ["skip", "once", "all"])]
+    pub misfire: Option<String>,
+    /// With --misfire all: fire at most this many of the missed times (default 1000)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub misfire_max: Option<u32>,
+    /// How late a fire time may be fired and still count as on time rather than missed,
+    /// e.g. 30s or 5m (default 1m)
+    #[arg(long, value_name = "DURATION")]
+    pub misfire_threshold: Option<String>,
+    /// A fire time that comes while the previous execution still runs: allow starts another,
+    /// skip drops it, queue starts it once the previous one has finished, replace cancels
+    /// the previous one (default allow)
+    #[arg(long, value_parser = ["allow", "skip", "queue", "replace"])]
+    pub overlap: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ScheduleEditArgs {
+    /// The schedule's name or id
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Start another job: SANDBOX/JOB
+    #[arg(long = "job", value_name = "SANDBOX/JOB", value_parser = parse_target)]
+    pub target: Option<(String, String)>,
+    /// A new cron expression
+    #[arg(long, value_name = "EXPR")]
+    pub cron: Option<String>,
+    #[command(flatten)]
+    pub common: ScheduleOpts,
+    /// Remove every job parameter (-p replaces them all)
+    #[arg(long, conflicts_with = "params")]
+    pub clear_params: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PreviewArgs {
+    /// The schedule's name or id
+    #[arg(value_name = "REF", required_unless_present = "cron", conflicts_with = "cron")]
+    pub reference: Option<String>,
+    /// Preview this cron expression instead of a schedule's
+    #[arg(long, value_name = "EXPR")]
+    pub cron: Option<String>,
+    /// With --cron: the time zone to read it in (default UTC)
+    #[arg(long = "tz", value_name = "ZONE", requires = "cron")]
+    pub timezone: Option<String>,
+    /// How many fire times to print; the server's default is 10
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub count: Option<u32>,
+}
+
+// ---- listeners and hooks: arguments ----
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ListenerCmd {
+    /// Create a listener: start a job each time an event happens. Give exactly one of
+    /// --on-job, --on-file, --webhook and --on-cluster. Parameter values may use the event's
+    /// fields as {event.X}: for --on-job execution, sandbox, job, state, exit_code, node and
+    /// param.NAME; for --on-file path, name, size and kind; for --webhook delivery and
+    /// payload.A.B; for --on-cluster node, kind and generation
+    Create(ListenerCreateArgs),
+    /// List listeners
+    #[command(visible_alias = "ls")]
+    List,
+    /// Show one listener
+    Show(RefArgs),
+    /// Enable a listener: events start jobs again
+    Enable(RefArgs),
+    /// Disable a listener: events are recorded as skipped and start no job
+    Disable(RefArgs),
+    /// Change a listener's job, parameters or webhook secret; only the options given change
+    Edit(ListenerEditArgs),
+    /// Delete a listener (executions it started are left alone)
+    #[command(visible_alias = "rm")]
+    Delete(RefArgs),
+    /// List the events a listener received, newest first, and what each one started
+    Events {
+        /// The listener's name or id
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// How many events to list; the server's default is 50
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
+    },
+}
+
+// The kind-specific options conflict with the other kinds rather than `requires` the flag of
+// their own: clap counts a flag's default `false` as present for `requires`.
+#[derive(clap::Args, Debug)]
+#[command(group(
+    clap::ArgGroup::new("trigger").required(true).args(["on_job", "on_file", "webhook", "on_cluster"])
+))]
+pub struct ListenerCreateArgs {
+    /// The listener's name (for a webhook, the last part of its URL)
+    pub name: String,
+    /// The job to start: the sandbox, a slash, and the job file's path in it, e.g.
+    /// examples/jobs/greet.toml
+    #[arg(value_name = "SANDBOX/JOB", value_parser = parse_target)]
+    pub target: (String, String),
+    /// Start the job when an execution of this job (SANDBOX/JOB) finishes
+    #[arg(long, value_name = "SANDBOX/JOB", value_parser = parse_target)]
+    pub on_job: Option<(String, String)>,
+    /// With --on-job: the final states that count, comma-separated: succeeded, failed,
+    /// cancelled, timed_out, or final for any (default succeeded)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = ["succeeded", "failed", "cancelled", "timed_out", "final"],
+        conflicts_with_all = ["on_file", "webhook", "on_cluster"]
+    )]
+    pub states: Vec<String>,
+    /// Start the job when a file matching PATTERN (a glob, e.g. incoming/*.csv) changes in
+    /// SANDBOX
+    #[arg(long, value_name = "SANDBOX:PATTERN", value_parser = parse_file_trigger)]
+    pub on_file: Option<(String, String)>,
+    /// The events that count, comma-separated. With --on-file: appeared, changed, vanished
+    /// (default appeared); with --on-cluster: node_died, node_joined (default both)
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = ["appeared", "changed", "vanished", "node_died", "node_joined"],
+        conflicts_with_all = ["on_job", "webhook"]
+    )]
+    pub events: Vec<String>,
+    /// With --on-file: how long a file must stay unchanged before it counts, so a file still
+    /// being written is not taken half-way, e.g. 5s (default 1s)
+    #[arg(long, value_name = "DURATION", conflicts_with_all = ["on_job", "webhook", "on_cluster"])]
+    pub settle: Option<String>,
+    /// Start the job when a signed webhook is delivered to /api/v1/hooks/NAME
+    #[arg(long)]
+    pub webhook: bool,
+    /// With --webhook: the secret deliveries are signed with, at least 16 characters
+    /// (default: the server makes one and shows it once)
+    #[arg(long, conflicts_with_all = ["on_job", "on_file", "on_cluster"])]
+    pub secret: Option<String>,
+    /// Start the job when a node of the cluster dies or joins
+    #[arg(long)]
+    pub on_cluster: bool,
+    /// A job parameter; repeat for several. Values may use {event.X} (see above)
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub params: Vec<(String, String)>,
+    /// Create it disabled: events start no job until it is enabled
+    #[arg(long)]
+    pub disabled: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ListenerEditArgs {
+    /// The listener's name or id
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Start another job: SANDBOX/JOB
+    #[arg(long = "job", value_name = "SANDBOX/JOB", value_parser = parse_target)]
+    pub target: Option<(String, String)>,
+    /// A job parameter; repeat for several. Replaces all of the listener's parameters
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub params: Vec<(String, String)>,
+    /// Remove every job parameter
+    #[arg(long, conflicts_with = "params")]
+    pub clear_params: bool,
+    /// A webhook listener's new secret, at least 16 characters; deliveries signed with the
+    /// old one are refused from then on
+    #[arg(long)]
+    pub secret: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HookArgs {
+    /// The webhook listener's name
+    pub name: String,
+    /// The listener's secret, to sign the delivery with (env SHOAL_HOOK_SECRET keeps it out
+    /// of the shell's history)
+    #[arg(long, env = "SHOAL_HOOK_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// The JSON payload, e.g. '{"order": 42}' (default {})
+    #[arg(long, value_name = "JSON", conflicts_with = "data_file")]
+    pub data: Option<String>,
+    /// Read the JSON payload from a file (- for stdin)
+    #[arg(long, value_name = "PATH")]
+    pub data_file: Option<PathBuf>,
+    /// The delivery's id: a delivery sent again with the same id starts no second job
+    /// (default: a new id)
+    #[arg(long, value_name = "ID")]
+    pub delivery: Option<String>,
+}
+
+// ---- request bodies ----
+
+fn params_json(params: &[(String, String)]) -> Value {
+    Value::Object(params.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+}
+
+/// Inserts the options `schedule create` and `schedule edit` share, those given.
+fn insert_schedule_opts(body: &mut Map<String, Value>, opts: &ScheduleOpts) {
+    if let Some(tz) = &opts.timezone {
+        body.insert("timezone".into(), json!(tz));
+    }
+    if !opts.params.is_empty() {
+        body.insert("params".into(), params_json(&opts.params));
+    }
+    if let Some(m) = &opts.misfire {
+        body.insert("misfire".into(), json!(m));
+    }
+    if let Some(n) = opts.misfire_max {
+        body.insert("misfire_max".into(), json!(n));
+    }
+    if let Some(t) = &opts.misfire_threshold {
+        body.insert("misfire_threshold".into(), json!(t));
+    }
+    if let Some(o) = &opts.overlap {
+        body.insert("overlap".into(), json!(o));
+    }
+}
+
+/// The body of `POST /schedules`; an error is a usage error.
+fn schedule_body(args: &ScheduleCreateArgs) -> Result<Value, String> {
+    if args.common.misfire_max.is_some() && args.common.misfire.as_deref() != Some("all") {
+        return Err("--misfire-max goes with --misfire all: it caps how many missed fire times are fired".into());
+    }
+    let (sandbox, job) = &args.target;
+    let mut body = Map::new();
+    body.insert("name".into(), json!(args.name));
+    body.insert("sandbox".into(), json!(sandbox));
+    body.insert("job".into(), json!(job));
+    body.insert("cron".into(), json!(args.cron));
+    insert_schedule_opts(&mut body, &args.common);
+    if args.disabled {
+        body.insert("enabled".into(), json!(false));
+    }
+    Ok(Value::Object(body))
+}
+
+/// The body of `PATCH /schedules/{ref}`; an error is a usage error.
+fn schedule_patch(args: &ScheduleEditArgs) -> Result<Value, String> {
+    let mut body = Map::new();
+    if let Some((sandbox, job)) = &args.target {
+        body.insert("sandbox".into(), json!(sandbox));
+        body.insert("job".into(), json!(job));
+    }
+    if let Some(cron) = &args.cron {
+        body.insert("cron".into(), json!(cron));
+    }
+    insert_schedule_opts(&mut body, &args.common);
+    if args.clear_params {
+        body.insert("params".into(), json!({}));
+    }
+    if body.is_empty() {
+        return Err(format!(
+            "nothing to change: give what to change, e.g. `shoal schedule edit {} --cron '0 3 * * *'`; \
+             see `shoal schedule edit --help`",
+            args.reference
+        ));
+    }
+    Ok(Value::Object(body))
+}
+
+/// `SANDBOX:PATTERN`, split at the first `:`.
+fn parse_file_trigger(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((sandbox, pattern)) if !sandbox.is_empty() && !pattern.is_empty() => {
+            Ok((sandbox.to_owned(), pattern.to_owned()))
+        }
+        _ => Err(format!(
+            "`{s}` is not SANDBOX:PATTERN: give the sandbox's name, a colon, and a file pattern in it, e.g. data:incoming/*.csv"
+        )),
+    }
+}
+
+fn check_secret(secret: &str) -> Result<(), String> {
+    if secret.chars().count() < MIN_SECRET_CHARS {
+        return Err(format!(
+            "the webhook secret must be at least {MIN_SECRET_CHARS} characters long (or leave --secret out and the server makes one)"
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses events of the other kind (`--events` is shared by --on-file and --on-cluster).
+fn check_events(events: &[String], allowed: &[&str], trigger: &str) -> Result<(), String> {
+    match events.iter().find(|e| !allowed.contains(&e.as_str())) {
+        Some(bad) => Err(format!("`{bad}` is not an event of {trigger}; it takes {}", allowed.join(", "))),
+        None => Ok(()),
+    }
+}
+
+/// The body of `POST /listeners`; an error is a usage error.
+fn listener_body(args: &ListenerCreateArgs) -> Result<Value, String> {
+    let (sandbox, job) = &args.target;
+    let mut body = Map::new();
+    body.insert("name".into(), json!(args.name));
+    body.insert("sandbox".into(), json!(sandbox));
+    body.insert("job".into(), json!(job));
+    if !args.params.is_empty() {
+        body.insert("params".into(), params_json(&args.params));
+    }
+    if args.disabled {
+        body.insert("enabled".into(), json!(false));
+    }
+    let kind = if let Some((on_sandbox, on_job)) = &args.on_job {
+        if args.states.len() > 1 && args.states.iter().any(|s| s == "final") {
+            return Err("`final` already means every final state; give it alone".into());
+        }
+        let mut on = json!({ "sandbox": on_sandbox, "job": on_job });
+        if !args.states.is_empty() {
+            on["states"] = json!(args.states);
+        }
+        body.insert("on_job".into(), on);
+        "job"
+    } else if let Some((on_sandbox, pattern)) = &args.on_file {
+        check_events(&args.events, &FILE_EVENTS, "--on-file")?;
+        let mut on = json!({ "sandbox": on_sandbox, "pattern": pattern });
+        if !args.events.is_empty() {
+            on["events"] = json!(args.events);
+        }
+        if let Some(settle) = &args.settle {
+            on["settle"] = json!(settle);
+        }
+        body.insert("on_file".into(), on);
+        "file"
+    } else if args.webhook {
+        if let Some(secret) = &args.secret {
+            check_secret(secret)?;
+            body.insert("secret".into(), json!(secret));
+        }
+        "webhook"
+    } else if args.on_cluster {
+        check_events(&args.events, &CLUSTER_EVENTS, "--on-cluster")?;
+        // Spelled out, so the object is there even when no event was chosen.
+        let events =
+            if args.events.is_empty() { CLUSTER_EVENTS.map(String::from).to_vec() } else { args.events.clone() };
+        body.insert("on_cluster".into(), json!({ "events": events }));
+        "cluster"
+    } else {
+        // clap's group requires one of them.
+        return Err("give what the listener listens to: --on-job, --on-file, --webhook or --on-cluster".into());
+    };
+    body.insert("kind".into(), json!(kind));
+    Ok(Value::Object(body))
+}
+
+/// The body of `PATCH /listeners/{ref}`; an error is a usage error.
+fn listener_patch(args: &ListenerEditArgs) -> Result<Value, String> {
+    let mut body = Map::new();
+    if let Some((sandbox, job)) = &args.target {
+        body.insert("sandbox".into(), json!(sandbox));
+        body.insert("job".into(), json!(job));
+    }
+    if !args.params.is_empty() {
+        body.insert("params".into(), params_json(&args.params));
+    }
+    if args.clear_params {
+        body.insert("params".into(), json!({}));
+    }
+    if let Some(secret) = &args.secret {
+        check_secret(secret)?;
+        body.insert("secret".into(), json!(secret));
+    }
+    if body.is_empty() {
+        return Err(format!(
+            "nothing to change: give --job, -p, --clear-params or --secret, e.g. `shoal listener edit {} -p day=mon`",
+            args.reference
+        ));
+    }
+    Ok(Value::Object(body))
+}
+
+/// The payload of `shoal hook`, as the bytes to send: checked to be JSON, otherwise sent as
+/// given (the signature covers these exact bytes). `Err(Ok(message))` is a usage error,
+/// `Err(Err(e))` a file that cannot be read.
+async fn hook_payload(args: &HookArgs) -> Result<Vec<u8>, Result<String, Error>> {
+    let (bytes, source) = match (&args.data, &args.data_file) {
+        (Some(data), _) => (data.clone().into_bytes(), "--data".to_owned()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            tokio::io::stdin()
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|e| Err(Error::Other(format!("cannot read the payload from stdin: {e}"))))?;
+            (buf, "stdin".to_owned())
+        }
+        (None, Some(path)) => {
+            let buf = tokio::fs::read(path)
+                .await
+                .map_err(|e| Err(Error::Other(format!("cannot read `{}`: {e}", path.display()))))?;
+            (buf, format!("`{}`", path.display()))
+        }
+        (None, None) => (b"{}".to_vec(), String::new()),
+    };
+    serde_json::from_slice::<Value>(&bytes)
+        .map_err(|e| Ok(format!("the payload in {source} is not valid JSON: {e}")))?;
+    Ok(bytes)
+}
+
+// ---- answers ----
+
+/// What starts a listener's job, briefly: `examples/jobs/load.toml succeeded`,
+/// `data:incoming/*.csv appeared`, the hook URL, or the cluster's events.
+fn trigger_text(listener: &Value) -> String {
+    let words = |v: &Value| match v.as_array() {
+        Some(items) => items.iter().map(text).collect::<Vec<_>>().join(","),
+        None => text(v),
+    };
+    match listener["kind"].as_str() {
+        Some("job") => {
+            let on = &listener["on_job"];
+            let states = if on["states"].is_null() { "succeeded".into() } else { words(&on["states"]) };
+            format!("{}/{} {states}", text(&on["sandbox"]), text(&on["job"]))
+        }
+        Some("file") => {
+            let on = &listener["on_file"];
+            let events = if on["events"].is_null() { "appeared".into() } else { words(&on["events"]) };
+            format!("{}:{} {events}", text(&on["sandbox"]), text(&on["pattern"]))
+        }
+        Some("webhook") => text(&listener["hook_url"]),
+        Some("cluster") => match &listener["on_cluster"]["events"] {
+            Value::Null => CLUSTER_EVENTS.join(","),
+            events => words(events),
+        },
+        _ => "-".into(),
+    }
+}
+
+/// The id of the execution a webhook delivery started: the answer's `execution`, or the
+/// event's when the server answered a repeated delivery with the first event only.
+fn started_execution(answer: &Value) -> Option<String> {
+    let candidates = [&answer["execution"]["id"], &answer["execution"], &answer["event"]["execution"]];
+    candidates.into_iter().find_map(|v| v.as_str()).map(str::to_owned)
+}
+
+/// A hook URL as the answering server serves it (the API gives it as a path).
+fn full_hook_url(client: &Client, hook_url: &Value) -> String {
+    match hook_url.as_str() {
+        Some(path) if path.starts_with('/') => format!("{}{path}", client.current_server()),
+        _ => text(hook_url),
+    }
+}
+
+fn rows_of<'a>(value: &'a Value, key: &str) -> &'a [Value] {
+    value[key].as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+fn yes_no(value: &Value) -> String {
+    match value.as_bool() {
+        Some(true) => "yes".into(),
+        Some(false) => "no".into(),
+        None => text(value),
+    }
+}
+
+fn usage(message: &str) -> CmdResult {
+    eprintln!("error: {message}");
+    Ok(EXIT_USAGE)
+}
+
+// ---- schedules ----
+
+const SCHEDULE_ORDER: [&str; 17] = [
+    "id",
+    "name",
+    "enabled",
+    "sandbox",
+    "job",
+    "params",
+    "cron",
+    "timezone",
+    "next_fire_time",
+    "last_fire_time",
+    "last_execution",
+    "misfire",
+    "misfire_max",
+    "misfire_threshold_ms",
+    "overlap",
+    "created_at",
+    "updated_at",
+];
+
+/// `next fire 2026-01-01T02:00:00Z`, or why there is none.
+fn next_fire(schedule: &Value) -> String {
+    match (&schedule["next_fire_time"], schedule["enabled"].as_bool()) {
+        (Value::Null, Some(false)) => "disabled, so it will not fire".into(),
+        (Value::Null, _) => "no next fire time".into(),
+        (t, _) => format!("next fire {}", short_time(t)),
+    }
+}
+
+pub async fn cmd_schedule(client: &Client, cmd: ScheduleCmd, json: bool) -> CmdResult {
+    match cmd {
+        ScheduleCmd::Create(args) => {
+            let body = match schedule_body(&args) {
+                Ok(b) => b,
+                Err(message) => return usage(&message),
+            };
+            let created = client.create_schedule(&body).await?;
+            if json {
+                print_json(&created);
+            } else {
+                emit(&format!(
+                    "created schedule {} ({}): {}\n",
+                    text(&created["name"]),
+                    text(&created["id"]),
+                    next_fire(&created)
+                ));
+            }
+        }
+        ScheduleCmd::List => {
+            let list = client.schedules().await?;
+            if json {
+                print_json(&list);
+                return Ok(EXIT_OK);
+            }
+            let rows: Vec<Vec<String>> = rows_of(&list, "schedules")
+                .iter()
+                .map(|s| {
+                    vec![
+                        text(&s["name"]),
+                        yes_no(&s["enabled"]),
+                        text(&s["cron"]),
+                        text(&s["timezone"]),
+                        clip(&format!("{}/{}", text(&s["sandbox"]), text(&s["job"])), 40),
+                        short_time(&s["next_fire_time"]),
+                        short_time(&s["last_fire_time"]),
+                    ]
+                })
+                .collect();
+            emit(&table(&["NAME", "ENABLED", "CRON", "TZ", "JOB", "NEXT", "LAST"], &rows));
+        }
+        ScheduleCmd::Show(a) => {
+            let schedule = client.schedule(&a.reference).await?;
+            if json {
+                print_json(&schedule);
+            } else {
+                emit(&key_values(&schedule, &SCHEDULE_ORDER));
+            }
+        }
+        ScheduleCmd::Enable(a) => return set_schedule_enabled(client, &a.reference, true, json).await,
+        ScheduleCmd::Disable(a) => return set_schedule_enabled(client, &a.reference, false, json).await,
+        ScheduleCmd::Edit(args) => {
+            let patch = match schedule_patch(&args) {
+                Ok(p) => p,
+                Err(message) => return usage(&message),
+            };
+            let schedule = client.update_schedule(&args.reference, &patch).await?;
+            if json {
+                print_json(&schedule);
+            } else {
+                emit(&format!("updated schedule {}: {}\n", text(&schedule["name"]), next_fire(&schedule)));
+            }
+        }
+        ScheduleCmd::Delete(a) => {
+            client.delete_schedule(&a.reference).await?;
+            if json {
+                print_json(&json!({ "deleted": a.reference }));
+            } else {
+                emit(&format!("deleted schedule {}\n", a.reference));
+            }
+        }
+        ScheduleCmd::Firings { reference, limit } => {
+            let firings = client.schedule_firings(&reference, limit).await?;
+            if json {
+                print_json(&firings);
+                return Ok(EXIT_OK);
+            }
+            let rows: Vec<Vec<String>> = rows_of(&firings, "firings")
+                .iter()
+                .map(|f| {
+                    vec![
+                        short_time(&f["fire_time"]),
+                        text(&f["outcome"]),
+                        text(&f["reason"]),
+                        text(&f["execution"]),
+                        text(&f["node"]),
+                        f["lateness_ms"].as_i64().map_or_else(|| "-".into(), fmt_ms),
+                    ]
+                })
+                .collect();
+            emit(&table(&["FIRE TIME", "OUTCOME", "REASON", "EXECUTION", "NODE", "LATENESS"], &rows));
+        }
+        ScheduleCmd::Preview(args) => {
+            let times = match (&args.reference, &args.cron) {
+                (_, Some(cron)) => client.preview_cron(cron, args.timezone.as_deref(), args.count).await?,
+                (Some(reference), None) => client.schedule_preview(reference, args.count).await?,
+                // clap requires one of them.
+                (None, None) => return usage("give a schedule's name, or a cron expression with --cron"),
+            };
+            if json {
+                print_json(&times);
+            } else {
+                let lines: String = rows_of(&times, "firings").iter().map(|t| format!("{}\n", text(t))).collect();
+                emit(&lines);
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn set_schedule_enabled(client: &Client, reference: &str, enabled: bool, json: bool) -> CmdResult {
+    let schedule = client.update_schedule(reference, &json!({ "enabled": enabled })).await?;
+    if json {
+        print_json(&schedule);
+    } else {
+        let what = if enabled { "enabled" } else { "disabled" };
+        let next = if enabled { format!(": {}", next_fire(&schedule)) } else { String::new() };
+        emit(&format!("{what} schedule {}{next}\n", text(&schedule["name"])));
+    }
+    Ok(EXIT_OK)
+}
+
+// ---- listeners ----
+
+const LISTENER_ORDER: [&str; 12] = [
+    "id",
+    "name",
+    "kind",
+    "enabled",
+    "trigger",
+    "sandbox",
+    "job",
+    "params",
+    "hook_url",
+    "secret",
+    "created_at",
+    "updated_at",
+];
+
+/// A listener for `key_values`: its trigger as one line instead of the `on_*` objects.
+fn listener_shown(listener: &Value) -> Value {
+    let mut shown = listener.clone();
+    if let Some(map) = shown.as_object_mut() {
+        map.retain(|k, _| !k.starts_with("on_"));
+        map.insert("trigger".into(), json!(trigger_text(listener)));
+    }
+    shown
+}
+
+pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdResult {
+    match cmd {
+        ListenerCmd::Create(args) => {
+            let body = match listener_body(&args) {
+                Ok(b) => b,
+                Err(message) => return usage(&message),
+            };
+            let created = client.create_listener(&body).await?;
+            let secret = created["secret"].as_str();
+            if json {
+                print_json(&created);
+            } else {
+                let name = text(&created["name"]);
+                let job = format!("{}/{}", text(&created["sandbox"]), text(&created["job"]));
+                let mut out = format!(
+                    "created {} listener {name} ({}): starts {job}\n",
+                    text(&created["kind"]),
+                    text(&created["id"])
+                );
+                if created["kind"] == "webhook" {
+                    out.push_str(&format!("hook URL: {}\n", full_hook_url(client, &created["hook_url"])));
+                    if let Some(secret) = secret {
+                        out.push_str(&format!("secret:   {secret}\n"));
+                    }
+                } else {
+                    out.push_str(&format!("on:       {}\n", trigger_text(&created)));
+                }
+                emit(&out);
+            }
+            if secret.is_some() && args.secret.is_none() {
+                eprintln!(
+                    "note: the secret is shown only once: store it now (`shoal listener edit {} --secret ...` sets a new one)",
+                    text(&created["name"])
+                );
+            }
+        }
+        ListenerCmd::List => {
+            let list = client.listeners().await?;
+            if json {
+                print_json(&list);
+                return Ok(EXIT_OK);
+            }
+            let rows: Vec<Vec<String>> = rows_of(&list, "listeners")
+                .iter()
+                .map(|l| {
+                    vec![
+                        text(&l["name"]),
+                        yes_no(&l["enabled"]),
+                        text(&l["kind"]),
+                        clip(&trigger_text(l), 50),
+                        clip(&format!("{}/{}", text(&l["sandbox"]), text(&l["job"])), 40),
+                    ]
+                })
+                .collect();
+            emit(&table(&["NAME", "ENABLED", "KIND", "ON", "JOB"], &rows));
+        }
+        ListenerCmd::Show(a) => {
+            let listener = client.listener(&a.reference).await?;
+            if json {
+                print_json(&listener);
+            } else {
+                emit(&key_values(&listener_shown(&listener), &LISTENER_ORDER));
+            }
+        }
+        ListenerCmd::Enable(a) => return set_listener_enabled(client, &a.reference, true, json).await,
+        ListenerCmd::Disable(a) => return set_listener_enabled(client, &a.reference, false, json).await,
+        ListenerCmd::Edit(args) => {
+            let patch = match listener_patch(&args) {
+                Ok(p) => p,
+                Err(message) => return usage(&message),
+            };
+            let listener = client.update_listener(&args.reference, &patch).await?;
+            if json {
+                print_json(&listener);
+            } else {
+                emit(&format!(
+                    "updated listener {}: starts {}/{} with {}\n",
+                    text(&listener["name"]),
+                    text(&listener["sandbox"]),
+                    text(&listener["job"]),
+                    text_list(&listener["params"])
+                ));
+            }
+        }
+        ListenerCmd::Delete(a) => {
+            client.delete_listener(&a.reference).await?;
+            if json {
+                print_json(&json!({ "deleted": a.reference }));
+            } else {
+                emit(&format!("deleted listener {}\n", a.reference));
+            }
+        }
+        ListenerCmd::Events { reference, limit } => {
+            let events = client.listener_events(&reference, limit).await?;
+            if json {
+                print_json(&events);
+                return Ok(EXIT_OK);
+            }
+            let rows: Vec<Vec<String>> = rows_of(&events, "events")
+                .iter()
+                .map(|e| {
+                    vec![
+                        short_time(&e["at"]),
+                        text(&e["outcome"]),
+                        text(&e["reason"]),
+                        text(&e["execution"]),
+                        text(&e["node"]),
+                        clip(&text(&e["key"]), 50),
+                    ]
+                })
+                .collect();
+            emit(&table(&["AT", "OUTCOME", "REASON", "EXECUTION", "NODE", "KEY"], &rows));
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+async fn set_listener_enabled(client: &Client, reference: &str, enabled: bool, json: bool) -> CmdResult {
+    let listener = client.update_listener(reference, &json!({ "enabled": enabled })).await?;
+    if json {
+        print_json(&listener);
+    } else {
+        let what = if enabled { "enabled" } else { "disabled" };
+        emit(&format!("{what} listener {}\n", text(&listener["name"])));
+    }
+    Ok(EXIT_OK)
+}
+
+// ---- hook ----
+
+pub async fn cmd_hook(client: &Client, args: HookArgs, json: bool) -> CmdResult {
+    let payload = match hook_payload(&args).await {
+        Ok(p) => p,
+        Err(Ok(message)) => return usage(&message),
+        Err(Err(e)) => return Err(e),
+    };
+    let (answer, replayed) = client.hook(&args.name, &args.secret, &payload, args.delivery.as_deref()).await?;
+    if json {
+        print_json(&answer);
+    }
+    let Some(execution) = started_execution(&answer) else {
+        let event = &answer["event"];
+        let why = match event["reason"].as_str() {
+            Some(reason) => format!("{} ({reason})", text(&event["outcome"])),
+            None => text(&event["outcome"]),
+        };
+        eprintln!("error: listener {} received the delivery but started no job: {why}", args.name);
+        return Ok(EXIT_FAILED);
+    };
+    if !json {
+        emit(&format!("{execution}\n"));
+    }
+    if replayed {
+        eprintln!("this delivery had already been received; {execution} is the execution it started then");
+    } else {
+        let state = &answer["execution"]["state"];
+        if !state.is_null() {
+            eprintln!("{}: started by listener {}", text(state), args.name);
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client_cmds::{ClientCommand, GlobalOpts};
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        global: GlobalOpts,
+        #[command(subcommand)]
+        cmd: ClientCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<ClientCommand, clap::Error> {
+        Cli::try_parse_from(std::iter::once("shoal").chain(args.iter().copied())).map(|c| c.cmd)
+    }
+
+    fn schedule_create(args: &[&str]) -> ScheduleCreateArgs {
+        let all: Vec<&str> = ["schedule", "create"].iter().chain(args).copied().collect();
+        match parse(&all) {
+            Ok(ClientCommand::Schedule(ScheduleCmd::Create(a))) => a,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn listener_create(args: &[&str]) -> Result<ListenerCreateArgs, clap::Error> {
+        let all: Vec<&str> = ["listener", "create", "l", "ex/jobs/a.toml"].iter().chain(args).copied().collect();
+        parse(&all).map(|cmd| match cmd {
+            ClientCommand::Listener(ListenerCmd::Create(a)) => a,
+            other => panic!("{args:?}: {other:?}"),
+        })
+    }
+
+    #[test]
+    fn schedule_create_builds_the_body() {
+        let args = schedule_create(&[
+            "nightly",
+            "examples/jobs/greet.toml",
+            "--cron",
+            "*/5 * * * * *",
+            "--tz",
+            "Europe/Berlin",
+            "-p",
+            "name={fire_date}",
+            "--misfire",
+            "all",
+            "--misfire-max",
+            "10",
+            "--misfire-threshold",
+            "30s",
+            "--overlap",
+            "skip",
+            "--disabled",
+        ]);
+        assert_eq!(
+            schedule_body(&args).unwrap(),
+            json!({
+                "name": "nightly", "sandbox": "examples", "job": "jobs/greet.toml",
+                "cron": "*/5 * * * * *", "timezone": "Europe/Berlin", "params": {"name": "{fire_date}"},
+                "misfire": "all", "misfire_max": 10, "misfire_threshold": "30s", "overlap": "skip",
+                "enabled": false,
+            })
+        );
+        // Only what was given: the server fills in the defaults.
+        let args = schedule_create(&["n", "ex/jobs/a.toml", "--cron", "@hourly"]);
+        assert_eq!(
+            schedule_body(&args).unwrap(),
+            json!({"name": "n", "sandbox": "ex", "job": "jobs/a.toml", "cron": "@hourly"})
+        );
+        let args = schedule_create(&["n", "ex/a.toml", "--cron", "@hourly", "--misfire", "once", "--misfire-max", "3"]);
+        assert!(schedule_body(&args).unwrap_err().contains("--misfire all"));
+    }
+
+    #[test]
+    fn schedule_create_refuses_bad_arguments() {
+        for (args, why) in [
+            (&["schedule", "create", "n", "ex/a.toml"][..], "no --cron"),
+            (&["schedule", "create", "n", "a.toml", "--cron", "@daily"][..], "no sandbox"),
+            (&["schedule", "create", "n", "ex/a.toml", "--cron", "@daily", "--misfire", "twice"][..], "bad misfire"),
+            (&["schedule", "create", "n", "ex/a.toml", "--cron", "@daily", "--overlap", "x"][..], "bad overlap"),
+            (&["schedule", "create", "n", "ex/a.toml", "--cron", "@daily", "--misfire-max", "0"][..], "max 0"),
+            (&["schedule", "create", "n", "ex/a.toml", "--cron", "@daily", "--misfire-max", "1001"][..], "max 1001"),
+            (&["schedule", "create", "n", "ex/a.toml", "--cron", "@daily", "-p", "novalue"][..], "bad param"),
+        ] {
+            assert!(parse(args).is_err(), "{why}: {args:?}");
+        }
+    }
+
+    #[test]
+    fn schedule_edit_sends_only_what_changes() {
+        let edit = |args: &[&str]| {
+            let all: Vec<&str> = ["schedule", "edit", "nightly"].iter().chain(args).copied().collect();
+            match parse(&all) {
+                Ok(ClientCommand::Schedule(ScheduleCmd::Edit(a))) => schedule_patch(&a),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        };
+        assert_eq!(edit(&["--cron", "0 3 * * *"]).unwrap(), json!({"cron": "0 3 * * *"}));
+        assert_eq!(
+            edit(&["--tz", "UTC", "-p", "a=1", "--overlap", "queue", "--job", "ex/jobs/b.toml"]).unwrap(),
+            json!({"timezone": "UTC", "params": {"a": "1"}, "overlap": "queue", "sandbox": "ex", "job": "jobs/b.toml"})
+        );
+        // The schedule may already be `all`: the server judges --misfire-max alone.
+        assert_eq!(edit(&["--misfire-max", "5"]).unwrap(), json!({"misfire_max": 5}));
+        assert_eq!(edit(&["--clear-params"]).unwrap(), json!({"params": {}}));
+        assert!(edit(&[]).unwrap_err().contains("nothing to change"));
+        assert!(parse(&["schedule", "edit", "n", "--clear-params", "-p", "a=1"]).is_err());
+    }
+
+    #[test]
+    fn schedule_subcommands_parse() {
+        assert!(matches!(parse(&["schedule", "ls"]), Ok(ClientCommand::Schedule(ScheduleCmd::List))));
+        assert!(matches!(parse(&["schedule", "rm", "x"]), Ok(ClientCommand::Schedule(ScheduleCmd::Delete(_)))));
+        assert!(matches!(parse(&["schedule", "disable", "x"]), Ok(ClientCommand::Schedule(ScheduleCmd::Disable(_)))));
+        match parse(&["schedule", "firings", "x", "--limit", "5"]) {
+            Ok(ClientCommand::Schedule(ScheduleCmd::Firings { reference, limit })) => {
+                assert_eq!((reference.as_str(), limit), ("x", Some(5)));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["schedule", "firings", "x", "--limit", "0"]).is_err());
+    }
+
+    #[test]
+    fn preview_takes_a_schedule_or_a_cron_expression() {
+        let preview = |args: &[&str]| {
+            let all: Vec<&str> = ["schedule", "preview"].iter().chain(args).copied().collect();
+            parse(&all).map(|cmd| match cmd {
+                ClientCommand::Schedule(ScheduleCmd::Preview(a)) => a,
+                other => panic!("{other:?}"),
+            })
+        };
+        let a = preview(&["nightly", "--count", "3"]).unwrap();
+        assert_eq!((a.reference.as_deref(), a.cron, a.count), (Some("nightly"), None, Some(3)));
+        let a = preview(&["--cron", "0 2 * * *", "--tz", "Europe/Berlin"]).unwrap();
+        assert_eq!((a.cron.as_deref(), a.timezone.as_deref()), (Some("0 2 * * *"), Some("Europe/Berlin")));
+        assert!(preview(&[]).is_err(), "neither a schedule nor --cron");
+        assert!(preview(&["nightly", "--cron", "@daily"]).is_err(), "both");
+        assert!(preview(&["nightly", "--tz", "UTC"]).is_err(), "--tz is for --cron");
+        assert!(preview(&["--cron", "@daily", "--count", "1001"]).is_err());
+    }
+
+    #[test]
+    fn listener_on_job_builds_the_body() {
+        let a = listener_create(&[
+            "--on-job",
+            "ex/jobs/load.toml",
+            "--states",
+            "succeeded,failed",
+            "-p",
+            "up={event.execution}",
+        ])
+        .unwrap();
+        assert_eq!(
+            listener_body(&a).unwrap(),
+            json!({
+                "name": "l", "kind": "job", "sandbox": "ex", "job": "jobs/a.toml",
+                "params": {"up": "{event.execution}"},
+                "on_job": {"sandbox": "ex", "job": "jobs/load.toml", "states": ["succeeded", "failed"]},
+            })
+        );
+        let a = listener_create(&["--on-job", "ex/jobs/load.toml", "--disabled"]).unwrap();
+        assert_eq!(
+            listener_body(&a).unwrap(),
+            json!({
+                "name": "l", "kind": "job", "sandbox": "ex", "job": "jobs/a.toml", "enabled": false,
+                "on_job": {"sandbox": "ex", "job": "jobs/load.toml"},
+            })
+        );
+        let a = listener_create(&["--on-job", "ex/b.toml", "--states", "final,failed"]).unwrap();
+        assert!(listener_body(&a).unwrap_err().contains("final"));
+        assert!(listener_create(&["--on-job", "ex/b.toml", "--states", "done"]).is_err());
+    }
+
+    #[test]
+    fn listener_on_file_builds_the_body() {
+        let a =
+            listener_create(&["--on-file", "data:in/*.csv", "--events", "appeared,changed", "--settle", "5s"]).unwrap();
+        assert_eq!(
+            listener_body(&a).unwrap()["on_file"],
+            json!({"sandbox": "data", "pattern": "in/*.csv", "events": ["appeared", "changed"], "settle": "5s"})
+        );
+        let a = listener_create(&["--on-file", "data:x:y"]).unwrap();
+        assert_eq!(listener_body(&a).unwrap()["on_file"], json!({"sandbox": "data", "pattern": "x:y"}));
+        let a = listener_create(&["--on-file", "data:x", "--events", "node_died"]).unwrap();
+        assert!(listener_body(&a).unwrap_err().contains("node_died"));
+        for bad in ["data", ":x", "data:"] {
+            assert!(listener_create(&["--on-file", bad]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn listener_webhook_and_cluster_build_the_body() {
+        let a = listener_create(&["--webhook"]).unwrap();
+        assert_eq!(
+            listener_body(&a).unwrap(),
+            json!({"name": "l", "kind": "webhook", "sandbox": "ex", "job": "jobs/a.toml"})
+        );
+        let a = listener_create(&["--webhook", "--secret", "0123456789abcdef"]).unwrap();
+        assert_eq!(listener_body(&a).unwrap()["secret"], "0123456789abcdef");
+        let a = listener_create(&["--webhook", "--secret", "short"]).unwrap();
+        assert!(listener_body(&a).unwrap_err().contains("16"));
+        let a = listener_create(&["--on-cluster"]).unwrap();
+        assert_eq!(
+            listener_body(&a).unwrap(),
+            json!({
+                "name": "l", "kind": "cluster", "sandbox": "ex", "job": "jobs/a.toml",
+                "on_cluster": {"events": ["node_died", "node_joined"]},
+            })
+        );
+        let a = listener_create(&["--on-cluster", "--events", "node_died"]).unwrap();
+        assert_eq!(listener_body(&a).unwrap()["on_cluster"], json!({"events": ["node_died"]}));
+        let a = listener_create(&["--on-cluster", "--events", "appeared"]).unwrap();
+        assert!(listener_body(&a).unwrap_err().contains("--on-cluster"));
+    }
+
+    #[test]
+    fn listener_takes_exactly_one_trigger_and_its_own_options() {
+        for (args, why) in [
+            (&[][..], "no trigger"),
+            (&["--webhook", "--on-cluster"][..], "two triggers"),
+            (&["--on-job", "ex/b.toml", "--webhook"][..], "two triggers"),
+            (&["--on-job", "ex/b.toml", "--on-file", "d:x"][..], "two triggers"),
+            (&["--webhook", "--states", "failed"][..], "--states is for --on-job"),
+            (&["--on-file", "d:x", "--states", "failed"][..], "--states is for --on-job"),
+            (&["--on-job", "ex/b.toml", "--events", "appeared"][..], "--events is not for --on-job"),
+            (&["--webhook", "--events", "appeared"][..], "--events is not for --webhook"),
+            (&["--on-cluster", "--settle", "1s"][..], "--settle is for --on-file"),
+            (&["--on-cluster", "--secret", "0123456789abcdef"][..], "--secret is for --webhook"),
+            (&["--on-file", "d:x", "--secret", "0123456789abcdef"][..], "--secret is for --webhook"),
+        ] {
+            assert!(listener_create(args).is_err(), "{why}: {args:?}");
+        }
+    }
+
+    #[test]
+    fn listener_edit_sends_only_what_changes() {
+        let edit = |args: &[&str]| {
+            let all: Vec<&str> = ["listener", "edit", "l"].iter().chain(args).copied().collect();
+            match parse(&all) {
+                Ok(ClientCommand::Listener(ListenerCmd::Edit(a))) => listener_patch(&a),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        };
+        assert_eq!(
+            edit(&["--job", "ex/jobs/b.toml", "-p", "a=1"]).unwrap(),
+            json!({"sandbox": "ex", "job": "jobs/b.toml", "params": {"a": "1"}})
+        );
+        assert_eq!(edit(&["--secret", "0123456789abcdef"]).unwrap(), json!({"secret": "0123456789abcdef"}));
+        assert!(edit(&["--secret", "short"]).is_err());
+        assert!(edit(&[]).unwrap_err().contains("nothing to change"));
+        assert!(matches!(parse(&["listener", "events", "l"]), Ok(ClientCommand::Listener(ListenerCmd::Events { .. }))));
+    }
+
+    #[tokio::test]
+    async fn hook_payloads_are_checked_and_sent_as_given() {
+        let hook = |args: &[&str]| {
+            let all: Vec<&str> = ["hook", "orders", "--secret", "s"].iter().chain(args).copied().collect();
+            match parse(&all) {
+                Ok(ClientCommand::Hook(a)) => a,
+                other => panic!("{args:?}: {other:?}"),
+            }
+        };
+        assert_eq!(hook_payload(&hook(&[])).await.unwrap(), b"{}");
+        assert_eq!(hook_payload(&hook(&["--data", r#"{ "a" : 1 }"#])).await.unwrap(), br#"{ "a" : 1 }"#);
+        assert!(matches!(hook_payload(&hook(&["--data", "{nope"])).await, Err(Ok(m)) if m.contains("--data")));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.json");
+        std::fs::write(&file, b"[1, 2]\n").unwrap();
+        let a = hook(&["--data-file", file.to_str().unwrap(), "--delivery", "d-7"]);
+        assert_eq!(a.delivery.as_deref(), Some("d-7"));
+        assert_eq!(hook_payload(&a).await.unwrap(), b"[1, 2]\n");
+        let missing = dir.path().join("missing.json");
+        assert!(matches!(hook_payload(&hook(&["--data-file", missing.to_str().unwrap()])).await, Err(Err(_))));
+        assert!(parse(&["hook", "orders", "--secret", "s", "--data", "{}", "--data-file", "x"]).is_err());
+    }
+
+    #[test]
+    fn answers_are_summarised() {
+        let l = json!({"kind": "job", "on_job": {"sandbox": "ex", "job": "jobs/load.toml", "states": ["succeeded", "failed"]}});
+        assert_eq!(trigger_text(&l), "ex/jobs/load.toml succeeded,failed");
+        let l = json!({"kind": "file", "on_file": {"sandbox": "d", "pattern": "in/*.csv"}});
+        assert_eq!(trigger_text(&l), "d:in/*.csv appeared");
+        let l = json!({"kind": "webhook", "hook_url": "/api/v1/hooks/orders", "on_job": null});
+        assert_eq!(trigger_text(&l), "/api/v1/hooks/orders");
+        assert_eq!(trigger_text(&json!({"kind": "cluster", "on_cluster": null})), "node_died,node_joined");
+        let shown = listener_shown(
+            &json!({"name": "x", "kind": "cluster", "on_job": null, "on_cluster": {"events": ["node_died"]}}),
+        );
+        assert_eq!(shown, json!({"name": "x", "kind": "cluster", "trigger": "node_died"}));
+
+        assert_eq!(started_execution(&json!({"event": {}, "execution": {"id": "e1"}})).as_deref(), Some("e1"));
+        assert_eq!(started_execution(&json!({"event": {"execution": "e2"}})).as_deref(), Some("e2"));
+        assert_eq!(started_execution(&json!({"event": {"execution": null}, "execution": null})), None);
+
+        assert_eq!(
+            next_fire(&json!({"next_fire_time": "2026-01-01T02:00:00.000Z", "enabled": true})),
+            "next fire 2026-01-01T02:00:00Z"
+        );
+        assert_eq!(next_fire(&json!({"next_fire_time": null, "enabled": false})), "disabled, so it will not fire");
+    }
+}

@@ -1,0 +1,488 @@
+//! Schedules and their firings.
+//!
+//! Exactly once (DESIGN.md guarantee 4): a firing is a row keyed by (schedule, firing time),
+//! inserted in the transaction that inserts its execution. Every node's scheduler may try
+//! to fire any schedule; the schedule row is locked while the firings are decided, on the
+//! store's clock, and the primary key refuses a second row for one firing time even if two
+//! transactions got past the lock's view of `last_fire_at` at once. Which node fires what
+//! only spreads the work (see shoal-server's `triggers.rs`); it never decides correctness.
+
+use crate::db::{query_one, Row, Tx, Value};
+use crate::executions::insert_executions;
+use crate::{NewExecution, Result, Store, StoreError};
+use shoal_core::{ExecState, ExecutionId};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleRow {
+    pub id: String,
+    pub name: String,
+    pub sandbox: String,
+    pub job: String,
+    pub params: BTreeMap<String, String>,
+    pub cron: String,
+    pub timezone: String,
+    pub enabled: bool,
+    pub misfire: String,
+    pub misfire_max: Option<i64>,
+    pub misfire_threshold_ms: i64,
+    pub overlap: String,
+    /// The newest firing time recorded (run or skipped), or the time the schedule was
+    /// created: firings after it are due.
+    pub last_fire_at: i64,
+    pub last_execution_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A schedule's definition, as created or replaced by the API.
+#[derive(Clone, Debug)]
+pub struct ScheduleDef {
+    pub name: String,
+    pub sandbox: String,
+    pub job: String,
+    pub params: BTreeMap<String, String>,
+    pub cron: String,
+    pub timezone: String,
+    pub enabled: bool,
+    pub misfire: String,
+    pub misfire_max: Option<i64>,
+    pub misfire_threshold_ms: i64,
+    pub overlap: String,
+}
+
+/// What became of a firing time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FiringOutcome {
+    /// Its execution was enqueued.
+    Started,
+    /// It started nothing; the reason says why.
+    Skipped,
+    /// It waits for the previous run to finish (overlap policy `queue`).
+    Queued,
+}
+
+impl FiringOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FiringOutcome::Started => "started",
+            FiringOutcome::Skipped => "skipped",
+            FiringOutcome::Queued => "queued",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FiringRow {
+    pub schedule_id: String,
+    pub fire_at: i64,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub execution_id: Option<String>,
+    pub node_id: String,
+    pub claimed_at: i64,
+}
+
+/// One firing time to record.
+#[derive(Clone, Debug)]
+pub struct NewFiring {
+    pub fire_at: i64,
+    pub outcome: FiringOutcome,
+    pub reason: Option<&'static str>,
+    /// The execution to enqueue with it (for [`FiringOutcome::Started`]).
+    pub execution: Option<NewExecution>,
+}
+
+/// What the scheduler knows when it decides a schedule's firings, read in the firing
+/// transaction with the schedule row locked.
+#[derive(Debug)]
+pub struct FireContext<'a> {
+    pub schedule: &'a ScheduleRow,
+    /// The store's clock.
+    pub now: i64,
+    /// The state of the schedule's newest execution, if it has one.
+    pub previous: Option<ExecState>,
+    /// The firing time waiting for the previous run to finish, if one waits.
+    pub queued: Option<i64>,
+}
+
+/// What the scheduler decided for one schedule.
+#[derive(Debug, Default)]
+pub struct FireDecision {
+    pub firings: Vec<NewFiring>,
+    /// Start the waiting firing now with this execution.
+    pub release_queued: Option<NewExecution>,
+    /// Cancel the previous run (overlap policy `replace`).
+    pub cancel_previous: bool,
+    /// The newest firing time this decision covers: the schedule's next `last_fire_at`.
+    pub covered_to: Option<i64>,
+}
+
+/// What one firing transaction did to one schedule.
+#[derive(Clone, Debug, Default)]
+pub struct Fired {
+    pub schedule_id: String,
+    /// Firing times recorded by this call, with the execution each started.
+    pub recorded: Vec<(i64, FiringOutcome, Option<ExecutionId>)>,
+    /// Firing times another node had recorded first (the unique claim refused them).
+    pub already_claimed: usize,
+    /// The schedule's `last_fire_at` after the call.
+    pub last_fire_at: i64,
+}
+
+const COLUMNS: &str = "id, name, sandbox, job, params, cron, timezone, enabled, misfire, misfire_max, misfire_threshold_ms,
+    overlap, last_fire_at, last_execution_id, created_at, updated_at";
+
+fn schedule_row(r: &Row) -> Result<ScheduleRow> {
+    Ok(ScheduleRow {
+        id: r.text(0)?,
+        name: r.text(1)?,
+        sandbox: r.text(2)?,
+        job: r.text(3)?,
+        params: serde_json::from_str(&r.text(4)?)
+            .map_err(|e| StoreError::Internal(format!("stored schedule params are invalid: {e}")))?,
+        cron: r.text(5)?,
+        timezone: r.text(6)?,
+        enabled: r.i64(7)? != 0,
+        misfire: r.text(8)?,
+        misfire_max: r.opt_i64(9)?,
+        misfire_threshold_ms: r.i64(10)?,
+        overlap: r.text(11)?,
+        last_fire_at: r.i64(12)?,
+        last_execution_id: r.opt_text(13)?,
+        created_at: r.i64(14)?,
+        updated_at: r.i64(15)?,
+    })
+}
+
+fn firing_row(r: &Row) -> Result<FiringRow> {
+    Ok(FiringRow {
+        schedule_id: r.text(0)?,
+        fire_at: r.i64(1)?,
+        outcome: r.text(2)?,
+        reason: r.opt_text(3)?,
+        execution_id: r.opt_text(4)?,
+        node_id: r.text(5)?,
+        claimed_at: r.i64(6)?,
+    })
+}
+
+fn is_unique_violation(e: &StoreError) -> bool {
+    matches!(e, StoreError::Conflict(_))
+}
+
+pub(crate) fn def_params(def_params: &BTreeMap<String, String>) -> Result<String> {
+    serde_json::to_string(def_params).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+/// Schedule rows by id or name.
+async fn find_in(tx: &mut dyn Tx, reference: &str, lock: bool) -> Result<Option<ScheduleRow>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM schedules WHERE id = $1 OR name = $1 {}",
+        if lock { "{for_update}" } else { "" }
+    );
+    query_one(tx, &sql, vec![reference.into()]).await?.as_ref().map(schedule_row).transpose()
+}
+
+impl Store {
+    /// Creates a schedule. Firing times after now (the store's clock) are due from then on.
+    pub async fn create_schedule(&self, def: &ScheduleDef) -> Result<ScheduleRow> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let mut tx = self.begin_write().await?;
+        let row = query_one(
+            tx.as_mut(),
+            &format!(
+                "INSERT INTO schedules ({COLUMNS})
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, {{now}}, NULL, {{now}}, {{now}})
+                 RETURNING {COLUMNS}"
+            ),
+            vec![
+                id.into(),
+                def.name.as_str().into(),
+                def.sandbox.as_str().into(),
+                def.job.as_str().into(),
+                def_params(&def.params)?.into(),
+                def.cron.as_str().into(),
+                def.timezone.as_str().into(),
+                i64::from(def.enabled).into(),
+                def.misfire.as_str().into(),
+                def.misfire_max.into(),
+                def.misfire_threshold_ms.into(),
+                def.overlap.as_str().into(),
+            ],
+        )
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("a schedule named `{}` already exists; pick another name", def.name))
+            } else {
+                e
+            }
+        })?
+        .ok_or_else(|| StoreError::Internal("schedule insert returned no row".into()))?;
+        let row = schedule_row(&row)?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// Replaces a schedule's definition (the name stays). A schedule enabled again counts
+    /// its firings from now: the time it was off is recorded as nothing, not as misfires.
+    pub async fn update_schedule(&self, reference: &str, def: &ScheduleDef) -> Result<ScheduleRow> {
+        let mut tx = self.begin_write().await?;
+        let Some(old) = find_in(tx.as_mut(), reference, true).await? else {
+            tx.rollback().await?;
+            return Err(StoreError::NotFound(format!("no schedule `{reference}`")));
+        };
+        let row = query_one(
+            tx.as_mut(),
+            &format!(
+                "UPDATE schedules SET sandbox = $2, job = $3, params = $4, cron = $5, timezone = $6, enabled = $7,
+                     misfire = $8, misfire_max = $9, misfire_threshold_ms = $10, overlap = $11, updated_at = {{now}},
+                     last_fire_at = CASE WHEN $12 = 1 THEN {{now}} ELSE last_fire_at END
+                 WHERE id = $1 RETURNING {COLUMNS}"
+            ),
+            vec![
+                old.id.as_str().into(),
+                def.sandbox.as_str().into(),
+                def.job.as_str().into(),
+                def_params(&def.params)?.into(),
+                def.cron.as_str().into(),
+                def.timezone.as_str().into(),
+                i64::from(def.enabled).into(),
+                def.misfire.as_str().into(),
+                def.misfire_max.into(),
+                def.misfire_threshold_ms.into(),
+                def.overlap.as_str().into(),
+                // A new expression or time zone starts from now too: the old one's due
+                // firings are not the new one's.
+                i64::from((def.enabled && !old.enabled) || def.cron != old.cron || def.timezone != old.timezone)
+                    .into(),
+            ],
+        )
+        .await?
+        .ok_or_else(|| StoreError::Internal("schedule update returned no row".into()))?;
+        let row = schedule_row(&row)?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// Deletes a schedule and its firing history. Executions it started are kept.
+    pub async fn delete_schedule(&self, reference: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let Some(old) = find_in(tx.as_mut(), reference, true).await? else {
+            tx.rollback().await?;
+            return Err(StoreError::NotFound(format!("no schedule `{reference}`")));
+        };
+        tx.execute("DELETE FROM firings WHERE schedule_id = $1", vec![old.id.as_str().into()]).await?;
+        tx.execute("DELETE FROM schedules WHERE id = $1", vec![old.id.as_str().into()]).await?;
+        tx.commit().await
+    }
+
+    pub async fn get_schedule(&self, reference: &str) -> Result<Option<ScheduleRow>> {
+        let mut c = self.read().await?;
+        find_in(c.as_mut(), reference, false).await
+    }
+
+    pub async fn list_schedules(&self) -> Result<Vec<ScheduleRow>> {
+        let mut c = self.read().await?;
+        let rows = c.query(&format!("SELECT {COLUMNS} FROM schedules ORDER BY name"), vec![]).await?;
+        rows.iter().map(schedule_row).collect()
+    }
+
+    /// Schedules with a firing waiting for their previous run (overlap policy `queue`).
+    pub async fn schedules_with_queued_firings(&self) -> Result<Vec<String>> {
+        let mut c = self.read().await?;
+        let rows = c.query("SELECT DISTINCT schedule_id FROM firings WHERE outcome = 'queued'", vec![]).await?;
+        rows.iter().map(|r| r.text(0)).collect()
+    }
+
+    /// A schedule's firings, newest first.
+    pub async fn list_firings(&self, schedule_id: &str, limit: i64) -> Result<Vec<FiringRow>> {
+        let mut c = self.read().await?;
+        let rows = c
+            .query(
+                "SELECT schedule_id, fire_at, outcome, reason, execution_id, node_id, claimed_at FROM firings
+                 WHERE schedule_id = $1 ORDER BY fire_at DESC LIMIT $2",
+                vec![schedule_id.into(), limit.into()],
+            )
+            .await?;
+        rows.iter().map(firing_row).collect()
+    }
+
+    /// Every firing of a schedule in `[from, to]`, oldest first (for tests and audits).
+    pub async fn firings_between(&self, schedule_id: &str, from: i64, to: i64) -> Result<Vec<FiringRow>> {
+        let mut c = self.read().await?;
+        let rows = c
+            .query(
+                "SELECT schedule_id, fire_at, outcome, reason, execution_id, node_id, claimed_at FROM firings
+                 WHERE schedule_id = $1 AND fire_at >= $2 AND fire_at <= $3 ORDER BY fire_at",
+                vec![schedule_id.into(), from.into(), to.into()],
+            )
+            .await?;
+        rows.iter().map(firing_row).collect()
+    }
+
+    /// Decides and records the due firings of several schedules in one transaction.
+    ///
+    /// The schedule rows are locked and the store's clock read first; `decide` is then
+    /// called once per schedule with what it needs ([`FireContext`]) and says which firing
+    /// times to record, with which executions. Each firing row is inserted with `ON CONFLICT
+    /// DO NOTHING`, and only the firings whose row this transaction inserted get their
+    /// execution: that row is the exactly-once claim.
+    pub async fn fire_schedules<F>(&self, ids: &[String], node: &str, mut decide: F) -> Result<(i64, Vec<Fired>)>
+    where
+        F: FnMut(&FireContext<'_>) -> FireDecision,
+    {
+        let mut tx = self.begin_write().await?;
+        let now = query_one(tx.as_mut(), "SELECT {now}", vec![])
+            .await?
+            .ok_or_else(|| StoreError::Internal("no row from SELECT now".into()))?
+            .i64(0)?;
+        if ids.is_empty() {
+            tx.rollback().await?;
+            return Ok((now, Vec::new()));
+        }
+        // Locked in id order, so two nodes firing overlapping sets cannot deadlock.
+        let mut sorted: Vec<&str> = ids.iter().map(String::as_str).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let placeholders = (1..=sorted.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let schedules: Vec<ScheduleRow> = tx
+            .query(
+                &format!("SELECT {COLUMNS} FROM schedules WHERE id IN ({placeholders}) ORDER BY id {{for_update}}"),
+                sorted.iter().map(|s| (*s).into()).collect(),
+            )
+            .await?
+            .iter()
+            .map(schedule_row)
+            .collect::<Result<_>>()?;
+        let previous_ids: Vec<&str> = schedules.iter().filter_map(|s| s.last_execution_id.as_deref()).collect();
+        let mut previous: HashMap<String, ExecState> = HashMap::new();
+        if !previous_ids.is_empty() {
+            let ph = (1..=previous_ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+            for r in tx
+                .query(
+                    &format!("SELECT id, state FROM executions WHERE id IN ({ph})"),
+                    previous_ids.iter().map(|s| (*s).into()).collect(),
+                )
+                .await?
+            {
+                if let Some(state) = ExecState::parse(&r.text(1)?) {
+                    previous.insert(r.text(0)?, state);
+                }
+            }
+        }
+        let mut queued: HashMap<String, i64> = HashMap::new();
+        for r in tx
+            .query(
+                &format!(
+                    "SELECT schedule_id, MIN(fire_at) FROM firings WHERE outcome = 'queued' AND schedule_id IN ({placeholders})
+                     GROUP BY schedule_id"
+                ),
+                sorted.iter().map(|s| (*s).into()).collect(),
+            )
+            .await?
+        {
+            queued.insert(r.text(0)?, r.i64(1)?);
+        }
+
+        let mut out = Vec::with_capacity(schedules.len());
+        let mut any_work = false;
+        for s in &schedules {
+            let ctx = FireContext {
+                schedule: s,
+                now,
+                previous: s.last_execution_id.as_ref().and_then(|id| previous.get(id).copied()),
+                queued: queued.get(&s.id).copied(),
+            };
+            let decision = decide(&ctx);
+            let mut fired = Fired { schedule_id: s.id.clone(), last_fire_at: s.last_fire_at, ..Fired::default() };
+            let mut newest_execution: Option<String> = None;
+
+            if decision.cancel_previous {
+                if let Some(prev) = &s.last_execution_id {
+                    cancel_for_replace(tx.as_mut(), prev, &s.name).await?;
+                }
+            }
+            if let (Some(exec), Some(fire_at)) = (decision.release_queued, ctx.queued) {
+                let id = uuid::Uuid::now_v7().to_string();
+                let n = tx
+                    .execute(
+                        "UPDATE firings SET outcome = 'started', execution_id = $3
+                         WHERE schedule_id = $1 AND fire_at = $2 AND outcome = 'queued'",
+                        vec![s.id.as_str().into(), fire_at.into(), id.as_str().into()],
+                    )
+                    .await?;
+                if n == 1 {
+                    insert_executions(tx.as_mut(), &[(id.clone(), &exec)]).await?;
+                    any_work = true;
+                    fired.recorded.push((fire_at, FiringOutcome::Started, Some(ExecutionId::from_trusted(id.clone()))));
+                    newest_execution = Some(id);
+                }
+            }
+            for f in decision.firings {
+                let exec_id = f.execution.as_ref().map(|_| uuid::Uuid::now_v7().to_string());
+                let inserted = tx
+                    .query(
+                        "INSERT INTO firings (schedule_id, fire_at, outcome, reason, execution_id, node_id, claimed_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, {now})
+                         ON CONFLICT (schedule_id, fire_at) DO NOTHING RETURNING fire_at",
+                        vec![
+                            s.id.as_str().into(),
+                            f.fire_at.into(),
+                            f.outcome.as_str().into(),
+                            f.reason.into(),
+                            exec_id.clone().into(),
+                            node.into(),
+                        ],
+                    )
+                    .await?;
+                if inserted.is_empty() {
+                    fired.already_claimed += 1;
+                    continue;
+                }
+                if let (Some(id), Some(exec)) = (&exec_id, &f.execution) {
+                    insert_executions(tx.as_mut(), &[(id.clone(), exec)]).await?;
+                    any_work = true;
+                    newest_execution = Some(id.clone());
+                }
+                fired.recorded.push((f.fire_at, f.outcome, exec_id.map(ExecutionId::from_trusted)));
+            }
+            let covered = decision.covered_to.map_or(s.last_fire_at, |c| c.max(s.last_fire_at));
+            if covered != s.last_fire_at || newest_execution.is_some() {
+                tx.execute(
+                    "UPDATE schedules SET last_fire_at = $2, last_execution_id = COALESCE($3, last_execution_id) WHERE id = $1",
+                    vec![s.id.as_str().into(), covered.into(), newest_execution.into()],
+                )
+                .await?;
+            }
+            fired.last_fire_at = covered;
+            out.push(fired);
+        }
+        if any_work {
+            Store::notify_work(tx.as_mut()).await?;
+        }
+        tx.commit().await?;
+        Ok((now, out))
+    }
+}
+
+/// Overlap policy `replace`: a queued previous run is cancelled at once, a running one is
+/// asked to stop (its node sees the request as for any cancel).
+async fn cancel_for_replace(tx: &mut dyn Tx, execution: &str, schedule: &str) -> Result<()> {
+    let by = format!("schedule {schedule} (overlap policy replace)");
+    tx.execute(
+        "UPDATE executions SET state = 'cancelled', reason = 'cancelled', message = $2, finished_at = {now},
+             updated_at = {now}, node_id = NULL
+         WHERE id = $1 AND state = 'queued'",
+        vec![execution.into(), format!("cancelled by {by} before it started").into()],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE executions SET cancel_requested = $2, updated_at = {now}
+         WHERE id = $1 AND state = 'running' AND cancel_requested IS NULL",
+        vec![execution.into(), Value::Text(by)],
+    )
+    .await?;
+    Ok(())
+}
