@@ -28,9 +28,9 @@ use std::sync::atomic::Ordering;
 /// How old a webhook signature's timestamp may be, either way, before it is refused.
 pub const HOOK_TOLERANCE_S: i64 = 300;
 /// The header a webhook is signed in: `t=<unix seconds>,v1=<hex HMAC-SHA256>`.
-pub const SIGNATURE_HEADER: &str = "x-shoal-signature";
+pub const SIGNATURE_HEADER: &str = "x-shoal-hook-signature";
 /// The header naming a delivery; one id starts one job however often it is sent.
-pub const DELIVERY_HEADER: &str = "x-shoal-delivery";
+pub const DELIVERY_HEADER: &str = "x-shoal-hook-delivery";
 const MIN_SECRET_CHARS: usize = 16;
 /// The default settle time of file listeners.
 const DEFAULT_SETTLE_MS: u64 = 1000;
@@ -404,7 +404,7 @@ fn verify_hook(headers: &HeaderMap, secret: &[u8], body: &[u8], now_s: i64) -> A
     let bad = |m: &str| ApiError::invalid_signature(format!("webhook signature: {m}"));
     let header = headers
         .get(SIGNATURE_HEADER)
-        .ok_or_else(|| bad("missing; send X-Shoal-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\" with the hook's secret>"))?
+        .ok_or_else(|| bad("missing; send X-Shoal-Hook-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\" with the hook's secret>"))?
         .to_str()
         .map_err(|_| bad("not readable text"))?;
     let mut t = None;
@@ -459,7 +459,7 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
             .to_str()
             .ok()
             .filter(|d| !d.is_empty() && d.len() <= 200)
-            .ok_or_else(|| ApiError::bad_request("X-Shoal-Delivery must be 1 to 200 visible ASCII characters"))?
+            .ok_or_else(|| ApiError::bad_request("X-Shoal-Hook-Delivery must be 1 to 200 visible ASCII characters"))?
             .to_owned(),
         None => uuid::Uuid::now_v7().to_string(),
     };

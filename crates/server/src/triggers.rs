@@ -60,6 +60,9 @@ pub struct Triggers {
     offset_ms: AtomicI64,
     sched: tokio::sync::Mutex<SchedState>,
     listen: tokio::sync::Mutex<ListenState>,
+    /// Definitions changed: both workers read them again at their next look.
+    sched_stale: std::sync::atomic::AtomicBool,
+    listen_stale: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -221,6 +224,8 @@ impl Triggers {
             offset_ms: AtomicI64::new(0),
             sched: tokio::sync::Mutex::new(SchedState::default()),
             listen: tokio::sync::Mutex::new(ListenState::default()),
+            sched_stale: std::sync::atomic::AtomicBool::new(true),
+            listen_stale: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -233,12 +238,8 @@ impl Triggers {
     }
 
     fn mark_stale(&self) {
-        if let Ok(mut s) = self.sched.try_lock() {
-            s.loaded = None;
-        }
-        if let Ok(mut l) = self.listen.try_lock() {
-            l.loaded = None;
-        }
+        self.sched_stale.store(true, Ordering::SeqCst);
+        self.listen_stale.store(true, Ordering::SeqCst);
     }
 
     /// Nodes gossip reports alive (this one included), and whether a peer's definitions
@@ -284,7 +285,8 @@ impl Triggers {
     pub async fn schedule_step(&self) -> Result<Step, String> {
         let (live, moved) = self.membership();
         let mut st = self.sched.lock().await;
-        if moved || st.loaded.is_none_or(|t| t.elapsed() >= RELOAD_EVERY) {
+        let stale = self.sched_stale.swap(false, Ordering::SeqCst);
+        if stale || moved || st.loaded.is_none_or(|t| t.elapsed() >= RELOAD_EVERY) {
             let before = local_ms();
             let now = self.store.now_ms().await.map_err(|e| e.to_string())?;
             self.measured(now, before, local_ms());
@@ -402,7 +404,8 @@ impl Triggers {
     pub async fn listen_step(&self) -> Result<Step, String> {
         let (live, moved) = self.membership();
         let mut st = self.listen.lock().await;
-        if moved || st.loaded.is_none_or(|t| t.elapsed() >= RELOAD_EVERY) {
+        let stale = self.listen_stale.swap(false, Ordering::SeqCst);
+        if stale || moved || st.loaded.is_none_or(|t| t.elapsed() >= RELOAD_EVERY) {
             st.listeners = self.store.list_listeners().await.map_err(|e| e.to_string())?;
             st.sandboxes = self
                 .store
@@ -675,6 +678,61 @@ pub fn spawn_workers(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_core::ExecState;
+
+    fn schedule(overlap: &str, misfire: &str, enabled: bool) -> ScheduleRow {
+        ScheduleRow {
+            id: "s1".into(),
+            name: "s".into(),
+            sandbox: "sb".into(),
+            job: "j.toml".into(),
+            params: BTreeMap::new(),
+            cron: "* * * * * *".into(),
+            timezone: "UTC".into(),
+            enabled,
+            misfire: misfire.into(),
+            misfire_max: None,
+            misfire_threshold_ms: 60_000,
+            overlap: overlap.into(),
+            last_fire_at: 1_000_000,
+            last_execution_id: Some("e0".into()),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn outcomes(d: &FireDecision) -> Vec<(i64, &'static str, Option<&'static str>)> {
+        d.firings.iter().map(|f| (f.fire_at, f.outcome.as_str(), f.reason)).collect()
+    }
+
+    #[test]
+    fn overlap_policies_decide_on_the_previous_runs_state() {
+        let spec = CronSpec::parse("* * * * * *", "UTC").unwrap();
+        fn ctx(s: &ScheduleRow, previous: Option<ExecState>, queued: Option<i64>) -> FireContext<'_> {
+            FireContext { schedule: s, now: 1_002_005, previous, queued }
+        }
+        // The job cannot be read here: started firings become `job_error`, which shows the
+        // decision to start without a sandbox on disk.
+        let s = schedule("replace", "once", true);
+        let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err("no job"));
+        assert!(d.cancel_previous);
+        assert_eq!(outcomes(&d), vec![(1_001_000, "skipped", Some("overlap")), (1_002_000, "skipped", Some("job_error"))]);
+        let s = schedule("skip", "once", true);
+        let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err("no job"));
+        assert_eq!(outcomes(&d), vec![(1_001_000, "skipped", Some("overlap")), (1_002_000, "skipped", Some("overlap"))]);
+        let d = decide(&ctx(&s, Some(ExecState::Succeeded), None), &spec, Err("no job"));
+        assert_eq!(d.firings[0].reason, Some("job_error"));
+        let s = schedule("queue", "once", true);
+        let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err("no job"));
+        assert_eq!(outcomes(&d), vec![(1_001_000, "queued", Some("overlap")), (1_002_000, "skipped", Some("overlap"))]);
+        let d = decide(&ctx(&s, Some(ExecState::Running), Some(999_000)), &spec, Err("no job"));
+        assert!(d.release_queued.is_none(), "the previous run still goes");
+        assert_eq!(outcomes(&d)[0], (1_001_000, "skipped", Some("overlap")));
+        assert_eq!(d.covered_to, Some(1_002_000));
+        let s = schedule("allow", "once", false);
+        let d = decide(&ctx(&s, None, None), &spec, Err("no job"));
+        assert_eq!(outcomes(&d), vec![(1_001_000, "skipped", Some("disabled")), (1_002_000, "skipped", Some("disabled"))]);
+    }
 
     #[test]
     fn rendezvous_spreads_and_moves_only_the_dead_nodes_share() {

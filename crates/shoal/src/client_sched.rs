@@ -132,7 +132,9 @@ pub struct PreviewArgs {
     #[arg(long, value_name = "EXPR")]
     pub cron: Option<String>,
     /// With --cron: the time zone to read it in (default UTC)
-    #[arg(long = "tz", value_name = "ZONE", requires = "cron")]
+    // `requires = "cron"` alone lets `REF --tz` through: clap excuses a missing requirement
+    // that conflicts with an argument given (REF conflicts with --cron).
+    #[arg(long = "tz", value_name = "ZONE", requires = "cron", conflicts_with = "reference")]
     pub timezone: Option<String>,
     /// How many fire times to print; the server's default is 10
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -143,11 +145,14 @@ pub struct PreviewArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ListenerCmd {
-    /// Create a listener: start a job each time an event happens. Give exactly one of
-    /// --on-job, --on-file, --webhook and --on-cluster. Parameter values may use the event's
-    /// fields as {event.X}: for --on-job execution, sandbox, job, state, exit_code, node and
-    /// param.NAME; for --on-file path, name, size and kind; for --webhook delivery and
-    /// payload.A.B; for --on-cluster node, kind and generation
+    /// Create a listener: start a job each time an event happens
+    ///
+    /// Give exactly one of --on-job, --on-file, --webhook and --on-cluster.
+    ///
+    /// Parameter values (-p) may use the event's fields as {event.X}: for --on-job execution,
+    /// sandbox, job, state, exit_code, node and param.NAME (the finished execution's
+    /// parameters); for --on-file path, name, size and kind; for --webhook delivery and
+    /// payload.A.B (a field of the delivered JSON); for --on-cluster node, kind and generation.
     Create(ListenerCreateArgs),
     /// List listeners
     #[command(visible_alias = "ls")]
