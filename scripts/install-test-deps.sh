@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain: PostgreSQL's
-# server programs and psql, which shoal-testkit runs as throwaway servers.
+# server programs and psql, which shoal-testkit runs as throwaway servers, and
+# faketime, which runs a node with a skewed clock (tests/triggers_kill.rs).
 # Idempotent: does nothing when they are already there.
 set -euo pipefail
 
@@ -73,6 +74,11 @@ else
     did+=("installed postgresql")
 fi
 
+if ! command -v faketime >/dev/null 2>&1; then
+    apt_install faketime
+    did+=("installed faketime")
+fi
+
 # shoal-testkit runs PostgreSQL as this user when tests run as root (it refuses
 # to run as root); the package creates it, but a hand-made install may not.
 if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
@@ -81,7 +87,7 @@ if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
 fi
 
 if [[ ${#did[@]} -eq 0 ]]; then
-    echo "install-test-deps: PostgreSQL already present ($bindir); nothing to do"
+    echo "install-test-deps: PostgreSQL ($bindir) and faketime already present; nothing to do"
 else
     echo "install-test-deps: $(IFS=,; echo "${did[*]}" | sed 's/,/, /g') ($bindir)"
 fi

@@ -8,10 +8,11 @@
 //! or, worse, do the thing twice.
 //!
 //! Only requests that are safe to repeat are sent again after they may have reached a server
-//! (the connection broke after sending): reads, uploads (the server writes them atomically) and
+//! (the connection broke after sending): reads, uploads (the server writes them atomically),
 //! submissions, which carry an `Idempotency-Key` that stays the same across the retries so the
-//! store creates at most one execution. Others (cancel, create, delete) move on only when the
-//! connection could not be made at all.
+//! store creates at most one execution, webhook deliveries, which carry a delivery id for the
+//! same purpose, `PATCH`es (they set fields to given values) and cron previews. Others (cancel,
+//! create, delete) move on only when the connection could not be made at all.
 
 mod error;
 mod logs;

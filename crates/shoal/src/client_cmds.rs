@@ -85,12 +85,13 @@ pub enum ClientCommand {
     #[command(subcommand)]
     Sandbox(SandboxCmd),
     /// Manage schedules: jobs started at the times a cron expression names
+    // Boxed, as is `Listener`: their creation options would make every command this large.
     #[command(subcommand)]
-    Schedule(ScheduleCmd),
+    Schedule(Box<ScheduleCmd>),
     /// Manage listeners: jobs started by events (a job finishing, a file appearing, a
     /// webhook, a node joining or dying)
     #[command(subcommand)]
-    Listener(ListenerCmd),
+    Listener(Box<ListenerCmd>),
     /// Deliver a signed webhook to a webhook listener, as an outside service would, and print
     /// the id of the execution it started
     Hook(HookArgs),
@@ -281,8 +282,8 @@ pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
         ClientCommand::Suspend(a) => cmd_node_action(&client, &a.node, "suspend", json).await,
         ClientCommand::Resume(a) => cmd_node_action(&client, &a.node, "resume", json).await,
         ClientCommand::Sandbox(cmd) => cmd_sandbox(&client, cmd, json).await,
-        ClientCommand::Schedule(cmd) => client_sched::cmd_schedule(&client, cmd, json).await,
-        ClientCommand::Listener(cmd) => client_sched::cmd_listener(&client, cmd, json).await,
+        ClientCommand::Schedule(cmd) => client_sched::cmd_schedule(&client, *cmd, json).await,
+        ClientCommand::Listener(cmd) => client_sched::cmd_listener(&client, *cmd, json).await,
         ClientCommand::Hook(args) => client_sched::cmd_hook(&client, args, json).await,
     };
     match result {

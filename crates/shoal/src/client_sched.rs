@@ -904,14 +904,27 @@ mod tests {
         cmd: ClientCommand,
     }
 
-    fn parse(args: &[&str]) -> Result<ClientCommand, clap::Error> {
-        Cli::try_parse_from(std::iter::once("shoal").chain(args.iter().copied())).map(|c| c.cmd)
+    /// The commands of this module, unboxed.
+    #[derive(Debug)]
+    enum Cmd {
+        Schedule(ScheduleCmd),
+        Listener(ListenerCmd),
+        Hook(HookArgs),
+    }
+
+    fn parse(args: &[&str]) -> Result<Cmd, clap::Error> {
+        Cli::try_parse_from(std::iter::once("shoal").chain(args.iter().copied())).map(|c| match c.cmd {
+            ClientCommand::Schedule(cmd) => Cmd::Schedule(*cmd),
+            ClientCommand::Listener(cmd) => Cmd::Listener(*cmd),
+            ClientCommand::Hook(args) => Cmd::Hook(args),
+            other => panic!("not a schedule, listener or hook command: {other:?}"),
+        })
     }
 
     fn schedule_create(args: &[&str]) -> ScheduleCreateArgs {
         let all: Vec<&str> = ["schedule", "create"].iter().chain(args).copied().collect();
         match parse(&all) {
-            Ok(ClientCommand::Schedule(ScheduleCmd::Create(a))) => a,
+            Ok(Cmd::Schedule(ScheduleCmd::Create(a))) => a,
             other => panic!("{args:?}: {other:?}"),
         }
     }
@@ -919,7 +932,7 @@ mod tests {
     fn listener_create(args: &[&str]) -> Result<ListenerCreateArgs, clap::Error> {
         let all: Vec<&str> = ["listener", "create", "l", "ex/jobs/a.toml"].iter().chain(args).copied().collect();
         parse(&all).map(|cmd| match cmd {
-            ClientCommand::Listener(ListenerCmd::Create(a)) => a,
+            Cmd::Listener(ListenerCmd::Create(a)) => a,
             other => panic!("{args:?}: {other:?}"),
         })
     }
@@ -984,7 +997,7 @@ mod tests {
         let edit = |args: &[&str]| {
             let all: Vec<&str> = ["schedule", "edit", "nightly"].iter().chain(args).copied().collect();
             match parse(&all) {
-                Ok(ClientCommand::Schedule(ScheduleCmd::Edit(a))) => schedule_patch(&a),
+                Ok(Cmd::Schedule(ScheduleCmd::Edit(a))) => schedule_patch(&a),
                 other => panic!("{args:?}: {other:?}"),
             }
         };
@@ -1002,11 +1015,11 @@ mod tests {
 
     #[test]
     fn schedule_subcommands_parse() {
-        assert!(matches!(parse(&["schedule", "ls"]), Ok(ClientCommand::Schedule(ScheduleCmd::List))));
-        assert!(matches!(parse(&["schedule", "rm", "x"]), Ok(ClientCommand::Schedule(ScheduleCmd::Delete(_)))));
-        assert!(matches!(parse(&["schedule", "disable", "x"]), Ok(ClientCommand::Schedule(ScheduleCmd::Disable(_)))));
+        assert!(matches!(parse(&["schedule", "ls"]), Ok(Cmd::Schedule(ScheduleCmd::List))));
+        assert!(matches!(parse(&["schedule", "rm", "x"]), Ok(Cmd::Schedule(ScheduleCmd::Delete(_)))));
+        assert!(matches!(parse(&["schedule", "disable", "x"]), Ok(Cmd::Schedule(ScheduleCmd::Disable(_)))));
         match parse(&["schedule", "firings", "x", "--limit", "5"]) {
-            Ok(ClientCommand::Schedule(ScheduleCmd::Firings { reference, limit })) => {
+            Ok(Cmd::Schedule(ScheduleCmd::Firings { reference, limit })) => {
                 assert_eq!((reference.as_str(), limit), ("x", Some(5)));
             }
             other => panic!("{other:?}"),
@@ -1019,7 +1032,7 @@ mod tests {
         let preview = |args: &[&str]| {
             let all: Vec<&str> = ["schedule", "preview"].iter().chain(args).copied().collect();
             parse(&all).map(|cmd| match cmd {
-                ClientCommand::Schedule(ScheduleCmd::Preview(a)) => a,
+                Cmd::Schedule(ScheduleCmd::Preview(a)) => a,
                 other => panic!("{other:?}"),
             })
         };
@@ -1131,7 +1144,7 @@ mod tests {
         let edit = |args: &[&str]| {
             let all: Vec<&str> = ["listener", "edit", "l"].iter().chain(args).copied().collect();
             match parse(&all) {
-                Ok(ClientCommand::Listener(ListenerCmd::Edit(a))) => listener_patch(&a),
+                Ok(Cmd::Listener(ListenerCmd::Edit(a))) => listener_patch(&a),
                 other => panic!("{args:?}: {other:?}"),
             }
         };
@@ -1142,7 +1155,7 @@ mod tests {
         assert_eq!(edit(&["--secret", "0123456789abcdef"]).unwrap(), json!({"secret": "0123456789abcdef"}));
         assert!(edit(&["--secret", "short"]).is_err());
         assert!(edit(&[]).unwrap_err().contains("nothing to change"));
-        assert!(matches!(parse(&["listener", "events", "l"]), Ok(ClientCommand::Listener(ListenerCmd::Events { .. }))));
+        assert!(matches!(parse(&["listener", "events", "l"]), Ok(Cmd::Listener(ListenerCmd::Events { .. }))));
     }
 
     #[tokio::test]
@@ -1150,7 +1163,7 @@ mod tests {
         let hook = |args: &[&str]| {
             let all: Vec<&str> = ["hook", "orders", "--secret", "s"].iter().chain(args).copied().collect();
             match parse(&all) {
-                Ok(ClientCommand::Hook(a)) => a,
+                Ok(Cmd::Hook(a)) => a,
                 other => panic!("{args:?}: {other:?}"),
             }
         };

@@ -6,108 +6,16 @@
 
 mod common;
 
-use common::{alive, config_text, read_pid};
+use common::procs::{get, start_cluster, Proc};
+use common::{alive, read_pid};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 
 /// Long enough that a takeover inside it can only come from the early path (gossip + session).
 const LEASE: &str = "12s";
 /// For the frozen node, which is only taken over once its lease has run out.
 const SHORT_LEASE: &str = "4s";
-
-struct Proc {
-    id: String,
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn start_with_lease(dir: &Path, store: &str, id: &str, lease: &str) -> Proc {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let text = config_text(dir, store, "")
-            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
-            .replace("node_id = \"n1\"", &format!("node_id = \"{id}\""))
-            .replace("/data\"", &format!("/data-{id}\""))
-            .replace("lease_ttl = \"2s\"", &format!("lease_ttl = \"{lease}\""));
-        let cfg = dir.join(format!("{id}.toml"));
-        std::fs::write(&cfg, text).unwrap();
-        let log = dir.join(format!("{id}.log"));
-        let child = Command::new(SHOAL)
-            .args(["server", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "info,chitchat=warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Proc { id: id.into(), child, url: format!("http://127.0.0.1:{port}"), log }
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        if self.child.try_wait().unwrap().is_none() {
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let status = self.child.wait().unwrap();
-            assert!(status.success(), "{} did not stop cleanly: {status}\n{}", self.id, self.logs());
-        }
-    }
-}
-
-impl Drop for Proc {
-    /// A failing test must not leave its nodes running.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-async fn get(http: &reqwest::Client, url: &str) -> Option<Value> {
-    http.get(url).send().await.ok()?.json().await.ok()
-}
-
-/// Starts `ids` as processes on one store, waits until each is ready and every node's gossip
-/// sees every other alive.
-async fn start_cluster(dir: &Path, store: &str, ids: &[&str], lease: &str) -> Vec<Proc> {
-    let mut procs: Vec<Proc> = ids.iter().map(|id| Proc::start_with_lease(dir, store, id, lease)).collect();
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    for p in procs.iter_mut() {
-        loop {
-            if let Ok(r) = http.get(format!("{}/health/ready", p.url)).send().await {
-                if r.status() == 200 {
-                    break;
-                }
-            }
-            if let Ok(Some(s)) = p.child.try_wait() {
-                panic!("{} exited with {s} before it was ready:\n{}", p.id, p.logs());
-            }
-            assert!(Instant::now() < deadline, "{} not ready in time:\n{}", p.id, p.logs());
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-    for p in &procs {
-        loop {
-            let nodes = get(&http, &format!("{}/api/v1/nodes", p.url)).await.unwrap_or_default();
-            let alive = nodes["nodes"].as_array().map_or(0, |a| a.iter().filter(|n| n["gossip"] == "alive").count());
-            if alive == ids.len() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "gossip did not form on {}: {nodes}\n{}", p.id, p.logs());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    procs
-}
 
 /// The job: attempt 1 writes its pid and beats forever; a later attempt beats a few times and
 /// succeeds. Every beat carries the attempt's fencing token and a nanosecond timestamp.

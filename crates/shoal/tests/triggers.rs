@@ -127,10 +127,8 @@ async fn misfire_policies_are_followed_after_a_full_outage(b: Backend) {
             assert_eq!(w[1] - w[0], 1000, "{name}: every firing time is recorded once: {all:?}");
         }
         // Firings due while every node was down, more than the threshold late when it came back.
-        let missed: Vec<&Value> = all
-            .iter()
-            .filter(|f| ms(&f["fire_time"]) >= down_at && f["lateness_ms"].as_i64().unwrap() > 500)
-            .collect();
+        let missed: Vec<&Value> =
+            all.iter().filter(|f| ms(&f["fire_time"]) >= down_at && f["lateness_ms"].as_i64().unwrap() > 500).collect();
         assert!(missed.len() >= 4, "{name}: the outage missed firings: {all:?}");
         let ran: Vec<bool> = missed.iter().map(|f| f["outcome"] == "started").collect();
         let expected: Vec<bool> = match name {
@@ -142,8 +140,10 @@ async fn misfire_policies_are_followed_after_a_full_outage(b: Backend) {
         for f in missed.iter().filter(|f| f["outcome"] != "started") {
             assert_eq!(f["reason"], "misfire", "{f}");
         }
-        let on_time: Vec<&Value> =
-            all.iter().filter(|f| ms(&f["fire_time"]) >= down_at && f["lateness_ms"].as_i64().unwrap() <= 500).collect();
+        let on_time: Vec<&Value> = all
+            .iter()
+            .filter(|f| ms(&f["fire_time"]) >= down_at && f["lateness_ms"].as_i64().unwrap() <= 500)
+            .collect();
         assert!(on_time.iter().all(|f| f["outcome"] == "started"), "{name}: {on_time:?}");
     }
     t.stop().await;
