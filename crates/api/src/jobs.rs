@@ -31,7 +31,9 @@ pub fn readable_here(sandbox: &SandboxRow, node: &str) -> bool {
 /// The sandbox named by a schedule or listener, which must exist and hold job files.
 pub async fn sandbox(store: &Store, name: &str, what: &str) -> ApiResult<SandboxRow> {
     let s = store.get_sandbox(name).await?.ok_or_else(|| {
-        ApiError::unknown_sandbox(format!("{what} names sandbox `{name}`, which does not exist; create it first or check the name"))
+        ApiError::unknown_sandbox(format!(
+            "{what} names sandbox `{name}`, which does not exist; create it first or check the name"
+        ))
     })?;
     if s.kind == SandboxKind::Partitioned {
         return Err(ApiError::invalid_request(format!(

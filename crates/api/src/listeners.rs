@@ -105,13 +105,14 @@ fn on_file(b: &OnFileBody) -> ApiResult<OnFile> {
         )));
     }
     if events.is_empty() {
-        return Err(ApiError::invalid_request("on_file.events is empty; name at least one of appeared, changed, vanished"));
+        return Err(ApiError::invalid_request(
+            "on_file.events is empty; name at least one of appeared, changed, vanished",
+        ));
     }
     let settle_ms = match &b.settle {
-        Some(t) => {
-            shoal_core::duration::parse(t).map_err(|m| ApiError::invalid_request(format!("on_file.settle: {m}")))?.as_millis()
-                as u64
-        }
+        Some(t) => shoal_core::duration::parse(t)
+            .map_err(|m| ApiError::invalid_request(format!("on_file.settle: {m}")))?
+            .as_millis() as u64,
         None => DEFAULT_SETTLE_MS,
     };
     Ok(OnFile { sandbox: b.sandbox.clone(), pattern: b.pattern.clone(), events, settle_ms })
@@ -152,7 +153,8 @@ async fn definition(
     old_secret: Option<String>,
 ) -> ApiResult<ListenerDef> {
     let missing = |f: &str| ApiError::invalid_request(format!("`{f}` is required"));
-    let given = [("on_job", b.on_job.is_some()), ("on_file", b.on_file.is_some()), ("on_cluster", b.on_cluster.is_some())];
+    let given =
+        [("on_job", b.on_job.is_some()), ("on_file", b.on_file.is_some()), ("on_cluster", b.on_cluster.is_some())];
     let wanted = match kind {
         ListenerKind::Job => Some("on_job"),
         ListenerKind::File => Some("on_file"),
@@ -300,7 +302,8 @@ pub async fn create(state: State, request: Request) -> ApiResult<Response> {
     let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
     let name = b.name.clone().ok_or_else(|| ApiError::invalid_request("`name` is required"))?;
     check_name(&name, "listener")?;
-    let kind_name = b.kind.clone().ok_or_else(|| ApiError::invalid_request("`kind` is required: job, file, webhook or cluster"))?;
+    let kind_name =
+        b.kind.clone().ok_or_else(|| ApiError::invalid_request("`kind` is required: job, file, webhook or cluster"))?;
     let kind = ListenerKind::parse(&kind_name).ok_or_else(|| {
         ApiError::invalid_request(format!("unknown listener kind `{kind_name}`; use job, file, webhook or cluster"))
     })?;
@@ -339,7 +342,13 @@ pub async fn patch(state: State, Path(reference): Path<String>, request: Request
         enabled: b.enabled.or(Some(old.enabled)),
         on_job: b.on_job.or_else(|| if kind == ListenerKind::Job { reparse(&config, "job") } else { None }),
         on_file: b.on_file.or_else(|| if kind == ListenerKind::File { reparse(&config, "file") } else { None }),
-        on_cluster: b.on_cluster.or_else(|| if kind == ListenerKind::Cluster { reparse(&config, "cluster") } else { None }),
+        on_cluster: b.on_cluster.or_else(|| {
+            if kind == ListenerKind::Cluster {
+                reparse(&config, "cluster")
+            } else {
+                None
+            }
+        }),
         secret: b.secret,
     };
     let def = definition(&state, &merged, old.name.clone(), kind, old.secret.clone()).await?;
@@ -448,11 +457,17 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
         .filter(|l| l.kind == "webhook")
         .ok_or_else(|| ApiError::unknown_hook(format!("no webhook named `{name}`")))?;
     let now = state.store.now_ms().await?;
-    verify_hook(&parts.headers, listener.secret.as_deref().unwrap_or_default().as_bytes(), &bytes, now.div_euclid(1000))?;
+    verify_hook(
+        &parts.headers,
+        listener.secret.as_deref().unwrap_or_default().as_bytes(),
+        &bytes,
+        now.div_euclid(1000),
+    )?;
     let payload: Value = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_json(format!("webhook payload is not valid JSON: {e}")))?
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid_json(format!("webhook payload is not valid JSON: {e}")))?
     };
     let delivery = match parts.headers.get(DELIVERY_HEADER) {
         Some(v) => v

@@ -446,9 +446,9 @@ impl Client {
             .map_err(|_| Error::Other("the system clock is set before 1970; cannot sign the webhook".into()))?;
         let mut call = Call::new(Method::POST, format!("/hooks/{}", segment(name)?));
         call.raw_json = Some(body);
-        call.headers.push(("x-shoal-signature", hook_signature(secret.as_bytes(), now.as_secs(), body)));
+        call.headers.push(("x-shoal-hook-signature", hook_signature(secret.as_bytes(), now.as_secs(), body)));
         let delivery = delivery.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-        call.headers.push(("x-shoal-delivery", delivery));
+        call.headers.push(("x-shoal-hook-delivery", delivery));
         // The delivery id makes a repeat harmless: the server answers with the first event.
         call.idempotent = true;
         match self.execute(call).await? {
@@ -561,7 +561,7 @@ impl Client {
     }
 }
 
-/// The `X-Shoal-Signature` header of a webhook delivery made at `timestamp` (Unix seconds):
+/// The `X-Shoal-Hook-Signature` header of a webhook delivery made at `timestamp` (Unix seconds):
 /// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
 pub fn hook_signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     let t = timestamp.to_string();
@@ -684,7 +684,7 @@ mod tests {
         body: Bytes,
     ) -> (AxumStatus, axum::Json<Value>) {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        let (signature, delivery) = (header("x-shoal-signature"), header("x-shoal-delivery"));
+        let (signature, delivery) = (header("x-shoal-hook-signature"), header("x-shoal-hook-delivery"));
         let t: u64 = signature.strip_prefix("t=").and_then(|r| r.split(',').next()).unwrap().parse().unwrap();
         assert_eq!(signature, hook_signature(b"a-secret-of-16-chars", t, &body));
         assert_eq!(header("content-type"), "application/json");

@@ -119,8 +119,8 @@ pub fn owner<'a>(live: &'a [String], key: &str) -> Option<&'a str> {
 /// transaction with the schedule locked (see `Store::fire_schedules`).
 pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>) -> FireDecision {
     let s = ctx.schedule;
-    let misfire = Misfire::parse(&s.misfire, s.misfire_max.map(|m| m.clamp(1, u32::MAX as i64) as u32))
-        .unwrap_or(Misfire::Once);
+    let misfire =
+        Misfire::parse(&s.misfire, s.misfire_max.map(|m| m.clamp(1, u32::MAX as i64) as u32)).unwrap_or(Misfire::Once);
     let overlap = Overlap::parse(&s.overlap).unwrap_or_default();
     let plan = due_firings(spec, Some(s.last_fire_at), ctx.now, s.misfire_threshold_ms, misfire);
     let mut d = FireDecision { covered_to: plan.last_covered(), ..FireDecision::default() };
@@ -306,7 +306,8 @@ impl Triggers {
                 .into_iter()
                 .map(|s| (s.name.clone(), s))
                 .collect();
-            st.queued = self.store.schedules_with_queued_firings().await.map_err(|e| e.to_string())?.into_iter().collect();
+            st.queued =
+                self.store.schedules_with_queued_firings().await.map_err(|e| e.to_string())?.into_iter().collect();
             st.loaded = Some(Instant::now());
         }
         let now = self.store_now_estimate();
@@ -448,7 +449,8 @@ impl Triggers {
                     let watched = st.sandboxes.get(&cfg.sandbox).cloned();
                     let watch_here = watched.as_ref().is_some_and(|s| jobs::readable_here(s, &self.node));
                     // A local watched folder (or job) decides the node; otherwise the spread does.
-                    let decider = watched.as_ref().filter(|s| s.kind == shoal_core::SandboxKind::Local).or(job_sandbox.as_ref());
+                    let decider =
+                        watched.as_ref().filter(|s| s.kind == shoal_core::SandboxKind::Local).or(job_sandbox.as_ref());
                     if !readable || !watch_here || !self.mine(&live, &l.id, decider) {
                         st.files.remove(&l.id);
                         continue;
@@ -488,7 +490,7 @@ impl Triggers {
                 return (None, Some("job_error".into()));
             }
         };
-        match event_params(&l.params, values, &|_| None).map_err(|m| m).and_then(|p| job.execution(&p).map_err(|e| e.message)) {
+        match event_params(&l.params, values, &|_| None).and_then(|p| job.execution(&p).map_err(|e| e.message)) {
             Ok(e) => (Some(e), None),
             Err(m) => {
                 tracing::warn!(listener = %l.name, error = %m, "an event could not start its job");
@@ -528,7 +530,14 @@ impl Triggers {
                 values.insert(format!("param.{k}"), v.clone());
             }
             let (execution, reason) = Self::event_execution(l, &job, &values);
-            events.push(NewEvent { key: r.id.clone(), payload: values, execution, reason, cursor: None, silent: false });
+            events.push(NewEvent {
+                key: r.id.clone(),
+                payload: values,
+                execution,
+                reason,
+                cursor: None,
+                silent: false,
+            });
         }
         let recorded =
             self.store.record_events(&l.id, &self.node, &events, Some(cursor)).await.map_err(|e| e.to_string())?;
@@ -551,14 +560,11 @@ impl Triggers {
         let events: Vec<NewEvent> = wanted
             .iter()
             .map(|r| {
-                let values: BTreeMap<String, String> = [
-                    ("node", r.node_id.clone()),
-                    ("kind", r.kind.clone()),
-                    ("generation", r.generation.to_string()),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect();
+                let values: BTreeMap<String, String> =
+                    [("node", r.node_id.clone()), ("kind", r.kind.clone()), ("generation", r.generation.to_string())]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect();
                 let (execution, reason) = Self::event_execution(l, &job, &values);
                 NewEvent {
                     key: format!("{}:{}:{}", r.kind, r.node_id, r.generation),
@@ -647,7 +653,14 @@ impl Triggers {
                 continue;
             }
             let (execution, reason) = Self::event_execution(l, &job, &values);
-            events.push(NewEvent { key: ev.key(), payload: values, execution, reason, cursor: cursor_move, silent: false });
+            events.push(NewEvent {
+                key: ev.key(),
+                payload: values,
+                execution,
+                reason,
+                cursor: cursor_move,
+                silent: false,
+            });
         }
         let mut recorded = 0;
         for chunk in events.chunks(FIRE_BATCH) {
@@ -716,10 +729,16 @@ mod tests {
         let s = schedule("replace", "once", true);
         let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err("no job"));
         assert!(d.cancel_previous);
-        assert_eq!(outcomes(&d), vec![(1_001_000, "skipped", Some("overlap")), (1_002_000, "skipped", Some("job_error"))]);
+        assert_eq!(
+            outcomes(&d),
+            vec![(1_001_000, "skipped", Some("overlap")), (1_002_000, "skipped", Some("job_error"))]
+        );
         let s = schedule("skip", "once", true);
         let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err("no job"));
-        assert_eq!(outcomes(&d), vec![(1_001_000, "skipped", Some("overlap")), (1_002_000, "skipped", Some("overlap"))]);
+        assert_eq!(
+            outcomes(&d),
+            vec![(1_001_000, "skipped", Some("overlap")), (1_002_000, "skipped", Some("overlap"))]
+        );
         let d = decide(&ctx(&s, Some(ExecState::Succeeded), None), &spec, Err("no job"));
         assert_eq!(d.firings[0].reason, Some("job_error"));
         let s = schedule("queue", "once", true);
@@ -731,7 +750,10 @@ mod tests {
         assert_eq!(d.covered_to, Some(1_002_000));
         let s = schedule("allow", "once", false);
         let d = decide(&ctx(&s, None, None), &spec, Err("no job"));
-        assert_eq!(outcomes(&d), vec![(1_001_000, "skipped", Some("disabled")), (1_002_000, "skipped", Some("disabled"))]);
+        assert_eq!(
+            outcomes(&d),
+            vec![(1_001_000, "skipped", Some("disabled")), (1_002_000, "skipped", Some("disabled"))]
+        );
     }
 
     #[test]

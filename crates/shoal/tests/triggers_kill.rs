@@ -24,7 +24,13 @@ async fn post(http: &reqwest::Client, url: &str, body: Value) -> Value {
     v
 }
 
-async fn sandbox(http: &reqwest::Client, node: &Proc, dir: &Path, name: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+async fn sandbox(
+    http: &reqwest::Client,
+    node: &Proc,
+    dir: &Path,
+    name: &str,
+    files: &[(&str, &str)],
+) -> std::path::PathBuf {
     let root = dir.join(name);
     for (rel, text) in files {
         let p = root.join(rel);
@@ -32,8 +38,12 @@ async fn sandbox(http: &reqwest::Client, node: &Proc, dir: &Path, name: &str, fi
         std::fs::write(p, text).unwrap();
     }
     std::fs::create_dir_all(&root).unwrap();
-    post(http, &format!("{}/api/v1/sandboxes", node.url), json!({"name": name, "kind": "shared", "root": root.display().to_string()}))
-        .await;
+    post(
+        http,
+        &format!("{}/api/v1/sandboxes", node.url),
+        json!({"name": name, "kind": "shared", "root": root.display().to_string()}),
+    )
+    .await;
     root
 }
 
@@ -204,7 +214,7 @@ async fn a_thousand_files_start_a_thousand_jobs_while_the_watcher_is_killed() {
     write(400..700);
     kill(procs.iter_mut().find(|p| p.id == watcher).unwrap());
     write(700..1000);
-    let killed = Some(watcher);
+    let killed = watcher;
     shoal_testkit::wait_until_async("1001 file events", Duration::from_secs(60), || async {
         store.all_events(&listener).await.unwrap().len() >= 1001
     })
@@ -217,7 +227,6 @@ async fn a_thousand_files_start_a_thousand_jobs_while_the_watcher_is_killed() {
     assert_eq!(executions.len(), 1001, "one execution per file");
     let slow_ev = ev.iter().find(|e| e.payload["path"] == "in/slow.csv").unwrap();
     assert_eq!(slow_ev.payload["size"], slow_size.to_string(), "the slow file fired with its final size");
-    let killed = killed.unwrap();
     let nodes: BTreeSet<&str> = ev.iter().map(|e| e.node_id.as_str()).collect();
     assert!(nodes.len() >= 2, "another node took the watching over from {killed}: {nodes:?}");
     let survivor = procs.iter().find(|p| p.id != killed).unwrap();

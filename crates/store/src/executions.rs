@@ -400,8 +400,8 @@ pub(crate) async fn insert_executions(
     inserts: &[(String, &NewExecution)],
 ) -> Result<HashMap<String, ExecutionRow>> {
     let mut created: HashMap<String, ExecutionRow> = HashMap::new();
-        for part in inserts.chunks(BATCH_ROWS / 2) {
-            let sql = format!(
+    for part in inserts.chunks(BATCH_ROWS / 2) {
+        let sql = format!(
                 "INSERT INTO executions (id, sandbox, job, params, spec, state, reason, message, priority, pinned_node,
                      concurrency_key, max_concurrent, idempotency_key, request_hash, created_at, run_after, updated_at)
                  SELECT v.column1, v.column2, v.column3, v.column4, v.column5, 'queued', 'submitted', 'waiting for a free slot',
@@ -414,33 +414,33 @@ pub(crate) async fn insert_executions(
                     1
                 )
             );
-            let mut params = Vec::with_capacity(part.len() * 11);
-            for (id, new) in part {
-                let concurrency_key = match (&new.sandbox, &new.job) {
-                    (Some(s), Some(j)) if new.spec.max_concurrent.is_some() => Some(format!("{s}/{j}")),
-                    _ => None,
-                };
-                let (key, hash) = new.idempotency.clone().unzip();
-                params.extend([
-                    id.as_str().into(),
-                    new.sandbox.clone().into(),
-                    new.job.clone().into(),
-                    serde_json::to_string(&new.params).map_err(json_err)?.into(),
-                    serde_json::to_string(&new.spec).map_err(json_err)?.into(),
-                    i64::from(new.spec.priority).into(),
-                    new.pinned_node.clone().into(),
-                    concurrency_key.into(),
-                    new.spec.max_concurrent.map(i64::from).into(),
-                    key.into(),
-                    hash.into(),
-                ]);
-            }
-            // RETURNING: the rows as stored (created_at and the rest), without a read back.
-            for r in tx.query(&sql, params).await? {
-                let row = execution_row(&r)?;
-                created.insert(row.id.to_string(), row);
-            }
+        let mut params = Vec::with_capacity(part.len() * 11);
+        for (id, new) in part {
+            let concurrency_key = match (&new.sandbox, &new.job) {
+                (Some(s), Some(j)) if new.spec.max_concurrent.is_some() => Some(format!("{s}/{j}")),
+                _ => None,
+            };
+            let (key, hash) = new.idempotency.clone().unzip();
+            params.extend([
+                id.as_str().into(),
+                new.sandbox.clone().into(),
+                new.job.clone().into(),
+                serde_json::to_string(&new.params).map_err(json_err)?.into(),
+                serde_json::to_string(&new.spec).map_err(json_err)?.into(),
+                i64::from(new.spec.priority).into(),
+                new.pinned_node.clone().into(),
+                concurrency_key.into(),
+                new.spec.max_concurrent.map(i64::from).into(),
+                key.into(),
+                hash.into(),
+            ]);
         }
+        // RETURNING: the rows as stored (created_at and the rest), without a read back.
+        for r in tx.query(&sql, params).await? {
+            let row = execution_row(&r)?;
+            created.insert(row.id.to_string(), row);
+        }
+    }
     Ok(created)
 }
 

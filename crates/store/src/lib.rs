@@ -22,14 +22,12 @@ pub use executions::{
     AttemptEnd, AttemptRow, CancelResult, Claimed, ExecutionFilter, ExecutionRow, Finish, FinishResult, LogChunk,
     LogRow, NewExecution, Submitted,
 };
-pub use nodes::{NodeLease, NodeRegistration, NodeRow, NodeStatus, Renewal};
 pub use listeners::{
     CursorMove, EventRow, FinishedExecution, ListenerDef, ListenerRow, NewEvent, NodeEventRow, Recorded,
 };
+pub use nodes::{NodeLease, NodeRegistration, NodeRow, NodeStatus, Renewal};
 pub use sandboxes::SandboxRow;
-pub use schedules::{
-    FireContext, FireDecision, Fired, FiringOutcome, FiringRow, NewFiring, ScheduleDef, ScheduleRow,
-};
+pub use schedules::{FireContext, FireDecision, Fired, FiringOutcome, FiringRow, NewFiring, ScheduleDef, ScheduleRow};
 pub use session::{NodeSession, SessionEvent, WORK_CHANNEL};
 pub use submitter::Submitter;
 

@@ -110,7 +110,8 @@ pub struct FinishedExecution {
     pub finished_at: i64,
 }
 
-const COLUMNS: &str = "id, name, kind, sandbox, job, params, config, secret, enabled, cursor_at, created_at, updated_at";
+const COLUMNS: &str =
+    "id, name, kind, sandbox, job, params, config, secret, enabled, cursor_at, created_at, updated_at";
 
 fn listener_row(r: &Row) -> Result<ListenerRow> {
     Ok(ListenerRow {

@@ -78,9 +78,12 @@ impl Store {
         let mut tx = self.begin_write().await?;
         // An earlier process of this node that did not stop gracefully died, whether or not
         // its lease had run out yet: cluster listeners hear of it.
-        let previous =
-            query_one(tx.as_mut(), "SELECT generation, state FROM nodes WHERE id = $1 {for_update}", vec![reg.id.as_str().into()])
-                .await?;
+        let previous = query_one(
+            tx.as_mut(),
+            "SELECT generation, state FROM nodes WHERE id = $1 {for_update}",
+            vec![reg.id.as_str().into()],
+        )
+        .await?;
         if let Some(p) = previous {
             if p.text(1)? != "stopped" {
                 crate::listeners::insert_node_event(tx.as_mut(), &reg.id, p.i64(0)?, "node_died").await?;

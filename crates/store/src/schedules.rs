@@ -130,7 +130,8 @@ pub struct Fired {
     pub last_fire_at: i64,
 }
 
-const COLUMNS: &str = "id, name, sandbox, job, params, cron, timezone, enabled, misfire, misfire_max, misfire_threshold_ms,
+const COLUMNS: &str =
+    "id, name, sandbox, job, params, cron, timezone, enabled, misfire, misfire_max, misfire_threshold_ms,
     overlap, last_fire_at, last_execution_id, created_at, updated_at";
 
 fn schedule_row(r: &Row) -> Result<ScheduleRow> {
@@ -255,8 +256,7 @@ impl Store {
                 def.overlap.as_str().into(),
                 // A new expression or time zone starts from now too: the old one's due
                 // firings are not the new one's.
-                i64::from((def.enabled && !old.enabled) || def.cron != old.cron || def.timezone != old.timezone)
-                    .into(),
+                i64::from((def.enabled && !old.enabled) || def.cron != old.cron || def.timezone != old.timezone).into(),
             ],
         )
         .await?
