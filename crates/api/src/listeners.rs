@@ -200,13 +200,22 @@ async fn definition(
         (_, Some(_)) => return Err(ApiError::invalid_request("`secret` goes with webhook listeners only")),
         (_, None) => None,
     };
+    let sandbox = b.sandbox.clone().ok_or_else(|| missing("sandbox"))?;
+    let job = b.job.clone().ok_or_else(|| missing("job"))?;
+    if let Some(on) = b.on_job.as_ref().filter(|_| kind == ListenerKind::Job) {
+        if on.sandbox == sandbox && on.job.trim_start_matches('/') == job.trim_start_matches('/') {
+            return Err(ApiError::invalid_request(format!(
+                "the listener would start `{job}` each time `{job}` ends, forever; chain it to another job"
+            )));
+        }
+    }
     let params = jobs::params_from_json(&b.params.clone().unwrap_or_default())?;
     check_templates(kind, &params).map_err(ApiError::invalid_parameter)?;
     Ok(ListenerDef {
         name,
         kind: kind.as_str().to_owned(),
-        sandbox: b.sandbox.clone().ok_or_else(|| missing("sandbox"))?,
-        job: b.job.clone().ok_or_else(|| missing("job"))?,
+        sandbox,
+        job,
         params,
         config,
         secret,

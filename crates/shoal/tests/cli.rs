@@ -117,3 +117,67 @@ async fn drain_suspend_and_resume_from_the_cli() {
     assert!(text(&o).1.contains("n9") && text(&o).1.contains("not_found"), "{:?}", text(&o));
     n.stop().await;
 }
+
+/// `shoal schedule`, `shoal listener` and `shoal hook` against a real node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_listeners_and_hooks_from_the_cli() {
+    let mut n = TestNode::start(Backend::Sqlite).await;
+    n.sandbox("examples", &[]).await;
+    let o = shoal(
+        &n,
+        &["schedule", "create", "tick", "examples/jobs/greet.toml", "--cron", "* * * * * *", "-p", "name={fire_unix}"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    assert!(text(&o).0.contains("created schedule tick"), "{:?}", text(&o));
+    // A bad expression names the field and exits 1.
+    let o = shoal(&n, &["schedule", "create", "bad", "examples/jobs/greet.toml", "--cron", "0 61 * * *"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("hour") && text(&o).1.contains("invalid_cron"), "{:?}", text(&o));
+    let o = shoal(&n, &["schedule", "preview", "--cron", "30 2 * * *", "--tz", "Europe/Berlin", "--count", "2"]).await;
+    assert_eq!(text(&o).0.lines().count(), 2, "{:?}", text(&o));
+    assert!(text(&o).0.lines().all(|l| l.contains("T02:30:00+0")), "{:?}", text(&o));
+    shoal_testkit::wait_until_async("two firings", std::time::Duration::from_secs(10), || async {
+        let o = shoal(&n, &["--json", "schedule", "firings", "tick"]).await;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        v["firings"].as_array().is_some_and(|f| f.len() >= 2)
+    })
+    .await;
+    let o = shoal(&n, &["schedule", "firings", "tick"]).await;
+    assert!(text(&o).0.contains("started"), "{:?}", text(&o));
+    let o = shoal(&n, &["schedule", "disable", "tick"]).await;
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let o = shoal(&n, &["schedule", "list"]).await;
+    assert!(text(&o).0.contains("tick") && text(&o).0.contains("no"), "{:?}", text(&o));
+    assert_eq!(shoal(&n, &["schedule", "delete", "tick"]).await.status.code(), Some(0));
+
+    let o = shoal(
+        &n,
+        &[
+            "--json",
+            "listener",
+            "create",
+            "hi",
+            "examples/jobs/greet.toml",
+            "--webhook",
+            "-p",
+            "name={event.payload.who}",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let created: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let o = shoal(&n, &["hook", "hi", "--secret", &secret, "--data", r#"{"who": "cli"}"#]).await;
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let id = text(&o).0.trim().to_owned();
+    let e = n.wait_final(&id, std::time::Duration::from_secs(10)).await;
+    assert_eq!(e["params"]["name"], "cli", "{e}");
+    let o = shoal(&n, &["hook", "hi", "--secret", "wrong-secret-wrong-secret", "--data", "{}"]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("invalid_signature"), "{:?}", text(&o));
+    let o = shoal(&n, &["listener", "events", "hi"]).await;
+    assert!(text(&o).0.contains(&id), "{:?}", text(&o));
+    assert_eq!(shoal(&n, &["listener", "delete", "hi"]).await.status.code(), Some(0));
+    n.stop().await;
+}

@@ -238,6 +238,9 @@ async fn bad_definitions_are_refused_and_change_nothing(b: Backend) {
         (with("/kind", json!("telepathy")), 422, "invalid_request"),
         (with("/params", json!({"x": "{event.execution}"})), 422, "invalid_parameter"),
     ];
+    let self_chain = json!({"name": "loop", "kind": "job", "sandbox": "s", "job": "noop.toml",
+                            "on_job": {"sandbox": "s", "job": "noop.toml"}});
+    let cases: Vec<(Value, u16, &str)> = cases.into_iter().chain([(self_chain, 422, "invalid_request")]).collect();
     for (body, status, code) in cases {
         let (s, resp) = t.post("/api/v1/listeners", body.clone()).await;
         assert_eq!((s, resp["error"]["code"].as_str()), (status, Some(code)), "{body}: {resp}");
