@@ -17,7 +17,8 @@ tasks:
   ci      `cargo fmt --check`, `cargo clippy -D warnings`, then what `test` does
   bench   deps, a release build, a throwaway PostgreSQL, then every `shoal bench` run
           behind BENCHMARKS.md, on SQLite and on PostgreSQL, in one go;
-          `bench --soak` also runs the 10-minute soak at the end
+          `bench --soak` also runs the 10-minute soak at the end;
+          `bench --triggers` runs only the schedule and file-listener benchmarks
   help    print this
 ";
 
@@ -141,8 +142,9 @@ fn pg_bindir() -> String {
 /// figures come from the same build, machine and moment. `--soak` adds the 10-minute soak.
 fn bench(root: &Path, extra: &[OsString]) -> Result<()> {
     let soak = extra.iter().any(|a| a == "--soak");
-    if let Some(other) = extra.iter().find(|a| *a != "--soak") {
-        bail!("unknown bench option `{}`; the only one is --soak", other.to_string_lossy());
+    let triggers_only = extra.iter().any(|a| a == "--triggers");
+    if let Some(other) = extra.iter().find(|a| *a != "--soak" && *a != "--triggers") {
+        bail!("unknown bench option `{}`; the options are --soak and --triggers", other.to_string_lossy());
     }
     deps(root)?;
     let mut build = cargo(root);
@@ -161,6 +163,19 @@ fn bench(root: &Path, extra: &[OsString]) -> Result<()> {
         }
         run_cmd(cmd)
     };
+    // Schedules and listeners on PostgreSQL: lateness with 1000 schedules firing every second
+    // on 3 nodes, how many one node carries, and file events.
+    let triggers = || -> Result<()> {
+        run(&["schedules", "--nodes", "3", "--schedules", "1000", "--duration", "30s"], &Some(pg.fresh_database()))?;
+        run(
+            &["schedules", "--nodes", "1", "--schedules", "250,500,1000,1500,2000", "--duration", "20s"],
+            &Some(pg.fresh_database()),
+        )?;
+        run(&["files", "--nodes", "3", "--files", "300"], &Some(pg.fresh_database()))
+    };
+    if triggers_only {
+        return triggers();
+    }
     for (_, store) in &stores {
         // A fresh database per run keeps one run's rows from slowing the next.
         let fresh = || store.as_ref().map(|_| pg.fresh_database());
@@ -183,6 +198,7 @@ fn bench(root: &Path, extra: &[OsString]) -> Result<()> {
     // cut off from the store.
     run(&["failover", "--nodes", "3", "--kills", "20", "--lease", "10s"], &Some(pg.fresh_database()))?;
     run(&["cutoff", "--rounds", "5", "--lease", "4s"], &Some(pg.fresh_database()))?;
+    triggers()?;
     // The reference point of DESIGN.md: small transactions per second this PostgreSQL
     // commits (pgbench's simple-update script, 8 clients), measured in the same run.
     let db = pg.fresh_database();

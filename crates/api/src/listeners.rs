@@ -521,6 +521,7 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
         return Ok((StatusCode::OK, Json(json!({ "event": event_json(&row), "replayed": true }))).into_response());
     }
     state.engine.wake();
+    state.metrics.events_recorded.fetch_add(1, Ordering::Relaxed);
     let execution = match &row.execution_id {
         Some(id) => {
             state.metrics.executions_submitted.fetch_add(1, Ordering::Relaxed);

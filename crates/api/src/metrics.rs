@@ -16,6 +16,13 @@ pub struct Metrics {
     pub takeovers: AtomicU64,
     pub lease_renewal_failures: AtomicU64,
     pub log_bytes_written: AtomicU64,
+    /// Schedule firings this node recorded, by whether they started an execution.
+    pub firings_started: AtomicU64,
+    pub firings_skipped: AtomicU64,
+    /// Listener events this node recorded (webhooks included).
+    pub events_recorded: AtomicU64,
+    /// Firings and events another node had claimed first (work both nodes looked at).
+    pub claims_lost: AtomicU64,
     /// Woken whenever this node writes job output to the store, so log followers here read it
     /// at once instead of at their next poll.
     pub logs_written: tokio::sync::Notify,
@@ -58,6 +65,26 @@ pub async fn render(state: State) -> Response {
         "shoal_log_bytes_written_total",
         "Bytes of job output written to the store.",
         m.log_bytes_written.load(Ordering::Relaxed),
+    );
+    counter(
+        "shoal_schedule_firings_started_total",
+        "Schedule firings this node recorded that started an execution.",
+        m.firings_started.load(Ordering::Relaxed),
+    );
+    counter(
+        "shoal_schedule_firings_skipped_total",
+        "Schedule firings this node recorded as skipped or queued (misfire, overlap, disabled, job error).",
+        m.firings_skipped.load(Ordering::Relaxed),
+    );
+    counter(
+        "shoal_listener_events_total",
+        "Listener events this node recorded.",
+        m.events_recorded.load(Ordering::Relaxed),
+    );
+    counter(
+        "shoal_trigger_claims_lost_total",
+        "Firings and events this node found already claimed by another node.",
+        m.claims_lost.load(Ordering::Relaxed),
     );
     counter(
         "shoal_gossip_rejected_packets_total",

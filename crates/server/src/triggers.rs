@@ -49,6 +49,7 @@ const MAX_WATCHED_FILES: usize = 100_000;
 
 pub struct Triggers {
     store: Arc<Store>,
+    metrics: Arc<shoal_api::Metrics>,
     node: String,
     cluster: Arc<Cluster>,
     /// Woken when definitions change through this node.
@@ -213,9 +214,15 @@ pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>
 }
 
 impl Triggers {
-    pub fn new(store: Arc<Store>, node: String, cluster: Arc<Cluster>) -> Arc<Triggers> {
+    pub fn new(
+        store: Arc<Store>,
+        node: String,
+        cluster: Arc<Cluster>,
+        metrics: Arc<shoal_api::Metrics>,
+    ) -> Arc<Triggers> {
         Arc::new(Triggers {
             store,
+            metrics,
             node,
             cluster,
             changed: Notify::new(),
@@ -380,6 +387,10 @@ impl Triggers {
             self.measured(store_now, before, local_ms());
             for f in fired {
                 recorded += f.recorded.len();
+                let started = f.recorded.iter().filter(|(_, o, _)| *o == FiringOutcome::Started).count() as u64;
+                self.metrics.firings_started.fetch_add(started, Ordering::Relaxed);
+                self.metrics.firings_skipped.fetch_add(f.recorded.len() as u64 - started, Ordering::Relaxed);
+                self.metrics.claims_lost.fetch_add(f.already_claimed as u64, Ordering::Relaxed);
                 if f.recorded.iter().any(|(_, o, _)| *o == FiringOutcome::Queued) {
                     st.queued.insert(f.schedule_id.clone());
                 } else if f.recorded.iter().any(|(_, o, _)| *o == FiringOutcome::Started) {
@@ -467,6 +478,11 @@ impl Triggers {
         Ok(if busy { Step::Busy } else { Step::Idle })
     }
 
+    fn count_events(&self, tried: usize, recorded: usize) {
+        self.metrics.events_recorded.fetch_add(recorded as u64, Ordering::Relaxed);
+        self.metrics.claims_lost.fetch_add(tried.saturating_sub(recorded) as u64, Ordering::Relaxed);
+    }
+
     async fn job_of(&self, l: &ListenerRow, sandbox: Option<SandboxRow>) -> Result<JobRef, String> {
         match sandbox {
             Some(s) => jobs::load(s, &l.job).await.map_err(|e| e.message),
@@ -541,6 +557,7 @@ impl Triggers {
         }
         let recorded =
             self.store.record_events(&l.id, &self.node, &events, Some(cursor)).await.map_err(|e| e.to_string())?;
+        self.count_events(events.len(), recorded.len());
         Ok(recorded.len())
     }
 
@@ -577,6 +594,7 @@ impl Triggers {
             })
             .collect();
         let recorded = self.store.record_events(&l.id, &self.node, &events, cursor).await.map_err(|e| e.to_string())?;
+        self.count_events(events.len(), recorded.len());
         Ok(recorded.len())
     }
 
@@ -664,8 +682,9 @@ impl Triggers {
         }
         let mut recorded = 0;
         for chunk in events.chunks(FIRE_BATCH) {
-            recorded +=
-                self.store.record_events(&l.id, &self.node, chunk, None).await.map_err(|e| e.to_string())?.len();
+            let n = self.store.record_events(&l.id, &self.node, chunk, None).await.map_err(|e| e.to_string())?.len();
+            self.count_events(chunk.iter().filter(|e| !e.silent).count(), n);
+            recorded += n;
         }
         Ok(recorded)
     }

@@ -33,6 +33,10 @@ enum BenchCmd {
     Forwarding(crate::bench_cluster::ForwardingArgs),
     /// Real processes under CPU pressure and steady load: count nodes falsely seen dead
     Soak(crate::bench_cluster::SoakArgs),
+    /// Schedules firing every second across real nodes: lateness to claim and to start
+    Schedules(crate::bench_cluster::SchedulesArgs),
+    /// Files dropped into a watched shared sandbox: time from a settled file to its job's start
+    Files(crate::bench_cluster::FilesArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -288,6 +292,8 @@ pub async fn run(args: BenchArgs) -> u8 {
         BenchCmd::Cutoff(a) => crate::bench_cluster::cutoff(a).await,
         BenchCmd::Forwarding(a) => crate::bench_cluster::forwarding(a).await,
         BenchCmd::Soak(a) => crate::bench_cluster::soak(a).await,
+        BenchCmd::Schedules(a) => crate::bench_cluster::schedules(a).await,
+        BenchCmd::Files(a) => crate::bench_cluster::files(a).await,
     };
     match result {
         Ok(()) => 0,

@@ -78,6 +78,44 @@ pub(crate) struct ForwardingArgs {
     warmup: usize,
 }
 
+/// The schedule lateness benchmark's options.
+#[derive(clap::Args, Debug)]
+pub(crate) struct SchedulesArgs {
+    /// Store URL every node shares (PostgreSQL or SQLite)
+    #[arg(long)]
+    store: String,
+    /// How many `shoal server` processes
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Schedules firing every second; several comma-separated counts run one after another
+    /// on the same cluster (to find how many a cluster carries)
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    schedules: Vec<usize>,
+    /// How long each count is measured, after a warm-up of 5 s
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+}
+
+/// The file event benchmark's options.
+#[derive(clap::Args, Debug)]
+pub(crate) struct FilesArgs {
+    /// Store URL every node shares (PostgreSQL or SQLite)
+    #[arg(long)]
+    store: String,
+    /// How many `shoal server` processes
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Files dropped, one every `--every`
+    #[arg(long, default_value_t = 200)]
+    files: usize,
+    /// Time between two files
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    every: Duration,
+    /// The listener's settle time
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    settle: Duration,
+}
+
 /// The soak's options.
 #[derive(clap::Args, Debug)]
 pub(crate) struct SoakArgs {
@@ -367,7 +405,7 @@ struct Procs {
 
 impl Procs {
     async fn start(store: &str, n: usize, lease: Duration) -> Result<Procs> {
-        ensure!(n >= 2, "a cluster benchmark needs at least 2 nodes");
+        ensure!(n >= 1, "a cluster benchmark needs at least 1 node");
         let exe = std::env::current_exe().context("cannot find the shoal binary")?;
         let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
         let mut procs = Vec::new();
@@ -1112,4 +1150,137 @@ mod tests {
         let (a, h, b) = split_host("postgresql://localhost/db").unwrap();
         assert_eq!((a.as_str(), h.as_str(), b.as_str()), ("postgresql://", "localhost:5432", "/db"));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// schedules
+
+/// `shoal bench schedules`: N real nodes, S schedules firing every second; lateness from each
+/// firing time to its claim (the firing row and its execution committed) and to its
+/// execution's start, from the store's own timestamps.
+pub(crate) async fn schedules(a: SchedulesArgs) -> Result<()> {
+    let mut c = Procs::start(&a.store, a.nodes, Duration::from_secs(10)).await?;
+    let base = c.procs[0].url.clone();
+    let root = c.dir.path().join("sched");
+    std::fs::create_dir_all(&root)?;
+    std::fs::write(root.join("tick.toml"), "kind = \"noop\"\n[params.fire]\nrequired = true\n")?;
+    create_sandbox(&c.http, &base, json!({"name": "sched", "kind": "shared", "root": root.display().to_string()}))
+        .await?;
+    let store = shoal_store::Store::open(&a.store, 2).await?;
+    println!("schedules: {} nodes, store {}, every schedule fires each second", a.nodes, store.dialect_name());
+    let mut created = 0usize;
+    for &count in &a.schedules {
+        let urls = c.urls();
+        while created < count {
+            let url = format!("{}/api/v1/schedules", urls[created % urls.len()]);
+            let body = json!({"name": format!("s{created}"), "sandbox": "sched", "job": "tick.toml",
+                              "cron": "* * * * * *", "params": {"fire": "{fire_unix_ms}"}});
+            let (status, v) = post_json(&c.http, &url, &body).await?;
+            ensure!(status == 201, "cannot create a schedule: ({status}) {v}");
+            created += 1;
+        }
+        let warm = store.now_ms().await? + 5_000;
+        let from = (warm / 1000 + 1) * 1000;
+        let to = from + a.duration.as_millis() as i64 - 1000;
+        // Everything up to `to` has fired (or is missing for good) a few seconds after it.
+        while store.now_ms().await? < to + 5_000 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let rows = store.firing_report(from, to).await?;
+        let expected = count * ((to - from) / 1000 + 1) as usize;
+        let mut seen = std::collections::HashSet::new();
+        let mut dupes = 0;
+        for (id, at, _, _) in &rows {
+            if !seen.insert((id.clone(), *at)) {
+                dupes += 1;
+            }
+        }
+        let (mut claim, mut start): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+        for (_, at, claimed, started) in &rows {
+            claim.push((claimed - at) as f64);
+            if let Some(s) = started {
+                start.push((s - at) as f64);
+            }
+        }
+        let secs = (to - from) as f64 / 1000.0 + 1.0;
+        println!(
+            "  {count} schedules ({:.0} firings/s) over {secs:.0} s: {} firings of {expected} expected, {dupes} duplicates, {} executions started",
+            count as f64,
+            rows.len(),
+            start.len()
+        );
+        println!("    firing time → claimed (firing and execution committed): {}", summary(&mut claim));
+        println!("    firing time → execution started:                         {}", summary(&mut start));
+    }
+    c.stop_all()
+}
+
+// ---------------------------------------------------------------------------------------------
+// files
+
+/// `shoal bench files`: a file listener on a shared sandbox watched by N real nodes; files
+/// dropped one by one; time from each file's last write, plus the settle time, to its
+/// execution's start.
+pub(crate) async fn files(a: FilesArgs) -> Result<()> {
+    let mut c = Procs::start(&a.store, a.nodes, Duration::from_secs(10)).await?;
+    let base = c.procs[0].url.clone();
+    let root = c.dir.path().join("drop");
+    std::fs::create_dir_all(root.join("in"))?;
+    std::fs::write(root.join("load.toml"), "kind = \"noop\"\n[params.file]\nrequired = true\n")?;
+    create_sandbox(&c.http, &base, json!({"name": "drop", "kind": "shared", "root": root.display().to_string()}))
+        .await?;
+    let settle = a.settle.as_millis() as u64;
+    let (status, l) = post_json(
+        &c.http,
+        &format!("{base}/api/v1/listeners"),
+        &json!({"name": "files", "kind": "file", "sandbox": "drop", "job": "load.toml",
+                "params": {"file": "{event.path}"},
+                "on_file": {"sandbox": "drop", "pattern": "in/*.csv", "settle": format!("{settle}ms")}}),
+    )
+    .await?;
+    ensure!(status == 201, "cannot create the listener: ({status}) {l}");
+    let id = l["id"].as_str().context("no listener id")?.to_owned();
+    let store = shoal_store::Store::open(&a.store, 2).await?;
+    let mut written = std::collections::HashMap::new();
+    for i in 0..a.files {
+        let path = root.join(format!("in/f{i:05}.csv"));
+        std::fs::write(&path, format!("id,{i}\n"))?;
+        let mtime = std::fs::metadata(&path)?.modified()?.duration_since(UNIX_EPOCH)?.as_millis() as i64;
+        written.insert(format!("in/f{i:05}.csv"), mtime);
+        tokio::time::sleep(a.every).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let events = loop {
+        let ev = store.all_events(&id).await?;
+        if ev.len() >= a.files {
+            break ev;
+        }
+        ensure!(Instant::now() < deadline, "only {} of {} file events after 120 s", ev.len(), a.files);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut to_start = Vec::new();
+    for e in &events {
+        let Some(x) = &e.execution_id else { continue };
+        let exec = loop {
+            let ex = store.get_execution(x).await?.context("an event's execution is missing")?;
+            if ex.started_at.is_some() {
+                break ex;
+            }
+            ensure!(Instant::now() < deadline, "execution {x} did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let arrived = written[&e.payload["path"]] + settle as i64;
+        to_start.push((exec.started_at.unwrap_or_default() - arrived) as f64);
+    }
+    println!(
+        "files: {} nodes, store {}, {} files one every {:?}, settle {settle} ms: {} events, {} distinct files",
+        a.nodes,
+        store.dialect_name(),
+        a.files,
+        a.every,
+        events.len(),
+        events.iter().map(|e| &e.payload["path"]).collect::<std::collections::HashSet<_>>().len()
+    );
+    println!("  last write + settle → execution started: {}", summary(&mut to_start));
+    c.stop_all()
 }

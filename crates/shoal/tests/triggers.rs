@@ -73,6 +73,13 @@ async fn a_schedule_fires_each_second_with_its_firing_time(b: Backend) {
         assert_eq!(e["params"]["what"], format!("fired at {}", ms(&f["fire_time"])), "{e}");
         assert!(f["lateness_ms"].as_i64().unwrap() < 1000, "{f}");
     }
+    let metrics = t.http.get(format!("{}/metrics", t.url)).send().await.unwrap().text().await.unwrap();
+    let started: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("shoal_schedule_firings_started_total{node=\"n1\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no firing counter in {metrics}"));
+    assert!(started >= 4, "{started}");
     // Disabled: the next firings are recorded as skipped, with reason `disabled`.
     let (status, s) =
         t.request(reqwest::Method::PATCH, "/api/v1/schedules/tick", Some(json!({"enabled": false}))).await;

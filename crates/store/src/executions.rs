@@ -199,7 +199,7 @@ async fn sqlite_fences(tx: &mut dyn Tx, n: usize) -> Result<Vec<FencingToken>> {
 
 /// Placeholders `($a, $b, ...), (...)` for `rows` rows of `width` values, numbered from `first`,
 /// with optional casts per column (`None`: none) so PostgreSQL knows the types.
-fn values_list(rows: usize, casts: &[Option<&str>], first: usize) -> String {
+pub(crate) fn values_list(rows: usize, casts: &[Option<&str>], first: usize) -> String {
     let width = casts.len();
     let mut out = String::new();
     for r in 0..rows {
@@ -228,7 +228,7 @@ fn in_list(n: usize, first: usize) -> String {
 }
 
 /// Rows per multi-row statement: well under SQLite's and PostgreSQL's parameter limits.
-const BATCH_ROWS: usize = 500;
+pub(crate) const BATCH_ROWS: usize = 500;
 
 async fn insert_logs(tx: &mut dyn Tx, logs: &[(&str, i64, &LogChunk)]) -> Result<()> {
     for part in logs.chunks(BATCH_ROWS) {

@@ -8,10 +8,10 @@
 //! only spreads the work (see shoal-server's `triggers.rs`); it never decides correctness.
 
 use crate::db::{query_one, Row, Tx, Value};
-use crate::executions::insert_executions;
+use crate::executions::{insert_executions, values_list, BATCH_ROWS};
 use crate::{NewExecution, Result, Store, StoreError};
 use shoal_core::{ExecState, ExecutionId};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScheduleRow {
@@ -322,6 +322,21 @@ impl Store {
         rows.iter().map(firing_row).collect()
     }
 
+    /// Every firing in `[from, to]` across all schedules with its claim time and its
+    /// execution's start (for benchmarks): (schedule, fire_at, claimed_at, started_at).
+    pub async fn firing_report(&self, from: i64, to: i64) -> Result<Vec<(String, i64, i64, Option<i64>)>> {
+        let mut c = self.read().await?;
+        let rows = c
+            .query(
+                "SELECT f.schedule_id, f.fire_at, f.claimed_at, e.started_at FROM firings f
+                 LEFT JOIN executions e ON e.id = f.execution_id
+                 WHERE f.fire_at >= $1 AND f.fire_at <= $2 ORDER BY f.schedule_id, f.fire_at",
+                vec![from.into(), to.into()],
+            )
+            .await?;
+        rows.iter().map(|r| Ok((r.text(0)?, r.i64(1)?, r.i64(2)?, r.opt_i64(3)?))).collect()
+    }
+
     /// Decides and records the due firings of several schedules in one transaction.
     ///
     /// The schedule rows are locked and the store's clock read first; `decide` is then
@@ -388,7 +403,14 @@ impl Store {
 
         let mut out = Vec::with_capacity(schedules.len());
         let mut any_work = false;
-        for s in &schedules {
+        // Every schedule's decision first; then one multi-row insert of all the firing rows,
+        // one of the executions whose rows were inserted, and one update of the schedules:
+        // a batch of schedules due at the same second costs a few statements, not a few per
+        // schedule.
+        let mut rows: Vec<(usize, NewFiring, Option<String>)> = Vec::new();
+        let mut newest: Vec<Option<String>> = vec![None; schedules.len()];
+        let mut covered: Vec<i64> = Vec::with_capacity(schedules.len());
+        for (i, s) in schedules.iter().enumerate() {
             let ctx = FireContext {
                 schedule: s,
                 now,
@@ -397,8 +419,6 @@ impl Store {
             };
             let decision = decide(&ctx);
             let mut fired = Fired { schedule_id: s.id.clone(), last_fire_at: s.last_fire_at, ..Fired::default() };
-            let mut newest_execution: Option<String> = None;
-
             if decision.cancel_previous {
                 if let Some(prev) = &s.last_execution_id {
                     cancel_for_replace(tx.as_mut(), prev, &s.name).await?;
@@ -417,47 +437,75 @@ impl Store {
                     insert_executions(tx.as_mut(), &[(id.clone(), &exec)]).await?;
                     any_work = true;
                     fired.recorded.push((fire_at, FiringOutcome::Started, Some(ExecutionId::from_trusted(id.clone()))));
-                    newest_execution = Some(id);
+                    newest[i] = Some(id);
                 }
             }
             for f in decision.firings {
                 let exec_id = f.execution.as_ref().map(|_| uuid::Uuid::now_v7().to_string());
-                let inserted = tx
-                    .query(
-                        "INSERT INTO firings (schedule_id, fire_at, outcome, reason, execution_id, node_id, claimed_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, {now})
-                         ON CONFLICT (schedule_id, fire_at) DO NOTHING RETURNING fire_at",
-                        vec![
-                            s.id.as_str().into(),
-                            f.fire_at.into(),
-                            f.outcome.as_str().into(),
-                            f.reason.into(),
-                            exec_id.clone().into(),
-                            node.into(),
-                        ],
-                    )
-                    .await?;
-                if inserted.is_empty() {
-                    fired.already_claimed += 1;
-                    continue;
-                }
-                if let (Some(id), Some(exec)) = (&exec_id, &f.execution) {
-                    insert_executions(tx.as_mut(), &[(id.clone(), exec)]).await?;
-                    any_work = true;
-                    newest_execution = Some(id.clone());
-                }
-                fired.recorded.push((f.fire_at, f.outcome, exec_id.map(ExecutionId::from_trusted)));
+                rows.push((i, f, exec_id));
             }
-            let covered = decision.covered_to.map_or(s.last_fire_at, |c| c.max(s.last_fire_at));
-            if covered != s.last_fire_at || newest_execution.is_some() {
-                tx.execute(
-                    "UPDATE schedules SET last_fire_at = $2, last_execution_id = COALESCE($3, last_execution_id) WHERE id = $1",
-                    vec![s.id.as_str().into(), covered.into(), newest_execution.into()],
-                )
-                .await?;
-            }
-            fired.last_fire_at = covered;
+            covered.push(decision.covered_to.map_or(s.last_fire_at, |c| c.max(s.last_fire_at)));
             out.push(fired);
+        }
+        let mut inserted: HashSet<(usize, i64)> = HashSet::new();
+        let index: HashMap<&str, usize> = schedules.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+        for part in rows.chunks(BATCH_ROWS) {
+            let sql = format!(
+                "INSERT INTO firings (schedule_id, fire_at, outcome, reason, execution_id, node_id, claimed_at)
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, $1, {{now}} FROM (VALUES {}) AS v
+                 WHERE 1 = 1
+                 ON CONFLICT (schedule_id, fire_at) DO NOTHING RETURNING schedule_id, fire_at",
+                values_list(part.len(), &[None, Some("BIGINT"), None, Some("TEXT"), Some("TEXT")], 2)
+            );
+            let mut params: Vec<Value> = Vec::with_capacity(1 + part.len() * 5);
+            params.push(node.into());
+            for (i, f, exec_id) in part {
+                params.extend([
+                    schedules[*i].id.as_str().into(),
+                    f.fire_at.into(),
+                    f.outcome.as_str().into(),
+                    f.reason.into(),
+                    exec_id.clone().into(),
+                ]);
+            }
+            for r in tx.query(&sql, params).await? {
+                if let Some(i) = index.get(r.text(0)?.as_str()) {
+                    inserted.insert((*i, r.i64(1)?));
+                }
+            }
+        }
+        let mut executions: Vec<(String, &NewExecution)> = Vec::new();
+        for (i, f, exec_id) in &rows {
+            if !inserted.contains(&(*i, f.fire_at)) {
+                out[*i].already_claimed += 1;
+                continue;
+            }
+            if let (Some(id), Some(exec)) = (exec_id, &f.execution) {
+                executions.push((id.clone(), exec));
+                newest[*i] = Some(id.clone());
+            }
+            out[*i].recorded.push((f.fire_at, f.outcome, exec_id.clone().map(ExecutionId::from_trusted)));
+        }
+        if !executions.is_empty() {
+            insert_executions(tx.as_mut(), &executions).await?;
+            any_work = true;
+        }
+        let changed: Vec<usize> =
+            (0..schedules.len()).filter(|&i| covered[i] != schedules[i].last_fire_at || newest[i].is_some()).collect();
+        for part in changed.chunks(BATCH_ROWS) {
+            let sql = format!(
+                "UPDATE schedules SET last_fire_at = v.column2, last_execution_id = COALESCE(v.column3, schedules.last_execution_id)
+                 FROM (VALUES {}) AS v WHERE schedules.id = v.column1",
+                values_list(part.len(), &[None, Some("BIGINT"), Some("TEXT")], 1)
+            );
+            let mut params: Vec<Value> = Vec::with_capacity(part.len() * 3);
+            for &i in part {
+                params.extend([schedules[i].id.as_str().into(), covered[i].into(), newest[i].clone().into()]);
+            }
+            tx.execute(&sql, params).await?;
+        }
+        for (i, f) in out.iter_mut().enumerate() {
+            f.last_fire_at = covered[i];
         }
         if any_work {
             Store::notify_work(tx.as_mut()).await?;

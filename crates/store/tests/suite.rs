@@ -61,6 +61,8 @@ suite!(
     group_commit_keeps_every_submission_apart,
     a_dead_node_is_ended_early_only_when_its_session_has_ended,
     a_partitioned_execution_ends_with_its_children,
+    a_firing_time_is_claimed_once_however_many_nodes_try,
+    an_event_is_recorded_once_and_its_cursor_moves_by_compare_and_set,
 );
 
 fn node(id: &str) -> NodeRegistration {
@@ -584,4 +586,109 @@ async fn a_partitioned_execution_ends_with_its_children(f: Fixture) {
     let done = s.get_execution(p2.id.as_str()).await.unwrap().unwrap();
     assert_eq!(done.state, ExecState::Cancelled, "{done:?}");
     assert!(s.list_children(p2.id.as_str()).await.unwrap().iter().all(|c| c.state == ExecState::Cancelled));
+}
+
+fn schedule_def(name: &str) -> shoal_store::ScheduleDef {
+    shoal_store::ScheduleDef {
+        name: name.into(),
+        sandbox: "s".into(),
+        job: "j.toml".into(),
+        params: BTreeMap::new(),
+        cron: "* * * * * *".into(),
+        timezone: "UTC".into(),
+        enabled: true,
+        misfire: "once".into(),
+        misfire_max: None,
+        misfire_threshold_ms: 60_000,
+        overlap: "allow".into(),
+    }
+}
+
+/// Guarantee 4 at the store: four handles (as four nodes) fire the same 20 firing times of
+/// one schedule at once, each deciding to start every one of them. The firing rows are the
+/// claim: 20 firings, 20 executions, whatever each caller decided.
+async fn a_firing_time_is_claimed_once_however_many_nodes_try(f: Fixture) {
+    let s = f.store.create_schedule(&schedule_def("tick")).await.unwrap();
+    let base = (s.created_at / 1000 + 100) * 1000;
+    let times: Vec<i64> = (0..20).map(|i| base + i * 1000).collect();
+    let other = Arc::new(Store::open(&f.url, 4).await.unwrap());
+    let mut tasks = Vec::new();
+    for (i, store) in [f.store.clone(), other.clone(), f.store.clone(), other].into_iter().enumerate() {
+        let (id, times) = (s.id.clone(), times.clone());
+        tasks.push(tokio::spawn(async move {
+            let (_, fired) = store
+                .fire_schedules(&[id], &format!("n{i}"), |_| shoal_store::FireDecision {
+                    firings: times
+                        .iter()
+                        .map(|t| shoal_store::NewFiring {
+                            fire_at: *t,
+                            outcome: shoal_store::FiringOutcome::Started,
+                            reason: None,
+                            execution: Some(new_exec(inline())),
+                        })
+                        .collect(),
+                    covered_to: times.last().copied(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            fired
+        }));
+    }
+    let (mut recorded, mut lost) = (0, 0);
+    for t in tasks {
+        for fired in t.await.unwrap() {
+            recorded += fired.recorded.len();
+            lost += fired.already_claimed;
+        }
+    }
+    assert_eq!((recorded, lost), (20, 60), "each firing time recorded once, refused three times");
+    let firings = f.store.firings_between(&s.id, base, base + 19_000).await.unwrap();
+    assert_eq!(firings.len(), 20);
+    let execs: HashSet<String> = firings.iter().map(|x| x.execution_id.clone().unwrap()).collect();
+    assert_eq!(execs.len(), 20);
+    let all = f.store.list_executions(&ExecutionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), 20, "an execution only where the firing row was inserted");
+    assert_eq!(f.store.get_schedule("tick").await.unwrap().unwrap().last_fire_at, base + 19_000);
+}
+
+/// Guarantee 5 at the store: an event key records once; a file cursor moves only from the
+/// value the caller read.
+async fn an_event_is_recorded_once_and_its_cursor_moves_by_compare_and_set(f: Fixture) {
+    let l = f
+        .store
+        .create_listener(&shoal_store::ListenerDef {
+            name: "files".into(),
+            kind: "file".into(),
+            sandbox: "s".into(),
+            job: "j.toml".into(),
+            params: BTreeMap::new(),
+            config: "{}".into(),
+            secret: None,
+            enabled: true,
+        })
+        .await
+        .unwrap();
+    let event = |key: &str, from: Option<(i64, i64)>, to: Option<(i64, i64)>| shoal_store::NewEvent {
+        key: key.into(),
+        payload: BTreeMap::new(),
+        execution: Some(new_exec(inline())),
+        reason: None,
+        cursor: Some(shoal_store::CursorMove { path: "in/a.csv".into(), from, to }),
+        silent: false,
+    };
+    let record = |node: &'static str, ev: shoal_store::NewEvent| {
+        let (store, id) = (f.store.clone(), l.id.clone());
+        async move { store.record_events(&id, node, &[ev], None).await.unwrap().len() }
+    };
+    assert_eq!(record("n1", event("appeared:1:10:in/a.csv", None, Some((1, 10)))).await, 1);
+    // The same event from another node: nothing.
+    assert_eq!(record("n2", event("appeared:1:10:in/a.csv", None, Some((1, 10)))).await, 0);
+    // A node that read the cursor before the first event (`None`) cannot move it now.
+    assert_eq!(record("n2", event("appeared:2:20:in/a.csv", None, Some((2, 20)))).await, 0);
+    assert_eq!(record("n2", event("changed:2:20:in/a.csv", Some((1, 10)), Some((2, 20)))).await, 1);
+    assert_eq!(f.store.file_cursor(&l.id).await.unwrap()["in/a.csv"], (2, 20));
+    assert_eq!(f.store.all_events(&l.id).await.unwrap().len(), 2);
+    let all = f.store.list_executions(&ExecutionFilter { limit: 1000, ..Default::default() }).await.unwrap();
+    assert_eq!(all.len(), 2);
 }
