@@ -175,6 +175,23 @@ async fn definition(
         ListenerKind::File => {
             let f = on_file(b.on_file.as_ref().ok_or_else(|| missing("on_file"))?)?;
             check_file_source(state, &f).await?;
+            // One node must both see the folder and read the job file.
+            let watched = jobs::sandbox(&state.store, &f.sandbox, "on_file").await?;
+            if let Some(job_sandbox) = &b.sandbox {
+                let runs = jobs::sandbox(&state.store, job_sandbox, "the listener").await?;
+                let holder = |s: &shoal_store::SandboxRow| match s.kind {
+                    shoal_core::SandboxKind::Local => s.node_id.clone(),
+                    _ => None,
+                };
+                if let (Some(a), Some(b)) = (holder(&watched), holder(&runs)) {
+                    if a != b {
+                        return Err(ApiError::invalid_request(format!(
+                            "the watched sandbox `{}` is local to node {a} but the job's sandbox `{}` is local to node {b}; no node can do both, so keep the job in a shared sandbox or on {a}",
+                            watched.name, runs.name
+                        )));
+                    }
+                }
+            }
             serde_json::to_string(&f)
         }
         ListenerKind::Cluster => {

@@ -35,7 +35,7 @@ pub const BACKSTOP: Duration = Duration::from_secs(2);
 /// Definitions are read again at least this often (and at once when a node says they changed).
 const RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// Schedules fired per transaction.
-const FIRE_BATCH: usize = 200;
+const FIRE_BATCH: usize = 500;
 /// How often listeners look for events.
 pub const LISTEN_EVERY: Duration = Duration::from_millis(250);
 /// Job and cluster events are looked for this far behind the listener's cursor: an
@@ -68,10 +68,27 @@ pub struct Triggers {
 
 #[derive(Default)]
 struct SchedState {
-    schedules: Vec<(ScheduleRow, Option<CronSpec>)>,
+    schedules: Vec<Entry>,
+    /// Schedule id → index in `schedules`.
+    index: HashMap<String, usize>,
     sandboxes: HashMap<String, SandboxRow>,
     queued: HashSet<String>,
     loaded: Option<Instant>,
+    /// The membership `Entry::mine` was computed for.
+    live: Vec<String>,
+}
+
+/// A schedule as the scheduler keeps it between looks: what is computed once per change
+/// rather than at every look (a look can come every few milliseconds around a second).
+struct Entry {
+    row: ScheduleRow,
+    spec: Option<CronSpec>,
+    /// The first firing time after `row.last_fire_at`.
+    next: Option<i64>,
+    /// This node can read the job (its sandbox is shared, or local here).
+    readable: bool,
+    /// This node is the schedule's preferred one.
+    mine: bool,
 }
 
 #[derive(Default)]
@@ -298,13 +315,6 @@ impl Triggers {
             let now = self.store.now_ms().await.map_err(|e| e.to_string())?;
             self.measured(now, before, local_ms());
             let rows = self.store.list_schedules().await.map_err(|e| e.to_string())?;
-            st.schedules = rows
-                .into_iter()
-                .map(|r| {
-                    let spec = CronSpec::parse(&r.cron, &r.timezone).ok();
-                    (r, spec)
-                })
-                .collect();
             st.sandboxes = self
                 .store
                 .list_sandboxes()
@@ -315,29 +325,44 @@ impl Triggers {
                 .collect();
             st.queued =
                 self.store.schedules_with_queued_firings().await.map_err(|e| e.to_string())?.into_iter().collect();
+            let entries: Vec<Entry> = rows
+                .into_iter()
+                .map(|row| {
+                    let spec = CronSpec::parse(&row.cron, &row.timezone).ok();
+                    let next = spec.as_ref().and_then(|s| s.next_after(row.last_fire_at));
+                    let readable = st.sandboxes.get(&row.sandbox).is_some_and(|s| jobs::readable_here(s, &self.node));
+                    Entry { row, spec, next, readable, mine: false }
+                })
+                .collect();
+            st.index = entries.iter().enumerate().map(|(i, e)| (e.row.id.clone(), i)).collect();
+            st.schedules = entries;
+            st.live.clear();
             st.loaded = Some(Instant::now());
+        }
+        if st.live != live {
+            let SchedState { schedules, sandboxes, .. } = &mut *st;
+            for e in schedules.iter_mut() {
+                e.mine = self.mine(&live, &e.row.id, sandboxes.get(&e.row.sandbox));
+            }
+            st.live = live;
         }
         let now = self.store_now_estimate();
         let backstop = BACKSTOP.as_millis() as i64;
-        let mut due: Vec<String> = Vec::new();
+        let mut due: Vec<usize> = Vec::new();
         let mut wait_ms = RELOAD_EVERY.as_millis() as i64;
-        for (row, spec) in &st.schedules {
-            let Some(spec) = spec else { continue };
-            let sandbox = st.sandboxes.get(&row.sandbox);
-            let readable = sandbox.is_some_and(|s| jobs::readable_here(s, &self.node));
-            if !readable {
+        for (i, e) in st.schedules.iter().enumerate() {
+            if !e.readable {
                 continue;
             }
-            let mine = self.mine(&live, &row.id, sandbox);
-            if mine && st.queued.contains(&row.id) {
-                due.push(row.id.clone());
+            if e.mine && st.queued.contains(&e.row.id) {
+                due.push(i);
                 wait_ms = wait_ms.min(LISTEN_EVERY.as_millis() as i64);
                 continue;
             }
-            let Some(next) = spec.next_after(row.last_fire_at) else { continue };
-            let at = if mine { next } else { next + backstop };
+            let Some(next) = e.next else { continue };
+            let at = if e.mine { next } else { next + backstop };
             if at <= now {
-                due.push(row.id.clone());
+                due.push(i);
             } else {
                 wait_ms = wait_ms.min(at - now);
             }
@@ -346,45 +371,47 @@ impl Triggers {
             return Ok(Step::After(Duration::from_millis(wait_ms.max(1) as u64)));
         }
         // Read each job file once per look; an unreadable one is recorded on its firings.
-        let mut jobs_cache: HashMap<(String, String), Result<JobRef, String>> = HashMap::new();
-        let wanted: HashSet<&str> = due.iter().map(String::as_str).collect();
-        for (row, _) in st.schedules.iter().filter(|(r, _)| wanted.contains(r.id.as_str())) {
-            let key = (row.sandbox.clone(), row.job.clone());
-            if jobs_cache.contains_key(&key) {
+        let mut jobs_cache: HashMap<(&str, &str), Result<JobRef, String>> = HashMap::new();
+        for &i in &due {
+            let row = &st.schedules[i].row;
+            if jobs_cache.contains_key(&(row.sandbox.as_str(), row.job.as_str())) {
                 continue;
             }
             let loaded = match st.sandboxes.get(&row.sandbox) {
                 Some(s) => jobs::load(s.clone(), &row.job).await.map_err(|e| e.message),
                 None => Err(format!("sandbox `{}` no longer exists", row.sandbox)),
             };
-            jobs_cache.insert(key, loaded);
+            jobs_cache.insert((row.sandbox.as_str(), row.job.as_str()), loaded);
         }
-        let specs: HashMap<String, (CronSpec, (String, String))> = st
-            .schedules
-            .iter()
-            .filter(|(r, _)| wanted.contains(r.id.as_str()))
-            .filter_map(|(r, s)| s.clone().map(|s| (r.id.clone(), (s, (r.sandbox.clone(), r.job.clone())))))
-            .collect();
-        let mut recorded = 0usize;
-        let mut behind = false;
-        for chunk in due.chunks(FIRE_BATCH) {
+        let ids: Vec<String> = due.iter().map(|&i| st.schedules[i].row.id.clone()).collect();
+        let mut outcomes = Vec::new();
+        for chunk in ids.chunks(FIRE_BATCH) {
             let before = local_ms();
             let (store_now, fired) = self
                 .store
-                .fire_schedules(chunk, &self.node, |ctx| match specs.get(&ctx.schedule.id) {
-                    Some((spec, key)) => {
-                        let job = match jobs_cache.get(key) {
-                            Some(Ok(j)) => Ok(j),
-                            Some(Err(m)) => Err(m.as_str()),
-                            None => Err("the job was not read"),
-                        };
-                        decide(ctx, spec, job)
-                    }
-                    None => FireDecision::default(),
+                .fire_schedules(chunk, &self.node, |ctx| {
+                    let Some(e) = st.index.get(&ctx.schedule.id).map(|&i| &st.schedules[i]) else {
+                        return FireDecision::default();
+                    };
+                    let Some(spec) = &e.spec else { return FireDecision::default() };
+                    let job = match jobs_cache.get(&(e.row.sandbox.as_str(), e.row.job.as_str())) {
+                        Some(Ok(j)) => Ok(j),
+                        Some(Err(m)) => Err(m.as_str()),
+                        None => Err("the job was not read"),
+                    };
+                    decide(ctx, spec, job)
                 })
                 .await
                 .map_err(|e| e.to_string())?;
             self.measured(store_now, before, local_ms());
+            outcomes.push((store_now, fired));
+        }
+        drop(jobs_cache);
+        let mut recorded = 0usize;
+        let mut soonest: Option<i64> = None;
+        let mut latest_now = 0;
+        for (store_now, fired) in outcomes {
+            latest_now = latest_now.max(store_now);
             for f in fired {
                 recorded += f.recorded.len();
                 let started = f.recorded.iter().filter(|(_, o, _)| *o == FiringOutcome::Started).count() as u64;
@@ -396,19 +423,23 @@ impl Triggers {
                 } else if f.recorded.iter().any(|(_, o, _)| *o == FiringOutcome::Started) {
                     st.queued.remove(&f.schedule_id);
                 }
-                if let Some((row, spec)) = st.schedules.iter_mut().find(|(r, _)| r.id == f.schedule_id) {
-                    row.last_fire_at = f.last_fire_at;
-                    if spec.as_ref().and_then(|s| s.next_after(f.last_fire_at)).is_some_and(|n| n <= store_now) {
-                        behind = true;
+                if let Some(&i) = st.index.get(&f.schedule_id) {
+                    let e = &mut st.schedules[i];
+                    e.row.last_fire_at = f.last_fire_at;
+                    e.next = e.spec.as_ref().and_then(|s| s.next_after(f.last_fire_at));
+                    if let Some(n) = e.next {
+                        soonest = Some(soonest.map_or(n, |s: i64| s.min(n)));
                     }
                 }
             }
         }
-        if recorded > 0 || behind {
+        if recorded > 0 || soonest.is_some_and(|n| n <= latest_now) {
+            // More may be due at once (a catch-up cut into batches, or another second).
             Ok(Step::Busy)
         } else {
-            // Woken a little early by the clock estimate: the store's clock decides.
-            Ok(Step::After(Duration::from_millis(1)))
+            // Woken a little before the store's clock reached the firing time: wait for it.
+            let wait = soonest.map_or(1, |n| (n - latest_now).clamp(1, RELOAD_EVERY.as_millis() as i64));
+            Ok(Step::After(Duration::from_millis(wait as u64)))
         }
     }
 

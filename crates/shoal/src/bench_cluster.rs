@@ -94,6 +94,9 @@ pub(crate) struct SchedulesArgs {
     /// How long each count is measured, after a warm-up of 5 s
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     duration: Duration,
+    /// Each node's `executor.slots` (no-op executions are claimed up to this many at once)
+    #[arg(long, default_value_t = 64)]
+    slots: u32,
 }
 
 /// The file event benchmark's options.
@@ -291,10 +294,10 @@ struct Proc {
 
 impl Proc {
     /// Writes node `id`'s configuration (fixed loopback HTTP port, gossip defaults).
-    fn new(dir: &Path, store: &str, id: &str, lease: Duration) -> Result<Proc> {
+    fn new(dir: &Path, store: &str, id: &str, lease: Duration, slots: u32) -> Result<Proc> {
         let port = free_port()?;
         let text = format!(
-            "node_id = {id:?}\ndata_dir = {data:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = {store:?}\n[cluster]\nlease_ttl = {lease:?}\n",
+            "node_id = {id:?}\ndata_dir = {data:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = {store:?}\n[cluster]\nlease_ttl = {lease:?}\n[executor]\nslots = {slots}\n",
             data = dir.join(format!("data-{id}")).display().to_string(),
             lease = shoal_core::duration::format(lease),
         );
@@ -405,12 +408,16 @@ struct Procs {
 
 impl Procs {
     async fn start(store: &str, n: usize, lease: Duration) -> Result<Procs> {
+        Procs::start_with_slots(store, n, lease, 8).await
+    }
+
+    async fn start_with_slots(store: &str, n: usize, lease: Duration, slots: u32) -> Result<Procs> {
         ensure!(n >= 1, "a cluster benchmark needs at least 1 node");
         let exe = std::env::current_exe().context("cannot find the shoal binary")?;
         let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
         let mut procs = Vec::new();
         for i in 1..=n {
-            procs.push(Proc::new(dir.path(), store, &format!("n{i}"), lease)?);
+            procs.push(Proc::new(dir.path(), store, &format!("n{i}"), lease, slots)?);
         }
         for p in procs.iter_mut() {
             p.spawn(&exe)?;
@@ -1159,7 +1166,7 @@ mod tests {
 /// firing time to its claim (the firing row and its execution committed) and to its
 /// execution's start, from the store's own timestamps.
 pub(crate) async fn schedules(a: SchedulesArgs) -> Result<()> {
-    let mut c = Procs::start(&a.store, a.nodes, Duration::from_secs(10)).await?;
+    let mut c = Procs::start_with_slots(&a.store, a.nodes, Duration::from_secs(10), a.slots).await?;
     let base = c.procs[0].url.clone();
     let root = c.dir.path().join("sched");
     std::fs::create_dir_all(&root)?;
@@ -1167,7 +1174,12 @@ pub(crate) async fn schedules(a: SchedulesArgs) -> Result<()> {
     create_sandbox(&c.http, &base, json!({"name": "sched", "kind": "shared", "root": root.display().to_string()}))
         .await?;
     let store = shoal_store::Store::open(&a.store, 2).await?;
-    println!("schedules: {} nodes, store {}, every schedule fires each second", a.nodes, store.dialect_name());
+    println!(
+        "schedules: {} nodes ({} slots each), store {}, every schedule fires each second",
+        a.nodes,
+        a.slots,
+        store.dialect_name()
+    );
     let mut created = 0usize;
     for &count in &a.schedules {
         let urls = c.urls();

@@ -384,3 +384,59 @@ async fn job_event_chains_run_once_per_event_across_nodes() {
         n.stop().await;
     }
 }
+
+/// A local sandbox's folder is watched by its holder, whichever node the listener was
+/// defined through (the definition is forwarded there to check the job).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_sandbox_is_watched_by_its_holder() {
+    let db = shoal_testkit::postgres().fresh_database();
+    let mut n1 = TestNode::start_named(tempfile::tempdir().unwrap(), db.clone(), "n1").await;
+    let mut n2 = TestNode::start_named(tempfile::tempdir().unwrap(), db.clone(), "n2").await;
+    let root = n2.dir.path().join("local");
+    std::fs::create_dir_all(root.join("in")).unwrap();
+    std::fs::write(root.join("noop.toml"), "kind = \"noop\"\n[params.file]\nrequired = true\n").unwrap();
+    let (status, body) = n1
+        .post(
+            "/api/v1/sandboxes",
+            json!({"name": "loc", "kind": "local", "node": "n2", "root": root.display().to_string()}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, l) = n1
+        .post(
+            "/api/v1/listeners",
+            json!({"name": "inbox", "kind": "file", "sandbox": "loc", "job": "noop.toml",
+                   "params": {"file": "{event.name}"},
+                   "on_file": {"sandbox": "loc", "pattern": "in/*.txt", "settle": "100ms", "events": ["appeared", "vanished"]}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{l}");
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        std::fs::write(root.join("in").join(name), name).unwrap();
+    }
+    std::fs::write(root.join("in/ignored.csv"), "x").unwrap();
+    let store = n1.store();
+    let id = l["id"].as_str().unwrap().to_owned();
+    shoal_testkit::wait_until_async("3 file events", Duration::from_secs(20), || async {
+        store.all_events(&id).await.unwrap().len() >= 3
+    })
+    .await;
+    std::fs::remove_file(root.join("in/b.txt")).unwrap();
+    shoal_testkit::wait_until_async("the vanished event", Duration::from_secs(20), || async {
+        store.all_events(&id).await.unwrap().len() >= 4
+    })
+    .await;
+    let ev = store.all_events(&id).await.unwrap();
+    assert_eq!(ev.len(), 4, "{ev:?}");
+    assert!(ev.iter().all(|e| e.node_id == "n2"), "only the holder watches: {ev:?}");
+    let kinds: BTreeSet<(String, String)> =
+        ev.iter().map(|e| (e.payload["kind"].clone(), e.payload["name"].clone())).collect();
+    let want: BTreeSet<(String, String)> =
+        [("appeared", "a.txt"), ("appeared", "b.txt"), ("appeared", "c.txt"), ("vanished", "b.txt")]
+            .iter()
+            .map(|(k, n)| (k.to_string(), n.to_string()))
+            .collect();
+    assert_eq!(kinds, want);
+    n2.stop().await;
+    n1.stop().await;
+}
