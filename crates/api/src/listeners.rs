@@ -415,7 +415,12 @@ pub async fn delete(state: State, Path(reference): Path<String>) -> ApiResult<St
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn events(state: State, Path(reference): Path<String>, q: Query<LimitQuery>) -> ApiResult<Json<Value>> {
+pub async fn events(
+    state: State,
+    Path(reference): Path<String>,
+    q: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let q = crate::schedules::query(q, "limit (1 to 10000)")?;
     let l = find(&state, &reference).await?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=10_000).contains(&limit) {
@@ -480,7 +485,7 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
         .store
         .get_listener(&name)
         .await?
-        .filter(|l| l.kind == "webhook")
+        .filter(|l| l.kind == "webhook" && l.name == name)
         .ok_or_else(|| ApiError::unknown_hook(format!("no webhook named `{name}`")))?;
     let now = state.store.now_ms().await?;
     verify_hook(

@@ -7,6 +7,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::jobs;
 use crate::State;
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -248,7 +249,18 @@ pub struct LimitQuery {
     pub limit: Option<i64>,
 }
 
-pub async fn firings(state: State, Path(reference): Path<String>, q: Query<LimitQuery>) -> ApiResult<Json<Value>> {
+/// A query string the API's way: a bad one is `400 invalid_query` saying what is accepted.
+pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>, accepted: &str) -> ApiResult<T> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::invalid_query(format!("{}; this endpoint takes {accepted}", e.body_text())))
+}
+
+pub async fn firings(
+    state: State,
+    Path(reference): Path<String>,
+    q: Result<Query<LimitQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let q = query(q, "limit (1 to 10000)")?;
     let s = find(&state, &reference).await?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=10_000).contains(&limit) {
@@ -272,7 +284,12 @@ fn preview_json(spec: &CronSpec, after: i64, count: usize) -> ApiResult<Json<Val
     Ok(Json(json!({ "cron": spec.expr(), "timezone": spec.tz_name(), "firings": times })))
 }
 
-pub async fn preview(state: State, Path(reference): Path<String>, q: Query<CountQuery>) -> ApiResult<Json<Value>> {
+pub async fn preview(
+    state: State,
+    Path(reference): Path<String>,
+    q: Result<Query<CountQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let q = query(q, "count (1 to 1000)")?;
     let s = find(&state, &reference).await?;
     let spec = CronSpec::parse(&s.cron, &s.timezone).map_err(schedule_error)?;
     let now = state.store.now_ms().await?;

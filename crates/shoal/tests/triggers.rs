@@ -225,6 +225,16 @@ async fn bad_definitions_are_refused_and_change_nothing(b: Backend) {
     assert_eq!(resp["error"]["details"]["field"], "hour", "{resp}");
     assert!(resp["error"]["message"].as_str().unwrap().contains("hour"), "{resp}");
     assert_eq!(t.get("/api/v1/schedules").await.1["schedules"], json!([]));
+    let (status, s) = t.post("/api/v1/schedules", base.clone()).await;
+    assert_eq!(status, 201, "{s}");
+    let (status, resp) = t.post("/api/v1/schedules", base.clone()).await;
+    assert_eq!((status, resp["error"]["code"].as_str()), (409, Some("already_exists")), "{resp}");
+    for q in ["firings?limit=abc", "firings?limit=0", "preview?count=5000", "firings?color=red"] {
+        let (status, resp) = t.get(&format!("/api/v1/schedules/x/{q}")).await;
+        assert_eq!((status, resp["error"]["code"].as_str()), (400, Some("invalid_query")), "{q}: {resp}");
+    }
+    assert_eq!(t.get("/api/v1/schedules/nope").await.1["error"]["code"], "unknown_schedule");
+    assert_eq!(t.request(reqwest::Method::DELETE, "/api/v1/schedules/x", None).await.0, 204);
 
     let listener = json!({"name": "l", "kind": "file", "sandbox": "s", "job": "noop.toml",
                           "on_file": {"sandbox": "s", "pattern": "in/*.csv"}});
