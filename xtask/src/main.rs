@@ -166,9 +166,22 @@ fn bench(root: &Path, extra: &[OsString]) -> Result<()> {
     // Schedules and listeners on PostgreSQL: lateness with 1000 schedules firing every second
     // on 3 nodes, how many one node carries, and file events.
     let triggers = || -> Result<()> {
-        run(&["schedules", "--nodes", "3", "--schedules", "1000", "--duration", "30s"], &Some(pg.fresh_database()))?;
         run(
-            &["schedules", "--nodes", "1", "--schedules", "250,500,1000,1500,2000", "--duration", "20s"],
+            &["schedules", "--nodes", "3", "--schedules", "1000", "--duration", "30s", "--slots", "1000"],
+            &Some(pg.fresh_database()),
+        )?;
+        run(
+            &[
+                "schedules",
+                "--nodes",
+                "1",
+                "--schedules",
+                "100,250,500,1000,2000",
+                "--duration",
+                "20s",
+                "--slots",
+                "1000",
+            ],
             &Some(pg.fresh_database()),
         )?;
         run(&["files", "--nodes", "3", "--files", "300"], &Some(pg.fresh_database()))

@@ -249,7 +249,15 @@ pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<
         Allocation::Partitioned { sandbox: parts } => Some(partitions_of(&state, parts).await?),
         _ => None,
     };
-    let new = NewExecution { sandbox: req.sandbox.clone(), job: job_path, params, spec, pinned_node, idempotency };
+    let new = NewExecution {
+        sandbox: req.sandbox.clone(),
+        job: job_path,
+        params,
+        spec,
+        pinned_node,
+        idempotency,
+        run_after: None,
+    };
     let submitted = match partitioned {
         None => state.submitter.submit(new).await?,
         Some((parts, list)) => {
@@ -273,6 +281,7 @@ pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<
                         spec,
                         pinned_node: Some(p.node.clone()),
                         idempotency: None,
+                        run_after: None,
                     };
                     (p.name.clone(), child)
                 })

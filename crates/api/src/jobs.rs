@@ -76,6 +76,7 @@ impl JobRef {
             spec,
             pinned_node,
             idempotency: None,
+            run_after: None,
         })
     }
 }

@@ -175,7 +175,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         cluster::spawn_session_relay(cluster.clone(), engine.clone(), session_events, rx()),
     ];
     tasks.extend(cluster::spawn_workers(&cluster, &engine, &shutdown_rx));
-    let triggers = triggers::Triggers::new(store.clone(), id.clone(), cluster.clone(), metrics.clone());
+    let triggers = triggers::Triggers::new(store.clone(), engine.clone(), id.clone(), cluster.clone(), metrics.clone());
     tasks.extend(triggers::spawn_workers(&triggers, &engine, &shutdown_rx));
 
     let state = Arc::new(AppState {

@@ -34,6 +34,12 @@ use tokio::sync::Notify;
 pub const BACKSTOP: Duration = Duration::from_secs(2);
 /// Definitions are read again at least this often (and at once when a node says they changed).
 const RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// Definitions are not read again when one of this node's firings is due within this many
+/// milliseconds: the firing comes first.
+const RELOAD_SLACK_MS: i64 = 150;
+/// How far ahead of its time a firing is claimed (its execution waits for the time): the
+/// claim's cost, a few milliseconds per hundred schedules, is paid before the firing time.
+pub const FIRE_AHEAD: Duration = Duration::from_millis(500);
 /// Schedules fired per transaction.
 const FIRE_BATCH: usize = 500;
 /// How often listeners look for events.
@@ -49,6 +55,8 @@ const MAX_WATCHED_FILES: usize = 100_000;
 
 pub struct Triggers {
     store: Arc<Store>,
+    /// The local engine, woken when firings claimed ahead become claimable.
+    engine: Arc<crate::engine::Engine>,
     metrics: Arc<shoal_api::Metrics>,
     node: String,
     cluster: Arc<Cluster>,
@@ -76,6 +84,9 @@ struct SchedState {
     loaded: Option<Instant>,
     /// The membership `Entry::mine` was computed for.
     live: Vec<String>,
+    /// Firing times claimed ahead whose executions become claimable then: at each, this
+    /// node tells every node to look for work.
+    announce: std::collections::BTreeSet<i64>,
 }
 
 /// A schedule as the scheduler keeps it between looks: what is computed once per change
@@ -135,7 +146,7 @@ pub fn owner<'a>(live: &'a [String], key: &str) -> Option<&'a str> {
 
 /// What the scheduler does with one schedule's due firings, decided in the firing
 /// transaction with the schedule locked (see `Store::fire_schedules`).
-pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>) -> FireDecision {
+pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>, lead_ms: i64) -> FireDecision {
     let s = ctx.schedule;
     let misfire =
         Misfire::parse(&s.misfire, s.misfire_max.map(|m| m.clamp(1, u32::MAX as i64) as u32)).unwrap_or(Misfire::Once);
@@ -143,7 +154,13 @@ pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>
     let plan = due_firings(spec, Some(s.last_fire_at), ctx.now, s.misfire_threshold_ms, misfire);
     let mut d = FireDecision { covered_to: plan.last_covered(), ..FireDecision::default() };
     let execution = |fire_at: i64| match job {
-        Ok(j) => j.execution(&spec.firing_params(&s.params, fire_at)).map_err(|e| e.message),
+        Ok(j) => j.execution(&spec.firing_params(&s.params, fire_at)).map_err(|e| e.message).map(|mut e| {
+            // Claimed ahead: not claimable by any node before its firing time.
+            if fire_at > ctx.now {
+                e.run_after = Some(fire_at);
+            }
+            e
+        }),
         Err(m) => Err(m.to_owned()),
     };
     let skipped = |fire_at, reason: &'static str| NewFiring {
@@ -227,18 +244,40 @@ pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>
             }
         }
     }
+    // Firings due within the lead are claimed now, with executions not claimable before their
+    // time: the claim's cost is paid before the firing time, not after it. Only where nothing
+    // could change the decision meanwhile: an enabled schedule whose overlap policy is
+    // `allow` (a change of definition withdraws them; see `Store::update_schedule`).
+    if lead_ms > 0 && plan.complete && s.enabled && overlap == Overlap::Allow && job.is_ok() {
+        let mut t = d.covered_to.unwrap_or(s.last_fire_at).max(s.last_fire_at);
+        while let Some(f) = spec.next_after(t).filter(|f| *f <= ctx.now + lead_ms && d.firings.len() < 100) {
+            match execution(f) {
+                Ok(e) => d.firings.push(NewFiring {
+                    fire_at: f,
+                    outcome: FiringOutcome::Started,
+                    reason: None,
+                    execution: Some(e),
+                }),
+                Err(_) => break,
+            }
+            d.covered_to = Some(f);
+            t = f;
+        }
+    }
     d
 }
 
 impl Triggers {
     pub fn new(
         store: Arc<Store>,
+        engine: Arc<crate::engine::Engine>,
         node: String,
         cluster: Arc<Cluster>,
         metrics: Arc<shoal_api::Metrics>,
     ) -> Arc<Triggers> {
         Arc::new(Triggers {
             store,
+            engine,
             metrics,
             node,
             cluster,
@@ -310,7 +349,13 @@ impl Triggers {
         let (live, moved) = self.membership();
         let mut st = self.sched.lock().await;
         let stale = self.sched_stale.swap(false, Ordering::SeqCst);
-        if stale || moved || st.loaded.is_none_or(|t| t.elapsed() >= RELOAD_EVERY) {
+        let due_soon = {
+            // Reading 1000 definitions takes a while: not when a firing is about to be due.
+            let soon = self.store_now_estimate() + RELOAD_SLACK_MS;
+            st.loaded.is_some()
+                && st.schedules.iter().any(|e| e.mine && e.readable && e.next.is_some_and(|n| n <= soon))
+        };
+        if (stale || moved || st.loaded.is_none_or(|t| t.elapsed() >= RELOAD_EVERY)) && !due_soon {
             let before = local_ms();
             let now = self.store.now_ms().await.map_err(|e| e.to_string())?;
             self.measured(now, before, local_ms());
@@ -325,19 +370,38 @@ impl Triggers {
                 .collect();
             st.queued =
                 self.store.schedules_with_queued_firings().await.map_err(|e| e.to_string())?.into_iter().collect();
+            // Keep what was computed for definitions that did not change.
+            let mut old: HashMap<String, Entry> =
+                std::mem::take(&mut st.schedules).into_iter().map(|e| (e.row.id.clone(), e)).collect();
             let entries: Vec<Entry> = rows
                 .into_iter()
                 .map(|row| {
-                    let spec = CronSpec::parse(&row.cron, &row.timezone).ok();
-                    let next = spec.as_ref().and_then(|s| s.next_after(row.last_fire_at));
+                    let kept = old.remove(&row.id).filter(|e| e.row.updated_at == row.updated_at);
                     let readable = st.sandboxes.get(&row.sandbox).is_some_and(|s| jobs::readable_here(s, &self.node));
-                    Entry { row, spec, next, readable, mine: false }
+                    match kept {
+                        Some(mut e) => {
+                            if e.row.last_fire_at != row.last_fire_at {
+                                e.next = e.spec.as_ref().and_then(|s| s.next_after(row.last_fire_at));
+                            }
+                            e.row = row;
+                            e.readable = readable;
+                            e
+                        }
+                        None => {
+                            let spec = CronSpec::parse(&row.cron, &row.timezone).ok();
+                            let next = spec.as_ref().and_then(|s| s.next_after(row.last_fire_at));
+                            Entry { row, spec, next, readable, mine: false }
+                        }
+                    }
                 })
                 .collect();
             st.index = entries.iter().enumerate().map(|(i, e)| (e.row.id.clone(), i)).collect();
             st.schedules = entries;
             st.live.clear();
             st.loaded = Some(Instant::now());
+        } else if moved || stale {
+            // Look again as soon as the firing is done.
+            self.sched_stale.store(true, Ordering::SeqCst);
         }
         if st.live != live {
             let SchedState { schedules, sandboxes, .. } = &mut *st;
@@ -348,8 +412,24 @@ impl Triggers {
         }
         let now = self.store_now_estimate();
         let backstop = BACKSTOP.as_millis() as i64;
-        let mut due: Vec<usize> = Vec::new();
+        let lead = FIRE_AHEAD.as_millis() as i64;
         let mut wait_ms = RELOAD_EVERY.as_millis() as i64;
+        // Firing times claimed ahead that have come: every node may claim their executions now.
+        let came: Vec<i64> = st.announce.range(..=now).copied().collect();
+        if !came.is_empty() {
+            for t in &came {
+                st.announce.remove(t);
+            }
+            self.engine.wake_in_turn();
+            self.cluster.announce_work();
+            if let Err(e) = self.store.announce_work().await {
+                tracing::warn!(error = %e, "cannot announce executions whose firing time came");
+            }
+        }
+        if let Some(t) = st.announce.iter().next() {
+            wait_ms = wait_ms.min(t - now);
+        }
+        let mut due: Vec<usize> = Vec::new();
         for (i, e) in st.schedules.iter().enumerate() {
             if !e.readable {
                 continue;
@@ -360,7 +440,12 @@ impl Triggers {
                 continue;
             }
             let Some(next) = e.next else { continue };
-            let at = if e.mine { next } else { next + backstop };
+            let ahead = e.row.enabled && e.row.overlap == "allow";
+            let at = match (e.mine, ahead) {
+                (true, true) => next - lead,
+                (true, false) => next,
+                (false, _) => next + backstop,
+            };
             if at <= now {
                 due.push(i);
             } else {
@@ -399,7 +484,7 @@ impl Triggers {
                         Some(Err(m)) => Err(m.as_str()),
                         None => Err("the job was not read"),
                     };
-                    decide(ctx, spec, job)
+                    decide(ctx, spec, job, lead)
                 })
                 .await
                 .map_err(|e| e.to_string())?;
@@ -413,6 +498,11 @@ impl Triggers {
         for (store_now, fired) in outcomes {
             latest_now = latest_now.max(store_now);
             for f in fired {
+                for (at, o, _) in &f.recorded {
+                    if *o == FiringOutcome::Started && *at > store_now {
+                        st.announce.insert(*at);
+                    }
+                }
                 recorded += f.recorded.len();
                 let started = f.recorded.iter().filter(|(_, o, _)| *o == FiringOutcome::Started).count() as u64;
                 self.metrics.firings_started.fetch_add(started, Ordering::Relaxed);
@@ -777,29 +867,35 @@ mod tests {
         // The job cannot be read here: started firings become `job_error`, which shows the
         // decision to start without a sandbox on disk.
         let s = schedule("replace", "once", true);
-        let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err("no job"));
+        let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err("no job"), 0);
         assert!(d.cancel_previous);
         assert_eq!(
             outcomes(&d),
             vec![(1_001_000, "skipped", Some("overlap")), (1_002_000, "skipped", Some("job_error"))]
         );
         let s = schedule("skip", "once", true);
-        let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err("no job"));
+        let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err("no job"), 0);
         assert_eq!(
             outcomes(&d),
             vec![(1_001_000, "skipped", Some("overlap")), (1_002_000, "skipped", Some("overlap"))]
         );
-        let d = decide(&ctx(&s, Some(ExecState::Succeeded), None), &spec, Err("no job"));
+        let d = decide(&ctx(&s, Some(ExecState::Succeeded), None), &spec, Err("no job"), 0);
         assert_eq!(d.firings[0].reason, Some("job_error"));
         let s = schedule("queue", "once", true);
-        let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err("no job"));
+        let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err("no job"), 0);
         assert_eq!(outcomes(&d), vec![(1_001_000, "queued", Some("overlap")), (1_002_000, "skipped", Some("overlap"))]);
-        let d = decide(&ctx(&s, Some(ExecState::Running), Some(999_000)), &spec, Err("no job"));
+        let d = decide(&ctx(&s, Some(ExecState::Running), Some(999_000)), &spec, Err("no job"), 0);
         assert!(d.release_queued.is_none(), "the previous run still goes");
         assert_eq!(outcomes(&d)[0], (1_001_000, "skipped", Some("overlap")));
         assert_eq!(d.covered_to, Some(1_002_000));
         let s = schedule("allow", "once", false);
-        let d = decide(&ctx(&s, None, None), &spec, Err("no job"));
+        let d = decide(&ctx(&s, None, None), &spec, Err("no job"), 0);
+        assert_eq!(
+            outcomes(&d),
+            vec![(1_001_000, "skipped", Some("disabled")), (1_002_000, "skipped", Some("disabled"))]
+        );
+        // Nothing is claimed ahead for a schedule whose job cannot be read, or that is disabled.
+        let d = decide(&ctx(&s, None, None), &spec, Err("no job"), 1_500);
         assert_eq!(
             outcomes(&d),
             vec![(1_001_000, "skipped", Some("disabled")), (1_002_000, "skipped", Some("disabled"))]

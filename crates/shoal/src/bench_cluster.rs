@@ -1143,22 +1143,6 @@ pub(crate) async fn soak(a: SoakArgs) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::split_host;
-
-    #[test]
-    fn postgres_urls_split_around_the_host() {
-        let (a, h, b) = split_host("postgres://shoal@127.0.0.1:5433/db_1?sslmode=disable").unwrap();
-        assert_eq!(
-            (a.as_str(), h.as_str(), b.as_str()),
-            ("postgres://shoal@", "127.0.0.1:5433", "/db_1?sslmode=disable")
-        );
-        let (a, h, b) = split_host("postgresql://localhost/db").unwrap();
-        assert_eq!((a.as_str(), h.as_str(), b.as_str()), ("postgresql://", "localhost:5432", "/db"));
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // schedules
 
@@ -1295,4 +1279,20 @@ pub(crate) async fn files(a: FilesArgs) -> Result<()> {
     );
     println!("  last write + settle → execution started: {}", summary(&mut to_start));
     c.stop_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_host;
+
+    #[test]
+    fn postgres_urls_split_around_the_host() {
+        let (a, h, b) = split_host("postgres://shoal@127.0.0.1:5433/db_1?sslmode=disable").unwrap();
+        assert_eq!(
+            (a.as_str(), h.as_str(), b.as_str()),
+            ("postgres://shoal@", "127.0.0.1:5433", "/db_1?sslmode=disable")
+        );
+        let (a, h, b) = split_host("postgresql://localhost/db").unwrap();
+        assert_eq!((a.as_str(), h.as_str(), b.as_str()), ("postgresql://", "localhost:5432", "/db"));
+    }
 }

@@ -84,6 +84,7 @@ async fn a_schedule_fires_each_second_with_its_firing_time(b: Backend) {
     let (status, s) =
         t.request(reqwest::Method::PATCH, "/api/v1/schedules/tick", Some(json!({"enabled": false}))).await;
     assert_eq!(status, 200, "{s}");
+    let disabled_at = t.store().now_ms().await.unwrap();
     assert_eq!(s["enabled"], false);
     assert!(s["next_fire_time"].is_null(), "{s}");
     let before = firings(&t, "tick").await.len();
@@ -91,6 +92,14 @@ async fn a_schedule_fires_each_second_with_its_firing_time(b: Backend) {
     let last = got.last().unwrap();
     assert_eq!((last["outcome"].as_str(), last["reason"].as_str()), (Some("skipped"), Some("disabled")), "{last}");
     assert!(last["execution"].is_null());
+    // A firing claimed ahead of its time before the schedule was disabled was withdrawn:
+    // nothing starts after the disable.
+    for f in got.iter().filter(|f| f["execution"].is_string()) {
+        let e = t.execution(f["execution"].as_str().unwrap()).await;
+        if e["state"] != "cancelled" {
+            assert!(ms(&e["started_at"]) <= disabled_at, "started after the schedule was disabled: {e}");
+        }
+    }
     let (status, _) = t.request(reqwest::Method::DELETE, "/api/v1/schedules/tick", None).await;
     assert_eq!(status, 204);
     assert_eq!(t.get("/api/v1/schedules/tick").await.0, 404);

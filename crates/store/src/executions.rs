@@ -24,6 +24,8 @@ pub struct NewExecution {
     pub pinned_node: Option<String>,
     /// `Idempotency-Key` and a hash of the request it came with.
     pub idempotency: Option<(String, String)>,
+    /// Not claimable before this store time (a schedule's firing claimed ahead of its time).
+    pub run_after: Option<i64>,
 }
 
 #[derive(Clone, Debug)]
@@ -394,10 +396,12 @@ async fn apply_ends(
 }
 
 /// Inserts new queued executions with the ids given, in the caller's transaction, and
-/// returns them as stored. The caller announces the work (`Store::notify_work`).
+/// returns them as stored when `returning` (an empty map otherwise: schedules and listeners
+/// need only the ids they chose). The caller announces the work (`Store::notify_work`).
 pub(crate) async fn insert_executions(
     tx: &mut dyn Tx,
     inserts: &[(String, &NewExecution)],
+    returning: bool,
 ) -> Result<HashMap<String, ExecutionRow>> {
     let mut created: HashMap<String, ExecutionRow> = HashMap::new();
     for part in inserts.chunks(BATCH_ROWS / 2) {
@@ -405,16 +409,18 @@ pub(crate) async fn insert_executions(
                 "INSERT INTO executions (id, sandbox, job, params, spec, state, reason, message, priority, pinned_node,
                      concurrency_key, max_concurrent, idempotency_key, request_hash, created_at, run_after, updated_at)
                  SELECT v.column1, v.column2, v.column3, v.column4, v.column5, 'queued', 'submitted', 'waiting for a free slot',
-                     v.column6, v.column7, v.column8, v.column9, v.column10, v.column11, {{now}}, {{now}}, {{now}}
+                     v.column6, v.column7, v.column8, v.column9, v.column10, v.column11, {{now}},
+                     COALESCE(v.column12, {{now}}), {{now}}
                  FROM (VALUES {}) AS v
-                 RETURNING {COLUMNS}",
+                 {}",
                 values_list(
                     part.len(),
-                    &[None, None, None, None, None, Some("BIGINT"), None, None, Some("BIGINT"), None, None],
+                    &[None, None, None, None, None, Some("BIGINT"), None, None, Some("BIGINT"), None, None, Some("BIGINT")],
                     1
-                )
+                ),
+                if returning { format!("RETURNING {COLUMNS}") } else { String::new() }
             );
-        let mut params = Vec::with_capacity(part.len() * 11);
+        let mut params = Vec::with_capacity(part.len() * 12);
         for (id, new) in part {
             let concurrency_key = match (&new.sandbox, &new.job) {
                 (Some(s), Some(j)) if new.spec.max_concurrent.is_some() => Some(format!("{s}/{j}")),
@@ -433,7 +439,12 @@ pub(crate) async fn insert_executions(
                 new.spec.max_concurrent.map(i64::from).into(),
                 key.into(),
                 hash.into(),
+                new.run_after.into(),
             ]);
+        }
+        if !returning {
+            tx.execute(&sql, params).await?;
+            continue;
         }
         // RETURNING: the rows as stored (created_at and the rest), without a read back.
         for r in tx.query(&sql, params).await? {
@@ -507,7 +518,7 @@ impl Store {
             plans.push(Plan::Insert(id.clone()));
             inserts.push((id, new));
         }
-        let created = insert_executions(tx.as_mut(), &inserts).await?;
+        let created = insert_executions(tx.as_mut(), &inserts, true).await?;
         if !created.is_empty() {
             Store::notify_work(tx.as_mut()).await?;
         }

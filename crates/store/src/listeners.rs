@@ -346,7 +346,7 @@ impl Store {
                 move_cursor(tx.as_mut(), listener_id, m).await?;
             }
             if let (Some(id), Some(exec)) = (&exec_id, &ev.execution) {
-                insert_executions(tx.as_mut(), &[(id.clone(), exec)]).await?;
+                insert_executions(tx.as_mut(), &[(id.clone(), exec)], false).await?;
                 any_work = true;
             }
             out.push(Recorded { key: ev.key.clone(), execution: exec_id.map(ExecutionId::from_trusted) });

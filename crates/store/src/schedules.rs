@@ -234,6 +234,14 @@ impl Store {
             tx.rollback().await?;
             return Err(StoreError::NotFound(format!("no schedule `{reference}`")));
         };
+        // Firings claimed ahead were decided under the old definition.
+        if let Some(earliest) = withdraw_future_firings(tx.as_mut(), &old.id).await? {
+            tx.execute(
+                "UPDATE schedules SET last_fire_at = $2 WHERE id = $1",
+                vec![old.id.as_str().into(), (earliest - 1).min(old.last_fire_at).into()],
+            )
+            .await?;
+        }
         let row = query_one(
             tx.as_mut(),
             &format!(
@@ -273,6 +281,7 @@ impl Store {
             tx.rollback().await?;
             return Err(StoreError::NotFound(format!("no schedule `{reference}`")));
         };
+        withdraw_future_firings(tx.as_mut(), &old.id).await?;
         tx.execute("DELETE FROM firings WHERE schedule_id = $1", vec![old.id.as_str().into()]).await?;
         tx.execute("DELETE FROM schedules WHERE id = $1", vec![old.id.as_str().into()]).await?;
         tx.commit().await
@@ -362,45 +371,34 @@ impl Store {
         sorted.sort_unstable();
         sorted.dedup();
         let placeholders = (1..=sorted.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
-        let schedules: Vec<ScheduleRow> = tx
-            .query(
-                &format!("SELECT {COLUMNS} FROM schedules WHERE id IN ({placeholders}) ORDER BY id {{for_update}}"),
-                sorted.iter().map(|s| (*s).into()).collect(),
-            )
-            .await?
-            .iter()
-            .map(schedule_row)
-            .collect::<Result<_>>()?;
-        let previous_ids: Vec<&str> = schedules.iter().filter_map(|s| s.last_execution_id.as_deref()).collect();
+        // The rows, locked, with the state of each one's newest execution and the firing
+        // waiting for it, in one statement.
         let mut previous: HashMap<String, ExecState> = HashMap::new();
-        if !previous_ids.is_empty() {
-            let ph = (1..=previous_ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
-            for r in tx
-                .query(
-                    &format!("SELECT id, state FROM executions WHERE id IN ({ph})"),
-                    previous_ids.iter().map(|s| (*s).into()).collect(),
-                )
-                .await?
-            {
-                if let Some(state) = ExecState::parse(&r.text(1)?) {
-                    previous.insert(r.text(0)?, state);
-                }
-            }
-        }
         let mut queued: HashMap<String, i64> = HashMap::new();
+        let mut schedules: Vec<ScheduleRow> = Vec::with_capacity(sorted.len());
         for r in tx
             .query(
                 &format!(
-                    "SELECT schedule_id, MIN(fire_at) FROM firings WHERE outcome = 'queued' AND schedule_id IN ({placeholders})
-                     GROUP BY schedule_id"
+                    "SELECT {COLUMNS},
+                         (SELECT e.state FROM executions e WHERE e.id = schedules.last_execution_id),
+                         (SELECT MIN(f.fire_at) FROM firings f WHERE f.schedule_id = schedules.id AND f.outcome = 'queued')
+                     FROM schedules WHERE id IN ({placeholders}) ORDER BY id {{for_update}}"
                 ),
                 sorted.iter().map(|s| (*s).into()).collect(),
             )
             .await?
         {
-            queued.insert(r.text(0)?, r.i64(1)?);
+            let s = schedule_row(&r)?;
+            if let Some(state) = r.opt_text(16)?.and_then(|t| ExecState::parse(&t)) {
+                if let Some(id) = &s.last_execution_id {
+                    previous.insert(id.clone(), state);
+                }
+            }
+            if let Some(at) = r.opt_i64(17)? {
+                queued.insert(s.id.clone(), at);
+            }
+            schedules.push(s);
         }
-
         let mut out = Vec::with_capacity(schedules.len());
         let mut any_work = false;
         // Every schedule's decision first; then one multi-row insert of all the firing rows,
@@ -434,7 +432,7 @@ impl Store {
                     )
                     .await?;
                 if n == 1 {
-                    insert_executions(tx.as_mut(), &[(id.clone(), &exec)]).await?;
+                    insert_executions(tx.as_mut(), &[(id.clone(), &exec)], false).await?;
                     any_work = true;
                     fired.recorded.push((fire_at, FiringOutcome::Started, Some(ExecutionId::from_trusted(id.clone()))));
                     newest[i] = Some(id);
@@ -487,7 +485,7 @@ impl Store {
             out[*i].recorded.push((f.fire_at, f.outcome, exec_id.clone().map(ExecutionId::from_trusted)));
         }
         if !executions.is_empty() {
-            insert_executions(tx.as_mut(), &executions).await?;
+            insert_executions(tx.as_mut(), &executions, false).await?;
             any_work = true;
         }
         let changed: Vec<usize> =
@@ -513,6 +511,36 @@ impl Store {
         tx.commit().await?;
         Ok((now, out))
     }
+}
+
+/// Withdraws the firings claimed ahead of their time (after now): their queued executions
+/// are cancelled and their rows deleted, so a changed, disabled or deleted schedule never
+/// runs a firing decided under its old definition. Returns the earliest withdrawn time.
+async fn withdraw_future_firings(tx: &mut dyn Tx, schedule_id: &str) -> Result<Option<i64>> {
+    let rows = tx
+        .query(
+            "SELECT fire_at, execution_id FROM firings WHERE schedule_id = $1 AND fire_at > {now}",
+            vec![schedule_id.into()],
+        )
+        .await?;
+    let mut earliest: Option<i64> = None;
+    for r in &rows {
+        let at = r.i64(0)?;
+        earliest = Some(earliest.map_or(at, |e| e.min(at)));
+        if let Some(e) = r.opt_text(1)? {
+            tx.execute(
+                "UPDATE executions SET state = 'cancelled', reason = 'cancelled', finished_at = {now}, updated_at = {now},
+                     message = 'withdrawn before its firing time: the schedule was changed, disabled or deleted'
+                 WHERE id = $1 AND state = 'queued'",
+                vec![e.into()],
+            )
+            .await?;
+        }
+    }
+    if !rows.is_empty() {
+        tx.execute("DELETE FROM firings WHERE schedule_id = $1 AND fire_at > {now}", vec![schedule_id.into()]).await?;
+    }
+    Ok(earliest)
 }
 
 /// Overlap policy `replace`: a queued previous run is cancelled at once, a running one is

@@ -171,6 +171,16 @@ impl Store {
         }
     }
 
+    /// Tells nodes listening for work (PostgreSQL) that work became claimable without a new
+    /// row: executions queued ahead whose `run_after` has come. A no-op on SQLite.
+    pub async fn announce_work(&self) -> Result<()> {
+        if self.dialect() != crate::Dialect::Postgres {
+            return Ok(());
+        }
+        let mut c = self.read().await?;
+        Store::notify_work(c.as_mut()).await
+    }
+
     /// Tells nodes listening for work (PostgreSQL) that something became claimable.
     pub(crate) async fn notify_work(tx: &mut dyn crate::db::Tx) -> Result<()> {
         if tx.dialect() == crate::Dialect::Postgres {

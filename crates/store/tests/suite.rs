@@ -83,7 +83,15 @@ fn status(running: i64) -> NodeStatus<'static> {
 }
 
 fn new_exec(spec: RunSpec) -> NewExecution {
-    NewExecution { sandbox: None, job: None, params: BTreeMap::new(), spec, pinned_node: None, idempotency: None }
+    NewExecution {
+        sandbox: None,
+        job: None,
+        params: BTreeMap::new(),
+        spec,
+        pinned_node: None,
+        idempotency: None,
+        run_after: None,
+    }
 }
 
 fn inline() -> RunSpec {
