@@ -336,6 +336,12 @@ impl Triggers {
         }
     }
 
+    /// Every sandbox by name.
+    async fn sandboxes(&self) -> Result<HashMap<String, SandboxRow>, String> {
+        let rows = self.store.list_sandboxes().await.map_err(|e| e.to_string())?;
+        Ok(rows.into_iter().map(|s| (s.name.clone(), s)).collect())
+    }
+
     fn store_now_estimate(&self) -> i64 {
         local_ms() + self.offset_ms.load(Ordering::Relaxed)
     }
@@ -360,14 +366,7 @@ impl Triggers {
             let now = self.store.now_ms().await.map_err(|e| e.to_string())?;
             self.measured(now, before, local_ms());
             let rows = self.store.list_schedules().await.map_err(|e| e.to_string())?;
-            st.sandboxes = self
-                .store
-                .list_sandboxes()
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|s| (s.name.clone(), s))
-                .collect();
+            st.sandboxes = self.sandboxes().await?;
             st.queued =
                 self.store.schedules_with_queued_firings().await.map_err(|e| e.to_string())?.into_iter().collect();
             // Keep what was computed for definitions that did not change.
@@ -540,14 +539,7 @@ impl Triggers {
         let stale = self.listen_stale.swap(false, Ordering::SeqCst);
         if stale || moved || st.loaded.is_none_or(|t| t.elapsed() >= RELOAD_EVERY) {
             st.listeners = self.store.list_listeners().await.map_err(|e| e.to_string())?;
-            st.sandboxes = self
-                .store
-                .list_sandboxes()
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|s| (s.name.clone(), s))
-                .collect();
+            st.sandboxes = self.sandboxes().await?;
             st.loaded = Some(Instant::now());
             let ids: HashSet<String> = st.listeners.iter().map(|l| l.id.clone()).collect();
             st.files.retain(|id, _| ids.contains(id));

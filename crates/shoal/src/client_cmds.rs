@@ -959,16 +959,16 @@ pub(crate) fn parse_key_value(s: &str) -> Result<(String, String), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use clap::Parser;
 
     #[derive(Parser, Debug)]
-    struct Cli {
+    pub(crate) struct Cli {
         #[command(flatten)]
-        global: GlobalOpts,
+        pub(crate) global: GlobalOpts,
         #[command(subcommand)]
-        cmd: ClientCommand,
+        pub(crate) cmd: ClientCommand,
     }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {

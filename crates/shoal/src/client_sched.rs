@@ -893,16 +893,9 @@ pub async fn cmd_hook(client: &Client, args: HookArgs, json: bool) -> CmdResult 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client_cmds::{ClientCommand, GlobalOpts};
+    use crate::client_cmds::tests::Cli;
+    use crate::client_cmds::ClientCommand;
     use clap::Parser;
-
-    #[derive(Parser, Debug)]
-    struct Cli {
-        #[command(flatten)]
-        global: GlobalOpts,
-        #[command(subcommand)]
-        cmd: ClientCommand,
-    }
 
     /// The commands of this module, unboxed.
     #[derive(Debug)]
