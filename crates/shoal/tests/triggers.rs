@@ -426,7 +426,7 @@ async fn a_local_sandbox_is_watched_by_its_holder() {
             "/api/v1/listeners",
             json!({"name": "inbox", "kind": "file", "sandbox": "loc", "job": "noop.toml",
                    "params": {"file": "{event.name}"},
-                   "on_file": {"sandbox": "loc", "pattern": "in/*.txt", "settle": "100ms", "events": ["appeared", "vanished"]}}),
+                   "on_file": {"sandbox": "loc", "pattern": "in/*.txt", "settle": "100ms", "events": ["appeared", "changed", "vanished"]}}),
         )
         .await;
     assert_eq!(status, 201, "{l}");
@@ -441,20 +441,26 @@ async fn a_local_sandbox_is_watched_by_its_holder() {
     })
     .await;
     std::fs::remove_file(root.join("in/b.txt")).unwrap();
-    shoal_testkit::wait_until_async("the vanished event", Duration::from_secs(20), || async {
-        store.all_events(&id).await.unwrap().len() >= 4
+    std::fs::write(root.join("in/c.txt"), "c, longer now").unwrap();
+    shoal_testkit::wait_until_async("the vanished and changed events", Duration::from_secs(20), || async {
+        store.all_events(&id).await.unwrap().len() >= 5
     })
     .await;
     let ev = store.all_events(&id).await.unwrap();
-    assert_eq!(ev.len(), 4, "{ev:?}");
+    assert_eq!(ev.len(), 5, "{ev:?}");
     assert!(ev.iter().all(|e| e.node_id == "n2"), "only the holder watches: {ev:?}");
     let kinds: BTreeSet<(String, String)> =
         ev.iter().map(|e| (e.payload["kind"].clone(), e.payload["name"].clone())).collect();
-    let want: BTreeSet<(String, String)> =
-        [("appeared", "a.txt"), ("appeared", "b.txt"), ("appeared", "c.txt"), ("vanished", "b.txt")]
-            .iter()
-            .map(|(k, n)| (k.to_string(), n.to_string()))
-            .collect();
+    let want: BTreeSet<(String, String)> = [
+        ("appeared", "a.txt"),
+        ("appeared", "b.txt"),
+        ("appeared", "c.txt"),
+        ("vanished", "b.txt"),
+        ("changed", "c.txt"),
+    ]
+    .iter()
+    .map(|(k, n)| (k.to_string(), n.to_string()))
+    .collect();
     assert_eq!(kinds, want);
     n2.stop().await;
     n1.stop().await;
