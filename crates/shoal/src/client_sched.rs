@@ -16,7 +16,8 @@ use tokio::io::AsyncReadExt;
 const MIN_SECRET_CHARS: usize = 16;
 
 const FILE_EVENTS: [&str; 3] = ["appeared", "changed", "vanished"];
-const CLUSTER_EVENTS: [&str; 2] = ["node_died", "node_joined"];
+/// The cluster events a listener hears when none are named.
+const DEFAULT_CLUSTER_EVENTS: [&str; 2] = ["node_died", "node_joined"];
 
 // ---- schedules: arguments ----
 
@@ -209,11 +210,12 @@ pub struct ListenerCreateArgs {
     #[arg(long, value_name = "SANDBOX:PATTERN", value_parser = parse_file_trigger)]
     pub on_file: Option<(String, String)>,
     /// The events that count, comma-separated. With --on-file: appeared, changed, vanished
-    /// (default appeared); with --on-cluster: node_died, node_joined (default both)
+    /// (default appeared); with --on-cluster: node_died, node_joined, node_left (default
+    /// node_died and node_joined)
     #[arg(
         long,
         value_delimiter = ',',
-        value_parser = ["appeared", "changed", "vanished", "node_died", "node_joined"],
+        value_parser = ["appeared", "changed", "vanished", "node_died", "node_joined", "node_left"],
         conflicts_with_all = ["on_job", "webhook"]
     )]
     pub events: Vec<String>,
@@ -419,10 +421,13 @@ fn listener_body(args: &ListenerCreateArgs) -> Result<Value, String> {
         }
         "webhook"
     } else if args.on_cluster {
-        check_events(&args.events, &CLUSTER_EVENTS, "--on-cluster")?;
+        check_events(&args.events, &shoal_core::listener::CLUSTER_EVENTS, "--on-cluster")?;
         // Spelled out, so the object is there even when no event was chosen.
-        let events =
-            if args.events.is_empty() { CLUSTER_EVENTS.map(String::from).to_vec() } else { args.events.clone() };
+        let events = if args.events.is_empty() {
+            DEFAULT_CLUSTER_EVENTS.map(String::from).to_vec()
+        } else {
+            args.events.clone()
+        };
         body.insert("on_cluster".into(), json!({ "events": events }));
         "cluster"
     } else {
@@ -508,7 +513,7 @@ fn trigger_text(listener: &Value) -> String {
         }
         Some("webhook") => text(&listener["hook_url"]),
         Some("cluster") => match &listener["on_cluster"]["events"] {
-            Value::Null => CLUSTER_EVENTS.join(","),
+            Value::Null => DEFAULT_CLUSTER_EVENTS.join(","),
             events => words(events),
         },
         _ => "-".into(),
@@ -1107,6 +1112,8 @@ mod tests {
                 "on_cluster": {"events": ["node_died", "node_joined"]},
             })
         );
+        let a = listener_create(&["--on-cluster", "--events", "node_left"]).unwrap();
+        assert_eq!(listener_body(&a).unwrap()["on_cluster"], json!({"events": ["node_left"]}));
         let a = listener_create(&["--on-cluster", "--events", "node_died"]).unwrap();
         assert_eq!(listener_body(&a).unwrap()["on_cluster"], json!({"events": ["node_died"]}));
         let a = listener_create(&["--on-cluster", "--events", "appeared"]).unwrap();
