@@ -78,15 +78,6 @@ pub fn execution_json(e: &ExecutionRow) -> Value {
     })
 }
 
-fn param_value(name: &str, v: &Value) -> ApiResult<String> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(b.to_string()),
-        _ => Err(ApiError::invalid_parameter(format!("parameter `{name}` must be a string, number or boolean"))),
-    }
-}
-
 fn duration_field(name: &str, v: &Option<String>) -> ApiResult<Option<Duration>> {
     v.as_ref()
         .map(|t| shoal_core::duration::parse(t).map_err(|m| ApiError::invalid_request(format!("{name}: {m}"))))
@@ -137,10 +128,7 @@ pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<
         }
         None => None,
     };
-    let mut params = BTreeMap::new();
-    for (k, v) in &req.params {
-        params.insert(k.clone(), param_value(k, v)?);
-    }
+    let mut params = crate::jobs::params_from_json(&req.params)?;
     let sandbox = match &req.sandbox {
         Some(name) => Some(find(&state, name).await.map_err(|e| {
             if e.status == StatusCode::NOT_FOUND {

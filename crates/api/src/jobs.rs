@@ -88,6 +88,30 @@ fn param_error(e: ParamError) -> ApiError {
     }
 }
 
+/// Checks the sandbox and job a schedule or listener (`what`) names, and its parameter
+/// names. `Ok(Some(holder))`: the job file is on another node, which must check it.
+pub(crate) async fn check_job(
+    state: &crate::AppState,
+    sandbox_name: &str,
+    job: &str,
+    params: &BTreeMap<String, String>,
+    what: &str,
+) -> ApiResult<Option<String>> {
+    let s = sandbox(&state.store, sandbox_name, what).await?;
+    if !readable_here(&s, &state.node.id) {
+        return Ok(s.node_id.clone());
+    }
+    let job = load(s, job).await.map_err(|e| {
+        if e.code == "unknown_job" {
+            ApiError::unknown_job(format!("{what} names a job that does not exist: {}", e.message))
+        } else {
+            e
+        }
+    })?;
+    job.check_params(params)?;
+    Ok(None)
+}
+
 /// Parameters of a request body: strings, numbers and booleans, as strings.
 pub fn params_from_json(params: &BTreeMap<String, serde_json::Value>) -> ApiResult<BTreeMap<String, String>> {
     params

@@ -240,23 +240,6 @@ async fn definition(
     })
 }
 
-/// Checks the job a listener starts; `Some(holder)`: only that node can read it.
-async fn check_job(state: &crate::AppState, def: &ListenerDef) -> ApiResult<Option<String>> {
-    let s = jobs::sandbox(&state.store, &def.sandbox, "the listener").await?;
-    if !jobs::readable_here(&s, &state.node.id) {
-        return Ok(s.node_id.clone());
-    }
-    let job = jobs::load(s, &def.job).await.map_err(|e| {
-        if e.code == "unknown_job" {
-            ApiError::unknown_job(format!("the listener names a job that does not exist: {}", e.message))
-        } else {
-            e
-        }
-    })?;
-    job.check_params(&def.params)?;
-    Ok(None)
-}
-
 pub fn listener_json(l: &ListenerRow) -> Value {
     let config: Value = serde_json::from_str(&l.config).unwrap_or(Value::Null);
     let mut v = json!({
@@ -334,7 +317,7 @@ pub async fn create(state: State, request: Request) -> ApiResult<Response> {
         ApiError::invalid_request(format!("unknown listener kind `{kind_name}`; use job, file, webhook or cluster"))
     })?;
     let def = definition(&state, &b, name, kind, None).await?;
-    if let Some(holder) = check_job(&state, &def).await? {
+    if let Some(holder) = jobs::check_job(&state, &def.sandbox, &def.job, &def.params, "the listener").await? {
         let request = Request::from_parts(parts, Body::from(raw.to_string()));
         return crate::forward::to_sandbox_holder(&state, &def.sandbox, &holder, request).await;
     }
@@ -378,7 +361,7 @@ pub async fn patch(state: State, Path(reference): Path<String>, request: Request
         secret: b.secret,
     };
     let def = definition(&state, &merged, old.name.clone(), kind, old.secret.clone()).await?;
-    if let Some(holder) = check_job(&state, &def).await? {
+    if let Some(holder) = jobs::check_job(&state, &def.sandbox, &def.job, &def.params, "the listener").await? {
         let request = Request::from_parts(parts, Body::from(raw.to_string()));
         return crate::forward::to_sandbox_holder(&state, &def.sandbox, &holder, request).await;
     }

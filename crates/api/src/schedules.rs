@@ -105,30 +105,6 @@ fn definition(b: &Body_, name: String) -> ApiResult<(ScheduleDef, CronSpec)> {
     Ok((def, spec))
 }
 
-/// Checks the sandbox and job a definition names. `Err(Ok(holder))`: the job file is on
-/// another node, which must check it.
-async fn check_job(
-    state: &crate::AppState,
-    sandbox: &str,
-    job: &str,
-    params: &BTreeMap<String, String>,
-    what: &str,
-) -> ApiResult<Option<String>> {
-    let s = jobs::sandbox(&state.store, sandbox, what).await?;
-    if !jobs::readable_here(&s, &state.node.id) {
-        return Ok(s.node_id.clone());
-    }
-    let job = jobs::load(s, job).await.map_err(|e| {
-        if e.code == "unknown_job" {
-            ApiError::unknown_job(format!("{what} names a job that does not exist: {}", e.message))
-        } else {
-            e
-        }
-    })?;
-    job.check_params(params)?;
-    Ok(None)
-}
-
 pub fn schedule_json(s: &ScheduleRow) -> Value {
     let spec = CronSpec::parse(&s.cron, &s.timezone).ok();
     let next = spec.as_ref().filter(|_| s.enabled).and_then(|c| c.next_after(s.last_fire_at));
@@ -197,7 +173,7 @@ pub async fn create(state: State, request: Request) -> ApiResult<Response> {
     let name = b.name.clone().ok_or_else(|| ApiError::invalid_request("`name` is required"))?;
     check_name(&name, "schedule")?;
     let (def, _) = definition(&b, name)?;
-    if let Some(holder) = check_job(&state, &def.sandbox, &def.job, &def.params, "the schedule").await? {
+    if let Some(holder) = jobs::check_job(&state, &def.sandbox, &def.job, &def.params, "the schedule").await? {
         let request = Request::from_parts(parts, Body::from(raw.to_string()));
         return crate::forward::to_sandbox_holder(&state, &def.sandbox, &holder, request).await;
     }
@@ -228,7 +204,7 @@ pub async fn patch(state: State, Path(reference): Path<String>, request: Request
         overlap: b.overlap.or(Some(old.overlap.clone())),
     };
     let (def, _) = definition(&merged, old.name.clone())?;
-    if let Some(holder) = check_job(&state, &def.sandbox, &def.job, &def.params, "the schedule").await? {
+    if let Some(holder) = jobs::check_job(&state, &def.sandbox, &def.job, &def.params, "the schedule").await? {
         let request = Request::from_parts(parts, Body::from(raw.to_string()));
         return crate::forward::to_sandbox_holder(&state, &def.sandbox, &holder, request).await;
     }

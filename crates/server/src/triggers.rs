@@ -772,7 +772,7 @@ impl Triggers {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
-            if !wanted.contains(&ev.kind) {
+            if !ev.wanted(&wanted) {
                 events.push(NewEvent {
                     key: ev.key(),
                     payload: values,
