@@ -18,6 +18,8 @@ pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(10);
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(3600);
 /// Limit on a job file's size, so a runaway file cannot be loaded into memory.
 pub const MAX_JOB_FILE_BYTES: usize = 256 * 1024;
+/// Most retries a job may ask for (`retries`), so a typo cannot retry forever.
+pub const MAX_RETRIES: u32 = 100;
 
 /// What a job runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,7 +150,7 @@ struct RawJob {
     #[serde(default)]
     env: BTreeMap<Spanned<String>, Spanned<String>>,
     timeout: Option<Spanned<String>>,
-    retries: Option<u32>,
+    retries: Option<Spanned<u32>>,
     retry_backoff: Option<Spanned<String>>,
     on_node_loss: Option<OnNodeLoss>,
     max_concurrent: Option<Spanned<u32>>,
@@ -351,6 +353,12 @@ impl JobSpec {
                 }
                 for arg in cmd.get_ref() {
                     check_template(arg)?;
+                    if arg.get_ref().contains('\0') {
+                        return Err(ctx.err(
+                            arg.span(),
+                            "a `command` element contains a NUL byte, which no program argument can hold",
+                        ));
+                    }
                 }
                 JobKind::Process { command: cmd.into_inner().into_iter().map(Spanned::into_inner).collect() }
             }
@@ -371,6 +379,15 @@ impl JobSpec {
                 ));
             }
             check_template(&v)?;
+            if v.get_ref().contains('\0') {
+                return Err(ctx.err(
+                    v.span(),
+                    format!(
+                        "environment variable `{}` contains a NUL byte, which no environment value can hold",
+                        k.get_ref()
+                    ),
+                ));
+            }
             env.insert(k.into_inner(), v.into_inner());
         }
 
@@ -402,6 +419,11 @@ impl JobSpec {
             Some(b) => parse_duration(b, "retry_backoff")?,
             None => DEFAULT_RETRY_BACKOFF,
         };
+        if let Some(r) = &raw.retries {
+            if *r.get_ref() > MAX_RETRIES {
+                return Err(ctx.err(r.span(), format!("retries is {}; the most allowed is {MAX_RETRIES}", r.get_ref())));
+            }
+        }
         if let Some(m) = &raw.max_concurrent {
             if *m.get_ref() == 0 {
                 return Err(ctx.err(m.span(), "max_concurrent must be at least 1; leave it out for no limit"));
@@ -468,7 +490,7 @@ impl JobSpec {
             workdir,
             env,
             timeout,
-            retries: raw.retries.unwrap_or(0),
+            retries: raw.retries.map_or(0, Spanned::into_inner),
             retry_backoff,
             on_node_loss: raw.on_node_loss.unwrap_or_default(),
             max_concurrent: raw.max_concurrent.map(Spanned::into_inner),
@@ -546,6 +568,50 @@ impl RunSpec {
 
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout_ms.map(Duration::from_millis)
+    }
+
+    /// Checks what an attempt would run, after parameters were substituted: a program to
+    /// run, no NUL byte in any argument, variable or workdir (no process could be started
+    /// with one), variable names that are not empty and hold no `=`, a workdir that stays in
+    /// the sandbox (lexically; the resolved path is checked by whoever can read the
+    /// folder), retries within [`MAX_RETRIES`] and a timeout above zero.
+    ///
+    /// The message names what is wrong and is fit to show to a user.
+    pub fn validate(&self) -> Result<(), String> {
+        if let JobKind::Process { command } = &self.kind {
+            if command.first().is_none_or(|p| p.is_empty()) {
+                return Err("`command` is empty; its first element is the program to run".into());
+            }
+            if let Some(i) = command.iter().position(|a| a.contains('\0')) {
+                return Err(format!(
+                    "`command` element {} contains a NUL byte, which no program argument can hold",
+                    i + 1
+                ));
+            }
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains(['=', '\0']) {
+                return Err(format!(
+                    "invalid environment variable name `{}`; names may not be empty or contain `=` or a NUL byte",
+                    k.escape_debug()
+                ));
+            }
+            if v.contains('\0') {
+                return Err(format!(
+                    "environment variable `{k}` contains a NUL byte, which no environment value can hold"
+                ));
+            }
+        }
+        if let Some(w) = &self.workdir {
+            crate::path::SandboxPath::parse(w).map_err(|e| format!("workdir: {e}"))?;
+        }
+        if self.retries > MAX_RETRIES {
+            return Err(format!("retries is {}; the most allowed is {MAX_RETRIES}", self.retries));
+        }
+        if self.timeout_ms == Some(0) {
+            return Err("timeout must be more than zero; leave it out for no timeout".into());
+        }
+        Ok(())
     }
 
     /// Delay before retry number `retry` (1 for the first retry): the backoff doubles each
@@ -630,6 +696,62 @@ kind = "any"
         assert!(JobSpec::parse("command=[\"x\"]\n[allocation]\nkind=\"any\"\nsandbox=\"parts\"").is_err());
         assert!(JobSpec::parse("command=[\"x\"]\nmax_concurrent = 0").is_err());
         assert!(JobSpec::parse("command=[\"x\"]\n[env]\nSHOAL_X = \"1\"").is_err());
+    }
+
+    #[test]
+    fn hostile_values_are_refused_with_their_position() {
+        let e = JobSpec::parse("command = [\"true\"]\ntimeout = \"18446744073709551s 616ms\"\n").unwrap_err();
+        assert_eq!((e.line, e.column), (2, 11), "{e}");
+        assert!(e.message.contains("too long"), "{e}");
+        let e = JobSpec::parse("command = [\"true\"]\nretry_backoff = \"18446744073709551616s\"\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        let e = JobSpec::parse("command = [\"true\"]\nretries = 4294967295\n").unwrap_err();
+        assert_eq!((e.line, e.column), (2, 11), "{e}");
+        assert!(e.message.contains("at most") || e.message.contains("most allowed is 100"), "{e}");
+        assert_eq!(JobSpec::parse("command = [\"true\"]\nretries = 100\n").unwrap().retries, MAX_RETRIES);
+        let e = JobSpec::parse("command = [\"echo\", \"a\\u0000b\"]\n").unwrap_err();
+        assert_eq!((e.line, e.column), (1, 20), "{e}");
+        assert!(e.message.contains("NUL"), "{e}");
+        let e = JobSpec::parse("command = [\"true\"]\n[env]\nA = \"x\\u0000\"\n").unwrap_err();
+        assert!(e.message.contains("NUL"), "{e}");
+        assert!(JobSpec::parse("command = [\"true\"]\n[env]\n\"A\\u0000\" = \"x\"\n").is_err());
+        assert!(JobSpec::parse("command = [\"true\"]\n[env]\n\"A=B\" = \"x\"\n").is_err());
+        assert!(JobSpec::parse("command = [\"true\"]\n[env]\n\"\" = \"x\"\n").is_err());
+        for w in ["../x", "/etc", "a\\u0000b"] {
+            assert!(JobSpec::parse(&format!("command = [\"true\"]\nworkdir = \"{w}\"\n")).is_err(), "{w}");
+        }
+    }
+
+    #[test]
+    fn resolved_specs_are_validated() {
+        // Templates are fine; the values substituted into them are not.
+        let job = JobSpec::parse(
+            "command = [\"echo\", \"{a}\"]\nworkdir = \"{w}\"\n[env]\nX = \"{a}\"\n[params.a]\ndefault = \"ok\"\n[params.w]\ndefault = \"sub\"\n",
+        )
+        .unwrap();
+        let run = |pairs: &[(&str, &str)]| job.resolve(&job.bind_params(&params(pairs)).unwrap());
+        assert_eq!(run(&[]).validate(), Ok(()));
+        assert!(run(&[("a", "x\0y")]).validate().unwrap_err().contains("NUL"));
+        for w in ["../x", "/etc", "a/../../b", "a\0b"] {
+            assert!(run(&[("w", w)]).validate().unwrap_err().starts_with("workdir"), "{w}");
+        }
+        let mut r = RunSpec::inline(vec!["true".into()]);
+        assert_eq!(r.validate(), Ok(()));
+        r.retries = MAX_RETRIES + 1;
+        assert!(r.validate().is_err());
+        r.retries = 0;
+        r.timeout_ms = Some(0);
+        assert!(r.validate().is_err());
+        r.timeout_ms = None;
+        for k in ["", "A=B", "A\0"] {
+            let mut r = r.clone();
+            r.env.insert(k.into(), "v".into());
+            assert!(r.validate().is_err(), "{k:?}");
+        }
+        r.kind = JobKind::Process { command: vec!["sh".into(), "\0".into()] };
+        assert!(r.validate().is_err());
+        r.kind = JobKind::Process { command: vec![String::new()] };
+        assert!(r.validate().is_err());
     }
 
     #[test]

@@ -7,6 +7,20 @@
 use std::fmt;
 use std::path::PathBuf;
 
+/// Longest sandbox path, in bytes.
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest component of a sandbox path (a file or folder name), in bytes, as on most file
+/// systems.
+pub const MAX_NAME_BYTES: usize = 255;
+/// How the files API names its upload temporaries (`.shoal-upload-<uuid>`, beside the target).
+/// Such files are never listed, served, deleted through the API or seen by file listeners.
+pub const UPLOAD_TEMP_PREFIX: &str = ".shoal-upload-";
+
+/// Whether a file name is that of an upload temporary ([`UPLOAD_TEMP_PREFIX`]).
+pub fn is_upload_temp(name: &str) -> bool {
+    name.starts_with(UPLOAD_TEMP_PREFIX)
+}
+
 /// A normalised relative path inside a sandbox; empty means the sandbox root.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct SandboxPath {
@@ -23,6 +37,8 @@ pub enum PathError {
     Nul,
     #[error("path `{0}` is too long; the limit is 4096 bytes")]
     TooLong(String),
+    #[error("path `{0}` has a name longer than 255 bytes; shorten that file or folder name")]
+    NameTooLong(String),
 }
 
 impl SandboxPath {
@@ -30,7 +46,7 @@ impl SandboxPath {
         if raw.contains('\0') {
             return Err(PathError::Nul);
         }
-        if raw.len() > 4096 {
+        if raw.len() > MAX_PATH_BYTES {
             return Err(PathError::TooLong(raw.chars().take(64).collect()));
         }
         if raw.starts_with('/') {
@@ -41,6 +57,9 @@ impl SandboxPath {
             match part {
                 "" | "." => {}
                 ".." => return Err(PathError::ParentComponent(raw.to_owned())),
+                p if p.len() > MAX_NAME_BYTES => {
+                    return Err(PathError::NameTooLong(raw.chars().take(64).collect::<String>() + "..."))
+                }
                 p => parts.push(p.to_owned()),
             }
         }
@@ -100,6 +119,24 @@ mod tests {
         assert!(matches!(SandboxPath::parse("a/../../b"), Err(PathError::ParentComponent(_))));
         assert!(matches!(SandboxPath::parse(".."), Err(PathError::ParentComponent(_))));
         assert!(matches!(SandboxPath::parse("a\0b"), Err(PathError::Nul)));
+    }
+
+    #[test]
+    fn rejects_overlong_names_and_paths() {
+        let name = "n".repeat(MAX_NAME_BYTES);
+        assert!(SandboxPath::parse(&format!("a/{name}")).is_ok());
+        assert!(matches!(SandboxPath::parse(&format!("a/{name}x")), Err(PathError::NameTooLong(_))));
+        // Bytes, not characters: 128 two-byte characters are 256 bytes.
+        assert!(matches!(SandboxPath::parse(&"é".repeat(128)), Err(PathError::NameTooLong(_))));
+        let long = vec!["d".repeat(200); 21].join("/");
+        assert!(matches!(SandboxPath::parse(&long), Err(PathError::TooLong(_))));
+    }
+
+    #[test]
+    fn upload_temporaries_are_recognised() {
+        assert!(is_upload_temp(".shoal-upload-6f1c"));
+        assert!(!is_upload_temp("shoal-upload-6f1c"));
+        assert!(!is_upload_temp("data.csv"));
     }
 
     proptest! {
