@@ -29,6 +29,7 @@ pub use nodes::{NodeLease, NodeRegistration, NodeRow, NodeStatus, Renewal};
 pub use sandboxes::SandboxRow;
 pub use schedules::{FireContext, FireDecision, Fired, FiringOutcome, FiringRow, NewFiring, ScheduleDef, ScheduleRow};
 pub use session::{NodeSession, SessionEvent, WORK_CHANNEL};
+pub use sqlite::PoolReport;
 pub use submitter::Submitter;
 
 use db::Tx;
@@ -157,7 +158,16 @@ impl Store {
 
     pub(crate) async fn begin_write(&self) -> Result<Box<dyn Tx>> {
         match &self.backend {
-            Backend::Sqlite(p) => p.begin(true, false).await,
+            Backend::Sqlite(p) => p.begin(sqlite::Mode::Write).await,
+            Backend::Postgres(p) => p.begin(false).await,
+        }
+    }
+
+    /// A write transaction for a lease renewal, which must not wait behind this node's other
+    /// writers (see [`sqlite::Mode::Lease`]).
+    pub(crate) async fn begin_lease_write(&self) -> Result<Box<dyn Tx>> {
+        match &self.backend {
+            Backend::Sqlite(p) => p.begin(sqlite::Mode::Lease).await,
             Backend::Postgres(p) => p.begin(false).await,
         }
     }
@@ -165,8 +175,18 @@ impl Store {
     /// A connection in autocommit mode, for single-statement reads.
     pub(crate) async fn read(&self) -> Result<Box<dyn Tx>> {
         match &self.backend {
-            Backend::Sqlite(p) => p.begin(false, true).await,
+            Backend::Sqlite(p) => p.begin(sqlite::Mode::Read).await,
             Backend::Postgres(p) => p.begin(true).await,
+        }
+    }
+
+    /// What this node's own connection pool is doing: how many connections are in use, for
+    /// how long, and how many transactions wait for one. Tells a wedge inside this process
+    /// apart from a store that does not answer.
+    pub fn pool_report(&self) -> PoolReport {
+        match &self.backend {
+            Backend::Sqlite(p) => p.report(),
+            Backend::Postgres(p) => p.report(),
         }
     }
 

@@ -125,7 +125,7 @@ impl Store {
         ttl: Duration,
         status: &NodeStatus<'_>,
     ) -> Result<Renewal> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_lease_write().await?;
         let row = query_one(
             tx.as_mut(),
             "SELECT generation, lease_expires_at < {now}, state FROM nodes WHERE id = $1 {for_update}",

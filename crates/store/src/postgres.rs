@@ -2,6 +2,12 @@
 //!
 //! tokio-postgres is chosen over sqlx because it takes multi-host connection strings with
 //! `target_session_attrs=read-write`, so a promoted replica is found again after failover.
+//!
+//! Cancellation safety: a transaction's future may be dropped at any await, even while its
+//! `BEGIN` is on the wire. A transaction counts as open from before `BEGIN` is sent, and one
+//! dropped open is rolled back by a task before its connection is reused; if that `ROLLBACK`
+//! fails or takes longer than [`ROLLBACK_TIMEOUT`], or the task never runs, the connection is
+//! discarded instead ([`Discard`]). No connection goes back to the pool in an unknown state.
 
 use crate::db::{render, Dialect, Row, Tx, Value};
 use crate::{Result, StoreError};
@@ -12,6 +18,10 @@ use std::str::FromStr;
 use std::time::Duration;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::NoTls;
+
+/// How long the rollback of a dropped transaction may take before its connection is
+/// discarded rather than waited on.
+const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct PgPool {
     pool: Pool,
@@ -100,6 +110,14 @@ impl PgPool {
             cfg.connect_timeout(Duration::from_secs(5));
         }
         cfg.application_name("shoal");
+        // A server that vanishes without closing the socket (a cut network, a frozen host) is
+        // noticed by the kernel within about half a minute instead of the default two hours,
+        // unless the URL chose its own keepalive settings.
+        if cfg.get_keepalives() && cfg.get_keepalives_interval().is_none() && cfg.get_keepalives_retries().is_none() {
+            cfg.keepalives_idle(Duration::from_secs(10));
+            cfg.keepalives_interval(Duration::from_secs(5));
+            cfg.keepalives_retries(3);
+        }
         let manager =
             Manager::from_config(cfg.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
@@ -120,12 +138,43 @@ impl PgPool {
             let _ = Object::take(client);
             return Err(StoreError::Unavailable("connection to PostgreSQL was closed".into()));
         }
-        let mut tx = PgTx { client: Some(client), open: false };
+        // Open before BEGIN is sent: dropped while BEGIN is in flight, it is rolled back.
+        let mut tx = PgTx { client: Some(client), open: !autocommit };
         if !autocommit {
             tx.batch("BEGIN").await?;
-            tx.open = true;
         }
         Ok(Box::new(tx))
+    }
+
+    /// What this node's own pool is doing, for messages that tell a wedge from an outage.
+    pub fn report(&self) -> crate::sqlite::PoolReport {
+        let s = self.pool.status();
+        crate::sqlite::PoolReport {
+            size: s.max_size,
+            in_use: s.size.saturating_sub(s.available),
+            waiting: s.waiting,
+            oldest_held: None,
+            discarded: 0,
+        }
+    }
+}
+
+/// A connection on its way back to the pool; dropped without [`Discard::keep`], it is taken
+/// out of the pool and closed.
+struct Discard(Option<Object>);
+
+impl Discard {
+    fn keep(mut self) {
+        // Dropping the `Object` itself returns it to the pool.
+        self.0.take();
+    }
+}
+
+impl Drop for Discard {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            let _ = Object::take(c);
+        }
     }
 }
 
@@ -217,18 +266,18 @@ impl Drop for PgTx {
             if self.open {
                 // Dropped mid-transaction: roll back before the connection is reused. Drop
                 // cannot await, so a task does it and returns the connection afterwards.
-                match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => {
-                        rt.spawn(async move {
-                            if client.batch_execute("ROLLBACK").await.is_err() {
-                                let _ = Object::take(client);
-                            }
-                        });
-                    }
-                    Err(_) => {
-                        let _ = Object::take(client);
-                    }
+                let guard = Discard(Some(client));
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move {
+                        let Some(client) = guard.0.as_ref() else { return };
+                        let rolled_back =
+                            tokio::time::timeout(ROLLBACK_TIMEOUT, client.batch_execute("ROLLBACK")).await;
+                        if matches!(rolled_back, Ok(Ok(()))) {
+                            guard.keep();
+                        }
+                    });
                 }
+                // Without a runtime, or if the task is dropped unrun, `guard` discards it.
             }
         }
     }

@@ -3,36 +3,70 @@
 //! rusqlite is synchronous and a write may wait on another process's lock (several local
 //! nodes can share one file), so no SQLite call ever runs on a tokio worker thread: each
 //! connection lives on a dedicated thread and a transaction sends it closures.
+//!
+//! Cancellation safety: a transaction's future may be dropped at any await (a client closes
+//! its connection and hyper drops the handler; a `timeout` around a lease renewal fires),
+//! including while its `BEGIN` or `COMMIT` is still queued on the connection's thread. So a
+//! connection goes back to the pool only from its own thread, after everything queued before
+//! has run and any transaction still open has been rolled back: the [`Checkout`] travels
+//! inside that last closure. A call that gets no answer within [`CALL_TIMEOUT`] interrupts
+//! its statement and the connection is discarded and replaced, never waited on forever.
 
 use crate::db::{render, Dialect, Row, Tx, Value};
 use crate::{Result, StoreError};
 use async_trait::async_trait;
 use rusqlite::types::ValueRef;
-use rusqlite::{params_from_iter, Connection, OpenFlags};
-use std::path::Path;
+use rusqlite::{params_from_iter, Connection, InterruptHandle, OpenFlags};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// How long a writer waits for another process's write lock before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one call may go unanswered before its statement is interrupted and its
+/// connection discarded: past the busy timeout, so only a stuck connection meets it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a transaction waits for this process's writer queue and a free connection.
+const POOL_WAIT: Duration = Duration::from_secs(10);
 
 struct Handle {
     jobs: mpsc::Sender<Job>,
+    interrupt: Arc<InterruptHandle>,
 }
 
-pub struct SqlitePool {
-    idle: Arc<Mutex<Vec<Handle>>>,
+/// What the pool shares with its transactions and connection threads.
+struct Shared {
+    idle: Mutex<Vec<Handle>>,
     permits: Arc<Semaphore>,
     /// SQLite has one writer at a time, and its busy handler is not fair: under load a waiting
     /// writer (a lease renewal, say) can lose the race again and again until it times out.
     /// Writers of this process queue here instead, first come first served, and only
     /// writers of other processes sharing the file meet the busy handler.
-    write_lock: Arc<tokio::sync::Mutex<()>>,
+    queue: Arc<tokio::sync::Mutex<()>>,
+    /// Held by whichever writer of this process runs now. Ordinary writers take it while
+    /// holding `queue`, so at most one of them ever waits here; a lease renewal takes only
+    /// this, and so waits for the one transaction under way, never for the whole queue.
+    gate: Arc<tokio::sync::Mutex<()>>,
+    path: PathBuf,
+    size: usize,
+    /// When each connection now handed out was taken, by checkout number.
+    held: Mutex<HashMap<u64, Instant>>,
+    next_checkout: AtomicU64,
+    /// Transactions waiting for the writer queue or a connection.
+    waiting: AtomicUsize,
+    /// Connections discarded (stuck, or their thread gone) and replaced.
+    discarded: AtomicU64,
+}
+
+pub struct SqlitePool {
+    shared: Arc<Shared>,
     /// The database file; node sessions keep their lock files beside it.
-    pub(crate) path: std::path::PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -50,6 +84,169 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Opens a connection on a thread of its own.
+fn spawn_connection(path: &Path, name: String) -> Result<Handle> {
+    let conn = open(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot open the SQLite store {}: {e}", path.display())))?;
+    let interrupt = Arc::new(conn.get_interrupt_handle());
+    let (tx, rx) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let mut conn = conn;
+            // Ends when every sender is dropped (with the pool, or when this connection is
+            // discarded); what was queued before still runs, and closing the connection
+            // rolls back whatever it left open.
+            while let Ok(job) = rx.recv() {
+                job(&mut conn);
+            }
+        })
+        .map_err(|e| StoreError::Internal(format!("cannot start a SQLite thread: {e}")))?;
+    Ok(Handle { jobs: tx, interrupt })
+}
+
+/// What this node's own pool is doing, for messages that must tell a wedge in this process
+/// from a store that does not answer.
+#[derive(Clone, Debug)]
+pub struct PoolReport {
+    pub size: usize,
+    pub in_use: usize,
+    pub waiting: usize,
+    pub oldest_held: Option<Duration>,
+    pub discarded: u64,
+}
+
+impl std::fmt::Display for PoolReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} of {} connections in use", self.in_use, self.size)?;
+        if let Some(d) = self.oldest_held {
+            write!(f, " (the oldest for {:.1}s)", d.as_secs_f64())?;
+        }
+        write!(f, ", {} waiting", self.waiting)?;
+        if self.discarded > 0 {
+            write!(f, ", {} stuck connections discarded so far", self.discarded)?;
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    fn report(&self) -> PoolReport {
+        let oldest_held = self.held.lock().ok().and_then(|h| h.values().min().map(|t| t.elapsed()));
+        PoolReport {
+            size: self.size,
+            in_use: self.size.saturating_sub(self.permits.available_permits()),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            oldest_held,
+            discarded: self.discarded.load(Ordering::Relaxed),
+        }
+    }
+
+    fn pool_error(&self, what: &str) -> StoreError {
+        StoreError::Unavailable(format!(
+            "this node's own SQLite pool: {what} within {}s ({}); the store file itself may be fine",
+            POOL_WAIT.as_secs(),
+            self.report()
+        ))
+    }
+
+    /// A connection is gone (stuck, or its thread died): open another in its place, off the
+    /// async threads, and only then give its permit back.
+    fn replace(self: &Arc<Self>, permit: OwnedSemaphorePermit) {
+        permit.forget();
+        let n = self.discarded.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(discarded = n, "a SQLite connection was discarded; opening another in its place");
+        let shared = self.clone();
+        let spawned = std::thread::Builder::new().name("shoal-sqlite-reopen".into()).spawn(move || {
+            let mut wait = Duration::from_millis(100);
+            loop {
+                match spawn_connection(&shared.path, format!("shoal-sqlite-r{n}")) {
+                    Ok(handle) => {
+                        if let Ok(mut idle) = shared.idle.lock() {
+                            idle.push(handle);
+                        }
+                        shared.permits.add_permits(1);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reopen a SQLite connection; trying again");
+                        std::thread::sleep(wait);
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a thread to reopen a SQLite connection; the pool is smaller");
+        }
+    }
+}
+
+/// A connection taken from the pool. It goes back only through [`Checkout::give_back`], on
+/// the connection's own thread; dropped any other way, the connection is replaced.
+struct Checkout {
+    handle: Option<Handle>,
+    permit: Option<OwnedSemaphorePermit>,
+    shared: Arc<Shared>,
+    id: u64,
+    /// Held until the transaction's last closure has run (after any rollback): the gate,
+    /// then the queue (none for reads, only the gate for a lease renewal).
+    _writer: (Option<tokio::sync::OwnedMutexGuard<()>>, Option<tokio::sync::OwnedMutexGuard<()>>),
+}
+
+/// What a transaction is for, which decides how it waits for SQLite's one writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Autocommit reads: no transaction, no writer lock.
+    Read,
+    /// A write transaction, queued first come first served behind this process's writers.
+    Write,
+    /// A lease renewal: waits only for the write under way. Its lateness is what kills a
+    /// node's jobs, so it never waits behind a queue of scheduler and log writes.
+    Lease,
+}
+
+impl Checkout {
+    fn give_back(mut self) {
+        if let (Some(handle), Ok(mut idle)) = (self.handle.take(), self.shared.idle.lock()) {
+            idle.push(handle);
+        }
+        // The permit is released with `self`, after the handle is idle again.
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.shared.held.lock() {
+            held.remove(&self.id);
+        }
+        if let Some(handle) = self.handle.take() {
+            // Not given back: the connection is stuck or its thread gone. Dropping its sender
+            // ends the thread once its current call returns.
+            drop(handle);
+            if let Some(permit) = self.permit.take() {
+                self.shared.replace(permit);
+            }
+        }
+    }
+}
+
+/// Counts a transaction as waiting while it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicUsize) -> Self {
+        n.fetch_add(1, Ordering::Relaxed);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl SqlitePool {
     pub fn open(path: &Path, size: usize) -> Result<SqlitePool> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -60,66 +257,87 @@ impl SqlitePool {
                 ))
             })?;
         }
-        let mut handles = Vec::with_capacity(size);
-        for i in 0..size.max(1) {
-            let conn = open(path).map_err(|e| {
-                StoreError::Unavailable(format!("cannot open the SQLite store {}: {e}", path.display()))
-            })?;
-            let (tx, rx) = mpsc::channel::<Job>();
-            std::thread::Builder::new()
-                .name(format!("shoal-sqlite-{i}"))
-                .spawn(move || {
-                    let mut conn = conn;
-                    // Ends when every sender (the handle) is dropped with the pool.
-                    while let Ok(job) = rx.recv() {
-                        job(&mut conn);
-                    }
-                })
-                .map_err(|e| StoreError::Internal(format!("cannot start a SQLite thread: {e}")))?;
-            handles.push(Handle { jobs: tx });
-        }
+        let size = size.max(1);
+        let handles =
+            (0..size).map(|i| spawn_connection(path, format!("shoal-sqlite-{i}"))).collect::<Result<Vec<_>>>()?;
         Ok(SqlitePool {
             path: path.to_owned(),
-            write_lock: Arc::new(tokio::sync::Mutex::new(())),
-            permits: Arc::new(Semaphore::new(handles.len())),
-            idle: Arc::new(Mutex::new(handles)),
+            shared: Arc::new(Shared {
+                idle: Mutex::new(handles),
+                permits: Arc::new(Semaphore::new(size)),
+                queue: Arc::new(tokio::sync::Mutex::new(())),
+                gate: Arc::new(tokio::sync::Mutex::new(())),
+                path: path.to_owned(),
+                size,
+                held: Mutex::new(HashMap::new()),
+                next_checkout: AtomicU64::new(0),
+                waiting: AtomicUsize::new(0),
+                discarded: AtomicU64::new(0),
+            }),
         })
     }
 
-    /// A connection for one transaction (`write`: `BEGIN IMMEDIATE`, taking the write lock up
+    pub fn report(&self) -> PoolReport {
+        self.shared.report()
+    }
+
+    /// A connection for one write transaction (`BEGIN IMMEDIATE`, taking the write lock up
     /// front so two writers never deadlock upgrading a read lock) or for autocommit reads.
-    pub async fn begin(&self, write: bool, autocommit: bool) -> Result<Box<dyn Tx>> {
-        let writer = if write && !autocommit { Some(self.write_lock.clone().lock_owned().await) } else { None };
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Internal("the SQLite pool is closed".into()))?;
-        let handle = self
-            .idle
-            .lock()
-            .map_err(|_| StoreError::Internal("the SQLite pool lock is poisoned".into()))?
-            .pop()
-            .ok_or_else(|| StoreError::Internal("no idle SQLite connection behind a permit".into()))?;
-        let mut tx =
-            SqliteTx { handle: Some(handle), idle: self.idle.clone(), _permit: permit, open: false, _writer: writer };
-        if !autocommit {
-            tx.batch(if write { "BEGIN IMMEDIATE" } else { "BEGIN" }).await?;
-            tx.open = true;
+    pub async fn begin(&self, mode: Mode) -> Result<Box<dyn Tx>> {
+        let shared = &self.shared;
+        let checkout = {
+            let _waiting = Waiting::new(&shared.waiting);
+            let deadline = tokio::time::Instant::now() + POOL_WAIT;
+            let late = || shared.pool_error("this node's writers did not get their turn");
+            let queue = match mode {
+                Mode::Write => Some(
+                    tokio::time::timeout_at(deadline, shared.queue.clone().lock_owned()).await.map_err(|_| late())?,
+                ),
+                Mode::Read | Mode::Lease => None,
+            };
+            let gate = match mode {
+                Mode::Write | Mode::Lease => Some(
+                    tokio::time::timeout_at(deadline, shared.gate.clone().lock_owned()).await.map_err(|_| late())?,
+                ),
+                Mode::Read => None,
+            };
+            let writer = (gate, queue);
+            let permit = tokio::time::timeout_at(deadline, shared.permits.clone().acquire_owned())
+                .await
+                .map_err(|_| shared.pool_error("no connection came free"))?
+                .map_err(|_| StoreError::Internal("the SQLite pool is closed".into()))?;
+            let handle = shared
+                .idle
+                .lock()
+                .map_err(|_| StoreError::Internal("the SQLite pool lock is poisoned".into()))?
+                .pop()
+                .ok_or_else(|| StoreError::Internal("no idle SQLite connection behind a permit".into()))?;
+            let id = shared.next_checkout.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut held) = shared.held.lock() {
+                held.insert(id, Instant::now());
+            }
+            Checkout { handle: Some(handle), permit: Some(permit), shared: shared.clone(), id, _writer: writer }
+        };
+        let mut tx = SqliteTx { checkout: Some(checkout), broken: false };
+        if mode != Mode::Read {
+            // From here on, dropping `tx` rolls back, even while BEGIN is still queued.
+            tx.call(move |c| {
+                if !c.is_autocommit() {
+                    // Never expected (connections go back clean); never build on it either.
+                    c.execute_batch("ROLLBACK")?;
+                }
+                c.execute_batch("BEGIN IMMEDIATE")
+            })
+            .await?;
         }
         Ok(Box::new(tx))
     }
 }
 
 struct SqliteTx {
-    handle: Option<Handle>,
-    idle: Arc<Mutex<Vec<Handle>>>,
-    _permit: OwnedSemaphorePermit,
-    open: bool,
-    /// Held until the transaction ends (dropped after `drop` has queued any rollback, which
-    /// runs on the connection's thread before that connection is used again).
-    _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
+    checkout: Option<Checkout>,
+    /// A call went unanswered: the connection is discarded, not given back.
+    broken: bool,
 }
 
 fn map_err(e: rusqlite::Error) -> StoreError {
@@ -175,19 +393,48 @@ fn run_query(conn: &mut Connection, sql: &str, params: &[Value]) -> rusqlite::Re
 }
 
 impl SqliteTx {
+    fn handle(&self) -> Result<&Handle> {
+        self.checkout
+            .as_ref()
+            .and_then(|c| c.handle.as_ref())
+            .filter(|_| !self.broken)
+            .ok_or_else(|| StoreError::Internal("transaction already ended".into()))
+    }
+
     async fn call<T: Send + 'static>(
         &mut self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        let handle = self.handle.as_ref().ok_or_else(|| StoreError::Internal("transaction already ended".into()))?;
-        handle
+        let handle = self.handle()?;
+        let interrupt = handle.interrupt.clone();
+        if handle
             .jobs
             .send(Box::new(move |conn| {
                 let _ = reply.send(f(conn));
             }))
-            .map_err(|_| StoreError::Internal("the SQLite thread is gone".into()))?;
-        rx.await.map_err(|_| StoreError::Internal("the SQLite thread dropped a reply".into()))?.map_err(map_err)
+            .is_err()
+        {
+            self.broken = true;
+            return Err(StoreError::Unavailable("a SQLite connection's thread is gone; it is being replaced".into()));
+        }
+        match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+            Ok(Ok(result)) => result.map_err(map_err),
+            Ok(Err(_)) => {
+                self.broken = true;
+                Err(StoreError::Unavailable(
+                    "a SQLite connection's thread dropped a reply; it is being replaced".into(),
+                ))
+            }
+            Err(_) => {
+                interrupt.interrupt();
+                self.broken = true;
+                Err(StoreError::Unavailable(format!(
+                    "a SQLite call got no answer within {}s; it was interrupted and its connection discarded",
+                    CALL_TIMEOUT.as_secs()
+                )))
+            }
+        }
     }
 }
 
@@ -217,47 +464,35 @@ impl Tx for SqliteTx {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
-        if self.open {
-            self.open = false;
-            if let Err(e) = self.call(|c| c.execute_batch("COMMIT")).await {
-                // A failed COMMIT leaves the transaction open; roll it back so the
-                // connection goes back to the pool clean.
-                self.open = true;
-                return Err(e);
-            }
-        }
-        Ok(())
+        // Only when a transaction is open: autocommit handles have nothing to commit. A
+        // failed COMMIT leaves it open; dropping `self` then rolls it back.
+        self.call(|c| if c.is_autocommit() { Ok(()) } else { c.execute_batch("COMMIT") }).await
     }
 
     async fn rollback(mut self: Box<Self>) -> Result<()> {
-        self.end().await
-    }
-}
-
-impl SqliteTx {
-    async fn end(&mut self) -> Result<()> {
-        if self.open {
-            self.open = false;
-            self.call(|c| c.execute_batch("ROLLBACK")).await?;
-        }
-        Ok(())
+        self.call(|c| if c.is_autocommit() { Ok(()) } else { c.execute_batch("ROLLBACK") }).await
     }
 }
 
 impl Drop for SqliteTx {
     fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            if self.open {
-                // Dropped without commit (an error, or a cancelled request): roll back on the
-                // connection's own thread before anyone else can use it. The job queue is
-                // ordered, so the rollback runs before the next transaction's BEGIN.
-                let _ = handle.jobs.send(Box::new(|c: &mut Connection| {
-                    let _ = c.execute_batch("ROLLBACK");
-                }));
-            }
-            if let Ok(mut idle) = self.idle.lock() {
-                idle.push(handle);
-            }
+        let Some(checkout) = self.checkout.take() else { return };
+        if self.broken {
+            // Checkout's drop discards the connection and opens another.
+            return;
         }
+        let Some(jobs) = checkout.handle.as_ref().map(|h| h.jobs.clone()) else { return };
+        // Queued behind whatever this transaction still had in flight (a BEGIN, a statement,
+        // a COMMIT whose answer nobody awaits): roll back what is still open, then put the
+        // connection back. If the thread is gone, the job is dropped unrun and the
+        // checkout's drop replaces the connection.
+        let _ = jobs.send(Box::new(move |c: &mut Connection| {
+            if !c.is_autocommit() && c.execute_batch("ROLLBACK").is_err() && !c.is_autocommit() {
+                // Still inside a transaction: never hand this connection out again.
+                drop(checkout);
+                return;
+            }
+            checkout.give_back();
+        }));
     }
 }
