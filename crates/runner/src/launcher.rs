@@ -30,7 +30,9 @@ pub struct SpawnSpec {
     pub argv: Vec<String>,
     /// Working directory of the job; must exist.
     pub cwd: PathBuf,
-    /// Variables added on top of the environment inherited from shoal.
+    /// Variables added on top of the environment inherited from shoal. If they set
+    /// [`SANDBOX_ROOT_ENV`](crate::SANDBOX_ROOT_ENV) (the last value counts), `cwd` must
+    /// resolve inside that folder, or the job is not started.
     pub env: Vec<(String, String)>,
     /// How long [`RunningChild::terminate`] waits between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
@@ -140,7 +142,21 @@ fn spawn_supervisor(exe: &std::path::Path, parent_pid: u32, spec: SpawnSpec) -> 
     if !spec.cwd.is_dir() {
         return Err(Error::Cwd { path: spec.cwd });
     }
-    let args = SuperviseArgs { parent_pid, grace: spec.kill_grace, deadline_file: spec.deadline_file, argv: spec.argv };
+    let sandbox_root = spec.env.iter().rev().find(|(k, _)| k == crate::SANDBOX_ROOT_ENV).map(|(_, v)| PathBuf::from(v));
+    if let Some(root) = &sandbox_root {
+        crate::supervisor::confined(&spec.cwd, root).map_err(|resolved| Error::OutsideSandbox {
+            path: spec.cwd.clone(),
+            resolved,
+            root: root.clone(),
+        })?;
+    }
+    let args = SuperviseArgs {
+        parent_pid,
+        grace: spec.kill_grace,
+        deadline_file: spec.deadline_file,
+        sandbox_root,
+        argv: spec.argv,
+    };
     let mut command = tokio::process::Command::new(exe);
     command
         .arg(SUPERVISE_SUBCOMMAND)

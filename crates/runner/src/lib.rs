@@ -33,6 +33,13 @@ pub use launcher::{Launcher, RunningChild, SpawnSpec};
 pub use output::{OutputChunk, Stream};
 pub use supervisor::{supervise_main, SUPERVISE_SUBCOMMAND};
 
+/// The variable that tells a job its sandbox's root folder. When a spawn's environment sets
+/// it, the job's working directory must resolve (symlinks followed) inside that folder: the
+/// launcher checks before spawning, and the supervisor checks its own working directory
+/// again right before it starts the job, so a symlink swapped in meanwhile cannot lead the
+/// job out of its sandbox.
+pub const SANDBOX_ROOT_ENV: &str = "SHOAL_SANDBOX_ROOT";
+
 use std::path::PathBuf;
 
 /// What can go wrong while starting or waiting for a job attempt.
@@ -49,6 +56,17 @@ pub enum Error {
     Cwd {
         /// The directory the spec asked for.
         path: PathBuf,
+    },
+    /// The working directory resolves (through a symlink) outside the sandbox root named by
+    /// [`SANDBOX_ROOT_ENV`] in the spec's environment.
+    #[error("working directory {} resolves to {}, outside the sandbox root {}; the job is not started", path.display(), resolved.display(), root.display())]
+    OutsideSandbox {
+        /// The directory the spec asked for.
+        path: PathBuf,
+        /// Where it leads.
+        resolved: PathBuf,
+        /// The sandbox root it must stay in.
+        root: PathBuf,
     },
     /// The launcher thread could not be started.
     #[error("cannot start the launcher thread: {0}")]

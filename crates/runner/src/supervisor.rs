@@ -29,18 +29,25 @@ pub(crate) struct SuperviseArgs {
     pub grace: Duration,
     /// The node's lease deadline file: the job is killed once the deadline in it has passed.
     pub deadline_file: Option<std::path::PathBuf>,
+    /// The sandbox root the working directory must resolve inside (see
+    /// [`crate::SANDBOX_ROOT_ENV`]).
+    pub sandbox_root: Option<std::path::PathBuf>,
     /// The job's program and arguments; never empty.
     pub argv: Vec<String>,
 }
 
 impl SuperviseArgs {
-    /// `--parent-pid N --grace-ms N [--deadline-file PATH] -- program args...`
+    /// `--parent-pid N --grace-ms N [--deadline-file PATH] [--sandbox-root PATH] -- program args...`
     pub(crate) fn encode(&self) -> Vec<String> {
         let grace_ms = u64::try_from(self.grace.as_millis()).unwrap_or(u64::MAX);
         let mut out =
             vec!["--parent-pid".to_owned(), self.parent_pid.to_string(), "--grace-ms".to_owned(), grace_ms.to_string()];
         if let Some(path) = &self.deadline_file {
             out.push("--deadline-file".to_owned());
+            out.push(path.display().to_string());
+        }
+        if let Some(path) = &self.sandbox_root {
+            out.push("--sandbox-root".to_owned());
             out.push(path.display().to_string());
         }
         out.push("--".to_owned());
@@ -52,6 +59,7 @@ impl SuperviseArgs {
         let mut parent_pid = None;
         let mut grace = None;
         let mut deadline_file = None;
+        let mut sandbox_root = None;
         let mut rest = args.iter();
         loop {
             let Some(flag) = rest.next() else {
@@ -73,6 +81,10 @@ impl SuperviseArgs {
                     let value = rest.next().ok_or("--deadline-file needs a value")?;
                     deadline_file = Some(std::path::PathBuf::from(value));
                 }
+                "--sandbox-root" => {
+                    let value = rest.next().ok_or("--sandbox-root needs a value")?;
+                    sandbox_root = Some(std::path::PathBuf::from(value));
+                }
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
@@ -84,8 +96,19 @@ impl SuperviseArgs {
             parent_pid: parent_pid.ok_or("missing --parent-pid")?,
             grace: grace.ok_or("missing --grace-ms")?,
             deadline_file,
+            sandbox_root,
             argv,
         })
+    }
+}
+
+/// Whether `cwd` resolves, symlinks followed, inside `root`; the error is where it leads
+/// (or `cwd` itself if it cannot be resolved).
+pub(crate) fn confined(cwd: &Path, root: &Path) -> Result<(), std::path::PathBuf> {
+    let resolved = std::fs::canonicalize(cwd).map_err(|_| cwd.to_owned())?;
+    match std::fs::canonicalize(root) {
+        Ok(root) if resolved.starts_with(&root) => Ok(()),
+        _ => Err(resolved),
     }
 }
 
@@ -163,6 +186,20 @@ fn run(args: &SuperviseArgs) -> ExitStatus {
     if u32::try_from(ppid).ok() != Some(args.parent_pid) {
         // Nothing started yet, so there is nothing to clean up.
         std::process::exit(CANNOT_START);
+    }
+
+    // The job inherits this process's working directory, which the launcher chose by path:
+    // check where it really is now (a directory, not a path, so it can no longer change
+    // under us) before the job runs in it.
+    if let Some(root) = &args.sandbox_root {
+        let here = std::env::current_dir().unwrap_or_default();
+        if let Err(resolved) = confined(&here, root) {
+            fail(&format!(
+                "shoal: working directory {} is outside the sandbox root {}; the job is not started",
+                resolved.display(),
+                root.display()
+            ));
+        }
     }
 
     let (program, rest) = match args.argv.split_first() {
@@ -348,6 +385,7 @@ mod tests {
             parent_pid: 42,
             grace: Duration::from_millis(2500),
             deadline_file: None,
+            sandbox_root: None,
             argv: strings(&["sh", "-c", "echo -- --grace-ms"]),
         };
         let encoded = args.encode();
@@ -357,6 +395,8 @@ mod tests {
         );
         assert_eq!(SuperviseArgs::parse(&encoded), Ok(args.clone()));
         let with = SuperviseArgs { deadline_file: Some("/d/lease-deadline".into()), ..args };
+        assert_eq!(SuperviseArgs::parse(&with.encode()), Ok(with.clone()));
+        let with = SuperviseArgs { sandbox_root: Some("/srv/sb".into()), ..with };
         assert_eq!(SuperviseArgs::parse(&with.encode()), Ok(with));
     }
 

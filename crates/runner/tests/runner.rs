@@ -470,3 +470,75 @@ async fn the_job_dies_when_the_nodes_lease_deadline_passes() {
     assert_eq!(exit, Exit::Signal(libc::SIGKILL));
     assert!(killed_at.elapsed() < Duration::from_secs(2), "{:?}", killed_at.elapsed());
 }
+
+/// A spec whose environment names `root` as the sandbox root, as the engine's does.
+fn in_sandbox(script: &str, cwd: &Path, root: &Path) -> SpawnSpec {
+    let mut spec = sh(script, cwd);
+    spec.env = vec![(shoal_runner::SANDBOX_ROOT_ENV.into(), root.display().to_string())];
+    spec
+}
+
+#[tokio::test]
+async fn a_workdir_swapped_for_a_symlink_out_of_the_sandbox_is_refused_at_spawn() {
+    let base = tempfile::tempdir().unwrap();
+    let (root, outside) = (base.path().join("sandbox"), base.path().join("outside"));
+    std::fs::create_dir_all(root.join("work")).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    let launcher = launcher();
+
+    // As submitted: a real folder inside the sandbox. The job runs there.
+    let mut child = launcher.spawn(in_sandbox("pwd -P; touch marker", &root.join("work"), &root)).await.unwrap();
+    let mut out = Output::of(&mut child);
+    out.read_to_close().await;
+    assert_eq!(wait_soon(&mut child).await, Exit::Code(0));
+    assert_eq!(out.stdout(), format!("{}\n", root.join("work").canonicalize().unwrap().display()));
+
+    // Swapped after submission for a symlink that leads out: the job is not started.
+    std::fs::remove_dir_all(root.join("work")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("work")).unwrap();
+    let result = launcher.spawn(in_sandbox("touch marker", &root.join("work"), &root)).await;
+    match result {
+        Err(e @ Error::OutsideSandbox { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("outside the sandbox root") && text.contains("not started"), "{text}");
+        }
+        other => panic!("expected OutsideSandbox, got {other:?}"),
+    }
+    // Through a deeper symlinked folder, too.
+    std::fs::create_dir_all(outside.join("deep")).unwrap();
+    let result = launcher.spawn(in_sandbox("touch marker", &root.join("work/deep"), &root)).await;
+    assert!(matches!(result, Err(Error::OutsideSandbox { .. })), "{result:?}");
+    assert!(!outside.join("marker").exists() && !outside.join("deep/marker").exists(), "the job ran outside");
+
+    // Without a sandbox root in the environment there is nothing to confine to.
+    let mut child = launcher.spawn(sh("true", &root.join("work"))).await.unwrap();
+    assert_eq!(wait_soon(&mut child).await, Exit::Code(0));
+}
+
+/// The supervisor checks the directory it really is in right before it starts the job, so
+/// a symlink swapped in between the launcher's check and the start cannot lead it out.
+#[test]
+fn the_supervisor_refuses_a_working_directory_outside_the_sandbox() {
+    let base = tempfile::tempdir().unwrap();
+    let (root, outside) = (base.path().join("sandbox"), base.path().join("outside"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("work")).unwrap();
+    let run = |cwd: &Path| {
+        std::process::Command::new(testbin())
+            .current_dir(cwd)
+            .args(["__supervise", "--parent-pid", &std::process::id().to_string(), "--grace-ms", "100"])
+            .args(["--sandbox-root", &root.display().to_string(), "--", "sh", "-c", "echo ran; touch marker"])
+            .output()
+            .unwrap()
+    };
+    let out = run(&root.join("work"));
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("outside the sandbox root") && stderr.contains("not started"), "{stderr}");
+    assert!(out.stdout.is_empty() && !outside.join("marker").exists(), "the job ran outside: {out:?}");
+
+    let out = run(&root);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+}
