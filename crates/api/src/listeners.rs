@@ -27,10 +27,17 @@ use std::sync::atomic::Ordering;
 
 /// How old a webhook signature's timestamp may be, either way, before it is refused.
 pub const HOOK_TOLERANCE_S: i64 = 300;
-/// The header a webhook is signed in: `t=<unix seconds>,v1=<hex HMAC-SHA256>`.
+/// The header a webhook is signed in: `t=<unix seconds>,v1=<hex HMAC-SHA256>` (see
+/// [`sign_hook_delivery`] for what is signed).
 pub const SIGNATURE_HEADER: &str = "x-shoal-hook-signature";
 /// The header naming a delivery; one id starts one job however often it is sent.
 pub const DELIVERY_HEADER: &str = "x-shoal-hook-delivery";
+/// At most this many `v1=` signatures are considered in one header (more is refused).
+pub const MAX_HOOK_SIGNATURES: usize = 4;
+/// The longest signature header accepted, in bytes.
+pub const MAX_SIGNATURE_HEADER_BYTES: usize = 1024;
+/// Bodies larger than this have their signature checked on a blocking thread.
+const HOOK_INLINE_MAC_BYTES: usize = 64 * 1024;
 const MIN_SECRET_CHARS: usize = 16;
 /// The default settle time of file listeners.
 const DEFAULT_SETTLE_MS: u64 = 1000;
@@ -413,51 +420,138 @@ pub async fn events(
     Ok(Json(json!({ "events": rows.iter().map(event_json).collect::<Vec<_>>() })))
 }
 
-/// The signature a webhook carries: `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+/// The signature a webhook carries: `t=<unix seconds>,v1=<hex MAC>`, where the MAC is
+/// HMAC-SHA256(secret, "<t>.<body>"): the signature of a delivery sent without an
+/// `X-Shoal-Hook-Delivery` header (see [`sign_hook_delivery`]).
 pub fn sign_hook(secret: &[u8], unix_s: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(unix_s.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("t={unix_s},v1={}", hex::encode(mac.finalize().into_bytes()))
+    sign_hook_delivery(secret, unix_s, None, body)
 }
 
-/// Checks a webhook's signature header against the body, on the store's clock.
-fn verify_hook(headers: &HeaderMap, secret: &[u8], body: &[u8], now_s: i64) -> ApiResult<()> {
-    let bad = |m: &str| ApiError::invalid_signature(format!("webhook signature: {m}"));
-    let header = headers
-        .get(SIGNATURE_HEADER)
-        .ok_or_else(|| bad("missing; send X-Shoal-Hook-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\" with the hook's secret>"))?
-        .to_str()
-        .map_err(|_| bad("not readable text"))?;
+/// The signature of a delivery: `t=<unix seconds>,v1=<hex MAC>`, the MAC being
+/// HMAC-SHA256(secret, "<t>.<delivery>.<body>") when the delivery id is sent in
+/// `X-Shoal-Hook-Delivery`, and HMAC-SHA256(secret, "<t>.<body>") when it is not.
+pub fn sign_hook_delivery(secret: &[u8], unix_s: i64, delivery: Option<&str>, body: &[u8]) -> String {
+    format!("t={unix_s},v1={}", hex::encode(hook_mac(secret, unix_s, delivery, body).finalize().into_bytes()))
+}
+
+/// The HMAC state over a delivery's signed content (see [`sign_hook_delivery`]).
+fn hook_mac(secret: &[u8], t: i64, delivery: Option<&str>, body: &[u8]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    if let Some(d) = delivery {
+        mac.update(d.as_bytes());
+        mac.update(b".");
+    }
+    mac.update(body);
+    mac
+}
+
+/// A signature header that passed the cheap checks: its time (within the window) and its
+/// `v1=` MACs, at most [`MAX_HOOK_SIGNATURES`].
+#[derive(Debug)]
+struct HookSignature {
+    t: i64,
+    macs: Vec<[u8; 32]>,
+}
+
+fn bad_signature(m: &str) -> ApiError {
+    ApiError::invalid_signature(format!("webhook signature: {m}"))
+}
+
+/// Parses and bounds a webhook's signature header and checks its time, on the store's
+/// clock; computes no MAC, so its cost does not depend on the body.
+fn parse_hook_signature(headers: &HeaderMap, now_s: i64) -> ApiResult<HookSignature> {
+    let bad = bad_signature;
+    let mut all = headers.get_all(SIGNATURE_HEADER).iter();
+    let header = all.next().ok_or_else(|| {
+        bad("missing; send X-Shoal-Hook-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<delivery>.<body>\" (or \"<t>.<body>\" without X-Shoal-Hook-Delivery) with the hook's secret>")
+    })?;
+    if all.next().is_some() {
+        return Err(bad("sent more than once; send one X-Shoal-Hook-Signature header"));
+    }
+    if header.len() > MAX_SIGNATURE_HEADER_BYTES {
+        return Err(bad(&format!(
+            "the header is {} bytes, more than {MAX_SIGNATURE_HEADER_BYTES}; send t= and at most {MAX_HOOK_SIGNATURES} v1= signatures",
+            header.len()
+        )));
+    }
+    let header = header.to_str().map_err(|_| bad("not readable text"))?;
     let mut t = None;
-    let mut sigs = Vec::new();
+    let mut macs = Vec::new();
     for part in header.split(',') {
         match part.trim().split_once('=') {
-            Some(("t", v)) => t = v.parse::<i64>().ok(),
-            Some(("v1", v)) => sigs.push(hex::decode(v).map_err(|_| bad("v1 is not hex"))?),
+            Some(("t", v)) => {
+                if t.is_some() {
+                    return Err(bad("t= given twice; send one"));
+                }
+                t = Some(v.parse::<i64>().map_err(|_| bad("t is not a whole number of Unix seconds"))?);
+            }
+            Some(("v1", v)) => {
+                if macs.len() == MAX_HOOK_SIGNATURES {
+                    return Err(bad(&format!(
+                        "more than {MAX_HOOK_SIGNATURES} v1= signatures; send at most {MAX_HOOK_SIGNATURES} (one per secret in use)"
+                    )));
+                }
+                let mut mac = [0u8; 32];
+                hex::decode_to_slice(v, &mut mac).map_err(|_| bad("v1 is not 64 hex digits"))?;
+                macs.push(mac);
+            }
             _ => {}
         }
     }
     let t = t.ok_or_else(|| bad("no t=<unix seconds>"))?;
-    if (now_s - t).abs() > HOOK_TOLERANCE_S {
+    // Saturating: no t, however far off, wraps into the window.
+    if t < now_s.saturating_sub(HOOK_TOLERANCE_S) || t > now_s.saturating_add(HOOK_TOLERANCE_S) {
         return Err(bad(&format!(
             "its time t={t} is more than {HOOK_TOLERANCE_S} s from the server's; sign with the current time"
         )));
     }
-    if sigs.is_empty() {
+    if macs.is_empty() {
         return Err(bad("no v1=<signature>"));
     }
-    for sig in sigs {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-        mac.update(t.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        if mac.verify_slice(&sig).is_ok() {
-            return Ok(());
+    Ok(HookSignature { t, macs })
+}
+
+/// Checks the header's MACs against the delivery and body: one HMAC over the body, however
+/// many signatures were sent. Answers the MAC that matched.
+fn check_hook_mac(sig: &HookSignature, secret: &[u8], delivery: Option<&str>, body: &[u8]) -> ApiResult<[u8; 32]> {
+    let mac = hook_mac(secret, sig.t, delivery, body);
+    for given in &sig.macs {
+        if mac.clone().verify_slice(given).is_ok() {
+            return Ok(*given);
         }
     }
-    Err(bad("does not match; sign \"<t>.<body>\" with the hook's secret"))
+    Err(bad_signature(match delivery {
+        Some(_) => "does not match; sign \"<t>.<delivery>.<body>\" (the X-Shoal-Hook-Delivery value as sent) with the hook's secret",
+        None => "does not match; sign \"<t>.<body>\" with the hook's secret",
+    }))
+}
+
+/// Checks a webhook's signature header against the delivery id and body, on the store's
+/// clock; answers the MAC that matched.
+#[cfg(test)]
+fn verify_hook(
+    headers: &HeaderMap,
+    secret: &[u8],
+    delivery: Option<&str>,
+    body: &[u8],
+    now_s: i64,
+) -> ApiResult<[u8; 32]> {
+    check_hook_mac(&parse_hook_signature(headers, now_s)?, secret, delivery, body)
+}
+
+/// The `X-Shoal-Hook-Delivery` header, when sent: 1 to 200 visible ASCII characters other
+/// than `.` (the dot separates it from the time and the body in the signed content).
+fn hook_delivery(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(v) = headers.get(DELIVERY_HEADER) else { return Ok(None) };
+    v.to_str()
+        .ok()
+        .filter(|d| !d.is_empty() && d.len() <= 200 && !d.contains('.'))
+        .map(|d| Some(d.to_owned()))
+        .ok_or_else(|| {
+            ApiError::bad_request("X-Shoal-Hook-Delivery must be 1 to 200 visible ASCII characters, none of them `.`")
+        })
 }
 
 /// `POST /hooks/{name}`: a signed delivery starts the hook's job once.
@@ -471,28 +565,34 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
         .filter(|l| l.kind == "webhook" && l.name == name)
         .ok_or_else(|| ApiError::unknown_hook(format!("no webhook named `{name}`")))?;
     let now = state.store.now_ms().await?;
-    verify_hook(
-        &parts.headers,
-        listener.secret.as_deref().unwrap_or_default().as_bytes(),
-        &bytes,
-        now.div_euclid(1000),
-    )?;
+    let delivery = hook_delivery(&parts.headers)?;
+    // Bounded before any MAC: one header of at most 1 KiB, at most 4 signatures.
+    let sig = parse_hook_signature(&parts.headers, now.div_euclid(1000))?;
+    let secret = listener.secret.clone().unwrap_or_default();
+    let mac = if bytes.len() > HOOK_INLINE_MAC_BYTES {
+        // A large body's MAC runs off the async workers (it would hold up /health and leases).
+        let (body, d) = (bytes.clone(), delivery.clone());
+        tokio::task::spawn_blocking(move || check_hook_mac(&sig, secret.as_bytes(), d.as_deref(), &body))
+            .await
+            .map_err(|e| ApiError::internal(format!("checking the webhook signature: {e}")))??
+    } else {
+        check_hook_mac(&sig, secret.as_bytes(), delivery.as_deref(), &bytes)?
+    };
     let payload: Value = if bytes.is_empty() {
         Value::Null
     } else {
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::invalid_json(format!("webhook payload is not valid JSON: {e}")))?
     };
-    let delivery = match parts.headers.get(DELIVERY_HEADER) {
-        Some(v) => v
-            .to_str()
-            .ok()
-            .filter(|d| !d.is_empty() && d.len() <= 200)
-            .ok_or_else(|| ApiError::bad_request("X-Shoal-Hook-Delivery must be 1 to 200 visible ASCII characters"))?
-            .to_owned(),
-        None => uuid::Uuid::now_v7().to_string(),
+    // The delivery id is signed, so a captured request replays only as itself; without one,
+    // the signature names the delivery (the same bytes again are the same delivery).
+    let (delivery, key) = match delivery {
+        Some(d) => (d.clone(), format!("delivery:{d}")),
+        None => {
+            let sig = format!("sig:{}", hex::encode(mac));
+            (sig.clone(), sig)
+        }
     };
-    let key = format!("delivery:{delivery}");
     if let Some(seen) = state.store.get_event(&listener.id, &key).await? {
         return Ok((StatusCode::OK, Json(json!({ "event": event_json(&seen), "replayed": true }))).into_response());
     }
@@ -542,17 +642,116 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
+    const SECRET: &[u8] = b"0123456789abcdef";
+    const NOW: i64 = 1_700_000_010;
+
+    fn signed(sig: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(SIGNATURE_HEADER, HeaderValue::from_str(sig).unwrap());
+        h
+    }
+
+    fn refusal(r: ApiResult<impl std::fmt::Debug>) -> String {
+        let e = r.unwrap_err();
+        assert_eq!(e.code, "invalid_signature", "{}", e.message);
+        e.message
+    }
+
     #[test]
     fn a_signature_is_checked_against_body_secret_and_time() {
         let body = br#"{"a":1}"#;
-        let sig = sign_hook(b"0123456789abcdef", 1_700_000_000, body);
-        let mut h = HeaderMap::new();
-        h.insert(SIGNATURE_HEADER, HeaderValue::from_str(&sig).unwrap());
-        assert!(verify_hook(&h, b"0123456789abcdef", body, 1_700_000_010).is_ok());
+        let h = signed(&sign_hook(SECRET, 1_700_000_000, body));
+        assert!(verify_hook(&h, SECRET, None, body, NOW).is_ok());
         // Another body, another secret, a stale time, no header: all 401.
-        assert_eq!(verify_hook(&h, b"0123456789abcdef", b"{}", 1_700_000_010).unwrap_err().code, "invalid_signature");
-        assert_eq!(verify_hook(&h, b"fedcba9876543210", body, 1_700_000_010).unwrap_err().code, "invalid_signature");
-        assert_eq!(verify_hook(&h, b"0123456789abcdef", body, 1_700_001_000).unwrap_err().code, "invalid_signature");
-        assert_eq!(verify_hook(&HeaderMap::new(), b"x", body, 0).unwrap_err().code, "invalid_signature");
+        refusal(verify_hook(&h, SECRET, None, b"{}", NOW));
+        refusal(verify_hook(&h, b"fedcba9876543210", None, body, NOW));
+        refusal(verify_hook(&h, SECRET, None, body, 1_700_001_000));
+        refusal(verify_hook(&HeaderMap::new(), b"x", None, body, 0));
+    }
+
+    #[test]
+    fn the_delivery_id_is_signed() {
+        let body = br#"{"a":1}"#;
+        let h = signed(&sign_hook_delivery(SECRET, NOW, Some("d-1"), body));
+        let mac = verify_hook(&h, SECRET, Some("d-1"), body, NOW).unwrap();
+        assert_eq!(format!("t={NOW},v1={}", hex::encode(mac)), sign_hook_delivery(SECRET, NOW, Some("d-1"), body));
+        // The captured request with another delivery id, or with none, fails.
+        assert!(refusal(verify_hook(&h, SECRET, Some("d-2"), body, NOW)).contains("<t>.<delivery>.<body>"));
+        refusal(verify_hook(&h, SECRET, None, body, NOW));
+        // A signature made without a delivery id does not take one.
+        let h = signed(&sign_hook(SECRET, NOW, body));
+        refusal(verify_hook(&h, SECRET, Some("d-1"), body, NOW));
+        // The signed content, exactly: "<t>.<delivery>.<body>".
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).unwrap();
+        mac.update(format!("{NOW}.d-1.{{\"a\":1}}").as_bytes());
+        let want = hex::encode(mac.finalize().into_bytes());
+        assert_eq!(sign_hook_delivery(SECRET, NOW, Some("d-1"), body), format!("t={NOW},v1={want}"));
+        // A delivery id cannot hold the separator (it would make the content ambiguous).
+        let mut h = HeaderMap::new();
+        h.insert(DELIVERY_HEADER, HeaderValue::from_static("a.b"));
+        assert_eq!(hook_delivery(&h).unwrap_err().code, "bad_request");
+        h.insert(DELIVERY_HEADER, HeaderValue::from_static("a-b"));
+        assert_eq!(hook_delivery(&h).unwrap().as_deref(), Some("a-b"));
+    }
+
+    #[test]
+    fn too_many_signatures_are_refused_before_any_mac() {
+        let body = br#"{"a":1}"#;
+        let good = sign_hook(SECRET, NOW, body);
+        let v1 = good.split_once(",v1=").unwrap().1;
+        let other = "ab".repeat(32);
+        // Four are considered (the good one last)...
+        let four = format!("t={NOW},v1={other},v1={other},v1={other},v1={v1}");
+        assert!(four.len() <= MAX_SIGNATURE_HEADER_BYTES);
+        assert!(verify_hook(&signed(&four), SECRET, None, body, NOW).is_ok());
+        // ...five are refused by the parse, which takes no body and computes no MAC.
+        let five = format!("t={NOW},v1={other},v1={other},v1={other},v1={other},v1={v1}");
+        assert!(five.len() <= MAX_SIGNATURE_HEADER_BYTES);
+        assert!(refusal(parse_hook_signature(&signed(&five), NOW)).contains("at most 4"));
+        refusal(verify_hook(&signed(&five), SECRET, None, body, NOW));
+        // A v1 that is not a SHA-256 MAC is refused as such.
+        assert!(refusal(parse_hook_signature(&signed(&format!("t={NOW},v1=abcd")), NOW)).contains("64 hex"));
+        // Two signature headers are refused too.
+        let mut h = signed(&good);
+        h.append(SIGNATURE_HEADER, HeaderValue::from_str(&good).unwrap());
+        assert!(refusal(parse_hook_signature(&h, NOW)).contains("more than once"));
+    }
+
+    #[test]
+    fn a_long_signature_header_is_refused() {
+        let body = br#"{"a":1}"#;
+        // Valid, but padded past the bound with entries that are ignored.
+        let padded = format!("{},{}", sign_hook(SECRET, NOW, body), "x=y,".repeat(300));
+        assert!(padded.len() > MAX_SIGNATURE_HEADER_BYTES);
+        assert!(refusal(parse_hook_signature(&signed(&padded), NOW)).contains("more than 1024"));
+        // 5 000 v1= entries: refused by length, whatever the body.
+        let many = format!("t={NOW},{}", format!("v1={},", "ab".repeat(32)).repeat(5000));
+        assert!(refusal(parse_hook_signature(&signed(&many), NOW)).contains("more than 1024"));
+    }
+
+    #[test]
+    fn far_off_times_are_refused_without_wrapping() {
+        let body = br#"{"a":1}"#;
+        for now in [NOW, 0, i64::MAX, i64::MIN] {
+            for t in [
+                i64::MIN,
+                i64::MAX,
+                now.wrapping_sub(i64::MIN), // now - 2^63, wrapped as the old check computed it
+                now.wrapping_add(i64::MIN),
+                now.saturating_sub(HOOK_TOLERANCE_S + 1),
+                now.saturating_add(HOOK_TOLERANCE_S + 1),
+            ] {
+                if (now.saturating_sub(HOOK_TOLERANCE_S)..=now.saturating_add(HOOK_TOLERANCE_S)).contains(&t) {
+                    continue; // at the clock's ends some of these are within the window
+                }
+                let h = signed(&sign_hook(SECRET, t, body));
+                let m = refusal(verify_hook(&h, SECRET, None, body, now));
+                assert!(m.contains("more than 300 s"), "t={t}, now={now}: {m}");
+            }
+        }
+        // The window's edges are inside it.
+        for t in [NOW - HOOK_TOLERANCE_S, NOW + HOOK_TOLERANCE_S] {
+            assert!(verify_hook(&signed(&sign_hook(SECRET, t, body)), SECRET, None, body, NOW).is_ok());
+        }
     }
 }

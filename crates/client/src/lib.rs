@@ -435,10 +435,11 @@ impl Client {
     }
 
     /// Delivers a webhook to the webhook listener `name`, as an outside service would: `body`
-    /// (JSON) is sent as exactly these bytes, signed with `secret` (see [`hook_signature`]).
-    /// A delivery sent again with the same `delivery` id starts no second job; without an id a
-    /// fresh one is made, which also makes the request safe to send to another server after a
-    /// broken connection. Answers `{"event", "execution"}` and whether the server had already
+    /// (JSON) is sent as exactly these bytes, signed with `secret` together with the delivery
+    /// id (see [`hook_signature`]). A delivery sent again with the same `delivery` id (1 to 200
+    /// visible ASCII characters, no `.`) starts no second job; without an id a fresh one is
+    /// made, which also makes the request safe to send to another server after a broken
+    /// connection. Answers `{"event", "execution"}` and whether the server had already
     /// received this delivery (the execution is then the one it started the first time).
     pub async fn hook(&self, name: &str, secret: &str, body: &[u8], delivery: Option<&str>) -> Result<(Value, bool)> {
         let now = SystemTime::now()
@@ -446,8 +447,10 @@ impl Client {
             .map_err(|_| Error::Other("the system clock is set before 1970; cannot sign the webhook".into()))?;
         let mut call = Call::new(Method::POST, format!("/hooks/{}", segment(name)?));
         call.raw_json = Some(body);
-        call.headers.push(("x-shoal-hook-signature", hook_signature(secret.as_bytes(), now.as_secs(), body)));
         let delivery = delivery.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        // The delivery id is signed with the body: a changed id does not verify.
+        call.headers
+            .push(("x-shoal-hook-signature", hook_signature(secret.as_bytes(), now.as_secs(), Some(&delivery), body)));
         call.headers.push(("x-shoal-hook-delivery", delivery));
         // The delivery id makes a repeat harmless: the server answers with the first event.
         call.idempotent = true;
@@ -562,10 +565,16 @@ impl Client {
 }
 
 /// The `X-Shoal-Hook-Signature` header of a webhook delivery made at `timestamp` (Unix seconds):
-/// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
-pub fn hook_signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+/// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>.<delivery>.<body>")>` for a delivery
+/// sent with the `X-Shoal-Hook-Delivery: <delivery>` header (an id without `.`), and
+/// `v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>` for one sent without it.
+pub fn hook_signature(secret: &[u8], timestamp: u64, delivery: Option<&str>, body: &[u8]) -> String {
     let t = timestamp.to_string();
-    format!("t={t},v1={}", hmac_sha256_hex(secret, &[t.as_bytes(), b".", body]))
+    let mac = match delivery {
+        Some(d) => hmac_sha256_hex(secret, &[t.as_bytes(), b".", d.as_bytes(), b".", body]),
+        None => hmac_sha256_hex(secret, &[t.as_bytes(), b".", body]),
+    };
+    format!("t={t},v1={mac}")
 }
 
 /// The hex HMAC-SHA256 of the concatenated `parts`.
@@ -667,11 +676,15 @@ mod tests {
     }
 
     #[test]
-    fn hook_signature_signs_timestamp_dot_body() {
+    fn hook_signature_signs_timestamp_delivery_and_body() {
         // Computed independently (Python's hmac module).
         assert_eq!(
-            hook_signature(b"whsec-0123456789abcdef", 1_700_000_000, br#"{"order": 42}"#),
+            hook_signature(b"whsec-0123456789abcdef", 1_700_000_000, None, br#"{"order": 42}"#),
             "t=1700000000,v1=6b8a41a95266b27abb837ae0ff056877ea1ff1430dcb7a903fe494e618fb21f9"
+        );
+        assert_eq!(
+            hook_signature(b"whsec-0123456789abcdef", 1_700_000_000, Some("d-1"), br#"{"order": 42}"#),
+            "t=1700000000,v1=9f914bd696b77e600fdc1d44c82b7e8e8a046c6b86e6b8ebaa21186f043bd7c0"
         );
     }
 
@@ -686,7 +699,9 @@ mod tests {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         let (signature, delivery) = (header("x-shoal-hook-signature"), header("x-shoal-hook-delivery"));
         let t: u64 = signature.strip_prefix("t=").and_then(|r| r.split(',').next()).unwrap().parse().unwrap();
-        assert_eq!(signature, hook_signature(b"a-secret-of-16-chars", t, &body));
+        // The delivery id is part of what is signed.
+        assert_eq!(signature, hook_signature(b"a-secret-of-16-chars", t, Some(&delivery), &body));
+        assert_ne!(signature, hook_signature(b"a-secret-of-16-chars", t, None, &body));
         assert_eq!(header("content-type"), "application/json");
         let mut seen = seen.lock().unwrap();
         let again = seen.iter().any(|(_, d, _)| *d == delivery);

@@ -275,10 +275,19 @@ pub struct HookArgs {
     /// Read the JSON payload from a file (- for stdin)
     #[arg(long, value_name = "PATH")]
     pub data_file: Option<PathBuf>,
-    /// The delivery's id: a delivery sent again with the same id starts no second job
-    /// (default: a new id)
-    #[arg(long, value_name = "ID")]
+    /// The delivery's id, signed with the payload: a delivery sent again with the same id
+    /// starts no second job (1 to 200 visible ASCII characters without `.`; default: a new id)
+    #[arg(long, value_name = "ID", value_parser = delivery_id)]
     pub delivery: Option<String>,
+}
+
+/// A `--delivery` id as the server takes it: 1 to 200 visible ASCII characters, none of them
+/// `.` (the separator of the signed "<t>.<delivery>.<body>").
+fn delivery_id(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 200 || !s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') || s.contains('.') {
+        return Err("a delivery id is 1 to 200 visible ASCII characters, none of them `.`".into());
+    }
+    Ok(s.to_owned())
 }
 
 // ---- request bodies ----
@@ -1179,6 +1188,10 @@ mod tests {
         let missing = dir.path().join("missing.json");
         assert!(matches!(hook_payload(&hook(&["--data-file", missing.to_str().unwrap()])).await, Err(Err(_))));
         assert!(parse(&["hook", "orders", "--secret", "s", "--data", "{}", "--data-file", "x"]).is_err());
+        // The delivery id is signed as "<t>.<delivery>.<body>": it cannot hold a `.`.
+        for bad in ["a.b", "", "\u{e9}t\u{e9}"] {
+            assert!(parse(&["hook", "orders", "--secret", "s", "--delivery", bad]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -279,6 +279,11 @@ fn sign(secret: &str, t: i64, body: &[u8]) -> String {
     shoal_api::listeners::sign_hook(secret.as_bytes(), t, body)
 }
 
+/// The signature of a delivery sent with `X-Shoal-Hook-Delivery: delivery` (the id is signed).
+fn sign_delivery(secret: &str, t: i64, delivery: &str, body: &[u8]) -> String {
+    shoal_api::listeners::sign_hook_delivery(secret.as_bytes(), t, Some(delivery), body)
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
@@ -331,12 +336,12 @@ async fn webhooks_are_signed_and_start_their_job_once(b: Backend) {
     assert_eq!(status, 404);
     assert_eq!(t.count_executions().await, 0, "refused deliveries started nothing");
 
-    let (status, resp) = post(Some(sign(&secret, unix_now(), &body)), body.clone(), Some("d-1")).await;
+    let (status, resp) = post(Some(sign_delivery(&secret, unix_now(), "d-1", &body)), body.clone(), Some("d-1")).await;
     assert_eq!(status, 201, "{resp}");
     let id = resp["execution"]["id"].as_str().unwrap().to_owned();
     assert_eq!(t.wait_final(&id, Duration::from_secs(10)).await["params"]["what"], "shoal@main");
     // The same delivery again (a retrying sender) starts nothing new.
-    let (status, resp) = post(Some(sign(&secret, unix_now(), &body)), body.clone(), Some("d-1")).await;
+    let (status, resp) = post(Some(sign_delivery(&secret, unix_now(), "d-1", &body)), body.clone(), Some("d-1")).await;
     assert_eq!((status, resp["replayed"].as_bool()), (200, Some(true)), "{resp}");
     assert_eq!(resp["event"]["execution"], id.as_str());
     assert_eq!(t.count_executions().await, 1);
