@@ -94,6 +94,50 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Puts an error that did not come from [`ApiError`] into the API's error shape: axum answers
+/// a path, query or body its extractors cannot decode (a path segment that is not UTF-8
+/// once percent-decoded, say) with a plain-text 4xx before any handler runs. Applied to
+/// every response; JSON responses and statuses without a code of their own pass unchanged.
+pub(crate) async fn shape_rejections(response: Response) -> Response {
+    let (status, is_json) = (
+        response.status(),
+        response
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json")),
+    );
+    if is_json || !status.is_client_error() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("bad request").to_owned() } else { text };
+    let error = match status {
+        StatusCode::BAD_REQUEST if message.starts_with("Invalid URL") => ApiError::invalid_path(message),
+        StatusCode::BAD_REQUEST if message.contains("query string") => ApiError::invalid_query(message),
+        StatusCode::BAD_REQUEST if message.contains("JSON") => ApiError::invalid_json(message),
+        StatusCode::BAD_REQUEST => ApiError::bad_request(message),
+        StatusCode::UNAUTHORIZED => ApiError::unauthorized(message),
+        StatusCode::NOT_FOUND => ApiError::not_found(message),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::method_not_allowed(message),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(message),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::unsupported_media_type(message),
+        StatusCode::UNPROCESSABLE_ENTITY => ApiError::invalid_request(message),
+        _ => return Response::from_parts(parts, axum::body::Body::from(message)),
+    };
+    let mut shaped = error.into_response();
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            shaped.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    shaped
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {

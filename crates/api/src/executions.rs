@@ -101,7 +101,10 @@ pub(crate) async fn load_job(root: &str, job: &SandboxPath) -> ApiResult<JobSpec
                 shoal_core::job::MAX_JOB_FILE_BYTES
             )));
         }
-        dir.read_to_string(&rel).map_err(|e| resolve_error(&shown, e))
+        // Bounded: the file may have grown since its size was read.
+        crate::sandboxes::read_job_text(&dir, &rel)
+            .map_err(|e| resolve_error(&shown, e))?
+            .ok_or_else(|| job_too_large(&shown))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
@@ -110,6 +113,45 @@ pub(crate) async fn load_job(root: &str, job: &SandboxPath) -> ApiResult<JobSpec
             "file": job.to_string(), "line": e.line, "column": e.column, "message": e.message,
         }))
     })
+}
+
+fn job_too_large(shown: &str) -> ApiError {
+    ApiError::invalid_job(format!("job file `{shown}` is over {} bytes", shoal_core::job::MAX_JOB_FILE_BYTES))
+}
+
+/// Refuses a workdir that resolves outside the sandbox root through a symlink. The lexical
+/// check (no `..`, not absolute) is the core's; this one reads the folder, so it is made
+/// where the folder is (the runner checks again right before the job starts, which also
+/// catches a symlink swapped in after submission). A workdir that does not exist yet is
+/// checked as far as it exists.
+async fn check_workdir_resolves_inside(root: &str, workdir: &str) -> Result<(), String> {
+    let (root, workdir) = (std::path::PathBuf::from(root), workdir.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let Ok(real_root) = std::fs::canonicalize(&root) else {
+            // No folder to escape from; the attempt fails at start with a clear message.
+            return Ok(());
+        };
+        let rel = SandboxPath::parse(&workdir).map_err(|e| format!("workdir: {e}"))?;
+        let (mut path, mut existing) = (root.clone(), None);
+        for part in rel.parts() {
+            path.push(part);
+            if std::fs::symlink_metadata(&path).is_err() {
+                break;
+            }
+            existing = Some(path.clone());
+        }
+        let Some(existing) = existing else { return Ok(()) };
+        match std::fs::canonicalize(&existing) {
+            Ok(real) if real.starts_with(&real_root) => Ok(()),
+            Ok(real) => Err(format!(
+                "workdir `{workdir}` resolves to {} through a symlink, outside the sandbox root; it is refused",
+                real.display()
+            )),
+            Err(e) => Err(format!("workdir `{workdir}` cannot be resolved inside the sandbox ({e}); it is refused")),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("cannot check workdir: {e}")))
 }
 
 pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<Response> {
@@ -185,7 +227,17 @@ pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<
                 ParamError::Unknown { .. } => ApiError::unknown_parameter(e.to_string()),
             })?;
             params = bound.clone();
-            (Some(path.to_string()), spec.resolve(&bound))
+            let resolved = spec.resolve(&bound);
+            // The file was valid, so anything wrong now came in through a parameter value.
+            resolved
+                .validate()
+                .map_err(|m| ApiError::invalid_parameter(format!("job `{path}` with these parameters: {m}")))?;
+            if let Some(w) = &resolved.workdir {
+                check_workdir_resolves_inside(&sandbox.root, w)
+                    .await
+                    .map_err(|m| ApiError::invalid_job(format!("job `{path}`: {m}")))?;
+            }
+            (Some(path.to_string()), resolved)
         }
         (None, Some(command)) => {
             if command.is_empty() || command[0].is_empty() {
@@ -196,8 +248,9 @@ pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<
                     "an inline command takes no `params`; put the values in `command` or `env`",
                 ));
             }
-            if let Some(k) = req.env.keys().find(|k| k.is_empty() || k.contains('=') || k.starts_with("SHOAL_")) {
-                return Err(ApiError::invalid_request(format!("invalid environment variable name `{k}`; names may not be empty, contain `=`, or start with `SHOAL_`")));
+            if let Some(k) = req.env.keys().find(|k| k.is_empty() || k.contains(['=', '\0']) || k.starts_with("SHOAL_"))
+            {
+                return Err(ApiError::invalid_request(format!("invalid environment variable name `{}`; names may not be empty, contain `=` or a NUL byte, or start with `SHOAL_`", k.escape_debug())));
             }
             if let Some(w) = &req.workdir {
                 SandboxPath::parse(w).map_err(|e| ApiError::invalid_path(format!("workdir: {e}")))?;
@@ -213,12 +266,26 @@ pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<
                 return Err(ApiError::invalid_request("timeout must be more than zero; leave it out for no timeout"));
             }
             spec.retries = req.retries.unwrap_or(0);
+            if spec.retries > shoal_core::job::MAX_RETRIES {
+                return Err(ApiError::invalid_request(format!(
+                    "retries is {}; the most allowed is {}",
+                    spec.retries,
+                    shoal_core::job::MAX_RETRIES
+                )));
+            }
             if let Some(b) = duration_field("retry_backoff", &req.retry_backoff)? {
                 spec.retry_backoff_ms = b.as_millis() as u64;
             }
             spec.on_node_loss = req.on_node_loss.unwrap_or_default();
             spec.allocation = req.allocation.clone().unwrap_or_default();
             spec.allow_pending = req.allow_pending.unwrap_or(false);
+            spec.validate().map_err(ApiError::invalid_request)?;
+            if let (Some(w), Some(s)) = (&spec.workdir, &sandbox) {
+                // A local sandbox held elsewhere is checked by its holder's runner at start.
+                if held_elsewhere(&state, s).is_none() {
+                    check_workdir_resolves_inside(&s.root, w).await.map_err(ApiError::invalid_request)?;
+                }
+            }
             (None, spec)
         }
     };

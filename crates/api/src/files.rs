@@ -5,6 +5,9 @@
 //! which refuses to resolve a path (including through symlinks) to anything outside it.
 //! Uploads are written to a temporary file beside the target and renamed into place, so a
 //! failed or oversized upload leaves nothing behind and readers never see half a file.
+//! Those temporaries (`.shoal-upload-*`, [`shoal_core::path::UPLOAD_TEMP_PREFIX`]) are never
+//! listed, downloaded or deleted here (404), nor uploaded to (400 `invalid_path`); a node
+//! removes the ones a crash left in its local sandboxes when it starts.
 //!
 //! The files of a `local` sandbox held by another node are served by that node: each handler
 //! forwards such a request before it reads the body, so an upload streams straight through.
@@ -48,6 +51,7 @@ pub fn resolve_error(path: &str, e: io::Error) -> ApiError {
             ApiError::conflict(format!("folder `{path}` is not empty; delete its files first"))
         }
         io::ErrorKind::PermissionDenied => ApiError::invalid_path(format!("path `{path}` is not accessible: {e}")),
+        io::ErrorKind::InvalidFilename => ApiError::invalid_path(format!("path `{path}` is refused: {e}")),
         _ => ApiError::internal(format!("file operation on `{path}` failed: {e}")),
     }
 }
@@ -78,6 +82,18 @@ fn parse_path(raw: &str) -> ApiResult<SandboxPath> {
     SandboxPath::parse(raw).map_err(|e| ApiError::invalid_path(e.to_string()))
 }
 
+fn names_upload_temp(path: &SandboxPath) -> bool {
+    path.parts().iter().any(|p| shoal_core::path::is_upload_temp(p))
+}
+
+/// A path that names an upload temporary is answered as if nothing were there.
+fn hide_upload_temp(path: &SandboxPath) -> ApiResult<()> {
+    if names_upload_temp(path) {
+        return Err(ApiError::not_found(format!("no file or folder `{path}` in this sandbox")));
+    }
+    Ok(())
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(e.to_string()))?
 }
@@ -101,6 +117,7 @@ async fn serve_get(state: State, name: String, raw: String, request: Request) ->
         return forward::to_sandbox_holder(&state, &sandbox.name, holder, request).await;
     }
     let path = parse_path(&raw)?;
+    hide_upload_temp(&path)?;
     let shown = path.to_string();
     let found = blocking(move || {
         let dir = open_root(&sandbox.root)?;
@@ -112,6 +129,9 @@ async fn serve_get(state: State, name: String, raw: String, request: Request) ->
             let mut entries = Vec::new();
             for entry in sub.entries().map_err(|e| resolve_error(&shown, e))?.flatten() {
                 let fname = entry.file_name().to_string_lossy().into_owned();
+                if shoal_core::path::is_upload_temp(&fname) {
+                    continue;
+                }
                 let Ok(m) = entry.metadata() else { continue };
                 let child = if shown.is_empty() { fname.clone() } else { format!("{shown}/{fname}") };
                 entries.push(json!({
@@ -159,6 +179,12 @@ pub async fn put(state: State, Path((name, raw)): Path<(String, String)>, reques
     if path.is_root() {
         return Err(ApiError::invalid_path("give a file path to upload to, not the sandbox root"));
     }
+    if names_upload_temp(&path) {
+        return Err(ApiError::invalid_path(format!(
+            "names starting with `{}` are reserved for upload temporaries; choose another name",
+            shoal_core::path::UPLOAD_TEMP_PREFIX
+        )));
+    }
     let limit = state.limits.max_upload_bytes;
     let too_large = || {
         ApiError::payload_too_large(format!("upload is larger than the limit of {limit} bytes; nothing was written"))
@@ -172,7 +198,7 @@ pub async fn put(state: State, Path((name, raw)): Path<(String, String)>, reques
         return Err(too_large());
     }
     let shown = path.to_string();
-    let tmp_name = format!(".shoal-upload-{}", uuid::Uuid::new_v4());
+    let tmp_name = format!("{}{}", shoal_core::path::UPLOAD_TEMP_PREFIX, uuid::Uuid::new_v4());
     let (parent_rel, tmp_rel, final_rel) = {
         let parent = path.parent().to_relative();
         (parent.clone(), parent.join(&tmp_name), path.to_relative())
@@ -257,6 +283,7 @@ pub async fn delete(state: State, Path((name, raw)): Path<(String, String)>, req
             "the sandbox root cannot be deleted through the file API; delete the sandbox instead",
         ));
     }
+    hide_upload_temp(&path)?;
     let shown = path.to_string();
     blocking(move || {
         let dir = open_root(&sandbox.root)?;

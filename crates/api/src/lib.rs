@@ -140,6 +140,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics::render))
         .nest("/api/v1", api)
         .fallback(health::api_not_found)
+        .layer(middleware::map_response(error::shape_rejections))
         .layer(middleware::map_response_with_state(state.clone(), forward::served_by))
         .with_state(state)
 }

@@ -174,7 +174,14 @@ pub async fn create(state: State, request: Request) -> ApiResult<Response> {
             }
             None
         }
-        SandboxKind::Local => Some(req.node.unwrap_or_else(|| state.node.id.clone())),
+        SandboxKind::Local => {
+            if let Some(n) = &req.node {
+                shoal_core::NodeId::parse(n).map_err(|m| {
+                    ApiError::invalid_request(format!("`node` must be the id of the node that holds the sandbox: {m}"))
+                })?;
+            }
+            Some(req.node.unwrap_or_else(|| state.node.id.clone()))
+        }
         SandboxKind::Partitioned => None,
     };
     if let Some(holder) = node.as_deref().filter(|n| *n != state.node.id) {
@@ -202,7 +209,24 @@ pub async fn delete(state: State, Path(name): Path<String>) -> ApiResult<StatusC
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Every `*.toml` under the sandbox's `jobs/` folder, and whether it is a valid job.
+/// Reads a job file of at most [`shoal_core::job::MAX_JOB_FILE_BYTES`] bytes; `None` if it is
+/// larger. Never reads more than one byte past the limit, whatever the file's size, so a
+/// huge file (or one that grows while it is read) costs no memory.
+pub(crate) fn read_job_text(dir: &cap_std::fs::Dir, rel: &std::path::Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let limit = shoal_core::job::MAX_JOB_FILE_BYTES;
+    let mut bytes = Vec::new();
+    dir.open(rel)?.into_std().take(limit as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > limit {
+        return Ok(None);
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "the job file is not valid UTF-8"))
+}
+
+/// Every `*.toml` under the sandbox's `jobs/` folder, and whether it is a valid job. A file
+/// over the size limit is listed as invalid without being read.
 pub async fn jobs(state: State, Path(name): Path<String>, request: Request) -> ApiResult<Response> {
     let sandbox = find(&state, &name).await?;
     if let Some(holder) = held_elsewhere(&state, &sandbox) {
@@ -226,8 +250,21 @@ pub async fn jobs(state: State, Path(name): Path<String>, request: Request) -> A
                     stack.push(path);
                 } else if ft.is_file() && path.extension().is_some_and(|e| e == "toml") {
                     let shown = path.display().to_string();
-                    let text = dir.read_to_string(&path);
-                    out.push(match text.map_err(|e| e.to_string()).and_then(|t| JobSpec::parse(&t).map_err(|e| e.to_string())) {
+                    let limit = shoal_core::job::MAX_JOB_FILE_BYTES;
+                    let too_large = |size: Option<u64>| {
+                        let size = size.map(|n| format!(" ({n} bytes)")).unwrap_or_default();
+                        format!("the job file is too large{size}; the limit is {limit} bytes, so it was not read")
+                    };
+                    let text = match entry.metadata() {
+                        Ok(m) if m.len() > limit as u64 => Err(too_large(Some(m.len()))),
+                        Ok(_) => match read_job_text(&dir, &path) {
+                            Ok(Some(t)) => Ok(t),
+                            Ok(None) => Err(too_large(None)),
+                            Err(e) => Err(e.to_string()),
+                        },
+                        Err(e) => Err(e.to_string()),
+                    };
+                    out.push(match text.and_then(|t| JobSpec::parse(&t).map_err(|e| e.to_string())) {
                         Ok(job) => json!({
                             "path": shown, "valid": true, "description": job.description,
                             "params": job.params.iter().map(|(k, p)| json!({"name": k, "default": p.default, "required": p.default.is_none(), "description": p.description})).collect::<Vec<_>>(),

@@ -122,7 +122,8 @@ pub struct FileSeen {
 
 /// The regular files under `root` matching `pattern`, sorted by path.
 ///
-/// Symlinks are never followed, neither to files nor to folders, so a job cannot make a
+/// Upload temporaries of the files API (`.shoal-upload-*`) are never seen: they are half
+/// written, and renamed to their real name once complete. Symlinks are never followed, neither to files nor to folders, so a job cannot make a
 /// listener report files outside its sandbox. Files whose names are not UTF-8 cannot be
 /// named in an event and are left out. A missing prefix folder means no files yet; a
 /// missing root is an error. More than `max_files` matches is an error rather than a
@@ -158,6 +159,9 @@ pub fn scan(root: &Path, pattern: &Pattern, max_files: usize) -> io::Result<Vec<
         if !entry.file_type().is_file() {
             continue;
         }
+        if entry.file_name().to_str().is_some_and(shoal_core::path::is_upload_temp) {
+            continue;
+        }
         let Some(path) = relative(root, entry.path()) else { continue };
         if !pattern.matches(&path) {
             continue;
@@ -179,6 +183,72 @@ pub fn scan(root: &Path, pattern: &Pattern, max_files: usize) -> io::Result<Vec<
     }
     found.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(found)
+}
+
+/// Removes the upload temporaries (`.shoal-upload-*` regular files) under `root` last
+/// modified before `before`: those a crash or a kill left behind. An upload in progress
+/// writes its temporary continually, so giving the time this node started spares the uploads
+/// it serves itself. Symlinks are not followed. Returns how many were removed.
+pub fn remove_stale_uploads(root: &Path, before: SystemTime) -> io::Result<usize> {
+    if !root.is_dir() {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for entry in WalkDir::new(root).follow_links(false).follow_root_links(false).min_depth(1) {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) if vanished(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if !entry.file_type().is_file() || !entry.file_name().to_str().is_some_and(shoal_core::path::is_upload_temp) {
+            continue;
+        }
+        let stale = entry.metadata().ok().and_then(|m| m.modified().ok()).is_some_and(|t| t < before);
+        if stale {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// In the background, removes the upload temporaries a crash left in the sandboxes this
+/// node holds (its local sandboxes and its partitions; a shared folder may be written by
+/// other nodes' uploads, so it is left alone). Called once at start.
+pub fn clean_stale_uploads(store: std::sync::Arc<shoal_store::Store>, node: String) {
+    let started = SystemTime::now();
+    tokio::spawn(async move {
+        let sandboxes = match store.list_sandboxes().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list sandboxes to remove stale upload temporaries");
+                return;
+            }
+        };
+        let mut roots = Vec::new();
+        for s in sandboxes {
+            match s.kind {
+                shoal_core::SandboxKind::Local if s.node_id.as_deref() == Some(node.as_str()) => roots.push(s.root),
+                shoal_core::SandboxKind::Partitioned => {
+                    roots.extend(s.partitions.into_iter().filter(|p| p.node == node).map(|p| p.root))
+                }
+                _ => {}
+            }
+        }
+        let _ = tokio::task::spawn_blocking(move || {
+            for root in roots {
+                match remove_stale_uploads(Path::new(&root), started) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(root, removed = n, "removed upload temporaries left by an earlier run"),
+                    Err(e) => tracing::warn!(root, error = %e, "cannot remove stale upload temporaries"),
+                }
+            }
+        })
+        .await;
+    });
 }
 
 fn vanished(e: &walkdir::Error) -> bool {
@@ -425,6 +495,36 @@ mod tests {
         assert_eq!(paths(&files), ["in/real.csv"]);
         // A symlink as the literal prefix is not followed either.
         assert!(scan(dir.path(), &pattern("linked/*.csv"), 100).unwrap().is_empty());
+    }
+
+    #[test]
+    fn scan_never_sees_upload_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(dir.path(), "in/a.csv");
+        touch(dir.path(), "in/.shoal-upload-0b7f2e4c");
+        touch(dir.path(), ".shoal-upload-1");
+        assert_eq!(paths(&scan(dir.path(), &pattern("in/*"), 100).unwrap()), ["in/a.csv"]);
+        assert_eq!(paths(&scan(dir.path(), &pattern("**"), 100).unwrap()), ["in/a.csv"]);
+        assert_eq!(paths(&scan(dir.path(), &pattern("in/.shoal-upload-*"), 100).unwrap()), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn stale_upload_temporaries_are_removed_and_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["a/.shoal-upload-old", ".shoal-upload-old2", "a/keep.csv", "a/.shoal-upload-new"] {
+            touch(dir.path(), f);
+        }
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        for f in ["a/.shoal-upload-old", ".shoal-upload-old2", "a/keep.csv"] {
+            fs::File::options().write(true).open(dir.path().join(f)).unwrap().set_modified(old).unwrap();
+        }
+        let before = SystemTime::now() - Duration::from_secs(60);
+        assert_eq!(remove_stale_uploads(dir.path(), before).unwrap(), 2);
+        assert!(!dir.path().join("a/.shoal-upload-old").exists());
+        assert!(!dir.path().join(".shoal-upload-old2").exists());
+        assert!(dir.path().join("a/keep.csv").exists());
+        assert!(dir.path().join("a/.shoal-upload-new").exists(), "an upload in progress was removed");
+        assert_eq!(remove_stale_uploads(&dir.path().join("missing"), before).unwrap(), 0);
     }
 
     #[test]

@@ -77,6 +77,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         other => anyhow::anyhow!("store {}: {other}", shoal_store::redact(&config.store.url)),
     })?;
     let store = Arc::new(store);
+    filewatch::clean_stale_uploads(store.clone(), id.clone());
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
