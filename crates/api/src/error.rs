@@ -64,6 +64,7 @@ codes! {
     store_unavailable => (SERVICE_UNAVAILABLE, "store_unavailable"),
     node_unavailable => (SERVICE_UNAVAILABLE, "node_unavailable"),
     not_ready => (SERVICE_UNAVAILABLE, "not_ready"),
+    too_many_connections => (SERVICE_UNAVAILABLE, "too_many_connections"),
 }
 
 impl ApiError {

@@ -48,6 +48,10 @@ struct RawHttp {
     advertise: Option<String>,
     max_request_bytes: Option<u64>,
     max_upload_bytes: Option<u64>,
+    header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    max_connections: Option<u32>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -124,6 +128,14 @@ pub struct HttpConfig {
     pub advertise: Option<String>,
     pub max_request_bytes: usize,
     pub max_upload_bytes: u64,
+    /// From accept (or a later request's first byte) to the end of the request head.
+    pub header_read_timeout: Duration,
+    /// For a request body up to 1 MiB; each further MiB gets as long again.
+    pub body_read_timeout: Duration,
+    /// How long a connection with no request in flight stays open.
+    pub idle_timeout: Duration,
+    /// Connections served at once; beyond it, 503 `too_many_connections` and close.
+    pub max_connections: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -177,7 +189,19 @@ pub struct LogConfig {
 
 /// The sections environment overrides may name, and the keys each has.
 const SECTIONS: &[(&str, &[&str])] = &[
-    ("http", &["listen", "advertise", "max_request_bytes", "max_upload_bytes"]),
+    (
+        "http",
+        &[
+            "listen",
+            "advertise",
+            "max_request_bytes",
+            "max_upload_bytes",
+            "header_read_timeout",
+            "body_read_timeout",
+            "idle_timeout",
+            "max_connections",
+        ],
+    ),
     ("store", &["url", "pool_size", "replicas"]),
     (
         "cluster",
@@ -336,6 +360,39 @@ impl Config {
         if !(1024..=64 * 1024 * 1024).contains(&max_request_bytes) {
             return Err(ConfigError::Invalid("http.max_request_bytes must be from 1024 to 67108864".into()));
         }
+        let http_timeout = |key: &str, v: &Option<String>, default: Duration, max: Duration, max_text: &str| {
+            let what = format!("http.{key}");
+            let d = parse_duration(&what, v, default)?;
+            if d < Duration::from_millis(100) || d > max {
+                return Err(ConfigError::Invalid(format!("{what} must be from 100ms to {max_text}")));
+            }
+            Ok(d)
+        };
+        let header_read_timeout = http_timeout(
+            "header_read_timeout",
+            &raw.http.header_read_timeout,
+            Duration::from_secs(10),
+            Duration::from_secs(300),
+            "5m",
+        )?;
+        let body_read_timeout = http_timeout(
+            "body_read_timeout",
+            &raw.http.body_read_timeout,
+            Duration::from_secs(30),
+            Duration::from_secs(3600),
+            "1h",
+        )?;
+        let idle_timeout = http_timeout(
+            "idle_timeout",
+            &raw.http.idle_timeout,
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            "1h",
+        )?;
+        let max_connections = raw.http.max_connections.unwrap_or(1024);
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(ConfigError::Invalid("http.max_connections must be from 1 to 1000000".into()));
+        }
         let url = raw.store.url.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("shoal.db").display()));
         if let Some(replicas) = &raw.store.replicas {
             if url.starts_with("sqlite://") && !replicas.is_empty() {
@@ -463,6 +520,10 @@ impl Config {
                 advertise: raw.http.advertise.map(|a| a.trim_end_matches('/').to_owned()),
                 max_request_bytes: max_request_bytes as usize,
                 max_upload_bytes: raw.http.max_upload_bytes.unwrap_or(256 * 1024 * 1024),
+                header_read_timeout,
+                body_read_timeout,
+                idle_timeout,
+                max_connections: max_connections as usize,
             },
             store: StoreConfig { url, pool_size: pool_size as usize },
             cluster: ClusterConfig {
@@ -504,6 +565,10 @@ mod tests {
         assert_eq!(c.store.url, "sqlite://./data/shoal.db");
         assert_eq!(c.executor.slots, 8);
         assert!(c.node_id.is_none());
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.http.max_connections, 1024);
     }
 
     #[test]
@@ -535,6 +600,20 @@ slots = 8
         assert!(e.contains("colour"), "{e}");
         let e = Config::parse("", "x", env(&[("SHOAL_HTTP_LISEN", "1")])).unwrap_err().to_string();
         assert!(e.contains("SHOAL_HTTP_LISEN") && e.contains("listen"), "{e}");
+    }
+
+    #[test]
+    fn http_limits_parse_from_the_file_and_the_environment() {
+        let c = Config::parse(
+            "[http]\nheader_read_timeout = \"300ms\"\nmax_connections = 2\n",
+            "x",
+            env(&[("SHOAL_HTTP_IDLE_TIMEOUT", "5s"), ("SHOAL_HTTP_BODY_READ_TIMEOUT", "1m")]),
+        )
+        .unwrap();
+        assert_eq!(c.http.header_read_timeout, Duration::from_millis(300));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(5));
+        assert_eq!(c.http.body_read_timeout, Duration::from_secs(60));
+        assert_eq!(c.http.max_connections, 2);
     }
 
     #[test]
@@ -574,6 +653,10 @@ slots = 8
             ("node_id = \"Bad Id\"", "node id"),
             ("[log]\nformat = \"xml\"", "log.format"),
             ("[executor]\nslots = \"many\"", "line 2"),
+            ("[http]\nheader_read_timeout = \"10\"", "http.header_read_timeout"),
+            ("[http]\nbody_read_timeout = \"0s\"", "http.body_read_timeout must be from 100ms"),
+            ("[http]\nidle_timeout = \"2h\"", "http.idle_timeout must be from 100ms to 1h"),
+            ("[http]\nmax_connections = 0", "http.max_connections"),
         ] {
             let e = Config::parse(text, "x", env(&[])).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");

@@ -6,6 +6,7 @@ mod cluster;
 pub mod config;
 mod engine;
 pub mod filewatch;
+mod http;
 mod load;
 mod triggers;
 mod workers;
@@ -198,20 +199,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         metrics,
     });
     let app = shoal_api::router(state);
-    let mut http_shutdown = shutdown_rx.clone();
-    let http = tokio::spawn(async move {
-        // Small answers (a file, a JSON body) must not wait for a delayed ACK.
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = http_shutdown.wait_for(|s| *s).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    let http = http::spawn(listener, app, (&config.http).into(), &id, shutdown_rx.clone());
     engine.wake.notify_one();
     tracing::info!(node = %id, url = %url, store = %store.redacted_url(), generation = lease.generation, startup_ms = started.elapsed().as_millis() as u64, "node ready");
     Ok(Node { engine, cluster, id, url, shutdown, tasks, http, kill_grace: config.executor.kill_grace })

@@ -1,0 +1,504 @@
+//! The node's HTTP server: the accept loop, the connection cap and the timeouts that keep a
+//! slow or silent client from holding a connection.
+//!
+//! Each connection is served by hyper's HTTP/1 connection with a watchdog beside it, which
+//! knows at any moment which of three states the connection is in:
+//!
+//! - **reading a head**: from accept, or from the first byte of a later request on a kept-alive
+//!   connection, until the request head is complete. Closed (without an answer) after
+//!   `http.header_read_timeout`.
+//! - **busy**: a request is in flight, from its complete head until its response body has been
+//!   written out or dropped. Never closed by the watchdog, however long the response streams
+//!   (a followed log can last hours); the request body has its own limit, below.
+//! - **idle**: no request in flight and no byte of the next one yet. Closed after
+//!   `http.idle_timeout`.
+//!
+//! hyper's own `header_read_timeout` is not used: it starts as soon as a kept-alive connection
+//! goes idle, so it would make the idle timeout the shorter of the two.
+//!
+//! A request body must arrive within `http.body_read_timeout` of the handler's first read of it
+//! (a body of up to [`BODY_GRACE_BYTES`]); each further [`BODY_GRACE_BYTES`] that arrive earn as
+//! long again, so an upload needs about 1 MiB per `body_read_timeout`, and a body trickled a byte
+//! at a time cannot hold a connection. When it expires, the handler's read fails, it answers
+//! 400, and hyper closes the connection (the rest of the body was never read).
+//!
+//! Beyond `http.max_connections` connections at once, a new connection is answered 503
+//! `too_many_connections` with `Retry-After` at once, without reading its request or reaching
+//! the router, and closed.
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Request, Response};
+use axum::Router;
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{Instant, Sleep};
+
+/// A request body earns another `body_read_timeout` each time this much more of it arrives.
+pub const BODY_GRACE_BYTES: u64 = 1024 * 1024;
+
+/// Refused connections being answered at once; beyond it a refused connection is closed
+/// without an answer, so a flood costs no more than this many tasks.
+const MAX_REFUSING: usize = 128;
+
+/// How long answering a refused connection may take, its lingering close included.
+const REFUSE_TIME: Duration = Duration::from_secs(1);
+
+/// What [`spawn`] needs of `[http]`.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl From<&crate::config::HttpConfig> for HttpLimits {
+    fn from(c: &crate::config::HttpConfig) -> HttpLimits {
+        HttpLimits {
+            header_read_timeout: c.header_read_timeout,
+            body_read_timeout: c.body_read_timeout,
+            idle_timeout: c.idle_timeout,
+            max_connections: c.max_connections,
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` turns true; then stops accepting, lets each
+/// connection finish its request in flight and returns when all have closed.
+pub fn spawn(
+    listener: TcpListener,
+    app: Router,
+    limits: HttpLimits,
+    node_id: &str,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    warn_if_descriptors_are_short(limits.max_connections);
+    let refusal = Arc::new(refusal(node_id, limits.max_connections));
+    tokio::spawn(async move {
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+        let limits = Arc::new(limits);
+        let mut connections = JoinSet::new();
+        let mut refused = Refused::default();
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+                accepted = listener.accept() => accepted,
+            };
+            let tcp = match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    // Out of descriptors, most likely: wait for some to close rather than spin.
+                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                    tokio::select! {
+                        _ = shutdown.wait_for(|s| *s) => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            };
+            // Small answers (a file, a JSON body) must not wait for a delayed ACK.
+            let _ = tcp.set_nodelay(true);
+            match permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let (app, limits, shutdown) = (app.clone(), limits.clone(), shutdown.clone());
+                    connections.spawn(async move {
+                        serve_connection(tcp, app, &limits, shutdown).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    refused.note(limits.max_connections);
+                    match refusing.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let refusal = refusal.clone();
+                            connections.spawn(async move {
+                                refuse(tcp, &refusal).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => drop(tcp),
+                    }
+                }
+            }
+        }
+        drop(listener);
+        while connections.join_next().await.is_some() {}
+    })
+}
+
+/// Counts refused connections for the log: the first at once, then at most one line a minute.
+#[derive(Default)]
+struct Refused {
+    count: u64,
+    logged: Option<Instant>,
+}
+
+impl Refused {
+    fn note(&mut self, max: usize) {
+        self.count += 1;
+        if self.logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            tracing::warn!(
+                refused = self.count,
+                max_connections = max,
+                "HTTP connections refused with 503: this node serves http.max_connections already"
+            );
+            self.count = 0;
+            self.logged = Some(Instant::now());
+        }
+    }
+}
+
+/// Errors of one connection that the listener survives untouched.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}
+
+fn warn_if_descriptors_are_short(max_connections: usize) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let (open_files, wanted) = (limit.rlim_cur, max_connections as libc::rlim_t + 256);
+    if open_files < wanted {
+        tracing::warn!(
+            open_files,
+            max_connections,
+            "the open-file limit is below http.max_connections plus what the node needs besides; raise it (ulimit -n, LimitNOFILE=) or lower http.max_connections"
+        );
+    }
+}
+
+/// The whole answer to a connection beyond the cap, as bytes on the wire: the API's error
+/// shape with the code and status of its table.
+fn refusal(node_id: &str, max: usize) -> Vec<u8> {
+    let error = shoal_api::ApiError::too_many_connections(format!(
+        "this node already serves {max} connections (http.max_connections); retry in a moment or use another node"
+    ));
+    let body = serde_json::json!({"error": {"code": error.code, "message": error.message}}).to_string();
+    let served_by = HeaderValue::from_str(node_id).map(|_| node_id).unwrap_or("");
+    format!(
+        "HTTP/1.1 {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n{}: {served_by}\r\n\r\n{body}",
+        error.status,
+        body.len(),
+        shoal_api::SERVED_BY.as_str(),
+    )
+    .into_bytes()
+}
+
+/// Answers 503 and closes, draining what the client sends meanwhile so that the close is a
+/// FIN, not a reset that could destroy the answer before the client reads it.
+async fn refuse(mut tcp: TcpStream, answer: &[u8]) {
+    let _ = tokio::time::timeout(REFUSE_TIME, async {
+        tcp.write_all(answer).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while tcp.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
+}
+
+async fn serve_connection(tcp: TcpStream, app: Router, limits: &HttpLimits, mut shutdown: watch::Receiver<bool>) {
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched { tcp, activity: activity.clone() });
+    let service = ConnService { app, activity: activity.clone(), body_read_timeout: limits.body_read_timeout };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.keep_alive(true).header_read_timeout(None);
+    let conn = builder.serve_connection(io, service);
+    let watchdog = activity.watch(limits.header_read_timeout, limits.idle_timeout);
+    tokio::pin!(conn, watchdog);
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            why = &mut watchdog => {
+                // Nothing is in flight: dropping the connection closes the socket.
+                tracing::debug!(reason = why, "closing an HTTP connection");
+                return;
+            }
+            _ = shutdown.wait_for(|s| *s), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// What a connection is doing, shared by its socket, its service and its watchdog.
+struct Activity {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+struct State {
+    in_flight: usize,
+    /// No request in flight, and bytes of the next one (or of nothing yet, on a new
+    /// connection) are awaited under the header timeout.
+    reading_head: bool,
+    since: Instant,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            state: Mutex::new(State { in_flight: 0, reading_head: true, since: Instant::now() }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut State) -> bool) {
+        let changed = match self.state.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(_) => false,
+        };
+        if changed {
+            // One waiter, the watchdog; a permit is kept if it is not waiting right now.
+            self.changed.notify_one();
+        }
+    }
+
+    /// Bytes arrived on the socket.
+    fn read_some(&self) {
+        self.update(|s| {
+            if s.in_flight == 0 && !s.reading_head {
+                s.reading_head = true;
+                s.since = Instant::now();
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn request_started(self: &Arc<Self>) -> InFlight {
+        self.update(|s| {
+            s.in_flight += 1;
+            true
+        });
+        InFlight(self.clone())
+    }
+
+    /// Completes with the reason when the connection has outlived its state's timeout.
+    async fn watch(&self, header_read_timeout: Duration, idle_timeout: Duration) -> &'static str {
+        loop {
+            let due = match self.state.lock() {
+                Ok(s) if s.in_flight > 0 => None,
+                Ok(s) if s.reading_head => Some((s.since + header_read_timeout, "header_read_timeout")),
+                Ok(s) => Some((s.since + idle_timeout, "idle_timeout")),
+                Err(_) => return "poisoned",
+            };
+            match due {
+                None => self.changed.notified().await,
+                Some((at, why)) if Instant::now() >= at => return why,
+                Some((at, _)) => {
+                    tokio::select! {
+                        _ = self.changed.notified() => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A request in flight, until its response body is done with.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.update(|s| {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            if s.in_flight == 0 {
+                s.reading_head = false;
+                s.since = Instant::now();
+            }
+            true
+        });
+    }
+}
+
+/// The socket, telling the watchdog when bytes arrive.
+struct Watched {
+    tcp: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.tcp).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read_some();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// One connection's requests into the router: each counted in flight while it lasts, with its
+/// body under the body-read deadline.
+#[derive(Clone)]
+struct ConnService {
+    app: Router,
+    activity: Arc<Activity>,
+    body_read_timeout: Duration,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<Tracked>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<Tracked>, Infallible>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let in_flight = self.activity.request_started();
+        let timeout = self.body_read_timeout;
+        let req = req.map(|body| Body::new(Deadline { inner: body, timeout, sleep: None, since_grace: 0 }));
+        let app = self.app.clone();
+        Box::pin(async move {
+            use tower::ServiceExt;
+            let response = match app.oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            };
+            Ok(response.map(|body| Tracked { inner: body, _in_flight: in_flight }))
+        })
+    }
+}
+
+/// A response body that keeps its request in flight until hyper is done with it.
+struct Tracked {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body under the body-read deadline.
+struct Deadline {
+    inner: Incoming,
+    timeout: Duration,
+    /// Set at the first read that has to wait.
+    sleep: Option<Pin<Box<Sleep>>>,
+    since_grace: u64,
+}
+
+/// The error a late body's reader sees (and the 400 it answers names).
+#[derive(Debug)]
+pub struct BodyTimeout(Duration);
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the request body did not arrive in time: http.body_read_timeout allows {} per MiB",
+            humantime::format_duration(self.0)
+        )
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+impl hyper::body::Body for Deadline {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.sleep.is_none() {
+            this.sleep = Some(Box::pin(tokio::time::sleep(this.timeout)));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.since_grace += data.len() as u64;
+                    if this.since_grace >= BODY_GRACE_BYTES {
+                        this.since_grace = 0;
+                        if let Some(sleep) = this.sleep.as_mut() {
+                            sleep.as_mut().reset(Instant::now() + this.timeout);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match this.sleep.as_mut().map(|s| s.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Some(Err(Box::new(BodyTimeout(this.timeout))))),
+                _ => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
