@@ -291,7 +291,7 @@ pub fn spawn_workers(cluster: &Arc<Cluster>, e: &Arc<Engine>, shutdown: &watch::
     let (c, en) = (cluster.clone(), e.clone());
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
-        crate::workers::run(&en.workers, "membership", PUBLISH_EVERY, None, stop, || {
+        crate::workers::run(&en.workers, "membership", PUBLISH_EVERY, crate::workers::BACKOFF_CAP, None, stop, || {
             c.publish(&en);
             std::future::ready(Ok(Step::Idle))
         })
@@ -300,14 +300,23 @@ pub fn spawn_workers(cluster: &Arc<Cluster>, e: &Arc<Engine>, shutdown: &watch::
     let (c, en) = (cluster.clone(), e.clone());
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
-        crate::workers::run(&en.workers, "discovery", DISCOVER_EVERY, None, stop, || c.discover(&en)).await
+        crate::workers::run(&en.workers, "discovery", DISCOVER_EVERY, crate::workers::BACKOFF_CAP, None, stop, || {
+            c.discover(&en)
+        })
+        .await
     }));
     let (c, en) = (cluster.clone(), e.clone());
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
-        crate::workers::run(&en.workers, "failure-detector", CHECK_DEAD_EVERY, Some(&changed), stop, || {
-            c.take_over_dead(&en)
-        })
+        crate::workers::run(
+            &en.workers,
+            "failure-detector",
+            CHECK_DEAD_EVERY,
+            crate::workers::BACKOFF_CAP,
+            Some(&changed),
+            stop,
+            || c.take_over_dead(&en),
+        )
         .await
     }));
     tasks

@@ -273,6 +273,22 @@ impl Engine {
                 .unwrap_or(false)
     }
 
+    /// Says whether a renewal that timed out waited on this node's own store pool (a wedge
+    /// in this process: every connection taken, or writers queued) or on the store itself.
+    fn why_renewal_timed_out(&self, bound: Duration) -> String {
+        let pool = self.store.pool_report();
+        let held_long = pool.oldest_held.is_some_and(|d| d >= bound);
+        if pool.waiting > 0 || pool.in_use >= pool.size || held_long {
+            format!(
+                "lease renewal timed out after {}ms waiting on this node's own store pool ({pool}); \
+                 the store may be fine: this node's own transactions hold it",
+                bound.as_millis()
+            )
+        } else {
+            format!("lease renewal timed out after {}ms: the store did not answer ({pool})", bound.as_millis())
+        }
+    }
+
     pub async fn renew_lease(self: Arc<Self>, bound: Duration) -> Result<Step, String> {
         let sent = Instant::now();
         let sent_boottime = shoal_runner::deadline::boottime_ms();
@@ -291,7 +307,7 @@ impl Engine {
             self.store.renew_lease(&self.cfg.node_id, generation, self.cfg.lease_ttl, &status),
         )
         .await
-        .unwrap_or_else(|_| Err(StoreError::Unavailable("lease renewal timed out".into())));
+        .unwrap_or_else(|_| Err(StoreError::Unavailable(self.why_renewal_timed_out(bound))));
         match renewal {
             Ok(r) => {
                 if let Ok(mut last) = self.last_renewal.lock() {

@@ -27,6 +27,10 @@ use workers::Step;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// How long a stopping node waits on the store at each step (attempts' ends after
+/// `kill_grace`, workers' last steps, the lease release) before it goes on without it.
+const SHUTDOWN_STORE_GRACE: Duration = Duration::from_secs(2);
+
 /// A running node.
 pub struct Node {
     engine: Arc<Engine>,
@@ -257,7 +261,10 @@ where
     let e = engine.clone();
     tokio::spawn(async move {
         let wake = if wakeable { Some(&e.wake) } else { None };
-        workers::run(&e.workers, name, interval, wake, shutdown, || step(e.clone())).await;
+        // The lease is retried at its own pace however often it fails: backing off would
+        // let it run out while the store is reachable again.
+        let max_backoff = if name == "lease" { interval } else { workers::BACKOFF_CAP };
+        workers::run(&e.workers, name, interval, max_backoff, wake, shutdown, || step(e.clone())).await;
     })
 }
 
@@ -300,21 +307,40 @@ impl Node {
 
     /// Stops taking work, hands running attempts back (they are retried by their
     /// `on_node_loss` policy), releases the lease at once and stops serving.
+    ///
+    /// Ends within `executor.kill_grace` plus a few seconds whatever the store does: every
+    /// wait on it below has a deadline, and workers still inside a step by then are aborted
+    /// (store transactions are rolled back whatever await they are dropped at).
     pub async fn shutdown(self) {
         let e = &self.engine;
         e.stopping.store(true, Ordering::SeqCst);
         e.stop_all(Stop::Shutdown);
-        let deadline = Instant::now() + self.kill_grace + Duration::from_secs(10);
+        // Children get `kill_grace` to exit; recording how they ended needs the store, which
+        // gets a little longer.
+        let deadline = Instant::now() + self.kill_grace + SHUTDOWN_STORE_GRACE;
         while e.running() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if e.running() > 0 {
+            tracing::warn!(
+                running = e.running(),
+                "attempts did not record their end in time; their lease will hand them on"
+            );
+        }
         let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        let workers_deadline = tokio::time::Instant::now() + SHUTDOWN_STORE_GRACE;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(workers_deadline, &mut t).await.is_err() {
+                t.abort();
+            }
         }
         let generation = e.generation.load(Ordering::SeqCst);
-        if let Err(err) = e.store.release_lease(&self.id, generation).await {
-            tracing::warn!(error = %err, "could not release the lease; it will expire on its own");
+        match tokio::time::timeout(SHUTDOWN_STORE_GRACE, e.store.release_lease(&self.id, generation)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "could not release the lease; it will expire on its own"),
+            Err(_) => {
+                tracing::warn!("the store did not answer the lease release in time; the lease will expire on its own")
+            }
         }
         // Only now, with the lease released, may gossip see this node go.
         if let Ok(mut s) = self.cluster.session.lock() {

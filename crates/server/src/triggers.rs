@@ -811,11 +811,29 @@ pub fn spawn_workers(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let (t, e, stop) = (triggers.clone(), engine.clone(), shutdown.clone());
     let scheduler = tokio::spawn(async move {
-        crate::workers::run(&e.workers, "scheduler", RELOAD_EVERY, Some(&t.changed), stop, || t.schedule_step()).await
+        crate::workers::run(
+            &e.workers,
+            "scheduler",
+            RELOAD_EVERY,
+            crate::workers::BACKOFF_CAP,
+            Some(&t.changed),
+            stop,
+            || t.schedule_step(),
+        )
+        .await
     });
     let (t, e, stop) = (triggers.clone(), engine.clone(), shutdown.clone());
     let listeners = tokio::spawn(async move {
-        crate::workers::run(&e.workers, "listeners", LISTEN_EVERY, Some(&t.changed), stop, || t.listen_step()).await
+        crate::workers::run(
+            &e.workers,
+            "listeners",
+            LISTEN_EVERY,
+            crate::workers::BACKOFF_CAP,
+            Some(&t.changed),
+            stop,
+            || t.listen_step(),
+        )
+        .await
     });
     vec![scheduler, listeners]
 }

@@ -62,11 +62,18 @@ impl Workers {
     }
 }
 
-/// Runs `step` every `interval` (or when `wake` fires) until `shutdown` turns true.
+/// The longest a worker waits after failed steps, doubling from its interval (or its
+/// interval, if that is longer).
+pub const BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// Runs `step` every `interval` (or when `wake` fires) until `shutdown` turns true; after a
+/// failed step it waits twice as long each time, up to `max_backoff` (or `interval`).
+#[allow(clippy::too_many_arguments)]
 pub async fn run<F, Fut>(
     workers: &Workers,
     name: &'static str,
     interval: Duration,
+    max_backoff: Duration,
     wake: Option<&tokio::sync::Notify>,
     mut shutdown: watch::Receiver<bool>,
     mut step: F,
@@ -96,7 +103,7 @@ pub async fn run<F, Fut>(
             }
             Err(e) => {
                 tracing::warn!(worker = name, error = %e, "background worker step failed");
-                backoff = (backoff * 2).min(interval.max(Duration::from_secs(5)));
+                backoff = (backoff * 2).min(interval.max(max_backoff));
                 backoff
             }
         };

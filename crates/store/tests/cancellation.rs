@@ -3,8 +3,8 @@
 //! A request handler is dropped when its client goes away, and a lease renewal is raced
 //! against a timeout; either can drop a store future while its `BEGIN`, a statement or its
 //! `COMMIT` is still in flight. This test does that thousands of times, from several tasks
-//! and two handles on one store, at random points (a timeout of a few hundred microseconds
-//! up to a few milliseconds), then checks that every handle still commits within a bound
+//! and two handles on one store, at random points (at the n-th suspension of the operation,
+//! or after a timeout of up to a few milliseconds), then checks that every handle still commits within a bound
 //! and that the database holds no open transaction and no lock.
 
 use shoal_core::RunSpec;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Operations raced per task; tasks per handle; handles on the store.
-const ROUNDS: usize = 300;
+const ROUNDS: usize = 600;
 const TASKS: usize = 4;
 const HANDLES: usize = 2;
 /// How long a handle may take to commit once the dropping has stopped.
@@ -67,6 +67,24 @@ async fn operation(store: &Store, id: &str, generation: i64, pick: u32) {
     };
 }
 
+/// Runs `f` until it has been suspended `polls` times, then drops it; `true` if it was
+/// dropped before it finished. Counting suspensions rather than time reaches every await
+/// point, even one that lasts only microseconds (PostgreSQL's answer to `BEGIN` on loopback),
+/// which a timer (millisecond ticks) would almost never hit.
+async fn cut_after_polls(f: impl std::future::Future<Output = ()>, polls: u32) -> bool {
+    let mut f = std::pin::pin!(f);
+    let mut pending = 0;
+    std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+        std::task::Poll::Ready(()) => std::task::Poll::Ready(false),
+        std::task::Poll::Pending if pending + 1 >= polls => std::task::Poll::Ready(true),
+        std::task::Poll::Pending => {
+            pending += 1;
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
 /// Drops `ROUNDS` operations per task at random points, then proves each handle still
 /// commits within [`BOUND`].
 async fn hammer(stores: &[Arc<Store>]) {
@@ -83,9 +101,16 @@ async fn hammer(stores: &[Arc<Store>]) {
                 let id = format!("h{i}");
                 for _ in 0..ROUNDS {
                     let pick = rand::random::<u32>();
-                    // From "before the first await completes" to "well into a transaction".
-                    let cut = Duration::from_micros(rand::random::<u64>() % 3_000);
-                    if tokio::time::timeout(cut, operation(&store, &id, generation, pick)).await.is_err() {
+                    let op = operation(&store, &id, generation, pick);
+                    let cut = if pick % 2 == 0 {
+                        // At the n-th await of the operation, whatever it waits for there.
+                        cut_after_polls(op, 1 + rand::random::<u32>() % 12).await
+                    } else {
+                        // After a time: from "at once" to "well into a transaction".
+                        let after = Duration::from_micros(rand::random::<u64>() % 3_000);
+                        tokio::time::timeout(after, op).await.is_err()
+                    };
+                    if cut {
                         dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -142,8 +167,29 @@ async fn sqlite_transactions_survive_futures_dropped_anywhere() {
         .expect("no connection of the pool may still hold SQLite's write lock");
 }
 
+/// Counts PostgreSQL's "there is already a transaction in progress" warnings, which
+/// tokio-postgres logs (through the `log` crate) when a `BEGIN` arrives on a connection that
+/// is still inside a transaction: exactly what a connection given back mid-transaction gets.
+struct NestedBegins(AtomicU64);
+
+impl log::Log for NestedBegins {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        if record.args().to_string().contains("already a transaction in progress") {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn flush(&self) {}
+}
+
+static NESTED_BEGINS: NestedBegins = NestedBegins(AtomicU64::new(0));
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_transactions_survive_futures_dropped_anywhere() {
+    log::set_logger(&NESTED_BEGINS).expect("no other logger in this test binary");
+    log::set_max_level(log::LevelFilter::Info);
     let url = shoal_testkit::postgres().fresh_database();
     let mut stores = Vec::new();
     for _ in 0..HANDLES {
@@ -168,4 +214,9 @@ async fn postgres_transactions_survive_futures_dropped_anywhere() {
     });
     let held = shoal_testkit::psql(&admin, &locks).unwrap();
     assert_eq!(held.trim(), "0", "sessions of the pool still hold locks");
+    assert_eq!(
+        NESTED_BEGINS.0.load(Ordering::Relaxed),
+        0,
+        "a pooled connection was handed out while still inside a dropped transaction"
+    );
 }
