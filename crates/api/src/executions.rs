@@ -540,10 +540,6 @@ pub struct LogQuery {
     stream: Option<String>,
 }
 
-/// How often a follower looks for new output. Cheap (one indexed range read), and it keeps
-/// `logs --follow` within a fraction of a second of the job.
-const FOLLOW_POLL: Duration = Duration::from_millis(100);
-
 pub async fn logs(
     state: State,
     Path(id): Path<String>,
@@ -581,9 +577,11 @@ pub async fn logs(
     }
     let store = state.store.clone();
     let id = row.id.to_string();
+    // Registered before the first read, so output written in between wakes it.
+    let watch = follow.then(|| state.logs.follow(&id));
     // One page is read before answering, so a store error becomes a proper error response.
     let first = store.read_logs(&id, (0, -1), 256).await?;
-    let stream = async_stream(store, state.metrics.clone(), id, want, follow, first);
+    let stream = async_stream(store, state.metrics.clone(), id, want, watch, first);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
         Body::from_stream(stream),
@@ -591,12 +589,15 @@ pub async fn logs(
         .into_response())
 }
 
+/// How long a follower waits after a failed store read before it tries again.
+const FOLLOW_RETRY: Duration = Duration::from_millis(200);
+
 fn async_stream(
     store: std::sync::Arc<shoal_store::Store>,
     metrics: std::sync::Arc<crate::Metrics>,
     id: String,
     want: Option<i64>,
-    follow: bool,
+    watch: Option<crate::Follow>,
     first: Vec<shoal_store::LogRow>,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
     struct S {
@@ -607,8 +608,11 @@ fn async_stream(
         done: bool,
         errors: u32,
         metrics: std::sync::Arc<crate::Metrics>,
+        /// `Some` when following: woken by writes of this execution's output or end.
+        watch: Option<crate::Follow>,
     }
-    let s = S { store, id, pos: (0, -1), pending: first, done: false, errors: 0, metrics };
+    let follow = watch.is_some();
+    let s = S { store, id, pos: (0, -1), pending: first, done: false, errors: 0, metrics, watch };
     futures::stream::unfold(s, move |mut s| async move {
         loop {
             if !s.pending.is_empty() {
@@ -629,6 +633,9 @@ fn async_stream(
             }
             // Decide whether more can come *before* reading, so that output written just
             // before the execution finished is never skipped.
+            if follow {
+                s.metrics.log_follow_reads.fetch_add(1, Ordering::Relaxed);
+            }
             let finished = if follow {
                 match s.store.get_execution(&s.id).await {
                     Ok(Some(r)) => r.state.is_final(),
@@ -645,10 +652,11 @@ fn async_stream(
                         if finished {
                             return None;
                         }
-                        // Output written by this node wakes us at once; other nodes' at the poll.
-                        tokio::select! {
-                            _ = s.metrics.logs_written.notified() => {}
-                            _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                        // Until this execution's output or end is written (by this node's
+                        // engine, or seen by the node's one background read of all followed
+                        // executions): no timer per follower.
+                        if let Some(w) = s.watch.as_mut() {
+                            w.changed().await;
                         }
                     } else {
                         s.pending = rows;
@@ -660,7 +668,7 @@ fn async_stream(
                         s.done = true;
                         return Some((Ok(bytes::Bytes::from(format!("\n[shoal: log stream ended: {e}]\n"))), s));
                     }
-                    tokio::time::sleep(FOLLOW_POLL).await;
+                    tokio::time::sleep(FOLLOW_RETRY).await;
                 }
             }
         }

@@ -12,6 +12,7 @@ mod forward;
 mod health;
 pub mod jobs;
 pub mod listeners;
+mod logwatch;
 mod metrics;
 mod nodes;
 mod sandboxes;
@@ -19,6 +20,7 @@ pub mod schedules;
 
 pub use error::{ApiError, ApiResult, ALL_CODES};
 pub use forward::{forward_to_node, Forwarded, Forwarder, REPLAY_WINDOW, SERVED_BY};
+pub use logwatch::{Follow, LogHub};
 pub use metrics::Metrics;
 
 use axum::middleware;
@@ -93,6 +95,8 @@ pub struct AppState {
     pub engine: Arc<dyn Engine>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// Wakes log followers when their execution's output is written.
+    pub logs: Arc<LogHub>,
     /// Sends requests that only another node can serve on to it, and verifies the ones other
     /// nodes send here.
     pub forwarder: Arc<Forwarder>,

@@ -23,9 +23,9 @@ pub struct Metrics {
     pub events_recorded: AtomicU64,
     /// Firings and events another node had claimed first (work both nodes looked at).
     pub claims_lost: AtomicU64,
-    /// Woken whenever this node writes job output to the store, so log followers here read it
-    /// at once instead of at their next poll.
-    pub logs_written: tokio::sync::Notify,
+    /// Store reads made by log followers (`logs?follow=true`) on this node: one per wake,
+    /// never a poll per follower.
+    pub log_follow_reads: AtomicU64,
 }
 
 pub async fn render(state: State) -> Response {
@@ -55,6 +55,11 @@ pub async fn render(state: State) -> Response {
         "shoal_takeovers_total",
         "Attempts of lost nodes this node took over.",
         m.takeovers.load(Ordering::Relaxed),
+    );
+    counter(
+        "shoal_log_follow_reads_total",
+        "Store reads made by log followers on this node (each woken by a write, not a timer).",
+        m.log_follow_reads.load(Ordering::Relaxed),
     );
     counter(
         "shoal_lease_renewal_failures_total",

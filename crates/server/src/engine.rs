@@ -8,7 +8,7 @@
 //! attempt beside the node that takes it over.
 
 use crate::workers::{Step, Workers};
-use shoal_api::{Metrics, WorkerStatus};
+use shoal_api::{LogHub, Metrics, WorkerStatus};
 use shoal_core::placement::{admits_work, claim_delay, Candidate, Limits, Load, NodeState, NodeView, Refusal};
 use shoal_core::state::Outcome;
 use shoal_core::{ExecutionId, FencingToken, JobKind, SandboxPath};
@@ -74,6 +74,8 @@ pub struct Engine {
     pub store: Arc<Store>,
     pub cfg: EngineConfig,
     pub metrics: Arc<Metrics>,
+    /// Wakes log followers of this node when an attempt's output or end is stored.
+    pub logs: Arc<LogHub>,
     pub workers: Workers,
     launcher: Launcher,
     /// Running attempts by fencing token (unique), so an old attempt of an execution and its
@@ -107,11 +109,18 @@ const LOG_FLUSH: Duration = Duration::from_millis(100);
 const MAX_LOG_ROW: usize = 256 * 1024;
 
 impl Engine {
-    pub fn new(store: Arc<Store>, cfg: EngineConfig, launcher: Launcher, metrics: Arc<Metrics>) -> Engine {
+    pub fn new(
+        store: Arc<Store>,
+        cfg: EngineConfig,
+        launcher: Launcher,
+        metrics: Arc<Metrics>,
+        logs: Arc<LogHub>,
+    ) -> Engine {
         Engine {
             store,
             cfg,
             metrics,
+            logs,
             workers: Workers::default(),
             launcher,
             attempts: Mutex::new(HashMap::new()),
@@ -273,20 +282,16 @@ impl Engine {
                 .unwrap_or(false)
     }
 
-    /// Says whether a renewal that timed out waited on this node's own store pool (a wedge
-    /// in this process: every connection taken, or writers queued) or on the store itself.
-    fn why_renewal_timed_out(&self, bound: Duration) -> String {
-        let pool = self.store.pool_report();
-        let held_long = pool.oldest_held.is_some_and(|d| d >= bound);
-        if pool.waiting > 0 || pool.in_use >= pool.size || held_long {
-            format!(
-                "lease renewal timed out after {}ms waiting on this node's own store pool ({pool}); \
-                 the store may be fine: this node's own transactions hold it",
-                bound.as_millis()
-            )
-        } else {
-            format!("lease renewal timed out after {}ms: the store did not answer ({pool})", bound.as_millis())
+    /// The one background read of every execution followed here: wakes the followers whose
+    /// execution's state or output moved, wherever it was written.
+    pub async fn watch_logs(self: Arc<Self>) -> Result<Step, String> {
+        let ids = self.logs.followed();
+        if ids.is_empty() {
+            return Ok(Step::Idle);
         }
+        let marks = self.store.log_marks(&ids).await.map_err(|e| e.to_string())?;
+        self.logs.observe(&marks);
+        Ok(Step::Idle)
     }
 
     pub async fn renew_lease(self: Arc<Self>, bound: Duration) -> Result<Step, String> {
@@ -302,12 +307,8 @@ impl Engine {
             cpu_permille: (load.cpu * 10.0) as i64,
             memory_permille: (load.memory * 10.0) as i64,
         };
-        let renewal = tokio::time::timeout(
-            bound,
-            self.store.renew_lease(&self.cfg.node_id, generation, self.cfg.lease_ttl, &status),
-        )
-        .await
-        .unwrap_or_else(|_| Err(StoreError::Unavailable(self.why_renewal_timed_out(bound))));
+        let renewal =
+            self.store.renew_lease_within(&self.cfg.node_id, generation, self.cfg.lease_ttl, &status, bound).await;
         match renewal {
             Ok(r) => {
                 if let Ok(mut last) = self.last_renewal.lock() {
@@ -475,6 +476,7 @@ impl Engine {
             match self.store.finish(&items).await {
                 Ok(results) => {
                     for (item, r) in items.iter().zip(results) {
+                        self.logs.written(item.id.as_str());
                         match r {
                             FinishResult::Done(state) => {
                                 self.metrics.attempts_finished.fetch_add(1, Ordering::Relaxed);
@@ -577,6 +579,7 @@ impl Engine {
         let target = LogTarget {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
+            logs: self.logs.clone(),
             id: c.id.clone(),
             fence: c.fence,
             attempt: c.attempt,
@@ -646,6 +649,7 @@ impl Engine {
 struct LogTarget {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    logs: Arc<LogHub>,
     id: ExecutionId,
     fence: FencingToken,
     attempt: i64,
@@ -659,7 +663,7 @@ async fn write_logs(
     mut output: tokio::sync::mpsc::Receiver<shoal_runner::OutputChunk>,
     fenced: watch::Sender<bool>,
 ) -> Vec<LogChunk> {
-    let LogTarget { store, metrics, id, fence, attempt, max_output } = target;
+    let LogTarget { store, metrics, logs, id, fence, attempt, max_output } = target;
     let mut pending: Vec<LogChunk> = Vec::new();
     // Output beyond `max_output` is counted, not kept: one runaway job must not fill the store.
     let mut kept: u64 = 0;
@@ -722,7 +726,7 @@ async fn write_logs(
                 match store.append_logs(&id, fence, attempt, &pending).await {
                     Ok(()) => {
                         metrics.log_bytes_written.fetch_add(buffered as u64, Ordering::Relaxed);
-                        metrics.logs_written.notify_waiters();
+                        logs.written(id.as_str());
                         pending.clear();
                         buffered = 0;
                     }

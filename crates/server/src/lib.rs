@@ -27,9 +27,13 @@ use workers::Step;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// How long a stopping node waits on the store at each step (attempts' ends after
-/// `kill_grace`, workers' last steps, the lease release) before it goes on without it.
+/// How long past `kill_grace` a stopping node waits on the store (attempts' ends, workers'
+/// last steps, the lease release) before it goes on without it.
 const SHUTDOWN_STORE_GRACE: Duration = Duration::from_secs(2);
+
+/// How often a node reads the state and last log row of every execution followed here, for
+/// followers of output this node does not write itself.
+const LOG_WATCH_EVERY: Duration = Duration::from_millis(250);
 
 /// A running node.
 pub struct Node {
@@ -91,6 +95,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     let launcher =
         shoal_runner::Launcher::new(supervisor_exe(&config)?).context("cannot start the process launcher")?;
     let metrics = Arc::new(Metrics::default());
+    let logs = Arc::new(shoal_api::LogHub::default());
     let engine = Arc::new(Engine::new(
         store.clone(),
         EngineConfig {
@@ -111,6 +116,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         },
         launcher,
         metrics.clone(),
+        logs.clone(),
     ));
 
     // Authenticates gossip and forwarded requests; without cluster.secret, the one kept in the
@@ -164,6 +170,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         "failure-detector",
         "scheduler",
         "listeners",
+        "log-watch",
     ] {
         engine.workers.register(name);
     }
@@ -178,6 +185,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         }),
         spawn_worker(&engine, "reaper", beat, false, rx(), |e| e.reap()),
         spawn_worker(&engine, "cancel-watcher", poll, false, rx(), |e| e.watch_cancels()),
+        spawn_worker(&engine, "log-watch", LOG_WATCH_EVERY, false, rx(), |e| e.watch_logs()),
         cluster::spawn_session_relay(cluster.clone(), engine.clone(), session_events, rx()),
     ];
     tasks.extend(cluster::spawn_workers(&cluster, &engine, &shutdown_rx));
@@ -201,6 +209,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
             max_upload_bytes: config.http.max_upload_bytes,
         },
         metrics,
+        logs,
     });
     let app = shoal_api::router(state);
     let http = http::spawn(listener, app, (&config.http).into(), &id, shutdown_rx.clone());
@@ -315,10 +324,10 @@ impl Node {
         let e = &self.engine;
         e.stopping.store(true, Ordering::SeqCst);
         e.stop_all(Stop::Shutdown);
-        // Children get `kill_grace` to exit; recording how they ended needs the store, which
-        // gets a little longer.
-        let deadline = Instant::now() + self.kill_grace + SHUTDOWN_STORE_GRACE;
-        while e.running() > 0 && Instant::now() < deadline {
+        // Children get `kill_grace` to exit; recording how they ended, the workers' last
+        // steps and the lease release need the store, and all share one short deadline.
+        let deadline = tokio::time::Instant::now() + self.kill_grace + SHUTDOWN_STORE_GRACE;
+        while e.running() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if e.running() > 0 {
@@ -328,14 +337,15 @@ impl Node {
             );
         }
         let _ = self.shutdown.send(true);
-        let workers_deadline = tokio::time::Instant::now() + SHUTDOWN_STORE_GRACE;
+        let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(500));
         for mut t in self.tasks {
-            if tokio::time::timeout_at(workers_deadline, &mut t).await.is_err() {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
                 t.abort();
             }
         }
         let generation = e.generation.load(Ordering::SeqCst);
-        match tokio::time::timeout(SHUTDOWN_STORE_GRACE, e.store.release_lease(&self.id, generation)).await {
+        let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(500));
+        match tokio::time::timeout_at(deadline, e.store.release_lease(&self.id, generation)).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!(error = %err, "could not release the lease; it will expire on its own"),
             Err(_) => {

@@ -1018,6 +1018,31 @@ impl Store {
             .collect()
     }
 
+    /// Where each of these executions' logs stand: its state and its last log row as
+    /// `attempt:seq` (empty before the first). Log followers are woken when this changes for
+    /// theirs, by one such read per node rather than a poll per follower.
+    pub async fn log_marks(&self, ids: &[String]) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for part in ids.chunks(BATCH_ROWS) {
+            let mut c = self.read().await?;
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT e.id, e.state || '/' || COALESCE((SELECT l.attempt || ':' || l.seq FROM logs l
+                           WHERE l.execution_id = e.id ORDER BY l.attempt DESC, l.seq DESC LIMIT 1), '')
+                         FROM executions e WHERE e.id IN ({})",
+                        in_list(part.len(), 1)
+                    ),
+                    part.iter().map(Value::from).collect(),
+                )
+                .await?;
+            for r in rows {
+                out.push((r.text(0)?, r.text(1)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Number of executions per state (for metrics and `shoal ps` summaries).
     pub async fn count_by_state(&self) -> Result<Vec<(ExecState, i64)>> {
         let mut c = self.read().await?;

@@ -72,6 +72,21 @@ enum Backend {
     Postgres(Box<postgres::PgPool>),
 }
 
+/// A pooled connection on which no transaction has begun yet.
+pub(crate) enum Acquired {
+    Sqlite(sqlite::SqliteTx),
+    Postgres(postgres::PgTx),
+}
+
+impl Acquired {
+    pub(crate) async fn begin(self) -> Result<Box<dyn Tx>> {
+        match self {
+            Acquired::Sqlite(t) => t.start(sqlite::Mode::Lease).await,
+            Acquired::Postgres(t) => t.start(false).await,
+        }
+    }
+}
+
 /// A handle on the store; cheap to share behind an `Arc`.
 pub struct Store {
     backend: Backend,
@@ -163,12 +178,14 @@ impl Store {
         }
     }
 
-    /// A write transaction for a lease renewal, which must not wait behind this node's other
-    /// writers (see [`sqlite::Mode::Lease`]).
-    pub(crate) async fn begin_lease_write(&self) -> Result<Box<dyn Tx>> {
+    /// A connection for a lease renewal's write transaction, not begun yet: waiting for it
+    /// is waiting on this node's own pool (and, on SQLite, it does not queue behind this
+    /// node's other writers: see [`sqlite::Mode::Lease`]); [`Acquired::begin`] then waits on
+    /// the store.
+    pub(crate) async fn acquire_lease_write(&self) -> Result<Acquired> {
         match &self.backend {
-            Backend::Sqlite(p) => p.begin(sqlite::Mode::Lease).await,
-            Backend::Postgres(p) => p.begin(false).await,
+            Backend::Sqlite(p) => Ok(Acquired::Sqlite(p.acquire(sqlite::Mode::Lease).await?)),
+            Backend::Postgres(p) => Ok(Acquired::Postgres(p.acquire().await?)),
         }
     }
 

@@ -4,7 +4,7 @@
 //! generation, so a second process that claims the same node id pushes the first out
 //! (its renewals then fail with [`StoreError::LeaseLost`]) instead of both running.
 
-use crate::db::{query_one, Row};
+use crate::db::{query_one, Row, Tx};
 use crate::{Result, Store, StoreError};
 use std::time::Duration;
 
@@ -125,7 +125,55 @@ impl Store {
         ttl: Duration,
         status: &NodeStatus<'_>,
     ) -> Result<Renewal> {
-        let mut tx = self.begin_lease_write().await?;
+        let tx = self.acquire_lease_write().await?.begin().await?;
+        self.renew_in(tx, node, generation, ttl, status).await
+    }
+
+    /// [`Store::renew_lease`] within `bound`. When it takes longer, the error says which
+    /// part did: waiting for a connection of this node's own pool (a wedge inside this
+    /// process, whatever the store does) or waiting for the store to answer. The renewal is
+    /// rolled back either way.
+    pub async fn renew_lease_within(
+        &self,
+        node: &str,
+        generation: i64,
+        ttl: Duration,
+        status: &NodeStatus<'_>,
+        bound: Duration,
+    ) -> Result<Renewal> {
+        let deadline = tokio::time::Instant::now() + bound;
+        let ms = bound.as_millis();
+        let acquired = tokio::time::timeout_at(deadline, self.acquire_lease_write()).await.map_err(|_| {
+            let pool = self.pool_report();
+            StoreError::Unavailable(if pool.stuck_in_database(bound) {
+                format!(
+                    "lease renewal waited more than {ms}ms behind this node's other writers, which wait \
+                     on the store itself ({pool}): the store is slow or locked by another process"
+                )
+            } else {
+                format!(
+                    "lease renewal waited more than {ms}ms for this node's own store pool ({pool}); \
+                     this node's own transactions hold it, whatever the store does"
+                )
+            })
+        })??;
+        let renewal = async { self.renew_in(acquired.begin().await?, node, generation, ttl, status).await };
+        tokio::time::timeout_at(deadline, renewal).await.map_err(|_| {
+            StoreError::Unavailable(format!(
+                "lease renewal: the store did not answer within {ms}ms (this node's pool: {})",
+                self.pool_report()
+            ))
+        })?
+    }
+
+    async fn renew_in(
+        &self,
+        mut tx: Box<dyn Tx>,
+        node: &str,
+        generation: i64,
+        ttl: Duration,
+        status: &NodeStatus<'_>,
+    ) -> Result<Renewal> {
         let row = query_one(
             tx.as_mut(),
             "SELECT generation, lease_expires_at < {now}, state FROM nodes WHERE id = $1 {for_update}",
@@ -254,4 +302,66 @@ fn node_row(r: &Row) -> Result<NodeRow> {
         cpu_permille: r.i64(14)?,
         memory_permille: r.i64(15)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn reg(id: &str) -> NodeRegistration {
+        NodeRegistration {
+            id: id.into(),
+            url: format!("http://{id}"),
+            state: "active".into(),
+            tags: vec![],
+            slots: 1,
+            version: "test".into(),
+            gossip_addr: String::new(),
+            session_key: 0,
+        }
+    }
+
+    const STATUS: NodeStatus<'static> = NodeStatus { state: "active", running: 0, cpu_permille: 0, memory_permille: 0 };
+    const BOUND: Duration = Duration::from_millis(300);
+
+    /// A renewal that cannot finish in time says whether this node's own pool or the store
+    /// held it up, and a wedge of either kind ends as soon as its cause does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_late_renewal_names_what_held_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.db");
+        let store = Arc::new(Store::open(&format!("sqlite://{}", path.display()), 4).await.unwrap());
+        let ttl = Duration::from_secs(30);
+        let generation = store.register_node(&reg("n1"), ttl).await.unwrap().generation;
+        let renew = || store.renew_lease_within("n1", generation, ttl, &STATUS, BOUND);
+
+        // A transaction of this node that just sits there: its own pool holds the renewal.
+        let held = store.begin_write().await.unwrap();
+        let e = renew().await.unwrap_err().to_string();
+        assert!(e.contains("this node's own store pool"), "{e}");
+        drop(held);
+        renew().await.unwrap();
+
+        // Another process holds SQLite's write lock: the renewal itself waits on the store...
+        let outside = rusqlite::Connection::open(&path).unwrap();
+        outside.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let e = renew().await.unwrap_err().to_string();
+        assert!(e.contains("the store did not answer"), "{e}");
+        // ...and so does a writer of this node it queues behind: that is named too.
+        let writer = tokio::spawn({
+            let store = store.clone();
+            async move { store.begin_write().await.map(drop) }
+        });
+        let start = std::time::Instant::now();
+        while store.pool_report().longest_call.is_none() {
+            assert!(start.elapsed() < Duration::from_secs(5), "the writer never reached the database");
+            tokio::task::yield_now().await;
+        }
+        let e = renew().await.unwrap_err().to_string();
+        assert!(e.contains("locked by another process"), "{e}");
+        outside.execute_batch("ROLLBACK").unwrap();
+        writer.await.unwrap().unwrap();
+        renew().await.unwrap();
+    }
 }

@@ -131,6 +131,11 @@ impl PgPool {
     }
 
     pub async fn begin(&self, autocommit: bool) -> Result<Box<dyn Tx>> {
+        self.acquire().await?.start(autocommit).await
+    }
+
+    /// The first half of [`PgPool::begin`]: a connection from the pool, nothing sent yet.
+    pub(crate) async fn acquire(&self) -> Result<PgTx> {
         let client = self.pool.get().await.map_err(map_pool_err)?;
         if client.is_closed() {
             // A connection that died while idle (server restart, failover): drop it from the
@@ -138,12 +143,7 @@ impl PgPool {
             let _ = Object::take(client);
             return Err(StoreError::Unavailable("connection to PostgreSQL was closed".into()));
         }
-        // Open before BEGIN is sent: dropped while BEGIN is in flight, it is rolled back.
-        let mut tx = PgTx { client: Some(client), open: !autocommit };
-        if !autocommit {
-            tx.batch("BEGIN").await?;
-        }
-        Ok(Box::new(tx))
+        Ok(PgTx { client: Some(client), open: false })
     }
 
     /// What this node's own pool is doing, for messages that tell a wedge from an outage.
@@ -154,6 +154,7 @@ impl PgPool {
             in_use: s.size.saturating_sub(s.available),
             waiting: s.waiting,
             oldest_held: None,
+            longest_call: None,
             discarded: 0,
         }
     }
@@ -178,12 +179,23 @@ impl Drop for Discard {
     }
 }
 
-struct PgTx {
+pub(crate) struct PgTx {
     client: Option<Object>,
     open: bool,
 }
 
 impl PgTx {
+    /// The second half of [`PgPool::begin`]: `BEGIN`, unless the connection is for
+    /// autocommit reads.
+    pub(crate) async fn start(mut self, autocommit: bool) -> Result<Box<dyn Tx>> {
+        if !autocommit {
+            // Open before BEGIN is sent: dropped while BEGIN is in flight, it is rolled back.
+            self.open = true;
+            self.batch("BEGIN").await?;
+        }
+        Ok(Box::new(self))
+    }
+
     fn client(&self) -> Result<&Object> {
         self.client.as_ref().ok_or_else(|| StoreError::Internal("transaction already ended".into()))
     }

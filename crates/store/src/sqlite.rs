@@ -56,6 +56,9 @@ struct Shared {
     size: usize,
     /// When each connection now handed out was taken, by checkout number.
     held: Mutex<HashMap<u64, Instant>>,
+    /// When the SQLite call each connection's thread runs now began, by checkout number: a
+    /// long one waits on the database (another process's lock, a slow disk), not on us.
+    calls: Mutex<HashMap<u64, Instant>>,
     next_checkout: AtomicU64,
     /// Transactions waiting for the writer queue or a connection.
     waiting: AtomicUsize,
@@ -113,7 +116,17 @@ pub struct PoolReport {
     pub in_use: usize,
     pub waiting: usize,
     pub oldest_held: Option<Duration>,
+    /// How long the longest call now inside the database has been running.
+    pub longest_call: Option<Duration>,
     pub discarded: u64,
+}
+
+impl PoolReport {
+    /// Whether a call has been inside the database for `long` or more: this node's writers
+    /// then wait on the store (another process's lock, a slow disk), not on themselves.
+    pub fn stuck_in_database(&self, long: Duration) -> bool {
+        self.longest_call.is_some_and(|c| c >= long)
+    }
 }
 
 impl std::fmt::Display for PoolReport {
@@ -123,6 +136,9 @@ impl std::fmt::Display for PoolReport {
             write!(f, " (the oldest for {:.1}s)", d.as_secs_f64())?;
         }
         write!(f, ", {} waiting", self.waiting)?;
+        if let Some(d) = self.longest_call {
+            write!(f, ", one call inside the database for {:.1}s", d.as_secs_f64())?;
+        }
         if self.discarded > 0 {
             write!(f, ", {} stuck connections discarded so far", self.discarded)?;
         }
@@ -133,7 +149,9 @@ impl std::fmt::Display for PoolReport {
 impl Shared {
     fn report(&self) -> PoolReport {
         let oldest_held = self.held.lock().ok().and_then(|h| h.values().min().map(|t| t.elapsed()));
+        let longest_call = self.calls.lock().ok().and_then(|c| c.values().min().map(|t| t.elapsed()));
         PoolReport {
+            longest_call,
             size: self.size,
             in_use: self.size.saturating_sub(self.permits.available_permits()),
             waiting: self.waiting.load(Ordering::Relaxed),
@@ -270,6 +288,7 @@ impl SqlitePool {
                 path: path.to_owned(),
                 size,
                 held: Mutex::new(HashMap::new()),
+                calls: Mutex::new(HashMap::new()),
                 next_checkout: AtomicU64::new(0),
                 waiting: AtomicUsize::new(0),
                 discarded: AtomicU64::new(0),
@@ -284,6 +303,12 @@ impl SqlitePool {
     /// A connection for one write transaction (`BEGIN IMMEDIATE`, taking the write lock up
     /// front so two writers never deadlock upgrading a read lock) or for autocommit reads.
     pub async fn begin(&self, mode: Mode) -> Result<Box<dyn Tx>> {
+        self.acquire(mode).await?.start(mode).await
+    }
+
+    /// The first half of [`SqlitePool::begin`]: waits for this process's writer queue (by
+    /// `mode`) and a connection, but sends nothing to the database yet.
+    pub(crate) async fn acquire(&self, mode: Mode) -> Result<SqliteTx> {
         let shared = &self.shared;
         let checkout = {
             let _waiting = Waiting::new(&shared.waiting);
@@ -318,10 +343,17 @@ impl SqlitePool {
             }
             Checkout { handle: Some(handle), permit: Some(permit), shared: shared.clone(), id, _writer: writer }
         };
-        let mut tx = SqliteTx { checkout: Some(checkout), broken: false };
+        Ok(SqliteTx { checkout: Some(checkout), broken: false })
+    }
+}
+
+impl SqliteTx {
+    /// The second half of [`SqlitePool::begin`]: `BEGIN IMMEDIATE` unless `mode` reads. It is
+    /// here that a writer waits for another process's lock on the file.
+    pub(crate) async fn start(mut self, mode: Mode) -> Result<Box<dyn Tx>> {
         if mode != Mode::Read {
-            // From here on, dropping `tx` rolls back, even while BEGIN is still queued.
-            tx.call(move |c| {
+            // Dropping `self` rolls back from here on, even while BEGIN is still queued.
+            self.call(move |c| {
                 if !c.is_autocommit() {
                     // Never expected (connections go back clean); never build on it either.
                     c.execute_batch("ROLLBACK")?;
@@ -330,11 +362,11 @@ impl SqlitePool {
             })
             .await?;
         }
-        Ok(Box::new(tx))
+        Ok(Box::new(self))
     }
 }
 
-struct SqliteTx {
+pub(crate) struct SqliteTx {
     checkout: Option<Checkout>,
     /// A call went unanswered: the connection is discarded, not given back.
     broken: bool,
@@ -408,10 +440,21 @@ impl SqliteTx {
         let (reply, rx) = oneshot::channel();
         let handle = self.handle()?;
         let interrupt = handle.interrupt.clone();
+        let (shared, id) = match &self.checkout {
+            Some(c) => (c.shared.clone(), c.id),
+            None => return Err(StoreError::Internal("transaction already ended".into())),
+        };
         if handle
             .jobs
             .send(Box::new(move |conn| {
-                let _ = reply.send(f(conn));
+                if let Ok(mut calls) = shared.calls.lock() {
+                    calls.insert(id, Instant::now());
+                }
+                let result = f(conn);
+                if let Ok(mut calls) = shared.calls.lock() {
+                    calls.remove(&id);
+                }
+                let _ = reply.send(result);
             }))
             .is_err()
         {

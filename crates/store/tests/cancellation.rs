@@ -102,7 +102,7 @@ async fn hammer(stores: &[Arc<Store>]) {
                 for _ in 0..ROUNDS {
                     let pick = rand::random::<u32>();
                     let op = operation(&store, &id, generation, pick);
-                    let cut = if pick % 2 == 0 {
+                    let cut = if pick.is_multiple_of(2) {
                         // At the n-th await of the operation, whatever it waits for there.
                         cut_after_polls(op, 1 + rand::random::<u32>() % 12).await
                     } else {

@@ -1,0 +1,84 @@
+//! Log followers are woken by the writes they wait for, not by a poll per follower.
+//!
+//! A hundred clients follow one job's log. While the job is silent, the node reads nothing
+//! for them (each follower used to poll the store every 100 ms: some 2 000 reads a second
+//! for this test); when it prints again, every follower gets the output at once and its
+//! stream ends with the job.
+
+#[macro_use]
+mod common;
+
+use common::{Backend, TestNode};
+use futures::StreamExt;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const FOLLOWERS: usize = 100;
+
+on_both!(idle_followers_cost_no_store_reads_and_see_output_at_once);
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.split_once('}')?.1.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+async fn follow_reads(n: &TestNode) -> u64 {
+    let text = n.http.get(format!("{}/metrics", n.url)).send().await.unwrap().text().await.unwrap();
+    metric(&text, "shoal_log_follow_reads_total")
+}
+
+async fn idle_followers_cost_no_store_reads_and_see_output_at_once(backend: Backend) {
+    let mut n = TestNode::start(backend).await;
+    let go = n.dir.path().join("go");
+    let script = format!("echo start; while [ ! -e {} ]; do sleep 0.02; done; echo end", go.display());
+    let id = n.submit(json!({"command": ["sh", "-c", script]})).await;
+    n.wait_state(&id, "running", Duration::from_secs(10)).await;
+
+    // Every follower has seen "start" before the quiet part begins.
+    let mut streams = Vec::new();
+    for _ in 0..FOLLOWERS {
+        let resp = n.http.get(format!("{}/api/v1/executions/{id}/logs?follow=true", n.url)).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.bytes_stream();
+        let mut seen = String::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !seen.contains("start") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(left, body.next()).await.expect("a follower saw no output").unwrap();
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+        streams.push((body, seen));
+    }
+
+    // An observation window, not a wait for a condition: how many reads do a hundred idle
+    // followers cost in one second? Nothing is written, so nothing should wake them; the
+    // node's one background read of followed executions does not count here.
+    let before = follow_reads(&n).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = follow_reads(&n).await - before;
+    assert!(idle <= 5, "{FOLLOWERS} idle followers made {idle} store reads in one second");
+
+    // Output arrives at every follower promptly, and every stream ends with the job.
+    let written = Instant::now();
+    std::fs::write(&go, "").unwrap();
+    let mut slowest = Duration::ZERO;
+    for (mut body, mut seen) in streams {
+        let deadline = written + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, body.next()).await.expect("a follower's stream did not end with the job") {
+                Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk.unwrap())),
+                None => break,
+            }
+            if seen.contains("end") {
+                slowest = slowest.max(written.elapsed());
+            }
+        }
+        assert_eq!(seen, "start\nend\n");
+    }
+    eprintln!("the slowest of {FOLLOWERS} followers saw the output {slowest:?} after the job was told to go on");
+    assert_eq!(n.wait_final(&id, Duration::from_secs(10)).await["state"], "succeeded");
+    n.stop().await;
+}
