@@ -65,6 +65,11 @@ impl JobRef {
     pub fn execution(&self, params: &BTreeMap<String, String>) -> ApiResult<NewExecution> {
         let bound = self.spec.bind_params(params).map_err(param_error)?;
         let spec = self.spec.resolve(&bound);
+        // A value substituted from an event (a file name, a webhook's payload) may carry what
+        // no process can take (a NUL byte, a path out of the sandbox): refuse it here, as a
+        // submission through the API is, rather than fail at spawn.
+        spec.validate()
+            .map_err(|m| ApiError::invalid_parameter(format!("job `{}` with these parameters: {m}", self.path)))?;
         let pinned_node = match self.sandbox.kind {
             SandboxKind::Local => self.sandbox.node_id.clone(),
             SandboxKind::Shared | SandboxKind::Partitioned => None,

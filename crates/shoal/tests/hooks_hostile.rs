@@ -169,3 +169,33 @@ async fn signature_floods_are_refused_cheaply() {
     assert_eq!(t.count_executions().await, 1);
     t.stop().await;
 }
+
+/// A value a delivery puts into the job's command that no process can take (a NUL byte) is
+/// refused with 422 when the delivery arrives, and starts nothing, rather than failing at
+/// spawn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_no_process_can_take_is_refused_at_delivery() {
+    let mut t = TestNode::start(Backend::Sqlite).await;
+    t.sandbox("s", &[("echo.toml", "command = [\"echo\", \"{what}\"]\n[params.what]\n")]).await;
+    let (status, l) = t
+        .post(
+            "/api/v1/listeners",
+            json!({"name": "h", "kind": "webhook", "sandbox": "s", "job": "echo.toml",
+                   "params": {"what": "{event.payload.what}"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{l}");
+    let (url, secret) = (format!("{}/api/v1/hooks/h", t.url), l["secret"].as_str().unwrap().to_owned());
+    let body = br#"{"what": "a\u0000b"}"#;
+    let sig = sign_hook_delivery(secret.as_bytes(), unix_now(), Some("nul-1"), body);
+    let (status, answer) = deliver(&t.http, &url, &sig, Some("nul-1"), body).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_parameter", "{answer}");
+    assert_eq!(t.count_executions().await, 0, "a refused delivery started a job");
+    // An ordinary value still works.
+    let body = br#"{"what": "ab"}"#;
+    let sig = sign_hook_delivery(secret.as_bytes(), unix_now(), Some("ok-1"), body);
+    let (status, answer) = deliver(&t.http, &url, &sig, Some("ok-1"), body).await;
+    assert_eq!(status, 201, "{answer}");
+    t.stop().await;
+}
