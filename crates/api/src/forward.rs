@@ -238,6 +238,7 @@ impl Forwarder {
     /// A forwarder for node `node_id`, signing with `secret` (`cluster.secret`, or the one kept
     /// in the store).
     pub fn new(node_id: impl Into<String>, secret: impl Into<Vec<u8>>) -> anyhow::Result<Forwarder> {
+        const POOL_IDLE: Duration = Duration::from_secs(20);
         let secret = secret.into();
         if secret.is_empty() {
             anyhow::bail!(
@@ -247,6 +248,9 @@ impl Forwarder {
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            // Idle connections are given up well before the other node's `http.idle_timeout`
+            // (60 s by default) closes them, so a request never lands on one being closed.
+            .pool_idle_timeout(POOL_IDLE)
             // Answers pass through as they are; and nodes talk directly, never through a proxy
             // from the environment.
             .redirect(reqwest::redirect::Policy::none())

@@ -118,6 +118,8 @@ impl Client {
         }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
+            // Well before a server's idle timeout (60 s by default) closes an idle connection.
+            .pool_idle_timeout(Duration::from_secs(20))
             .user_agent(concat!("shoal-client/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Other(format!("cannot set up the HTTP client: {e}")))?;
