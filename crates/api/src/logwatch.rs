@@ -6,7 +6,7 @@
 //! written elsewhere (an attempt on another node whose forwarding failed, an execution still
 //! queued), one background read per node of every followed execution's state and last log
 //! row ([`LogHub::followed`], [`LogHub::observe`]), which wakes only the followers whose
-//! execution changed. So a thousand idle followers cost one small query per look, not a
+//! execution changed (or was seen for the first time, or is gone). So a thousand idle followers cost one small query per look, not a
 //! thousand.
 
 use std::collections::HashMap;
@@ -59,20 +59,19 @@ impl LogHub {
         self.followed.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
     }
 
-    /// What the background read found (execution, state and last log row); wakes the
-    /// followers of each execution whose mark moved since the last read.
-    pub fn observe(&self, marks: &[(String, String)]) {
+    /// What the background read of `asked` found (execution, state and last log row):
+    /// wakes the followers of each execution whose mark moved since the last read, or that
+    /// was read for the first time (it may have moved between the follower's own read and
+    /// this one), or that is gone.
+    pub fn observe(&self, asked: &[String], marks: &[(String, String)]) {
+        let found: HashMap<&str, &str> = marks.iter().map(|(id, m)| (id.as_str(), m.as_str())).collect();
         let mut followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
-        for (id, mark) in marks {
-            if let Some(f) = followed.get_mut(id) {
-                if f.mark.as_ref() != Some(mark) {
-                    // The first mark only records where things stand: the follower read them
-                    // itself when it started.
-                    if f.mark.is_some() {
-                        f.wake.send_replace(());
-                    }
-                    f.mark = Some(mark.clone());
-                }
+        for id in asked {
+            let Some(f) = followed.get_mut(id) else { continue };
+            let mark = found.get(id.as_str()).copied().unwrap_or("gone");
+            if f.mark.as_deref() != Some(mark) {
+                f.wake.send_replace(());
+                f.mark = Some(mark.to_owned());
             }
         }
     }
@@ -121,13 +120,17 @@ mod tests {
         assert!(woken(&mut a).await);
         assert!(!woken(&mut b).await, "a write of another execution woke b");
         assert!(!woken(&mut a).await, "one write wakes once");
-        // Marks: the first is recorded, a moved one wakes, an unchanged one does not.
-        hub.observe(&[("b".into(), "running/".into())]);
-        assert!(!woken(&mut b).await);
-        hub.observe(&[("b".into(), "running/1:0".into())]);
+        // Marks: the first one wakes (the follower cannot know whether it moved since its
+        // own read), a moved one wakes, an unchanged one does not, a vanished one does.
+        let asked = vec!["b".to_owned()];
+        hub.observe(&asked, &[("b".into(), "running/".into())]);
         assert!(woken(&mut b).await);
-        hub.observe(&[("b".into(), "running/1:0".into())]);
+        hub.observe(&asked, &[("b".into(), "running/1:0".into())]);
+        assert!(woken(&mut b).await);
+        hub.observe(&asked, &[("b".into(), "running/1:0".into())]);
         assert!(!woken(&mut b).await);
+        hub.observe(&asked, &[]);
+        assert!(woken(&mut b).await, "a follower of an execution that is gone was not told");
         assert_eq!(hub.followers(), 2);
         drop(a);
         drop(b);

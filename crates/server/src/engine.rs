@@ -290,7 +290,7 @@ impl Engine {
             return Ok(Step::Idle);
         }
         let marks = self.store.log_marks(&ids).await.map_err(|e| e.to_string())?;
-        self.logs.observe(&marks);
+        self.logs.observe(&ids, &marks);
         Ok(Step::Idle)
     }
 

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 const FOLLOWERS: usize = 100;
 
-on_both!(idle_followers_cost_no_store_reads_and_see_output_at_once);
+on_both!(
+    idle_followers_cost_no_store_reads_and_see_output_at_once,
+    a_follower_of_work_another_node_runs_sees_it_all_and_ends
+);
 
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
@@ -52,10 +55,14 @@ async fn idle_followers_cost_no_store_reads_and_see_output_at_once(backend: Back
         streams.push((body, seen));
     }
 
-    // An observation window, not a wait for a condition: how many reads do a hundred idle
-    // followers cost in one second? Nothing is written, so nothing should wake them; the
-    // node's one background read of followed executions does not count here.
+    // Observation windows, not waits for a condition. The node's first background read of
+    // the followed execution wakes its followers once each (it cannot know whether anything
+    // moved between their own reads and its look); after that, how many reads do a hundred
+    // idle followers cost in one second? Nothing is written, so nothing should wake them.
+    let first_look = follow_reads(&n).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let before = follow_reads(&n).await;
+    assert!(before - first_look <= FOLLOWERS as u64 + 5, "{} reads around the first look", before - first_look);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = follow_reads(&n).await - before;
     assert!(idle <= 5, "{FOLLOWERS} idle followers made {idle} store reads in one second");
@@ -81,4 +88,39 @@ async fn idle_followers_cost_no_store_reads_and_see_output_at_once(backend: Back
     eprintln!("the slowest of {FOLLOWERS} followers saw the output {slowest:?} after the job was told to go on");
     assert_eq!(n.wait_final(&id, Duration::from_secs(10)).await["state"], "succeeded");
     n.stop().await;
+}
+
+/// A follower that started while its execution was still queued follows it on its own node
+/// (nothing runs there to forward to); another node then runs it, quickly, and nothing on
+/// the follower's node writes its output. The node's background read of followed executions
+/// must still wake it, with the output and the end, however soon after the follower's own
+/// first read the other node finished.
+async fn a_follower_of_work_another_node_runs_sees_it_all_and_ends(backend: Backend) {
+    let first = tempfile::tempdir().unwrap();
+    let store_url = common::store_url(backend, first.path());
+    let mut nodes = vec![
+        TestNode::start_named(first, store_url.clone(), "n1").await,
+        TestNode::start_named(tempfile::tempdir().unwrap(), store_url.clone(), "n2").await,
+    ];
+    // n2 takes no work until told; the job may only run there.
+    let (status, body) = nodes[0].post("/api/v1/nodes/n2/suspend", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let id = nodes[0]
+        .submit(json!({"command": ["sh", "-c", "echo from-n2"], "allocation": {"kind": "nodes", "nodes": ["n2"]}}))
+        .await;
+    let resp =
+        nodes[0].http.get(format!("{}/api/v1/executions/{id}/logs?follow=true", nodes[0].url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let (status, body) = nodes[0].post("/api/v1/nodes/n2/resume", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let text = tokio::time::timeout(Duration::from_secs(15), resp.text())
+        .await
+        .expect("the follower neither saw the output nor ended")
+        .unwrap();
+    assert_eq!(text, "from-n2\n");
+    let e = nodes[0].wait_final(&id, Duration::from_secs(5)).await;
+    assert_eq!((e["state"].as_str(), e["node"].as_str()), (Some("succeeded"), Some("n2")), "{e}");
+    for n in &mut nodes {
+        n.stop().await;
+    }
 }
