@@ -34,13 +34,16 @@ async fn a_locked_store_is_named_and_shutdown_still_ends_in_time() {
     .await;
     let reason = n.get("/health/ready").await.1.to_string();
     eprintln!("readiness: {reason}");
-    assert!(reason.contains("cut off from the store") && reason.contains("store"), "{reason}");
+    // Whether the renewal got its turn at once or queued behind a writer of this node that
+    // itself waits on the lock, the cause named is the store, never this node's own pool.
+    let store_named = |m: &str| m.contains("the store did not answer") || m.contains("locked by another process");
+    assert!(reason.contains("cut off from the store") && store_named(&reason), "{reason}");
     assert!(!reason.contains("own store pool"), "a lock held elsewhere is blamed on this node's pool: {reason}");
     let (_, me) = n.get("/api/v1/nodes/n1").await;
     let lease = me["workers"].as_array().unwrap().iter().find(|w| w["name"] == "lease").unwrap().clone();
     assert_eq!(lease["state"], "error", "{lease}");
     let last = lease["last_error"].as_str().unwrap_or_default();
-    assert!(last.contains("store"), "{lease}");
+    assert!(store_named(last), "{lease}");
     // The job was killed before the lease could run out.
     shoal_testkit::wait_until_async("the job to be killed", Duration::from_secs(5), || async { !common::alive(pid) })
         .await;

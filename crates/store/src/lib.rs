@@ -178,14 +178,14 @@ impl Store {
         }
     }
 
-    /// A connection for a lease renewal's write transaction, not begun yet: waiting for it
-    /// is waiting on this node's own pool (and, on SQLite, it does not queue behind this
-    /// node's other writers: see [`sqlite::Mode::Lease`]); [`Acquired::begin`] then waits on
-    /// the store.
+    /// A connection for a lease renewal's write transaction, not begun yet, from a connection
+    /// kept for renewals alone: waiting for it is waiting on this node's own pool (on SQLite
+    /// only for the one write under way: see [`sqlite::Mode::Lease`]); [`Acquired::begin`]
+    /// then waits on the store.
     pub(crate) async fn acquire_lease_write(&self) -> Result<Acquired> {
         match &self.backend {
             Backend::Sqlite(p) => Ok(Acquired::Sqlite(p.acquire(sqlite::Mode::Lease).await?)),
-            Backend::Postgres(p) => Ok(Acquired::Postgres(p.acquire().await?)),
+            Backend::Postgres(p) => Ok(Acquired::Postgres(p.acquire_lease().await?)),
         }
     }
 

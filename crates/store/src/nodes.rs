@@ -343,12 +343,12 @@ mod tests {
         drop(held);
         renew().await.unwrap();
 
-        // Another process holds SQLite's write lock: the renewal itself waits on the store...
+        // A second handle on the file, opened (and migrated) while it is free.
+        let other = Store::open(&format!("sqlite://{}", path.display()), 4).await.unwrap();
+        // Another process holds SQLite's write lock. A writer of this node waits on it inside
+        // the database; a renewal queued behind that writer names the store, not the pool.
         let outside = rusqlite::Connection::open(&path).unwrap();
         outside.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let e = renew().await.unwrap_err().to_string();
-        assert!(e.contains("the store did not answer"), "{e}");
-        // ...and so does a writer of this node it queues behind: that is named too.
         let writer = tokio::spawn({
             let store = store.clone();
             async move { store.begin_write().await.map(drop) }
@@ -360,8 +360,14 @@ mod tests {
         }
         let e = renew().await.unwrap_err().to_string();
         assert!(e.contains("locked by another process"), "{e}");
+        // A renewal that gets its turn at once waits on the store itself (a second handle:
+        // this one's writer lock is still taken by the writer above).
+        let e = other.renew_lease_within("n1", generation, ttl, &STATUS, BOUND).await.unwrap_err().to_string();
+        assert!(e.contains("the store did not answer"), "{e}");
+        // Both recover as soon as the lock is let go.
         outside.execute_batch("ROLLBACK").unwrap();
         writer.await.unwrap().unwrap();
         renew().await.unwrap();
+        other.renew_lease("n1", generation, ttl, &STATUS).await.unwrap();
     }
 }

@@ -19,12 +19,17 @@ use std::time::Duration;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::NoTls;
 
-/// How long the rollback of a dropped transaction may take before its connection is
-/// discarded rather than waited on.
-const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a dropped transaction's rollback (or, for a dropped read, the end of the query
+/// still running) may take before the statement is cancelled on the server and the
+/// connection discarded rather than waited on. Short: nobody wants the dropped statement's
+/// answer, and while it runs its backend may hold row locks (a lease renewal's row, say).
+const DROP_GRACE: Duration = Duration::from_millis(250);
 
 pub struct PgPool {
     pool: Pool,
+    /// One connection kept for lease renewals alone, so a renewal never waits behind the
+    /// pool's other users for a connection.
+    lease_pool: Pool,
     /// Kept to open node sessions: dedicated connections outside the pool.
     pub(crate) config: tokio_postgres::Config,
 }
@@ -118,16 +123,18 @@ impl PgPool {
             cfg.keepalives_interval(Duration::from_secs(5));
             cfg.keepalives_retries(3);
         }
-        let manager =
-            Manager::from_config(cfg.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager)
-            .max_size(size.max(1))
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .create_timeout(Some(Duration::from_secs(6)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Config(format!("cannot build the PostgreSQL pool: {e}")))?;
-        Ok(PgPool { pool, config: cfg })
+        let build = |size: usize| {
+            let manager =
+                Manager::from_config(cfg.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            Pool::builder(manager)
+                .max_size(size)
+                .wait_timeout(Some(Duration::from_secs(10)))
+                .create_timeout(Some(Duration::from_secs(6)))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()
+                .map_err(|e| StoreError::Config(format!("cannot build the PostgreSQL pool: {e}")))
+        };
+        Ok(PgPool { pool: build(size.max(1))?, lease_pool: build(1)?, config: cfg })
     }
 
     pub async fn begin(&self, autocommit: bool) -> Result<Box<dyn Tx>> {
@@ -136,14 +143,23 @@ impl PgPool {
 
     /// The first half of [`PgPool::begin`]: a connection from the pool, nothing sent yet.
     pub(crate) async fn acquire(&self) -> Result<PgTx> {
-        let client = self.pool.get().await.map_err(map_pool_err)?;
+        Self::take(&self.pool).await
+    }
+
+    /// A connection for a lease renewal, from the one kept for them.
+    pub(crate) async fn acquire_lease(&self) -> Result<PgTx> {
+        Self::take(&self.lease_pool).await
+    }
+
+    async fn take(pool: &Pool) -> Result<PgTx> {
+        let client = pool.get().await.map_err(map_pool_err)?;
         if client.is_closed() {
             // A connection that died while idle (server restart, failover): drop it from the
             // pool instead of handing out an error on first use.
             let _ = Object::take(client);
             return Err(StoreError::Unavailable("connection to PostgreSQL was closed".into()));
         }
-        Ok(PgTx { client: Some(client), open: false })
+        Ok(PgTx { client: Some(client), open: false, in_flight: false })
     }
 
     /// What this node's own pool is doing, for messages that tell a wedge from an outage.
@@ -182,6 +198,8 @@ impl Drop for Discard {
 pub(crate) struct PgTx {
     client: Option<Object>,
     open: bool,
+    /// A statement was sent and its answer not yet received.
+    in_flight: bool,
 }
 
 impl PgTx {
@@ -226,11 +244,13 @@ impl Tx for PgTx {
 
     async fn query(&mut self, sql: &str, p: Vec<Value>) -> Result<Vec<Row>> {
         let sql = render(Dialect::Postgres, sql);
+        self.in_flight = true;
         let client = self.client()?;
         let res = match client.prepare_cached(&sql).await {
             Ok(stmt) => client.query(&stmt, &params(&p)).await,
             Err(e) => Err(e),
         };
+        self.in_flight = false;
         match res {
             Ok(rows) => rows.iter().map(from_row).collect(),
             Err(e) => Err(self.check(e)),
@@ -239,23 +259,29 @@ impl Tx for PgTx {
 
     async fn execute(&mut self, sql: &str, p: Vec<Value>) -> Result<u64> {
         let sql = render(Dialect::Postgres, sql);
+        self.in_flight = true;
         let client = self.client()?;
         let res = match client.prepare_cached(&sql).await {
             Ok(stmt) => client.execute(&stmt, &params(&p)).await,
             Err(e) => Err(e),
         };
+        self.in_flight = false;
         res.map_err(|e| self.check(e))
     }
 
     async fn batch(&mut self, sql: &str) -> Result<()> {
         let sql = render(Dialect::Postgres, sql);
+        self.in_flight = true;
         let res = self.client()?.batch_execute(&sql).await;
+        self.in_flight = false;
         res.map_err(|e| self.check(e))
     }
 
     async fn commit(mut self: Box<Self>) -> Result<()> {
         if self.open {
+            self.in_flight = true;
             let res = self.client()?.batch_execute("COMMIT").await;
+            self.in_flight = false;
             res.map_err(|e| self.check(e))?;
             self.open = false;
         }
@@ -264,7 +290,9 @@ impl Tx for PgTx {
 
     async fn rollback(mut self: Box<Self>) -> Result<()> {
         if self.open {
+            self.in_flight = true;
             let res = self.client()?.batch_execute("ROLLBACK").await;
+            self.in_flight = false;
             res.map_err(|e| self.check(e))?;
             self.open = false;
         }
@@ -274,23 +302,31 @@ impl Tx for PgTx {
 
 impl Drop for PgTx {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            if self.open {
-                // Dropped mid-transaction: roll back before the connection is reused. Drop
-                // cannot await, so a task does it and returns the connection afterwards.
-                let guard = Discard(Some(client));
-                if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                    rt.spawn(async move {
-                        let Some(client) = guard.0.as_ref() else { return };
-                        let rolled_back =
-                            tokio::time::timeout(ROLLBACK_TIMEOUT, client.batch_execute("ROLLBACK")).await;
-                        if matches!(rolled_back, Ok(Ok(()))) {
-                            guard.keep();
-                        }
-                    });
-                }
-                // Without a runtime, or if the task is dropped unrun, `guard` discards it.
-            }
+        let Some(client) = self.client.take() else { return };
+        if !self.open && !self.in_flight {
+            // Clean: dropping the object puts it back in the pool.
+            return;
         }
+        // Dropped inside a transaction or while a statement runs. Drop cannot await, so a
+        // task rolls back (or, for a read, waits for the query still running: the empty
+        // query is answered after it) and only then puts the connection back. If that takes
+        // longer than DROP_GRACE, the statement still running is cancelled on the server, so
+        // its backend lets go of what it holds, and the connection is discarded.
+        let open = self.open;
+        let guard = Discard(Some(client));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let Some(client) = guard.0.as_ref() else { return };
+                let settle = client.batch_execute(if open { "ROLLBACK" } else { "" });
+                if matches!(tokio::time::timeout(DROP_GRACE, settle).await, Ok(Ok(()))) {
+                    guard.keep();
+                    return;
+                }
+                let token = client.cancel_token();
+                let _ = tokio::time::timeout(Duration::from_secs(2), token.cancel_query(NoTls)).await;
+                // `guard` drops here and discards the connection.
+            });
+        }
+        // Without a runtime, or if the task is dropped unrun, `guard` discards it.
     }
 }

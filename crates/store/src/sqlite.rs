@@ -41,8 +41,9 @@ struct Handle {
 
 /// What the pool shares with its transactions and connection threads.
 struct Shared {
-    idle: Mutex<Vec<Handle>>,
-    permits: Arc<Semaphore>,
+    /// The pool's connections ([`MAIN`]) and one more kept for lease renewals alone
+    /// ([`LEASE`]), so a renewal never waits behind reads for a connection either.
+    lanes: [Lane; 2],
     /// SQLite has one writer at a time, and its busy handler is not fair: under load a waiting
     /// writer (a lease renewal, say) can lose the race again and again until it times out.
     /// Writers of this process queue here instead, first come first served, and only
@@ -153,7 +154,7 @@ impl Shared {
         PoolReport {
             longest_call,
             size: self.size,
-            in_use: self.size.saturating_sub(self.permits.available_permits()),
+            in_use: self.size.saturating_sub(self.lanes[MAIN].permits.available_permits()),
             waiting: self.waiting.load(Ordering::Relaxed),
             oldest_held,
             discarded: self.discarded.load(Ordering::Relaxed),
@@ -170,7 +171,7 @@ impl Shared {
 
     /// A connection is gone (stuck, or its thread died): open another in its place, off the
     /// async threads, and only then give its permit back.
-    fn replace(self: &Arc<Self>, permit: OwnedSemaphorePermit) {
+    fn replace(self: &Arc<Self>, lane: usize, permit: OwnedSemaphorePermit) {
         permit.forget();
         let n = self.discarded.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::warn!(discarded = n, "a SQLite connection was discarded; opening another in its place");
@@ -180,10 +181,10 @@ impl Shared {
             loop {
                 match spawn_connection(&shared.path, format!("shoal-sqlite-r{n}")) {
                     Ok(handle) => {
-                        if let Ok(mut idle) = shared.idle.lock() {
+                        if let Ok(mut idle) = shared.lanes[lane].idle.lock() {
                             idle.push(handle);
                         }
-                        shared.permits.add_permits(1);
+                        shared.lanes[lane].permits.add_permits(1);
                         return;
                     }
                     Err(e) => {
@@ -200,12 +201,23 @@ impl Shared {
     }
 }
 
+/// Connections that are idle, and a permit for each connection of the lane not in use.
+struct Lane {
+    idle: Mutex<Vec<Handle>>,
+    permits: Arc<Semaphore>,
+}
+
+const MAIN: usize = 0;
+const LEASE: usize = 1;
+
 /// A connection taken from the pool. It goes back only through [`Checkout::give_back`], on
 /// the connection's own thread; dropped any other way, the connection is replaced.
 struct Checkout {
     handle: Option<Handle>,
     permit: Option<OwnedSemaphorePermit>,
     shared: Arc<Shared>,
+    /// [`MAIN`] or [`LEASE`]: where it goes back to.
+    lane: usize,
     id: u64,
     /// Held until the transaction's last closure has run (after any rollback): the gate,
     /// then the queue (none for reads, only the gate for a lease renewal).
@@ -219,14 +231,15 @@ pub enum Mode {
     Read,
     /// A write transaction, queued first come first served behind this process's writers.
     Write,
-    /// A lease renewal: waits only for the write under way. Its lateness is what kills a
-    /// node's jobs, so it never waits behind a queue of scheduler and log writes.
+    /// A lease renewal: waits only for the write under way, on a connection of its own. Its
+    /// lateness is what kills a node's jobs, so it never waits behind a queue of scheduler
+    /// and log writes, nor behind reads for a connection.
     Lease,
 }
 
 impl Checkout {
     fn give_back(mut self) {
-        if let (Some(handle), Ok(mut idle)) = (self.handle.take(), self.shared.idle.lock()) {
+        if let (Some(handle), Ok(mut idle)) = (self.handle.take(), self.shared.lanes[self.lane].idle.lock()) {
             idle.push(handle);
         }
         // The permit is released with `self`, after the handle is idle again.
@@ -243,7 +256,7 @@ impl Drop for Checkout {
             // ends the thread once its current call returns.
             drop(handle);
             if let Some(permit) = self.permit.take() {
-                self.shared.replace(permit);
+                self.shared.replace(self.lane, permit);
             }
         }
     }
@@ -278,11 +291,14 @@ impl SqlitePool {
         let size = size.max(1);
         let handles =
             (0..size).map(|i| spawn_connection(path, format!("shoal-sqlite-{i}"))).collect::<Result<Vec<_>>>()?;
+        let lease = spawn_connection(path, "shoal-sqlite-lease".into())?;
         Ok(SqlitePool {
             path: path.to_owned(),
             shared: Arc::new(Shared {
-                idle: Mutex::new(handles),
-                permits: Arc::new(Semaphore::new(size)),
+                lanes: [
+                    Lane { idle: Mutex::new(handles), permits: Arc::new(Semaphore::new(size)) },
+                    Lane { idle: Mutex::new(vec![lease]), permits: Arc::new(Semaphore::new(1)) },
+                ],
                 queue: Arc::new(tokio::sync::Mutex::new(())),
                 gate: Arc::new(tokio::sync::Mutex::new(())),
                 path: path.to_owned(),
@@ -327,11 +343,12 @@ impl SqlitePool {
                 Mode::Read => None,
             };
             let writer = (gate, queue);
-            let permit = tokio::time::timeout_at(deadline, shared.permits.clone().acquire_owned())
+            let lane = if mode == Mode::Lease { LEASE } else { MAIN };
+            let permit = tokio::time::timeout_at(deadline, shared.lanes[lane].permits.clone().acquire_owned())
                 .await
                 .map_err(|_| shared.pool_error("no connection came free"))?
                 .map_err(|_| StoreError::Internal("the SQLite pool is closed".into()))?;
-            let handle = shared
+            let handle = shared.lanes[lane]
                 .idle
                 .lock()
                 .map_err(|_| StoreError::Internal("the SQLite pool lock is poisoned".into()))?
@@ -341,9 +358,9 @@ impl SqlitePool {
             if let Ok(mut held) = shared.held.lock() {
                 held.insert(id, Instant::now());
             }
-            Checkout { handle: Some(handle), permit: Some(permit), shared: shared.clone(), id, _writer: writer }
+            Checkout { handle: Some(handle), permit: Some(permit), shared: shared.clone(), lane, id, _writer: writer }
         };
-        Ok(SqliteTx { checkout: Some(checkout), broken: false })
+        Ok(SqliteTx { checkout: Some(checkout), broken: false, in_flight: false })
     }
 }
 
@@ -370,6 +387,8 @@ pub(crate) struct SqliteTx {
     checkout: Option<Checkout>,
     /// A call went unanswered: the connection is discarded, not given back.
     broken: bool,
+    /// A call was sent and its answer not yet received: dropped now, nobody wants it.
+    in_flight: bool,
 }
 
 fn map_err(e: rusqlite::Error) -> StoreError {
@@ -461,7 +480,10 @@ impl SqliteTx {
             self.broken = true;
             return Err(StoreError::Unavailable("a SQLite connection's thread is gone; it is being replaced".into()));
         }
-        match tokio::time::timeout(CALL_TIMEOUT, rx).await {
+        self.in_flight = true;
+        let answer = tokio::time::timeout(CALL_TIMEOUT, rx).await;
+        self.in_flight = false;
+        match answer {
             Ok(Ok(result)) => result.map_err(map_err),
             Ok(Err(_)) => {
                 self.broken = true;
@@ -524,7 +546,17 @@ impl Drop for SqliteTx {
             // Checkout's drop discards the connection and opens another.
             return;
         }
-        let Some(jobs) = checkout.handle.as_ref().map(|h| h.jobs.clone()) else { return };
+        let Some((jobs, interrupt)) = checkout.handle.as_ref().map(|h| (h.jobs.clone(), h.interrupt.clone())) else {
+            return;
+        };
+        if self.in_flight {
+            // Dropped while a statement runs (a request whose client left, a renewal past its
+            // deadline): nobody wants its answer, so stop it rather than hold the connection,
+            // and this process's writer lock, until it ends. It can only be our own statement:
+            // the connection is not given back until the closure below has run. (A wait for
+            // another process's lock is not cut short; SQLite's busy timeout bounds it.)
+            interrupt.interrupt();
+        }
         // Queued behind whatever this transaction still had in flight (a BEGIN, a statement,
         // a COMMIT whose answer nobody awaits): roll back what is still open, then put the
         // connection back. If the thread is gone, the job is dropped unrun and the
