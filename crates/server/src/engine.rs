@@ -218,7 +218,10 @@ impl Engine {
             return Err(format!("draining: {} attempts still running", self.running()));
         }
         if self.cut_off.load(Ordering::SeqCst) {
-            let why = self.last_store_error.lock().ok().and_then(|e| e.clone()).unwrap_or_default();
+            let why = self.last_store_error.lock().ok().and_then(|e| e.clone()).unwrap_or_else(|| {
+                let since = self.last_renewal.lock().map(|l| l.elapsed()).unwrap_or_default();
+                format!("no lease renewal has succeeded for {:.1}s", since.as_secs_f64())
+            });
             return Err(format!("cut off from the store: {why}"));
         }
         Ok(())
@@ -307,6 +310,17 @@ impl Engine {
             cpu_permille: (load.cpu * 10.0) as i64,
             memory_permille: (load.memory * 10.0) as i64,
         };
+        // A renewal that is merely slow (queued behind another node's write on a shared SQLite
+        // file, say) is still worth its wait: cutting it off and starting again only sends it
+        // to the back. So it may take until shortly before the watchdog would act, and never
+        // less than `bound`; the expiry it sets counts from the moment it was sent.
+        let until_watchdog = self
+            .cfg
+            .lease_ttl
+            .saturating_sub(self.kill_margin())
+            .saturating_sub(self.last_renewal.lock().map(|l| l.elapsed()).unwrap_or_default())
+            .saturating_sub(Duration::from_millis(100));
+        let bound = bound.max(until_watchdog);
         let renewal =
             self.store.renew_lease_within(&self.cfg.node_id, generation, self.cfg.lease_ttl, &status, bound).await;
         match renewal {
@@ -315,6 +329,9 @@ impl Engine {
                     *last = sent;
                 }
                 self.publish_deadline(sent_boottime);
+                if let Ok(mut last) = self.last_store_error.lock() {
+                    *last = None;
+                }
                 if r.had_expired {
                     tracing::warn!(
                         "lease had expired before it was renewed; attempts of this node may have been taken over"
