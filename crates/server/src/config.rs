@@ -51,6 +51,7 @@ struct RawHttp {
     header_read_timeout: Option<String>,
     body_read_timeout: Option<String>,
     idle_timeout: Option<String>,
+    write_timeout: Option<String>,
     max_connections: Option<u32>,
 }
 
@@ -134,6 +135,9 @@ pub struct HttpConfig {
     pub body_read_timeout: Duration,
     /// How long a connection with no request in flight stays open.
     pub idle_timeout: Duration,
+    /// How long a write to a connection may make no progress (its client not reading) before
+    /// the connection is closed, whether or not a request is in flight.
+    pub write_timeout: Duration,
     /// Connections served at once; beyond it, 503 `too_many_connections` and close.
     pub max_connections: usize,
 }
@@ -199,6 +203,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "header_read_timeout",
             "body_read_timeout",
             "idle_timeout",
+            "write_timeout",
             "max_connections",
         ],
     ),
@@ -389,6 +394,13 @@ impl Config {
             Duration::from_secs(3600),
             "1h",
         )?;
+        let write_timeout = http_timeout(
+            "write_timeout",
+            &raw.http.write_timeout,
+            Duration::from_secs(30),
+            Duration::from_secs(3600),
+            "1h",
+        )?;
         let max_connections = raw.http.max_connections.unwrap_or(1024);
         if !(1..=1_000_000).contains(&max_connections) {
             return Err(ConfigError::Invalid("http.max_connections must be from 1 to 1000000".into()));
@@ -523,6 +535,7 @@ impl Config {
                 header_read_timeout,
                 body_read_timeout,
                 idle_timeout,
+                write_timeout,
                 max_connections: max_connections as usize,
             },
             store: StoreConfig { url, pool_size: pool_size as usize },
@@ -568,6 +581,7 @@ mod tests {
         assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.http.body_read_timeout, Duration::from_secs(30));
         assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.http.write_timeout, Duration::from_secs(30));
         assert_eq!(c.http.max_connections, 1024);
     }
 
@@ -605,7 +619,7 @@ slots = 8
     #[test]
     fn http_limits_parse_from_the_file_and_the_environment() {
         let c = Config::parse(
-            "[http]\nheader_read_timeout = \"300ms\"\nmax_connections = 2\n",
+            "[http]\nheader_read_timeout = \"300ms\"\nmax_connections = 2\nwrite_timeout = \"500ms\"\n",
             "x",
             env(&[("SHOAL_HTTP_IDLE_TIMEOUT", "5s"), ("SHOAL_HTTP_BODY_READ_TIMEOUT", "1m")]),
         )
@@ -614,6 +628,9 @@ slots = 8
         assert_eq!(c.http.idle_timeout, Duration::from_secs(5));
         assert_eq!(c.http.body_read_timeout, Duration::from_secs(60));
         assert_eq!(c.http.max_connections, 2);
+        assert_eq!(c.http.write_timeout, Duration::from_millis(500));
+        let c = Config::parse("", "x", env(&[("SHOAL_HTTP_WRITE_TIMEOUT", "2m")])).unwrap();
+        assert_eq!(c.http.write_timeout, Duration::from_secs(120));
     }
 
     #[test]
@@ -657,6 +674,8 @@ slots = 8
             ("[http]\nbody_read_timeout = \"0s\"", "http.body_read_timeout must be from 100ms"),
             ("[http]\nidle_timeout = \"2h\"", "http.idle_timeout must be from 100ms to 1h"),
             ("[http]\nmax_connections = 0", "http.max_connections"),
+            ("[http]\nwrite_timeout = \"50ms\"", "http.write_timeout must be from 100ms to 1h"),
+            ("[http]\nwrite_timeout = \"forever\"", "http.write_timeout"),
         ] {
             let e = Config::parse(text, "x", env(&[])).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");

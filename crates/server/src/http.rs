@@ -8,13 +8,29 @@
 //!   connection, until the request head is complete. Closed (without an answer) after
 //!   `http.header_read_timeout`.
 //! - **busy**: a request is in flight, from its complete head until its response body has been
-//!   written out or dropped. Never closed by the watchdog, however long the response streams
-//!   (a followed log can last hours); the request body has its own limit, below.
+//!   written out or dropped. Not closed for its length, however long the response streams (a
+//!   followed log can last hours); the request body has its own limit, below.
 //! - **idle**: no request in flight and no byte of the next one yet. Closed after
 //!   `http.idle_timeout`.
 //!
+//! In every state, a write to the socket that has made no progress for `http.write_timeout`
+//! (the client stopped reading, or vanished with the socket's buffers full) closes the
+//! connection: the socket wrapper records when a write or flush became pending and the watchdog
+//! acts on it. A response with nothing to send (a quiet followed log) has no write pending, so
+//! it is never cut by this.
+//!
 //! hyper's own `header_read_timeout` is not used: it starts as soon as a kept-alive connection
 //! goes idle, so it would make the idle timeout the shorter of the two.
+//!
+//! Accepted sockets get TCP keepalive ([`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`],
+//! [`KEEPALIVE_PROBES`]) and, on Linux, `TCP_USER_TIMEOUT` (the longer of
+//! [`MIN_USER_TIMEOUT`] and `http.write_timeout`), so that a peer gone without a FIN is noticed
+//! on a quiet connection, and unacknowledged data to it fails, instead of holding a connection.
+//!
+//! hyper buffers at most [`MAX_BUF_SIZE`] of a connection's input (and queued output): a request
+//! head larger than that is answered `431 Request Header Fields Too Large` (by hyper, without a
+//! body) and the connection closed after a short drain of what the client still sends, so that
+//! the close does not reset the answer away.
 //!
 //! A request body must arrive within `http.body_read_timeout` of the handler's first read of it
 //! (a body of up to [`BODY_GRACE_BYTES`]); each further [`BODY_GRACE_BYTES`] that arrive earn as
@@ -52,8 +68,24 @@ pub const BODY_GRACE_BYTES: u64 = 1024 * 1024;
 /// without an answer, so a flood costs no more than this many tasks.
 const MAX_REFUSING: usize = 128;
 
-/// How long answering a refused connection may take, its lingering close included.
+/// How long answering a refused connection may take, its lingering close included; also how
+/// long a connection answered with a parse error (431, 400) is drained before it is closed.
 const REFUSE_TIME: Duration = Duration::from_secs(1);
+
+/// The most hyper buffers of one connection: the largest request head it accepts, start line
+/// and headers (431 beyond), and the bound on its read and write buffers, so that
+/// `http.max_connections` connections cost at most a few times this each.
+pub const MAX_BUF_SIZE: usize = 64 * 1024;
+
+/// Idle time before the first TCP keepalive probe on an accepted socket.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Time between TCP keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered keepalive probes before the socket is dropped by the kernel.
+pub const KEEPALIVE_PROBES: u32 = 3;
+/// The shortest `TCP_USER_TIMEOUT` set on accepted sockets (Linux): how long sent data may stay
+/// unacknowledged before the kernel fails the connection. It is at least `http.write_timeout`.
+pub const MIN_USER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What [`spawn`] needs of `[http]`.
 #[derive(Clone, Debug)]
@@ -61,6 +93,7 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub idle_timeout: Duration,
+    pub write_timeout: Duration,
     pub max_connections: usize,
 }
 
@@ -70,13 +103,21 @@ impl From<&crate::config::HttpConfig> for HttpLimits {
             header_read_timeout: c.header_read_timeout,
             body_read_timeout: c.body_read_timeout,
             idle_timeout: c.idle_timeout,
+            write_timeout: c.write_timeout,
             max_connections: c.max_connections,
         }
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` turns true; then stops accepting, lets each
-/// connection finish its request in flight and returns when all have closed.
+/// Serves `app` on `listener` until `shutdown` turns true; then stops accepting, closes idle
+/// connections, lets each busy one finish its request in flight (a kept-alive one is closed
+/// after it), and returns when all have closed.
+///
+/// That can take as long as the longest response still streaming: a followed log lasts as long
+/// as its execution, so the task may never return on its own while one is open. The timeouts
+/// still apply meanwhile (a stalled write is closed after `http.write_timeout`), but nothing
+/// here bounds a live stream; a caller that must stop on time bounds the wait and aborts the
+/// task, which drops every connection left (as `Node::shutdown` does after 2 s).
 pub fn spawn(
     listener: TcpListener,
     app: Router,
@@ -112,6 +153,7 @@ pub fn spawn(
             };
             // Small answers (a file, a JSON body) must not wait for a delayed ACK.
             let _ = tcp.set_nodelay(true);
+            set_keepalive(&tcp, limits.write_timeout);
             match permits.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let (app, limits, shutdown) = (app.clone(), limits.clone(), shutdown.clone());
@@ -160,6 +202,26 @@ impl Refused {
             self.logged = Some(Instant::now());
         }
     }
+}
+
+/// TCP keepalive and (Linux) `TCP_USER_TIMEOUT` on an accepted socket, so that a peer that
+/// vanished without a FIN does not hold the connection: a quiet one is probed, and data sent to
+/// it fails once unacknowledged for the user timeout. Best effort: a socket that refuses is
+/// served all the same, under the watchdog's timeouts.
+fn set_keepalive(tcp: &TcpStream, write_timeout: Duration) {
+    let sock = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let keepalive = keepalive.with_interval(KEEPALIVE_INTERVAL).with_retries(KEEPALIVE_PROBES);
+    if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive on an HTTP connection");
+    }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = sock.set_tcp_user_timeout(Some(write_timeout.max(MIN_USER_TIMEOUT))) {
+        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT on an HTTP connection");
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = write_timeout;
 }
 
 /// Errors of one connection that the listener survives untouched.
@@ -218,33 +280,54 @@ async fn refuse(mut tcp: TcpStream, answer: &[u8]) {
 
 async fn serve_connection(tcp: TcpStream, app: Router, limits: &HttpLimits, mut shutdown: watch::Receiver<bool>) {
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Watched { tcp, activity: activity.clone() });
+    let io = TokioIo::new(Watched { tcp, activity: activity.clone(), write_pending: false });
     let service = ConnService { app, activity: activity.clone(), body_read_timeout: limits.body_read_timeout };
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder.keep_alive(true).header_read_timeout(None);
-    let conn = builder.serve_connection(io, service);
-    let watchdog = activity.watch(limits.header_read_timeout, limits.idle_timeout);
-    tokio::pin!(conn, watchdog);
+    builder
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_buf_size(MAX_BUF_SIZE)
+        // `max_buf_size` alone bounds only a head that is still incomplete when the buffer
+        // fills; one read into a larger allocation could complete a longer one.
+        .max_header_size(MAX_BUF_SIZE);
+    // Unpinned (it is `Unpin`) so that its socket can be taken back after a parse error.
+    let mut conn = builder.serve_connection(io, service);
+    let watchdog = activity.watch(limits);
+    tokio::pin!(watchdog);
     let mut stopping = false;
-    loop {
+    let ended = loop {
         tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "HTTP connection ended with an error");
-                }
-                return;
-            }
+            result = &mut conn => break result,
             why = &mut watchdog => {
-                // Nothing is in flight: dropping the connection closes the socket.
+                // Dropping the connection closes the socket, and drops a response in flight
+                // (only a stalled write closes a busy connection).
                 tracing::debug!(reason = why, "closing an HTTP connection");
                 return;
             }
             _ = shutdown.wait_for(|s| *s), if !stopping => {
                 stopping = true;
-                conn.as_mut().graceful_shutdown();
+                Pin::new(&mut conn).graceful_shutdown();
             }
         }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+        if e.is_parse() {
+            // hyper has answered (431, 400) and shut its side down; what the client is still
+            // sending would make the close a reset that can destroy that answer.
+            drain_and_close(conn.into_parts().io.into_inner().tcp).await;
+        }
     }
+}
+
+/// Reads and discards what the client still sends, for at most [`REFUSE_TIME`], then closes.
+async fn drain_and_close(mut tcp: TcpStream) {
+    let _ = tokio::time::timeout(REFUSE_TIME, async {
+        let mut sink = [0u8; 4096];
+        while tcp.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    })
+    .await;
 }
 
 /// What a connection is doing, shared by its socket, its service and its watchdog.
@@ -259,12 +342,19 @@ struct State {
     /// connection) are awaited under the header timeout.
     reading_head: bool,
     since: Instant,
+    /// Since when a write (or flush) to the socket has been pending, without progress since.
+    write_pending_since: Option<Instant>,
 }
 
 impl Activity {
     fn new() -> Activity {
         Activity {
-            state: Mutex::new(State { in_flight: 0, reading_head: true, since: Instant::now() }),
+            state: Mutex::new(State {
+                in_flight: 0,
+                reading_head: true,
+                since: Instant::now(),
+                write_pending_since: None,
+            }),
             changed: Notify::new(),
         }
     }
@@ -293,6 +383,16 @@ impl Activity {
         });
     }
 
+    /// A write to the socket could not proceed (`true`), or proceeded after that (`false`).
+    fn write_pending(&self, pending: bool) {
+        self.update(|s| {
+            s.write_pending_since = pending.then(Instant::now);
+            // The watchdog needs to arm its timer, not to hear that a write went through: it
+            // looks again when the timer fires.
+            pending
+        });
+    }
+
     fn request_started(self: &Arc<Self>) -> InFlight {
         self.update(|s| {
             s.in_flight += 1;
@@ -301,13 +401,25 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// Completes with the reason when the connection has outlived its state's timeout.
-    async fn watch(&self, header_read_timeout: Duration, idle_timeout: Duration) -> &'static str {
+    /// Completes with the reason when the connection has outlived its state's timeout, or a
+    /// write has been pending for longer than `write_timeout`.
+    async fn watch(&self, limits: &HttpLimits) -> &'static str {
         loop {
             let due = match self.state.lock() {
-                Ok(s) if s.in_flight > 0 => None,
-                Ok(s) if s.reading_head => Some((s.since + header_read_timeout, "header_read_timeout")),
-                Ok(s) => Some((s.since + idle_timeout, "idle_timeout")),
+                Ok(s) => {
+                    let state = if s.in_flight > 0 {
+                        None
+                    } else if s.reading_head {
+                        Some((s.since + limits.header_read_timeout, "header_read_timeout"))
+                    } else {
+                        Some((s.since + limits.idle_timeout, "idle_timeout"))
+                    };
+                    let write = s.write_pending_since.map(|t| (t + limits.write_timeout, "write_timeout"));
+                    match (state, write) {
+                        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+                        (a, b) => a.or(b),
+                    }
+                }
                 Err(_) => return "poisoned",
             };
             match due {
@@ -340,10 +452,23 @@ impl Drop for InFlight {
     }
 }
 
-/// The socket, telling the watchdog when bytes arrive.
+/// The socket, telling the watchdog when bytes arrive and when a write is stuck.
 struct Watched {
     tcp: TcpStream,
     activity: Arc<Activity>,
+    /// The last write or flush returned `Pending` (mirrored in the activity's state, which is
+    /// only locked when this changes).
+    write_pending: bool,
+}
+
+impl Watched {
+    fn note_write<T>(&mut self, polled: &Poll<T>) {
+        let pending = polled.is_pending();
+        if pending != self.write_pending {
+            self.write_pending = pending;
+            self.activity.write_pending(pending);
+        }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -359,7 +484,9 @@ impl AsyncRead for Watched {
 
 impl AsyncWrite for Watched {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        self.note_write(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -367,7 +494,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
+        self.note_write(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -375,11 +504,15 @@ impl AsyncWrite for Watched {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        let polled = Pin::new(&mut self.tcp).poll_flush(cx);
+        self.note_write(&polled);
+        polled
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.tcp).poll_shutdown(cx);
+        self.note_write(&polled);
+        polled
     }
 }
 

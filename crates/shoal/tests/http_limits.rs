@@ -1,6 +1,8 @@
 //! The HTTP server's limits against real sockets: a stalled head, a stalled or trickled body and
 //! an idle kept-alive connection are closed on time, connections beyond `http.max_connections`
-//! are refused with 503 `too_many_connections`, and a followed log outlives the idle timeout.
+//! are refused with 503 `too_many_connections`, a followed log outlives the idle timeout, a
+//! client that stops reading a response is closed after the write timeout (freeing its slot)
+//! while a quiet followed log is not, and an oversized request head is answered 431.
 
 #[macro_use]
 mod common;
@@ -233,5 +235,112 @@ async fn a_followed_log_streams_well_past_idle_timeout() {
     assert_eq!(seen, "one\ntwo\nthree\n");
     assert!(started.elapsed() >= Duration::from_millis(1800), "{:?}", started.elapsed());
     assert_eq!(n.execution(&id).await["state"], "succeeded");
+    n.stop().await;
+}
+
+/// Sends one `Connection: close` request on a new connection and returns the whole answer.
+async fn one_request(n: &TestNode, head: &str) -> String {
+    let mut s = connect(n).await;
+    s.write_all(head.as_bytes()).await.unwrap();
+    let got = read_until_closed(&mut s, Instant::now() + Duration::from_secs(3), head).await;
+    String::from_utf8_lossy(&got).to_string()
+}
+
+const GET_LIVE_CLOSE: &str = "GET /health/live HTTP/1.1\r\nHost: shoal\r\nConnection: close\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_after_write_timeout_and_frees_its_slot() {
+    let mut n = node("write_timeout = \"500ms\"\nmax_connections = 1").await;
+    const SIZE: usize = 20 << 20;
+    let root = n.sandbox("big", &[]).await;
+    std::fs::write(root.join("big.bin"), vec![b'x'; SIZE]).unwrap();
+
+    // The harness's client keeps its connection alive in its pool, in the only slot: drop it.
+    n.http = reqwest::Client::new();
+    let addr = n.url.strip_prefix("http://").unwrap().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut stalled, first) = loop {
+        // A small receive buffer, so that the server's writes stall well before the file is sent.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        let mut s = socket.connect(addr).await.unwrap();
+        s.write_all(b"GET /api/v1/sandboxes/big/files/big.bin HTTP/1.1\r\nHost: shoal\r\n\r\n").await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let k = tokio::time::timeout_at(deadline, s.read(&mut buf)).await.expect("an answer in time").unwrap();
+        if buf[..k].starts_with(b"HTTP/1.1 200") {
+            break (s, buf[..k].to_vec());
+        }
+        // 503 while the pooled connection's close is not yet seen by the server.
+        assert!(Instant::now() < deadline, "the big file was never served: {:?}", String::from_utf8_lossy(&buf[..k]));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // From here on the client reads nothing.
+    let sent = Instant::now();
+
+    // It holds the only connection slot...
+    let got = one_request(&n, GET_LIVE_CLOSE).await;
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    // ...until its stalled write times out.
+    let node = &n;
+    shoal_testkit::wait_until_async(
+        "a new connection served once the stalled one is closed",
+        Duration::from_millis(500) + MARGIN + Duration::from_secs(2),
+        move || async move { one_request(node, GET_LIVE_CLOSE).await.starts_with("HTTP/1.1 200") },
+    )
+    .await;
+    assert!(sent.elapsed() >= Duration::from_millis(450), "freed too early: {:?}", sent.elapsed());
+
+    // The stalled client, reading at last, finds its response cut short and the connection closed.
+    let rest =
+        read_until_closed(&mut stalled, Instant::now() + Duration::from_secs(10), "the stalled connection").await;
+    let got = first.len() + rest.len();
+    assert!(got < SIZE, "the whole file arrived ({got} bytes): the connection was not cut");
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_followed_log_is_not_cut_by_write_timeout() {
+    let mut n = node("write_timeout = \"500ms\"\nidle_timeout = \"300ms\"\nheader_read_timeout = \"300ms\"").await;
+    let id = n.submit(json!({"command": ["sh", "-c", "sleep 3; echo done"]})).await;
+    let started = Instant::now();
+    let mut resp = n.http.get(format!("{}/api/v1/executions/{id}/logs?follow=true", n.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut seen = String::new();
+    let deadline = started + Duration::from_secs(20);
+    // An error here would be the stream cut short; `None` is its proper end with the job's.
+    while let Some(chunk) = tokio::time::timeout_at(deadline, resp.chunk()).await.expect("stream in time").unwrap() {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert_eq!(seen, "done\n");
+    assert!(started.elapsed() >= Duration::from_millis(2500), "{:?}", started.elapsed());
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_the_buffer_limit_is_answered_431_and_closed() {
+    let mut n = node("").await;
+    let head = |padding: usize| {
+        format!("GET /health/live HTTP/1.1\r\nHost: shoal\r\nX-Padding: {}\r\n\r\n", "a".repeat(padding))
+    };
+
+    // Just over the limit, and far over it (the server stops reading at the limit).
+    for padding in [80 * 1024, 1024 * 1024] {
+        let mut s = connect(&n).await;
+        s.write_all(head(padding).as_bytes()).await.unwrap();
+        let got = read_until_closed(
+            &mut s,
+            Instant::now() + Duration::from_secs(5),
+            &format!("a head with {padding} bytes of padding"),
+        )
+        .await;
+        let got = String::from_utf8_lossy(&got);
+        assert!(got.starts_with("HTTP/1.1 431"), "{padding}: {got}");
+    }
+
+    // A large head within it is served, on a connection kept alive.
+    let mut s = connect(&n).await;
+    s.write_all(head(16 * 1024).as_bytes()).await.unwrap();
+    let (status, _) = read_response(&mut s).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     n.stop().await;
 }
