@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 /// How old a webhook signature's timestamp may be, either way, before it is refused.
 pub const HOOK_TOLERANCE_S: i64 = 300;
 /// The header a webhook is signed in: `t=<unix seconds>,v1=<hex HMAC-SHA256>` (see
-/// [`sign_hook_delivery`] for what is signed).
+/// [`sign_hook`] for what is signed).
 pub const SIGNATURE_HEADER: &str = "x-shoal-hook-signature";
 /// The header naming a delivery; one id starts one job however often it is sent.
 pub const DELIVERY_HEADER: &str = "x-shoal-hook-delivery";
@@ -420,28 +420,22 @@ pub async fn events(
     Ok(Json(json!({ "events": rows.iter().map(event_json).collect::<Vec<_>>() })))
 }
 
-/// The signature a webhook carries: `t=<unix seconds>,v1=<hex MAC>`, where the MAC is
-/// HMAC-SHA256(secret, "<t>.<body>"): the signature of a delivery sent without an
-/// `X-Shoal-Hook-Delivery` header (see [`sign_hook_delivery`]).
-pub fn sign_hook(secret: &[u8], unix_s: i64, body: &[u8]) -> String {
-    sign_hook_delivery(secret, unix_s, None, body)
+/// The signature of a delivery to the webhook `hook`: `t=<unix seconds>,v1=<hex MAC>`, the
+/// MAC being HMAC-SHA256 with the hook's secret over exactly the bytes
+/// `"<t>\n<hook>\n<delivery>\n"` followed by the raw body: `t` in decimal, the hook's name,
+/// and the `X-Shoal-Hook-Delivery` value as sent (an empty line when none is sent). None of
+/// the three lines can hold a newline, so no two deliveries share their signed bytes, and a
+/// delivery signed for one hook does not verify for another with the same secret.
+pub fn sign_hook(secret: &[u8], hook: &str, unix_s: i64, delivery: Option<&str>, body: &[u8]) -> String {
+    format!("t={unix_s},v1={}", hex::encode(hook_mac(secret, hook, unix_s, delivery, body).finalize().into_bytes()))
 }
 
-/// The signature of a delivery: `t=<unix seconds>,v1=<hex MAC>`, the MAC being
-/// HMAC-SHA256(secret, "<t>.<delivery>.<body>") when the delivery id is sent in
-/// `X-Shoal-Hook-Delivery`, and HMAC-SHA256(secret, "<t>.<body>") when it is not.
-pub fn sign_hook_delivery(secret: &[u8], unix_s: i64, delivery: Option<&str>, body: &[u8]) -> String {
-    format!("t={unix_s},v1={}", hex::encode(hook_mac(secret, unix_s, delivery, body).finalize().into_bytes()))
-}
-
-/// The HMAC state over a delivery's signed content (see [`sign_hook_delivery`]).
-fn hook_mac(secret: &[u8], t: i64, delivery: Option<&str>, body: &[u8]) -> Hmac<Sha256> {
+/// The HMAC state over a delivery's signed content (see [`sign_hook`]).
+fn hook_mac(secret: &[u8], hook: &str, t: i64, delivery: Option<&str>, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(t.to_string().as_bytes());
-    mac.update(b".");
-    if let Some(d) = delivery {
-        mac.update(d.as_bytes());
-        mac.update(b".");
+    for line in [t.to_string().as_str(), hook, delivery.unwrap_or("")] {
+        mac.update(line.as_bytes());
+        mac.update(b"\n");
     }
     mac.update(body);
     mac
@@ -465,7 +459,7 @@ fn parse_hook_signature(headers: &HeaderMap, now_s: i64) -> ApiResult<HookSignat
     let bad = bad_signature;
     let mut all = headers.get_all(SIGNATURE_HEADER).iter();
     let header = all.next().ok_or_else(|| {
-        bad("missing; send X-Shoal-Hook-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<delivery>.<body>\" (or \"<t>.<body>\" without X-Shoal-Hook-Delivery) with the hook's secret>")
+        bad("missing; send X-Shoal-Hook-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 with the hook's secret of the bytes \"<t>\\n<hook name>\\n<X-Shoal-Hook-Delivery value, or nothing when not sent>\\n\" followed by the raw body>")
     })?;
     if all.next().is_some() {
         return Err(bad("sent more than once; send one X-Shoal-Hook-Signature header"));
@@ -515,17 +509,26 @@ fn parse_hook_signature(headers: &HeaderMap, now_s: i64) -> ApiResult<HookSignat
 
 /// Checks the header's MACs against the delivery and body: one HMAC over the body, however
 /// many signatures were sent. Answers the MAC that matched.
-fn check_hook_mac(sig: &HookSignature, secret: &[u8], delivery: Option<&str>, body: &[u8]) -> ApiResult<[u8; 32]> {
-    let mac = hook_mac(secret, sig.t, delivery, body);
+fn check_hook_mac(
+    sig: &HookSignature,
+    secret: &[u8],
+    hook: &str,
+    delivery: Option<&str>,
+    body: &[u8],
+) -> ApiResult<[u8; 32]> {
+    let mac = hook_mac(secret, hook, sig.t, delivery, body);
     for given in &sig.macs {
         if mac.clone().verify_slice(given).is_ok() {
             return Ok(*given);
         }
     }
-    Err(bad_signature(match delivery {
-        Some(_) => "does not match; sign \"<t>.<delivery>.<body>\" (the X-Shoal-Hook-Delivery value as sent) with the hook's secret",
-        None => "does not match; sign \"<t>.<body>\" with the hook's secret",
-    }))
+    let delivery_line = match delivery {
+        Some(_) => "the X-Shoal-Hook-Delivery value as sent",
+        None => "an empty line, as no X-Shoal-Hook-Delivery was sent",
+    };
+    Err(bad_signature(&format!(
+        "does not match; sign with HMAC-SHA256 and the hook's secret exactly the bytes \"<t>\\n{hook}\\n<delivery>\\n\" followed by the raw body: t as in the header, the hook's name (`{hook}`), then {delivery_line}, each ended by a newline"
+    )))
 }
 
 /// Checks a webhook's signature header against the delivery id and body, on the store's
@@ -534,24 +537,26 @@ fn check_hook_mac(sig: &HookSignature, secret: &[u8], delivery: Option<&str>, bo
 fn verify_hook(
     headers: &HeaderMap,
     secret: &[u8],
+    hook: &str,
     delivery: Option<&str>,
     body: &[u8],
     now_s: i64,
 ) -> ApiResult<[u8; 32]> {
-    check_hook_mac(&parse_hook_signature(headers, now_s)?, secret, delivery, body)
+    check_hook_mac(&parse_hook_signature(headers, now_s)?, secret, hook, delivery, body)
 }
 
-/// The `X-Shoal-Hook-Delivery` header, when sent: 1 to 200 visible ASCII characters other
-/// than `.` (the dot separates it from the time and the body in the signed content).
+/// The `X-Shoal-Hook-Delivery` header, when sent: 1 to 200 printable ASCII characters (space
+/// to `~`). No newline or other control character (a tab is one), so it is one line of the
+/// signed content; an empty value is refused, so "no header" is the only empty line.
 fn hook_delivery(headers: &HeaderMap) -> ApiResult<Option<String>> {
     let Some(v) = headers.get(DELIVERY_HEADER) else { return Ok(None) };
-    v.to_str()
-        .ok()
-        .filter(|d| !d.is_empty() && d.len() <= 200 && !d.contains('.'))
-        .map(|d| Some(d.to_owned()))
-        .ok_or_else(|| {
-            ApiError::bad_request("X-Shoal-Hook-Delivery must be 1 to 200 visible ASCII characters, none of them `.`")
-        })
+    let d = v.as_bytes();
+    if d.is_empty() || d.len() > 200 || !d.iter().all(|b| (b' '..=b'~').contains(b)) {
+        return Err(ApiError::bad_request(
+            "X-Shoal-Hook-Delivery must be 1 to 200 printable ASCII characters (no control characters)",
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(d).into_owned()))
 }
 
 /// `POST /hooks/{name}`: a signed delivery starts the hook's job once.
@@ -569,14 +574,15 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
     // Bounded before any MAC: one header of at most 1 KiB, at most 4 signatures.
     let sig = parse_hook_signature(&parts.headers, now.div_euclid(1000))?;
     let secret = listener.secret.clone().unwrap_or_default();
+    // The hook's name is signed: a delivery for another hook with the same secret fails.
     let mac = if bytes.len() > HOOK_INLINE_MAC_BYTES {
         // A large body's MAC runs off the async workers (it would hold up /health and leases).
-        let (body, d) = (bytes.clone(), delivery.clone());
-        tokio::task::spawn_blocking(move || check_hook_mac(&sig, secret.as_bytes(), d.as_deref(), &body))
+        let (body, d, hook) = (bytes.clone(), delivery.clone(), listener.name.clone());
+        tokio::task::spawn_blocking(move || check_hook_mac(&sig, secret.as_bytes(), &hook, d.as_deref(), &body))
             .await
             .map_err(|e| ApiError::internal(format!("checking the webhook signature: {e}")))??
     } else {
-        check_hook_mac(&sig, secret.as_bytes(), delivery.as_deref(), &bytes)?
+        check_hook_mac(&sig, secret.as_bytes(), &listener.name, delivery.as_deref(), &bytes)?
     };
     let payload: Value = if bytes.is_empty() {
         Value::Null
@@ -584,8 +590,9 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::invalid_json(format!("webhook payload is not valid JSON: {e}")))?
     };
-    // The delivery id is signed, so a captured request replays only as itself; without one,
-    // the signature names the delivery (the same bytes again are the same delivery).
+    // The delivery id is signed (on its own line), so a captured request replays only as
+    // itself; without one, the signature names the delivery (the same bytes again are the
+    // same delivery).
     let (delivery, key) = match delivery {
         Some(d) => (d.clone(), format!("delivery:{d}")),
         None => {
@@ -660,55 +667,67 @@ mod tests {
     #[test]
     fn a_signature_is_checked_against_body_secret_and_time() {
         let body = br#"{"a":1}"#;
-        let h = signed(&sign_hook(SECRET, 1_700_000_000, body));
-        assert!(verify_hook(&h, SECRET, None, body, NOW).is_ok());
+        let h = signed(&sign_hook(SECRET, "h", 1_700_000_000, None, body));
+        assert!(verify_hook(&h, SECRET, "h", None, body, NOW).is_ok());
         // Another body, another secret, a stale time, no header: all 401.
-        refusal(verify_hook(&h, SECRET, None, b"{}", NOW));
-        refusal(verify_hook(&h, b"fedcba9876543210", None, body, NOW));
-        refusal(verify_hook(&h, SECRET, None, body, 1_700_001_000));
-        refusal(verify_hook(&HeaderMap::new(), b"x", None, body, 0));
+        refusal(verify_hook(&h, SECRET, "h", None, b"{}", NOW));
+        refusal(verify_hook(&h, b"fedcba9876543210", "h", None, body, NOW));
+        refusal(verify_hook(&h, SECRET, "h", None, body, 1_700_001_000));
+        refusal(verify_hook(&HeaderMap::new(), b"x", "h", None, body, 0));
     }
 
     #[test]
     fn the_delivery_id_is_signed() {
         let body = br#"{"a":1}"#;
-        let h = signed(&sign_hook_delivery(SECRET, NOW, Some("d-1"), body));
-        let mac = verify_hook(&h, SECRET, Some("d-1"), body, NOW).unwrap();
-        assert_eq!(format!("t={NOW},v1={}", hex::encode(mac)), sign_hook_delivery(SECRET, NOW, Some("d-1"), body));
+        let h = signed(&sign_hook(SECRET, "h", NOW, Some("d-1"), body));
+        let mac = verify_hook(&h, SECRET, "h", Some("d-1"), body, NOW).unwrap();
+        assert_eq!(format!("t={NOW},v1={}", hex::encode(mac)), sign_hook(SECRET, "h", NOW, Some("d-1"), body));
         // The captured request with another delivery id, or with none, fails.
-        assert!(refusal(verify_hook(&h, SECRET, Some("d-2"), body, NOW)).contains("<t>.<delivery>.<body>"));
-        refusal(verify_hook(&h, SECRET, None, body, NOW));
+        let m = refusal(verify_hook(&h, SECRET, "h", Some("d-2"), body, NOW));
+        assert!(m.contains("\"<t>\\nh\\n<delivery>\\n\" followed by the raw body"), "{m}");
+        assert!(m.contains("X-Shoal-Hook-Delivery value as sent"), "{m}");
+        refusal(verify_hook(&h, SECRET, "h", None, body, NOW));
         // A signature made without a delivery id does not take one.
-        let h = signed(&sign_hook(SECRET, NOW, body));
-        refusal(verify_hook(&h, SECRET, Some("d-1"), body, NOW));
-        // The signed content, exactly: "<t>.<delivery>.<body>".
+        let h = signed(&sign_hook(SECRET, "h", NOW, None, body));
+        let m = refusal(verify_hook(&h, SECRET, "h", Some("d-1"), body, NOW));
+        assert!(m.contains("X-Shoal-Hook-Delivery value as sent"), "{m}");
+        // ...and the message for one sent without an id says the line is empty.
+        let m = refusal(verify_hook(&h, SECRET, "h", None, b"{}", NOW));
+        assert!(m.contains("an empty line, as no X-Shoal-Hook-Delivery was sent"), "{m}");
+        // The signed content, exactly: "<t>\n<hook>\n<delivery>\n<body>".
         let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).unwrap();
-        mac.update(format!("{NOW}.d-1.{{\"a\":1}}").as_bytes());
+        mac.update(format!("{NOW}\nh\nd-1\n{{\"a\":1}}").as_bytes());
         let want = hex::encode(mac.finalize().into_bytes());
-        assert_eq!(sign_hook_delivery(SECRET, NOW, Some("d-1"), body), format!("t={NOW},v1={want}"));
-        // A delivery id cannot hold the separator (it would make the content ambiguous).
+        assert_eq!(sign_hook(SECRET, "h", NOW, Some("d-1"), body), format!("t={NOW},v1={want}"));
+        // A delivery id is one line: no control character (a tab is one), not empty; a `.`
+        // or a space is fine.
         let mut h = HeaderMap::new();
-        h.insert(DELIVERY_HEADER, HeaderValue::from_static("a.b"));
-        assert_eq!(hook_delivery(&h).unwrap_err().code, "bad_request");
-        h.insert(DELIVERY_HEADER, HeaderValue::from_static("a-b"));
-        assert_eq!(hook_delivery(&h).unwrap().as_deref(), Some("a-b"));
+        for bad in [&b"a\tb"[..], b"", &[b'a'; 201]] {
+            h.insert(DELIVERY_HEADER, HeaderValue::from_bytes(bad).unwrap());
+            assert_eq!(hook_delivery(&h).unwrap_err().code, "bad_request", "{bad:?}");
+        }
+        assert!(HeaderValue::from_bytes(b"a\nb").is_err(), "a header value cannot hold a newline");
+        for good in ["a-b", "a.b", "12.5", "a b", &"x".repeat(200)] {
+            h.insert(DELIVERY_HEADER, HeaderValue::from_str(good).unwrap());
+            assert_eq!(hook_delivery(&h).unwrap().as_deref(), Some(good));
+        }
     }
 
     #[test]
     fn too_many_signatures_are_refused_before_any_mac() {
         let body = br#"{"a":1}"#;
-        let good = sign_hook(SECRET, NOW, body);
+        let good = sign_hook(SECRET, "h", NOW, None, body);
         let v1 = good.split_once(",v1=").unwrap().1;
         let other = "ab".repeat(32);
         // Four are considered (the good one last)...
         let four = format!("t={NOW},v1={other},v1={other},v1={other},v1={v1}");
         assert!(four.len() <= MAX_SIGNATURE_HEADER_BYTES);
-        assert!(verify_hook(&signed(&four), SECRET, None, body, NOW).is_ok());
+        assert!(verify_hook(&signed(&four), SECRET, "h", None, body, NOW).is_ok());
         // ...five are refused by the parse, which takes no body and computes no MAC.
         let five = format!("t={NOW},v1={other},v1={other},v1={other},v1={other},v1={v1}");
         assert!(five.len() <= MAX_SIGNATURE_HEADER_BYTES);
         assert!(refusal(parse_hook_signature(&signed(&five), NOW)).contains("at most 4"));
-        refusal(verify_hook(&signed(&five), SECRET, None, body, NOW));
+        refusal(verify_hook(&signed(&five), SECRET, "h", None, body, NOW));
         // A v1 that is not a SHA-256 MAC is refused as such.
         assert!(refusal(parse_hook_signature(&signed(&format!("t={NOW},v1=abcd")), NOW)).contains("64 hex"));
         // Two signature headers are refused too.
@@ -721,7 +740,7 @@ mod tests {
     fn a_long_signature_header_is_refused() {
         let body = br#"{"a":1}"#;
         // Valid, but padded past the bound with entries that are ignored.
-        let padded = format!("{},{}", sign_hook(SECRET, NOW, body), "x=y,".repeat(300));
+        let padded = format!("{},{}", sign_hook(SECRET, "h", NOW, None, body), "x=y,".repeat(300));
         assert!(padded.len() > MAX_SIGNATURE_HEADER_BYTES);
         assert!(refusal(parse_hook_signature(&signed(&padded), NOW)).contains("more than 1024"));
         // 5 000 v1= entries: refused by length, whatever the body.
@@ -744,14 +763,64 @@ mod tests {
                 if (now.saturating_sub(HOOK_TOLERANCE_S)..=now.saturating_add(HOOK_TOLERANCE_S)).contains(&t) {
                     continue; // at the clock's ends some of these are within the window
                 }
-                let h = signed(&sign_hook(SECRET, t, body));
-                let m = refusal(verify_hook(&h, SECRET, None, body, now));
+                let h = signed(&sign_hook(SECRET, "h", t, None, body));
+                let m = refusal(verify_hook(&h, SECRET, "h", None, body, now));
                 assert!(m.contains("more than 300 s"), "t={t}, now={now}: {m}");
             }
         }
         // The window's edges are inside it.
         for t in [NOW - HOOK_TOLERANCE_S, NOW + HOOK_TOLERANCE_S] {
-            assert!(verify_hook(&signed(&sign_hook(SECRET, t, body)), SECRET, None, body, NOW).is_ok());
+            assert!(verify_hook(&signed(&sign_hook(SECRET, "h", t, None, body)), SECRET, "h", None, body, NOW).is_ok());
         }
+    }
+
+    fn sign_for(hook: &str, t: i64, delivery: Option<&str>, body: &[u8]) -> String {
+        sign_hook(SECRET, hook, t, delivery, body)
+    }
+
+    fn verify_for(h: &HeaderMap, hook: &str, delivery: Option<&str>, body: &[u8]) -> ApiResult<[u8; 32]> {
+        verify_hook(h, SECRET, hook, delivery, body, NOW)
+    }
+
+    #[test]
+    fn a_shifted_body_does_not_verify() {
+        // No id and body `12.5`, re-sent as id `12` and body `5`: refused.
+        let h = signed(&sign_for("h", NOW, None, b"12.5"));
+        assert!(verify_for(&h, "h", None, b"12.5").is_ok());
+        refusal(verify_for(&h, "h", Some("12"), b"5"));
+        // And the reverse.
+        let h = signed(&sign_for("h", NOW, Some("12"), b"5"));
+        assert!(verify_for(&h, "h", Some("12"), b"5").is_ok());
+        refusal(verify_for(&h, "h", None, b"12.5"));
+        // Nor does a delivery id shift into the hook name or the time.
+        let h = signed(&sign_for("h", NOW, Some("x"), b"{}"));
+        refusal(verify_for(&h, "h\nx", None, b"{}"));
+    }
+
+    #[test]
+    fn a_delivery_for_one_hook_does_not_verify_for_another() {
+        let body = br#"{"a":1}"#;
+        for delivery in [Some("d-1"), None] {
+            let h = signed(&sign_for("a", NOW, delivery, body));
+            assert!(verify_for(&h, "a", delivery, body).is_ok());
+            let m = refusal(verify_for(&h, "b", delivery, body));
+            assert!(m.contains("`b`"), "{m}");
+        }
+    }
+
+    #[test]
+    fn the_signed_bytes_are_time_hook_delivery_and_body_on_lines() {
+        // Computed independently: python3 -c 'import hmac,hashlib;
+        // print(hmac.new(b"0123456789abcdef", b"1700000010\ndeploy\nd-1\n{\"a\":1}", hashlib.sha256).hexdigest())'
+        // and the same over b"1700000010\ndeploy\n\n{\"a\":1}" (no delivery id: an empty line).
+        let body = br#"{"a":1}"#;
+        assert_eq!(
+            sign_for("deploy", NOW, Some("d-1"), body),
+            "t=1700000010,v1=dcda030e92268144b1ad40ac348c8b9da7c1a31f29bc4901ac15b448516735dc"
+        );
+        assert_eq!(
+            sign_for("deploy", NOW, None, body),
+            "t=1700000010,v1=0937dc69578d105be9983c6e8befccf2be819d94727d3bd4786a708578ea4290"
+        );
     }
 }

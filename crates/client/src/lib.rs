@@ -437,9 +437,10 @@ impl Client {
     }
 
     /// Delivers a webhook to the webhook listener `name`, as an outside service would: `body`
-    /// (JSON) is sent as exactly these bytes, signed with `secret` together with the delivery
-    /// id (see [`hook_signature`]). A delivery sent again with the same `delivery` id (1 to 200
-    /// visible ASCII characters, no `.`) starts no second job; without an id a fresh one is
+    /// (JSON) is sent as exactly these bytes, signed with `secret` together with the time, the
+    /// hook's name and the delivery id (see [`hook_signature`]). A delivery sent again with the
+    /// same `delivery` id (1 to 200 printable ASCII characters, no control characters) starts
+    /// no second job; without an id a fresh one is
     /// made, which also makes the request safe to send to another server after a broken
     /// connection. Answers `{"event", "execution"}` and whether the server had already
     /// received this delivery (the execution is then the one it started the first time).
@@ -450,9 +451,10 @@ impl Client {
         let mut call = Call::new(Method::POST, format!("/hooks/{}", segment(name)?));
         call.raw_json = Some(body);
         let delivery = delivery.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-        // The delivery id is signed with the body: a changed id does not verify.
-        call.headers
-            .push(("x-shoal-hook-signature", hook_signature(secret.as_bytes(), now.as_secs(), Some(&delivery), body)));
+        // The hook's name and the delivery id are signed with the body: a changed id, or the
+        // request sent to another hook with the same secret, does not verify.
+        let signature = hook_signature(secret.as_bytes(), name, now.as_secs(), Some(&delivery), body);
+        call.headers.push(("x-shoal-hook-signature", signature));
         call.headers.push(("x-shoal-hook-delivery", delivery));
         // The delivery id makes a repeat harmless: the server answers with the first event.
         call.idempotent = true;
@@ -566,16 +568,15 @@ impl Client {
     }
 }
 
-/// The `X-Shoal-Hook-Signature` header of a webhook delivery made at `timestamp` (Unix seconds):
-/// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>.<delivery>.<body>")>` for a delivery
-/// sent with the `X-Shoal-Hook-Delivery: <delivery>` header (an id without `.`), and
-/// `v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>` for one sent without it.
-pub fn hook_signature(secret: &[u8], timestamp: u64, delivery: Option<&str>, body: &[u8]) -> String {
+/// The `X-Shoal-Hook-Signature` header of a delivery to the webhook `hook` made at `timestamp`
+/// (Unix seconds): `t=<timestamp>,v1=<hex MAC>`, the MAC being HMAC-SHA256 with `secret` over
+/// exactly the bytes `"<timestamp>\n<hook>\n<delivery>\n"` followed by the raw body, where
+/// `<delivery>` is the `X-Shoal-Hook-Delivery` value sent (1 to 200 printable ASCII
+/// characters) or nothing when that header is not sent.
+pub fn hook_signature(secret: &[u8], hook: &str, timestamp: u64, delivery: Option<&str>, body: &[u8]) -> String {
     let t = timestamp.to_string();
-    let mac = match delivery {
-        Some(d) => hmac_sha256_hex(secret, &[t.as_bytes(), b".", d.as_bytes(), b".", body]),
-        None => hmac_sha256_hex(secret, &[t.as_bytes(), b".", body]),
-    };
+    let d = delivery.unwrap_or("");
+    let mac = hmac_sha256_hex(secret, &[t.as_bytes(), b"\n", hook.as_bytes(), b"\n", d.as_bytes(), b"\n", body]);
     format!("t={t},v1={mac}")
 }
 
@@ -678,16 +679,24 @@ mod tests {
     }
 
     #[test]
-    fn hook_signature_signs_timestamp_delivery_and_body() {
-        // Computed independently (Python's hmac module).
+    fn hook_signature_signs_timestamp_hook_delivery_and_body() {
+        // Computed independently: python3 -c 'import hmac,hashlib; print(hmac.new(
+        // b"whsec-0123456789abcdef", b"1700000000\norders\n\n{\"order\": 42}", hashlib.sha256).hexdigest())'
+        // and the same with b"...\norders\nd-1\n..." for the delivery id.
         assert_eq!(
-            hook_signature(b"whsec-0123456789abcdef", 1_700_000_000, None, br#"{"order": 42}"#),
-            "t=1700000000,v1=6b8a41a95266b27abb837ae0ff056877ea1ff1430dcb7a903fe494e618fb21f9"
+            hook_signature(b"whsec-0123456789abcdef", "orders", 1_700_000_000, None, br#"{"order": 42}"#),
+            "t=1700000000,v1=d949533ebe5785538c61521bf417c51719814392fe866249334341560bed2c01"
         );
         assert_eq!(
-            hook_signature(b"whsec-0123456789abcdef", 1_700_000_000, Some("d-1"), br#"{"order": 42}"#),
-            "t=1700000000,v1=9f914bd696b77e600fdc1d44c82b7e8e8a046c6b86e6b8ebaa21186f043bd7c0"
+            hook_signature(b"whsec-0123456789abcdef", "orders", 1_700_000_000, Some("d-1"), br#"{"order": 42}"#),
+            "t=1700000000,v1=5ced600a19d13e3b43ac619833611215a9e92debb73eba40ba42f7346e881a77"
         );
+        // The framing leaves nothing to shift: no id and body `12.5` is not id `12` and body `5`.
+        assert_ne!(
+            hook_signature(b"k", "orders", 1, None, b"12.5"),
+            hook_signature(b"k", "orders", 1, Some("12"), b"5")
+        );
+        assert_ne!(hook_signature(b"k", "a", 1, None, b"{}"), hook_signature(b"k", "b", 1, None, b"{}"));
     }
 
     /// What the stand-in hook endpoint saw: signature header, delivery header, raw body.
@@ -695,15 +704,18 @@ mod tests {
 
     async fn hook_endpoint(
         axum::extract::State(seen): axum::extract::State<Seen>,
+        axum::extract::Path(name): axum::extract::Path<String>,
         headers: AxumHeaders,
         body: Bytes,
     ) -> (AxumStatus, axum::Json<Value>) {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         let (signature, delivery) = (header("x-shoal-hook-signature"), header("x-shoal-hook-delivery"));
         let t: u64 = signature.strip_prefix("t=").and_then(|r| r.split(',').next()).unwrap().parse().unwrap();
-        // The delivery id is part of what is signed.
-        assert_eq!(signature, hook_signature(b"a-secret-of-16-chars", t, Some(&delivery), &body));
-        assert_ne!(signature, hook_signature(b"a-secret-of-16-chars", t, None, &body));
+        // The hook's name (from the path) and the delivery id are part of what is signed.
+        assert_eq!(name, "orders");
+        assert_eq!(signature, hook_signature(b"a-secret-of-16-chars", &name, t, Some(&delivery), &body));
+        assert_ne!(signature, hook_signature(b"a-secret-of-16-chars", &name, t, None, &body));
+        assert_ne!(signature, hook_signature(b"a-secret-of-16-chars", "other", t, Some(&delivery), &body));
         assert_eq!(header("content-type"), "application/json");
         let mut seen = seen.lock().unwrap();
         let again = seen.iter().any(|(_, d, _)| *d == delivery);

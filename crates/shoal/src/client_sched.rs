@@ -275,17 +275,24 @@ pub struct HookArgs {
     /// Read the JSON payload from a file (- for stdin)
     #[arg(long, value_name = "PATH")]
     pub data_file: Option<PathBuf>,
-    /// The delivery's id, signed with the payload: a delivery sent again with the same id
-    /// starts no second job (1 to 200 visible ASCII characters without `.`; default: a new id)
+    /// The delivery's id, signed with the hook's name and the payload: a delivery sent again
+    /// with the same id starts no second job (1 to 200 printable ASCII characters, no space at
+    /// either end; default: a new id)
     #[arg(long, value_name = "ID", value_parser = delivery_id)]
     pub delivery: Option<String>,
 }
 
-/// A `--delivery` id as the server takes it: 1 to 200 visible ASCII characters, none of them
-/// `.` (the separator of the signed "<t>.<delivery>.<body>").
+/// A `--delivery` id as the server takes it: 1 to 200 printable ASCII characters, no control
+/// character (it is one line of the signed "<t>\n<hook>\n<delivery>\n<body>"), and no space
+/// at either end (HTTP drops it there, so the id signed would not be the id received).
 fn delivery_id(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.len() > 200 || !s.bytes().all(|b| b.is_ascii_graphic() || b == b' ') || s.contains('.') {
-        return Err("a delivery id is 1 to 200 visible ASCII characters, none of them `.`".into());
+    if s.is_empty()
+        || s.len() > 200
+        || !s.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        || s.starts_with(' ')
+        || s.ends_with(' ')
+    {
+        return Err("a delivery id is 1 to 200 printable ASCII characters, with no space at either end".into());
     }
     Ok(s.to_owned())
 }
@@ -1188,10 +1195,13 @@ mod tests {
         let missing = dir.path().join("missing.json");
         assert!(matches!(hook_payload(&hook(&["--data-file", missing.to_str().unwrap()])).await, Err(Err(_))));
         assert!(parse(&["hook", "orders", "--secret", "s", "--data", "{}", "--data-file", "x"]).is_err());
-        // The delivery id is signed as "<t>.<delivery>.<body>": it cannot hold a `.`.
-        for bad in ["a.b", "", "\u{e9}t\u{e9}"] {
+        // The delivery id is one line of "<t>\n<hook>\n<delivery>\n<body>": no control
+        // character, and no space at the ends (HTTP would drop it); a `.` is fine.
+        for bad in ["", "a\nb", "a\tb", " a", "a ", "\u{e9}t\u{e9}"] {
             assert!(parse(&["hook", "orders", "--secret", "s", "--delivery", bad]).is_err(), "{bad:?}");
         }
+        let a = hook(&["--delivery", "12.5 x"]);
+        assert_eq!(a.delivery.as_deref(), Some("12.5 x"));
     }
 
     #[test]

@@ -1,18 +1,24 @@
-//! Hostile webhook deliveries on an in-process node: captured requests replayed as they are
-//! or with another delivery id, and signature headers built to burn the node's CPU.
+//! Hostile webhook deliveries on an in-process node: captured requests replayed as they are,
+//! with another delivery id, re-framed (part of the body moved into the delivery id) or sent
+//! to another hook with the same secret, and signature headers built to burn the node's CPU.
 
 #[macro_use]
 mod common;
 
 use common::{Backend, TestNode};
 use serde_json::{json, Value};
-use shoal_api::listeners::{sign_hook, sign_hook_delivery};
+use shoal_api::listeners::sign_hook;
 use std::time::{Duration, Instant};
 
 const NOOP_JOB: &str = "command = [\"true\"]\n";
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// The signature of a delivery to hook `hook` (the hook's name is signed too).
+fn sign(secret: &str, hook: &str, t: i64, delivery: Option<&str>, body: &[u8]) -> String {
+    sign_hook(secret.as_bytes(), hook, t, delivery, body)
 }
 
 /// A webhook listener `h` starting `noop.toml`; answers its URL and secret.
@@ -52,8 +58,8 @@ async fn a_captured_delivery_starts_one_execution(b: Backend) {
     let (url, secret) = webhook(&t).await;
     let body = br#"{"order": 42}"#;
     let now = unix_now();
-    let with_id = sign_hook_delivery(secret.as_bytes(), now, Some("d-1"), body);
-    let without_id = sign_hook(secret.as_bytes(), now, body);
+    let with_id = sign(&secret, "h", now, Some("d-1"), body);
+    let without_id = sign(&secret, "h", now, None, body);
     let mut started = Vec::new();
     for (sig, delivery) in [(&with_id, Some("d-1")), (&without_id, None)] {
         let (status, first) = deliver(&t.http, &url, sig, delivery, body).await;
@@ -74,7 +80,7 @@ async fn a_captured_delivery_starts_one_execution(b: Backend) {
 
     // The same bytes sent eight times at once: one 201, seven replays.
     let body2 = br#"{"order": 43}"#;
-    let sig2 = sign_hook(secret.as_bytes(), unix_now(), body2);
+    let sig2 = sign(&secret, "h", unix_now(), None, body2);
     let answers = futures_join((0..8).map(|_| {
         let (http, url, sig2) = (t.http.clone(), url.clone(), sig2.clone());
         tokio::spawn(async move { deliver(&http, &url, &sig2, None, body2).await })
@@ -106,7 +112,7 @@ async fn futures_join<T: Send + 'static>(tasks: impl Iterator<Item = tokio::task
     out
 }
 
-on_both!(a_captured_delivery_starts_one_execution);
+on_both!(a_captured_delivery_starts_one_execution, a_shifted_body_is_not_a_new_delivery);
 
 /// 5 000 `v1=` entries over a ~1 MB body are refused at once, and several such requests at a
 /// time leave the node answering `/health/ready` promptly; an honest ~1 MB delivery still
@@ -161,7 +167,7 @@ async fn signature_floods_are_refused_cheaply() {
     assert_eq!(t.count_executions().await, 0, "refused floods started nothing");
 
     // An honest delivery of the same size: its MAC is checked off the async workers.
-    let sig = sign_hook_delivery(secret.as_bytes(), unix_now(), Some("big-1"), &body);
+    let sig = sign(&secret, "h", unix_now(), Some("big-1"), &body);
     let (status, resp) = deliver(&t.http, &url, &sig, Some("big-1"), &body).await;
     assert_eq!(status, 201, "{resp}");
     let (status, resp) = deliver(&t.http, &url, &sig, Some("big-1"), &body).await;
@@ -187,15 +193,74 @@ async fn a_payload_no_process_can_take_is_refused_at_delivery() {
     assert_eq!(status, 201, "{l}");
     let (url, secret) = (format!("{}/api/v1/hooks/h", t.url), l["secret"].as_str().unwrap().to_owned());
     let body = br#"{"what": "a\u0000b"}"#;
-    let sig = sign_hook_delivery(secret.as_bytes(), unix_now(), Some("nul-1"), body);
+    let sig = sign(&secret, "h", unix_now(), Some("nul-1"), body);
     let (status, answer) = deliver(&t.http, &url, &sig, Some("nul-1"), body).await;
     assert_eq!(status, 422, "{answer}");
     assert_eq!(answer["error"]["code"], "invalid_parameter", "{answer}");
     assert_eq!(t.count_executions().await, 0, "a refused delivery started a job");
     // An ordinary value still works.
     let body = br#"{"what": "ab"}"#;
-    let sig = sign_hook_delivery(secret.as_bytes(), unix_now(), Some("ok-1"), body);
+    let sig = sign(&secret, "h", unix_now(), Some("ok-1"), body);
     let (status, answer) = deliver(&t.http, &url, &sig, Some("ok-1"), body).await;
     assert_eq!(status, 201, "{answer}");
+    t.stop().await;
+}
+
+/// A captured delivery cannot be re-framed: sent without an id and with body `12.5`, it is
+/// refused as id `12` with body `5`, and the reverse; neither starts anything.
+async fn a_shifted_body_is_not_a_new_delivery(b: Backend) {
+    let mut t = TestNode::start(b).await;
+    let (url, secret) = webhook(&t).await;
+    let now = unix_now();
+    let without_id = sign(&secret, "h", now, None, b"12.5");
+    let (status, resp) = deliver(&t.http, &url, &without_id, Some("12"), b"5").await;
+    assert_eq!((status, resp["error"]["code"].as_str()), (401, Some("invalid_signature")), "{resp}");
+    let with_id = sign(&secret, "h", now, Some("12"), b"5");
+    let (status, resp) = deliver(&t.http, &url, &with_id, None, b"12.5").await;
+    assert_eq!((status, resp["error"]["code"].as_str()), (401, Some("invalid_signature")), "{resp}");
+    assert_eq!(t.count_executions().await, 0, "a re-framed delivery started a job");
+    assert_eq!(events(&t).await.len(), 0);
+    // Each, as signed, is accepted.
+    assert_eq!(deliver(&t.http, &url, &without_id, None, b"12.5").await.0, 201);
+    assert_eq!(deliver(&t.http, &url, &with_id, Some("12"), b"5").await.0, 201);
+    assert_eq!(t.count_executions().await, 2);
+    t.stop().await;
+}
+
+/// Two webhooks given the same secret: a delivery signed for one is refused by the other,
+/// either way, with a delivery id and without, and starts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_sharing_a_secret_refuse_each_others_deliveries() {
+    let mut t = TestNode::start(Backend::Sqlite).await;
+    t.sandbox("s", &[("noop.toml", NOOP_JOB)]).await;
+    let secret = "one-secret-for-two-hooks";
+    for name in ["a", "b"] {
+        let (status, l) = t
+            .post(
+                "/api/v1/listeners",
+                json!({"name": name, "kind": "webhook", "sandbox": "s", "job": "noop.toml", "secret": secret}),
+            )
+            .await;
+        assert_eq!(status, 201, "{l}");
+    }
+    let url = |name: &str| format!("{}/api/v1/hooks/{name}", t.url);
+    let body = br#"{"order": 42}"#;
+    let mut started = 0;
+    for (signed_for, sent_to) in [("a", "b"), ("b", "a")] {
+        for delivery in [Some("d-1"), None] {
+            let sig = sign(secret, signed_for, unix_now(), delivery, body);
+            let (status, resp) = deliver(&t.http, &url(sent_to), &sig, delivery, body).await;
+            let what = format!("signed for {signed_for}, sent to {sent_to}, delivery {delivery:?}");
+            assert_eq!((status, resp["error"]["code"].as_str()), (401, Some("invalid_signature")), "{what}: {resp}");
+            let message = resp["error"]["message"].as_str().unwrap();
+            assert!(message.contains(&format!("`{sent_to}`")), "{what}: {message}");
+            assert_eq!(t.count_executions().await, started, "{what}: started a job");
+            // Sent where it was signed for, it is accepted.
+            let (status, resp) = deliver(&t.http, &url(signed_for), &sig, delivery, body).await;
+            assert_eq!(status, 201, "{what}: {resp}");
+            started += 1;
+        }
+    }
+    assert_eq!(t.count_executions().await, 4);
     t.stop().await;
 }

@@ -275,13 +275,18 @@ async fn bad_definitions_are_refused_and_change_nothing(b: Backend) {
     t.stop().await;
 }
 
+/// The hook the webhook tests deliver to (its name is part of what is signed).
+const HOOK: &str = "deploy";
+
+/// The signature of a delivery to [`HOOK`] sent without `X-Shoal-Hook-Delivery`.
 fn sign(secret: &str, t: i64, body: &[u8]) -> String {
-    shoal_api::listeners::sign_hook(secret.as_bytes(), t, body)
+    shoal_api::listeners::sign_hook(secret.as_bytes(), HOOK, t, None, body)
 }
 
-/// The signature of a delivery sent with `X-Shoal-Hook-Delivery: delivery` (the id is signed).
+/// The signature of a delivery to [`HOOK`] sent with `X-Shoal-Hook-Delivery: delivery` (the id
+/// is signed).
 fn sign_delivery(secret: &str, t: i64, delivery: &str, body: &[u8]) -> String {
-    shoal_api::listeners::sign_hook_delivery(secret.as_bytes(), t, Some(delivery), body)
+    shoal_api::listeners::sign_hook(secret.as_bytes(), HOOK, t, Some(delivery), body)
 }
 
 fn unix_now() -> i64 {
