@@ -16,6 +16,13 @@ RATE x DURATION requests; it stops by itself.
 
     scripts/abort-storm.py http://127.0.0.1:7700 --rate 10 --duration 60
     scripts/abort-storm.py http://127.0.0.1:7700 http://127.0.0.1:7701 --rate 200 --threads 8 --duration 30
+
+With --schedules N it first creates N every-second schedules (`* * * * * *`, named
+storm-tick-0 ...) of SANDBOX's noop job (--job, default jobs/noop.toml of the example sandbox
+`shoal up` registers), spread over the nodes, watches (and storms, if --rate > 0) with them
+firing, reports the firings the nodes recorded meanwhile, and deletes them again:
+
+    scripts/abort-storm.py http://127.0.0.1:7700 http://127.0.0.1:7701 --schedules 2000 --rate 0 --duration 120
 """
 
 import argparse
@@ -185,6 +192,29 @@ def watch_ready(node, interval, deadline, stop, record):
         record["checks"].append(entry)
 
 
+def http_call(node, method, path, body, timeout):
+    conn = http.client.HTTPConnection(node["host"], node["port"], timeout=timeout)
+    try:
+        headers = {"content-type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+def firings_started(node):
+    """The node's shoal_schedule_firings_started_total, or None."""
+    status, body, _ = http_get(node, "/metrics", 5)
+    if status != 200:
+        return None
+    total = None
+    for line in body.splitlines():
+        if line.startswith("shoal_schedule_firings_started_total"):
+            total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def p99(values):
     if not values:
         return float("nan")
@@ -206,7 +236,14 @@ def main():
                     help="how the socket is closed: normal close (default), reset, or half of each")
     ap.add_argument("--ready-interval", type=float, default=0.5, help="seconds between readiness checks (default 0.5)")
     ap.add_argument("--json", metavar="FILE", help="also write the raw results to FILE")
+    ap.add_argument("--schedules", type=int, default=0,
+                    help="every-second schedules to create first, and delete at the end (default 0; at most 20000)")
+    ap.add_argument("--sandbox", default="examples", help="sandbox of the scheduled job (default examples)")
+    ap.add_argument("--job", default="jobs/noop.toml", help="the scheduled job (default jobs/noop.toml)")
     a = ap.parse_args()
+    if not (0 <= a.schedules <= 20000):
+        print("error: --schedules must be from 0 to 20000", file=sys.stderr)
+        return 2
 
     try:
         nodes = [parse_node(u) for u in a.nodes]
@@ -236,6 +273,23 @@ def main():
         if n["failures_before"] is None:
             print(f"error: cannot read {METRIC} from {n['url']}/metrics (ready: {status} {body[:200]})", file=sys.stderr)
             return 2
+
+    created = []
+    if a.schedules:
+        began = time.monotonic()
+        for i in range(a.schedules):
+            n = nodes[i % len(nodes)]
+            body = {"name": f"storm-tick-{i}", "sandbox": a.sandbox, "job": a.job, "cron": "* * * * * *"}
+            status, answer = http_call(n, "POST", "/api/v1/schedules", body, 30)
+            if status != 201:
+                print(f"error: creating schedule {i} on {n['url']}: {status} {answer[:300]}", file=sys.stderr)
+                break
+            created.append((n, json.loads(answer).get("id") or f"storm-tick-{i}"))
+        print(f"created {len(created)} every-second schedules in {time.monotonic() - began:.1f} s", flush=True)
+        if len(created) < a.schedules:
+            delete_schedules(created)
+            return 2
+    fired_before = [firings_started(n) for n in nodes]
 
     total = int(a.rate * a.duration)
     print(f"abort storm: {a.request!r} to {len(nodes)} node(s) at {a.rate:g}/s for {a.duration:g} s "
@@ -305,11 +359,29 @@ def main():
                                 "ready_end": status_end, "lease_worker": lease_worker,
                                 "not_ready": [c for c in checks if c["status"] != 200][:50],
                                 "details": rec["details"][:10]})
+    if created:
+        fired = [(after or 0.0) - (before or 0.0) for before, after in zip(fired_before, map(firings_started, nodes))]
+        print(f"schedule firings started during the run: {sum(fired):.0f} "
+              f"({sum(fired) / elapsed:.0f}/s; per node {', '.join(f'{f:.0f}' for f in fired)}; "
+              f"{len(created)} every-second schedules make {len(created)}/s)")
+        result["schedules"] = len(created)
+        result["firings_started"] = fired
+        delete_schedules(created)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(result, f, indent=1, default=str)
     print("RESULT:", "FAIL (a node was not ready or a lease renewal failed)" if bad else "OK")
     return 1 if bad else 0
+
+
+def delete_schedules(created):
+    for n, sid in created:
+        try:
+            http_call(n, "DELETE", f"/api/v1/schedules/{sid}", None, 30)
+        except OSError:
+            pass
+    if created:
+        print(f"deleted the {len(created)} schedules", flush=True)
 
 
 if __name__ == "__main__":
