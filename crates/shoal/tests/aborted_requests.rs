@@ -57,18 +57,6 @@ async fn abandon(addr: std::net::SocketAddr, request: &[u8]) {
     drop(s);
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            // After the name: labels in braces, if any, then the value.
-            let value = if rest.starts_with('{') { rest.split_once('}')?.1 } else { rest };
-            value.trim().parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
-}
-
 async fn thousands_of_abandoned_requests_leave_every_node_ready(backend: Backend) {
     let first = tempfile::tempdir().unwrap();
     let store_url = common::store_url(backend, first.path());
@@ -110,8 +98,13 @@ async fn thousands_of_abandoned_requests_leave_every_node_ready(backend: Backend
         assert!(wrote.elapsed() < Duration::from_secs(2), "a submission took {:?}", wrote.elapsed());
         assert_eq!(n.wait_final(&quick, Duration::from_secs(20)).await["state"], "succeeded");
         // No lease renewal failed, and the lease worker never reported an error.
-        let metrics = n.http.get(format!("{}/metrics", n.url)).send().await.unwrap().text().await.unwrap();
-        assert_eq!(metric(&metrics, "shoal_lease_renewal_failures_total"), 0.0, "{} missed lease renewals", n.url);
+        let metrics = common::metrics_text(n).await;
+        assert_eq!(
+            common::metric(&metrics, "shoal_lease_renewal_failures_total"),
+            0.0,
+            "{} missed lease renewals",
+            n.url
+        );
         let (_, me) = n.get(&format!("/api/v1/nodes/{id}")).await;
         let lease = me["workers"].as_array().unwrap().iter().find(|w| w["name"] == "lease").unwrap().clone();
         assert_eq!(lease["errors"], 0, "{lease}");

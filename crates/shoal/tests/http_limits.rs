@@ -219,19 +219,25 @@ async fn connections_beyond_max_connections_get_503_until_others_close() {
     n.stop().await;
 }
 
+/// Follows an execution's log until its stream ends (with the job), within 20 s.
+async fn follow_to_end(n: &TestNode, id: &str) -> String {
+    let mut resp = n.http.get(format!("{}/api/v1/executions/{id}/logs?follow=true", n.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // An error here would be the stream cut short; `None` is its proper end with the job's.
+    while let Some(chunk) = tokio::time::timeout_at(deadline, resp.chunk()).await.expect("stream in time").unwrap() {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_followed_log_streams_well_past_idle_timeout() {
     let mut n = node("header_read_timeout = \"300ms\"\nidle_timeout = \"300ms\"").await;
     let id = n.submit(json!({"command": ["sh", "-c", "echo one; sleep 1; echo two; sleep 1; echo three"]})).await;
     let started = Instant::now();
-    let mut resp = n.http.get(format!("{}/api/v1/executions/{id}/logs?follow=true", n.url)).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut seen = String::new();
-    let deadline = started + Duration::from_secs(20);
-    // An error here would be the stream cut short; `None` is its proper end with the job's.
-    while let Some(chunk) = tokio::time::timeout_at(deadline, resp.chunk()).await.expect("stream in time").unwrap() {
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let seen = follow_to_end(&n, &id).await;
     assert_eq!(seen, "one\ntwo\nthree\n");
     assert!(started.elapsed() >= Duration::from_millis(1800), "{:?}", started.elapsed());
     assert_eq!(n.execution(&id).await["state"], "succeeded");
@@ -303,14 +309,7 @@ async fn a_quiet_followed_log_is_not_cut_by_write_timeout() {
     let mut n = node("write_timeout = \"500ms\"\nidle_timeout = \"300ms\"\nheader_read_timeout = \"300ms\"").await;
     let id = n.submit(json!({"command": ["sh", "-c", "sleep 3; echo done"]})).await;
     let started = Instant::now();
-    let mut resp = n.http.get(format!("{}/api/v1/executions/{id}/logs?follow=true", n.url)).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut seen = String::new();
-    let deadline = started + Duration::from_secs(20);
-    // An error here would be the stream cut short; `None` is its proper end with the job's.
-    while let Some(chunk) = tokio::time::timeout_at(deadline, resp.chunk()).await.expect("stream in time").unwrap() {
-        seen.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let seen = follow_to_end(&n, &id).await;
     assert_eq!(seen, "done\n");
     assert!(started.elapsed() >= Duration::from_millis(2500), "{:?}", started.elapsed());
     n.stop().await;

@@ -20,16 +20,8 @@ on_both!(
     a_follower_of_work_another_node_runs_sees_it_all_and_ends
 );
 
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.split_once('}')?.1.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
-}
-
 async fn follow_reads(n: &TestNode) -> u64 {
-    let text = n.http.get(format!("{}/metrics", n.url)).send().await.unwrap().text().await.unwrap();
-    metric(&text, "shoal_log_follow_reads_total")
+    common::metric(&common::metrics_text(n).await, "shoal_log_follow_reads_total") as u64
 }
 
 async fn idle_followers_cost_no_store_reads_and_see_output_at_once(backend: Backend) {

@@ -14,17 +14,6 @@ use std::time::{Duration, Instant};
 const SCHEDULES: usize = 1500;
 const WATCH: Duration = Duration::from_secs(6);
 
-async fn metrics(n: &TestNode) -> String {
-    n.http.get(format!("{}/metrics", n.url)).send().await.unwrap().text().await.unwrap()
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.split_once('}')?.1.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
-}
-
 /// A burst of schedules never starves the lease renewal: two nodes on one SQLite file fire
 /// hundreds of every-second schedules (each firing a transaction of its batch, each execution
 /// a claim and an end) and stay ready throughout, without one failed renewal.
@@ -46,9 +35,9 @@ async fn a_burst_of_schedules_never_starves_the_lease_renewal() {
             .await;
         assert_eq!(status, 201, "{body}");
     }
-    let fired_before: f64 = [metrics(&nodes[0]).await, metrics(&nodes[1]).await]
+    let fired_before: f64 = [common::metrics_text(&nodes[0]).await, common::metrics_text(&nodes[1]).await]
         .iter()
-        .map(|m| metric(m, "shoal_schedule_firings_started_total"))
+        .map(|m| common::metric(m, "shoal_schedule_firings_started_total"))
         .sum();
     let until = Instant::now() + WATCH;
     let (mut checks, mut slowest) = (0, Duration::ZERO);
@@ -66,12 +55,12 @@ async fn a_burst_of_schedules_never_starves_the_lease_renewal() {
     }
     let mut fired = -fired_before;
     for (n, id) in nodes.iter().zip(["n1", "n2"]) {
-        let text = metrics(n).await;
+        let text = common::metrics_text(n).await;
         let (_, me) = n.get(&format!("/api/v1/nodes/{id}")).await;
         let lease = me["workers"].as_array().unwrap().iter().find(|w| w["name"] == "lease").unwrap().clone();
-        let failures = metric(&text, "shoal_lease_renewal_failures_total");
+        let failures = common::metric(&text, "shoal_lease_renewal_failures_total");
         assert_eq!(failures, 0.0, "{} missed lease renewals: {lease}", n.url);
-        fired += metric(&text, "shoal_schedule_firings_started_total");
+        fired += common::metric(&text, "shoal_schedule_firings_started_total");
         assert_eq!(lease["errors"], 0, "{lease}");
     }
     eprintln!("{checks} ready checks, slowest {slowest:?}; {fired} firings in {WATCH:?}");

@@ -251,3 +251,21 @@ pub async fn read_pid(path: &Path) -> i32 {
     .await;
     pid
 }
+
+/// The value of a Prometheus metric in `/metrics` text (the first series of that name).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            // After the name: labels in braces, if any, then the value.
+            let value = if rest.starts_with('{') { rest.split_once('}')?.1 } else { rest };
+            value.trim().parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+}
+
+/// A node's `/metrics` text.
+pub async fn metrics_text(n: &TestNode) -> String {
+    n.http.get(format!("{}/metrics", n.url)).send().await.unwrap().text().await.unwrap()
+}
