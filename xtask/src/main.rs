@@ -212,7 +212,7 @@ fn bench(root: &Path, extra: &[OsString]) -> Result<()> {
     run(&["failover", "--nodes", "3", "--kills", "20", "--lease", "10s"], &Some(pg.fresh_database()))?;
     run(&["cutoff", "--rounds", "5", "--lease", "4s"], &Some(pg.fresh_database()))?;
     triggers()?;
-    // The reference point of DESIGN.md: small transactions per second this PostgreSQL
+    // The reference point of the performance targets: small transactions per second this PostgreSQL
     // commits (pgbench's simple-update script, 8 clients), measured in the same run.
     let db = pg.fresh_database();
     let bin = Path::new(&pg_bindir()).join("pgbench");

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::ClusterError;
 
-/// Gossip round interval unless configured: DESIGN.md's figure, about one-second failure detection.
+/// Gossip round interval unless configured: fast enough to notice a dead peer in about a
+/// second (docs/design/failure-detection.md).
 pub const DEFAULT_GOSSIP_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Failure detector threshold unless configured.

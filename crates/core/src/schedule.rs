@@ -4,8 +4,8 @@
 //! firing time.
 //!
 //! Nothing here reads a clock: every function takes times as Unix milliseconds decided by
-//! the caller (the store's clock, DESIGN.md guarantee 6), so the same inputs always give the
-//! same firings on every node. Claiming a firing exactly once is the store's job
+//! the caller (the store's clock, guarantee 6 of docs/guarantees.md), so the same inputs
+//! always give the same firings on every node. Claiming a firing exactly once is the store's job
 //! (guarantee 4); this module only says which firing times exist and which are due.
 //!
 //! # Expressions

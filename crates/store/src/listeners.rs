@@ -1,7 +1,7 @@
 //! Listeners, their events, the cursors of file listeners, and the node events cluster
 //! listeners start jobs from.
 //!
-//! Exactly once (DESIGN.md guarantee 5): an event is a row keyed by (listener, event key),
+//! Exactly once (guarantee 5 of docs/guarantees.md): an event is a row keyed by (listener, event key),
 //! inserted in the transaction that inserts its execution, like a schedule's firing. The
 //! key names the event itself (the execution that finished, the file with its size and
 //! modification time, the webhook delivery, the node generation), so any node that sees

@@ -1,6 +1,6 @@
 //! Schedules and their firings.
 //!
-//! Exactly once (DESIGN.md guarantee 4): a firing is a row keyed by (schedule, firing time),
+//! Exactly once (guarantee 4 of docs/guarantees.md): a firing is a row keyed by (schedule, firing time),
 //! inserted in the transaction that inserts its execution. Every node's scheduler may try
 //! to fire any schedule; the schedule row is locked while the firings are decided, on the
 //! store's clock, and the primary key refuses a second row for one firing time even if two

@@ -101,7 +101,7 @@ CREATE INDEX executions_parent ON executions (parent_id) WHERE parent_id IS NOT 
 ";
 
 /// Schedules and listeners (issue 4): definitions, and one row per firing or event, whose
-/// primary key is the exactly-once claim (DESIGN.md guarantees 4 and 5). `node_events`
+/// primary key is the exactly-once claim (guarantees 4 and 5 of docs/guarantees.md). `node_events`
 /// records joins, deaths and departures for cluster listeners; `file_cursors` is what each
 /// file listener has already seen.
 const V4_COMMON: &str = "
