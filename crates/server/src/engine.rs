@@ -497,6 +497,9 @@ impl Engine {
                         match r {
                             FinishResult::Done(state) => {
                                 self.metrics.attempts_finished.fetch_add(1, Ordering::Relaxed);
+                                // The output not flushed yet is written with the end.
+                                let bytes: usize = item.logs.iter().map(|l| l.data.len()).sum();
+                                self.metrics.log_bytes_written.fetch_add(bytes as u64, Ordering::Relaxed);
                                 tracing::debug!(execution = %item.id, attempt = item.attempt, state = %state, "attempt recorded");
                             }
                             FinishResult::Fenced => {

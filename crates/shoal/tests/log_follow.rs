@@ -116,3 +116,16 @@ async fn a_follower_of_work_another_node_runs_sees_it_all_and_ends(backend: Back
         n.stop().await;
     }
 }
+
+/// Output written with an attempt's end (a short job's only output is) counts in
+/// `shoal_log_bytes_written_total` like output flushed while the job runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_written_with_the_end_is_counted() {
+    let mut n = TestNode::start(Backend::Sqlite).await;
+    let id = n.submit(json!({"command": ["sh", "-c", "printf 0123456789"]})).await;
+    assert_eq!(n.wait_final(&id, Duration::from_secs(20)).await["state"], "succeeded");
+    assert_eq!(n.logs(&id).await, "0123456789");
+    let written = common::metric(&common::metrics_text(&n).await, "shoal_log_bytes_written_total");
+    assert_eq!(written, 10.0, "ten bytes of output were stored");
+    n.stop().await;
+}
