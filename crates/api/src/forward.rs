@@ -43,9 +43,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
 use sha2::Sha256;
 use std::collections::{BTreeSet, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -339,7 +340,7 @@ impl Forwarder {
                 age.unsigned_abs().div_ceil(1000)
             )));
         }
-        self.seen.lock().unwrap_or_else(PoisonError::into_inner).insert(sent, nonce_bits, now_ms)?;
+        self.seen.lock().insert(sent, nonce_bits, now_ms)?;
         Ok(Forwarded { from: from.to_owned() })
     }
 

@@ -9,8 +9,9 @@
 //! execution changed (or was seen for the first time, or is gone). So a thousand idle followers cost one small query per look, not a
 //! thousand.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::watch;
 
 #[derive(Default)]
@@ -36,7 +37,7 @@ impl LogHub {
     /// Registers a follower of `execution`. Anything written after this call wakes it, even
     /// if the write happens before the follower starts waiting.
     pub fn follow(self: &Arc<Self>, execution: &str) -> Follow {
-        let mut followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut followed = self.followed.lock();
         let entry = followed.entry(execution.to_owned()).or_insert_with(|| Followed {
             wake: watch::Sender::new(()),
             followers: 0,
@@ -48,7 +49,7 @@ impl LogHub {
 
     /// This node stored output of `execution`, or its attempt's end: wake its followers.
     pub fn written(&self, execution: &str) {
-        let followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
+        let followed = self.followed.lock();
         if let Some(f) = followed.get(execution) {
             f.wake.send_replace(());
         }
@@ -56,7 +57,7 @@ impl LogHub {
 
     /// The executions someone follows here, for the background read.
     pub fn followed(&self) -> Vec<String> {
-        self.followed.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect()
+        self.followed.lock().keys().cloned().collect()
     }
 
     /// What the background read of `asked` found (execution, state and last log row):
@@ -65,7 +66,7 @@ impl LogHub {
     /// this one), or that is gone.
     pub fn observe(&self, asked: &[String], marks: &[(String, String)]) {
         let found: HashMap<&str, &str> = marks.iter().map(|(id, m)| (id.as_str(), m.as_str())).collect();
-        let mut followed = self.followed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut followed = self.followed.lock();
         for id in asked {
             let Some(f) = followed.get_mut(id) else { continue };
             let mark = found.get(id.as_str()).copied().unwrap_or("gone");
@@ -78,7 +79,7 @@ impl LogHub {
 
     /// How many followers are registered here.
     pub fn followers(&self) -> usize {
-        self.followed.lock().unwrap_or_else(|p| p.into_inner()).values().map(|f| f.followers).sum()
+        self.followed.lock().values().map(|f| f.followers).sum()
     }
 }
 
@@ -93,7 +94,7 @@ impl Follow {
 
 impl Drop for Follow {
     fn drop(&mut self) {
-        let mut followed = self.hub.followed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut followed = self.hub.followed.lock();
         if let Some(f) = followed.get_mut(&self.id) {
             f.followers -= 1;
             if f.followers == 0 {

@@ -4,11 +4,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use chitchat::{spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, ProtocolVersion};
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
@@ -94,7 +95,7 @@ pub struct Membership {
     shared: Arc<Shared>,
     commands: mpsc::UnboundedSender<Command>,
     /// Behind a lock so [`Membership::leave`] works through a shared reference.
-    thread: std::sync::Mutex<Option<GossipThread>>,
+    thread: Mutex<Option<GossipThread>>,
 }
 
 struct GossipThread {
@@ -233,7 +234,7 @@ impl Membership {
         Ok(Membership {
             shared,
             commands: commands_tx,
-            thread: std::sync::Mutex::new(Some(GossipThread { handle, done: done_rx })),
+            thread: Mutex::new(Some(GossipThread { handle, done: done_rx })),
         })
     }
 
@@ -251,7 +252,7 @@ impl Membership {
     /// Publishes (or replaces) one of this node's keys. Peers see it within a gossip round or two.
     pub fn set(&self, key: &str, value: impl Into<String>) {
         let value = value.into();
-        let mut own_keys = self.shared.own_keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut own_keys = self.shared.own_keys.lock();
         if own_keys.get(key) == Some(&value) {
             return;
         }
@@ -276,9 +277,9 @@ impl Membership {
             generation: self.shared.generation,
             gossip_addr: self.shared.gossip_addr,
             alive: true,
-            keys: self.shared.own_keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone(),
+            keys: self.shared.own_keys.lock().clone(),
         };
-        let peers = self.shared.peers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let peers = self.shared.peers.read();
         let mut nodes: Vec<Peer> = peers.values().cloned().collect();
         let at = nodes.partition_point(|peer| peer.id < me.id);
         nodes.insert(at, me);
@@ -297,7 +298,7 @@ impl Membership {
         if node_id == self.shared.node_id {
             return Some(true);
         }
-        let peers = self.shared.peers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let peers = self.shared.peers.read();
         peers.get(node_id).map(|peer| peer.alive)
     }
 
@@ -321,7 +322,8 @@ impl Membership {
     }
 
     fn stop(&self) {
-        let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) else { return };
+        let thread = self.thread.lock().take();
+        let Some(thread) = thread else { return };
         let _ = self.commands.send(Command::Shutdown);
         match thread.done.recv_timeout(SHUTDOWN_DEADLINE) {
             Ok(()) | Err(RecvTimeoutError::Disconnected) => {
@@ -446,7 +448,7 @@ impl Driver {
             tracing::warn!(error = %err, "chitchat did not shut down cleanly");
         }
         // Without gossip nothing is known to be alive any more: say so rather than freeze the last view.
-        let mut peers = self.shared.peers.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut peers = self.shared.peers.write();
         peers.values_mut().for_each(|peer| peer.alive = false);
         drop(peers);
         self.shared.bump();
@@ -477,7 +479,7 @@ impl Driver {
         drop(live);
         drop(chitchat);
 
-        let mut current = self.shared.peers.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut current = self.shared.peers.write();
         if *current == peers {
             return;
         }

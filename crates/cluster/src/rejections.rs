@@ -1,9 +1,9 @@
 //! Counting and reporting packets that fail authentication, without letting a noisy sender flood the log.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// At most one log line per sender in this interval.
@@ -71,7 +71,7 @@ impl Rejections {
     }
 
     fn should_log(&self, from: SocketAddr, now: Instant) -> bool {
-        let mut last_logged = self.last_logged.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last_logged = self.last_logged.lock();
         if last_logged.get(&from).is_some_and(|at| now.duration_since(*at) < LOG_INTERVAL) {
             return false;
         }
@@ -115,6 +115,6 @@ mod tests {
         }
         assert!(!rejections.should_log("10.0.0.2:1".parse().unwrap(), now));
         assert!(rejections.should_log("10.0.0.2:1".parse().unwrap(), now + LOG_INTERVAL));
-        assert!(rejections.last_logged.lock().unwrap().len() <= MAX_SENDERS);
+        assert!(rejections.last_logged.lock().len() <= MAX_SENDERS);
     }
 }

@@ -15,13 +15,14 @@
 //! nothing at gossip rates.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
 use chitchat::transport::{RecvOutcome, SendOutcome, Socket, Transport, UdpSocket as ChitchatUdpSocket};
 use chitchat::ChitchatEnvelope;
+use parking_lot::Mutex;
 use tokio::net::UdpSocket;
 
 use crate::crypto::{Sealer, OVERHEAD};
@@ -56,12 +57,7 @@ impl SealedTransport {
 #[async_trait]
 impl Transport for SealedTransport {
     async fn open(&self, listen_addr: SocketAddr) -> anyhow::Result<Box<dyn Socket>> {
-        let socket = self
-            .socket
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
-            .context("the gossip socket was already opened")?;
+        let socket = self.socket.lock().take().context("the gossip socket was already opened")?;
         socket.set_nonblocking(true).context("gossip socket")?;
         let public = UdpSocket::from_std(socket).context("gossip socket")?;
         anyhow::ensure!(

@@ -7,13 +7,14 @@
 
 use crate::engine::{Engine, PeerLoad};
 use crate::workers::Step;
+use parking_lot::Mutex;
 use shoal_cluster::{keys, Membership};
 use shoal_core::placement::NodeState;
 use shoal_store::{NodeSession, SessionEvent};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -47,10 +48,8 @@ impl Cluster {
     /// Samples load and publishes this node's figures; refreshes the peers the engine uses
     /// to decide its turn in the claim order.
     pub fn publish(&self, e: &Engine) {
-        let load = self.sampler.lock().map(|mut s| s.sample()).unwrap_or_default();
-        if let Ok(mut l) = e.load.lock() {
-            *l = load;
-        }
+        let load = self.sampler.lock().sample();
+        *e.load.lock() = load;
         let running = e.running();
         let state = if e.stopping.load(Ordering::SeqCst) { NodeState::Draining } else { e.state() };
         let m = &self.membership;
@@ -77,9 +76,7 @@ impl Cluster {
                 }
             })
             .collect();
-        if let Ok(mut p) = e.peers.lock() {
-            *p = peers;
-        }
+        *e.peers.lock() = peers;
     }
 
     /// Tells peers through gossip that this node accepted work (for stores that cannot notify).
@@ -90,7 +87,7 @@ impl Cluster {
 
     /// Whether a peer announced work since the last call.
     fn peers_announced_work(&self, me: &str) -> bool {
-        let Ok(mut seen) = self.peers_work.lock() else { return false };
+        let mut seen = self.peers_work.lock();
         let mut any = false;
         for p in self.membership.snapshot() {
             if p.id == me || !p.alive {
@@ -140,7 +137,7 @@ impl Cluster {
         {
             // Gossip keeps a dead node listed for a long while: read the store only for
             // incarnations not settled yet.
-            let Ok(mut settled) = self.settled.lock() else { return Ok(Step::Idle) };
+            let mut settled = self.settled.lock();
             settled.retain(|d| dead.contains(d));
             if dead.iter().all(|d| settled.contains(d)) {
                 return Ok(Step::Idle);
@@ -167,9 +164,7 @@ impl Cluster {
             } else if live {
                 continue;
             }
-            if let Ok(mut settled) = self.settled.lock() {
-                settled.insert((id.clone(), *incarnation));
-            }
+            self.settled.lock().insert((id.clone(), *incarnation));
         }
         if ended_any {
             e.clone().reap().await?;
@@ -246,14 +241,10 @@ async fn reopen(
     let (session, rx) = e.store.open_session(&e.cfg.node_id).await?;
     let generation = e.generation.load(Ordering::SeqCst);
     e.store.set_session_key(&e.cfg.node_id, generation, session.key).await?;
-    if let Ok(mut reg) = e.registration.lock() {
-        if let Some(r) = reg.as_mut() {
-            r.session_key = session.key;
-        }
+    if let Some(r) = e.registration.lock().as_mut() {
+        r.session_key = session.key;
     }
-    if let Ok(mut s) = cluster.session.lock() {
-        *s = Some(session);
-    }
+    *cluster.session.lock() = Some(session);
     Ok(rx)
 }
 

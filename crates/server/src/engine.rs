@@ -8,6 +8,7 @@
 //! attempt beside the node that takes it over.
 
 use crate::workers::{Step, Workers};
+use parking_lot::Mutex;
 use shoal_api::{LogHub, Metrics, WorkerStatus};
 use shoal_core::placement::{admits_work, claim_delay, Candidate, Limits, Load, NodeState, NodeView, Refusal};
 use shoal_core::state::Outcome;
@@ -19,7 +20,7 @@ use shoal_store::{
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
@@ -141,12 +142,12 @@ impl Engine {
     }
 
     pub fn state(&self) -> NodeState {
-        self.state.lock().map(|s| s.0).unwrap_or(NodeState::Active)
+        self.state.lock().0
     }
 
     /// Drains, suspends or resumes this node. Returns the state before.
     pub fn set_state(&self, new: NodeState) -> NodeState {
-        let Ok(mut s) = self.state.lock() else { return NodeState::Active };
+        let mut s = self.state.lock();
         let old = s.0;
         if old != new {
             *s = (new, (new == NodeState::Draining).then(Instant::now));
@@ -162,19 +163,19 @@ impl Engine {
     /// Why this node takes no new work now, if it takes none.
     pub fn refusal(&self) -> Option<Refusal> {
         let free = self.cfg.slots.saturating_sub(self.running());
-        let load = self.load.lock().map(|l| *l).unwrap_or_default();
+        let load = *self.load.lock();
         admits_work(self.state(), free, load, self.cfg.limits).err()
     }
 
     /// Wakes the dispatcher, after this node's turn in the claim order when peers are known.
     pub fn wake_in_turn(self: &Arc<Self>) {
         let delay = {
-            let peers = self.peers.lock().map(|p| p.clone()).unwrap_or_default();
+            let peers = self.peers.lock().clone();
             if peers.is_empty() {
                 Duration::ZERO
             } else {
                 let free = self.cfg.slots.saturating_sub(self.running());
-                let cpu = self.load.lock().map(|l| l.cpu).unwrap_or_default();
+                let cpu = self.load.lock().cpu;
                 let mut all: Vec<Candidate<'_>> =
                     peers.iter().map(|p| Candidate { id: &p.id, free: p.free, slots: p.slots, cpu: p.cpu }).collect();
                 all.push(Candidate { id: &self.cfg.node_id, free, slots: self.cfg.slots, cpu });
@@ -218,8 +219,9 @@ impl Engine {
             return Err(format!("draining: {} attempts still running", self.running()));
         }
         if self.cut_off.load(Ordering::SeqCst) {
-            let why = self.last_store_error.lock().ok().and_then(|e| e.clone()).unwrap_or_else(|| {
-                let since = self.last_renewal.lock().map(|l| l.elapsed()).unwrap_or_default();
+            let last_error = self.last_store_error.lock().clone();
+            let why = last_error.unwrap_or_else(|| {
+                let since = self.last_renewal.lock().elapsed();
                 format!("no lease renewal has succeeded for {:.1}s", since.as_secs_f64())
             });
             return Err(format!("cut off from the store: {why}"));
@@ -229,17 +231,15 @@ impl Engine {
 
     /// Asks every running attempt to stop.
     pub fn stop_all(&self, why: Stop) {
-        if let Ok(attempts) = self.attempts.lock() {
-            for a in attempts.values() {
-                let _ = a.stop.send(Some(why.clone()));
-            }
+        for a in self.attempts.lock().values() {
+            let _ = a.stop.send(Some(why.clone()));
         }
     }
 
     /// Stops the attempts of an execution that run here: the one with this token, or every
     /// one when `None`.
     pub fn stop_one(&self, id: &str, fence: Option<FencingToken>, why: Stop) -> bool {
-        let Ok(attempts) = self.attempts.lock() else { return false };
+        let attempts = self.attempts.lock();
         let mut any = false;
         for (f, a) in attempts.iter() {
             if a.execution == id && fence.is_none_or(|want| want == *f) {
@@ -252,7 +252,7 @@ impl Engine {
 
     /// Whether an older attempt of this execution still runs here.
     fn older_attempt_alive(&self, id: &str, fence: FencingToken) -> bool {
-        self.attempts.lock().map(|a| a.iter().any(|(f, h)| h.execution == id && *f != fence)).unwrap_or(false)
+        self.attempts.lock().iter().any(|(f, h)| h.execution == id && *f != fence)
     }
 
     /// Renews the lease on the store's clock and publishes the node's load. A renewal that
@@ -278,11 +278,7 @@ impl Engine {
     /// attempt came from its supervisor's deadline (or the watchdog), not from the job.
     fn past_lease_deadline(&self) -> bool {
         self.cut_off.load(Ordering::SeqCst)
-            || self
-                .last_renewal
-                .lock()
-                .map(|l| l.elapsed() >= self.cfg.lease_ttl.saturating_sub(self.kill_margin()))
-                .unwrap_or(false)
+            || self.last_renewal.lock().elapsed() >= self.cfg.lease_ttl.saturating_sub(self.kill_margin())
     }
 
     /// The one background read of every execution followed here: wakes the followers whose
@@ -303,7 +299,7 @@ impl Engine {
         let generation = self.generation.load(Ordering::SeqCst);
         self.hand_back_after_drain_deadline();
         let state = if self.stopping.load(Ordering::SeqCst) { "stopping" } else { self.state().as_str() };
-        let load = self.load.lock().map(|l| *l).unwrap_or_default();
+        let load = *self.load.lock();
         let status = NodeStatus {
             state,
             running: self.running() as i64,
@@ -318,20 +314,16 @@ impl Engine {
             .cfg
             .lease_ttl
             .saturating_sub(self.kill_margin())
-            .saturating_sub(self.last_renewal.lock().map(|l| l.elapsed()).unwrap_or_default())
+            .saturating_sub(self.last_renewal.lock().elapsed())
             .saturating_sub(Duration::from_millis(100));
         let bound = bound.max(until_watchdog);
         let renewal =
             self.store.renew_lease_within(&self.cfg.node_id, generation, self.cfg.lease_ttl, &status, bound).await;
         match renewal {
             Ok(r) => {
-                if let Ok(mut last) = self.last_renewal.lock() {
-                    *last = sent;
-                }
+                *self.last_renewal.lock() = sent;
                 self.publish_deadline(sent_boottime);
-                if let Ok(mut last) = self.last_store_error.lock() {
-                    *last = None;
-                }
+                *self.last_store_error.lock() = None;
                 if r.had_expired {
                     tracing::warn!(
                         "lease had expired before it was renewed; attempts of this node may have been taken over"
@@ -362,23 +354,20 @@ impl Engine {
             }
             Err(err) => {
                 self.metrics.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut last) = self.last_store_error.lock() {
-                    *last = Some(err.to_string());
-                }
+                *self.last_store_error.lock() = Some(err.to_string());
                 Err(err.to_string())
             }
         }
     }
 
     async fn register_again(&self, sent: Instant, sent_boottime: u64) -> Result<Step, String> {
-        let Some(reg) = self.registration.lock().ok().and_then(|r| r.clone()) else {
+        let reg = self.registration.lock().clone();
+        let Some(reg) = reg else {
             return Err("lease ended and nothing to register again with".into());
         };
         let lease = self.store.register_node(&reg, self.cfg.lease_ttl).await.map_err(|e| e.to_string())?;
         self.generation.store(lease.generation, Ordering::SeqCst);
-        if let Ok(mut last) = self.last_renewal.lock() {
-            *last = sent;
-        }
+        *self.last_renewal.lock() = sent;
         self.publish_deadline(sent_boottime);
         tracing::warn!(generation = lease.generation, "registered again after the cluster ended this node's lease");
         Ok(Step::Busy)
@@ -386,7 +375,7 @@ impl Engine {
 
     /// A drain that outlasts its deadline hands the remaining attempts back to the cluster.
     fn hand_back_after_drain_deadline(&self) {
-        let since = self.state.lock().ok().and_then(|s| s.1);
+        let since = self.state.lock().1;
         if let Some(since) = since {
             if since.elapsed() >= self.cfg.drain_deadline && self.running() > 0 {
                 tracing::warn!(running = self.running(), "drain deadline passed; handing the remaining attempts back");
@@ -447,9 +436,7 @@ impl Engine {
                         // has moved on, so that attempt is fenced: kill it before starting anew.
                         self.stop_one(c.id.as_str(), None, Stop::Fenced);
                         let (stop, stop_rx) = watch::channel(None);
-                        if let Ok(mut a) = self.attempts.lock() {
-                            a.insert(c.fence, AttemptHandle { execution: c.id.to_string(), stop });
-                        }
+                        self.attempts.lock().insert(c.fence, AttemptHandle { execution: c.id.to_string(), stop });
                         let engine = self.clone();
                         tokio::spawn(async move { engine.run_attempt(c, stop_rx).await });
                     }
@@ -475,9 +462,7 @@ impl Engine {
         } else {
             self.metrics.attempts_fenced.fetch_add(1, Ordering::Relaxed);
         }
-        if let Ok(mut a) = self.attempts.lock() {
-            a.remove(&c.fence);
-        }
+        self.attempts.lock().remove(&c.fence);
         self.running.fetch_sub(1, Ordering::SeqCst);
         self.wake.notify_one();
     }
@@ -849,4 +834,54 @@ pub struct EngineHandle {
     pub engine: Arc<Engine>,
     pub cluster: Arc<crate::cluster::Cluster>,
     pub triggers: Arc<crate::triggers::Triggers>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real engine on a fresh SQLite store; nothing runs in the background.
+    async fn engine(dir: &std::path::Path) -> Arc<Engine> {
+        let store = Store::open(&format!("sqlite://{}", dir.join("shoal.db").display()), 2).await.unwrap();
+        let launcher = Launcher::new(std::env::current_exe().unwrap()).unwrap();
+        let cfg = EngineConfig {
+            node_id: "node-a".into(),
+            tags: Vec::new(),
+            slots: 4,
+            kill_grace: Duration::from_secs(1),
+            max_output_bytes: 1024,
+            lease_ttl: Duration::from_secs(10),
+            scratch_dir: dir.join("scratch"),
+            limits: Limits::default(),
+            drain_deadline: Duration::from_secs(60),
+            deadline_file: dir.join("lease-deadline"),
+        };
+        Arc::new(Engine::new(Arc::new(store), cfg, launcher, Arc::default(), Arc::default()))
+    }
+
+    /// Issue 10: a thread that panicked while holding the node state must not turn a draining
+    /// node into an active one (the std lock was poisoned and read as `Active`).
+    #[tokio::test]
+    async fn a_panic_while_the_state_is_held_keeps_the_node_draining() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path()).await;
+        e.registered.store(true, Ordering::SeqCst);
+        assert_eq!(e.set_state(NodeState::Draining), NodeState::Active);
+
+        let held = e.clone();
+        let panicked = std::thread::spawn(move || {
+            let _guard = held.state.lock();
+            panic!("a thread panics while holding the node state");
+        })
+        .join();
+        assert!(panicked.is_err());
+
+        assert_eq!(e.state(), NodeState::Draining);
+        assert_eq!(e.refusal(), Some(Refusal::State(NodeState::Draining)));
+        assert_eq!(e.readiness(), Err("draining: 0 attempts still running".to_owned()));
+        // The state can still be changed, and says what it was.
+        assert_eq!(e.set_state(NodeState::Active), NodeState::Draining);
+        assert_eq!(e.state(), NodeState::Active);
+        assert_eq!(e.refusal(), None);
+    }
 }

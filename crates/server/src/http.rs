@@ -48,11 +48,12 @@ use axum::Router;
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -360,10 +361,7 @@ impl Activity {
     }
 
     fn update(&self, f: impl FnOnce(&mut State) -> bool) {
-        let changed = match self.state.lock() {
-            Ok(mut s) => f(&mut s),
-            Err(_) => false,
-        };
+        let changed = f(&mut self.state.lock());
         if changed {
             // One waiter, the watchdog; a permit is kept if it is not waiting right now.
             self.changed.notify_one();
@@ -405,22 +403,20 @@ impl Activity {
     /// write has been pending for longer than `write_timeout`.
     async fn watch(&self, limits: &HttpLimits) -> &'static str {
         loop {
-            let due = match self.state.lock() {
-                Ok(s) => {
-                    let state = if s.in_flight > 0 {
-                        None
-                    } else if s.reading_head {
-                        Some((s.since + limits.header_read_timeout, "header_read_timeout"))
-                    } else {
-                        Some((s.since + limits.idle_timeout, "idle_timeout"))
-                    };
-                    let write = s.write_pending_since.map(|t| (t + limits.write_timeout, "write_timeout"));
-                    match (state, write) {
-                        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
-                        (a, b) => a.or(b),
-                    }
+            let due = {
+                let s = self.state.lock();
+                let state = if s.in_flight > 0 {
+                    None
+                } else if s.reading_head {
+                    Some((s.since + limits.header_read_timeout, "header_read_timeout"))
+                } else {
+                    Some((s.since + limits.idle_timeout, "idle_timeout"))
+                };
+                let write = s.write_pending_since.map(|t| (t + limits.write_timeout, "write_timeout"));
+                match (state, write) {
+                    (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+                    (a, b) => a.or(b),
                 }
-                Err(_) => return "poisoned",
             };
             match due {
                 None => self.changed.notified().await,

@@ -145,8 +145,8 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     let lease =
         store.register_node(&reg, config.cluster.lease_ttl).await.context("cannot register this node in the store")?;
     engine.publish_deadline(sent_boottime);
-    *engine.last_renewal.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = sent;
-    *engine.registration.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(reg);
+    *engine.last_renewal.lock() = sent;
+    *engine.registration.lock() = Some(reg);
     engine.generation.store(lease.generation, Ordering::SeqCst);
     let recovered = store.recover_node(&id).await.context("cannot recover this node's earlier attempts")?;
     if !recovered.is_empty() {
@@ -284,7 +284,7 @@ fn spawn_watchdog(e: Arc<Engine>, mut shutdown: watch::Receiver<bool>) -> JoinHa
         // them over: covers the kill itself and the scheduling of this check.
         let deadline = e.cfg.lease_ttl.saturating_sub(e.kill_margin());
         loop {
-            let since = e.last_renewal.lock().map(|l| l.elapsed()).unwrap_or_default();
+            let since = e.last_renewal.lock().elapsed();
             if since >= deadline && !e.cut_off.swap(true, Ordering::SeqCst) {
                 tracing::error!(
                     since_ms = since.as_millis() as u64,
@@ -353,9 +353,7 @@ impl Node {
             }
         }
         // Only now, with the lease released, may gossip see this node go.
-        if let Ok(mut s) = self.cluster.session.lock() {
-            s.take();
-        }
+        self.cluster.session.lock().take();
         // Stopping gossip joins its thread: not on a runtime thread.
         let cluster = self.cluster.clone();
         let _ = tokio::task::spawn_blocking(move || cluster.membership.leave()).await;

@@ -16,6 +16,7 @@
 use crate::cluster::Cluster;
 use crate::filewatch::{self, FileEventKind, Pattern, Settler};
 use crate::workers::Step;
+use parking_lot::Mutex;
 use shoal_api::jobs::{self, JobRef};
 use shoal_cluster::keys;
 use shoal_core::listener::{event_params, ListenerKind, OnCluster, OnFile, OnJob};
@@ -26,7 +27,7 @@ use shoal_store::{
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
@@ -310,7 +311,7 @@ impl Triggers {
     fn membership(&self) -> (Vec<String>, bool) {
         let mut live = vec![self.node.clone()];
         let mut moved = false;
-        let mut seen = self.peers_version.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.peers_version.lock();
         for p in self.cluster.membership.snapshot() {
             if p.id == self.node || !p.alive {
                 continue;

@@ -2,10 +2,10 @@
 //! idle or failing (with the last error, shown in `GET /api/v1/nodes/{id}`), backs off after
 //! errors, and ends promptly when the node shuts down.
 
+use parking_lot::Mutex;
 use shoal_api::WorkerStatus;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -26,37 +26,34 @@ pub enum Step {
 
 impl Workers {
     pub fn snapshot(&self) -> Vec<WorkerStatus> {
-        self.status.lock().map(|s| s.values().cloned().collect()).unwrap_or_default()
+        self.status.lock().values().cloned().collect()
     }
 
     /// Lists a worker before its first step, so status pages show it from the start.
     pub fn register(&self, name: &'static str) {
-        if let Ok(mut s) = self.status.lock() {
-            s.entry(name).or_insert_with(|| WorkerStatus {
-                name: name.to_owned(),
-                state: "starting".into(),
-                last_error: None,
-                errors: 0,
-            });
-        }
+        self.status.lock().entry(name).or_insert_with(|| WorkerStatus {
+            name: name.to_owned(),
+            state: "starting".into(),
+            last_error: None,
+            errors: 0,
+        });
     }
 
     fn report(&self, name: &'static str, result: &Result<Step, String>) {
-        if let Ok(mut s) = self.status.lock() {
-            let entry = s.entry(name).or_insert_with(|| WorkerStatus {
-                name: name.to_owned(),
-                state: "idle".into(),
-                last_error: None,
-                errors: 0,
-            });
-            match result {
-                Ok(Step::Busy) => entry.state = "busy".into(),
-                Ok(Step::Idle | Step::After(_)) => entry.state = "idle".into(),
-                Err(e) => {
-                    entry.state = "error".into();
-                    entry.errors += 1;
-                    entry.last_error = Some(e.clone());
-                }
+        let mut s = self.status.lock();
+        let entry = s.entry(name).or_insert_with(|| WorkerStatus {
+            name: name.to_owned(),
+            state: "idle".into(),
+            last_error: None,
+            errors: 0,
+        });
+        match result {
+            Ok(Step::Busy) => entry.state = "busy".into(),
+            Ok(Step::Idle | Step::After(_)) => entry.state = "idle".into(),
+            Err(e) => {
+                entry.state = "error".into();
+                entry.errors += 1;
+                entry.last_error = Some(e.clone());
             }
         }
     }
@@ -116,5 +113,37 @@ pub async fn run<F, Fut>(
             _ = async { match wake { Some(w) => w.notified().await, None => std::future::pending().await } } => {}
             _ = shutdown.changed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10: a thread that panicked while holding the status table must not empty the
+    /// status pages nor stop the table from taking reports.
+    #[test]
+    fn a_panic_while_the_status_is_held_keeps_every_worker_listed() {
+        let workers = std::sync::Arc::new(Workers::default());
+        workers.register("dispatch");
+        workers.report("dispatch", &Err("store down".into()));
+
+        let held = workers.clone();
+        let panicked = std::thread::spawn(move || {
+            let _guard = held.status.lock();
+            panic!("a thread panics while holding the worker status");
+        })
+        .join();
+        assert!(panicked.is_err());
+
+        workers.register("reap");
+        workers.report("dispatch", &Err("store still down".into()));
+        let snapshot = workers.snapshot();
+        let names: Vec<&str> = snapshot.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["dispatch", "reap"]);
+        assert_eq!(snapshot[0].state, "error");
+        assert_eq!(snapshot[0].errors, 2);
+        assert_eq!(snapshot[0].last_error.as_deref(), Some("store still down"));
+        assert_eq!(snapshot[1].state, "starting");
     }
 }
