@@ -11,7 +11,7 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// Every-second schedules, and for how long they fire while the test watches.
-const SCHEDULES: usize = 1500;
+const SCHEDULES: usize = 1000;
 const WATCH: Duration = Duration::from_secs(6);
 
 /// A burst of schedules never starves the lease renewal: two nodes on one SQLite file fire

@@ -89,8 +89,14 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 /// Opens a connection on a thread of its own.
-fn spawn_connection(path: &Path, name: String) -> Result<Handle> {
+fn spawn_connection(path: &Path, name: String, lane: usize) -> Result<Handle> {
     let conn = open(path)
+        .and_then(|c| {
+            if lane == LEASE {
+                c.busy_handler(Some(lease_busy))?;
+            }
+            Ok(c)
+        })
         .map_err(|e| StoreError::Unavailable(format!("cannot open the SQLite store {}: {e}", path.display())))?;
     let interrupt = Arc::new(conn.get_interrupt_handle());
     let (tx, rx) = mpsc::channel::<Job>();
@@ -107,6 +113,18 @@ fn spawn_connection(path: &Path, name: String) -> Result<Handle> {
         })
         .map_err(|e| StoreError::Internal(format!("cannot start a SQLite thread: {e}")))?;
     Ok(Handle { jobs: tx, interrupt })
+}
+
+/// The busy handler of the lease connection: while another process holds the write lock, try
+/// again every millisecond (for as long as [`BUSY_TIMEOUT`]), where SQLite's own handler backs
+/// off to 100 ms between tries. Lock hand-overs between processes are a race among waiters;
+/// this makes the renewal, a transaction of two small statements, the likeliest winner.
+fn lease_busy(tries: i32) -> bool {
+    if tries as u128 >= BUSY_TIMEOUT.as_millis() {
+        return false;
+    }
+    std::thread::sleep(Duration::from_millis(1));
+    true
 }
 
 /// What this node's own pool is doing, for messages that must tell a wedge in this process
@@ -179,7 +197,7 @@ impl Shared {
         let spawned = std::thread::Builder::new().name("shoal-sqlite-reopen".into()).spawn(move || {
             let mut wait = Duration::from_millis(100);
             loop {
-                match spawn_connection(&shared.path, format!("shoal-sqlite-r{n}")) {
+                match spawn_connection(&shared.path, format!("shoal-sqlite-r{n}"), lane) {
                     Ok(handle) => {
                         if let Ok(mut idle) = shared.lanes[lane].idle.lock() {
                             idle.push(handle);
@@ -290,8 +308,8 @@ impl SqlitePool {
         }
         let size = size.max(1);
         let handles =
-            (0..size).map(|i| spawn_connection(path, format!("shoal-sqlite-{i}"))).collect::<Result<Vec<_>>>()?;
-        let lease = spawn_connection(path, "shoal-sqlite-lease".into())?;
+            (0..size).map(|i| spawn_connection(path, format!("shoal-sqlite-{i}"), MAIN)).collect::<Result<Vec<_>>>()?;
+        let lease = spawn_connection(path, "shoal-sqlite-lease".into(), LEASE)?;
         Ok(SqlitePool {
             path: path.to_owned(),
             shared: Arc::new(Shared {
