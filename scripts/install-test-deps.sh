@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain: PostgreSQL's
 # server programs and psql, which shoal-testkit runs as throwaway servers, and
-# faketime, which runs a node with a skewed clock (tests/triggers_kill.rs).
+# faketime, which runs a node with a skewed clock (tests/triggers_kill.rs), and
+# Python's croniter, the independent cron implementation that shoal's schedules
+# are compared with (crates/core/tests/cron_vixie_differential.rs).
 # Idempotent: does nothing when they are already there.
 set -euo pipefail
 
@@ -79,6 +81,38 @@ if ! command -v faketime >/dev/null 2>&1; then
     did+=("installed faketime")
 fi
 
+# Pinned: the differential test relies on its day_or/implement_cron_bug semantics.
+CRONITER_VERSION=7.0.0
+have_croniter() {
+    python3 -c "import sys, croniter; from importlib.metadata import version; sys.exit(version('croniter') != '$CRONITER_VERSION')" >/dev/null 2>&1
+}
+if ! have_croniter; then
+    if ! command -v python3 >/dev/null 2>&1; then
+        apt_install python3 python3-pip
+        did+=("installed python3")
+    elif ! python3 -m pip --version >/dev/null 2>&1; then
+        apt_install python3-pip
+        did+=("installed python3-pip")
+    fi
+    pip_args=(install --quiet --disable-pip-version-check --no-input)
+    # Debian's Python refuses installs outside a venv (PEP 668) unless told; older
+    # pips have no such rule and no such option.
+    if python3 -m pip install --help 2>/dev/null | grep -q -- --break-system-packages; then
+        pip_args+=(--break-system-packages)
+    fi
+    if [[ $(id -u) -eq 0 ]]; then
+        pip_args+=(--root-user-action=ignore)
+    else
+        pip_args+=(--user)
+    fi
+    python3 -m pip "${pip_args[@]}" "croniter==$CRONITER_VERSION"
+    have_croniter || {
+        echo "install-test-deps: installed croniter $CRONITER_VERSION but python3 cannot import it" >&2
+        exit 1
+    }
+    did+=("installed croniter $CRONITER_VERSION")
+fi
+
 # shoal-testkit runs PostgreSQL as this user when tests run as root (it refuses
 # to run as root); the package creates it, but a hand-made install may not.
 if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
@@ -87,7 +121,7 @@ if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
 fi
 
 if [[ ${#did[@]} -eq 0 ]]; then
-    echo "install-test-deps: PostgreSQL ($bindir) and faketime already present; nothing to do"
+    echo "install-test-deps: PostgreSQL ($bindir), faketime and croniter $CRONITER_VERSION already present; nothing to do"
 else
     echo "install-test-deps: $(IFS=,; echo "${did[*]}" | sed 's/,/, /g') ($bindir)"
 fi

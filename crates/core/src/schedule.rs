@@ -14,12 +14,29 @@
 //! `second` field, in the syntax of the `croner` crate: `*`, lists `a,b`, ranges `a-b`,
 //! steps `*/n` and `a-b/n`, names `JAN`-`DEC` and `SUN`-`SAT` (in their own fields only),
 //! `L` (last day of the month, or `5L` the last Friday), `W` (nearest weekday), `#`
-//! (`1#2`, the second Monday) and `?` (same as `*` in the day fields). When both
-//! day-of-month and day-of-week are restricted a day matching either fires, as in
-//! Vixie cron. Macros: `@yearly` (`@annually`), `@monthly`, `@weekly` (Sunday 00:00),
+//! (`1#2`, the second Monday) and `?` (same as `*` in the day fields). Macros:
+//! `@yearly` (`@annually`), `@monthly`, `@weekly` (Sunday 00:00),
 //! `@daily` (`@midnight`) and `@hourly`. `@reboot` is refused: a cluster has no single
 //! boot, and "when a node starts" is a listener on cluster events, not a schedule.
 //! An expression that can never fire (`0 0 30 2 *`) is refused at parse time.
+//!
+//! # Day of month and day of week
+//!
+//! The two day fields combine exactly as in Vixie cron (and cronie, Debian's `cron`): a
+//! day field whose text starts with `*` (or `?`) is a *star* field, whatever follows
+//! (`*`, `*/1`, `*/2`, `*/2,15`); any other (`1-31`, `1-31/2`, `10,19`, `MON-FRI`, `L`,
+//! `1,*/5`) is restricted, even one that names every day.
+//!
+//! - If either day field is a star field, a day fires when it matches **both** fields.
+//!   A bare `*` matches every day, so with `*` in one field the other alone decides.
+//! - If neither is, a day fires when it matches **either** field.
+//!
+//! So `* * 10,19 6-11 */2` fires only on the 10th and the 19th of June to November that
+//! fall on Sunday, Tuesday, Thursday or Saturday (`*/2` is 0,2,4,6), not on every such
+//! weekday; `0 0 1-31/2 * MON` fires on odd days of the month and on Mondays, and
+//! `0 0 */2 * MON` only on Mondays that are odd days. The `croner` extension `+` before
+//! the day-of-week field (`0 0 1 * +MON`) makes a day match both fields whatever they
+//! are. `tests/cron_vixie_differential.rs` checks this rule against Python's `croniter`.
 //!
 //! # Daylight saving time
 //!
@@ -214,7 +231,11 @@ impl CronSpec {
     pub fn parse(expr: &str, tz: &str) -> Result<CronSpec, ScheduleError> {
         let expr = expr.trim();
         let six = six_fields(expr)?;
-        let cron = parser()
+        let cron = CronParser::builder()
+            .seconds(Seconds::Required)
+            .year(Year::Disallowed)
+            .dom_and_dow(day_fields_need_both(&six[3], &six[5]))
+            .build()
             .parse(&six.join(" "))
             .map_err(|e| ScheduleError::Invalid { expr: expr.to_owned(), reason: croner_reason(&e) })?;
         // From a fixed date, not a clock: any expression without a year field that can
@@ -401,6 +422,17 @@ impl fmt::Display for CronSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.expr, self.tz.name())
     }
+}
+
+/// Whether a day must match both day fields (Vixie cron's rule, see the module
+/// documentation): when either of them starts with `*` (or `?`, which croner reads as
+/// `*`). croner alone treats only a bare `*` that way and combines `*/2` with the other
+/// field by "or"; with `dom_and_dow` it combines two fields that are not a bare `*` by
+/// "and", and a bare `*` still leaves the other field alone to decide, so setting it
+/// exactly when Vixie cron would gives Vixie cron's rule in every case.
+fn day_fields_need_both(day_of_month: &str, day_of_week: &str) -> bool {
+    let star = |field: &str| field.starts_with(['*', '?']);
+    star(day_of_month) || star(day_of_week)
 }
 
 fn parser() -> CronParser {
@@ -857,6 +889,118 @@ mod tests {
         assert_eq!(s.expr(), "30 2 * * *");
         assert_eq!(s.tz_name(), "Europe/Berlin");
         assert_eq!(s.to_string(), "30 2 * * * (Europe/Berlin)");
+    }
+
+    /// The days (UTC) on which a midnight schedule `0 0 {dom} {month} {dow}` fires in
+    /// 2024 and 2025, as `Sat 2024-08-10`.
+    fn midnights(dom: &str, month: &str, dow: &str) -> Vec<String> {
+        let s = spec(&format!("0 0 {dom} {month} {dow}"), "UTC");
+        let end = utc("2026-01-01T00:00:00");
+        s.preview(utc("2023-12-31T12:00:00"), MAX_PREVIEW)
+            .into_iter()
+            .take_while(|t| *t < end)
+            .map(|ms| DateTime::from_timestamp_millis(ms).unwrap().format("%a %Y-%m-%d").to_string())
+            .collect()
+    }
+
+    /// Every day of 2024 and 2025 (UTC) for which `keep(day of month, weekday from
+    /// Sunday = 0, month)` holds, in the form of [`midnights`].
+    fn days_where(keep: impl Fn(u32, u32, u32) -> bool) -> Vec<String> {
+        use chrono::Datelike;
+        let mut day = chrono::NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
+        let mut out = Vec::new();
+        while day.year() < 2026 {
+            if keep(day.day(), day.weekday().num_days_from_sunday(), day.month()) {
+                out.push(day.format("%a %Y-%m-%d").to_string());
+            }
+            day = day.succ_opt().unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn day_fields_combine_as_in_vixie_cron() {
+        // The example of issue 10: `*/2` starts with `*`, so a day must match both fields.
+        assert_eq!(
+            midnights("10,19", "6-11", "*/2"),
+            [
+                "Sat 2024-08-10",
+                "Tue 2024-09-10",
+                "Thu 2024-09-19",
+                "Thu 2024-10-10",
+                "Sat 2024-10-19",
+                "Sun 2024-11-10",
+                "Tue 2024-11-19",
+                "Tue 2025-06-10",
+                "Thu 2025-06-19",
+                "Thu 2025-07-10",
+                "Sat 2025-07-19",
+                "Sun 2025-08-10",
+                "Tue 2025-08-19",
+                "Sun 2025-10-19",
+            ]
+        );
+        // The same with every minute of those days: 1440 firings on 2024-08-10, then the
+        // next day of the rule.
+        let every_minute = spec("* * 10,19 6-11 */2", "UTC");
+        let first = every_minute.preview(utc("2024-06-01T00:00:00"), MAX_PREVIEW);
+        assert_eq!(first[0], utc("2024-08-10T00:00:00"));
+        assert!(first.windows(2).all(|w| w[1] - w[0] == 60_000));
+        let last = every_minute.preview(utc("2024-08-10T23:58:30"), 2);
+        assert_eq!(last, [utc("2024-08-10T23:59:00"), utc("2024-09-10T00:00:00")]);
+
+        let even = |w: u32| w.is_multiple_of(2);
+        let odd = |d: u32| !d.is_multiple_of(2);
+        #[allow(clippy::type_complexity)]
+        let cases: [(&str, &str, &str, Box<dyn Fn(u32, u32, u32) -> bool>); 20] = [
+            // A star field: the day must match both; a bare `*` leaves the other alone.
+            ("10,19", "6-11", "*/2", Box::new(|d, w, m| (d == 10 || d == 19) && even(w) && (6..=11).contains(&m))),
+            ("*", "*", "1", Box::new(|_, w, _| w == 1)),
+            ("*", "*", "*", Box::new(|_, _, _| true)),
+            ("1", "*", "*", Box::new(|d, _, _| d == 1)),
+            ("*/1", "*", "1", Box::new(|_, w, _| w == 1)),
+            ("1", "*", "*/1", Box::new(|d, _, _| d == 1)),
+            ("*/2", "*", "MON", Box::new(|d, w, _| odd(d) && w == 1)),
+            ("1,15", "*", "*/2", Box::new(|d, w, _| (d == 1 || d == 15) && even(w))),
+            ("*/2", "*", "*/3", Box::new(|d, w, _| odd(d) && w.is_multiple_of(3))),
+            ("*/10,15", "*", "5", Box::new(|d, w, _| matches!(d, 1 | 11 | 15 | 21 | 31) && w == 5)),
+            (
+                "L",
+                "*",
+                "*/2",
+                Box::new(|d, w, m| d == [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][m as usize - 1] && even(w)),
+            ),
+            // `?` is `*`.
+            ("?", "*", "1", Box::new(|_, w, _| w == 1)),
+            ("1", "*", "?", Box::new(|d, _, _| d == 1)),
+            ("?/2", "*", "1", Box::new(|d, w, _| odd(d) && w == 1)),
+            // Neither starts with `*`: either field is enough, even one naming every day.
+            ("1-31/2", "*", "1", Box::new(|d, w, _| odd(d) || w == 1)),
+            ("1-31", "*", "1", Box::new(|_, _, _| true)),
+            ("1,15", "*", "FRI", Box::new(|d, w, _| d == 1 || d == 15 || w == 5)),
+            ("1,*/10", "*", "0-2", Box::new(|d, w, _| matches!(d, 1 | 11 | 21 | 31) || w <= 2)),
+            ("13", "*", "5", Box::new(|d, w, _| d == 13 || w == 5)),
+            // croner's `+` on the day of week: both, whatever the fields.
+            ("13", "*", "+5", Box::new(|d, w, _| d == 13 && w == 5)),
+        ];
+        for (dom, month, dow, keep) in cases {
+            assert_eq!(midnights(dom, month, dow), days_where(keep), "0 0 {dom} {month} {dow}");
+        }
+
+        // Only the day fields' first character counts: a day of week written out in full
+        // is still restricted, `*` first is a star field.
+        assert_eq!(midnights("13", "*", "0-6"), days_where(|_, _, _| true));
+        assert_eq!(midnights("13", "*", "*/1"), days_where(|d, _, _| d == 13));
+        // Macros keep their meaning.
+        assert_eq!(
+            spec("@weekly", "UTC").preview(utc("2024-05-01T00:00:00"), 2),
+            [utc("2024-05-05T00:00:00"), utc("2024-05-12T00:00:00")]
+        );
+        assert_eq!(spec("@monthly", "UTC").next_after(utc("2024-05-01T00:00:00")), Some(utc("2024-06-01T00:00:00")));
+        // "And" can leave no day at all: such an expression is refused.
+        assert!(matches!(CronSpec::parse("0 0 31 2 */2", "UTC"), Err(ScheduleError::NeverFires(_))));
+        assert!(matches!(CronSpec::parse("0 0 30 2 */1", "UTC"), Err(ScheduleError::NeverFires(_))));
+        assert_eq!(midnights("30", "2", "1"), days_where(|_, w, m| m == 2 && w == 1));
     }
 
     #[test]
