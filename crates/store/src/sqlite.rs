@@ -73,7 +73,25 @@ pub struct SqlitePool {
     pub(crate) path: PathBuf,
 }
 
+/// Opens a connection, retrying while another process holds the lock its set-up needs:
+/// several nodes started at once on a new file race to switch it to WAL, and SQLite may
+/// answer that race with "database is locked" without waiting in its busy handler.
 fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let started = std::time::Instant::now();
+    loop {
+        match open_once(path) {
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                    && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_once(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
