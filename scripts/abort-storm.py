@@ -70,16 +70,16 @@ def http_get(node, path, timeout):
         conn.close()
 
 
-def lease_failures(node):
-    """Sum of shoal_lease_renewal_failures_total over its label sets, or None if unreadable."""
+def metric_sum(node, name):
+    """Sum of metric `name` over its label sets in the node's /metrics, or None if unreadable."""
     status, body, _ = http_get(node, "/metrics", 10)
     if status != 200:
         return None
     total, found = 0.0, False
     for line in body.splitlines():
-        if line.startswith("#") or not line.startswith(METRIC):
+        if line.startswith("#") or not line.startswith(name):
             continue
-        rest = line[len(METRIC):]
+        rest = line[len(name):]
         if rest.startswith("{"):
             rest = rest.split("}", 1)[1]
         elif rest and not rest[0].isspace():
@@ -90,6 +90,14 @@ def lease_failures(node):
         except (IndexError, ValueError):
             pass
     return total if found else None
+
+
+def lease_failures(node):
+    return metric_sum(node, METRIC)
+
+
+def firings_started(node):
+    return metric_sum(node, "shoal_schedule_firings_started_total")
 
 
 def build_request(kind, body, host_header):
@@ -201,18 +209,6 @@ def http_call(node, method, path, body, timeout):
         return resp.status, resp.read().decode("utf-8", "replace")
     finally:
         conn.close()
-
-
-def firings_started(node):
-    """The node's shoal_schedule_firings_started_total, or None."""
-    status, body, _ = http_get(node, "/metrics", 5)
-    if status != 200:
-        return None
-    total = None
-    for line in body.splitlines():
-        if line.startswith("shoal_schedule_firings_started_total"):
-            total = (total or 0.0) + float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def p99(values):
