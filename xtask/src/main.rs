@@ -15,8 +15,9 @@ tasks:
   test    deps, then `cargo test --workspace --all-targets <args>`
           (without --workspace when <args> pick packages with -p)
   ci      `cargo fmt --check`, `cargo clippy -D warnings`, then what `test` does
-  bench   deps, a release build, a throwaway PostgreSQL, then every `shoal bench` run
-          behind BENCHMARKS.md, on SQLite and on PostgreSQL, in one go;
+  bench   deps, a release build of `shoal` and `shoal-bench`, a throwaway PostgreSQL,
+          then every `shoal-bench` run behind BENCHMARKS.md, on SQLite and on
+          PostgreSQL, in one go;
           `bench --soak` also runs the 10-minute soak at the end;
           `bench --triggers` runs only the schedule and file-listener benchmarks
   help    print this
@@ -147,17 +148,19 @@ fn bench(root: &Path, extra: &[OsString]) -> Result<()> {
         bail!("unknown bench option `{}`; the options are --soak and --triggers", other.to_string_lossy());
     }
     deps(root)?;
+    // The benchmarks are a binary of their own; the nodes they start are the `shoal` built
+    // beside it, which it finds next to itself.
     let mut build = cargo(root);
-    build.args(["build", "--release", "-p", "shoal"]);
+    build.args(["build", "--release", "-p", "shoal", "-p", "shoal-bench"]);
     run_cmd(build)?;
     // Where that build went: CARGO_TARGET_DIR if set (relative to the workspace), else target/.
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |d| root.join(d));
-    let shoal = target.join("release/shoal");
+    let bench = target.join("release/shoal-bench");
     let pg = shoal_testkit::postgres();
     let stores = [("sqlite", None), ("postgres", Some(pg.fresh_database()))];
     let run = |args: &[&str], store: &Option<String>| -> Result<()> {
-        let mut cmd = Command::new(&shoal);
-        cmd.arg("bench").args(args);
+        let mut cmd = Command::new(&bench);
+        cmd.args(args);
         if let Some(url) = store {
             cmd.args(["--store", url]);
         }

@@ -1,8 +1,6 @@
 //! The `shoal` command: `server` runs a node, `up` starts a ready-to-try local node with the
 //! example sandbox, and the client commands (run, ps, logs, ...) talk to any node's API.
 
-mod bench;
-mod bench_cluster;
 mod client_cmds;
 mod client_sched;
 mod up;
@@ -26,8 +24,6 @@ enum Command {
     Server(ServerArgs),
     /// Start a local cluster (one node, or `--nodes N` processes) on the embedded store with the example sandbox, for trying shoal
     Up(up::UpArgs),
-    /// Measure throughput, dispatch latency, start-up time and memory (see BENCHMARKS.md)
-    Bench(bench::BenchArgs),
     #[command(flatten)]
     Client(client_cmds::ClientCommand),
 }
@@ -99,7 +95,6 @@ fn main() -> ExitCode {
                 }
             },
             Command::Up(args) => ExitCode::from(up::run(args).await),
-            Command::Bench(args) => ExitCode::from(bench::run(args).await),
             Command::Client(cmd) => ExitCode::from(client_cmds::run(cmd, &cli.global).await as u8),
         }
     })

@@ -5,14 +5,15 @@
 //! real `shoal server` processes (n1..nN) on one shared store, each with its own config, data
 //! folder and log under `<data-dir>/nK`: they find each other through the store's node
 //! registry and gossip, as nodes on separate machines do, so killing one shows a real
-//! takeover. The children die with this process (`PR_SET_PDEATHSIG`), so a killed `up`
-//! leaves nothing running.
+//! takeover. The processes are started, probed, signalled and killed through the one process
+//! harness (`shoal_procs`, shared with the tests and the benchmarks); they die with this
+//! process (`PR_SET_PDEATHSIG`), so a killed `up` leaves nothing running.
 
 use anyhow::Context;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
@@ -22,6 +23,9 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
 /// Lines of a node's log shown when it fails to start.
 const LOG_TAIL_LINES: usize = 20;
+/// Where a node answers whether it is ready, and how long one ask may take.
+const READY_PATH: &str = "/api/v1/health/ready";
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Exit code when Ctrl-C or SIGTERM stops `up` before it serves (128 + SIGINT, as a shell
 /// reports a command killed by Ctrl-C).
 const INTERRUPTED: u8 = 130;
@@ -218,7 +222,7 @@ struct NodeSpec {
 struct NodeProc {
     id: String,
     log: PathBuf,
-    child: Child,
+    server: shoal_procs::Server,
     /// From the store's node registry, once the node has registered in this run.
     url: Option<String>,
     /// The registry generation of this run's process (0 until it registered).
@@ -226,43 +230,32 @@ struct NodeProc {
     ready: bool,
     /// Why it is not up yet, for the error if it never is.
     waiting_for: String,
-    exited: Option<ExitStatus>,
     /// Whether its exit has been reported to the user.
     reported: bool,
 }
 
 impl NodeProc {
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.server.id()
     }
 
-    /// Reaps the process if it has exited.
+    /// Reaps the process if it has exited (the status is kept once reaped).
     fn poll_exit(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            match self.child.try_wait() {
-                Ok(status) => self.exited = status,
-                Err(e) => tracing::warn!(node = %self.id, error = %e, "cannot check whether the node's process exited"),
+        match self.server.try_wait() {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::warn!(node = %self.id, error = %e, "cannot check whether the node's process exited");
+                None
             }
         }
-        self.exited
     }
 }
 
-/// The cluster's processes. Any still running when this is dropped (a panic) are killed; every
-/// other path stops them with [`stop_all`] first, which lets them release their leases.
+/// The cluster's processes. Any still running when this is dropped (a panic) are killed by
+/// their `Server`'s drop; every other path stops them with [`stop_all`] first, which lets them
+/// release their leases.
 #[derive(Default)]
 struct Procs(Vec<NodeProc>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for p in &mut self.0 {
-            if p.poll_exit().is_none() {
-                let _ = p.child.kill();
-                let _ = p.child.wait();
-            }
-        }
-    }
-}
 
 /// Ctrl-C and SIGTERM, listened for from before the first node starts, so that neither kills
 /// `up` before it has stopped its nodes.
@@ -303,42 +296,6 @@ fn toml_str(s: &str) -> String {
         }
     }
     out.push('"');
-    out
-}
-
-/// The last lines of a node's log, indented and without terminal colours, for an error message.
-fn log_tail(path: &Path) -> String {
-    let text = match std::fs::read(path) {
-        Ok(bytes) => strip_ansi(&String::from_utf8_lossy(&bytes)),
-        Err(e) => return format!("    (cannot read it: {e})"),
-    };
-    let lines: Vec<&str> = text.lines().collect();
-    if lines.is_empty() {
-        return "    (empty)".into();
-    }
-    lines[lines.len().saturating_sub(LOG_TAIL_LINES)..]
-        .iter()
-        .map(|l| format!("    {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// `text` without ANSI escape sequences (`ESC [ ... letter`), which the logs use for colour.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            chars.next();
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
     out
 }
 
@@ -471,17 +428,16 @@ impl Cluster<'_> {
     /// The caller stops whatever was started, whichever way this ends.
     async fn drive(&self, procs: &mut Procs, interrupt: &mut Interrupt) -> anyhow::Result<u8> {
         for spec in self.specs {
-            let child = spawn_node(self.exe, spec)?;
-            println!("starting {} (pid {}, log {})", spec.id, child.id(), spec.log.display());
+            let server = spawn_node(self.exe, spec)?;
+            println!("starting {} (pid {}, log {})", spec.id, server.id(), spec.log.display());
             procs.0.push(NodeProc {
                 id: spec.id.clone(),
                 log: spec.log.clone(),
-                child,
+                server,
                 url: None,
                 generation: 0,
                 ready: false,
                 waiting_for: "not registered in the store yet".into(),
-                exited: None,
                 reported: false,
             });
         }
@@ -542,7 +498,7 @@ impl Cluster<'_> {
                         "node {} exited while starting ({status}); the end of its log {}:\n{}",
                         p.id,
                         p.log.display(),
-                        log_tail(&p.log)
+                        p.server.log_tail(LOG_TAIL_LINES)
                     );
                 }
             }
@@ -561,13 +517,13 @@ impl Cluster<'_> {
             }
             for p in procs.iter_mut().filter(|p| !p.ready) {
                 let Some(url) = &p.url else { continue };
-                let ready = format!("{url}/api/v1/health/ready");
-                match http.get(&ready).send().await {
-                    Ok(r) if r.status().is_success() => {
+                let ready = format!("{url}{READY_PATH}");
+                match shoal_procs::probe(url, READY_PATH, PROBE_TIMEOUT).await {
+                    Ok(200) => {
                         p.ready = true;
                         p.waiting_for.clear();
                     }
-                    Ok(r) => p.waiting_for = format!("{ready} answers {}", r.status()),
+                    Ok(status) => p.waiting_for = format!("{ready} answers {status}"),
                     Err(e) => p.waiting_for = format!("no answer at {ready}: {e}"),
                 }
             }
@@ -590,7 +546,8 @@ impl Cluster<'_> {
                     let _ = write!(msg, "\n  {}: {}", p.id, p.waiting_for);
                 }
                 for p in &lagging {
-                    let _ = write!(msg, "\nthe end of {}'s log {}:\n{}", p.id, p.log.display(), log_tail(&p.log));
+                    let tail = p.server.log_tail(LOG_TAIL_LINES);
+                    let _ = write!(msg, "\nthe end of {}'s log {}:\n{tail}", p.id, p.log.display());
                 }
                 anyhow::bail!(msg);
             }
@@ -633,36 +590,13 @@ async fn membership_gaps(http: &reqwest::Client, procs: &mut [NodeProc]) -> anyh
     Ok(gaps)
 }
 
-/// Starts a node's `shoal server`, its output going to its log.
-fn spawn_node(exe: &Path, spec: &NodeSpec) -> anyhow::Result<Child> {
-    use std::os::unix::process::CommandExt;
-    let log = std::fs::File::create(&spec.log).with_context(|| format!("cannot create {}", spec.log.display()))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("server")
-        .arg("--config")
-        .arg(&spec.config)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().with_context(|| format!("cannot open {}", spec.log.display()))?)
-        .stderr(log);
-    let parent = std::process::id();
-    // SAFETY: between fork and exec the closure makes only async-signal-safe calls (prctl,
-    // getppid) and allocates nothing on its success path.
-    unsafe {
-        cmd.pre_exec(move || {
-            // The child gets SIGTERM (a clean stop) when this process dies, however it dies.
-            // The signal follows the *thread* that forked: this runs on the main thread, in
-            // the runtime's `block_on`, which lasts as long as the process.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // If this process died before the prctl, nothing would ever signal the child.
-            if libc::getppid() as u32 != parent {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().with_context(|| format!("cannot start `{} server` for node {}", exe.display(), spec.id))
+/// Starts a node's `shoal server`, its output going to its log (emptied first).
+fn spawn_node(exe: &Path, spec: &NodeSpec) -> anyhow::Result<shoal_procs::Server> {
+    // The child gets SIGTERM (a clean stop) when this process dies, however it dies. The
+    // signal follows the *thread* that forked: this runs on the main thread, in the runtime's
+    // `block_on`, which lasts as long as the process.
+    let spec = shoal_procs::Spec::server(&spec.id, exe, &spec.config, &spec.log).die_with_parent();
+    Ok(shoal_procs::Server::spawn(spec)?)
 }
 
 /// Serves until Ctrl-C or SIGTERM, reporting nodes that exit meanwhile (the others carry on,
@@ -692,8 +626,8 @@ async fn serve(procs: &mut [NodeProc], interrupt: &mut Interrupt) -> anyhow::Res
 async fn stop_all(procs: &mut [NodeProc], interrupt: &mut Interrupt) {
     for p in procs.iter_mut() {
         if p.poll_exit().is_none() {
-            // SAFETY: kill(2) on our own child, which is not reaped yet, so its pid is not reused.
-            unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGTERM) };
+            // It may have exited since; then there is nothing to stop.
+            let _ = p.server.terminate();
         }
     }
     let deadline = Instant::now() + STOP_DEADLINE;
@@ -720,8 +654,7 @@ async fn stop_all(procs: &mut [NodeProc], interrupt: &mut Interrupt) {
             }
         };
         for p in procs.iter_mut().filter(|p| !p.reported) {
-            let _ = p.child.kill();
-            p.exited = p.child.wait().ok();
+            let _ = p.server.kill();
             p.reported = true;
             println!("node {} {why}; killed it", p.id);
         }

@@ -1,17 +1,19 @@
 //! Nodes as real `shoal server` processes, for tests where a SIGKILL (or a clock of its
-//! own) is the point.
+//! own) is the point: the test-facing side of the one process harness
+//! (`shoal_testkit::procs`), which starts, probes, signals and kills the processes.
 
 use super::config_text;
 use serde_json::Value;
+use shoal_testkit::procs::{Server, Spec};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 
 pub struct Proc {
     pub id: String,
-    pub child: Child,
+    /// The process: `child.id()` is its pid; dropping it SIGKILLs a process still running.
+    pub child: Server,
     pub url: String,
     pub log: PathBuf,
 }
@@ -33,37 +35,23 @@ impl Proc {
         let cfg = dir.join(format!("{id}.toml"));
         std::fs::write(&cfg, text).unwrap();
         let log = dir.join(format!("{id}.log"));
-        let child = Command::new(SHOAL)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .args(["server", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "info,chitchat=warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut spec = Spec::server(id, SHOAL, &cfg, &log).env("RUST_LOG", "info,chitchat=warn");
+        for (k, v) in env {
+            spec = spec.env(k, v);
+        }
+        let child = Server::spawn(spec).unwrap_or_else(|e| panic!("{e}"));
         Proc { id: id.into(), child, url: format!("http://127.0.0.1:{port}"), log }
     }
 
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.child.logs()
     }
 
     pub fn stop(&mut self) {
-        if self.child.try_wait().unwrap().is_none() {
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        if self.child.running() {
+            self.child.terminate().unwrap_or_else(|e| panic!("{e}"));
             let status = self.child.wait().unwrap();
             assert!(status.success(), "{} did not stop cleanly: {status}\n{}", self.id, self.logs());
-        }
-    }
-}
-
-impl Drop for Proc {
-    /// A failing test must not leave its nodes running.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }
@@ -102,17 +90,7 @@ pub async fn wait_cluster(mut procs: Vec<Proc>) -> Vec<Proc> {
 
 /// Waits until a process answers ready.
 pub async fn wait_ready(p: &mut Proc, deadline: Instant) {
-    let http = reqwest::Client::new();
-    loop {
-        if let Ok(r) = http.get(format!("{}/health/ready", p.url)).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        if let Ok(Some(s)) = p.child.try_wait() {
-            panic!("{} exited with {s} before it was ready:\n{}", p.id, p.logs());
-        }
-        assert!(Instant::now() < deadline, "{} not ready in time:\n{}", p.id, p.logs());
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    if let Err(e) = p.child.wait_ready(&p.url, deadline).await {
+        panic!("{e}\n--- the whole log of {}:\n{}", p.id, p.logs());
     }
 }

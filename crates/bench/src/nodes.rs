@@ -1,0 +1,239 @@
+//! The nodes a benchmark runs against: in-process ones (`shoal_server::start`) and real
+//! `shoal server` processes through the process harness, plus what every benchmark asks of
+//! them through the client (a cluster formed, a sandbox, an execution's end).
+
+use anyhow::{bail, ensure, Context, Result};
+use futures::TryStreamExt;
+use serde_json::{json, Value};
+use shoal_client::{ByteStream, Client};
+use shoal_procs::{Server, Spec};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long nodes have to start, answer ready and see each other alive.
+pub(crate) const FORM_LIMIT: Duration = Duration::from_secs(60);
+/// How long a real node has after SIGTERM to stop.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+/// A client of the node at `url` alone (benchmarks choose which node each request goes to).
+pub(crate) fn client(url: &str) -> Result<Client> {
+    Client::new(vec![url.to_owned()]).with_context(|| format!("cannot make a client for {url}"))
+}
+
+pub(crate) fn clients(urls: &[String]) -> Result<Vec<Client>> {
+    urls.iter().map(|u| client(u)).collect()
+}
+
+/// An in-process node's configuration: port 0, its own data folder, `shoal` as the supervisor.
+pub(crate) struct InProcess<'a> {
+    pub id: &'a str,
+    pub dir: &'a Path,
+    pub store: &'a str,
+    pub pool: usize,
+    pub slots: u32,
+    pub lease: Option<Duration>,
+    pub shoal: &'a Path,
+}
+
+impl InProcess<'_> {
+    fn config_text(&self) -> String {
+        let mut text = format!(
+            "node_id = {:?}\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = {:?}\npool_size = {}\n[executor]\nslots = {}\nsupervisor = {:?}\n",
+            self.id,
+            self.dir.join(format!("data-{}", self.id)).display().to_string(),
+            self.store,
+            self.pool,
+            self.slots,
+            self.shoal.display().to_string(),
+        );
+        if let Some(l) = self.lease {
+            text.push_str(&format!("[cluster]\nlease_ttl = {:?}\n", shoal_core::duration::format(l)));
+        }
+        text
+    }
+
+    pub(crate) async fn start(&self) -> Result<shoal_server::Node> {
+        let config = shoal_server::Config::parse(&self.config_text(), "(bench)", Vec::<(String, String)>::new())?;
+        shoal_server::start(config).await.with_context(|| format!("cannot start in-process node {}", self.id))
+    }
+}
+
+/// Whether every node of `urls` sees every one of `ids` alive in gossip and not lost.
+async fn formed(clients: &[Client], ids: &[String]) -> bool {
+    for c in clients {
+        let Ok(v) = c.nodes().await else { return false };
+        let Some(nodes) = v["nodes"].as_array() else { return false };
+        let all_alive = ids
+            .iter()
+            .all(|id| nodes.iter().any(|n| n["id"] == id.as_str() && n["gossip"] == "alive" && n["state"] != "lost"));
+        if !all_alive {
+            return false;
+        }
+    }
+    true
+}
+
+/// Waits until every node of `urls` sees all of `ids` alive.
+pub(crate) async fn wait_formed(urls: &[String], ids: &[String], limit: Duration) -> Result<()> {
+    let clients = clients(urls)?;
+    let deadline = Instant::now() + limit;
+    while !formed(&clients, ids).await {
+        if Instant::now() > deadline {
+            let mut views = String::new();
+            for c in &clients {
+                let view = c.nodes().await.map_or_else(|e| e.to_string(), |v| v.to_string());
+                views.push_str(&format!("\n{}: {view}", c.current_server()));
+            }
+            bail!("gossip did not show {ids:?} alive on every node within {limit:?}:{views}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Waits until the node `c` talks to answers ready (an in-process node after a cut, say).
+pub(crate) async fn wait_ready(c: &Client, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match c.health_ready().await {
+            Ok(_) => return Ok(()),
+            Err(e) => ensure!(Instant::now() < deadline, "{} was not ready within {limit:?}: {e}", c.current_server()),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Registers `root` as shared sandbox `name`.
+pub(crate) async fn shared_sandbox(c: &Client, name: &str, root: &Path) -> Result<()> {
+    let root = root.to_str().with_context(|| format!("{} is not UTF-8", root.display()))?;
+    c.create_sandbox(name, "shared", root, None).await.with_context(|| format!("cannot create sandbox {name}"))?;
+    Ok(())
+}
+
+/// Submits an execution; answers its id.
+pub(crate) async fn submit(c: &Client, body: Value) -> Result<String> {
+    let (e, replayed) = c.submit(body).await.with_context(|| format!("submission to {} failed", c.current_server()))?;
+    ensure!(!replayed, "a fresh submission was answered as a replay: {e}");
+    e["id"].as_str().map(str::to_owned).with_context(|| format!("no id in {e}"))
+}
+
+pub(crate) fn is_final(state: &Value) -> bool {
+    state.as_str().is_some_and(|s| s != "queued" && s != "running")
+}
+
+/// Polls execution `id` until it is final; answers it.
+pub(crate) async fn wait_final(c: &Client, id: &str, limit: Duration) -> Result<Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let e = c.execution(id).await.unwrap_or_default();
+        if is_final(&e["state"]) {
+            return Ok(e);
+        }
+        ensure!(Instant::now() < deadline, "execution {id} not final within {limit:?}: {e}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A response stream read to its end.
+pub(crate) async fn read_all(stream: ByteStream) -> Result<Vec<u8>> {
+    Ok(stream
+        .try_fold(Vec::new(), |mut all, chunk| async move {
+            all.extend_from_slice(&chunk);
+            Ok(all)
+        })
+        .await?)
+}
+
+/// Executions in a final state, counted by the store.
+pub(crate) async fn count_final(store: &shoal_store::Store) -> Result<i64> {
+    Ok(store.count_by_state().await?.into_iter().filter(|(s, _)| s.is_final()).map(|(_, n)| n).sum())
+}
+
+/// One real node of a [`Procs`] cluster.
+pub(crate) struct Proc {
+    pub id: String,
+    pub url: String,
+    pub server: Server,
+}
+
+/// N `shoal server` processes on one store, each with a fixed loopback port, started and seen
+/// by each other in gossip.
+pub(crate) struct Procs {
+    pub procs: Vec<Proc>,
+    // Last: the folders outlive the processes (fields drop in order).
+    pub dir: tempfile::TempDir,
+}
+
+impl Procs {
+    pub(crate) async fn start(shoal: &Path, store: &str, n: usize, lease: Duration, slots: u32) -> Result<Procs> {
+        ensure!(n >= 1, "a cluster benchmark needs at least 1 node");
+        let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
+        let mut procs = Vec::new();
+        for i in 1..=n {
+            let id = format!("n{i}");
+            let (config, url) = write_config(dir.path(), store, &id, lease, slots)?;
+            let spec = Spec::server(&id, shoal, &config, dir.path().join(format!("{id}.log")))
+                .env("RUST_LOG", "warn")
+                .die_with_parent();
+            procs.push(Proc { id, url, server: Server::spawn(spec)? });
+        }
+        let mut c = Procs { procs, dir };
+        let deadline = Instant::now() + FORM_LIMIT;
+        for p in c.procs.iter_mut() {
+            p.server.wait_ready(&p.url, deadline).await?;
+        }
+        c.wait_formed().await?;
+        Ok(c)
+    }
+
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.procs.iter().map(|p| p.url.clone()).collect()
+    }
+
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.procs.iter().map(|p| p.id.clone()).collect()
+    }
+
+    pub(crate) async fn wait_formed(&self) -> Result<()> {
+        wait_formed(&self.urls(), &self.ids(), FORM_LIMIT).await
+    }
+
+    /// Starts node `i` again after it died, and waits until the cluster has it back.
+    pub(crate) async fn restart(&mut self, i: usize) -> Result<()> {
+        let p = &mut self.procs[i];
+        p.server.restart()?;
+        p.server.wait_ready(&p.url, Instant::now() + FORM_LIMIT).await?;
+        self.wait_formed().await
+    }
+
+    /// SIGTERM to each, which must stop cleanly within the grace.
+    pub(crate) async fn stop_all(&mut self) -> Result<()> {
+        for p in self.procs.iter_mut() {
+            let status = p.server.stop(STOP_GRACE).await?;
+            ensure!(status.success(), "{} did not stop cleanly ({status}):\n{}", p.id, p.server.log_tail(30));
+        }
+        Ok(())
+    }
+}
+
+/// Writes node `id`'s configuration (a loopback port free right now, gossip defaults); answers
+/// its path and the node's URL.
+fn write_config(dir: &Path, store: &str, id: &str, lease: Duration, slots: u32) -> Result<(PathBuf, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("cannot find a free loopback port")?
+        .port();
+    let text = format!(
+        "node_id = {id:?}\ndata_dir = {data:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = {store:?}\n[cluster]\nlease_ttl = {lease:?}\n[executor]\nslots = {slots}\n",
+        data = dir.join(format!("data-{id}")).display().to_string(),
+        lease = shoal_core::duration::format(lease),
+    );
+    let config = dir.join(format!("{id}.toml"));
+    std::fs::write(&config, text).with_context(|| format!("cannot write {}", config.display()))?;
+    Ok((config, format!("http://127.0.0.1:{port}")))
+}
+
+/// A body that submits `job` of `sandbox`.
+pub(crate) fn job(sandbox: &str, job: &str) -> Value {
+    json!({"sandbox": sandbox, "job": job})
+}
