@@ -61,12 +61,35 @@ pub trait Engine: Send + Sync + 'static {
     fn check_file_pattern(&self, pattern: &str) -> Result<(), (bool, String)>;
 }
 
+/// How a background worker of this node is doing (`GET /api/v1/nodes/{id}`).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct WorkerStatus {
     pub name: String,
-    pub state: String,
+    pub state: WorkerState,
+    /// The message of the last failed step, kept after later successes.
     pub last_error: Option<String>,
+    /// When the last step failed (RFC 3339, UTC, on this node's clock).
+    pub last_error_at: Option<String>,
+    /// Failed steps since the last one that succeeded.
+    pub consecutive_errors: u64,
+    /// Failed steps since the node started.
     pub errors: u64,
+}
+
+/// What a background worker is doing, as its last step left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Not through its first step yet.
+    Starting,
+    /// Its last step did work; it runs again at once.
+    Busy,
+    /// Its last step found nothing to do; it waits for its interval or for work.
+    Idle,
+    /// Its last step failed; it waits out its backoff before the next.
+    Error,
+    /// Ended by the node's shutdown.
+    Stopped,
 }
 
 /// This node, as the API describes it.

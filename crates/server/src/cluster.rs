@@ -6,7 +6,7 @@
 //! (`Store::end_dead_node_lease`); see docs/design/failure-detection.md.
 
 use crate::engine::{Engine, PeerLoad};
-use crate::workers::Step;
+use crate::workers::{Backoff, Periodic, Step, Worker, Workers};
 use parking_lot::Mutex;
 use shoal_cluster::{keys, Membership};
 use shoal_core::placement::NodeState;
@@ -16,8 +16,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, watch, Notify};
 
 /// The membership and session of a node, shared by its background tasks.
 pub struct Cluster {
@@ -31,6 +30,8 @@ pub struct Cluster {
     /// This node's work counter (see `keys::WORK`), and the peers' as last seen.
     work: std::sync::atomic::AtomicU64,
     peers_work: Mutex<std::collections::HashMap<String, String>>,
+    /// Gossip's membership changed: wakes the failure detector.
+    changed: Notify,
 }
 
 impl Cluster {
@@ -42,6 +43,7 @@ impl Cluster {
             settled: Mutex::new(HashSet::new()),
             work: std::sync::atomic::AtomicU64::new(0),
             peers_work: Mutex::new(std::collections::HashMap::new()),
+            changed: Notify::new(),
         })
     }
 
@@ -189,49 +191,112 @@ pub fn held_by(node: &str, sandboxes: &[shoal_store::SandboxRow]) -> Vec<String>
 }
 
 /// Relays session events: work notifications wake the dispatcher (in this node's turn); a
-/// lost session is opened again and its new key written to the registry.
-pub fn spawn_session_relay(
+/// lost session is opened again (with the worker's backoff while that fails) and its new key
+/// written to the registry. SQLite sessions send nothing (their channel is closed: the poll
+/// and local wakes do the work), and the relay stays idle.
+struct SessionRelay {
     cluster: Arc<Cluster>,
-    e: Arc<Engine>,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<SessionEvent>,
-    mut shutdown: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let ev = tokio::select! {
-                ev = events.recv() => ev,
-                _ = shutdown.wait_for(|s| *s) => return,
-            };
-            match ev {
-                Some(SessionEvent::Work) => e.wake_in_turn(),
-                // SQLite sessions send nothing: the poll and local wakes do the work.
-                None => {
-                    let _ = shutdown.wait_for(|s| *s).await;
-                    return;
-                }
-                Some(SessionEvent::Lost(why)) => {
-                    tracing::warn!(error = %why, "store session lost; opening a new one");
-                    let mut backoff = Duration::from_millis(100);
-                    loop {
-                        match reopen(&cluster, &e).await {
-                            Ok(rx) => {
-                                events = rx;
-                                break;
-                            }
-                            Err(err) => {
-                                tracing::warn!(error = %err, "cannot open a store session yet");
-                                tokio::select! {
-                                    _ = tokio::time::sleep(backoff) => {}
-                                    _ = shutdown.wait_for(|s| *s) => return,
-                                }
-                                backoff = (backoff * 2).min(Duration::from_secs(2));
-                            }
-                        }
-                    }
-                }
+    engine: Arc<Engine>,
+    /// `None` while the session is lost.
+    events: Option<mpsc::UnboundedReceiver<SessionEvent>>,
+    /// What the last wait received (`Some(None)`: the channel closed).
+    received: Option<Option<SessionEvent>>,
+    /// The session's channel closed: nothing will come.
+    closed: bool,
+}
+
+#[async_trait::async_trait]
+impl Worker for SessionRelay {
+    fn name(&self) -> &'static str {
+        "session-relay"
+    }
+
+    fn interval(&self) -> Duration {
+        SESSION_RETRY
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::Doubling { cap: SESSION_RETRY_CAP }
+    }
+
+    async fn wait_for_work(&mut self) {
+        match &mut self.events {
+            Some(events) if self.received.is_none() && !self.closed => self.received = Some(events.recv().await),
+            _ => std::future::pending().await,
+        }
+    }
+
+    async fn step(&mut self) -> Result<Step, String> {
+        if self.events.is_none() {
+            let rx = reopen(&self.cluster, &self.engine)
+                .await
+                .map_err(|err| format!("cannot open a new store session yet: {err}"))?;
+            self.events = Some(rx);
+            return Ok(Step::Idle);
+        }
+        match self.received.take() {
+            None => Ok(Step::Idle),
+            Some(Some(SessionEvent::Work)) => {
+                self.engine.wake_in_turn();
+                Ok(Step::Idle)
+            }
+            Some(Some(SessionEvent::Lost(why))) => {
+                self.events = None;
+                Err(format!("store session lost ({why}); opening a new one"))
+            }
+            Some(None) => {
+                self.closed = true;
+                Ok(Step::Idle)
             }
         }
-    })
+    }
+}
+
+/// Relays gossip's membership changes: wakes the failure detector, and the dispatcher (in
+/// this node's turn) when a peer announced work.
+struct MembershipRelay {
+    cluster: Arc<Cluster>,
+    engine: Arc<Engine>,
+    changes: watch::Receiver<u64>,
+    /// What the last wait saw: a change (`true`), or gossip stopped (`false`).
+    received: Option<bool>,
+    /// Gossip has stopped: nothing will come.
+    stopped: bool,
+}
+
+#[async_trait::async_trait]
+impl Worker for MembershipRelay {
+    fn name(&self) -> &'static str {
+        "membership-relay"
+    }
+
+    fn interval(&self) -> Duration {
+        PUBLISH_EVERY
+    }
+
+    async fn wait_for_work(&mut self) {
+        if self.received.is_some() || self.stopped {
+            return std::future::pending().await;
+        }
+        self.received = Some(self.changes.changed().await.is_ok());
+    }
+
+    async fn step(&mut self) -> Result<Step, String> {
+        match self.received.take() {
+            None => Ok(Step::Idle),
+            Some(false) => {
+                self.stopped = true;
+                Ok(Step::Idle)
+            }
+            Some(true) => {
+                self.cluster.changed.notify_one();
+                if self.cluster.peers_announced_work(&self.engine.cfg.node_id) {
+                    self.engine.wake_in_turn();
+                }
+                Ok(Step::Idle)
+            }
+        }
+    }
 }
 
 async fn reopen(
@@ -255,60 +320,33 @@ const DISCOVER_EVERY: Duration = Duration::from_secs(2);
 /// How often dead nodes are checked for besides membership changes (a session can take a
 /// moment to end after its process died).
 const CHECK_DEAD_EVERY: Duration = Duration::from_millis(200);
+/// A lost store session is opened again after twice this, doubling while that fails, up to
+/// `SESSION_RETRY_CAP` (a store that is back gets the node's session within that).
+const SESSION_RETRY: Duration = Duration::from_millis(100);
+const SESSION_RETRY_CAP: Duration = Duration::from_secs(2);
 
-/// The cluster's background workers: publishing, discovery through the store, and the
-/// failure detector that acts on gossip's verdicts.
-pub fn spawn_workers(cluster: &Arc<Cluster>, e: &Arc<Engine>, shutdown: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let mut tasks = Vec::new();
-    {
-        let mut sub = cluster.membership.subscribe();
-        let changed = changed.clone();
-        let mut stop = shutdown.clone();
-        let (c, en) = (cluster.clone(), e.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    r = sub.changed() => if r.is_err() { return },
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                changed.notify_one();
-                if c.peers_announced_work(&en.cfg.node_id) {
-                    en.wake_in_turn();
-                }
-            }
-        }));
-    }
-    let (c, en) = (cluster.clone(), e.clone());
-    let stop = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        crate::workers::run(&en.workers, "membership", PUBLISH_EVERY, crate::workers::BACKOFF_CAP, None, stop, || {
-            c.publish(&en);
-            std::future::ready(Ok(Step::Idle))
-        })
-        .await
+/// The cluster's background workers: publishing, discovery through the store, the failure
+/// detector that acts on gossip's verdicts, and the relays of gossip's changes and of the
+/// store session's events.
+pub fn spawn_workers(cluster: &Arc<Cluster>, e: &Arc<Engine>, session_events: mpsc::UnboundedReceiver<SessionEvent>) {
+    let w: &Workers = &e.workers;
+    let ctx = || (cluster.clone(), e.clone());
+    let changes = cluster.membership.subscribe();
+    w.spawn(MembershipRelay { cluster: cluster.clone(), engine: e.clone(), changes, received: None, stopped: false });
+    w.spawn(SessionRelay {
+        cluster: cluster.clone(),
+        engine: e.clone(),
+        events: Some(session_events),
+        received: None,
+        closed: false,
+    });
+    w.spawn(Periodic::new("membership", PUBLISH_EVERY, ctx(), |(c, e)| async move {
+        c.publish(&e);
+        Ok(Step::Idle)
     }));
-    let (c, en) = (cluster.clone(), e.clone());
-    let stop = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        crate::workers::run(&en.workers, "discovery", DISCOVER_EVERY, crate::workers::BACKOFF_CAP, None, stop, || {
-            c.discover(&en)
-        })
-        .await
-    }));
-    let (c, en) = (cluster.clone(), e.clone());
-    let stop = shutdown.clone();
-    tasks.push(tokio::spawn(async move {
-        crate::workers::run(
-            &en.workers,
-            "failure-detector",
-            CHECK_DEAD_EVERY,
-            crate::workers::BACKOFF_CAP,
-            Some(&changed),
-            stop,
-            || c.take_over_dead(&en),
-        )
-        .await
-    }));
-    tasks
+    w.spawn(Periodic::new("discovery", DISCOVER_EVERY, ctx(), |(c, e)| async move { c.discover(&e).await }));
+    w.spawn(
+        Periodic::new("failure-detector", CHECK_DEAD_EVERY, ctx(), |(c, e)| async move { c.take_over_dead(&e).await })
+            .woken_by(|(c, _)| &c.changed),
+    );
 }

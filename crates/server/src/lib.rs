@@ -23,13 +23,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use workers::Step;
+use workers::{Backoff, Periodic, Step, Worker};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// How long past `kill_grace` a stopping node waits on the store (attempts' ends, workers'
-/// last steps, the lease release) before it goes on without it.
+/// How long past `kill_grace` a stopping node waits on the store (attempts' ends, the lease
+/// release) before it goes on without it.
 const SHUTDOWN_STORE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long workers get to end once cancelled. A step is dropped at its next await, so only
+/// one that blocks its thread takes longer; it is aborted and named.
+const WORKER_EXIT: Duration = Duration::from_millis(500);
+
+/// How often the lease watchdog looks at the time since the last renewal.
+const WATCHDOG_EVERY: Duration = Duration::from_millis(50);
 
 /// How often a node reads the state and last log row of every execution followed here, for
 /// followers of output this node does not write itself.
@@ -41,8 +48,8 @@ pub struct Node {
     cluster: Arc<cluster::Cluster>,
     id: String,
     url: String,
+    /// Stops the HTTP server (workers stop through `engine.workers`).
     shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
     http: JoinHandle<()>,
     kill_grace: Duration,
 }
@@ -160,37 +167,10 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     cluster.publish(&engine);
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    for name in [
-        "lease",
-        "dispatcher",
-        "reaper",
-        "cancel-watcher",
-        "membership",
-        "discovery",
-        "failure-detector",
-        "scheduler",
-        "listeners",
-        "log-watch",
-    ] {
-        engine.workers.register(name);
-    }
-    let beat = (config.cluster.lease_ttl / 5).max(Duration::from_millis(200));
-    let poll = config.executor.poll_interval;
-    let rx = || shutdown_rx.clone();
-    let mut tasks = vec![
-        spawn_worker(&engine, "lease", beat, false, rx(), move |e| e.renew_lease(beat)),
-        spawn_watchdog(engine.clone(), rx()),
-        spawn_worker(&engine, "dispatcher", poll, true, rx(), |e| async move {
-            e.dispatch().await.map(|any| if any { Step::Busy } else { Step::Idle }).map_err(|e| e.to_string())
-        }),
-        spawn_worker(&engine, "reaper", beat, false, rx(), |e| e.reap()),
-        spawn_worker(&engine, "cancel-watcher", poll, false, rx(), |e| e.watch_cancels()),
-        spawn_worker(&engine, "log-watch", LOG_WATCH_EVERY, false, rx(), |e| e.watch_logs()),
-        cluster::spawn_session_relay(cluster.clone(), engine.clone(), session_events, rx()),
-    ];
-    tasks.extend(cluster::spawn_workers(&cluster, &engine, &shutdown_rx));
+    spawn_engine_workers(&engine, &config);
+    cluster::spawn_workers(&cluster, &engine, session_events);
     let triggers = triggers::Triggers::new(store.clone(), engine.clone(), id.clone(), cluster.clone(), metrics.clone());
-    tasks.extend(triggers::spawn_workers(&triggers, &engine, &shutdown_rx));
+    triggers::spawn_workers(&triggers, &engine.workers);
 
     let state = Arc::new(AppState {
         forwarder: Arc::new(shoal_api::Forwarder::new(id.clone(), secret)?),
@@ -215,7 +195,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     let http = http::spawn(listener, app, (&config.http).into(), &id, shutdown_rx.clone());
     engine.wake.notify_one();
     tracing::info!(node = %id, url = %url, store = %store.redacted_url(), generation = lease.generation, startup_ms = started.elapsed().as_millis() as u64, "node ready");
-    Ok(Node { engine, cluster, id, url, shutdown, tasks, http, kill_grace: config.executor.kill_grace })
+    Ok(Node { engine, cluster, id, url, shutdown, http, kill_grace: config.executor.kill_grace })
 }
 
 /// Starts gossip on its own thread and runtime, with this node's fixed keys.
@@ -253,51 +233,59 @@ async fn start_membership(
     Ok(membership)
 }
 
-/// Runs one of the engine's background steps as a worker (see `workers::run`); `wakeable`
-/// workers also run at once when the engine is woken.
-fn spawn_worker<F, Fut>(
-    engine: &Arc<Engine>,
-    name: &'static str,
-    interval: Duration,
-    wakeable: bool,
-    shutdown: watch::Receiver<bool>,
-    step: F,
-) -> JoinHandle<()>
-where
-    F: Fn(Arc<Engine>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Step, String>> + Send,
-{
-    let e = engine.clone();
-    tokio::spawn(async move {
-        let wake = if wakeable { Some(&e.wake) } else { None };
-        // The lease is retried at its own pace however often it fails: backing off would
-        // let it run out while the store is reachable again.
-        let max_backoff = if name == "lease" { interval } else { workers::BACKOFF_CAP };
-        workers::run(&e.workers, name, interval, max_backoff, wake, shutdown, || step(e.clone())).await;
-    })
+/// The engine's workers: the lease, its watchdog, claiming, takeover of lost attempts,
+/// cancel requests and the log watch.
+fn spawn_engine_workers(engine: &Arc<Engine>, config: &Config) {
+    let beat = (config.cluster.lease_ttl / 5).max(Duration::from_millis(200));
+    let poll = config.executor.poll_interval;
+    let w = &engine.workers;
+    let e = || engine.clone();
+    // The lease is retried at its own pace however often it fails: backing off would let it
+    // run out while the store is reachable again.
+    w.spawn(Periodic::new("lease", beat, e(), move |e| e.renew_lease(beat)).backoff(Backoff::Never));
+    w.spawn(Watchdog { engine: e() });
+    w.spawn(
+        Periodic::new("dispatcher", poll, e(), |e| async move {
+            e.dispatch().await.map(|any| if any { Step::Busy } else { Step::Idle }).map_err(|e| e.to_string())
+        })
+        .woken_by(|e| &e.wake),
+    );
+    w.spawn(Periodic::new("reaper", beat, e(), |e| e.reap()));
+    w.spawn(Periodic::new("cancel-watcher", poll, e(), |e| e.watch_cancels()));
+    w.spawn(Periodic::new("log-watch", LOG_WATCH_EVERY, e(), |e| e.watch_logs()));
 }
 
-/// Kills every attempt before the lease can run out when renewals keep failing.
-fn spawn_watchdog(e: Arc<Engine>, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(async move {
+/// Kills every attempt before the lease can run out when renewals keep failing: every
+/// `WATCHDOG_EVERY`, whatever the store does (its step never touches the store, nor fails).
+struct Watchdog {
+    engine: Arc<Engine>,
+}
+
+#[async_trait::async_trait]
+impl Worker for Watchdog {
+    fn name(&self) -> &'static str {
+        "watchdog"
+    }
+
+    fn interval(&self) -> Duration {
+        WATCHDOG_EVERY
+    }
+
+    async fn step(&mut self) -> Result<Step, String> {
+        let e = &self.engine;
         // Margin between killing our children and the earliest moment another node may take
         // them over: covers the kill itself and the scheduling of this check.
         let deadline = e.cfg.lease_ttl.saturating_sub(e.kill_margin());
-        loop {
-            let since = e.last_renewal.lock().elapsed();
-            if since >= deadline && !e.cut_off.swap(true, Ordering::SeqCst) {
-                tracing::error!(
-                    since_ms = since.as_millis() as u64,
-                    "cannot renew the lease in time; killing every attempt before it runs out"
-                );
-                e.stop_all(Stop::LeaseLost);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                _ = shutdown.changed() => return,
-            }
+        let since = e.last_renewal.lock().elapsed();
+        if since >= deadline && !e.cut_off.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                since_ms = since.as_millis() as u64,
+                "cannot renew the lease in time; killing every attempt before it runs out"
+            );
+            e.stop_all(Stop::LeaseLost);
         }
-    })
+        Ok(Step::Idle)
+    }
 }
 
 impl Node {
@@ -318,14 +306,16 @@ impl Node {
     /// `on_node_loss` policy), releases the lease at once and stops serving.
     ///
     /// Ends within `executor.kill_grace` plus a few seconds whatever the store does: every
-    /// wait on it below has a deadline, and workers still inside a step by then are aborted
-    /// (store transactions are rolled back whatever await they are dropped at).
+    /// wait on it below has a deadline, and workers are cancelled inside their step (store
+    /// transactions are rolled back whatever await they are dropped at), aborted if they have
+    /// not ended `WORKER_EXIT` later.
     pub async fn shutdown(self) {
         let e = &self.engine;
         e.stopping.store(true, Ordering::SeqCst);
         e.stop_all(Stop::Shutdown);
-        // Children get `kill_grace` to exit; recording how they ended, the workers' last
-        // steps and the lease release need the store, and all share one short deadline.
+        // Children get `kill_grace` to exit; recording how they ended and the lease release
+        // need the store, and share one short deadline. The workers (the lease among them)
+        // run until the attempts are done.
         let deadline = tokio::time::Instant::now() + self.kill_grace + SHUTDOWN_STORE_GRACE;
         while e.running() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -337,12 +327,7 @@ impl Node {
             );
         }
         let _ = self.shutdown.send(true);
-        let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(500));
-        for mut t in self.tasks {
-            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
-                t.abort();
-            }
-        }
+        e.workers.shutdown(tokio::time::Instant::now() + WORKER_EXIT).await;
         let generation = e.generation.load(Ordering::SeqCst);
         let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(500));
         match tokio::time::timeout_at(deadline, e.store.release_lease(&self.id, generation)).await {

@@ -805,38 +805,16 @@ impl Triggers {
 }
 
 /// The scheduler and the listener worker of this node.
-pub fn spawn_workers(
-    triggers: &Arc<Triggers>,
-    engine: &Arc<crate::engine::Engine>,
-    shutdown: &tokio::sync::watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let (t, e, stop) = (triggers.clone(), engine.clone(), shutdown.clone());
-    let scheduler = tokio::spawn(async move {
-        crate::workers::run(
-            &e.workers,
-            "scheduler",
-            RELOAD_EVERY,
-            crate::workers::BACKOFF_CAP,
-            Some(&t.changed),
-            stop,
-            || t.schedule_step(),
-        )
-        .await
-    });
-    let (t, e, stop) = (triggers.clone(), engine.clone(), shutdown.clone());
-    let listeners = tokio::spawn(async move {
-        crate::workers::run(
-            &e.workers,
-            "listeners",
-            LISTEN_EVERY,
-            crate::workers::BACKOFF_CAP,
-            Some(&t.changed),
-            stop,
-            || t.listen_step(),
-        )
-        .await
-    });
-    vec![scheduler, listeners]
+pub fn spawn_workers(triggers: &Arc<Triggers>, workers: &crate::workers::Workers) {
+    use crate::workers::Periodic;
+    workers.spawn(
+        Periodic::new("scheduler", RELOAD_EVERY, triggers.clone(), |t| async move { t.schedule_step().await })
+            .woken_by(|t| &t.changed),
+    );
+    workers.spawn(
+        Periodic::new("listeners", LISTEN_EVERY, triggers.clone(), |t| async move { t.listen_step().await })
+            .woken_by(|t| &t.changed),
+    );
 }
 
 #[cfg(test)]

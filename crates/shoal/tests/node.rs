@@ -516,6 +516,39 @@ async fn health_nodes_metrics_openapi(b: Backend) {
     assert_eq!(me["slots"], 4);
     assert!(me["lease_expires_in_ms"].as_i64().unwrap() > 0);
     assert!(me["workers"].as_array().unwrap().iter().any(|w| w["name"] == "lease"));
+    // Issue 10: every background loop is a worker, listed with its state and error counts,
+    // and each is through its first step soon after start.
+    shoal_testkit::wait_until_async("every worker through its first step", T, || async {
+        let (_, me) = n.get("/api/v1/nodes/n1").await;
+        me["workers"].as_array().unwrap().iter().all(|w| w["state"] != "starting")
+    })
+    .await;
+    let (_, me) = n.get("/api/v1/nodes/n1").await;
+    let workers = me["workers"].as_array().unwrap();
+    let mut names: Vec<&str> = workers.iter().map(|w| w["name"].as_str().unwrap()).collect();
+    names.sort();
+    let mut want = [
+        "cancel-watcher",
+        "discovery",
+        "dispatcher",
+        "failure-detector",
+        "lease",
+        "listeners",
+        "log-watch",
+        "membership",
+        "membership-relay",
+        "reaper",
+        "scheduler",
+        "session-relay",
+        "watchdog",
+    ];
+    want.sort();
+    assert_eq!(names, want);
+    for w in workers {
+        assert!(["busy", "idle"].contains(&w["state"].as_str().unwrap()), "{w}");
+        assert_eq!((w["errors"].as_u64(), w["consecutive_errors"].as_u64()), (Some(0), Some(0)), "{w}");
+        assert!(w["last_error"].is_null() && w["last_error_at"].is_null(), "{w}");
+    }
     let id = n.submit(json!({"command": ["true"]})).await;
     n.wait_final(&id, T).await;
     let metrics = n.http.get(format!("{}/metrics", n.url)).send().await.unwrap().text().await.unwrap();
