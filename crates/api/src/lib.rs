@@ -169,6 +169,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(health::api_not_found)
         .layer(middleware::map_response(error::shape_rejections))
         .layer(middleware::map_response_with_state(state.clone(), forward::served_by))
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::time_requests))
         .with_state(state)
 }
 

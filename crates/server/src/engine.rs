@@ -418,9 +418,14 @@ impl Engine {
                 break;
             }
             any = true;
+            self.metrics.claim_batch_size.observe(claimed.len() as f64);
             let mut noops = Vec::new();
             for c in claimed {
                 self.metrics.attempts_started.fetch_add(1, Ordering::Relaxed);
+                if matches!(c.spec.kind, JobKind::Noop) {
+                    // Nothing to spawn: the attempt starts when it is claimed.
+                    self.metrics.dispatch_latency.observe(c.runnable_for().as_secs_f64());
+                }
                 match c.spec.kind {
                     JobKind::Noop => noops.push(Finish {
                         id: c.id,
@@ -576,6 +581,7 @@ impl Engine {
             Err(e) => return spawn_failed(e.to_string()),
         };
         tracing::info!(execution = %c.id, attempt = c.attempt, fence = %c.fence, pid = child.pid(), "attempt started");
+        self.metrics.dispatch_latency.observe(c.runnable_for().as_secs_f64());
         let Some(output) = child.take_output() else {
             child.kill();
             return spawn_failed("no output pipes".into());

@@ -508,6 +508,10 @@ impl Triggers {
                 self.metrics.firings_started.fetch_add(started, Ordering::Relaxed);
                 self.metrics.firings_skipped.fetch_add(f.recorded.len() as u64 - started, Ordering::Relaxed);
                 self.metrics.claims_lost.fetch_add(f.already_claimed as u64, Ordering::Relaxed);
+                for (at, _, _) in f.recorded.iter().filter(|(_, o, _)| *o == FiringOutcome::Started) {
+                    // Claimed ahead of its time (then held until it), a firing is not late.
+                    self.metrics.firing_lateness.observe((store_now - at).max(0) as f64 / 1000.0);
+                }
                 if f.recorded.iter().any(|(_, o, _)| *o == FiringOutcome::Queued) {
                     st.queued.insert(f.schedule_id.clone());
                 } else if f.recorded.iter().any(|(_, o, _)| *o == FiringOutcome::Started) {

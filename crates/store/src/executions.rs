@@ -81,6 +81,20 @@ pub struct Claimed {
     pub attempt: i64,
     pub sandbox: Option<String>,
     pub spec: RunSpec,
+    /// How long the execution had been runnable (since its `run_after`: its submission, or
+    /// the time it was held or retried until) when this claim took it, on the store's clock.
+    pub queued_for: std::time::Duration,
+    /// When the claim returned, on this process's monotonic clock: with `queued_for`, the
+    /// dispatch latency up to any later moment without comparing two machines' clocks.
+    pub claimed_at: std::time::Instant,
+}
+
+impl Claimed {
+    /// How long since the execution became runnable: its wait up to the claim on the
+    /// store's clock, then the time since on this process's.
+    pub fn runnable_for(&self) -> std::time::Duration {
+        self.queued_for + self.claimed_at.elapsed()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -696,7 +710,7 @@ impl Store {
         let scan = (max * 4 + 16) as i64;
         let rows = tx
             .query(
-                "SELECT id, sandbox, spec, pinned_node, concurrency_key, max_concurrent FROM executions
+                "SELECT id, sandbox, spec, pinned_node, concurrency_key, max_concurrent, run_after FROM executions
                  WHERE state = 'queued' AND run_after <= {now}
                  ORDER BY priority DESC, id LIMIT $1 {skip_locked}",
                 vec![scan.into()],
@@ -707,7 +721,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut running_by_key: HashMap<String, i64> = HashMap::new();
-        let mut chosen: Vec<(String, Option<String>, RunSpec)> = Vec::new();
+        let mut chosen: Vec<(String, Option<String>, RunSpec, i64)> = Vec::new();
         for r in &rows {
             if chosen.len() >= max {
                 break;
@@ -740,7 +754,7 @@ impl Store {
                 }
                 *running += 1;
             }
-            chosen.push((r.text(0)?, r.opt_text(1)?, spec));
+            chosen.push((r.text(0)?, r.opt_text(1)?, spec, r.i64(6)?));
         }
         if chosen.is_empty() {
             tx.rollback().await?;
@@ -759,30 +773,33 @@ impl Store {
                  message = $2, updated_at = {{now}}
              FROM (VALUES {}) AS v
              WHERE executions.id = v.column1 AND executions.state = 'queued'
-             RETURNING executions.id, executions.attempt, executions.fence",
+             RETURNING executions.id, executions.attempt, executions.fence, executions.updated_at",
             values_list(chosen.len(), casts, 3)
         );
         let mut params: Vec<Value> = vec![node.id.into(), format!("running on {}", node.id).into()];
-        for (i, (id, _, _)) in chosen.iter().enumerate() {
+        for (i, (id, _, _, _)) in chosen.iter().enumerate() {
             params.push(id.as_str().into());
             if let Some(fence) = fences.get(i) {
                 params.push(fence.0.into());
             }
         }
         let updated = tx.query(&sql, params).await?;
-        let mut attempts: HashMap<String, (i64, i64)> = HashMap::new();
+        // `updated_at` is now the claim's time on the store's clock.
+        let mut attempts: HashMap<String, (i64, i64, i64)> = HashMap::new();
         for r in &updated {
-            attempts.insert(r.text(0)?, (r.i64(1)?, r.i64(2)?));
+            attempts.insert(r.text(0)?, (r.i64(1)?, r.i64(2)?, r.i64(3)?));
         }
         let mut claimed = Vec::with_capacity(updated.len());
-        for (id, sandbox, spec) in chosen {
-            if let Some((attempt, fence)) = attempts.get(&id) {
+        for (id, sandbox, spec, run_after) in chosen {
+            if let Some((attempt, fence, now)) = attempts.get(&id) {
                 claimed.push(Claimed {
                     id: ExecutionId::from_trusted(id),
                     fence: FencingToken(*fence),
                     attempt: *attempt,
                     sandbox,
                     spec,
+                    queued_for: std::time::Duration::from_millis((now - run_after).max(0) as u64),
+                    claimed_at: std::time::Instant::now(),
                 });
             }
         }

@@ -265,6 +265,70 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
 }
 
+/// Every series of metric `name` in `/metrics` text: its labels (`key`, `value`) and value.
+pub fn series(text: &str, name: &str) -> Vec<(Vec<(String, String)>, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (labels, value) = match rest.strip_prefix('{') {
+            // Label values may hold braces (`route="/executions/{id}"`); the value holds none.
+            Some(inner) => match inner.rsplit_once('}') {
+                Some((labels, value)) => (parse_labels(labels), value),
+                None => continue,
+            },
+            None if rest.starts_with(' ') => (Vec::new(), rest),
+            None => continue, // another metric whose name starts with `name`
+        };
+        if let Ok(v) = value.trim().parse() {
+            out.push((labels, v));
+        }
+    }
+    out
+}
+
+/// `a="x",b="y"` (values escaped as the text format escapes them) as pairs.
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, other)) => value.push(other),
+                    None => {}
+                },
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        pairs.push((key.trim_start_matches(',').to_owned(), value));
+        rest = &after[end..];
+    }
+    pairs
+}
+
+/// The value of the series of `name` whose labels include all of `labels`, if there is one.
+pub fn metric_where(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    series(text, name).into_iter().find_map(|(have, v)| {
+        labels.iter().all(|(k, want)| have.iter().any(|(hk, hv)| hk == k && hv == want)).then_some(v)
+    })
+}
+
+/// A histogram's count and sum for the series whose labels include all of `labels`
+/// (0 and 0 when it has none yet).
+pub fn histogram(text: &str, name: &str, labels: &[(&str, &str)]) -> (u64, f64) {
+    let count = metric_where(text, &format!("{name}_count"), labels).unwrap_or(0.0) as u64;
+    let sum = metric_where(text, &format!("{name}_sum"), labels).unwrap_or(0.0);
+    (count, sum)
+}
+
 /// A node's `/metrics` text.
 pub async fn metrics_text(n: &TestNode) -> String {
     n.http.get(format!("{}/metrics", n.url)).send().await.unwrap().text().await.unwrap()
