@@ -47,6 +47,22 @@ async fn counters_and_histograms_match_what_ran() {
     }
     ids.push(n.submit(json!({"sandbox": "s", "job": "fail.toml"})).await);
     ids.push(n.submit(json!({"sandbox": "s", "job": "jobs/noop.toml"})).await);
+    // A replayed submission (same idempotency key) creates nothing: it is not counted.
+    for want in [201, 200] {
+        let resp = n
+            .http
+            .post(format!("{}/api/v1/executions", n.url))
+            .header("Idempotency-Key", "once")
+            .json(&json!({"sandbox": "s", "job": "jobs/noop.toml"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), want);
+        let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        if want == 201 {
+            ids.push(id);
+        }
+    }
     let mut attempts = 0;
     let mut printed = 0;
     for id in &ids {
@@ -54,42 +70,43 @@ async fn counters_and_histograms_match_what_ran() {
         attempts += e["attempt"].as_u64().unwrap();
         printed += n.logs(id).await.len() as u64;
     }
-    assert_eq!(attempts, 6, "three prints, a failure retried once, a no-op");
+    assert_eq!(attempts, 7, "three prints, a failure retried once, two no-ops");
     assert_eq!(printed, 3 * PRINT_BYTES + 2, "the output the jobs printed, as the store keeps it");
     // A request that matches no route, with an id in its path.
     let (status, _) = n.get(&format!("/api/v1/nowhere/{}", ids[0])).await;
     assert_eq!(status, 404);
 
-    let text = metrics_when(&n, "six attempts finished", |t| count(t, "shoal_attempts_finished_total") == 6).await;
+    let text = metrics_when(&n, "seven attempts finished", |t| count(t, "shoal_attempts_finished_total") == 7).await;
     let elapsed = began.elapsed().as_secs_f64();
-    assert_eq!(count(&text, "shoal_executions_submitted_total"), 5, "{text}");
-    assert_eq!(count(&text, "shoal_attempts_started_total"), 6, "{text}");
+    assert_eq!(count(&text, "shoal_executions_submitted_total"), 6, "{text}");
+    assert_eq!(count(&text, "shoal_attempts_started_total"), 7, "{text}");
     assert_eq!(count(&text, "shoal_attempts_fenced_total"), 0, "{text}");
     assert_eq!(count(&text, "shoal_takeovers_total"), 0, "{text}");
     assert_eq!(count(&text, "shoal_lease_renewal_failures_total"), 0, "{text}");
     assert_eq!(count(&text, "shoal_log_bytes_written_total"), printed, "every byte printed, counted once: {text}");
     assert_eq!(count(&text, "shoal_running_attempts"), 0, "{text}");
-    assert_eq!(metric_where(&text, "shoal_executions", &[("state", "succeeded")]), Some(4.0), "{text}");
+    assert_eq!(metric_where(&text, "shoal_executions", &[("state", "succeeded")]), Some(5.0), "{text}");
     assert_eq!(metric_where(&text, "shoal_executions", &[("state", "failed")]), Some(1.0), "{text}");
 
     // One dispatch latency per attempt started, each within the test's run.
     let (latencies, latency_sum) = histogram(&text, "shoal_dispatch_latency_seconds", &[("node", "n1")]);
-    assert_eq!(latencies, 6, "{text}");
-    assert!(latency_sum > 0.0 && latency_sum < 6.0 * elapsed, "{latency_sum} s over 6 attempts in {elapsed} s");
+    assert_eq!(latencies, 7, "{text}");
+    assert!(latency_sum > 0.0 && latency_sum < 7.0 * elapsed, "{latency_sum} s over 7 attempts in {elapsed} s");
     // Every attempt was claimed once, in claims of at least one row.
     let (claims, claimed) = histogram(&text, "shoal_claim_batch_size", &[("node", "n1")]);
-    assert_eq!(claimed, 6.0, "{text}");
-    assert!((1..=6).contains(&claims), "{claims} claims: {text}");
+    assert_eq!(claimed, 7.0, "{text}");
+    assert!((1..=7).contains(&claims), "{claims} claims: {text}");
 
-    // Requests by route template and status: the five submissions exactly, the polls of
-    // each execution, the unmatched one; never a raw path or id.
+    // Requests by route template and status: the six submissions and the replay exactly,
+    // the polls of each execution, the unmatched one; never a raw path or id.
     let requests = |route: &str, status: &str| {
         histogram(&text, "shoal_http_request_duration_seconds", &[("route", route), ("status", status)])
     };
-    assert_eq!(requests("/api/v1/executions", "201").0, 5, "{text}");
+    assert_eq!(requests("/api/v1/executions", "201").0, 6, "{text}");
+    assert_eq!(requests("/api/v1/executions", "200").0, 1, "{text}");
     assert_eq!(requests("/api/v1/sandboxes", "201").0, 1, "{text}");
-    assert!(requests("/api/v1/executions/{id}", "200").0 >= 5, "{text}");
-    assert_eq!(requests("/api/v1/executions/{id}/logs", "200").0, 5, "{text}");
+    assert!(requests("/api/v1/executions/{id}", "200").0 >= 6, "{text}");
+    assert_eq!(requests("/api/v1/executions/{id}/logs", "200").0, 6, "{text}");
     assert_eq!(requests("unmatched", "404").0, 1, "{text}");
     for id in &ids {
         assert!(!text.contains(id.as_str()), "an execution id in the labels: {text}");
