@@ -3,87 +3,102 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use shoal_store::StoreError;
+pub use shoal_wire::ErrorCode;
 
+/// An error answer: its code (which fixes the status, see [`ErrorCode`]), a message saying
+/// what to fix, and optional machine-readable details.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub details: Option<serde_json::Value>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-macro_rules! codes {
-    ($($fn:ident => ($status:ident, $code:literal)),* $(,)?) => {
+macro_rules! constructors {
+    ($($fn:ident => $code:ident),* $(,)?) => {
         impl ApiError {
             $(pub fn $fn(message: impl Into<String>) -> ApiError {
-                ApiError { status: StatusCode::$status, code: $code, message: message.into(), details: None }
+                ApiError::new(ErrorCode::$code, message)
             })*
         }
-        /// Every code the API can answer with, for the OpenAPI document and the docs test.
-        pub const ALL_CODES: &[(&str, u16)] = &[$(($code, StatusCode::$status.as_u16())),*];
     };
 }
 
-codes! {
-    bad_request => (BAD_REQUEST, "bad_request"),
-    invalid_json => (BAD_REQUEST, "invalid_json"),
-    invalid_query => (BAD_REQUEST, "invalid_query"),
-    invalid_path => (BAD_REQUEST, "invalid_path"),
-    unauthorized => (UNAUTHORIZED, "unauthorized"),
-    invalid_signature => (UNAUTHORIZED, "invalid_signature"),
-    not_found => (NOT_FOUND, "not_found"),
-    unknown_schedule => (NOT_FOUND, "unknown_schedule"),
-    unknown_listener => (NOT_FOUND, "unknown_listener"),
-    unknown_hook => (NOT_FOUND, "unknown_hook"),
-    method_not_allowed => (METHOD_NOT_ALLOWED, "method_not_allowed"),
-    already_exists => (CONFLICT, "already_exists"),
-    conflict => (CONFLICT, "conflict"),
-    execution_finished => (CONFLICT, "execution_finished"),
-    sandbox_not_here => (CONFLICT, "sandbox_not_here"),
-    payload_too_large => (PAYLOAD_TOO_LARGE, "payload_too_large"),
-    unsupported_media_type => (UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-    invalid_request => (UNPROCESSABLE_ENTITY, "invalid_request"),
-    invalid_job => (UNPROCESSABLE_ENTITY, "invalid_job"),
-    unknown_sandbox => (UNPROCESSABLE_ENTITY, "unknown_sandbox"),
-    unknown_job => (UNPROCESSABLE_ENTITY, "unknown_job"),
-    missing_parameter => (UNPROCESSABLE_ENTITY, "missing_parameter"),
-    unknown_parameter => (UNPROCESSABLE_ENTITY, "unknown_parameter"),
-    invalid_parameter => (UNPROCESSABLE_ENTITY, "invalid_parameter"),
-    unknown_node => (UNPROCESSABLE_ENTITY, "unknown_node"),
-    unknown_tag => (UNPROCESSABLE_ENTITY, "unknown_tag"),
-    invalid_partitions => (UNPROCESSABLE_ENTITY, "invalid_partitions"),
-    invalid_cron => (UNPROCESSABLE_ENTITY, "invalid_cron"),
-    unknown_time_zone => (UNPROCESSABLE_ENTITY, "unknown_time_zone"),
-    invalid_pattern => (UNPROCESSABLE_ENTITY, "invalid_pattern"),
-    idempotency_key_reused => (UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
-    internal => (INTERNAL_SERVER_ERROR, "internal"),
-    store_unavailable => (SERVICE_UNAVAILABLE, "store_unavailable"),
-    node_unavailable => (SERVICE_UNAVAILABLE, "node_unavailable"),
-    not_ready => (SERVICE_UNAVAILABLE, "not_ready"),
-    too_many_connections => (SERVICE_UNAVAILABLE, "too_many_connections"),
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError { status, code, message: message.into(), details: None }
+    }
+}
+
+// The table of codes and statuses is `shoal_wire::ErrorCode`; these are its constructors.
+constructors! {
+    bad_request => BadRequest,
+    invalid_json => InvalidJson,
+    invalid_query => InvalidQuery,
+    invalid_path => InvalidPath,
+    unauthorized => Unauthorized,
+    invalid_signature => InvalidSignature,
+    not_found => NotFound,
+    unknown_schedule => UnknownSchedule,
+    unknown_listener => UnknownListener,
+    unknown_hook => UnknownHook,
+    method_not_allowed => MethodNotAllowed,
+    already_exists => AlreadyExists,
+    conflict => Conflict,
+    execution_finished => ExecutionFinished,
+    sandbox_not_here => SandboxNotHere,
+    payload_too_large => PayloadTooLarge,
+    unsupported_media_type => UnsupportedMediaType,
+    invalid_request => InvalidRequest,
+    invalid_job => InvalidJob,
+    unknown_sandbox => UnknownSandbox,
+    unknown_job => UnknownJob,
+    missing_parameter => MissingParameter,
+    unknown_parameter => UnknownParameter,
+    invalid_parameter => InvalidParameter,
+    unknown_node => UnknownNode,
+    unknown_tag => UnknownTag,
+    invalid_partitions => InvalidPartitions,
+    invalid_cron => InvalidCron,
+    unknown_time_zone => UnknownTimeZone,
+    invalid_pattern => InvalidPattern,
+    idempotency_key_reused => IdempotencyKeyReused,
+    internal => Internal,
+    store_unavailable => StoreUnavailable,
+    node_unavailable => NodeUnavailable,
+    not_ready => NotReady,
+    too_many_connections => TooManyConnections,
 }
 
 impl ApiError {
-    pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
-        self.details = Some(details);
+    pub fn with_details(mut self, details: impl serde::Serialize) -> ApiError {
+        self.details = serde_json::to_value(details).ok();
         self
+    }
+
+    /// The body this error is answered with.
+    pub fn body(&self) -> shoal_wire::ErrorResponse {
+        shoal_wire::ErrorResponse {
+            error: shoal_wire::ErrorBody {
+                code: self.code.as_str().to_owned(),
+                message: self.message.clone(),
+                details: self.details.clone(),
+            },
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
-            tracing::warn!(code = self.code, status = self.status.as_u16(), message = %self.message, "request failed");
+            tracing::warn!(code = self.code.as_str(), status = self.status.as_u16(), message = %self.message, "request failed");
         }
-        let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(d) = self.details {
-            error["details"] = d;
-        }
-        let mut response = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        let mut response = (self.status, axum::Json(self.body())).into_response();
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was never read: the connection cannot carry another
             // request, so say so rather than let the client reuse it and fail.

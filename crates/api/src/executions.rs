@@ -14,67 +14,44 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use shoal_core::{
-    Allocation, ExecState, ExecutionId, JobKind, JobSpec, OnNodeLoss, ParamError, RunSpec, SandboxKind, SandboxPath,
-};
+use shoal_core::{Allocation, ExecState, ExecutionId, JobKind, JobSpec, ParamError, RunSpec, SandboxKind, SandboxPath};
 use shoal_store::{CancelResult, ExecutionFilter, ExecutionRow, NewExecution, Submitted};
-use std::collections::BTreeMap;
+use shoal_wire as wire;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Submit {
-    sandbox: Option<String>,
-    job: Option<String>,
-    #[serde(default)]
-    params: BTreeMap<String, Value>,
-    /// An inline command instead of a job file.
-    command: Option<Vec<String>>,
-    // Settings of an inline command (a job file carries its own).
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    workdir: Option<String>,
-    timeout: Option<String>,
-    retries: Option<u32>,
-    retry_backoff: Option<String>,
-    on_node_loss: Option<OnNodeLoss>,
-    allocation: Option<Allocation>,
-    /// Queue even if no known node matches `allocation` yet.
-    allow_pending: Option<bool>,
-    /// Overrides the job's priority (higher runs first).
-    priority: Option<i32>,
-}
-
-pub fn execution_json(e: &ExecutionRow) -> Value {
-    let command = match &e.spec.kind {
-        JobKind::Process { command } => json!(command),
-        JobKind::Noop => Value::Null,
+/// An execution row as the API shows it.
+pub fn execution(e: &ExecutionRow) -> ApiResult<wire::Execution> {
+    let (kind, command) = match &e.spec.kind {
+        JobKind::Process { command } => (wire::JobKind::Process, Some(command.clone())),
+        JobKind::Noop => (wire::JobKind::Noop, None),
     };
-    json!({
-        "id": e.id,
-        "sandbox": e.sandbox,
-        "job": e.job,
-        "kind": match e.spec.kind { JobKind::Process { .. } => "process", JobKind::Noop => "noop" },
-        "command": command,
-        "state": e.state,
-        "reason": e.reason,
-        "message": e.message,
-        "exit_code": e.exit_code,
-        "signal": e.signal,
-        "attempt": e.attempt,
-        "node": e.node_id,
-        "params": e.params,
-        "priority": e.spec.priority,
-        "timeout_ms": e.spec.timeout_ms,
-        "retries": e.spec.retries,
-        "cancel_requested_by": e.cancel_requested,
-        "created_at": crate::rfc3339(e.created_at),
-        "started_at": e.started_at.map(crate::rfc3339),
-        "finished_at": e.finished_at.map(crate::rfc3339),
-        "updated_at": crate::rfc3339(e.updated_at),
-        "parent": e.parent_id,
-        "partition": e.partition,
+    Ok(wire::Execution {
+        id: e.id.to_string(),
+        sandbox: e.sandbox.clone(),
+        job: e.job.clone(),
+        kind,
+        command,
+        state: crate::convert::exec_state(e.state),
+        reason: crate::convert::named("execution reason", &e.reason)?,
+        message: e.message.clone(),
+        exit_code: e.exit_code,
+        signal: e.signal,
+        attempt: e.attempt,
+        node: e.node_id.clone(),
+        params: e.params.clone(),
+        priority: e.spec.priority,
+        timeout_ms: e.spec.timeout_ms,
+        retries: e.spec.retries,
+        cancel_requested_by: e.cancel_requested.clone(),
+        created_at: crate::rfc3339(e.created_at),
+        started_at: e.started_at.map(crate::rfc3339),
+        finished_at: e.finished_at.map(crate::rfc3339),
+        updated_at: crate::rfc3339(e.updated_at),
+        parent: e.parent_id.clone(),
+        partition: e.partition.clone(),
+        attempts: None,
+        children: None,
     })
 }
 
@@ -154,10 +131,11 @@ async fn check_workdir_resolves_inside(root: &str, workdir: &str) -> Result<(), 
     .unwrap_or_else(|e| Err(format!("cannot check workdir: {e}")))
 }
 
+#[utoipa::path(post, path = "/executions", operation_id = "submitExecution", tag = "executions", request_body = wire::SubmitRequest, params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. A request repeated with the same key and body answers the execution the first created (200); with another body 422 `idempotency_key_reused`.")), responses((status = 201, description = "Queued: the execution's row is committed.", body = wire::Execution), (status = 200, description = "Replayed: an earlier request with the same `Idempotency-Key` and body created this execution.", body = wire::Execution)))]
 pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<Response> {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
-    let (req, raw): (Submit, Value) = body::json(headers, body, state.limits.max_request_bytes).await?;
+    let (req, raw): (wire::SubmitRequest, Value) = body::json(headers, body, state.limits.max_request_bytes).await?;
     let idempotency = match headers.get("idempotency-key") {
         Some(k) => {
             let key =
@@ -276,8 +254,8 @@ pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<
             if let Some(b) = duration_field("retry_backoff", &req.retry_backoff)? {
                 spec.retry_backoff_ms = b.as_millis() as u64;
             }
-            spec.on_node_loss = req.on_node_loss.unwrap_or_default();
-            spec.allocation = req.allocation.clone().unwrap_or_default();
+            spec.on_node_loss = req.on_node_loss.map(crate::convert::on_node_loss).unwrap_or_default();
+            spec.allocation = req.allocation.clone().map(crate::convert::allocation).unwrap_or_default();
             spec.allow_pending = req.allow_pending.unwrap_or(false);
             spec.validate().map_err(ApiError::invalid_request)?;
             if let (Some(w), Some(s)) = (&spec.workdir, &sandbox) {
@@ -349,14 +327,14 @@ pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<
         Submitted::Created(row) => {
             state.metrics.executions_submitted.fetch_add(1, Ordering::Relaxed);
             let location = format!("/api/v1/executions/{}", row.id);
-            let mut r = (StatusCode::CREATED, Json(execution_json(&row))).into_response();
+            let mut r = (StatusCode::CREATED, Json(execution(&row)?)).into_response();
             if let Ok(v) = HeaderValue::from_str(&location) {
                 r.headers_mut().insert(header::LOCATION, v);
             }
             Ok(r)
         }
         Submitted::Replayed(row) => {
-            let mut r = (StatusCode::OK, Json(execution_json(&row))).into_response();
+            let mut r = (StatusCode::OK, Json(execution(&row)?)).into_response();
             r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             Ok(r)
         }
@@ -435,10 +413,11 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
+#[utoipa::path(get, path = "/executions", operation_id = "listExecutions", tag = "executions", params(("state" = Option<wire::ExecutionState>, Query, description = "Only executions in this state."), ("sandbox" = Option<String>, Query, description = "Only executions in this sandbox."), ("job" = Option<String>, Query, description = "Only executions of this job file."), ("node" = Option<String>, Query, description = "Only executions whose current or last attempt ran on this node."), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)."), ("cursor" = Option<String>, Query, format = "uuid", description = "`next_cursor` of the previous page.")), responses((status = 200, description = "A page of executions, newest first.", body = wire::ExecutionList)))]
 pub async fn list(
     state: State,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::ExecutionList>> {
     let Query(q) = query.map_err(|e| {
         ApiError::invalid_query(format!("{}; filters are state, sandbox, job, node, limit and cursor", e.body_text()))
     })?;
@@ -475,7 +454,8 @@ pub async fn list(
         })
         .await?;
     let next = if rows.len() as i64 == limit { rows.last().map(|r| r.id.to_string()) } else { None };
-    Ok(Json(json!({ "executions": rows.iter().map(execution_json).collect::<Vec<_>>(), "next_cursor": next })))
+    let executions = rows.iter().map(execution).collect::<ApiResult<_>>()?;
+    Ok(Json(wire::ExecutionList { executions, next_cursor: next }))
 }
 
 async fn find_execution(state: &crate::AppState, id: &str) -> ApiResult<ExecutionRow> {
@@ -484,31 +464,37 @@ async fn find_execution(state: &crate::AppState, id: &str) -> ApiResult<Executio
     state.store.get_execution(id.as_str()).await?.ok_or_else(not_found)
 }
 
-pub async fn get(state: State, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/executions/{id}", operation_id = "getExecution", tag = "executions", params(("id" = String, Path, description = "Execution id (a UUID). Anything else is answered 404.")), responses((status = 200, description = "The execution, with its attempts (and a partitioned one's children).", body = wire::Execution)))]
+pub async fn get(state: State, Path(id): Path<String>) -> ApiResult<Json<wire::Execution>> {
     let row = find_execution(&state, &id).await?;
-    let mut v = execution_json(&row);
+    let mut v = execution(&row)?;
     let attempts = state.store.list_attempts(row.id.as_str()).await?;
-    v["attempts"] = attempts
-        .iter()
-        .map(|a| {
-            json!({
-                "attempt": a.attempt,
-                "node": a.node_id,
-                "fencing_token": a.fence.0,
-                "started_at": crate::rfc3339(a.started_at),
-                "finished_at": a.finished_at.map(crate::rfc3339),
-                "outcome": a.outcome,
+    v.attempts = Some(
+        attempts
+            .iter()
+            .map(|a| wire::Attempt {
+                attempt: a.attempt,
+                node: a.node_id.clone(),
+                fencing_token: a.fence.0,
+                started_at: crate::rfc3339(a.started_at),
+                finished_at: a.finished_at.map(crate::rfc3339),
+                outcome: a.outcome.clone(),
             })
-        })
-        .collect();
+            .collect(),
+    );
     if matches!(row.spec.allocation, Allocation::Partitioned { .. }) && row.parent_id.is_none() {
         let children = state.store.list_children(row.id.as_str()).await?;
-        v["children"] = children.iter().map(execution_json).collect();
+        v.children = Some(children.iter().map(execution).collect::<ApiResult<_>>()?);
     }
     Ok(Json(v))
 }
 
-pub async fn cancel(state: State, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<(StatusCode, Json<Value>)> {
+#[utoipa::path(post, path = "/executions/{id}/cancel", operation_id = "cancelExecution", tag = "executions", params(("id" = String, Path, description = "Execution id (a UUID). Anything else is answered 404."), ("X-Shoal-User" = Option<String>, Header, description = "Who asks, recorded in `cancel_requested_by` (default `api`).")), responses((status = 200, description = "Cancelled: it had not started.", body = wire::Execution), (status = 202, description = "Cancellation requested: the node running it stops it.", body = wire::Execution)))]
+pub async fn cancel(
+    state: State,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<(StatusCode, Json<wire::Execution>)> {
     let row = find_execution(&state, &id).await?;
     let by = headers
         .get("x-shoal-user")
@@ -530,7 +516,7 @@ pub async fn cancel(state: State, Path(id): Path<String>, headers: HeaderMap) ->
         }
     };
     let row = find_execution(&state, &id).await?;
-    Ok((status, Json(execution_json(&row))))
+    Ok((status, Json(execution(&row)?)))
 }
 
 #[derive(Deserialize)]
@@ -540,6 +526,7 @@ pub struct LogQuery {
     stream: Option<String>,
 }
 
+#[utoipa::path(get, path = "/executions/{id}/logs", operation_id = "getExecutionLogs", tag = "executions", params(("id" = String, Path, description = "Execution id (a UUID). Anything else is answered 404."), ("follow" = Option<bool>, Query, description = "Keep the response open and stream new output until the execution ends."), ("stream" = Option<wire::LogStream>, Query, description = "Which output (default both).")), responses((status = 200, description = "The output bytes. If reading fails part-way, a line `[shoal: log stream ended: ...]` ends the body.", body = String, content_type = "text/plain; charset=utf-8")))]
 pub async fn logs(
     state: State,
     Path(id): Path<String>,

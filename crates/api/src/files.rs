@@ -24,8 +24,8 @@ use axum::Json;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use futures::StreamExt;
-use serde_json::json;
 use shoal_core::SandboxPath;
+use shoal_wire as wire;
 use std::io;
 use tokio::io::AsyncWriteExt;
 
@@ -98,16 +98,23 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + '
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(e.to_string()))?
 }
 
+#[utoipa::path(get, path = "/sandboxes/{name}/files", operation_id = "listSandboxRoot", tag = "files", params(("name" = String, Path, description = "Sandbox name."), ("partition" = Option<String>, Query, description = "Partitioned sandboxes only, and required there: which partition's files.")), responses((status = 200, description = "The root folder's listing.", body = wire::FolderListing)))]
 pub async fn get_root(state: State, Path(name): Path<String>, request: Request) -> ApiResult<Response> {
     serve_get(state, name, String::new(), request).await
 }
 
+#[utoipa::path(get, path = "/sandboxes/{name}/files/", operation_id = "listSandboxRootSlash", tag = "files", params(("name" = String, Path, description = "Sandbox name."), ("partition" = Option<String>, Query, description = "Partitioned sandboxes only, and required there: which partition's files.")), responses((status = 200, description = "The root folder's listing (as without the trailing slash).", body = wire::FolderListing)))]
+pub async fn get_root_slash(state: State, Path(name): Path<String>, request: Request) -> ApiResult<Response> {
+    serve_get(state, name, String::new(), request).await
+}
+
+#[utoipa::path(get, path = "/sandboxes/{name}/files/{*path}", operation_id = "getSandboxFile", tag = "files", params(("name" = String, Path, description = "Sandbox name."), ("path" = String, Path, allow_reserved, description = "Path inside the sandbox, relative to its root; may contain `/`. Absolute paths, `..`, NUL bytes, paths over 4096 bytes, names over 255 bytes and paths that are not UTF-8 once percent-decoded are refused (400 `invalid_path`), as are paths that lead outside the sandbox through a symlink. Upload temporaries (`.shoal-upload-*`) are never listed, downloaded or deleted (404 `not_found`) nor uploaded to (400 `invalid_path`)."), ("partition" = Option<String>, Query, description = "Partitioned sandboxes only, and required there: which partition's files.")), responses((status = 200, description = "A folder: its listing as JSON. A file: its bytes.", content((wire::FolderListing = "application/json"), (Vec<u8> = "application/octet-stream")))))]
 pub async fn get(state: State, Path((name, path)): Path<(String, String)>, request: Request) -> ApiResult<Response> {
     serve_get(state, name, path, request).await
 }
 
 enum Found {
-    Folder(Vec<serde_json::Value>),
+    Folder(Vec<wire::FileEntry>),
     File(std::fs::File, u64),
 }
 
@@ -134,14 +141,17 @@ async fn serve_get(state: State, name: String, raw: String, request: Request) ->
                 }
                 let Ok(m) = entry.metadata() else { continue };
                 let child = if shown.is_empty() { fname.clone() } else { format!("{shown}/{fname}") };
-                entries.push(json!({
-                    "name": fname,
-                    "path": child,
-                    "kind": if m.is_dir() { "folder" } else if m.is_symlink() { "symlink" } else { "file" },
-                    "size": if m.is_dir() { 0 } else { m.len() },
-                }));
+                let kind = if m.is_dir() {
+                    wire::FileKind::Folder
+                } else if m.is_symlink() {
+                    wire::FileKind::Symlink
+                } else {
+                    wire::FileKind::File
+                };
+                let size = if m.is_dir() { 0 } else { m.len() };
+                entries.push(wire::FileEntry { name: fname, path: child, kind, size });
             }
-            entries.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(Found::Folder(entries))
         } else {
             let f = dir.open(&rel).map_err(|e| resolve_error(&shown, e))?;
@@ -151,7 +161,7 @@ async fn serve_get(state: State, name: String, raw: String, request: Request) ->
     .await?;
     match found {
         Found::Folder(entries) => {
-            Ok(Json(json!({ "path": raw.trim_matches('/'), "entries": entries })).into_response())
+            Ok(Json(wire::FolderListing { path: raw.trim_matches('/').to_owned(), entries }).into_response())
         }
         Found::File(file, len) => {
             let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
@@ -167,6 +177,7 @@ async fn serve_get(state: State, name: String, raw: String, request: Request) ->
     }
 }
 
+#[utoipa::path(put, path = "/sandboxes/{name}/files/{*path}", operation_id = "putSandboxFile", tag = "files", params(("name" = String, Path, description = "Sandbox name."), ("path" = String, Path, allow_reserved, description = "Path inside the sandbox, relative to its root; may contain `/`. Absolute paths, `..`, NUL bytes, paths over 4096 bytes, names over 255 bytes and paths that are not UTF-8 once percent-decoded are refused (400 `invalid_path`), as are paths that lead outside the sandbox through a symlink. Upload temporaries (`.shoal-upload-*`) are never listed, downloaded or deleted (404 `not_found`) nor uploaded to (400 `invalid_path`)."), ("partition" = Option<String>, Query, description = "Partitioned sandboxes only, and required there: which partition's files.")), request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The file's bytes. Written to a temporary beside the target and renamed into place, so a reader never sees half a file."), responses((status = 200, description = "An existing file was replaced.", body = wire::Upload), (status = 201, description = "A new file was created.", body = wire::Upload)))]
 pub async fn put(state: State, Path((name, raw)): Path<(String, String)>, request: Request) -> ApiResult<Response> {
     let sandbox = crate::sandboxes::locate(find(&state, &name).await?, request.uri().query())?;
     // Before the body is touched, so an upload streams through to the holder.
@@ -269,9 +280,10 @@ pub async fn put(state: State, Path((name, raw)): Path<(String, String)>, reques
         return Err(e);
     }
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(json!({ "path": shown, "size": written }))).into_response())
+    Ok((status, Json(wire::Upload { path: shown, size: written })).into_response())
 }
 
+#[utoipa::path(delete, path = "/sandboxes/{name}/files/{*path}", operation_id = "deleteSandboxFile", tag = "files", params(("name" = String, Path, description = "Sandbox name."), ("path" = String, Path, allow_reserved, description = "Path inside the sandbox, relative to its root; may contain `/`. Absolute paths, `..`, NUL bytes, paths over 4096 bytes, names over 255 bytes and paths that are not UTF-8 once percent-decoded are refused (400 `invalid_path`), as are paths that lead outside the sandbox through a symlink. Upload temporaries (`.shoal-upload-*`) are never listed, downloaded or deleted (404 `not_found`) nor uploaded to (400 `invalid_path`)."), ("partition" = Option<String>, Query, description = "Partitioned sandboxes only, and required there: which partition's files.")), responses((status = 204, description = "Deleted.")))]
 pub async fn delete(state: State, Path((name, raw)): Path<(String, String)>, request: Request) -> ApiResult<Response> {
     let sandbox = crate::sandboxes::locate(find(&state, &name).await?, request.uri().query())?;
     if let Some(holder) = held_elsewhere(&state, &sandbox) {

@@ -533,7 +533,7 @@ mod tests {
         assert_eq!(n2.verify(&Method::PUT, PATH, &h, NOW + 10).unwrap(), Forwarded { from: "n1".into() });
         let again = n2.verify(&Method::PUT, PATH, &h, NOW + 20).unwrap_err();
         assert_eq!(
-            (again.code, again.message.as_str()),
+            (again.code.as_str(), again.message.as_str()),
             ("invalid_signature", "forwarded request was already received (replayed nonce)")
         );
         // A new request (new nonce) at the same moment is fine.

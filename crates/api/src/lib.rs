@@ -5,6 +5,7 @@
 //! so this crate does not depend on how nodes run work.
 
 mod body;
+mod convert;
 mod error;
 mod executions;
 mod files;
@@ -15,16 +16,16 @@ pub mod listeners;
 mod logwatch;
 mod metrics;
 mod nodes;
+mod openapi;
 mod sandboxes;
 pub mod schedules;
 
-pub use error::{ApiError, ApiResult, ALL_CODES};
+pub use error::{ApiError, ApiResult, ErrorCode};
 pub use forward::{forward_to_node, Forwarded, Forwarder, REPLAY_WINDOW, SERVED_BY};
 pub use logwatch::{Follow, LogHub};
 pub use metrics::Metrics;
 
 use axum::middleware;
-use axum::routing::{get, post};
 use axum::Router;
 use shoal_store::Store;
 use std::sync::Arc;
@@ -62,35 +63,7 @@ pub trait Engine: Send + Sync + 'static {
 }
 
 /// How a background worker of this node is doing (`GET /api/v1/nodes/{id}`).
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct WorkerStatus {
-    pub name: String,
-    pub state: WorkerState,
-    /// The message of the last failed step, kept after later successes.
-    pub last_error: Option<String>,
-    /// When the last step failed (RFC 3339, UTC, on this node's clock).
-    pub last_error_at: Option<String>,
-    /// Failed steps since the last one that succeeded.
-    pub consecutive_errors: u64,
-    /// Failed steps since the node started.
-    pub errors: u64,
-}
-
-/// What a background worker is doing, as its last step left it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkerState {
-    /// Not through its first step yet.
-    Starting,
-    /// Its last step did work; it runs again at once.
-    Busy,
-    /// Its last step found nothing to do; it waits for its interval or for work.
-    Idle,
-    /// Its last step failed; it waits out its backoff before the next.
-    Error,
-    /// Ended by the node's shutdown.
-    Stopped,
-}
+pub use shoal_wire::{WorkerState, WorkerStatus};
 
 /// This node, as the API describes it.
 #[derive(Clone, Debug)]
@@ -127,50 +100,30 @@ pub struct AppState {
 
 pub type State = axum::extract::State<Arc<AppState>>;
 
-/// The whole HTTP surface of a node.
+/// The whole HTTP surface of a node: the routes of [`openapi::router`] (each described in the
+/// OpenAPI document by its handler) behind the API's fallbacks and layers.
 pub fn router(state: Arc<AppState>) -> Router {
-    let api = Router::new()
-        .route("/nodes", get(nodes::list))
-        .route("/nodes/{id}", get(nodes::get))
-        .route("/nodes/{id}/drain", post(nodes::drain))
-        .route("/nodes/{id}/suspend", post(nodes::suspend))
-        .route("/nodes/{id}/resume", post(nodes::resume))
-        .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
-        .route("/sandboxes/{name}", get(sandboxes::get).delete(sandboxes::delete))
-        .route("/sandboxes/{name}/jobs", get(sandboxes::jobs))
-        .route("/sandboxes/{name}/files", get(files::get_root))
-        .route("/sandboxes/{name}/files/", get(files::get_root))
-        .route("/sandboxes/{name}/files/{*path}", get(files::get).put(files::put).delete(files::delete))
-        .route("/executions", get(executions::list).post(executions::submit))
-        .route("/executions/{id}", get(executions::get))
-        .route("/executions/{id}/logs", get(executions::logs))
-        .route("/executions/{id}/cancel", post(executions::cancel))
-        .route("/schedules", get(schedules::list).post(schedules::create))
-        .route("/schedules/preview", post(schedules::preview_expression))
-        .route("/schedules/{id}", get(schedules::get).patch(schedules::patch).delete(schedules::delete))
-        .route("/schedules/{id}/firings", get(schedules::firings))
-        .route("/schedules/{id}/preview", get(schedules::preview))
-        .route("/listeners", get(listeners::list).post(listeners::create))
-        .route("/listeners/{id}", get(listeners::get).patch(listeners::patch).delete(listeners::delete))
-        .route("/listeners/{id}/events", get(listeners::events))
-        .route("/hooks/{name}", post(listeners::hook))
-        .route("/openapi.json", get(health::openapi))
+    let (api, _) = openapi::router().split_for_parts();
+    let (root, _) = openapi::root_router().split_for_parts();
+    // The verifying layer wraps only the `/api/v1` routes (as nested before); the health
+    // routes at the root stay open to load balancers.
+    let api = api
         .fallback(health::api_not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), forward::verify));
-    Router::new()
-        .route("/health/live", get(health::live))
-        .route("/health/ready", get(health::ready))
-        .route("/api/v1/health/live", get(health::live))
-        .route("/api/v1/health/ready", get(health::ready))
-        .route("/openapi.json", get(health::openapi))
-        .route("/metrics", get(metrics::render))
-        .nest("/api/v1", api)
+    root.merge(api)
         .fallback(health::api_not_found)
+        .method_not_allowed_fallback(health::method_not_allowed)
         .layer(middleware::map_response(error::shape_rejections))
         .layer(middleware::map_response_with_state(state.clone(), forward::served_by))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::time_requests))
         .with_state(state)
+}
+
+/// `GET /metrics`, described for the OpenAPI document.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health", responses((status = 200, description = "Prometheus metrics of this node, in the text exposition format.", body = String, content_type = "text/plain; version=0.0.4")))]
+async fn metrics_route(state: State) -> axum::response::Response {
+    metrics::render(state).await
 }
 
 /// Formats a store timestamp (milliseconds since the epoch) as RFC 3339.

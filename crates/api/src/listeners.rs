@@ -3,8 +3,8 @@
 //! watched by every node's listener workers (shoal-server's `triggers.rs`).
 
 use crate::body;
+use crate::convert;
 use crate::error::{ApiError, ApiResult};
-use crate::executions::execution_json;
 use crate::jobs;
 use crate::schedules::{check_name, LimitQuery};
 use crate::State;
@@ -14,7 +14,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use shoal_core::listener::{
@@ -22,6 +21,7 @@ use shoal_core::listener::{
 };
 use shoal_core::ExecState;
 use shoal_store::{EventRow, ListenerDef, ListenerRow, NewEvent, StoreError};
+use shoal_wire as wire;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
@@ -42,43 +42,10 @@ const MIN_SECRET_CHARS: usize = 16;
 /// The default settle time of file listeners.
 const DEFAULT_SETTLE_MS: u64 = 1000;
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Body_ {
-    name: Option<String>,
-    kind: Option<String>,
-    sandbox: Option<String>,
-    job: Option<String>,
-    params: Option<BTreeMap<String, Value>>,
-    enabled: Option<bool>,
-    on_job: Option<OnJobBody>,
-    on_file: Option<OnFileBody>,
-    on_cluster: Option<OnClusterBody>,
-    secret: Option<String>,
-}
-
-#[derive(Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-struct OnJobBody {
-    sandbox: String,
-    job: String,
-    states: Option<Vec<String>>,
-}
-
-#[derive(Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-struct OnFileBody {
-    sandbox: String,
-    pattern: String,
-    events: Option<Vec<String>>,
-    settle: Option<String>,
-}
-
-#[derive(Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-struct OnClusterBody {
-    events: Option<Vec<String>>,
-}
+type Body_ = wire::ListenerRequest;
+type OnJobBody = wire::OnJobRequest;
+type OnFileBody = wire::OnFileRequest;
+type OnClusterBody = wire::OnClusterRequest;
 
 fn on_job(b: &OnJobBody) -> ApiResult<OnJob> {
     let mut states = Vec::new();
@@ -247,45 +214,65 @@ async fn definition(
     })
 }
 
-pub fn listener_json(l: &ListenerRow) -> Value {
-    let config: Value = serde_json::from_str(&l.config).unwrap_or(Value::Null);
-    let mut v = json!({
-        "id": l.id,
-        "name": l.name,
-        "kind": l.kind,
-        "sandbox": l.sandbox,
-        "job": l.job,
-        "params": l.params,
-        "enabled": l.enabled,
-        "created_at": crate::rfc3339(l.created_at),
-        "updated_at": crate::rfc3339(l.updated_at),
-    });
-    let key = match l.kind.as_str() {
-        "job" => Some("on_job"),
-        "file" => Some("on_file"),
-        "cluster" => Some("on_cluster"),
-        _ => None,
+/// A listener row as the API shows it (never with its secret).
+pub fn listener(l: &ListenerRow) -> ApiResult<wire::Listener> {
+    let kind: wire::ListenerKind = convert::named("listener kind", &l.kind)?;
+    let bad_config =
+        |e: serde_json::Error| ApiError::internal(format!("listener `{}` has a bad stored config: {e}", l.name));
+    let mut v = wire::Listener {
+        id: l.id.clone(),
+        name: l.name.clone(),
+        kind,
+        sandbox: l.sandbox.clone(),
+        job: l.job.clone(),
+        params: l.params.clone(),
+        enabled: l.enabled,
+        on_job: None,
+        on_file: None,
+        on_cluster: None,
+        hook_url: None,
+        secret: None,
+        created_at: crate::rfc3339(l.created_at),
+        updated_at: crate::rfc3339(l.updated_at),
     };
-    if let Some(key) = key {
-        v[key] = config;
+    match kind {
+        wire::ListenerKind::Job => {
+            let j: OnJob = serde_json::from_str(&l.config).map_err(bad_config)?;
+            let states = j.states.into_iter().map(convert::exec_state).collect();
+            v.on_job = Some(wire::OnJob { sandbox: j.sandbox, job: j.job, states });
+        }
+        wire::ListenerKind::File => {
+            let f: OnFile = serde_json::from_str(&l.config).map_err(bad_config)?;
+            let events = f.events.iter().map(|e| convert::named("file event", e)).collect::<ApiResult<_>>()?;
+            v.on_file = Some(wire::OnFile { sandbox: f.sandbox, pattern: f.pattern, events, settle_ms: f.settle_ms });
+        }
+        wire::ListenerKind::Cluster => {
+            let c: OnCluster = serde_json::from_str(&l.config).map_err(bad_config)?;
+            let events = c.events.iter().map(|e| convert::named("cluster event", e)).collect::<ApiResult<_>>()?;
+            v.on_cluster = Some(wire::OnCluster { events });
+        }
+        wire::ListenerKind::Webhook => v.hook_url = Some(format!("/api/v1/hooks/{}", l.name)),
     }
-    if l.kind == "webhook" {
-        v["hook_url"] = json!(format!("/api/v1/hooks/{}", l.name));
-    }
-    v
+    Ok(v)
 }
 
-fn event_json(e: &EventRow) -> Value {
-    json!({
-        "listener": e.listener_id,
-        "key": e.key,
-        "at": crate::rfc3339(e.at),
-        "node": e.node_id,
-        "outcome": e.outcome,
-        "reason": e.reason,
-        "execution": e.execution_id,
-        "payload": e.payload,
+fn event(e: &EventRow) -> ApiResult<wire::ListenerEvent> {
+    Ok(wire::ListenerEvent {
+        listener: e.listener_id.clone(),
+        key: e.key.clone(),
+        at: crate::rfc3339(e.at),
+        node: e.node_id.clone(),
+        outcome: convert::named("event outcome", &e.outcome)?,
+        reason: e.reason.as_deref().map(|r| convert::named("event reason", r)).transpose()?,
+        execution: e.execution_id.clone(),
+        payload: e.payload.clone(),
     })
+}
+
+/// The answer to a delivery seen before.
+fn replayed(e: &EventRow) -> ApiResult<Response> {
+    let answer = wire::HookAnswer { event: event(e)?, execution: None, replayed: Some(true) };
+    Ok((StatusCode::OK, Json(answer)).into_response())
 }
 
 async fn find(state: &crate::AppState, reference: &str) -> ApiResult<ListenerRow> {
@@ -304,15 +291,18 @@ fn store_error(e: StoreError) -> ApiError {
     }
 }
 
-pub async fn list(state: State) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/listeners", operation_id = "listListeners", tag = "listeners", responses((status = 200, description = "Every listener, sorted by name.", body = wire::ListenerList)))]
+pub async fn list(state: State) -> ApiResult<Json<wire::ListenerList>> {
     let rows = state.store.list_listeners().await?;
-    Ok(Json(json!({ "listeners": rows.iter().map(listener_json).collect::<Vec<_>>() })))
+    Ok(Json(wire::ListenerList { listeners: rows.iter().map(listener).collect::<ApiResult<_>>()? }))
 }
 
-pub async fn get(state: State, Path(reference): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(listener_json(&find(&state, &reference).await?)))
+#[utoipa::path(get, path = "/listeners/{id}", operation_id = "getListener", tag = "listeners", params(("id" = String, Path, description = "Listener id or name.")), responses((status = 200, description = "The listener (without a webhook's secret).", body = wire::Listener)))]
+pub async fn get(state: State, Path(reference): Path<String>) -> ApiResult<Json<wire::Listener>> {
+    Ok(Json(listener(&find(&state, &reference).await?)?))
 }
 
+#[utoipa::path(post, path = "/listeners", operation_id = "createListener", tag = "listeners", request_body = wire::ListenerRequest, responses((status = 201, description = "Defined; for a webhook, with its `secret` (shown this once).", body = wire::Listener)))]
 pub async fn create(state: State, request: Request) -> ApiResult<Response> {
     let (parts, body) = request.into_parts();
     let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
@@ -330,14 +320,15 @@ pub async fn create(state: State, request: Request) -> ApiResult<Response> {
     }
     let row = state.store.create_listener(&def).await.map_err(store_error)?;
     state.engine.triggers_changed();
-    let mut v = listener_json(&row);
+    let mut v = listener(&row)?;
     if kind == ListenerKind::Webhook {
         // Shown once: the API never returns it again.
-        v["secret"] = json!(row.secret);
+        v.secret = row.secret.clone();
     }
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
+#[utoipa::path(patch, path = "/listeners/{id}", operation_id = "patchListener", tag = "listeners", params(("id" = String, Path, description = "Listener id or name.")), request_body = wire::ListenerRequest, responses((status = 200, description = "The listener as changed (without a webhook's secret).", body = wire::Listener)))]
 pub async fn patch(state: State, Path(reference): Path<String>, request: Request) -> ApiResult<Response> {
     let (parts, body) = request.into_parts();
     let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
@@ -374,7 +365,7 @@ pub async fn patch(state: State, Path(reference): Path<String>, request: Request
     }
     let row = state.store.update_listener(&old.id, &def).await.map_err(store_error)?;
     state.engine.triggers_changed();
-    Ok(Json(listener_json(&row)).into_response())
+    Ok(Json(listener(&row)?).into_response())
 }
 
 fn reparse<T: serde::de::DeserializeOwned>(config: &Value, kind: &str) -> Option<T> {
@@ -399,17 +390,19 @@ fn config_body(config: &Value, kind: &str) -> Value {
     v
 }
 
+#[utoipa::path(delete, path = "/listeners/{id}", operation_id = "deleteListener", tag = "listeners", params(("id" = String, Path, description = "Listener id or name.")), responses((status = 204, description = "Deleted, with its events.")))]
 pub async fn delete(state: State, Path(reference): Path<String>) -> ApiResult<StatusCode> {
     state.store.delete_listener(&reference).await.map_err(store_error)?;
     state.engine.triggers_changed();
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/listeners/{id}/events", operation_id = "listListenerEvents", tag = "listeners", params(("id" = String, Path, description = "Listener id or name."), ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "How many entries, newest first (default 50).")), responses((status = 200, description = "The newest events.", body = wire::EventList)))]
 pub async fn events(
     state: State,
     Path(reference): Path<String>,
     q: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::EventList>> {
     let q = crate::schedules::query(q, "limit (1 to 10000)")?;
     let l = find(&state, &reference).await?;
     let limit = q.limit.unwrap_or(50);
@@ -417,7 +410,7 @@ pub async fn events(
         return Err(ApiError::invalid_query("limit must be between 1 and 10000"));
     }
     let rows = state.store.list_events(&l.id, limit).await?;
-    Ok(Json(json!({ "events": rows.iter().map(event_json).collect::<Vec<_>>() })))
+    Ok(Json(wire::EventList { events: rows.iter().map(event).collect::<ApiResult<_>>()? }))
 }
 
 /// The signature of a delivery to the webhook `hook`: `t=<unix seconds>,v1=<hex MAC>`, the
@@ -560,6 +553,7 @@ fn hook_delivery(headers: &HeaderMap) -> ApiResult<Option<String>> {
 }
 
 /// `POST /hooks/{name}`: a signed delivery starts the hook's job once.
+#[utoipa::path(post, path = "/hooks/{name}", operation_id = "deliverHook", tag = "listeners", params(("name" = String, Path, description = "Name of a webhook listener (its id is accepted too)."), ("X-Shoal-Hook-Signature" = String, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256>`: the MAC, with the hook's secret, of the bytes `<t>\\n<hook name>\\n<delivery id or empty>\\n` followed by the body. At most 1 KiB and four `v1=` entries; `t` within 300 s of the store's clock."), ("X-Shoal-Hook-Delivery" = Option<String>, Header, description = "Names the delivery: one id starts one job however often it is sent (1 to 255 visible ASCII characters).")), request_body(content = Object, content_type = "application/json", description = "Any JSON value; its fields are the templates' `{event.payload.FIELD}`."), responses((status = 201, description = "A new delivery: its event, and the execution it started (null when the listener is disabled).", body = wire::HookAnswer), (status = 200, description = "A delivery seen before: the first delivery's event, with `replayed: true`; nothing was started.", body = wire::HookAnswer)))]
 pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> ApiResult<Response> {
     let (parts, body) = request.into_parts();
     let bytes = body::read_limited(&parts.headers, body, state.limits.max_request_bytes).await?;
@@ -601,7 +595,7 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
         }
     };
     if let Some(seen) = state.store.get_event(&listener.id, &key).await? {
-        return Ok((StatusCode::OK, Json(json!({ "event": event_json(&seen), "replayed": true }))).into_response());
+        return replayed(&seen);
     }
     let s = jobs::sandbox(&state.store, &listener.sandbox, "the webhook").await?;
     if !jobs::readable_here(&s, &state.node.id) {
@@ -621,8 +615,8 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
     } else {
         (None, Some("disabled".to_owned()))
     };
-    let event = NewEvent { key: key.clone(), payload: stored_payload, execution, reason, cursor: None, silent: false };
-    let recorded = state.store.record_events(&listener.id, &state.node.id, &[event], None).await?;
+    let new = NewEvent { key: key.clone(), payload: stored_payload, execution, reason, cursor: None, silent: false };
+    let recorded = state.store.record_events(&listener.id, &state.node.id, &[new], None).await?;
     let row = state
         .store
         .get_event(&listener.id, &key)
@@ -630,18 +624,19 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
         .ok_or_else(|| ApiError::internal("the webhook's event vanished"))?;
     if recorded.is_empty() {
         // The same delivery raced in through another node and won.
-        return Ok((StatusCode::OK, Json(json!({ "event": event_json(&row), "replayed": true }))).into_response());
+        return replayed(&row);
     }
     state.engine.wake();
     state.metrics.events_recorded.fetch_add(1, Ordering::Relaxed);
     let execution = match &row.execution_id {
         Some(id) => {
             state.metrics.executions_submitted.fetch_add(1, Ordering::Relaxed);
-            state.store.get_execution(id).await?.map(|e| execution_json(&e))
+            state.store.get_execution(id).await?.map(|e| crate::executions::execution(&e)).transpose()?
         }
         None => None,
     };
-    Ok((StatusCode::CREATED, Json(json!({ "event": event_json(&row), "execution": execution }))).into_response())
+    let answer = wire::HookAnswer { event: event(&row)?, execution: Some(execution), replayed: None };
+    Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 
 #[cfg(test)]

@@ -7,66 +7,77 @@ use crate::State;
 use axum::extract::{Path, Request};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
 use shoal_core::placement::NodeState;
 use shoal_store::NodeRow;
+use shoal_wire as wire;
 use std::collections::HashMap;
 
-fn node_json(state: &crate::AppState, n: &NodeRow, gossip: &HashMap<String, bool>) -> Value {
+fn node(state: &crate::AppState, n: &NodeRow, gossip: &HashMap<String, bool>) -> ApiResult<wire::Node> {
     let live = n.lease_expires_at > n.now && n.state != "stopped" && n.state != "lost";
     let shown = if live {
-        n.state.as_str()
+        crate::convert::named("node state", &n.state)?
     } else if n.state == "stopped" {
-        "stopped"
+        wire::NodeState::Stopped
     } else {
-        "lost"
+        wire::NodeState::Lost
     };
-    let mut v = json!({
-        "id": n.id,
-        "url": n.url,
-        "state": shown,
-        "running": n.running,
-        "slots": n.slots,
-        "free_slots": if live { (n.slots - n.running).max(0) } else { 0 },
-        "load": {
-            "slots": if n.slots > 0 { n.running as f64 / n.slots as f64 } else { 0.0 },
-            "cpu_percent": n.cpu_permille as f64 / 10.0,
-            "memory_percent": n.memory_permille as f64 / 10.0,
+    let mut v = wire::Node {
+        id: n.id.clone(),
+        url: n.url.clone(),
+        state: shown,
+        running: n.running,
+        slots: n.slots,
+        free_slots: if live { (n.slots - n.running).max(0) } else { 0 },
+        load: wire::Load {
+            slots: if n.slots > 0 { n.running as f64 / n.slots as f64 } else { 0.0 },
+            cpu_percent: n.cpu_permille as f64 / 10.0,
+            memory_percent: n.memory_permille as f64 / 10.0,
         },
-        "tags": n.tags,
-        "version": n.version,
-        "generation": n.generation,
-        "gossip_addr": n.gossip_addr,
-        "gossip": match gossip.get(&n.id) { Some(true) => "alive", Some(false) => "dead", None => "unknown" },
-        "lease_expires_in_ms": n.lease_expires_at - n.now,
-        "lease_age_ms": n.now - n.renewed_at,
-        "started_at": crate::rfc3339(n.started_at),
-    });
+        tags: n.tags.clone(),
+        version: n.version.clone(),
+        generation: n.generation,
+        gossip_addr: n.gossip_addr.clone(),
+        gossip: match gossip.get(&n.id) {
+            Some(true) => wire::GossipView::Alive,
+            Some(false) => wire::GossipView::Dead,
+            None => wire::GossipView::Unknown,
+        },
+        lease_expires_in_ms: n.lease_expires_at - n.now,
+        lease_age_ms: n.now - n.renewed_at,
+        started_at: crate::rfc3339(n.started_at),
+        is_self: None,
+        accepting_work: None,
+        not_accepting_because: None,
+        workers: None,
+        rejected_gossip_packets: None,
+        previous_state: None,
+    };
     if n.id == state.node.id {
-        v["self"] = json!(true);
-        v["state"] = json!(state.engine.state().as_str());
-        v["running"] = json!(state.engine.running());
-        v["accepting_work"] = json!(state.engine.refusal().is_none());
-        if let Some(why) = state.engine.refusal() {
-            v["not_accepting_because"] = json!(why);
-        }
-        v["workers"] = json!(state.engine.workers());
-        v["rejected_gossip_packets"] = json!(state.engine.rejected_gossip_packets());
+        let refusal = state.engine.refusal();
+        v.is_self = Some(true);
+        v.state = crate::convert::node_state(state.engine.state());
+        v.running = state.engine.running() as i64;
+        v.accepting_work = Some(refusal.is_none());
+        v.not_accepting_because = refusal;
+        v.workers = Some(state.engine.workers());
+        v.rejected_gossip_packets = Some(state.engine.rejected_gossip_packets());
     }
-    v
+    Ok(v)
 }
 
-pub async fn list(state: State) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/nodes", operation_id = "listNodes", tag = "nodes", responses((status = 200, description = "Every node the store knows, with leases measured on the store's clock.", body = wire::NodeList)))]
+pub async fn list(state: State) -> ApiResult<Json<wire::NodeList>> {
     let nodes = state.store.list_nodes().await?;
     let gossip: HashMap<String, bool> = state.engine.gossip().into_iter().collect();
-    Ok(Json(json!({ "nodes": nodes.iter().map(|n| node_json(&state, n, &gossip)).collect::<Vec<_>>() })))
+    Ok(Json(wire::NodeList { nodes: nodes.iter().map(|n| node(&state, n, &gossip)).collect::<ApiResult<_>>()? }))
 }
 
-pub async fn get(state: State, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/nodes/{id}", operation_id = "getNode", tag = "nodes", params(("id" = String, Path, description = "Node id.")), responses((status = 200, description = "The node.", body = wire::Node)))]
+pub async fn get(state: State, Path(id): Path<String>) -> ApiResult<Json<wire::Node>> {
     let nodes = state.store.list_nodes().await?;
     let n = nodes.iter().find(|n| n.id == id).ok_or_else(|| ApiError::not_found(format!("no node with id `{id}`")))?;
     let gossip: HashMap<String, bool> = state.engine.gossip().into_iter().collect();
-    Ok(Json(node_json(&state, n, &gossip)))
+    Ok(Json(node(&state, n, &gossip)?))
 }
 
 /// Sets this node's state, or forwards the request to the node it names.
@@ -81,22 +92,25 @@ async fn set_state(state: State, id: String, req: Request, to: NodeState) -> Api
     let before = state.engine.set_state(to);
     let nodes = state.store.list_nodes().await?;
     let gossip: HashMap<String, bool> = state.engine.gossip().into_iter().collect();
-    let mut v = match nodes.iter().find(|n| n.id == id) {
-        Some(n) => node_json(&state, n, &gossip),
-        None => json!({ "id": id, "state": to.as_str() }),
-    };
-    v["previous_state"] = json!(before.as_str());
+    let n = nodes.iter().find(|n| n.id == id).ok_or_else(|| {
+        ApiError::internal(format!("node {id} is not in the store's registry while it runs; it is stopping"))
+    })?;
+    let mut v = node(&state, n, &gossip)?;
+    v.previous_state = Some(crate::convert::node_state(before));
     Ok(Json(v).into_response())
 }
 
+#[utoipa::path(post, path = "/nodes/{id}/drain", operation_id = "drainNode", tag = "nodes", params(("id" = String, Path, description = "Node id.")), responses((status = 200, description = "The node, draining, with `previous_state`. Served by that node (forwarded there from any other).", body = wire::Node)))]
 pub async fn drain(state: State, Path(id): Path<String>, req: Request) -> ApiResult<Response> {
     set_state(state, id, req, NodeState::Draining).await
 }
 
+#[utoipa::path(post, path = "/nodes/{id}/suspend", operation_id = "suspendNode", tag = "nodes", params(("id" = String, Path, description = "Node id.")), responses((status = 200, description = "The node, suspended, with `previous_state`.", body = wire::Node)))]
 pub async fn suspend(state: State, Path(id): Path<String>, req: Request) -> ApiResult<Response> {
     set_state(state, id, req, NodeState::Suspended).await
 }
 
+#[utoipa::path(post, path = "/nodes/{id}/resume", operation_id = "resumeNode", tag = "nodes", params(("id" = String, Path, description = "Node id.")), responses((status = 200, description = "The node, active again, with `previous_state`.", body = wire::Node)))]
 pub async fn resume(state: State, Path(id): Path<String>, req: Request) -> ApiResult<Response> {
     set_state(state, id, req, NodeState::Active).await
 }

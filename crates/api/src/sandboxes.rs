@@ -10,33 +10,12 @@ use axum::extract::{Path, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use shoal_core::{JobSpec, SandboxKind, SandboxName};
 use shoal_store::SandboxRow;
+use shoal_wire as wire;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateSandbox {
-    name: String,
-    kind: String,
-    /// Absolute path of the sandbox's folder on the node(s) that hold it; created if missing.
-    /// Not for partitioned sandboxes, whose parts each have their own.
-    root: Option<String>,
-    /// Holder of a `local` sandbox; defaults to the node serving the request.
-    node: Option<String>,
-    /// The parts of a `partitioned` sandbox.
-    partitions: Option<Vec<RawPartition>>,
-}
-
-/// A part as sent: every field optional here so that a missing one gets a 422 that names it.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPartition {
-    name: Option<String>,
-    node: Option<String>,
-    root: Option<String>,
-}
+type RawPartition = wire::PartitionRequest;
 
 /// Checks a partitioned sandbox's parts (422 for a missing field, an overlap, a duplicate name,
 /// or a node that has never joined).
@@ -71,20 +50,26 @@ async fn partitions(state: &crate::AppState, raw: Option<Vec<RawPartition>>) -> 
     Ok(parts)
 }
 
-pub fn sandbox_json(s: &SandboxRow) -> Value {
-    json!({
-        "name": s.name,
-        "kind": s.kind,
-        "root": s.root,
-        "node": s.node_id,
-        "partitions": s.partitions,
-        "created_at": crate::rfc3339(s.created_at),
-    })
+/// A sandbox row as the API shows it.
+pub fn sandbox(s: &SandboxRow) -> wire::Sandbox {
+    wire::Sandbox {
+        name: s.name.clone(),
+        kind: crate::convert::sandbox_kind(s.kind),
+        root: s.root.clone(),
+        node: s.node_id.clone(),
+        partitions: s
+            .partitions
+            .iter()
+            .map(|p| wire::Partition { name: p.name.clone(), node: p.node.clone(), root: p.root.clone() })
+            .collect(),
+        created_at: crate::rfc3339(s.created_at),
+    }
 }
 
-pub async fn list(state: State) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/sandboxes", operation_id = "listSandboxes", tag = "sandboxes", responses((status = 200, description = "Every sandbox.", body = wire::SandboxList)))]
+pub async fn list(state: State) -> ApiResult<Json<wire::SandboxList>> {
     let rows = state.store.list_sandboxes().await?;
-    Ok(Json(json!({ "sandboxes": rows.iter().map(sandbox_json).collect::<Vec<_>>() })))
+    Ok(Json(wire::SandboxList { sandboxes: rows.iter().map(sandbox).collect() }))
 }
 
 /// Looks a sandbox up by name, answering 404 for a bad or unknown name.
@@ -131,13 +116,16 @@ pub fn held_elsewhere<'a>(state: &crate::AppState, s: &'a SandboxRow) -> Option<
     }
 }
 
-pub async fn get(state: State, Path(name): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(sandbox_json(&find(&state, &name).await?)))
+#[utoipa::path(get, path = "/sandboxes/{name}", operation_id = "getSandbox", tag = "sandboxes", params(("name" = String, Path, description = "Sandbox name.")), responses((status = 200, description = "The sandbox.", body = wire::Sandbox)))]
+pub async fn get(state: State, Path(name): Path<String>) -> ApiResult<Json<wire::Sandbox>> {
+    Ok(Json(sandbox(&find(&state, &name).await?)))
 }
 
+#[utoipa::path(post, path = "/sandboxes", operation_id = "createSandbox", tag = "sandboxes", request_body = wire::CreateSandboxRequest, responses((status = 201, description = "Registered; a `local` sandbox by its holder (the request is forwarded there).", body = wire::Sandbox)))]
 pub async fn create(state: State, request: Request) -> ApiResult<Response> {
     let (parts, body) = request.into_parts();
-    let (req, raw): (CreateSandbox, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
+    let (req, raw): (wire::CreateSandboxRequest, Value) =
+        body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
     let name = SandboxName::parse(&req.name).map_err(ApiError::invalid_request)?;
     let kind = SandboxKind::parse(&req.kind).map_err(ApiError::invalid_request)?;
     if kind == SandboxKind::Partitioned {
@@ -151,7 +139,7 @@ pub async fn create(state: State, request: Request) -> ApiResult<Response> {
             shoal_store::StoreError::Conflict(m) => ApiError::already_exists(m),
             other => other.into(),
         })?;
-        return Ok((StatusCode::CREATED, Json(sandbox_json(&row))).into_response());
+        return Ok((StatusCode::CREATED, Json(sandbox(&row))).into_response());
     }
     if req.partitions.is_some() {
         return Err(ApiError::invalid_request("`partitions` is only for sandboxes of kind `partitioned`"));
@@ -200,9 +188,10 @@ pub async fn create(state: State, request: Request) -> ApiResult<Response> {
                 other => other.into(),
             },
         )?;
-    Ok((StatusCode::CREATED, Json(sandbox_json(&row))).into_response())
+    Ok((StatusCode::CREATED, Json(sandbox(&row))).into_response())
 }
 
+#[utoipa::path(delete, path = "/sandboxes/{name}", operation_id = "deleteSandbox", tag = "sandboxes", params(("name" = String, Path, description = "Sandbox name.")), responses((status = 204, description = "Unregistered; its folder is left as it is.")))]
 pub async fn delete(state: State, Path(name): Path<String>) -> ApiResult<StatusCode> {
     find(&state, &name).await?;
     state.store.delete_sandbox(&name).await?;
@@ -227,13 +216,14 @@ pub(crate) fn read_job_text(dir: &cap_std::fs::Dir, rel: &std::path::Path) -> st
 
 /// Every `*.toml` under the sandbox's `jobs/` folder, and whether it is a valid job. A file
 /// over the size limit is listed as invalid without being read.
+#[utoipa::path(get, path = "/sandboxes/{name}/jobs", operation_id = "listSandboxJobs", tag = "sandboxes", params(("name" = String, Path, description = "Sandbox name.")), responses((status = 200, description = "The `*.toml` files under the sandbox's `jobs/` folder.", body = wire::JobList)))]
 pub async fn jobs(state: State, Path(name): Path<String>, request: Request) -> ApiResult<Response> {
     let sandbox = find(&state, &name).await?;
     if let Some(holder) = held_elsewhere(&state, &sandbox) {
         return forward::to_sandbox_holder(&state, &sandbox.name, holder, request).await;
     }
     let root = sandbox.root.clone();
-    let jobs = tokio::task::spawn_blocking(move || -> ApiResult<Vec<Value>> {
+    let jobs = tokio::task::spawn_blocking(move || -> ApiResult<Vec<wire::JobEntry>> {
         let dir = open_root(&root)?;
         let mut out = Vec::new();
         let mut stack = vec![std::path::PathBuf::from("jobs")];
@@ -265,19 +255,38 @@ pub async fn jobs(state: State, Path(name): Path<String>, request: Request) -> A
                         Err(e) => Err(e.to_string()),
                     };
                     out.push(match text.and_then(|t| JobSpec::parse(&t).map_err(|e| e.to_string())) {
-                        Ok(job) => json!({
-                            "path": shown, "valid": true, "description": job.description,
-                            "params": job.params.iter().map(|(k, p)| json!({"name": k, "default": p.default, "required": p.default.is_none(), "description": p.description})).collect::<Vec<_>>(),
-                        }),
-                        Err(e) => json!({ "path": shown, "valid": false, "error": e }),
+                        Ok(job) => wire::JobEntry {
+                            path: shown,
+                            valid: true,
+                            description: job.description,
+                            params: Some(
+                                job.params
+                                    .iter()
+                                    .map(|(k, p)| wire::JobParam {
+                                        name: k.clone(),
+                                        default: p.default.clone(),
+                                        required: p.default.is_none(),
+                                        description: p.description.clone(),
+                                    })
+                                    .collect(),
+                            ),
+                            error: None,
+                        },
+                        Err(e) => wire::JobEntry {
+                            path: shown,
+                            valid: false,
+                            description: None,
+                            params: None,
+                            error: Some(e),
+                        },
                     });
                 }
             }
         }
-        out.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
+        out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(Json(json!({ "sandbox": name, "jobs": jobs })).into_response())
+    Ok(Json(wire::JobList { sandbox: name, jobs }).into_response())
 }

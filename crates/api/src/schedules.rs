@@ -16,23 +16,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use shoal_core::schedule::{CronSpec, Misfire, Overlap, ScheduleError, DEFAULT_MISFIRE_THRESHOLD_MS, MAX_PREVIEW};
 use shoal_store::{FiringRow, ScheduleDef, ScheduleRow, StoreError};
-use std::collections::BTreeMap;
+use shoal_wire as wire;
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Body_ {
-    name: Option<String>,
-    sandbox: Option<String>,
-    job: Option<String>,
-    params: Option<BTreeMap<String, Value>>,
-    cron: Option<String>,
-    timezone: Option<String>,
-    enabled: Option<bool>,
-    misfire: Option<String>,
-    misfire_max: Option<u32>,
-    misfire_threshold: Option<String>,
-    overlap: Option<String>,
-}
+type Body_ = wire::ScheduleRequest;
 
 /// Names of schedules and listeners: 1 to 64 letters, digits, `.`, `_` and `-`.
 pub(crate) fn check_name(name: &str, what: &str) -> ApiResult<()> {
@@ -105,40 +91,41 @@ fn definition(b: &Body_, name: String) -> ApiResult<(ScheduleDef, CronSpec)> {
     Ok((def, spec))
 }
 
-pub fn schedule_json(s: &ScheduleRow) -> Value {
+/// A schedule row as the API shows it.
+pub fn schedule(s: &ScheduleRow) -> ApiResult<wire::Schedule> {
     let spec = CronSpec::parse(&s.cron, &s.timezone).ok();
     let next = spec.as_ref().filter(|_| s.enabled).and_then(|c| c.next_after(s.last_fire_at));
-    json!({
-        "id": s.id,
-        "name": s.name,
-        "sandbox": s.sandbox,
-        "job": s.job,
-        "params": s.params,
-        "cron": s.cron,
-        "timezone": s.timezone,
-        "enabled": s.enabled,
-        "misfire": s.misfire,
-        "misfire_max": s.misfire_max,
-        "misfire_threshold_ms": s.misfire_threshold_ms,
-        "overlap": s.overlap,
-        "last_fire_time": (s.last_fire_at > s.created_at).then(|| crate::rfc3339(s.last_fire_at)),
-        "next_fire_time": next.map(crate::rfc3339),
-        "last_execution": s.last_execution_id,
-        "created_at": crate::rfc3339(s.created_at),
-        "updated_at": crate::rfc3339(s.updated_at),
+    Ok(wire::Schedule {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        sandbox: s.sandbox.clone(),
+        job: s.job.clone(),
+        params: s.params.clone(),
+        cron: s.cron.clone(),
+        timezone: s.timezone.clone(),
+        enabled: s.enabled,
+        misfire: crate::convert::named("misfire policy", &s.misfire)?,
+        misfire_max: s.misfire_max,
+        misfire_threshold_ms: s.misfire_threshold_ms,
+        overlap: crate::convert::named("overlap policy", &s.overlap)?,
+        last_fire_time: (s.last_fire_at > s.created_at).then(|| crate::rfc3339(s.last_fire_at)),
+        next_fire_time: next.map(crate::rfc3339),
+        last_execution: s.last_execution_id.clone(),
+        created_at: crate::rfc3339(s.created_at),
+        updated_at: crate::rfc3339(s.updated_at),
     })
 }
 
-fn firing_json(f: &FiringRow) -> Value {
-    json!({
-        "schedule": f.schedule_id,
-        "fire_time": crate::rfc3339(f.fire_at),
-        "outcome": f.outcome,
-        "reason": f.reason,
-        "execution": f.execution_id,
-        "node": f.node_id,
-        "claimed_at": crate::rfc3339(f.claimed_at),
-        "lateness_ms": f.claimed_at - f.fire_at,
+fn firing(f: &FiringRow) -> ApiResult<wire::Firing> {
+    Ok(wire::Firing {
+        schedule: f.schedule_id.clone(),
+        fire_time: crate::rfc3339(f.fire_at),
+        outcome: crate::convert::named("firing outcome", &f.outcome)?,
+        reason: f.reason.as_deref().map(|r| crate::convert::named("firing reason", r)).transpose()?,
+        execution: f.execution_id.clone(),
+        node: f.node_id.clone(),
+        claimed_at: crate::rfc3339(f.claimed_at),
+        lateness_ms: f.claimed_at - f.fire_at,
     })
 }
 
@@ -158,15 +145,18 @@ fn store_error(e: StoreError) -> ApiError {
     }
 }
 
-pub async fn list(state: State) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/schedules", operation_id = "listSchedules", tag = "schedules", responses((status = 200, description = "Every schedule, sorted by name.", body = wire::ScheduleList)))]
+pub async fn list(state: State) -> ApiResult<Json<wire::ScheduleList>> {
     let rows = state.store.list_schedules().await?;
-    Ok(Json(json!({ "schedules": rows.iter().map(schedule_json).collect::<Vec<_>>() })))
+    Ok(Json(wire::ScheduleList { schedules: rows.iter().map(schedule).collect::<ApiResult<_>>()? }))
 }
 
-pub async fn get(state: State, Path(reference): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(schedule_json(&find(&state, &reference).await?)))
+#[utoipa::path(get, path = "/schedules/{id}", operation_id = "getSchedule", tag = "schedules", params(("id" = String, Path, description = "Schedule id or name.")), responses((status = 200, description = "The schedule.", body = wire::Schedule)))]
+pub async fn get(state: State, Path(reference): Path<String>) -> ApiResult<Json<wire::Schedule>> {
+    Ok(Json(schedule(&find(&state, &reference).await?)?))
 }
 
+#[utoipa::path(post, path = "/schedules", operation_id = "createSchedule", tag = "schedules", request_body = wire::ScheduleRequest, responses((status = 201, description = "Defined.", body = wire::Schedule)))]
 pub async fn create(state: State, request: Request) -> ApiResult<Response> {
     let (parts, body) = request.into_parts();
     let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
@@ -179,9 +169,10 @@ pub async fn create(state: State, request: Request) -> ApiResult<Response> {
     }
     let row = state.store.create_schedule(&def).await.map_err(store_error)?;
     state.engine.triggers_changed();
-    Ok((StatusCode::CREATED, Json(schedule_json(&row))).into_response())
+    Ok((StatusCode::CREATED, Json(schedule(&row)?)).into_response())
 }
 
+#[utoipa::path(patch, path = "/schedules/{id}", operation_id = "patchSchedule", tag = "schedules", params(("id" = String, Path, description = "Schedule id or name.")), request_body = wire::ScheduleRequest, responses((status = 200, description = "The schedule as changed.", body = wire::Schedule)))]
 pub async fn patch(state: State, Path(reference): Path<String>, request: Request) -> ApiResult<Response> {
     let (parts, body) = request.into_parts();
     let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
@@ -210,9 +201,10 @@ pub async fn patch(state: State, Path(reference): Path<String>, request: Request
     }
     let row = state.store.update_schedule(&old.id, &def).await.map_err(store_error)?;
     state.engine.triggers_changed();
-    Ok(Json(schedule_json(&row)).into_response())
+    Ok(Json(schedule(&row)?).into_response())
 }
 
+#[utoipa::path(delete, path = "/schedules/{id}", operation_id = "deleteSchedule", tag = "schedules", params(("id" = String, Path, description = "Schedule id or name.")), responses((status = 204, description = "Deleted, with its firing history.")))]
 pub async fn delete(state: State, Path(reference): Path<String>) -> ApiResult<StatusCode> {
     state.store.delete_schedule(&reference).await.map_err(store_error)?;
     state.engine.triggers_changed();
@@ -231,11 +223,12 @@ pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>, accepted: &str) -> A
         .map_err(|e| ApiError::invalid_query(format!("{}; this endpoint takes {accepted}", e.body_text())))
 }
 
+#[utoipa::path(get, path = "/schedules/{id}/firings", operation_id = "listScheduleFirings", tag = "schedules", params(("id" = String, Path, description = "Schedule id or name."), ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "How many entries, newest first (default 50).")), responses((status = 200, description = "The newest firings.", body = wire::FiringList)))]
 pub async fn firings(
     state: State,
     Path(reference): Path<String>,
     q: Result<Query<LimitQuery>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::FiringList>> {
     let q = query(q, "limit (1 to 10000)")?;
     let s = find(&state, &reference).await?;
     let limit = q.limit.unwrap_or(50);
@@ -243,7 +236,7 @@ pub async fn firings(
         return Err(ApiError::invalid_query("limit must be between 1 and 10000"));
     }
     let rows = state.store.list_firings(&s.id, limit).await?;
-    Ok(Json(json!({ "firings": rows.iter().map(firing_json).collect::<Vec<_>>() })))
+    Ok(Json(wire::FiringList { firings: rows.iter().map(firing).collect::<ApiResult<_>>()? }))
 }
 
 #[derive(Deserialize)]
@@ -252,38 +245,33 @@ pub struct CountQuery {
     count: Option<usize>,
 }
 
-fn preview_json(spec: &CronSpec, after: i64, count: usize) -> ApiResult<Json<Value>> {
+fn preview_of(spec: &CronSpec, after: i64, count: usize) -> ApiResult<Json<wire::Preview>> {
     if !(1..=MAX_PREVIEW).contains(&count) {
         return Err(ApiError::invalid_query(format!("count must be between 1 and {MAX_PREVIEW}")));
     }
     let times: Vec<String> = spec.preview(after, count).into_iter().map(|t| spec.format_local(t)).collect();
-    Ok(Json(json!({ "cron": spec.expr(), "timezone": spec.tz_name(), "firings": times })))
+    Ok(Json(wire::Preview { cron: spec.expr().to_owned(), timezone: spec.tz_name().to_owned(), firings: times }))
 }
 
+#[utoipa::path(get, path = "/schedules/{id}/preview", operation_id = "previewSchedule", tag = "schedules", params(("id" = String, Path, description = "Schedule id or name."), ("count" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "How many firing times (default 10).")), responses((status = 200, description = "The next firing times.", body = wire::Preview)))]
 pub async fn preview(
     state: State,
     Path(reference): Path<String>,
     q: Result<Query<CountQuery>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::Preview>> {
     let q = query(q, "count (1 to 1000)")?;
     let s = find(&state, &reference).await?;
     let spec = CronSpec::parse(&s.cron, &s.timezone).map_err(schedule_error)?;
     let now = state.store.now_ms().await?;
-    preview_json(&spec, s.last_fire_at.max(now), q.count.unwrap_or(10))
+    preview_of(&spec, s.last_fire_at.max(now), q.count.unwrap_or(10))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PreviewBody {
-    cron: String,
-    timezone: Option<String>,
-    count: Option<usize>,
-}
-
-pub async fn preview_expression(state: State, request: Request) -> ApiResult<Json<Value>> {
+#[utoipa::path(post, path = "/schedules/preview", operation_id = "previewCron", tag = "schedules", request_body = wire::PreviewRequest, responses((status = 200, description = "The next firing times from now.", body = wire::Preview)))]
+pub async fn preview_expression(state: State, request: Request) -> ApiResult<Json<wire::Preview>> {
     let (parts, body) = request.into_parts();
-    let (b, _): (PreviewBody, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
+    let (b, _): (wire::PreviewRequest, Value) =
+        body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
     let spec = CronSpec::parse(&b.cron, b.timezone.as_deref().unwrap_or("UTC")).map_err(schedule_error)?;
     let now = state.store.now_ms().await?;
-    preview_json(&spec, now, b.count.unwrap_or(10))
+    preview_of(&spec, now, b.count.map_or(10, |c| c as usize))
 }

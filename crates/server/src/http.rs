@@ -255,7 +255,7 @@ fn refusal(node_id: &str, max: usize) -> Vec<u8> {
     let error = shoal_api::ApiError::too_many_connections(format!(
         "this node already serves {max} connections (http.max_connections); retry in a moment or use another node"
     ));
-    let body = serde_json::json!({"error": {"code": error.code, "message": error.message}}).to_string();
+    let body = serde_json::to_string(&error.body()).unwrap_or_default();
     let served_by = HeaderValue::from_str(node_id).map(|_| node_id).unwrap_or("");
     format!(
         "HTTP/1.1 {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n{}: {served_by}\r\n\r\n{body}",

@@ -1,0 +1,300 @@
+//! The OpenAPI document, generated: the paths, parameters, request bodies and success
+//! responses come from the `#[utoipa::path]` of each handler, collected by the same router
+//! that serves them (`utoipa_axum`), so a route cannot exist without its description; the
+//! schemas come from the wire types (`shoal-wire`). This module adds what the handlers'
+//! attributes do not say: which error codes each operation can answer ([`ERRORS`], in the
+//! statuses of the one table, `shoal_wire::ErrorCode`), and the few constraints that serde's
+//! types cannot express (which fields a create needs; job *or* command in a submission).
+
+use crate::AppState;
+use serde_json::{json, Value};
+use shoal_wire::ErrorCode::{self, *};
+use std::sync::{Arc, OnceLock};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// Codes every operation under `/api/v1` can answer: a request carrying forwarding headers
+/// whose signature does not verify.
+const FORWARDED: &[ErrorCode] = &[InvalidSignature];
+/// Codes of every operation that reads a JSON body.
+const JSON_BODY: &[ErrorCode] = &[InvalidJson, BadRequest, PayloadTooLarge, UnsupportedMediaType];
+/// Codes of every operation that may be forwarded to the node holding a local sandbox.
+const HOLDER: &[ErrorCode] = &[SandboxNotHere, NodeUnavailable];
+/// Codes of binding a sandbox's job file with parameters.
+const BIND: &[ErrorCode] =
+    &[UnknownSandbox, UnknownJob, InvalidJob, MissingParameter, UnknownParameter, InvalidParameter, InvalidPath];
+
+/// The error codes of each operation (by operation id), beyond [`FORWARDED`] for the API's
+/// routes and `store_unavailable` for those that read the store (every one but
+/// `live`, `ready` and `getOpenApi`).
+pub const ERRORS: &[(&str, &[&[ErrorCode]])] = &[
+    ("listNodes", &[]),
+    ("getNode", &[&[NotFound]]),
+    ("drainNode", &[&[NotFound, NodeUnavailable]]),
+    ("suspendNode", &[&[NotFound, NodeUnavailable]]),
+    ("resumeNode", &[&[NotFound, NodeUnavailable]]),
+    ("listSandboxes", &[]),
+    ("createSandbox", &[JSON_BODY, HOLDER, &[AlreadyExists, InvalidRequest, InvalidPartitions, UnknownNode]]),
+    ("getSandbox", &[&[NotFound]]),
+    ("deleteSandbox", &[&[NotFound, Conflict]]),
+    ("listSandboxJobs", &[HOLDER, &[NotFound, InvalidPath]]),
+    ("listSandboxRoot", &[HOLDER, &[NotFound, InvalidPath, InvalidRequest]]),
+    ("listSandboxRootSlash", &[HOLDER, &[NotFound, InvalidPath, InvalidRequest]]),
+    ("getSandboxFile", &[HOLDER, &[NotFound, InvalidPath, InvalidRequest]]),
+    ("putSandboxFile", &[HOLDER, &[NotFound, InvalidPath, InvalidRequest, BadRequest, PayloadTooLarge]]),
+    ("deleteSandboxFile", &[HOLDER, &[NotFound, InvalidPath, InvalidRequest, Conflict]]),
+    ("listExecutions", &[&[InvalidQuery]]),
+    ("submitExecution", &[JSON_BODY, HOLDER, BIND, &[InvalidRequest, IdempotencyKeyReused, UnknownNode, UnknownTag]]),
+    ("getExecution", &[&[NotFound]]),
+    ("getExecutionLogs", &[&[NotFound, InvalidQuery]]),
+    ("cancelExecution", &[&[NotFound, ExecutionFinished]]),
+    ("listSchedules", &[]),
+    ("createSchedule", &[JSON_BODY, HOLDER, BIND, &[AlreadyExists, InvalidRequest, InvalidCron, UnknownTimeZone]]),
+    ("previewCron", &[JSON_BODY, &[InvalidQuery, InvalidCron, UnknownTimeZone]]),
+    ("getSchedule", &[&[UnknownSchedule]]),
+    ("patchSchedule", &[JSON_BODY, HOLDER, BIND, &[UnknownSchedule, InvalidRequest, InvalidCron, UnknownTimeZone]]),
+    ("deleteSchedule", &[&[UnknownSchedule]]),
+    ("listScheduleFirings", &[&[UnknownSchedule, InvalidQuery]]),
+    ("previewSchedule", &[&[UnknownSchedule, InvalidQuery]]),
+    ("listListeners", &[]),
+    ("createListener", &[JSON_BODY, HOLDER, BIND, &[AlreadyExists, InvalidRequest, InvalidPattern]]),
+    ("getListener", &[&[UnknownListener]]),
+    ("patchListener", &[JSON_BODY, HOLDER, BIND, &[UnknownListener, InvalidRequest, InvalidPattern]]),
+    ("deleteListener", &[&[UnknownListener]]),
+    ("listListenerEvents", &[&[UnknownListener, InvalidQuery]]),
+    ("deliverHook", &[HOLDER, BIND, &[InvalidJson, BadRequest, PayloadTooLarge, Unauthorized, UnknownHook]]),
+    ("getOpenApi", &[]),
+    ("liveV1", &[]),
+    ("readyV1", &[&[NotReady]]),
+    ("metrics", &[]),
+];
+
+/// Operations that never read the store.
+const STORELESS: &[&str] = &["getOpenApi", "liveV1", "readyV1"];
+/// Operations outside `/api/v1`, where forwarded requests are not verified.
+const ROOT: &[&str] = &["metrics"];
+
+/// What a code means, for the response descriptions.
+fn meaning(code: ErrorCode) -> &'static str {
+    match code {
+        BadRequest => "the request could not be read (a malformed header, an interrupted body)",
+        InvalidJson => "the body is not valid JSON, has unknown fields or wrong types",
+        InvalidQuery => "a query parameter is unknown or out of range",
+        InvalidPath => "a path is refused (absolute, `..`, NUL, too long, or leading out of the sandbox)",
+        Unauthorized => "the webhook signature is missing, malformed, wrong, or its time is over 300 s off",
+        InvalidSignature => "forwarding headers (`x-shoal-*`) whose signature is missing, forged, stale or replayed",
+        NotFound => "no such resource",
+        UnknownSchedule => "no schedule with this id or name",
+        UnknownListener => "no listener with this id or name",
+        UnknownHook => "no webhook listener with this name",
+        MethodNotAllowed => "the method is not supported on this path",
+        AlreadyExists => "one with this name exists",
+        Conflict => "the change conflicts with the current state (executions still use it, a folder is not empty)",
+        ExecutionFinished => "the execution already finished",
+        SandboxNotHere => "the request was already forwarded here, and the sandbox is local to another node (requests are forwarded once at most)",
+        PayloadTooLarge => "the body is over the size limit; nothing was written",
+        UnsupportedMediaType => "`Content-Type` is not `application/json`",
+        InvalidRequest => "a field is missing, invalid or does not go with the others; the message names it",
+        InvalidJob => "the job file is invalid (`details` locates the problem)",
+        UnknownSandbox => "no sandbox with this name",
+        UnknownJob => "no such job file in the sandbox",
+        MissingParameter => "a required job parameter is missing",
+        UnknownParameter => "a parameter the job does not declare",
+        InvalidParameter => "a parameter value or template is invalid",
+        IdempotencyKeyReused => "the `Idempotency-Key` was used with another body",
+        UnknownNode => "a node that has never joined the cluster",
+        UnknownTag => "no node carries these tags",
+        InvalidPartitions => "the partitions are missing, overlap, or repeat a name",
+        InvalidCron => "the cron expression is wrong (`details` names the field when one is: `CronErrorDetails`)",
+        UnknownTimeZone => "not an IANA time zone name",
+        InvalidPattern => "not a valid file pattern",
+        Internal => "an unexpected server error",
+        StoreUnavailable => "the store is unreachable; the request changed nothing, retry it later",
+        NodeUnavailable => "the node that must serve this is down (the message names it and says why)",
+        NotReady => "the node is not ready (the message says why)",
+        TooManyConnections => "the node serves its maximum of connections",
+    }
+}
+
+/// Every route of the API and its description, in one router.
+pub fn router() -> OpenApiRouter<Arc<AppState>> {
+    use crate::{executions, files, health, listeners, nodes, sandboxes, schedules};
+    let api = OpenApiRouter::new()
+        .routes(routes!(nodes::list))
+        .routes(routes!(nodes::get))
+        .routes(routes!(nodes::drain))
+        .routes(routes!(nodes::suspend))
+        .routes(routes!(nodes::resume))
+        .routes(routes!(sandboxes::list, sandboxes::create))
+        .routes(routes!(sandboxes::get, sandboxes::delete))
+        .routes(routes!(sandboxes::jobs))
+        .routes(routes!(files::get_root))
+        .routes(routes!(files::get_root_slash))
+        .routes(routes!(files::get, files::put, files::delete))
+        .routes(routes!(executions::list, executions::submit))
+        .routes(routes!(executions::get))
+        .routes(routes!(executions::logs))
+        .routes(routes!(executions::cancel))
+        .routes(routes!(schedules::list, schedules::create))
+        .routes(routes!(schedules::preview_expression))
+        .routes(routes!(schedules::get, schedules::patch, schedules::delete))
+        .routes(routes!(schedules::firings))
+        .routes(routes!(schedules::preview))
+        .routes(routes!(listeners::list, listeners::create))
+        .routes(routes!(listeners::get, listeners::patch, listeners::delete))
+        .routes(routes!(listeners::events))
+        .routes(routes!(listeners::hook))
+        .routes(routes!(health::openapi))
+        .routes(routes!(health::live_v1))
+        .routes(routes!(health::ready_v1));
+    OpenApiRouter::with_openapi(Doc::openapi()).nest("/api/v1", api)
+}
+
+/// The routes outside `/api/v1`.
+pub fn root_router() -> OpenApiRouter<Arc<AppState>> {
+    use crate::health;
+    OpenApiRouter::new()
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::openapi_root))
+        .routes(routes!(crate::metrics_route))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "shoal",
+        description = "The HTTP API of a shoal node. Every node serves the whole API. Every error is JSON of the shape `{\"error\": {\"code\", \"message\", \"details\"?}}` (`ErrorResponse`); each code always comes with the same status (`ErrorCode`). Unknown paths answer 404 `not_found` and unsupported methods 405 `method_not_allowed`; `internal` (500) is a bug. Any node serves any request: one that only another node can serve (the files and job files of a `local` sandbox, and the registration of such a sandbox) is forwarded to that node and its answer streamed back unchanged; if that node is down the answer is a prompt 503 `node_unavailable` naming it. Every response carries `x-shoal-served-by`: the id of the node that served it. Nodes sign the requests they forward with the cluster secret (`x-shoal-forwarded-by`, `x-shoal-timestamp`, `x-shoal-nonce`, `x-shoal-signature`); clients never send these, and a request that carries any of them with a missing, forged, stale (over 30 s) or replayed signature is refused with 401 `invalid_signature`. Optional fields of request bodies may be sent as `null`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    components(schemas(
+        shoal_wire::ErrorResponse,
+        shoal_wire::ErrorCode,
+        shoal_wire::JobErrorDetails,
+        shoal_wire::CronErrorDetails
+    ))
+)]
+struct Doc;
+
+/// The document served at `/api/v1/openapi.json` (and `/openapi.json`), built once.
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let (_, api) = router().split_for_parts();
+        let (_, root) = root_router().split_for_parts();
+        let mut doc = api.merge_from(root);
+        doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+        refine(serde_json::to_value(doc).expect("the OpenAPI document serializes"))
+    })
+}
+
+/// Adds the error responses, the constraints serde cannot state, and OpenAPI's path syntax for
+/// the files wildcard (`{*path}` is axum's).
+fn refine(mut doc: Value) -> Value {
+    doc["servers"] =
+        json!([{"url": "/api/v1", "description": "Every path is relative to `/api/v1`, except `/metrics`."}]);
+    let paths = doc["paths"].as_object_mut().expect("paths");
+    let mut renamed = serde_json::Map::new();
+    for (p, mut v) in std::mem::take(paths) {
+        let p = p.replace("{*path}", "{path}");
+        match p.strip_prefix("/api/v1") {
+            Some(rel) => {
+                renamed.insert(rel.to_owned(), v);
+            }
+            // The root aliases of the health routes and of this document are said in their
+            // descriptions; only `/metrics` lives at the root alone.
+            None if p == "/metrics" => {
+                v["servers"] = json!([{"url": "/"}]);
+                renamed.insert(p, v);
+            }
+            None => {}
+        }
+    }
+    *paths = renamed;
+    for (_, item) in paths.iter_mut() {
+        for (_, op) in item.as_object_mut().expect("path item").iter_mut().filter(|(k, _)| *k != "servers") {
+            let Some(id) = op.get("operationId").and_then(Value::as_str).map(str::to_owned) else { continue };
+            let codes = codes_of(&id);
+            let responses = op["responses"].as_object_mut().expect("responses");
+            let mut by_status: std::collections::BTreeMap<u16, Vec<ErrorCode>> = Default::default();
+            for c in codes {
+                by_status.entry(c.status()).or_default().push(c);
+            }
+            for (status, codes) in by_status {
+                let text = codes.iter().map(|c| format!("`{}`: {}", c.as_str(), meaning(*c))).collect::<Vec<_>>();
+                responses.insert(
+                    status.to_string(),
+                    json!({
+                        "description": text.join(". ") + ".",
+                        "content": {"application/json": {"schema": {"allOf": [
+                            {"$ref": "#/components/schemas/ErrorResponse"},
+                            {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                                "code": {"type": "string", "enum": codes.iter().map(|c| c.as_str()).collect::<Vec<_>>()}
+                            }}}}
+                        ]}}}
+                    }),
+                );
+            }
+            let required = |fields: &[&str]| json!({"allOf": [{"$ref": op["requestBody"]["content"]["application/json"]["schema"]["$ref"].clone()}, {"required": fields}]});
+            let create = match id.as_str() {
+                "createSchedule" => Some(required(&["name", "sandbox", "job", "cron"])),
+                "createListener" => Some(required(&["name", "kind", "sandbox", "job"])),
+                _ => None,
+            };
+            if let Some(schema) = create {
+                op["requestBody"]["content"]["application/json"]["schema"] = schema;
+            }
+        }
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    // A submission names a job file or a command, never both (else 422 `invalid_request`).
+    schemas["SubmitRequest"]["oneOf"] = json!([
+        {"required": ["sandbox", "job"], "not": {"required": ["command"]}},
+        {"required": ["command"], "not": {"required": ["job"]}}
+    ]);
+    doc
+}
+
+/// Every error code an operation can answer.
+pub fn codes_of(operation: &str) -> Vec<ErrorCode> {
+    let mut out: Vec<ErrorCode> = ERRORS
+        .iter()
+        .filter(|(id, _)| *id == operation)
+        .flat_map(|(_, groups)| groups.iter().flat_map(|g| g.iter().copied()))
+        .collect();
+    if !ROOT.contains(&operation) {
+        out.extend(FORWARDED);
+    }
+    if !STORELESS.contains(&operation) {
+        out.push(StoreUnavailable);
+    }
+    out.sort_by_key(|c| (c.status(), c.as_str()));
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document builds, and every operation has an id the error table knows.
+    #[test]
+    fn every_operation_is_in_the_error_table() {
+        let doc = document();
+        if let Ok(path) = std::env::var("SHOAL_DUMP_OPENAPI") {
+            std::fs::write(path, serde_json::to_string_pretty(doc).unwrap()).unwrap();
+        }
+        let mut seen = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap().iter().filter(|(k, _)| *k != "servers") {
+                let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+                assert!(ERRORS.iter().any(|(o, _)| *o == id), "{id} ({method} {path}) is not in ERRORS");
+                seen.push(id.to_owned());
+            }
+        }
+        for (id, _) in ERRORS {
+            assert!(seen.iter().any(|s| s == id), "ERRORS names {id}, which is no operation");
+        }
+    }
+}

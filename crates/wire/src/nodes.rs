@@ -1,0 +1,144 @@
+//! Nodes: the cluster's members as the store and gossip see them.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A node's state. `active`, `draining`, `suspended` and `stopping` hold while its lease is
+/// live; `stopped` after a clean stop; `lost` when its lease ran out or the cluster found it
+/// dead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Joining,
+    Active,
+    Draining,
+    Suspended,
+    Stopping,
+    Stopped,
+    Lost,
+}
+
+impl NodeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Joining => "joining",
+            NodeState::Active => "active",
+            NodeState::Draining => "draining",
+            NodeState::Suspended => "suspended",
+            NodeState::Stopping => "stopping",
+            NodeState::Stopped => "stopped",
+            NodeState::Lost => "lost",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the answering node's gossip says of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GossipView {
+    Alive,
+    Dead,
+    Unknown,
+}
+
+/// Machine load a node last published.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Load {
+    /// `running / slots` (0 with no slots).
+    pub slots: f64,
+    /// Machine CPU use.
+    pub cpu_percent: f64,
+    /// Machine memory use.
+    pub memory_percent: f64,
+}
+
+/// A node of the cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Node {
+    pub id: String,
+    pub url: String,
+    pub state: NodeState,
+    /// Attempts running on the node.
+    pub running: i64,
+    /// Concurrent attempts the node allows.
+    pub slots: i64,
+    /// Slots free while the lease is live.
+    pub free_slots: i64,
+    pub load: Load,
+    pub tags: Vec<String>,
+    pub version: String,
+    /// Bumped each time the node registers.
+    pub generation: i64,
+    /// Where the node gossips (UDP).
+    pub gossip_addr: String,
+    pub gossip: GossipView,
+    /// On the store's clock; negative once expired.
+    pub lease_expires_in_ms: i64,
+    /// Time since the last lease renewal, on the store's clock.
+    pub lease_age_ms: i64,
+    #[schema(format = DateTime)]
+    pub started_at: String,
+    /// Present (and true) only on the node answering the request.
+    #[serde(rename = "self", default, skip_serializing_if = "Option::is_none")]
+    pub is_self: Option<bool>,
+    /// Only on the answering node: whether it takes new work now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepting_work: Option<bool>,
+    /// Only on the answering node, when it takes no work: why (state, slots, CPU or memory
+    /// limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_accepting_because: Option<String>,
+    /// Only on the answering node: its background workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<Vec<WorkerStatus>>,
+    /// Only on the answering node: gossip packets it dropped because they were not sealed
+    /// with this cluster's secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_gossip_packets: Option<u64>,
+    /// Only in answers to drain, suspend and resume: the state before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_state: Option<NodeState>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NodeList {
+    pub nodes: Vec<Node>,
+}
+
+/// What a background worker is doing, as its last step left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Not through its first step yet.
+    Starting,
+    /// Its last step did work; it runs again at once.
+    Busy,
+    /// Its last step found nothing to do; it waits for its interval or a wake-up.
+    Idle,
+    /// Its last step failed; it waits out its backoff before the next.
+    Error,
+    /// Ended by the node's shutdown.
+    Stopped,
+}
+
+/// How a background worker of the answering node is doing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerStatus {
+    pub name: String,
+    pub state: WorkerState,
+    /// The message of the last failed step, kept after later successes.
+    pub last_error: Option<String>,
+    /// When the last step failed (RFC 3339, UTC, on this node's clock).
+    #[schema(format = DateTime)]
+    pub last_error_at: Option<String>,
+    /// Failed steps since the last one that succeeded.
+    pub consecutive_errors: u64,
+    /// Failed steps since the node started.
+    pub errors: u64,
+}
