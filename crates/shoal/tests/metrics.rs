@@ -1,6 +1,6 @@
 //! `/metrics` against what happened: every counter and histogram of a node compared with the
-//! executions, attempts, output, firings, events and requests the test itself caused (one
-//! in-process node on SQLite).
+//! executions, attempts, output, firings, events, requests and store outages the test itself
+//! caused (one in-process node: on SQLite, and on PostgreSQL behind a proxy to cut it off).
 
 mod common;
 
@@ -253,5 +253,41 @@ async fn firings_and_events_are_counted() {
         1,
         "{text}"
     );
+    n.stop().await;
+}
+
+/// Failed lease renewals are counted as the lease worker saw them fail: a node whose store
+/// (PostgreSQL behind a proxy) is cut off for a moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_renewal_failures_are_counted() {
+    let pg = shoal_testkit::postgres();
+    let db_url = pg.fresh_database();
+    let proxy = common::proxy::Proxy::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await;
+    let via_proxy = db_url.replace(&format!(":{}/", pg.port()), &format!(":{}/", proxy.port));
+    let mut n = TestNode::start_on(tempfile::tempdir().unwrap(), via_proxy, "").await;
+    let text = metrics_text(&n).await;
+    assert_eq!(count(&text, "shoal_lease_renewal_failures_total"), 0, "{text}");
+    proxy.cut();
+    metrics_when(&n, "a failed renewal", |t| count(t, "shoal_lease_renewal_failures_total") >= 1).await;
+    proxy.restore();
+    shoal_testkit::wait_until_async("readiness to return", T, || async { n.get("/health/ready").await.0 == 200 }).await;
+    // The lease worker's own count of failed steps, in the node's entry.
+    let lease_errors = || async {
+        let (status, me) = n.get("/api/v1/nodes/n1").await;
+        assert_eq!(status, 200, "{me}");
+        let lease = me["workers"].as_array().unwrap().iter().find(|w| w["name"] == "lease").cloned().unwrap();
+        lease["errors"].as_u64().unwrap()
+    };
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (errors, counted) =
+            (lease_errors().await, count(&metrics_text(&n).await, "shoal_lease_renewal_failures_total"));
+        if errors == counted {
+            assert!(counted >= 1);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{counted} failures counted, the lease worker saw {errors}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     n.stop().await;
 }
