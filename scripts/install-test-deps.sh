@@ -3,7 +3,8 @@
 # server programs and psql, which shoal-testkit runs as throwaway servers, and
 # faketime, which runs a node with a skewed clock (tests/triggers_kill.rs), and
 # Python's croniter, the independent cron implementation that shoal's schedules
-# are compared with (crates/core/tests/cron_vixie_differential.rs).
+# are compared with (crates/core/tests/cron_vixie_differential.rs), and
+# schemathesis, which fuzzes a node against its OpenAPI document.
 # Idempotent: does nothing when they are already there.
 set -euo pipefail
 
@@ -81,12 +82,15 @@ if ! command -v faketime >/dev/null 2>&1; then
     did+=("installed faketime")
 fi
 
-# Pinned: the differential test relies on its day_or/implement_cron_bug semantics.
+# Python tools, pinned: the cron differential test relies on croniter's
+# day_or/implement_cron_bug semantics; schemathesis fuzzes a node against its
+# OpenAPI document (crates/shoal/tests/openapi_fuzz.rs).
 CRONITER_VERSION=7.0.0
-have_croniter() {
-    python3 -c "import sys, croniter; from importlib.metadata import version; sys.exit(version('croniter') != '$CRONITER_VERSION')" >/dev/null 2>&1
+SCHEMATHESIS_VERSION=4.32.5
+have_pip_package() { # name version
+    python3 -c "import sys; from importlib.metadata import version; sys.exit(version('$1') != '$2')" >/dev/null 2>&1
 }
-if ! have_croniter; then
+pip_install() { # name version
     if ! command -v python3 >/dev/null 2>&1; then
         apt_install python3 python3-pip
         did+=("installed python3")
@@ -94,7 +98,7 @@ if ! have_croniter; then
         apt_install python3-pip
         did+=("installed python3-pip")
     fi
-    pip_args=(install --quiet --disable-pip-version-check --no-input)
+    local pip_args=(install --quiet --disable-pip-version-check --no-input)
     # Debian's Python refuses installs outside a venv (PEP 668) unless told; older
     # pips have no such rule and no such option.
     if python3 -m pip install --help 2>/dev/null | grep -q -- --break-system-packages; then
@@ -105,12 +109,19 @@ if ! have_croniter; then
     else
         pip_args+=(--user)
     fi
-    python3 -m pip "${pip_args[@]}" "croniter==$CRONITER_VERSION"
-    have_croniter || {
-        echo "install-test-deps: installed croniter $CRONITER_VERSION but python3 cannot import it" >&2
+    python3 -m pip "${pip_args[@]}" "$1==$2"
+    have_pip_package "$1" "$2" || {
+        echo "install-test-deps: installed $1 $2 but python3 cannot see it" >&2
         exit 1
     }
-    did+=("installed croniter $CRONITER_VERSION")
+    did+=("installed $1 $2")
+}
+have_pip_package croniter "$CRONITER_VERSION" || pip_install croniter "$CRONITER_VERSION"
+have_pip_package schemathesis "$SCHEMATHESIS_VERSION" || pip_install schemathesis "$SCHEMATHESIS_VERSION"
+# pip puts scripts where PATH may not look (~/.local/bin for --user installs).
+if ! python3 -m schemathesis.cli --version >/dev/null 2>&1 && ! command -v schemathesis >/dev/null 2>&1; then
+    echo "install-test-deps: schemathesis is installed but cannot be run" >&2
+    exit 1
 fi
 
 # shoal-testkit runs PostgreSQL as this user when tests run as root (it refuses
@@ -121,7 +132,7 @@ if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
 fi
 
 if [[ ${#did[@]} -eq 0 ]]; then
-    echo "install-test-deps: PostgreSQL ($bindir), faketime and croniter $CRONITER_VERSION already present; nothing to do"
+    echo "install-test-deps: PostgreSQL ($bindir), faketime, croniter $CRONITER_VERSION and schemathesis $SCHEMATHESIS_VERSION already present; nothing to do"
 else
     echo "install-test-deps: $(IFS=,; echo "${did[*]}" | sed 's/,/, /g') ($bindir)"
 fi

@@ -121,7 +121,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// `GET /metrics`, described for the OpenAPI document.
-#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health", responses((status = 200, description = "Prometheus metrics of this node, in the text exposition format.", body = String, content_type = "text/plain; version=0.0.4")))]
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "health", responses((status = 200, description = "Prometheus metrics of this node, in the text exposition format. Also served at `/metrics`, outside `/api/v1`.", body = String, content_type = "text/plain; version=0.0.4")))]
 async fn metrics_route(state: State) -> axum::response::Response {
     metrics::render(state).await
 }

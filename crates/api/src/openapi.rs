@@ -25,8 +25,7 @@ const HOLDER: &[ErrorCode] = &[SandboxNotHere, NodeUnavailable];
 const BIND: &[ErrorCode] =
     &[UnknownSandbox, UnknownJob, InvalidJob, MissingParameter, UnknownParameter, InvalidParameter, InvalidPath];
 
-/// The error codes of each operation (by operation id), beyond [`FORWARDED`] for the API's
-/// routes and `store_unavailable` for those that read the store (every one but
+/// The error codes of each operation (by operation id), beyond [`FORWARDED`] and `store_unavailable` for those that read the store (every one but
 /// `live`, `ready` and `getOpenApi`).
 pub const ERRORS: &[(&str, &[&[ErrorCode]])] = &[
     ("listNodes", &[]),
@@ -72,8 +71,6 @@ pub const ERRORS: &[(&str, &[&[ErrorCode]])] = &[
 
 /// Operations that never read the store.
 const STORELESS: &[&str] = &["getOpenApi", "liveV1", "readyV1"];
-/// Operations outside `/api/v1`, where forwarded requests are not verified.
-const ROOT: &[&str] = &["metrics"];
 
 /// What a code means, for the response descriptions.
 fn meaning(code: ErrorCode) -> &'static str {
@@ -147,7 +144,8 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(listeners::hook))
         .routes(routes!(health::openapi))
         .routes(routes!(health::live_v1))
-        .routes(routes!(health::ready_v1));
+        .routes(routes!(health::ready_v1))
+        .routes(routes!(crate::metrics_route));
     OpenApiRouter::with_openapi(Doc::openapi()).nest("/api/v1", api)
 }
 
@@ -158,7 +156,7 @@ pub fn root_router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(health::live))
         .routes(routes!(health::ready))
         .routes(routes!(health::openapi_root))
-        .routes(routes!(crate::metrics_route))
+        .route("/metrics", axum::routing::get(crate::metrics::render))
 }
 
 #[derive(OpenApi)]
@@ -196,19 +194,12 @@ fn refine(mut doc: Value) -> Value {
         json!([{"url": "/api/v1", "description": "Every path is relative to `/api/v1`, except `/metrics`."}]);
     let paths = doc["paths"].as_object_mut().expect("paths");
     let mut renamed = serde_json::Map::new();
-    for (p, mut v) in std::mem::take(paths) {
+    for (p, v) in std::mem::take(paths) {
         let p = p.replace("{*path}", "{path}");
-        match p.strip_prefix("/api/v1") {
-            Some(rel) => {
-                renamed.insert(rel.to_owned(), v);
-            }
-            // The root aliases of the health routes and of this document are said in their
-            // descriptions; only `/metrics` lives at the root alone.
-            None if p == "/metrics" => {
-                v["servers"] = json!([{"url": "/"}]);
-                renamed.insert(p, v);
-            }
-            None => {}
+        // The root aliases (`/health/*`, `/metrics`, `/openapi.json`) are said in the
+        // descriptions of their `/api/v1` routes.
+        if let Some(rel) = p.strip_prefix("/api/v1") {
+            renamed.insert(rel.to_owned(), v);
         }
     }
     *paths = renamed;
@@ -249,9 +240,11 @@ fn refine(mut doc: Value) -> Value {
     }
     let schemas = &mut doc["components"]["schemas"];
     // A submission names a job file or a command, never both (else 422 `invalid_request`).
+    // (Both at once match both branches, which `oneOf` refuses.)
+    let given = |f: &str| json!({"type": "object", "required": [f], "properties": {f: {"not": {"type": "null"}}}});
     schemas["SubmitRequest"]["oneOf"] = json!([
-        {"required": ["sandbox", "job"], "not": {"required": ["command"]}},
-        {"required": ["command"], "not": {"required": ["job"]}}
+        {"allOf": [given("sandbox"), given("job")]},
+        given("command")
     ]);
     doc
 }
@@ -263,9 +256,7 @@ pub fn codes_of(operation: &str) -> Vec<ErrorCode> {
         .filter(|(id, _)| *id == operation)
         .flat_map(|(_, groups)| groups.iter().flat_map(|g| g.iter().copied()))
         .collect();
-    if !ROOT.contains(&operation) {
-        out.extend(FORWARDED);
-    }
+    out.extend(FORWARDED);
     if !STORELESS.contains(&operation) {
         out.push(StoreUnavailable);
     }

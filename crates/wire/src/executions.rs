@@ -150,7 +150,7 @@ pub struct SubmitRequest {
     #[schema(example = "30s")]
     pub timeout: Option<String>,
     /// Inline command only (default 0, at most 100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::whole_number")]
     pub retries: Option<u32>,
     /// Inline command only: duration such as `10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,7 +166,7 @@ pub struct SubmitRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_pending: Option<bool>,
     /// Overrides the job's priority (higher runs first).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::whole_number")]
     pub priority: Option<i32>,
 }
 

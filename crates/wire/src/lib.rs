@@ -65,3 +65,21 @@ where
 {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
+
+/// Reads an optional whole number that JSON may spell as `3` or `3.0` (JSON Schema's
+/// `integer` admits both); a fraction or a number out of range is refused.
+pub(crate) fn whole_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
+    let whole = match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => Some(i),
+        (None, Some(f)) if f.fract() == 0.0 && f.abs() < 9.0e15 => Some(f as i64),
+        _ => None,
+    };
+    let whole = whole.ok_or_else(|| D::Error::custom(format!("invalid value `{n}`, expected a whole number")))?;
+    T::try_from(whole).map(Some).map_err(|_| D::Error::custom(format!("number `{n}` is out of range")))
+}

@@ -122,7 +122,7 @@ pub struct ScheduleRequest {
     #[schema(value_type = Option<MisfirePolicy>)]
     pub misfire: Option<String>,
     /// With `misfire: all` only: how many missed firings to run (default 1000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::whole_number")]
     #[schema(minimum = 1, maximum = 1000)]
     pub misfire_max: Option<u32>,
     /// How late a firing may be and still count as on time: a duration such as `30s` or
@@ -211,7 +211,7 @@ pub struct PreviewRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
     /// How many firing times, 1 to 1000 (default 10; else 400 `invalid_query`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::whole_number")]
     #[schema(minimum = 1, maximum = 1000)]
     pub count: Option<u32>,
 }

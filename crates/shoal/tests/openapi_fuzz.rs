@@ -1,0 +1,73 @@
+//! The OpenAPI document against the server, by a schema-driven fuzzer: schemathesis (installed
+//! by `scripts/install-test-deps.sh`) reads the document a real node serves and sends it
+//! thousands of requests built from it, valid and invalid, checking that
+//! - no request gets a 5xx;
+//! - every status and content type answered is one the document lists for the operation;
+//! - every response body matches its schema;
+//! - requests the document forbids are refused (4xx), and methods it does not list get 405;
+//! - requests the document allows are not refused for their shape: 400 and 422 are findings,
+//!   except the 422 codes whose rule no schema can state (a sandbox, job or node that does not
+//!   exist, a cron expression that never fires), which `tests/openapi_fuzz/hooks.py` accepts
+//!   by code.
+//!
+//! The run is seeded, so a finding reproduces; its report names the request.
+
+mod common;
+
+use common::{Backend, TestNode};
+use serde_json::json;
+use std::process::Command;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_does_what_its_openapi_document_says() {
+    let n = TestNode::start(Backend::Sqlite).await;
+    // Something to find: a sandbox with the example jobs, a schedule, a listener and a
+    // finished execution, so that the fuzzer's requests reach past "not found".
+    n.sandbox("examples", &[]).await;
+    let (status, _) = n
+        .post(
+            "/api/v1/schedules",
+            json!({"name": "nightly", "sandbox": "examples", "job": "jobs/greet.toml", "cron": "0 3 * * *"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = n
+        .post(
+            "/api/v1/listeners",
+            json!({"name": "deploy", "kind": "webhook", "sandbox": "examples", "job": "jobs/greet.toml"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let id = n.submit(json!({"command": ["true"]})).await;
+    n.wait_final(&id, std::time::Duration::from_secs(30)).await;
+
+    let url = n.url.clone();
+    let hooks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openapi_fuzz/hooks.py");
+    let report = n.dir.path().join("schemathesis");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .args(["-m", "schemathesis.cli", "run", &format!("{url}/api/v1/openapi.json")])
+            .args(["--url", &format!("{url}/api/v1")])
+            .args(["--checks", "all"])
+            .args(["--exclude-checks", "positive_data_acceptance,ignored_auth,use_after_free,ensure_resource_availability"])
+            .args(["--max-examples", "40", "--seed", "1", "--workers", "2"])
+            .args(["--phases", "examples,coverage,fuzzing"])
+            .args(["--request-timeout", "20"])
+            .args(["--report-dir", &report.display().to_string()])
+            .env("SCHEMATHESIS_HOOKS", "hooks")
+            .env("PYTHONPATH", hooks.parent().unwrap())
+            .env("NO_COLOR", "1")
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run schemathesis (scripts/install-test-deps.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found requests where the server and its document disagree:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It did test: every operation of the document was exercised.
+    assert!(text.contains("Tested:"), "{text}");
+}
