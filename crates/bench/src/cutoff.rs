@@ -6,8 +6,9 @@
 use crate::nodes::{self, InProcess};
 use crate::stats::{summary, summary_min};
 use anyhow::{ensure, Context, Result};
-use serde_json::json;
+use shoal_client::NodeAction;
 use shoal_procs::Proxy;
+use shoal_wire::ExecutionState;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -81,8 +82,8 @@ pub(crate) async fn run(shoal: &Path, a: CutoffArgs) -> Result<()> {
     let mut rounds = Vec::new();
     for round in 1..=a.rounds {
         // Attempt 1 on A: B takes no work until it runs there.
-        client_b.node_action("cut-b", "suspend").await.context("cannot suspend cut-b")?;
-        let id = nodes::submit(&client_a, json!({"command": ["sh", "-c", script]})).await?;
+        client_b.node_action("cut-b", NodeAction::Suspend).await.context("cannot suspend cut-b")?;
+        let id = nodes::submit(&client_a, &nodes::command(&["sh", "-c", &script])).await?;
         let pid_file = pids.join(format!("{id}.pid"));
         let deadline = Instant::now() + Duration::from_secs(30);
         let pid: i32 = loop {
@@ -92,7 +93,7 @@ pub(crate) async fn run(shoal: &Path, a: CutoffArgs) -> Result<()> {
             ensure!(Instant::now() < deadline, "execution {id}: attempt 1 did not start within 30 s");
             tokio::time::sleep(Duration::from_millis(5)).await;
         };
-        client_b.node_action("cut-b", "resume").await.context("cannot resume cut-b")?;
+        client_b.node_action("cut-b", NodeAction::Resume).await.context("cannot resume cut-b")?;
         let first = watcher.list_attempts(&id).await?;
         ensure!(first.first().is_some_and(|t| t.node_id == "cut-a"), "attempt 1 is not on cut-a: {first:?}");
 
@@ -111,7 +112,7 @@ pub(crate) async fn run(shoal: &Path, a: CutoffArgs) -> Result<()> {
             lease_of(watcher.list_nodes().await?).context("cut-a has no node row")?.lease_expires_at.max(lease_before);
 
         let e = nodes::wait_final(&client_b, &id, a.lease * 2 + Duration::from_secs(30)).await?;
-        ensure!(e["state"] == "succeeded", "round {round}: execution {id} ended {e}");
+        ensure!(e.state == ExecutionState::Succeeded, "round {round}: execution {id} ended {}: {}", e.state, e.message);
         let attempts = watcher.list_attempts(&id).await?;
         ensure!(
             attempts.len() == 2 && attempts[1].node_id == "cut-b",

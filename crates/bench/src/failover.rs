@@ -5,6 +5,7 @@
 use crate::nodes::{self, Procs};
 use crate::stats::{now_ns, summary};
 use anyhow::{bail, ensure, Context, Result};
+use shoal_wire::ExecutionState;
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -69,7 +70,7 @@ pub(crate) async fn run(shoal: &Path, a: FailoverArgs) -> Result<()> {
     let (mut violations, mut not_succeeded, mut same_node, mut extra_tokens) = (0usize, 0usize, 0usize, 0usize);
     for round in 0..a.kills {
         let entry = &clients[round % clients.len()];
-        let id = nodes::submit(entry, nodes::job(&name, "jobs/beat.toml")).await?;
+        let id = nodes::submit(entry, &nodes::job(&name, "jobs/beat.toml")).await?;
         let beats_file = sandbox.join(format!("beats-{id}"));
         let deadline = Instant::now() + Duration::from_secs(30);
         let first = loop {
@@ -109,7 +110,7 @@ pub(crate) async fn run(shoal: &Path, a: FailoverArgs) -> Result<()> {
 
         let survivor = &clients[(victim + 1) % clients.len()];
         let e = nodes::wait_final(survivor, &id, Duration::from_secs(60)).await?;
-        if e["state"] != "succeeded" {
+        if e.state != ExecutionState::Succeeded {
             not_succeeded += 1;
         }
         if second.node == first.node {
@@ -129,8 +130,8 @@ pub(crate) async fn run(shoal: &Path, a: FailoverArgs) -> Result<()> {
             second.token,
             second.node,
             took,
-            e["state"].as_str().unwrap_or("?"),
-            e["attempt"]
+            e.state,
+            e.attempt
         );
         c.restart(victim).await?;
     }

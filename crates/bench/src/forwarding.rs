@@ -5,6 +5,7 @@ use crate::nodes::{self, InProcess};
 use crate::stats::{percentile, summary_to};
 use anyhow::{ensure, Context, Result};
 use shoal_client::Client;
+use shoal_wire::CreateSandboxRequest;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ pub(crate) struct ForwardingArgs {
 /// Downloads `path` of `sandbox` through `c`; answers how long it took, in milliseconds.
 async fn fetch(c: &Client, sandbox: &str, path: &str, content: &[u8]) -> Result<f64> {
     let t = Instant::now();
-    let body = nodes::read_all(c.download(sandbox, path).await?).await?;
+    let body = nodes::read_all(c.download(sandbox, path).await?.stream).await?;
     let ms = t.elapsed().as_secs_f64() * 1000.0;
     ensure!(body == content, "GET of {path} through {} answered {} other bytes", c.current_server(), body.len());
     Ok(ms)
@@ -42,7 +43,14 @@ pub(crate) async fn run(shoal: &Path, a: ForwardingArgs) -> Result<()> {
     let root = dir.path().join("local-b");
     let name = format!("fwd{}", std::process::id());
     let root_text = root.to_str().context("the temporary folder is not UTF-8")?;
-    direct.create_sandbox(&name, "local", root_text, Some("fwd-b")).await.context("cannot create the sandbox")?;
+    let request = CreateSandboxRequest {
+        name: name.clone(),
+        kind: "local".into(),
+        root: Some(root_text.to_owned()),
+        node: Some("fwd-b".into()),
+        ..CreateSandboxRequest::default()
+    };
+    direct.create_sandbox(&request).await.context("cannot create the sandbox")?;
     let content: Vec<u8> = (0..1024u32).map(|i| b'a' + (i % 26) as u8).collect();
     std::fs::write(root.join("small.txt"), &content).context("cannot write the sandbox file")?;
     let path = "small.txt";

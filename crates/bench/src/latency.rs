@@ -6,7 +6,7 @@ use crate::nodes::{self, InProcess};
 use crate::stats::{now_ns, percentile, sort};
 use crate::Common;
 use anyhow::{ensure, Context, Result};
-use serde_json::json;
+use shoal_wire::ExecutionState;
 use std::path::Path;
 use std::time::Duration;
 
@@ -24,13 +24,13 @@ pub(crate) async fn run(shoal: &Path, c: Common) -> Result<()> {
     let (mut to_commit, mut to_claim, mut to_process) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..c.count {
         let sent = now_ns();
-        let id = nodes::submit(&client, json!({"command": ["date", "+%s%N"]})).await?;
+        let id = nodes::submit(&client, &nodes::command(&["date", "+%s%N"])).await?;
         let logs = loop {
             let e = client.execution(&id).await?;
-            if e["state"] == "succeeded" {
+            if e.state == ExecutionState::Succeeded {
                 break nodes::read_all(client.logs(&id, false, None).await?).await?;
             }
-            ensure!(e["state"] == "queued" || e["state"] == "running", "execution ended {}", e["state"]);
+            ensure!(!e.state.is_final(), "execution ended {}", e.state);
             tokio::time::sleep(Duration::from_millis(2)).await;
         };
         let started: i128 = String::from_utf8_lossy(&logs).trim().parse().context("the job printed no time")?;

@@ -4,9 +4,9 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use futures::TryStreamExt;
-use serde_json::{json, Value};
 use shoal_client::{ByteStream, Client};
 use shoal_procs::{Server, Spec};
+use shoal_wire::{CreateSandboxRequest, Execution, GossipView, NodeState, SubmitRequest};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -61,11 +61,10 @@ impl InProcess<'_> {
 /// Whether every node of `urls` sees every one of `ids` alive in gossip and not lost.
 async fn formed(clients: &[Client], ids: &[String]) -> bool {
     for c in clients {
-        let Ok(v) = c.nodes().await else { return false };
-        let Some(nodes) = v["nodes"].as_array() else { return false };
-        let all_alive = ids
-            .iter()
-            .all(|id| nodes.iter().any(|n| n["id"] == id.as_str() && n["gossip"] == "alive" && n["state"] != "lost"));
+        let Ok(list) = c.nodes().await else { return false };
+        let all_alive = ids.iter().all(|id| {
+            list.nodes.iter().any(|n| n.id == *id && n.gossip == GossipView::Alive && n.state != NodeState::Lost)
+        });
         if !all_alive {
             return false;
         }
@@ -81,7 +80,10 @@ pub(crate) async fn wait_formed(urls: &[String], ids: &[String], limit: Duration
         if Instant::now() > deadline {
             let mut views = String::new();
             for c in &clients {
-                let view = c.nodes().await.map_or_else(|e| e.to_string(), |v| v.to_string());
+                let view = match c.nodes().await {
+                    Ok(list) => serde_json::to_string(&list).unwrap_or_else(|e| e.to_string()),
+                    Err(e) => e.to_string(),
+                };
                 views.push_str(&format!("\n{}: {view}", c.current_server()));
             }
             bail!("gossip did not show {ids:?} alive on every node within {limit:?}:{views}");
@@ -106,30 +108,35 @@ pub(crate) async fn wait_ready(c: &Client, limit: Duration) -> Result<()> {
 /// Registers `root` as shared sandbox `name`.
 pub(crate) async fn shared_sandbox(c: &Client, name: &str, root: &Path) -> Result<()> {
     let root = root.to_str().with_context(|| format!("{} is not UTF-8", root.display()))?;
-    c.create_sandbox(name, "shared", root, None).await.with_context(|| format!("cannot create sandbox {name}"))?;
+    let request = CreateSandboxRequest {
+        name: name.to_owned(),
+        kind: "shared".into(),
+        root: Some(root.to_owned()),
+        ..CreateSandboxRequest::default()
+    };
+    c.create_sandbox(&request).await.with_context(|| format!("cannot create sandbox {name}"))?;
     Ok(())
 }
 
 /// Submits an execution; answers its id.
-pub(crate) async fn submit(c: &Client, body: Value) -> Result<String> {
-    let (e, replayed) = c.submit(body).await.with_context(|| format!("submission to {} failed", c.current_server()))?;
-    ensure!(!replayed, "a fresh submission was answered as a replay: {e}");
-    e["id"].as_str().map(str::to_owned).with_context(|| format!("no id in {e}"))
-}
-
-pub(crate) fn is_final(state: &Value) -> bool {
-    state.as_str().is_some_and(|s| s != "queued" && s != "running")
+pub(crate) async fn submit(c: &Client, request: &SubmitRequest) -> Result<String> {
+    let (e, replayed) =
+        c.submit(request).await.with_context(|| format!("submission to {} failed", c.current_server()))?;
+    ensure!(!replayed, "a fresh submission was answered as a replay: {e:?}");
+    Ok(e.id)
 }
 
 /// Polls execution `id` until it is final; answers it.
-pub(crate) async fn wait_final(c: &Client, id: &str, limit: Duration) -> Result<Value> {
+pub(crate) async fn wait_final(c: &Client, id: &str, limit: Duration) -> Result<Execution> {
     let deadline = Instant::now() + limit;
     loop {
-        let e = c.execution(id).await.unwrap_or_default();
-        if is_final(&e["state"]) {
-            return Ok(e);
+        let e = c.execution(id).await;
+        if let Ok(e) = &e {
+            if e.state.is_final() {
+                return Ok(e.clone());
+            }
         }
-        ensure!(Instant::now() < deadline, "execution {id} not final within {limit:?}: {e}");
+        ensure!(Instant::now() < deadline, "execution {id} not final within {limit:?}: {e:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -233,7 +240,12 @@ fn write_config(dir: &Path, store: &str, id: &str, lease: Duration, slots: u32) 
     Ok((config, format!("http://127.0.0.1:{port}")))
 }
 
-/// A body that submits `job` of `sandbox`.
-pub(crate) fn job(sandbox: &str, job: &str) -> Value {
-    json!({"sandbox": sandbox, "job": job})
+/// A submission of `job` of `sandbox`.
+pub(crate) fn job(sandbox: &str, job: &str) -> SubmitRequest {
+    SubmitRequest { sandbox: Some(sandbox.to_owned()), job: Some(job.to_owned()), ..SubmitRequest::default() }
+}
+
+/// A submission of an inline command.
+pub(crate) fn command(argv: &[&str]) -> SubmitRequest {
+    SubmitRequest { command: Some(argv.iter().map(|a| a.to_string()).collect()), ..SubmitRequest::default() }
 }

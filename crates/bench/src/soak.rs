@@ -4,7 +4,7 @@
 
 use crate::nodes::{self, Procs};
 use anyhow::{ensure, Context, Result};
-use serde_json::json;
+use shoal_wire::{GossipView, NodeState};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -85,14 +85,14 @@ pub(crate) async fn run(shoal: &Path, a: SoakArgs) -> Result<()> {
                 let with_true = until_true == 0;
                 until_true = if with_true { a.rate.max(1) - 1 } else { until_true - 1 };
                 for client in &clients {
-                    let mut bodies = vec![json!({"command": ["sh", "-c", "sleep 0.2"]})];
+                    let mut bodies = vec![nodes::command(&["sh", "-c", "sleep 0.2"])];
                     if with_true {
-                        bodies.push(json!({"command": ["true"]}));
+                        bodies.push(nodes::command(&["true"]));
                     }
                     for body in bodies {
                         let (client, counts, submitted) = (client.clone(), counts.clone(), submitted.clone());
                         tokio::spawn(async move {
-                            match nodes::submit(&client, body).await {
+                            match nodes::submit(&client, &body).await {
                                 Ok(id) => submitted.lock().map(|mut s| s.push(id)).unwrap_or(()),
                                 Err(_) => {
                                     counts.submit_errors.fetch_add(1, Ordering::Relaxed);
@@ -122,20 +122,20 @@ pub(crate) async fn run(shoal: &Path, a: SoakArgs) -> Result<()> {
                         continue;
                     };
                     counts.samples.fetch_add(1, Ordering::Relaxed);
-                    for n in view["nodes"].as_array().into_iter().flatten() {
-                        let subject = n["id"].as_str().unwrap_or_default();
+                    for n in &view.nodes {
+                        let subject = n.id.as_str();
                         if !ids.iter().any(|i| i == subject) {
                             continue;
                         }
-                        if n["gossip"] == "dead" || n["state"] == "lost" {
+                        if n.gossip == GossipView::Dead || n.state == NodeState::Lost {
                             counts.sightings.fetch_add(1, Ordering::Relaxed);
                             if let Ok(mut d) = deaths.lock() {
                                 d.push(format!(
-                                    "{:.1}s: {observer} saw {subject} gossip={} state={} lease_expires_in_ms={}",
+                                    "{:.1}s: {observer} saw {subject} gossip={:?} state={} lease_expires_in_ms={}",
                                     t0.elapsed().as_secs_f64(),
-                                    n["gossip"],
-                                    n["state"],
-                                    n["lease_expires_in_ms"]
+                                    n.gossip,
+                                    n.state,
+                                    n.lease_expires_in_ms
                                 ));
                             }
                         }

@@ -59,7 +59,7 @@ pub(crate) async fn run(shoal: &Path, a: ThroughputArgs) -> Result<()> {
         let (clients, body) = (clients.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             for i in 0..count {
-                nodes::submit(&clients[(w + i) % clients.len()], body.clone()).await?;
+                nodes::submit(&clients[(w + i) % clients.len()], &body).await?;
             }
             anyhow::Ok(())
         }));

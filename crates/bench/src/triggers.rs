@@ -9,7 +9,7 @@
 use crate::nodes::{self, Procs};
 use crate::stats::summary;
 use anyhow::{ensure, Context, Result};
-use serde_json::json;
+use shoal_wire::{ListenerRequest, OnFileRequest, ScheduleRequest};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -70,9 +70,15 @@ pub(crate) async fn schedules(shoal: &Path, a: SchedulesArgs) -> Result<()> {
     let mut created = 0usize;
     for &count in &a.schedules {
         while created < count {
-            let body = json!({"name": format!("s{created}"), "sandbox": "sched", "job": "tick.toml",
-                              "cron": "* * * * * *", "params": {"fire": "{fire_unix_ms}"}});
-            clients[created % clients.len()].create_schedule(&body).await.context("cannot create a schedule")?;
+            let request = ScheduleRequest {
+                name: Some(format!("s{created}")),
+                sandbox: Some("sched".into()),
+                job: Some("tick.toml".into()),
+                cron: Some("* * * * * *".into()),
+                params: Some([("fire".to_owned(), "{fire_unix_ms}".into())].into()),
+                ..ScheduleRequest::default()
+            };
+            clients[created % clients.len()].create_schedule(&request).await.context("cannot create a schedule")?;
             created += 1;
         }
         let warm = store.now_ms().await? + 5_000;
@@ -119,13 +125,21 @@ pub(crate) async fn files(shoal: &Path, a: FilesArgs) -> Result<()> {
     std::fs::write(root.join("load.toml"), "kind = \"noop\"\n[params.file]\nrequired = true\n")?;
     nodes::shared_sandbox(&client, "drop", &root).await?;
     let settle = a.settle.as_millis() as u64;
-    let l = client
-        .create_listener(&json!({"name": "files", "kind": "file", "sandbox": "drop", "job": "load.toml",
-                "params": {"file": "{event.path}"},
-                "on_file": {"sandbox": "drop", "pattern": "in/*.csv", "settle": format!("{settle}ms")}}))
-        .await
-        .context("cannot create the listener")?;
-    let id = l["id"].as_str().context("no listener id")?.to_owned();
+    let request = ListenerRequest {
+        name: Some("files".into()),
+        kind: Some("file".into()),
+        sandbox: Some("drop".into()),
+        job: Some("load.toml".into()),
+        params: Some([("file".to_owned(), "{event.path}".into())].into()),
+        on_file: Some(OnFileRequest {
+            sandbox: "drop".into(),
+            pattern: "in/*.csv".into(),
+            events: None,
+            settle: Some(format!("{settle}ms")),
+        }),
+        ..ListenerRequest::default()
+    };
+    let id = client.create_listener(&request).await.context("cannot create the listener")?.id;
     let store = shoal_store::Store::open(&a.store, 2).await?;
     let mut written = HashMap::new();
     for i in 0..a.files {

@@ -18,14 +18,20 @@ mod error;
 mod logs;
 mod urls;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, UNEXPECTED_RESPONSE};
 pub use urls::{file_path, segment, API_PREFIX};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use shoal_wire::{
+    CreateSandboxRequest, ErrorCode, EventList, Execution, ExecutionList, ExecutionState, FiringList, FolderListing,
+    HookAnswer, JobList, Listener, ListenerList, ListenerRequest, LogStream, Node, NodeList, Preview, PreviewRequest,
+    Ready, Sandbox, SandboxList, Schedule, ScheduleList, ScheduleRequest, SubmitRequest, Upload,
+};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +40,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A response body read as it arrives, so large files and live logs are never held whole.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// Told the bytes of a file sent so far while it uploads (from 0 again when the upload moves
+/// to another server).
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// How long to wait for a TCP connection before trying the next server.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -45,7 +55,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Filters of `GET /executions`; `None` leaves a filter out.
 #[derive(Clone, Debug, Default)]
 pub struct ExecutionFilter {
-    pub state: Option<String>,
+    pub state: Option<ExecutionState>,
     pub sandbox: Option<String>,
     pub job: Option<String>,
     pub node: Option<String>,
@@ -53,6 +63,34 @@ pub struct ExecutionFilter {
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
+}
+
+/// What `POST /nodes/{id}/{action}` asks of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeAction {
+    /// Take no new work, let running attempts finish, report not ready.
+    Drain,
+    /// Take no new work until resumed, keep serving requests.
+    Suspend,
+    /// Take work again after a drain or a suspension.
+    Resume,
+}
+
+impl NodeAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeAction::Drain => "drain",
+            NodeAction::Suspend => "suspend",
+            NodeAction::Resume => "resume",
+        }
+    }
+}
+
+/// A file being downloaded.
+pub struct Download {
+    /// Its length, when the server said it (`Content-Length`).
+    pub size: Option<u64>,
+    pub stream: ByteStream,
 }
 
 /// A client for one cluster. Cheap to clone; clones share the memory of which server works.
@@ -73,10 +111,11 @@ struct Call<'a> {
     path: String,
     query: Vec<(&'static str, String)>,
     headers: Vec<(&'static str, String)>,
-    json: Option<&'a Value>,
-    /// A JSON body sent exactly as these bytes (a signed webhook: the signature covers them).
-    raw_json: Option<&'a [u8]>,
+    /// A JSON body, sent as exactly these bytes (a signed webhook: the signature covers them).
+    json: Option<Bytes>,
     upload: Option<&'a Path>,
+    /// Told how much of the upload has gone.
+    progress: Option<Progress>,
     /// Safe to send to another server after it may already have reached one.
     idempotent: bool,
     /// Hand the response body to the caller unread.
@@ -94,12 +133,21 @@ impl<'a> Call<'a> {
             query: Vec::new(),
             headers: Vec::new(),
             json: None,
-            raw_json: None,
             upload: None,
+            progress: None,
             idempotent,
             streaming: false,
             deadline: true,
         }
+    }
+
+    /// A call with `body` encoded as its JSON body.
+    fn with_json(method: Method, path: String, body: &impl Serialize) -> Result<Call<'a>> {
+        let mut call = Call::new(method, path);
+        let bytes =
+            serde_json::to_vec(body).map_err(|e| Error::Other(format!("cannot encode the request as JSON: {e}")))?;
+        call.json = Some(bytes.into());
+        Ok(call)
     }
 }
 
@@ -156,45 +204,40 @@ impl Client {
 
     // ---- nodes and health ----
 
-    pub async fn nodes(&self) -> Result<Value> {
-        self.get_json("/nodes".into(), Vec::new()).await
+    pub async fn nodes(&self) -> Result<NodeList> {
+        self.get("/nodes".into(), Vec::new()).await
     }
 
-    pub async fn node(&self, id: &str) -> Result<Value> {
-        self.get_json(format!("/nodes/{}", segment(id)?), Vec::new()).await
+    pub async fn node(&self, id: &str) -> Result<Node> {
+        self.get(format!("/nodes/{}", segment(id)?), Vec::new()).await
     }
 
-    /// Drains, suspends or resumes node `id` (`action`: `drain`, `suspend` or `resume`); any
-    /// node forwards the request to `id`.
-    pub async fn node_action(&self, id: &str, action: &str) -> Result<Value> {
-        let call = Call::new(Method::POST, format!("/nodes/{}/{}", segment(id)?, segment(action)?));
-        json_body(self.execute(call).await?)
+    /// Drains, suspends or resumes node `id`; any node forwards the request to `id`. Answers
+    /// the node with its `previous_state`.
+    pub async fn node_action(&self, id: &str, action: NodeAction) -> Result<Node> {
+        let call = Call::new(Method::POST, format!("/nodes/{}/{}", segment(id)?, action.as_str()));
+        decode(self.execute(call).await?)
     }
 
     /// Readiness of the first server that is ready (a `503 not_ready` moves on to the next).
-    pub async fn health_ready(&self) -> Result<Value> {
-        self.get_json("/health/ready".into(), Vec::new()).await
+    pub async fn health_ready(&self) -> Result<Ready> {
+        self.get("/health/ready".into(), Vec::new()).await
     }
 
     // ---- sandboxes and their files ----
 
-    pub async fn sandboxes(&self) -> Result<Value> {
-        self.get_json("/sandboxes".into(), Vec::new()).await
+    pub async fn sandboxes(&self) -> Result<SandboxList> {
+        self.get("/sandboxes".into(), Vec::new()).await
     }
 
-    pub async fn sandbox(&self, name: &str) -> Result<Value> {
-        self.get_json(format!("/sandboxes/{}", segment(name)?), Vec::new()).await
+    pub async fn sandbox(&self, name: &str) -> Result<Sandbox> {
+        self.get(format!("/sandboxes/{}", segment(name)?), Vec::new()).await
     }
 
     /// Registers a sandbox. `root` must be absolute on the node(s); `node` only for `local`.
-    pub async fn create_sandbox(&self, name: &str, kind: &str, root: &str, node: Option<&str>) -> Result<Value> {
-        let mut body = json!({ "name": name, "kind": kind, "root": root });
-        if let Some(node) = node {
-            body["node"] = json!(node);
-        }
-        let mut call = Call::new(Method::POST, "/sandboxes".into());
-        call.json = Some(&body);
-        json_body(self.execute(call).await?)
+    pub async fn create_sandbox(&self, request: &CreateSandboxRequest) -> Result<Sandbox> {
+        let call = Call::with_json(Method::POST, "/sandboxes".into(), request)?;
+        decode(self.execute(call).await?)
     }
 
     pub async fn delete_sandbox(&self, name: &str) -> Result<()> {
@@ -202,12 +245,12 @@ impl Client {
     }
 
     /// The sandbox's job files and whether each is valid.
-    pub async fn jobs(&self, sandbox: &str) -> Result<Value> {
-        self.get_json(format!("/sandboxes/{}/jobs", segment(sandbox)?), Vec::new()).await
+    pub async fn jobs(&self, sandbox: &str) -> Result<JobList> {
+        self.get(format!("/sandboxes/{}/jobs", segment(sandbox)?), Vec::new()).await
     }
 
     /// Lists a folder of the sandbox (`""` for its root).
-    pub async fn list_files(&self, sandbox: &str, path: &str) -> Result<Value> {
+    pub async fn list_files(&self, sandbox: &str, path: &str) -> Result<FolderListing> {
         let mut call = Call::new(Method::GET, files_path(sandbox, path)?);
         // Streaming, so that naming a large file by mistake does not download it.
         call.streaming = true;
@@ -223,7 +266,7 @@ impl Client {
     }
 
     /// Downloads a file as a stream of chunks.
-    pub async fn download(&self, sandbox: &str, path: &str) -> Result<ByteStream> {
+    pub async fn download(&self, sandbox: &str, path: &str) -> Result<Download> {
         let mut call = Call::new(Method::GET, files_path(sandbox, path)?);
         call.streaming = true;
         call.deadline = false;
@@ -233,18 +276,30 @@ impl Client {
         if is_json(response.headers()) {
             return Err(Error::Other(format!("`{path}` is a folder, not a file; list it instead")));
         }
-        Ok(byte_stream(base, response))
+        Ok(Download { size: response.content_length(), stream: byte_stream(base, response) })
     }
 
     /// Uploads a local file to `path` in the sandbox, streaming it (it is opened again for
-    /// each server tried). Answers `{"path", "size"}`.
-    pub async fn upload(&self, sandbox: &str, path: &str, local: &Path) -> Result<Value> {
+    /// each server tried).
+    pub async fn upload(&self, sandbox: &str, path: &str, local: &Path) -> Result<Upload> {
+        self.upload_with_progress(sandbox, path, local, None).await
+    }
+
+    /// Like [`Client::upload`], telling `progress` how many bytes have gone as they go.
+    pub async fn upload_with_progress(
+        &self,
+        sandbox: &str,
+        path: &str,
+        local: &Path,
+        progress: Option<Progress>,
+    ) -> Result<Upload> {
         let mut call = Call::new(Method::PUT, files_path(sandbox, path)?);
         call.upload = Some(local);
+        call.progress = progress;
         // The server writes uploads to a temporary file and renames it into place.
         call.idempotent = true;
         call.deadline = false;
-        json_body(self.execute(call).await?)
+        decode(self.execute(call).await?)
     }
 
     /// Deletes a file, or an empty folder.
@@ -254,18 +309,17 @@ impl Client {
 
     // ---- executions ----
 
-    /// Submits an execution (`{"sandbox", "job", "params"}` or `{"command": [...]}`), with a
-    /// fresh idempotency key. Answers the execution and whether the server replayed an
-    /// earlier submission instead of creating one.
-    pub async fn submit(&self, body: Value) -> Result<(Value, bool)> {
-        self.submit_with_key(body, &uuid::Uuid::new_v4().to_string()).await
+    /// Submits an execution (a sandbox's job, or an inline command), with a fresh idempotency
+    /// key. Answers the execution and whether the server replayed an earlier submission
+    /// instead of creating one.
+    pub async fn submit(&self, request: &SubmitRequest) -> Result<(Execution, bool)> {
+        self.submit_with_key(request, &uuid::Uuid::new_v4().to_string()).await
     }
 
     /// Like [`Client::submit`] with the caller's key, to make a submission safe to repeat
     /// across separate runs of a script.
-    pub async fn submit_with_key(&self, body: Value, key: &str) -> Result<(Value, bool)> {
-        let mut call = Call::new(Method::POST, "/executions".into());
-        call.json = Some(&body);
+    pub async fn submit_with_key(&self, request: &SubmitRequest, key: &str) -> Result<(Execution, bool)> {
+        let mut call = Call::with_json(Method::POST, "/executions".into(), request)?;
         call.headers.push(("idempotency-key", key.to_owned()));
         // The key makes a repeat harmless: the store answers with the execution it made.
         call.idempotent = true;
@@ -279,16 +333,14 @@ impl Client {
         }
     }
 
-    /// One page of executions, newest first: `{"executions": [...], "next_cursor"}`.
-    pub async fn executions(&self, filter: &ExecutionFilter) -> Result<Value> {
+    /// One page of executions, newest first.
+    pub async fn executions(&self, filter: &ExecutionFilter) -> Result<ExecutionList> {
         let mut query = Vec::new();
-        let fields = [
-            ("state", &filter.state),
-            ("sandbox", &filter.sandbox),
-            ("job", &filter.job),
-            ("node", &filter.node),
-            ("cursor", &filter.cursor),
-        ];
+        if let Some(state) = filter.state {
+            query.push(("state", state.as_str().to_owned()));
+        }
+        let fields =
+            [("sandbox", &filter.sandbox), ("job", &filter.job), ("node", &filter.node), ("cursor", &filter.cursor)];
         for (k, v) in fields {
             if let Some(v) = v {
                 query.push((k, v.clone()));
@@ -297,39 +349,39 @@ impl Client {
         if let Some(l) = filter.limit {
             query.push(("limit", l.to_string()));
         }
-        self.get_json("/executions".into(), query).await
+        self.get("/executions".into(), query).await
     }
 
-    pub async fn execution(&self, id: &str) -> Result<Value> {
-        self.get_json(format!("/executions/{}", segment(id)?), Vec::new()).await
+    pub async fn execution(&self, id: &str) -> Result<Execution> {
+        self.get(format!("/executions/{}", segment(id)?), Vec::new()).await
     }
 
     /// Asks for an execution to stop; answers it as it is after the request (already
     /// `cancelled` if it was queued, still `running` with `cancel_requested_by` if it runs).
-    pub async fn cancel(&self, id: &str) -> Result<Value> {
+    pub async fn cancel(&self, id: &str) -> Result<Execution> {
         let mut call = Call::new(Method::POST, format!("/executions/{}/cancel", segment(id)?));
         if let Some(user) = &self.user {
             call.headers.push(("x-shoal-user", user.clone()));
         }
-        json_body(self.execute(call).await?)
+        decode(self.execute(call).await?)
     }
 
-    /// An execution's output (`stream`: `stdout`, `stderr`, or both when `None`); with
-    /// `follow`, until the execution has finished. If the connection breaks (the serving node
-    /// died), the stream reopens on another server and skips what was already delivered.
-    pub async fn logs(&self, id: &str, follow: bool, stream: Option<&str>) -> Result<ByteStream> {
+    /// An execution's output (`stream`: one of them, or both when `None`); with `follow`,
+    /// until the execution has finished. If the connection breaks (the serving node died), the
+    /// stream reopens on another server and skips what was already delivered.
+    pub async fn logs(&self, id: &str, follow: bool, stream: Option<LogStream>) -> Result<ByteStream> {
         let (base, first) = self.open_logs(id, follow, stream).await?;
-        Ok(logs::resumable(self.clone(), id.to_owned(), follow, stream.map(str::to_owned), base, first))
+        Ok(logs::resumable(self.clone(), id.to_owned(), follow, stream, base, first))
     }
 
     /// Opens a log stream; answers the server serving it too, so a break can be blamed on it.
-    async fn open_logs(&self, id: &str, follow: bool, stream: Option<&str>) -> Result<(String, ByteStream)> {
+    async fn open_logs(&self, id: &str, follow: bool, stream: Option<LogStream>) -> Result<(String, ByteStream)> {
         let mut call = Call::new(Method::GET, format!("/executions/{}/logs", segment(id)?));
         if follow {
             call.query.push(("follow", "true".into()));
         }
         if let Some(s) = stream {
-            call.query.push(("stream", s.to_owned()));
+            call.query.push(("stream", wire_name(&s)?));
         }
         call.streaming = true;
         call.deadline = false;
@@ -341,99 +393,88 @@ impl Client {
 
     // ---- schedules ----
 
-    /// Every schedule, sorted by name: `{"schedules": [...]}`.
-    pub async fn schedules(&self) -> Result<Value> {
-        self.get_json("/schedules".into(), Vec::new()).await
+    /// Every schedule, sorted by name.
+    pub async fn schedules(&self) -> Result<ScheduleList> {
+        self.get("/schedules".into(), Vec::new()).await
     }
 
     /// One schedule, by id or name.
-    pub async fn schedule(&self, reference: &str) -> Result<Value> {
-        self.get_json(format!("/schedules/{}", segment(reference)?), Vec::new()).await
+    pub async fn schedule(&self, reference: &str) -> Result<Schedule> {
+        self.get(format!("/schedules/{}", segment(reference)?), Vec::new()).await
     }
 
-    /// Creates a schedule from `{"name", "sandbox", "job", "cron", ...}`; answers it, with its
-    /// `next_fire_time`.
-    pub async fn create_schedule(&self, body: &Value) -> Result<Value> {
-        let mut call = Call::new(Method::POST, "/schedules".into());
-        call.json = Some(body);
-        json_body(self.execute(call).await?)
+    /// Creates a schedule (`name`, `sandbox`, `job` and `cron` are required); answers it,
+    /// with its `next_fire_time`.
+    pub async fn create_schedule(&self, request: &ScheduleRequest) -> Result<Schedule> {
+        let call = Call::with_json(Method::POST, "/schedules".into(), request)?;
+        decode(self.execute(call).await?)
     }
 
-    /// Changes the fields of a schedule given in `patch` (any of the creation fields but
-    /// `name`, e.g. `{"enabled": false}`); answers the schedule as it is now.
-    pub async fn update_schedule(&self, reference: &str, patch: &Value) -> Result<Value> {
-        self.patch_json(format!("/schedules/{}", segment(reference)?), patch).await
+    /// Changes the fields of a schedule that `patch` gives (those left `None` keep their
+    /// values; `name` cannot change); answers the schedule as it is now.
+    pub async fn update_schedule(&self, reference: &str, patch: &ScheduleRequest) -> Result<Schedule> {
+        self.patch(format!("/schedules/{}", segment(reference)?), patch).await
     }
 
     pub async fn delete_schedule(&self, reference: &str) -> Result<()> {
         self.execute(Call::new(Method::DELETE, format!("/schedules/{}", segment(reference)?))).await.map(drop)
     }
 
-    /// A schedule's recent firings, newest first (`limit`: the server's default is 50):
-    /// `{"firings": [...]}`.
-    pub async fn schedule_firings(&self, reference: &str, limit: Option<u32>) -> Result<Value> {
+    /// A schedule's recent firings, newest first (`limit`: the server's default is 50).
+    pub async fn schedule_firings(&self, reference: &str, limit: Option<u32>) -> Result<FiringList> {
         let query = limit.map(|l| ("limit", l.to_string())).into_iter().collect();
-        self.get_json(format!("/schedules/{}/firings", segment(reference)?), query).await
+        self.get(format!("/schedules/{}/firings", segment(reference)?), query).await
     }
 
     /// A schedule's next `count` fire times (the server's default is 10, at most 1000), in its
-    /// time zone: `{"firings": ["...", ...]}`.
-    pub async fn schedule_preview(&self, reference: &str, count: Option<u32>) -> Result<Value> {
+    /// time zone.
+    pub async fn schedule_preview(&self, reference: &str, count: Option<u32>) -> Result<Preview> {
         let query = count.map(|c| ("count", c.to_string())).into_iter().collect();
-        self.get_json(format!("/schedules/{}/preview", segment(reference)?), query).await
+        self.get(format!("/schedules/{}/preview", segment(reference)?), query).await
     }
 
-    /// The next fire times of a cron expression, without creating a schedule (`timezone`
-    /// `None`: UTC): `{"firings": ["...", ...]}`.
-    pub async fn preview_cron(&self, cron: &str, timezone: Option<&str>, count: Option<u32>) -> Result<Value> {
-        let mut body = json!({ "cron": cron });
-        if let Some(tz) = timezone {
-            body["timezone"] = json!(tz);
-        }
-        if let Some(count) = count {
-            body["count"] = json!(count);
-        }
-        let mut call = Call::new(Method::POST, "/schedules/preview".into());
-        call.json = Some(&body);
+    /// The next fire times of a cron expression, without creating a schedule.
+    pub async fn preview_cron(&self, request: &PreviewRequest) -> Result<Preview> {
+        let mut call = Call::with_json(Method::POST, "/schedules/preview".into(), request)?;
         // A computation that changes nothing.
         call.idempotent = true;
-        json_body(self.execute(call).await?)
+        decode(self.execute(call).await?)
     }
 
     // ---- listeners and webhooks ----
 
-    /// Every listener: `{"listeners": [...]}`.
-    pub async fn listeners(&self) -> Result<Value> {
-        self.get_json("/listeners".into(), Vec::new()).await
+    /// Every listener, sorted by name.
+    pub async fn listeners(&self) -> Result<ListenerList> {
+        self.get("/listeners".into(), Vec::new()).await
     }
 
     /// One listener, by id or name.
-    pub async fn listener(&self, reference: &str) -> Result<Value> {
-        self.get_json(format!("/listeners/{}", segment(reference)?), Vec::new()).await
+    pub async fn listener(&self, reference: &str) -> Result<Listener> {
+        self.get(format!("/listeners/{}", segment(reference)?), Vec::new()).await
     }
 
-    /// Creates a listener from `{"name", "kind", "sandbox", "job", ...}`. The answer of a
-    /// webhook listener carries its `secret`, the only time the server ever shows it.
-    pub async fn create_listener(&self, body: &Value) -> Result<Value> {
-        let mut call = Call::new(Method::POST, "/listeners".into());
-        call.json = Some(body);
-        json_body(self.execute(call).await?)
+    /// Creates a listener (`name`, `kind`, `sandbox`, `job` and the kind's `on_*` are
+    /// required). The answer of a webhook listener carries its `secret`, the only time the
+    /// server ever shows it.
+    pub async fn create_listener(&self, request: &ListenerRequest) -> Result<Listener> {
+        let call = Call::with_json(Method::POST, "/listeners".into(), request)?;
+        decode(self.execute(call).await?)
     }
 
-    /// Changes the fields of a listener given in `patch` (`enabled`, `params`, `sandbox`, `job`,
-    /// and `secret` for webhooks); answers the listener as it is now.
-    pub async fn update_listener(&self, reference: &str, patch: &Value) -> Result<Value> {
-        self.patch_json(format!("/listeners/{}", segment(reference)?), patch).await
+    /// Changes the fields of a listener that `patch` gives (`enabled`, `params`, `sandbox`,
+    /// `job`, the kind's `on_*`, and `secret` for webhooks); answers the listener as it is now.
+    pub async fn update_listener(&self, reference: &str, patch: &ListenerRequest) -> Result<Listener> {
+        self.patch(format!("/listeners/{}", segment(reference)?), patch).await
     }
 
     pub async fn delete_listener(&self, reference: &str) -> Result<()> {
         self.execute(Call::new(Method::DELETE, format!("/listeners/{}", segment(reference)?))).await.map(drop)
     }
 
-    /// The events a listener received, newest first: `{"events": [...]}`.
-    pub async fn listener_events(&self, reference: &str, limit: Option<u32>) -> Result<Value> {
+    /// The events a listener received, newest first.
+    pub async fn listener_events(&self, reference: &str, limit: Option<u32>) -> Result<EventList> {
         let query = limit.map(|l| ("limit", l.to_string())).into_iter().collect();
-        self.get_json(format!("/listeners/{}/events", segment(reference)?), query).await
+        self.get(format!("/listeners/{}/events", segment(reference)?), query).await
     }
 
     /// Delivers a webhook to the webhook listener `name`, as an outside service would: `body`
@@ -442,14 +483,20 @@ impl Client {
     /// same `delivery` id (1 to 200 printable ASCII characters, no control characters) starts
     /// no second job; without an id a fresh one is
     /// made, which also makes the request safe to send to another server after a broken
-    /// connection. Answers `{"event", "execution"}` and whether the server had already
-    /// received this delivery (the execution is then the one it started the first time).
-    pub async fn hook(&self, name: &str, secret: &str, body: &[u8], delivery: Option<&str>) -> Result<(Value, bool)> {
+    /// connection. Answers the event and the execution, and whether the server had already
+    /// received this delivery (the answer then has the first event only).
+    pub async fn hook(
+        &self,
+        name: &str,
+        secret: &str,
+        body: &[u8],
+        delivery: Option<&str>,
+    ) -> Result<(HookAnswer, bool)> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_err(|_| Error::Other("the system clock is set before 1970; cannot sign the webhook".into()))?;
         let mut call = Call::new(Method::POST, format!("/hooks/{}", segment(name)?));
-        call.raw_json = Some(body);
+        call.json = Some(Bytes::copy_from_slice(body));
         let delivery = delivery.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
         // The hook's name and the delivery id are signed with the body: a changed id, or the
         // request sent to another hook with the same secret, does not verify.
@@ -459,7 +506,16 @@ impl Client {
         // The delivery id makes a repeat harmless: the server answers with the first event.
         call.idempotent = true;
         match self.execute(call).await? {
-            Reply::Whole { status, body, .. } => Ok((parse_json(&body)?, status == StatusCode::OK)),
+            Reply::Whole { status, body, .. } => {
+                let mut answer: HookAnswer = parse_json(&body)?;
+                // A new delivery's answer always has `execution`, null when the listener is
+                // disabled; serde reads that null as "absent", which would drop it from the
+                // answer shown again (`shoal --json hook`).
+                if status == StatusCode::CREATED && answer.execution.is_none() {
+                    answer.execution = Some(None);
+                }
+                Ok((answer, status == StatusCode::OK))
+            }
             Reply::Stream { .. } => Err(Error::Other("internal: unexpected streaming reply".into())),
         }
     }
@@ -477,19 +533,18 @@ impl Client {
 
     // ---- the fail-over loop ----
 
-    async fn get_json(&self, path: String, query: Vec<(&'static str, String)>) -> Result<Value> {
+    async fn get<T: DeserializeOwned>(&self, path: String, query: Vec<(&'static str, String)>) -> Result<T> {
         let mut call = Call::new(Method::GET, path);
         call.query = query;
-        json_body(self.execute(call).await?)
+        decode(self.execute(call).await?)
     }
 
     /// A `PATCH` that sets the given fields: sending it twice leaves the same result, so it
     /// may go to another server after a broken connection.
-    async fn patch_json(&self, path: String, patch: &Value) -> Result<Value> {
-        let mut call = Call::new(Method::PATCH, path);
-        call.json = Some(patch);
+    async fn patch<T: DeserializeOwned>(&self, path: String, patch: &impl Serialize) -> Result<T> {
+        let mut call = Call::with_json(Method::PATCH, path, patch)?;
         call.idempotent = true;
-        json_body(self.execute(call).await?)
+        decode(self.execute(call).await?)
     }
 
     async fn execute(&self, call: Call<'_>) -> Result<Reply> {
@@ -505,14 +560,11 @@ impl Client {
             for (k, v) in &call.headers {
                 req = req.header(*k, v);
             }
-            if let Some(body) = call.json {
-                req = req.json(body);
-            }
-            if let Some(body) = call.raw_json {
-                req = req.header(CONTENT_TYPE, "application/json").body(body.to_vec());
+            if let Some(body) = &call.json {
+                req = req.header(CONTENT_TYPE, "application/json").body(body.clone());
             }
             if let Some(local) = call.upload {
-                let (body, len) = file_body(local).await?;
+                let (body, len) = file_body(local, call.progress.clone()).await?;
                 // A known length lets the server refuse an oversized upload before it is sent.
                 req = req.header(CONTENT_LENGTH, len).body(body);
             }
@@ -592,13 +644,17 @@ fn hmac_sha256_hex(key: &[u8], parts: &[&[u8]]) -> String {
 
 /// Whether an error answer means "this node cannot serve now, another may".
 fn unavailable(status: StatusCode, error: &Error) -> bool {
-    let code = error.code().unwrap_or("");
+    // Not the API's error shape: a proxy or load balancer in front of a node that is down.
+    let foreign = error.raw_code() == Some(UNEXPECTED_RESPONSE);
     match status {
         StatusCode::SERVICE_UNAVAILABLE => {
-            matches!(code, "node_unavailable" | "not_ready" | "store_unavailable" | "unexpected_response")
+            foreign
+                || matches!(
+                    error.code(),
+                    Some(ErrorCode::NodeUnavailable | ErrorCode::NotReady | ErrorCode::StoreUnavailable)
+                )
         }
-        // A proxy or load balancer in front of a node that is down.
-        StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => code == "unexpected_response",
+        StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => foreign,
         _ => false,
     }
 }
@@ -611,26 +667,53 @@ fn is_json(headers: &HeaderMap) -> bool {
     headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"))
 }
 
-fn json_body(reply: Reply) -> Result<Value> {
+fn decode<T: DeserializeOwned>(reply: Reply) -> Result<T> {
     match reply {
-        Reply::Whole { body, .. } if body.is_empty() => Ok(Value::Null),
         Reply::Whole { body, .. } => parse_json(&body),
         Reply::Stream { .. } => Err(Error::Other("internal: unexpected streaming reply".into())),
     }
 }
 
-fn parse_json(body: &[u8]) -> Result<Value> {
-    serde_json::from_slice(body).map_err(|e| Error::Other(format!("the server's answer is not valid JSON: {e}")))
+/// Reads an answer as its wire type. One that does not fit (a field missing, a state this
+/// client does not know) is named as such: it is most likely a server of another version.
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        Error::Other(format!(
+            "the server's answer is not what this client expects ({e}); is the server of another shoal version?"
+        ))
+    })
 }
 
-async fn file_body(local: &Path) -> Result<(reqwest::Body, u64)> {
+/// How a wire enum is spelled in JSON, for a query string.
+fn wire_name(value: &impl Serialize) -> Result<String> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => Ok(s),
+        _ => Err(Error::Other("internal: a query value that is not a name".into())),
+    }
+}
+
+async fn file_body(local: &Path, progress: Option<Progress>) -> Result<(reqwest::Body, u64)> {
     let shown = local.display();
     let file = tokio::fs::File::open(local).await.map_err(|e| Error::Other(format!("cannot open `{shown}`: {e}")))?;
     let meta = file.metadata().await.map_err(|e| Error::Other(format!("cannot read `{shown}`: {e}")))?;
     if !meta.is_file() {
         return Err(Error::Other(format!("`{shown}` is not a file")));
     }
-    Ok((reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file)), meta.len()))
+    let chunks = tokio_util::io::ReaderStream::new(file);
+    let body = match progress {
+        None => reqwest::Body::wrap_stream(chunks),
+        Some(progress) => {
+            progress(0);
+            let mut sent = 0u64;
+            reqwest::Body::wrap_stream(chunks.inspect(move |chunk| {
+                if let Ok(chunk) = chunk {
+                    sent += chunk.len() as u64;
+                    progress(sent);
+                }
+            }))
+        }
+    };
+    Ok((body, meta.len()))
 }
 
 fn byte_stream(base: String, response: reqwest::Response) -> ByteStream {
@@ -699,6 +782,24 @@ mod tests {
         assert_ne!(hook_signature(b"k", "a", 1, None, b"{}"), hook_signature(b"k", "b", 1, None, b"{}"));
     }
 
+    /// An execution as a server answers it (`e1`, queued).
+    pub(crate) fn execution_fixture() -> serde_json::Value {
+        serde_json::from_str(include_str!("../tests/fixtures/execution.json")).unwrap()
+    }
+
+    #[test]
+    fn an_answer_read_and_written_again_is_the_servers_body() {
+        let body = execution_fixture();
+        let execution: Execution = serde_json::from_value(body.clone()).unwrap();
+        assert_eq!(execution.state, ExecutionState::Queued);
+        assert_eq!(serde_json::to_value(&execution).unwrap(), body);
+        // A state this client does not know is named as a version mismatch, not half-read.
+        let mut newer = body;
+        newer["state"] = "paused".into();
+        let e = parse_json::<Execution>(newer.to_string().as_bytes()).unwrap_err();
+        assert!(matches!(&e, Error::Other(m) if m.contains("another shoal version")), "{e}");
+    }
+
     /// What the stand-in hook endpoint saw: signature header, delivery header, raw body.
     type Seen = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
 
@@ -707,7 +808,7 @@ mod tests {
         axum::extract::Path(name): axum::extract::Path<String>,
         headers: AxumHeaders,
         body: Bytes,
-    ) -> (AxumStatus, axum::Json<Value>) {
+    ) -> (AxumStatus, axum::Json<serde_json::Value>) {
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         let (signature, delivery) = (header("x-shoal-hook-signature"), header("x-shoal-hook-delivery"));
         let t: u64 = signature.strip_prefix("t=").and_then(|r| r.split(',').next()).unwrap().parse().unwrap();
@@ -719,9 +820,21 @@ mod tests {
         assert_eq!(header("content-type"), "application/json");
         let mut seen = seen.lock().unwrap();
         let again = seen.iter().any(|(_, d, _)| *d == delivery);
-        seen.push((signature, delivery, body.to_vec()));
-        let status = if again { AxumStatus::OK } else { AxumStatus::CREATED };
-        (status, axum::Json(json!({"event": {"outcome": "started"}, "execution": {"id": "e1"}})))
+        // An empty payload stands for a delivery to a disabled listener: it starts nothing.
+        let disabled = &body[..] == b"{}";
+        seen.push((signature, delivery.clone(), body.to_vec()));
+        let event = serde_json::json!({
+            "listener": "l1", "key": format!("delivery:{delivery}"), "at": "2026-12-01T10:00:00.000Z",
+            "node": "n1", "outcome": if disabled { "skipped" } else { "started" },
+            "reason": if disabled { Some("disabled") } else { None },
+            "execution": if disabled { None } else { Some("e1") }, "payload": {},
+        });
+        if again {
+            (AxumStatus::OK, axum::Json(serde_json::json!({"event": event, "replayed": true})))
+        } else {
+            let execution = if disabled { serde_json::Value::Null } else { execution_fixture() };
+            (AxumStatus::CREATED, axum::Json(serde_json::json!({"event": event, "execution": execution})))
+        }
     }
 
     #[tokio::test]
@@ -737,10 +850,16 @@ mod tests {
         // Spacing kept as typed: the signature covers these bytes.
         let body = br#"{ "order" :42 }"#;
         let (answer, replayed) = client.hook("orders", "a-secret-of-16-chars", body, Some("d-1")).await.unwrap();
-        assert_eq!((answer["execution"]["id"].as_str(), replayed), (Some("e1"), false));
-        let (_, replayed) = client.hook("orders", "a-secret-of-16-chars", body, Some("d-1")).await.unwrap();
+        let started = answer.execution.as_ref().and_then(|e| e.as_ref()).map(|e| e.id.as_str());
+        assert_eq!((started, replayed), (Some("e1"), false));
+        let (again, replayed) = client.hook("orders", "a-secret-of-16-chars", body, Some("d-1")).await.unwrap();
         assert!(replayed, "a second delivery with one id is a replay");
-        client.hook("orders", "a-secret-of-16-chars", b"{}", None).await.unwrap();
+        assert_eq!((again.event.execution.as_deref(), again.replayed), (Some("e1"), Some(true)));
+        let (skipped, _) = client.hook("orders", "a-secret-of-16-chars", b"{}", None).await.unwrap();
+        // The null execution of a new delivery that started nothing is kept, as the server sent it.
+        assert_eq!(skipped.execution, Some(None));
+        assert_eq!(serde_json::to_value(&skipped).unwrap()["execution"], serde_json::Value::Null);
+        assert!(serde_json::to_value(&skipped).unwrap().as_object().unwrap().contains_key("execution"));
         let seen = seen.lock().unwrap();
         assert_eq!(seen[0].2, body);
         assert_eq!((seen[0].1.as_str(), seen[1].1.as_str()), ("d-1", "d-1"));

@@ -7,6 +7,7 @@
 
 use crate::{ByteStream, Client, Error};
 use futures::StreamExt;
+use shoal_wire::LogStream;
 use std::time::{Duration, Instant};
 
 /// Reopenings in a row that deliver nothing new before giving up.
@@ -19,7 +20,7 @@ struct State {
     client: Client,
     id: String,
     follow: bool,
-    filter: Option<String>,
+    filter: Option<LogStream>,
     current: Option<ByteStream>,
     /// The server the current stream comes from.
     serving: String,
@@ -36,7 +37,7 @@ pub(crate) fn resumable(
     client: Client,
     id: String,
     follow: bool,
-    filter: Option<String>,
+    filter: Option<LogStream>,
     serving: String,
     first: ByteStream,
 ) -> ByteStream {
@@ -59,7 +60,7 @@ pub(crate) fn resumable(
                 return None;
             }
             let Some(current) = s.current.as_mut() else {
-                match s.client.open_logs(&s.id, s.follow, s.filter.as_deref()).await {
+                match s.client.open_logs(&s.id, s.follow, s.filter).await {
                     Ok((serving, stream)) => {
                         s.current = Some(stream);
                         s.serving = serving;

@@ -11,6 +11,7 @@ use axum::{Json, Router};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use shoal_client::{Client, Error};
+use shoal_wire::{ErrorCode, NodeList, Sandbox, SandboxKind, SubmitRequest, Upload};
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy)]
@@ -64,7 +65,7 @@ async fn submit(State(node): State<Shared>, headers: HeaderMap) -> Response {
     let mut seen = node.seen.lock().unwrap();
     let replay = seen.keys.contains(&key);
     seen.keys.push(key);
-    let body = Json(json!({"id": "e1", "state": "queued"}));
+    let body = Json(execution());
     if replay {
         (StatusCode::OK, [("idempotent-replayed", "true")], body).into_response()
     } else {
@@ -91,12 +92,32 @@ async fn upload(
     Json(json!({"path": path, "size": body.len()}))
 }
 
+/// The execution every stand-in submission answers: `e1`, queued, as a server sends it.
+fn execution() -> Value {
+    serde_json::from_str(include_str!("fixtures/execution.json")).unwrap()
+}
+
+fn sandbox(name: String) -> Sandbox {
+    Sandbox {
+        name,
+        kind: SandboxKind::Shared,
+        root: "/srv/sb".into(),
+        node: None,
+        partitions: Vec::new(),
+        created_at: "2026-12-01T10:00:00.000Z".into(),
+    }
+}
+
+fn command(argv: &[&str]) -> SubmitRequest {
+    SubmitRequest { command: Some(argv.iter().map(|a| a.to_string()).collect()), ..SubmitRequest::default() }
+}
+
 /// Starts a stand-in node; answers its URL and what it saw.
 async fn start(mode: Mode) -> (String, Shared) {
     let node = Arc::new(Node { mode, seen: Mutex::default() });
     let api = Router::new()
         .route("/nodes", get(|| async { Json(json!({"nodes": []})) }))
-        .route("/sandboxes/{name}", get(|Path(name): Path<String>| async move { Json(json!({ "name": name })) }))
+        .route("/sandboxes/{name}", get(|Path(name): Path<String>| async move { Json(sandbox(name)) }))
         .route("/sandboxes/{name}/files/{*path}", put(upload))
         .route("/executions", post(submit))
         .route("/executions/{id}/logs", get(logs))
@@ -128,7 +149,7 @@ async fn a_dead_server_is_skipped_and_the_live_one_remembered() {
     let dead = dead_url();
     let (live, node) = start(Mode::Serve).await;
     let client = Client::new(vec![dead.clone(), live.clone()]).unwrap();
-    assert_eq!(client.nodes().await.unwrap(), json!({"nodes": []}));
+    assert_eq!(client.nodes().await.unwrap(), NodeList { nodes: vec![] });
     assert_eq!(client.current_server(), live);
     client.nodes().await.unwrap();
     assert_eq!(hits(&node), 2);
@@ -169,8 +190,10 @@ async fn a_refusal_or_server_error_is_not_retried_elsewhere() {
         let (b, node_b) = start(Mode::Serve).await;
         let client = Client::new(vec![a, b]).unwrap();
         match client.nodes().await {
-            Err(Error::Api { status: s, code: c, message, .. }) => {
-                assert_eq!((s, c.as_str()), (status, code));
+            Err(Error::Api { status: s, code: c, raw_code, message, .. }) => {
+                assert_eq!((s, raw_code.as_str()), (status, code));
+                assert_eq!(c, ErrorCode::parse(code));
+                assert!(c.is_some(), "{code} is a code of the API");
                 assert_eq!(message, format!("stand-in says {code}"));
             }
             other => panic!("expected the API error, got {other:?}"),
@@ -184,8 +207,9 @@ async fn a_submission_keeps_its_idempotency_key_across_fail_over() {
     let (a, node_a) = start(Mode::Fail(503, "store_unavailable")).await;
     let (b, node_b) = start(Mode::Serve).await;
     let client = Client::new(vec![a, b]).unwrap();
-    let (execution, replayed) = client.submit(json!({"command": ["true"]})).await.unwrap();
-    assert_eq!(execution["id"], "e1");
+    let (execution, replayed) = client.submit(&command(&["true"])).await.unwrap();
+    assert_eq!(execution.id, "e1");
+    assert_eq!(serde_json::to_value(&execution).unwrap(), self::execution(), "read whole, as sent");
     assert!(!replayed);
     // Both nodes were sent the same key: had a's store committed before answering, b would
     // have replayed a's execution instead of creating a second.
@@ -195,8 +219,8 @@ async fn a_submission_keeps_its_idempotency_key_across_fail_over() {
     assert_eq!(node_a.seen.lock().unwrap().arrived_keys, first);
 
     // A new submission gets a new key; the same key again is a replay.
-    client.submit(json!({"command": ["true"]})).await.unwrap();
-    let (_, replayed) = client.submit_with_key(json!({"command": ["true"]}), &first[0]).await.unwrap();
+    client.submit(&command(&["true"])).await.unwrap();
+    let (_, replayed) = client.submit_with_key(&command(&["true"]), &first[0]).await.unwrap();
     assert!(replayed);
     let keys = node_b.seen.lock().unwrap().keys.clone();
     assert_ne!(keys[0], keys[1]);
@@ -208,7 +232,7 @@ async fn a_submission_passes_over_a_dead_server() {
     let (a, node_a) = start(Mode::Serve).await;
     let dead = dead_url();
     let client = Client::new(vec![dead, a]).unwrap();
-    client.submit(json!({"command": ["true"]})).await.unwrap();
+    client.submit(&command(&["true"])).await.unwrap();
     assert_eq!(node_a.seen.lock().unwrap().keys.len(), 1);
 }
 
@@ -236,11 +260,22 @@ async fn uploads_stream_a_file_with_its_length() {
     std::fs::write(&file, &content).unwrap();
     let client = Client::new(vec![dead_url(), a]).unwrap();
     let answer = client.upload("sb", "data/in put.csv", &file).await.unwrap();
-    assert_eq!(answer, json!({"path": "data/in put.csv", "size": 200_000}));
+    assert_eq!(answer, Upload { path: "data/in put.csv".into(), size: 200_000 });
     let uploads = node.seen.lock().unwrap().uploads.clone();
     assert_eq!(uploads.len(), 1);
     assert_eq!(uploads[0].0.as_deref(), Some("200000"));
     assert!(uploads[0].1 == content);
+
+    // Progress is told as the bytes go, ending at the file's length.
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let progress: shoal_client::Progress = {
+        let told = told.clone();
+        Arc::new(move |sent| told.lock().unwrap().push(sent))
+    };
+    client.upload_with_progress("sb", "again.csv", &file, Some(progress)).await.unwrap();
+    let told = told.lock().unwrap().clone();
+    assert_eq!((told.first(), told.last()), (Some(&0), Some(&200_000)), "{told:?}");
+    assert!(told.windows(2).all(|w| w[0] <= w[1]), "{told:?}");
 
     let missing = client.upload("sb", "x", &dir.path().join("nope")).await;
     assert!(matches!(missing, Err(Error::Other(m)) if m.contains("nope")));
@@ -251,7 +286,7 @@ async fn names_are_percent_encoded_on_the_way() {
     let (a, _) = start(Mode::Serve).await;
     let client = Client::new(vec![a]).unwrap();
     for name in ["a b", "x?y#z", "100%", "é/slash"] {
-        assert_eq!(client.sandbox(name).await.unwrap(), json!({ "name": name }));
+        assert_eq!(client.sandbox(name).await.unwrap(), sandbox(name.to_owned()));
     }
     assert!(matches!(client.sandbox("..").await, Err(Error::Other(_))));
     assert!(matches!(client.download("sb", "../x").await, Err(Error::Other(_))));

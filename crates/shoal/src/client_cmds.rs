@@ -2,9 +2,10 @@
 //! `client_sched` schedule, listener, hook): each one calls the HTTP API through
 //! `shoal_client`, failing over between the `--server`s given.
 //!
-//! Output: human tables and lines on stdout by default, the API's JSON (pretty) with
-//! `--json`; progress notes and errors on stderr, so stdout stays usable in scripts
-//! (`id=$(shoal run examples/jobs/hello.toml)`).
+//! Output (see `output`): human tables and lines on stdout by default, the API's JSON (pretty)
+//! with `--json`; progress notes and errors on stderr, so stdout stays usable in scripts
+//! (`id=$(shoal run examples/jobs/hello.toml)`), with a spinner or bar there too while
+//! `--wait` waits or a file moves, when stderr is a terminal.
 //!
 //! Exit codes:
 //!
@@ -20,11 +21,20 @@
 //! in `params` (missing_parameter)``; an invalid job file adds a `  --> FILE:LINE:COLUMN` line.
 
 use crate::client_sched::{self, HookArgs, ListenerCmd, ScheduleCmd};
+use crate::output::{
+    clip, emit, fmt_ms, key_values, name, one_line, or_dash, pairs, print_json, progress_shown, rows_table, short_time,
+    spinner, transfer, words, Row,
+};
 use futures::StreamExt;
-use serde_json::{json, Map, Value};
-use shoal_client::{ByteStream, Client, Error, ExecutionFilter};
-use std::io::Write;
+use indicatif::ProgressBar;
+use shoal_client::{ByteStream, Client, Error, ExecutionFilter, NodeAction};
+use shoal_wire::{
+    CreateSandboxRequest, ErrorCode, Execution, ExecutionState, FileEntry, FileKind, JobEntry, JobErrorDetails,
+    LogStream, Node, Sandbox, SubmitRequest,
+};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -41,8 +51,6 @@ const WAIT_POLL: Duration = Duration::from_millis(200);
 /// How long `--wait` keeps trying while no server answers (a fail-over, a rolling restart)
 /// before it gives up; the execution itself has no deadline.
 const WAIT_OUTAGE: Duration = Duration::from_secs(60);
-
-const FINAL_STATES: [&str; 4] = ["succeeded", "failed", "cancelled", "timed_out"];
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct GlobalOpts {
@@ -151,8 +159,8 @@ pub struct RunArgs {
 #[derive(clap::Args, Debug)]
 pub struct PsArgs {
     /// Only executions in this state (queued, running, succeeded, failed, cancelled, timed_out)
-    #[arg(long)]
-    pub state: Option<String>,
+    #[arg(long, value_parser = parse_state)]
+    pub state: Option<ExecutionState>,
     /// Only executions of this sandbox
     #[arg(long)]
     pub sandbox: Option<String>,
@@ -278,9 +286,9 @@ pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
         ClientCommand::Cancel(args) => cmd_cancel(&client, &args.id, json).await,
         ClientCommand::Show(args) => cmd_show(&client, &args.id, json).await,
         ClientCommand::Nodes => cmd_nodes(&client, json).await,
-        ClientCommand::Drain(a) => cmd_node_action(&client, &a.node, "drain", json).await,
-        ClientCommand::Suspend(a) => cmd_node_action(&client, &a.node, "suspend", json).await,
-        ClientCommand::Resume(a) => cmd_node_action(&client, &a.node, "resume", json).await,
+        ClientCommand::Drain(a) => cmd_node_action(&client, &a.node, NodeAction::Drain, json).await,
+        ClientCommand::Suspend(a) => cmd_node_action(&client, &a.node, NodeAction::Suspend, json).await,
+        ClientCommand::Resume(a) => cmd_node_action(&client, &a.node, NodeAction::Resume, json).await,
         ClientCommand::Sandbox(cmd) => cmd_sandbox(&client, cmd, json).await,
         ClientCommand::Schedule(cmd) => client_sched::cmd_schedule(&client, *cmd, json).await,
         ClientCommand::Listener(cmd) => client_sched::cmd_listener(&client, *cmd, json).await,
@@ -297,11 +305,12 @@ pub(crate) type CmdResult = Result<i32, Error>;
 /// Prints an error and answers its exit code.
 fn report(e: &Error) -> i32 {
     match e {
-        Error::Api { status, code, message, details } => {
-            eprintln!("error: {message} ({code})");
-            if code == "invalid_job" {
-                if let Some(d) = details {
-                    eprintln!("  --> {}:{}:{}", text(&d["file"]), text(&d["line"]), text(&d["column"]));
+        Error::Api { status, code, raw_code, message, details } => {
+            eprintln!("error: {message} ({raw_code})");
+            if *code == Some(ErrorCode::InvalidJob) {
+                let at = details.clone().and_then(|d| serde_json::from_value::<JobErrorDetails>(d).ok());
+                if let Some(at) = at {
+                    eprintln!("  --> {}:{}:{}", at.file, at.line, at.column);
                 }
             }
             if *status >= 500 {
@@ -324,76 +333,60 @@ fn report(e: &Error) -> i32 {
 // ---- run, ps, logs, cancel, show ----
 
 async fn cmd_run(client: &Client, args: RunArgs, json: bool) -> CmdResult {
-    let mut body = Map::new();
+    let mut request = SubmitRequest { priority: args.priority, ..SubmitRequest::default() };
     let label = if args.command {
         // clap already requires the program with --command; this guards the invariant.
         if args.argv.is_empty() {
             eprintln!("error: --command needs the program after `--`, e.g. `shoal run --command -- echo hi`");
             return Ok(EXIT_USAGE);
         }
-        body.insert("command".into(), json!(args.argv));
-        if let Some(s) = &args.sandbox {
-            body.insert("sandbox".into(), json!(s));
-        }
-        if let Some(t) = &args.timeout {
-            body.insert("timeout".into(), json!(t));
-        }
-        if let Some(r) = args.retries {
-            body.insert("retries".into(), json!(r));
-        }
-        if !args.env.is_empty() {
-            let env: Map<String, Value> = args.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-            body.insert("env".into(), Value::Object(env));
-        }
+        request.command = Some(args.argv.clone());
+        request.sandbox = args.sandbox.clone();
+        request.timeout = args.timeout.clone();
+        request.retries = args.retries;
+        request.env = args.env.iter().cloned().collect();
         args.argv.join(" ")
     } else {
         let Some((sandbox, job)) = &args.target else {
             eprintln!("error: give the job to run as SANDBOX/JOB, or --command -- PROGRAM ARGS...");
             return Ok(EXIT_USAGE);
         };
-        body.insert("sandbox".into(), json!(sandbox));
-        body.insert("job".into(), json!(job));
-        if !args.params.is_empty() {
-            let params: Map<String, Value> = args.params.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-            body.insert("params".into(), Value::Object(params));
-        }
+        request.sandbox = Some(sandbox.clone());
+        request.job = Some(job.clone());
+        request.params = args.params.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
         format!("{sandbox}/{job}")
     };
-    if let Some(p) = args.priority {
-        body.insert("priority".into(), json!(p));
-    }
-    let (execution, _replayed) = client.submit(Value::Object(body)).await?;
-    let id = text(&execution["id"]);
-    let state = text(&execution["state"]);
+    let (execution, _replayed) = client.submit(&request).await?;
+    let id = execution.id.clone();
     if !(args.wait || args.follow) {
         if json {
             print_json(&execution);
         } else {
             emit(&format!("{id}\n"));
-            eprintln!("{state}: {label}");
+            eprintln!("{}: {label}", execution.state);
         }
         return Ok(EXIT_OK);
     }
     if args.follow {
         // stdout carries the job's output, so the id goes to stderr.
-        eprintln!("{id} {state}: {label}");
+        eprintln!("{id} {}: {label}", execution.state);
         follow_logs(client, &id).await;
     } else if !json {
         emit(&format!("{id}\n"));
     }
-    let finished = wait_final(client, &id).await?;
+    let finished = wait_final(client, &execution, progress_shown(json)).await?;
     if json {
         print_json(&finished);
     }
     eprintln!("{}", final_line(&finished));
-    Ok(if finished["state"] == "succeeded" { EXIT_OK } else { EXIT_FAILED })
+    Ok(if finished.state == ExecutionState::Succeeded { EXIT_OK } else { EXIT_FAILED })
 }
 
 /// Copies an execution's output to stdout until it has finished. A broken log stream is not
 /// the execution failing: it is reported, and the caller goes on to wait for the state.
 async fn follow_logs(client: &Client, id: &str) {
     let result = match client.logs(id, true, None).await {
-        Ok(stream) => copy_to_stdout(stream).await.map(drop),
+        Ok(stream) => copy_to_stdout(stream, &ProgressBar::hidden()).await.map(drop),
         Err(e) => Err(e),
     };
     if let Err(e) = result {
@@ -401,46 +394,77 @@ async fn follow_logs(client: &Client, id: &str) {
     }
 }
 
-/// Polls the execution until it is in a final state.
-async fn wait_final(client: &Client, id: &str) -> Result<Value, Error> {
+/// Polls the execution until it is in a final state, with a spinner saying where it is when
+/// `shown`.
+async fn wait_final(client: &Client, execution: &Execution, shown: bool) -> Result<Execution, Error> {
+    let id = &execution.id;
+    let progress = spinner(shown, waiting_line(execution));
     let mut failing_since: Option<Instant> = None;
-    loop {
+    let result = loop {
         match client.execution(id).await {
             Ok(e) => {
-                if is_final(&e) {
-                    return Ok(e);
+                if e.state.is_final() {
+                    break Ok(e);
                 }
+                progress.set_message(waiting_line(&e));
                 failing_since = None;
             }
-            Err(e @ Error::Api { status, .. }) if status < 500 => return Err(e),
+            Err(e @ Error::Api { status, .. }) if status < 500 => break Err(e),
             Err(e) => {
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= WAIT_OUTAGE {
-                    return Err(e);
+                    break Err(e);
                 }
+                progress.set_message(format!("{id}: no server answers, trying again ({e})"));
             }
         }
         tokio::time::sleep(WAIT_POLL).await;
+    };
+    progress.finish_and_clear();
+    result
+}
+
+/// What `--wait` shows while it waits: `0190... running on n2 (attempt 1)`.
+fn waiting_line(e: &Execution) -> String {
+    match &e.node {
+        Some(node) if e.state == ExecutionState::Running => {
+            format!("{} running on {node} (attempt {})", e.id, e.attempt)
+        }
+        _ => format!("{} {}: {}", e.id, e.state, e.message),
     }
 }
 
-fn is_final(execution: &Value) -> bool {
-    execution["state"].as_str().is_some_and(|s| FINAL_STATES.contains(&s))
-}
-
 /// `ID STATE: MESSAGE`, e.g. `0190... failed: exit code 3`.
-fn final_line(execution: &Value) -> String {
-    let mut line = format!("{} {}", text(&execution["id"]), text(&execution["state"]));
-    let why = [&execution["message"], &execution["reason"]]
-        .into_iter()
-        .filter_map(Value::as_str)
-        .find(|s| !s.is_empty())
-        .map(str::to_owned);
-    if let Some(why) = why {
+fn final_line(execution: &Execution) -> String {
+    let mut line = format!("{} {}", execution.id, execution.state);
+    let why = if execution.message.is_empty() { name(&execution.reason) } else { execution.message.clone() };
+    if !why.is_empty() {
         line.push_str(": ");
         line.push_str(&why);
     }
     line
+}
+
+impl Row for Execution {
+    const HEADERS: &'static [&'static str] = &["ID", "STATE", "JOB", "NODE", "ATTEMPT", "CREATED", "REASON"];
+
+    fn cells(&self) -> Vec<String> {
+        let job = match &self.job {
+            Some(job) => format!("{}/{job}", or_dash(self.sandbox.as_deref())),
+            None => self.command.as_deref().map_or_else(|| "-".into(), words),
+        };
+        let reason = name(&self.reason);
+        let reason = if self.message.is_empty() { reason } else { format!("{reason}: {}", self.message) };
+        vec![
+            self.id.clone(),
+            self.state.to_string(),
+            clip(&job, 40),
+            or_dash(self.node.as_deref()),
+            self.attempt.to_string(),
+            short_time(Some(&self.created_at)),
+            clip(&reason, 50),
+        ]
+    }
 }
 
 async fn cmd_ps(client: &Client, args: PsArgs, json: bool) -> CmdResult {
@@ -452,56 +476,32 @@ async fn cmd_ps(client: &Client, args: PsArgs, json: bool) -> CmdResult {
         limit: args.limit,
         cursor: None,
     };
-    let mut executions = Vec::new();
-    let next = loop {
+    let mut list = client.executions(&filter).await?;
+    while let (Some(cursor), true) = (list.next_cursor.take(), args.all) {
+        filter.cursor = Some(cursor);
         let page = client.executions(&filter).await?;
-        if let Some(rows) = page["executions"].as_array() {
-            executions.extend(rows.iter().cloned());
-        }
-        let next = page["next_cursor"].as_str().map(str::to_owned);
-        match next {
-            Some(cursor) if args.all => filter.cursor = Some(cursor),
-            other => break other,
-        }
-    };
+        list.executions.extend(page.executions);
+        list.next_cursor = page.next_cursor;
+    }
     if json {
-        print_json(&json!({ "executions": executions, "next_cursor": next }));
+        print_json(&list);
         return Ok(EXIT_OK);
     }
-    let rows: Vec<Vec<String>> = executions
-        .iter()
-        .map(|e| {
-            let job = match e["job"].as_str() {
-                Some(job) => format!("{}/{job}", text(&e["sandbox"])),
-                None => text_list(&e["command"]),
-            };
-            let reason = match (e["reason"].as_str(), e["message"].as_str()) {
-                (Some(r), Some(m)) if !m.is_empty() => format!("{r}: {m}"),
-                (Some(r), _) => r.to_owned(),
-                (None, Some(m)) => m.to_owned(),
-                (None, None) => "-".into(),
-            };
-            vec![
-                text(&e["id"]),
-                text(&e["state"]),
-                clip(&job, 40),
-                text(&e["node"]),
-                text(&e["attempt"]),
-                short_time(&e["created_at"]),
-                clip(&reason, 50),
-            ]
-        })
-        .collect();
-    emit(&table(&["ID", "STATE", "JOB", "NODE", "ATTEMPT", "CREATED", "REASON"], &rows));
-    if next.is_some() {
+    emit(&rows_table(&list.executions));
+    if list.next_cursor.is_some() {
         eprintln!("(more executions match: add --all to list them all)");
     }
     Ok(EXIT_OK)
 }
 
 async fn cmd_logs(client: &Client, args: LogsArgs) -> CmdResult {
-    let stream = client.logs(&args.id, args.follow, args.stream.as_deref()).await?;
-    copy_to_stdout(stream).await?;
+    let stream = match args.stream.as_deref() {
+        Some("stdout") => Some(LogStream::Stdout),
+        Some("stderr") => Some(LogStream::Stderr),
+        _ => None,
+    };
+    let stream = client.logs(&args.id, args.follow, stream).await?;
+    copy_to_stdout(stream, &ProgressBar::hidden()).await?;
     Ok(EXIT_OK)
 }
 
@@ -509,17 +509,59 @@ async fn cmd_cancel(client: &Client, id: &str, json: bool) -> CmdResult {
     let execution = client.cancel(id).await?;
     if json {
         print_json(&execution);
-    } else if is_final(&execution) {
-        emit(&format!("{} {}\n", text(&execution["id"]), text(&execution["state"])));
+    } else if execution.state.is_final() {
+        emit(&format!("{} {}\n", execution.id, execution.state));
     } else {
         emit(&format!(
             "{} {}: cancel requested; node {} is stopping it\n",
-            text(&execution["id"]),
-            text(&execution["state"]),
-            text(&execution["node"])
+            execution.id,
+            execution.state,
+            or_dash(execution.node.as_deref())
         ));
     }
     Ok(EXIT_OK)
+}
+
+/// An execution as `key: value` lines, every field of the wire type.
+fn execution_fields(e: &Execution) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("id", e.id.clone()),
+        ("state", e.state.to_string()),
+        ("reason", name(&e.reason)),
+        ("message", e.message.clone()),
+        ("exit_code", or_dash(e.exit_code)),
+        ("signal", or_dash(e.signal)),
+        ("sandbox", or_dash(e.sandbox.as_deref())),
+        ("job", or_dash(e.job.as_deref())),
+        ("kind", name(&e.kind)),
+        ("command", e.command.as_deref().map_or_else(|| "-".into(), words)),
+        ("params", pairs(&e.params)),
+        ("node", or_dash(e.node.as_deref())),
+        ("attempt", e.attempt.to_string()),
+        ("priority", e.priority.to_string()),
+        ("timeout_ms", or_dash(e.timeout_ms)),
+        ("retries", e.retries.to_string()),
+        ("cancel_requested_by", or_dash(e.cancel_requested_by.as_deref())),
+        ("created_at", e.created_at.clone()),
+        ("started_at", or_dash(e.started_at.as_deref())),
+        ("finished_at", or_dash(e.finished_at.as_deref())),
+        ("updated_at", e.updated_at.clone()),
+        ("parent", or_dash(e.parent.as_deref())),
+        ("partition", or_dash(e.partition.as_deref())),
+    ];
+    if let Some(attempts) = &e.attempts {
+        let shown: Vec<String> = attempts
+            .iter()
+            .map(|a| format!("#{} on {}: {}", a.attempt, a.node, a.outcome.as_deref().unwrap_or("running")))
+            .collect();
+        fields.push(("attempts", if shown.is_empty() { "-".into() } else { shown.join(", ") }));
+    }
+    if let Some(children) = &e.children {
+        let shown: Vec<String> =
+            children.iter().map(|c| format!("{} {} {}", or_dash(c.partition.as_deref()), c.id, c.state)).collect();
+        fields.push(("children", if shown.is_empty() { "-".into() } else { shown.join(", ") }));
+    }
+    fields
 }
 
 async fn cmd_show(client: &Client, id: &str, json: bool) -> CmdResult {
@@ -527,91 +569,106 @@ async fn cmd_show(client: &Client, id: &str, json: bool) -> CmdResult {
     if json {
         print_json(&execution);
     } else {
-        let order = [
-            "id",
-            "state",
-            "reason",
-            "message",
-            "exit_code",
-            "signal",
-            "sandbox",
-            "job",
-            "kind",
-            "command",
-            "params",
-            "node",
-            "attempt",
-            "priority",
-            "timeout_ms",
-            "retries",
-            "cancel_requested_by",
-            "created_at",
-            "started_at",
-            "finished_at",
-            "updated_at",
-        ];
-        emit(&key_values(&execution, &order));
+        emit(&key_values(&execution_fields(&execution)));
     }
     Ok(EXIT_OK)
+}
+
+impl Row for Node {
+    const HEADERS: &'static [&'static str] =
+        &["ID", "STATE", "GOSSIP", "URL", "RUNNING/SLOTS", "CPU", "MEM", "LEASE AGE", "LEASE", "VERSION"];
+
+    fn cells(&self) -> Vec<String> {
+        let ms = self.lease_expires_in_ms;
+        let lease = if ms > 0 { format!("in {}", fmt_ms(ms)) } else { format!("expired {} ago", fmt_ms(-ms)) };
+        vec![
+            self.id.clone(),
+            self.state.to_string(),
+            name(&self.gossip),
+            self.url.clone(),
+            format!("{}/{}", self.running, self.slots),
+            format!("{:.0}%", self.load.cpu_percent),
+            format!("{:.0}%", self.load.memory_percent),
+            fmt_ms(self.lease_age_ms),
+            lease,
+            self.version.clone(),
+        ]
+    }
 }
 
 async fn cmd_nodes(client: &Client, json: bool) -> CmdResult {
-    let nodes = client.nodes().await?;
+    let list = client.nodes().await?;
     if json {
-        print_json(&nodes);
-        return Ok(EXIT_OK);
+        print_json(&list);
+    } else {
+        emit(&rows_table(&list.nodes));
     }
-    let rows: Vec<Vec<String>> = nodes["nodes"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|n| {
-            let lease = match n["lease_expires_in_ms"].as_i64() {
-                Some(ms) if ms > 0 => format!("in {}", fmt_ms(ms)),
-                Some(ms) => format!("expired {} ago", fmt_ms(-ms)),
-                None => "-".into(),
-            };
-            let pct = |v: &Value| v.as_f64().map_or_else(|| "-".into(), |l| format!("{l:.0}%"));
-            let age = n["lease_age_ms"].as_i64().map_or_else(|| "-".into(), fmt_ms);
-            vec![
-                text(&n["id"]),
-                text(&n["state"]),
-                text(&n["gossip"]),
-                text(&n["url"]),
-                format!("{}/{}", text(&n["running"]), text(&n["slots"])),
-                pct(&n["load"]["cpu_percent"]),
-                pct(&n["load"]["memory_percent"]),
-                age,
-                lease,
-                text(&n["version"]),
-            ]
-        })
-        .collect();
-    emit(&table(
-        &["ID", "STATE", "GOSSIP", "URL", "RUNNING/SLOTS", "CPU", "MEM", "LEASE AGE", "LEASE", "VERSION"],
-        &rows,
-    ));
     Ok(EXIT_OK)
 }
 
-async fn cmd_node_action(client: &Client, id: &str, action: &str, json: bool) -> CmdResult {
+async fn cmd_node_action(client: &Client, id: &str, action: NodeAction, json: bool) -> CmdResult {
     let node = client.node_action(id, action).await?;
     if json {
         print_json(&node);
         return Ok(EXIT_OK);
     }
-    println!("node {id}: {} (was {})", text(&node["state"]), text(&node["previous_state"]));
-    if let Some(why) = node["not_accepting_because"].as_str() {
-        println!("not taking new work: {why}");
+    let mut out = format!("node {id}: {} (was {})\n", node.state, or_dash(node.previous_state));
+    if let Some(why) = &node.not_accepting_because {
+        out.push_str(&format!("not taking new work: {why}\n"));
     }
+    emit(&out);
     Ok(EXIT_OK)
 }
 
 // ---- sandboxes ----
 
+impl Row for Sandbox {
+    const HEADERS: &'static [&'static str] = &["NAME", "KIND", "NODE", "CREATED", "ROOT"];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            name(&self.kind),
+            or_dash(self.node.as_deref()),
+            short_time(Some(&self.created_at)),
+            self.root.clone(),
+        ]
+    }
+}
+
+fn sandbox_fields(s: &Sandbox) -> Vec<(&'static str, String)> {
+    let parts: Vec<String> = s.partitions.iter().map(|p| format!("{}={}:{}", p.name, p.node, p.root)).collect();
+    vec![
+        ("name", s.name.clone()),
+        ("kind", name(&s.kind)),
+        ("root", s.root.clone()),
+        ("node", or_dash(s.node.as_deref())),
+        ("created_at", s.created_at.clone()),
+        ("partitions", words(&parts)),
+    ]
+}
+
+impl Row for JobEntry {
+    const HEADERS: &'static [&'static str] = &["PATH", "VALID", "DESCRIPTION"];
+
+    fn cells(&self) -> Vec<String> {
+        let about = if self.valid { self.description.as_deref() } else { self.error.as_deref() };
+        vec![self.path.clone(), if self.valid { "yes" } else { "no" }.into(), one_line(&or_dash(about))]
+    }
+}
+
+impl Row for FileEntry {
+    const HEADERS: &'static [&'static str] = &["TYPE", "SIZE", "PATH"];
+
+    fn cells(&self) -> Vec<String> {
+        let folder = self.kind == FileKind::Folder;
+        let shown = if folder { format!("{}/", self.path) } else { self.path.clone() };
+        let size = if folder { "-".into() } else { self.size.to_string() };
+        vec![name(&self.kind), size, shown]
+    }
+}
+
 async fn cmd_sandbox(client: &Client, cmd: SandboxCmd, json: bool) -> CmdResult {
-    let sandbox_order = ["name", "kind", "root", "node", "created_at"];
     match cmd {
         SandboxCmd::Create { name, root, kind, node } => {
             // The server needs an absolute path; a relative one means "here" to the person typing.
@@ -620,15 +677,22 @@ async fn cmd_sandbox(client: &Client, cmd: SandboxCmd, json: bool) -> CmdResult 
             let root = root
                 .to_str()
                 .ok_or_else(|| Error::Other(format!("sandbox root `{}` is not valid UTF-8", root.display())))?;
-            let created = client.create_sandbox(&name, &kind, root, node.as_deref()).await?;
+            let request = CreateSandboxRequest {
+                name,
+                kind,
+                root: Some(root.to_owned()),
+                node,
+                ..CreateSandboxRequest::default()
+            };
+            let created = client.create_sandbox(&request).await?;
             if json {
                 print_json(&created);
             } else {
                 emit(&format!(
                     "created {} sandbox {} at {}\n",
-                    text(&created["kind"]),
-                    text(&created["name"]),
-                    text(&created["root"])
+                    crate::output::name(&created.kind),
+                    created.name,
+                    created.root
                 ));
             }
         }
@@ -637,22 +701,7 @@ async fn cmd_sandbox(client: &Client, cmd: SandboxCmd, json: bool) -> CmdResult 
             if json {
                 print_json(&list);
             } else {
-                let rows: Vec<Vec<String>> = list["sandboxes"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            text(&s["name"]),
-                            text(&s["kind"]),
-                            text(&s["node"]),
-                            short_time(&s["created_at"]),
-                            text(&s["root"]),
-                        ]
-                    })
-                    .collect();
-                emit(&table(&["NAME", "KIND", "NODE", "CREATED", "ROOT"], &rows));
+                emit(&rows_table(&list.sandboxes));
             }
         }
         SandboxCmd::Show { name } => {
@@ -660,13 +709,13 @@ async fn cmd_sandbox(client: &Client, cmd: SandboxCmd, json: bool) -> CmdResult 
             if json {
                 print_json(&sandbox);
             } else {
-                emit(&key_values(&sandbox, &sandbox_order));
+                emit(&key_values(&sandbox_fields(&sandbox)));
             }
         }
         SandboxCmd::Rm { name } => {
             client.delete_sandbox(&name).await?;
             if json {
-                print_json(&json!({ "deleted": name }));
+                print_json(&serde_json::json!({ "deleted": name }));
             } else {
                 emit(&format!("deleted sandbox {name}\n"));
             }
@@ -676,18 +725,7 @@ async fn cmd_sandbox(client: &Client, cmd: SandboxCmd, json: bool) -> CmdResult 
             if json {
                 print_json(&jobs);
             } else {
-                let rows: Vec<Vec<String>> = jobs["jobs"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|j| {
-                        let valid = j["valid"].as_bool().unwrap_or(false);
-                        let about = if valid { text(&j["description"]) } else { text(&j["error"]) };
-                        vec![text(&j["path"]), if valid { "yes" } else { "no" }.into(), one_line(&about)]
-                    })
-                    .collect();
-                emit(&table(&["PATH", "VALID", "DESCRIPTION"], &rows));
+                emit(&rows_table(&jobs.jobs));
             }
         }
         SandboxCmd::Files { name, path } => {
@@ -695,58 +733,51 @@ async fn cmd_sandbox(client: &Client, cmd: SandboxCmd, json: bool) -> CmdResult 
             if json {
                 print_json(&listing);
             } else {
-                let rows: Vec<Vec<String>> = listing["entries"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|f| {
-                        let kind = text(&f["kind"]);
-                        let mut shown = text(&f["path"]);
-                        if kind == "folder" {
-                            shown.push('/');
-                        }
-                        let size = if kind == "folder" { "-".into() } else { text(&f["size"]) };
-                        vec![kind, size, shown]
-                    })
-                    .collect();
-                emit(&table(&["TYPE", "SIZE", "PATH"], &rows));
+                emit(&rows_table(&listing.entries));
             }
         }
         SandboxCmd::Put { name, local, remote } => {
             let remote = remote_path(&local, remote.as_deref())?;
-            let stored = client.upload(&name, &remote, &local).await?;
+            let len = std::fs::metadata(&local).ok().map(|m| m.len());
+            let progress = transfer(progress_shown(json), len, format!("uploading {}", local.display()));
+            let told: shoal_client::Progress = {
+                let progress = progress.clone();
+                Arc::new(move |sent| progress.set_position(sent))
+            };
+            let stored = client.upload_with_progress(&name, &remote, &local, Some(told)).await;
+            progress.finish_and_clear();
+            let stored = stored?;
             if json {
                 print_json(&stored);
             } else {
-                emit(&format!(
-                    "uploaded {} to {name}:{} ({} bytes)\n",
-                    local.display(),
-                    text(&stored["path"]),
-                    text(&stored["size"])
-                ));
+                emit(&format!("uploaded {} to {name}:{} ({} bytes)\n", local.display(), stored.path, stored.size));
             }
         }
         SandboxCmd::Get { name, remote, output } => {
-            let stream = client.download(&name, &remote).await?;
+            let download = client.download(&name, &remote).await?;
+            let message = format!("downloading {name}:{remote}");
             match output {
-                None => {
-                    copy_to_stdout(stream).await?;
-                }
-                Some(p) if p.as_os_str() == "-" => {
-                    copy_to_stdout(stream).await?;
-                }
-                Some(p) => {
+                Some(p) if p.as_os_str() != "-" => {
                     let target = if p.is_dir() { p.join(file_name_of(&remote)?) } else { p };
-                    let written = save(stream, &target).await?;
-                    eprintln!("wrote {written} bytes to {}", target.display());
+                    let progress = transfer(progress_shown(json), download.size, message);
+                    let written = save(download.stream, &target, &progress).await;
+                    progress.finish_and_clear();
+                    eprintln!("wrote {} bytes to {}", written?, target.display());
+                }
+                _ => {
+                    // A bar beside the file's own bytes on one terminal would garble both.
+                    let shown = progress_shown(json) && !std::io::stdout().is_terminal();
+                    let progress = transfer(shown, download.size, message);
+                    let copied = copy_to_stdout(download.stream, &progress).await;
+                    progress.finish_and_clear();
+                    copied?;
                 }
             }
         }
         SandboxCmd::RmFile { name, path } => {
             client.delete_file(&name, &path).await?;
             if json {
-                print_json(&json!({ "deleted": path, "sandbox": name }));
+                print_json(&serde_json::json!({ "deleted": path, "sandbox": name }));
             } else {
                 emit(&format!("deleted {name}:{path}\n"));
             }
@@ -778,9 +809,9 @@ fn file_name_of(remote: &str) -> Result<&str, Error> {
         .ok_or_else(|| Error::Other(format!("`{remote}` names no file; give a file path")))
 }
 
-/// Streams a download into a file. It is written beside the target and renamed into place,
-/// so a broken download never leaves half a file where the old one was.
-async fn save(mut stream: ByteStream, target: &Path) -> Result<u64, Error> {
+/// Streams a download into a file, counting it on `progress`. It is written beside the target
+/// and renamed into place, so a broken download never leaves half a file where the old one was.
+async fn save(mut stream: ByteStream, target: &Path, progress: &ProgressBar) -> Result<u64, Error> {
     let local = |e: std::io::Error, what: &str| Error::Other(format!("cannot {what} `{}`: {e}", target.display()));
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("download");
     let partial = target.with_file_name(format!(".{name}.shoal-partial"));
@@ -791,6 +822,7 @@ async fn save(mut stream: ByteStream, target: &Path) -> Result<u64, Error> {
             let chunk = chunk?;
             file.write_all(&chunk).await.map_err(|e| local(e, "write"))?;
             written += chunk.len() as u64;
+            progress.set_position(written);
         }
         file.flush().await.map_err(|e| local(e, "write"))?;
         file.sync_all().await.map_err(|e| local(e, "write"))?;
@@ -803,9 +835,9 @@ async fn save(mut stream: ByteStream, target: &Path) -> Result<u64, Error> {
     result.map(|()| written)
 }
 
-/// Writes a byte stream to stdout as it arrives. A reader that went away (`| head`) ends the
-/// copy quietly, as it does for other command-line tools.
-async fn copy_to_stdout(mut stream: ByteStream) -> Result<u64, Error> {
+/// Writes a byte stream to stdout as it arrives, counting it on `progress`. A reader that went
+/// away (`| head`) ends the copy quietly, as it does for other command-line tools.
+async fn copy_to_stdout(mut stream: ByteStream, progress: &ProgressBar) -> Result<u64, Error> {
     let mut out = tokio::io::stdout();
     let mut written = 0u64;
     while let Some(chunk) = stream.next().await {
@@ -820,122 +852,9 @@ async fn copy_to_stdout(mut stream: ByteStream) -> Result<u64, Error> {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(written),
             Err(e) => return Err(Error::Other(format!("cannot write to stdout: {e}"))),
         }
+        progress.set_position(written);
     }
     Ok(written)
-}
-
-// ---- formatting ----
-
-/// Writes to stdout, ignoring a closed pipe (`shoal ps | head -1`) instead of panicking as
-/// `println!` would.
-pub(crate) fn emit(text: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
-}
-
-pub(crate) fn print_json(value: &Value) {
-    let pretty = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
-    emit(&format!("{pretty}\n"));
-}
-
-/// A JSON value as a table cell: strings bare, null as `-`.
-pub(crate) fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// A list as words, an object as `k=v` pairs, anything else as [`text`].
-pub(crate) fn text_list(value: &Value) -> String {
-    match value {
-        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(" "),
-        Value::Object(map) if map.is_empty() => "-".into(),
-        Value::Object(map) => map.iter().map(|(k, v)| format!("{k}={}", text(v))).collect::<Vec<_>>().join(" "),
-        other => text(other),
-    }
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Cuts a cell to `max` characters, marking the cut.
-pub(crate) fn clip(s: &str, max: usize) -> String {
-    let s = one_line(s);
-    if s.chars().count() <= max {
-        return s;
-    }
-    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
-
-/// An RFC 3339 time to the second: `2024-05-01T10:00:00.123Z` becomes `2024-05-01T10:00:00Z`.
-pub(crate) fn short_time(value: &Value) -> String {
-    match value.as_str() {
-        Some(t) => match t.split_once('.') {
-            Some((seconds, rest)) if rest.ends_with('Z') => format!("{seconds}Z"),
-            _ => t.to_owned(),
-        },
-        None => text(value),
-    }
-}
-
-/// A duration in milliseconds, briefly: `850ms`, `4.2s`, `3m20s`, `2h05m`.
-pub(crate) fn fmt_ms(ms: i64) -> String {
-    let ms = ms.max(0);
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else if ms < 3_600_000 {
-        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
-    } else {
-        format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60)
-    }
-}
-
-/// Plain aligned columns, two spaces apart; the last column is not padded.
-pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut text = String::new();
-        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
-            if i > 0 {
-                text.push_str("  ");
-            }
-            text.push_str(cell);
-            text.push_str(&" ".repeat(w.saturating_sub(cell.chars().count())));
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(&mut headers.iter().copied());
-    for row in rows {
-        line(&mut row.iter().map(String::as_str));
-    }
-    out
-}
-
-/// `key: value` lines, keys aligned: the keys in `order` first, then any others.
-pub(crate) fn key_values(value: &Value, order: &[&str]) -> String {
-    let Some(map) = value.as_object() else { return format!("{}\n", text(value)) };
-    let mut keys: Vec<&str> = order.iter().copied().filter(|k| map.contains_key(*k)).collect();
-    keys.extend(map.keys().map(String::as_str).filter(|k| !order.contains(k)));
-    let width = keys.iter().map(|k| k.len()).max().unwrap_or(0) + 1;
-    let mut out = String::new();
-    for k in keys {
-        out.push_str(&format!("{:width$} {}\n", format!("{k}:"), text_list(&map[k])));
-    }
-    out
 }
 
 // ---- argument parsers ----
@@ -956,6 +875,13 @@ pub(crate) fn parse_key_value(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("`{s}` is not KEY=VALUE")),
     }
+}
+
+fn parse_state(s: &str) -> Result<ExecutionState, String> {
+    ExecutionState::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = ExecutionState::ALL.iter().map(|s| s.as_str()).collect();
+        format!("`{s}` is not an execution state; give one of {}", all.join(", "))
+    })
 }
 
 #[cfg(test)]
@@ -1030,27 +956,31 @@ pub(crate) mod tests {
         assert!(parse(&["ps", "--limit", "0"]).is_err());
     }
 
-    #[test]
-    fn tables_align_and_clip() {
-        let t = table(&["ID", "STATE"], &[vec!["abc".into(), "running".into()], vec!["a".into(), "x".into()]]);
-        assert_eq!(t, "ID   STATE\nabc  running\na    x\n");
-        assert_eq!(clip("abcdef", 4), "abc…");
-        assert_eq!(clip("a\nb", 10), "a b");
+    /// An execution as a server sends it, from the client's fixture.
+    pub(crate) fn execution() -> Execution {
+        serde_json::from_str(include_str!("../../client/tests/fixtures/execution.json")).unwrap()
     }
 
     #[test]
-    fn values_format_briefly() {
-        assert_eq!(short_time(&json!("2024-05-01T10:00:00.123Z")), "2024-05-01T10:00:00Z");
-        assert_eq!(short_time(&Value::Null), "-");
-        assert_eq!(fmt_ms(850), "850ms");
-        assert_eq!(fmt_ms(4200), "4.2s");
-        assert_eq!(fmt_ms(200_000), "3m20s");
-        assert_eq!(text_list(&json!(["echo", "hi"])), "echo hi");
-        assert_eq!(text_list(&json!({"day": "mon", "n": 3})), "day=mon n=3");
-        let kv = key_values(&json!({"state": "queued", "id": "x", "extra": null}), &["id", "state"]);
-        assert_eq!(kv, "id:    x\nstate: queued\nextra: -\n");
-        let line = final_line(&json!({"id": "e1", "state": "failed", "reason": "exited", "message": "exit code 3"}));
-        assert_eq!(line, "e1 failed: exit code 3");
+    fn executions_are_summarised() {
+        let mut e = execution();
+        e.state = ExecutionState::Failed;
+        e.reason = shoal_wire::ExecutionReason::Exited;
+        e.message = "exit code 3".into();
+        assert_eq!(final_line(&e), "e1 failed: exit code 3");
+        e.message.clear();
+        assert_eq!(final_line(&e), "e1 failed: exited");
+        let row = execution().cells();
+        assert_eq!(row[..5], ["e1", "queued", "true", "-", "0"]);
+        assert_eq!(row[5..], ["2026-12-01T10:00:00Z", "submitted: waiting for a free slot"]);
+        let shown = key_values(&execution_fields(&execution()));
+        assert!(shown.starts_with("id:                  e1\nstate:               queued\n"), "{shown}");
+        assert!(
+            shown.contains("\nparams:              -\n") && shown.contains("\ncommand:             true\n"),
+            "{shown}"
+        );
+        assert!(parse(&["ps", "--state", "timed_out"]).is_ok());
+        assert!(parse(&["ps", "--state", "done"]).unwrap_err().to_string().contains("timed_out"));
     }
 
     #[test]
@@ -1065,7 +995,7 @@ pub(crate) mod tests {
 
     #[test]
     fn errors_map_to_exit_codes() {
-        let api = |status| Error::Api { status, code: "c".into(), message: "m".into(), details: None };
+        let api = |status| Error::Api { status, code: None, raw_code: "c".into(), message: "m".into(), details: None };
         assert_eq!(report(&api(422)), EXIT_FAILED);
         assert_eq!(report(&api(503)), EXIT_UNAVAILABLE);
         assert_eq!(report(&Error::Unreachable { tried: vec![], last: String::new() }), EXIT_UNAVAILABLE);

@@ -3,12 +3,15 @@
 //! webhook, as an outside service would). Output and exit codes as for the other client
 //! commands (see `client_cmds`).
 
-use crate::client_cmds::{
-    clip, emit, fmt_ms, key_values, parse_key_value, parse_target, print_json, short_time, table, text, text_list,
-    CmdResult, EXIT_FAILED, EXIT_OK, EXIT_USAGE,
+use crate::client_cmds::{parse_key_value, parse_target, CmdResult, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
+use crate::output::{
+    clip, emit, fmt_ms, key_values, name, name_or_dash, or_dash, pairs, print_json, rows_table, short_time, yes_no, Row,
 };
-use serde_json::{json, Map, Value};
 use shoal_client::{Client, Error};
+use shoal_wire::{
+    Firing, HookAnswer, Listener, ListenerEvent, ListenerKind, ListenerRequest, OnClusterRequest, OnFileRequest,
+    OnJobRequest, ParamValues, PreviewRequest, Schedule, ScheduleRequest,
+};
 use std::path::PathBuf;
 use tokio::io::AsyncReadExt;
 
@@ -299,72 +302,62 @@ fn delivery_id(s: &str) -> Result<String, String> {
 
 // ---- request bodies ----
 
-fn params_json(params: &[(String, String)]) -> Value {
-    Value::Object(params.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+fn params(params: &[(String, String)]) -> ParamValues {
+    params.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect()
 }
 
-/// Inserts the options `schedule create` and `schedule edit` share, those given.
-fn insert_schedule_opts(body: &mut Map<String, Value>, opts: &ScheduleOpts) {
-    if let Some(tz) = &opts.timezone {
-        body.insert("timezone".into(), json!(tz));
-    }
+/// Sets the options `schedule create` and `schedule edit` share, those given.
+fn set_schedule_opts(request: &mut ScheduleRequest, opts: &ScheduleOpts) {
+    request.timezone = opts.timezone.clone();
     if !opts.params.is_empty() {
-        body.insert("params".into(), params_json(&opts.params));
+        request.params = Some(params(&opts.params));
     }
-    if let Some(m) = &opts.misfire {
-        body.insert("misfire".into(), json!(m));
-    }
-    if let Some(n) = opts.misfire_max {
-        body.insert("misfire_max".into(), json!(n));
-    }
-    if let Some(t) = &opts.misfire_threshold {
-        body.insert("misfire_threshold".into(), json!(t));
-    }
-    if let Some(o) = &opts.overlap {
-        body.insert("overlap".into(), json!(o));
-    }
+    request.misfire = opts.misfire.clone();
+    request.misfire_max = opts.misfire_max;
+    request.misfire_threshold = opts.misfire_threshold.clone();
+    request.overlap = opts.overlap.clone();
 }
 
 /// The body of `POST /schedules`; an error is a usage error.
-fn schedule_body(args: &ScheduleCreateArgs) -> Result<Value, String> {
+fn schedule_body(args: &ScheduleCreateArgs) -> Result<ScheduleRequest, String> {
     if args.common.misfire_max.is_some() && args.common.misfire.as_deref() != Some("all") {
         return Err("--misfire-max goes with --misfire all: it caps how many missed fire times are fired".into());
     }
     let (sandbox, job) = &args.target;
-    let mut body = Map::new();
-    body.insert("name".into(), json!(args.name));
-    body.insert("sandbox".into(), json!(sandbox));
-    body.insert("job".into(), json!(job));
-    body.insert("cron".into(), json!(args.cron));
-    insert_schedule_opts(&mut body, &args.common);
+    let mut request = ScheduleRequest {
+        name: Some(args.name.clone()),
+        sandbox: Some(sandbox.clone()),
+        job: Some(job.clone()),
+        cron: Some(args.cron.clone()),
+        ..ScheduleRequest::default()
+    };
+    set_schedule_opts(&mut request, &args.common);
     if args.disabled {
-        body.insert("enabled".into(), json!(false));
+        request.enabled = Some(false);
     }
-    Ok(Value::Object(body))
+    Ok(request)
 }
 
 /// The body of `PATCH /schedules/{ref}`; an error is a usage error.
-fn schedule_patch(args: &ScheduleEditArgs) -> Result<Value, String> {
-    let mut body = Map::new();
+fn schedule_patch(args: &ScheduleEditArgs) -> Result<ScheduleRequest, String> {
+    let mut request = ScheduleRequest::default();
     if let Some((sandbox, job)) = &args.target {
-        body.insert("sandbox".into(), json!(sandbox));
-        body.insert("job".into(), json!(job));
+        request.sandbox = Some(sandbox.clone());
+        request.job = Some(job.clone());
     }
-    if let Some(cron) = &args.cron {
-        body.insert("cron".into(), json!(cron));
-    }
-    insert_schedule_opts(&mut body, &args.common);
+    request.cron = args.cron.clone();
+    set_schedule_opts(&mut request, &args.common);
     if args.clear_params {
-        body.insert("params".into(), json!({}));
+        request.params = Some(ParamValues::new());
     }
-    if body.is_empty() {
+    if request == ScheduleRequest::default() {
         return Err(format!(
             "nothing to change: give what to change, e.g. `shoal schedule edit {} --cron '0 3 * * *'`; \
              see `shoal schedule edit --help`",
             args.reference
         ));
     }
-    Ok(Value::Object(body))
+    Ok(request)
 }
 
 /// `SANDBOX:PATTERN`, split at the first `:`.
@@ -396,46 +389,44 @@ fn check_events(events: &[String], allowed: &[&str], trigger: &str) -> Result<()
     }
 }
 
+/// `None` for an empty list: the server's default applies.
+fn given(items: &[String]) -> Option<Vec<String>> {
+    (!items.is_empty()).then(|| items.to_vec())
+}
+
 /// The body of `POST /listeners`; an error is a usage error.
-fn listener_body(args: &ListenerCreateArgs) -> Result<Value, String> {
+fn listener_body(args: &ListenerCreateArgs) -> Result<ListenerRequest, String> {
     let (sandbox, job) = &args.target;
-    let mut body = Map::new();
-    body.insert("name".into(), json!(args.name));
-    body.insert("sandbox".into(), json!(sandbox));
-    body.insert("job".into(), json!(job));
-    if !args.params.is_empty() {
-        body.insert("params".into(), params_json(&args.params));
-    }
-    if args.disabled {
-        body.insert("enabled".into(), json!(false));
-    }
+    let mut request = ListenerRequest {
+        name: Some(args.name.clone()),
+        sandbox: Some(sandbox.clone()),
+        job: Some(job.clone()),
+        params: (!args.params.is_empty()).then(|| params(&args.params)),
+        enabled: args.disabled.then_some(false),
+        ..ListenerRequest::default()
+    };
     let kind = if let Some((on_sandbox, on_job)) = &args.on_job {
         if args.states.len() > 1 && args.states.iter().any(|s| s == "final") {
             return Err("`final` already means every final state; give it alone".into());
         }
-        let mut on = json!({ "sandbox": on_sandbox, "job": on_job });
-        if !args.states.is_empty() {
-            on["states"] = json!(args.states);
-        }
-        body.insert("on_job".into(), on);
-        "job"
+        request.on_job =
+            Some(OnJobRequest { sandbox: on_sandbox.clone(), job: on_job.clone(), states: given(&args.states) });
+        ListenerKind::Job
     } else if let Some((on_sandbox, pattern)) = &args.on_file {
         check_events(&args.events, &FILE_EVENTS, "--on-file")?;
-        let mut on = json!({ "sandbox": on_sandbox, "pattern": pattern });
-        if !args.events.is_empty() {
-            on["events"] = json!(args.events);
-        }
-        if let Some(settle) = &args.settle {
-            on["settle"] = json!(settle);
-        }
-        body.insert("on_file".into(), on);
-        "file"
+        request.on_file = Some(OnFileRequest {
+            sandbox: on_sandbox.clone(),
+            pattern: pattern.clone(),
+            events: given(&args.events),
+            settle: args.settle.clone(),
+        });
+        ListenerKind::File
     } else if args.webhook {
         if let Some(secret) = &args.secret {
             check_secret(secret)?;
-            body.insert("secret".into(), json!(secret));
+            request.secret = Some(secret.clone());
         }
-        "webhook"
+        ListenerKind::Webhook
     } else if args.on_cluster {
         check_events(&args.events, &shoal_core::listener::CLUSTER_EVENTS, "--on-cluster")?;
         // Spelled out, so the object is there even when no event was chosen.
@@ -444,40 +435,40 @@ fn listener_body(args: &ListenerCreateArgs) -> Result<Value, String> {
         } else {
             args.events.clone()
         };
-        body.insert("on_cluster".into(), json!({ "events": events }));
-        "cluster"
+        request.on_cluster = Some(OnClusterRequest { events: Some(events) });
+        ListenerKind::Cluster
     } else {
         // clap's group requires one of them.
         return Err("give what the listener listens to: --on-job, --on-file, --webhook or --on-cluster".into());
     };
-    body.insert("kind".into(), json!(kind));
-    Ok(Value::Object(body))
+    request.kind = Some(kind.as_str().to_owned());
+    Ok(request)
 }
 
 /// The body of `PATCH /listeners/{ref}`; an error is a usage error.
-fn listener_patch(args: &ListenerEditArgs) -> Result<Value, String> {
-    let mut body = Map::new();
+fn listener_patch(args: &ListenerEditArgs) -> Result<ListenerRequest, String> {
+    let mut request = ListenerRequest::default();
     if let Some((sandbox, job)) = &args.target {
-        body.insert("sandbox".into(), json!(sandbox));
-        body.insert("job".into(), json!(job));
+        request.sandbox = Some(sandbox.clone());
+        request.job = Some(job.clone());
     }
     if !args.params.is_empty() {
-        body.insert("params".into(), params_json(&args.params));
+        request.params = Some(params(&args.params));
     }
     if args.clear_params {
-        body.insert("params".into(), json!({}));
+        request.params = Some(ParamValues::new());
     }
     if let Some(secret) = &args.secret {
         check_secret(secret)?;
-        body.insert("secret".into(), json!(secret));
+        request.secret = Some(secret.clone());
     }
-    if body.is_empty() {
+    if request == ListenerRequest::default() {
         return Err(format!(
             "nothing to change: give --job, -p, --clear-params or --secret, e.g. `shoal listener edit {} -p day=mon`",
             args.reference
         ));
     }
-    Ok(Value::Object(body))
+    Ok(request)
 }
 
 /// The payload of `shoal hook`, as the bytes to send: checked to be JSON, otherwise sent as
@@ -502,64 +493,50 @@ async fn hook_payload(args: &HookArgs) -> Result<Vec<u8>, Result<String, Error>>
         }
         (None, None) => (b"{}".to_vec(), String::new()),
     };
-    serde_json::from_slice::<Value>(&bytes)
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
         .map_err(|e| Ok(format!("the payload in {source} is not valid JSON: {e}")))?;
     Ok(bytes)
 }
 
 // ---- answers ----
 
+/// API names, comma-separated.
+fn names<T: serde::Serialize>(items: &[T]) -> String {
+    items.iter().map(name).collect::<Vec<_>>().join(",")
+}
+
 /// What starts a listener's job, briefly: `examples/jobs/load.toml succeeded`,
 /// `data:incoming/*.csv appeared`, the hook URL, or the cluster's events.
-fn trigger_text(listener: &Value) -> String {
-    let words = |v: &Value| match v.as_array() {
-        Some(items) => items.iter().map(text).collect::<Vec<_>>().join(","),
-        None => text(v),
-    };
-    match listener["kind"].as_str() {
-        Some("job") => {
-            let on = &listener["on_job"];
-            let states = if on["states"].is_null() { "succeeded".into() } else { words(&on["states"]) };
-            format!("{}/{} {states}", text(&on["sandbox"]), text(&on["job"]))
-        }
-        Some("file") => {
-            let on = &listener["on_file"];
-            let events = if on["events"].is_null() { "appeared".into() } else { words(&on["events"]) };
-            format!("{}:{} {events}", text(&on["sandbox"]), text(&on["pattern"]))
-        }
-        Some("webhook") => text(&listener["hook_url"]),
-        Some("cluster") => match &listener["on_cluster"]["events"] {
-            Value::Null => DEFAULT_CLUSTER_EVENTS.join(","),
-            events => words(events),
+fn trigger_text(listener: &Listener) -> String {
+    match listener.kind {
+        ListenerKind::Job => match &listener.on_job {
+            Some(on) => format!("{}/{} {}", on.sandbox, on.job, names(&on.states)),
+            None => "-".into(),
         },
-        _ => "-".into(),
+        ListenerKind::File => match &listener.on_file {
+            Some(on) => format!("{}:{} {}", on.sandbox, on.pattern, names(&on.events)),
+            None => "-".into(),
+        },
+        ListenerKind::Webhook => or_dash(listener.hook_url.as_deref()),
+        ListenerKind::Cluster => match &listener.on_cluster {
+            Some(on) => names(&on.events),
+            None => DEFAULT_CLUSTER_EVENTS.join(","),
+        },
     }
 }
 
 /// The id of the execution a webhook delivery started: the answer's `execution`, or the
 /// event's when the server answered a repeated delivery with the first event only.
-fn started_execution(answer: &Value) -> Option<String> {
-    let candidates = [&answer["execution"]["id"], &answer["execution"], &answer["event"]["execution"]];
-    candidates.into_iter().find_map(|v| v.as_str()).map(str::to_owned)
+fn started_execution(answer: &HookAnswer) -> Option<String> {
+    let started = answer.execution.as_ref().and_then(Option::as_ref).map(|e| e.id.clone());
+    started.or_else(|| answer.event.execution.clone())
 }
 
 /// A hook URL as the answering server serves it (the API gives it as a path).
-fn full_hook_url(client: &Client, hook_url: &Value) -> String {
-    match hook_url.as_str() {
+fn full_hook_url(client: &Client, hook_url: Option<&str>) -> String {
+    match hook_url {
         Some(path) if path.starts_with('/') => format!("{}{path}", client.current_server()),
-        _ => text(hook_url),
-    }
-}
-
-fn rows_of<'a>(value: &'a Value, key: &str) -> &'a [Value] {
-    value[key].as_array().map(Vec::as_slice).unwrap_or_default()
-}
-
-fn yes_no(value: &Value) -> String {
-    match value.as_bool() {
-        Some(true) => "yes".into(),
-        Some(false) => "no".into(),
-        None => text(value),
+        other => or_dash(other),
     }
 }
 
@@ -570,82 +547,97 @@ fn usage(message: &str) -> CmdResult {
 
 // ---- schedules ----
 
-const SCHEDULE_ORDER: [&str; 17] = [
-    "id",
-    "name",
-    "enabled",
-    "sandbox",
-    "job",
-    "params",
-    "cron",
-    "timezone",
-    "next_fire_time",
-    "last_fire_time",
-    "last_execution",
-    "misfire",
-    "misfire_max",
-    "misfire_threshold_ms",
-    "overlap",
-    "created_at",
-    "updated_at",
-];
+impl Row for Schedule {
+    const HEADERS: &'static [&'static str] = &["NAME", "ENABLED", "CRON", "TZ", "JOB", "NEXT", "LAST"];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            yes_no(self.enabled),
+            self.cron.clone(),
+            self.timezone.clone(),
+            clip(&format!("{}/{}", self.sandbox, self.job), 40),
+            short_time(self.next_fire_time.as_deref()),
+            short_time(self.last_fire_time.as_deref()),
+        ]
+    }
+}
+
+/// A schedule as `key: value` lines, every field of the wire type.
+fn schedule_fields(s: &Schedule) -> Vec<(&'static str, String)> {
+    vec![
+        ("id", s.id.clone()),
+        ("name", s.name.clone()),
+        ("enabled", s.enabled.to_string()),
+        ("sandbox", s.sandbox.clone()),
+        ("job", s.job.clone()),
+        ("params", pairs(&s.params)),
+        ("cron", s.cron.clone()),
+        ("timezone", s.timezone.clone()),
+        ("next_fire_time", or_dash(s.next_fire_time.as_deref())),
+        ("last_fire_time", or_dash(s.last_fire_time.as_deref())),
+        ("last_execution", or_dash(s.last_execution.as_deref())),
+        ("misfire", name(&s.misfire)),
+        ("misfire_max", or_dash(s.misfire_max)),
+        ("misfire_threshold_ms", s.misfire_threshold_ms.to_string()),
+        ("overlap", name(&s.overlap)),
+        ("created_at", s.created_at.clone()),
+        ("updated_at", s.updated_at.clone()),
+    ]
+}
+
+impl Row for Firing {
+    const HEADERS: &'static [&'static str] = &["FIRE TIME", "OUTCOME", "REASON", "EXECUTION", "NODE", "LATENESS"];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            short_time(Some(&self.fire_time)),
+            name(&self.outcome),
+            name_or_dash(self.reason.as_ref()),
+            or_dash(self.execution.as_deref()),
+            self.node.clone(),
+            fmt_ms(self.lateness_ms),
+        ]
+    }
+}
 
 /// `next fire 2026-01-01T02:00:00Z`, or why there is none.
-fn next_fire(schedule: &Value) -> String {
-    match (&schedule["next_fire_time"], schedule["enabled"].as_bool()) {
-        (Value::Null, Some(false)) => "disabled, so it will not fire".into(),
-        (Value::Null, _) => "no next fire time".into(),
-        (t, _) => format!("next fire {}", short_time(t)),
+fn next_fire(schedule: &Schedule) -> String {
+    match &schedule.next_fire_time {
+        None if !schedule.enabled => "disabled, so it will not fire".into(),
+        None => "no next fire time".into(),
+        Some(t) => format!("next fire {}", short_time(Some(t))),
     }
 }
 
 pub async fn cmd_schedule(client: &Client, cmd: ScheduleCmd, json: bool) -> CmdResult {
     match cmd {
         ScheduleCmd::Create(args) => {
-            let body = match schedule_body(&args) {
+            let request = match schedule_body(&args) {
                 Ok(b) => b,
                 Err(message) => return usage(&message),
             };
-            let created = client.create_schedule(&body).await?;
+            let created = client.create_schedule(&request).await?;
             if json {
                 print_json(&created);
             } else {
-                emit(&format!(
-                    "created schedule {} ({}): {}\n",
-                    text(&created["name"]),
-                    text(&created["id"]),
-                    next_fire(&created)
-                ));
+                emit(&format!("created schedule {} ({}): {}\n", created.name, created.id, next_fire(&created)));
             }
         }
         ScheduleCmd::List => {
             let list = client.schedules().await?;
             if json {
                 print_json(&list);
-                return Ok(EXIT_OK);
+            } else {
+                emit(&rows_table(&list.schedules));
             }
-            let rows: Vec<Vec<String>> = rows_of(&list, "schedules")
-                .iter()
-                .map(|s| {
-                    vec![
-                        text(&s["name"]),
-                        yes_no(&s["enabled"]),
-                        text(&s["cron"]),
-                        text(&s["timezone"]),
-                        clip(&format!("{}/{}", text(&s["sandbox"]), text(&s["job"])), 40),
-                        short_time(&s["next_fire_time"]),
-                        short_time(&s["last_fire_time"]),
-                    ]
-                })
-                .collect();
-            emit(&table(&["NAME", "ENABLED", "CRON", "TZ", "JOB", "NEXT", "LAST"], &rows));
         }
         ScheduleCmd::Show(a) => {
             let schedule = client.schedule(&a.reference).await?;
             if json {
                 print_json(&schedule);
             } else {
-                emit(&key_values(&schedule, &SCHEDULE_ORDER));
+                emit(&key_values(&schedule_fields(&schedule)));
             }
         }
         ScheduleCmd::Enable(a) => return set_schedule_enabled(client, &a.reference, true, json).await,
@@ -659,13 +651,13 @@ pub async fn cmd_schedule(client: &Client, cmd: ScheduleCmd, json: bool) -> CmdR
             if json {
                 print_json(&schedule);
             } else {
-                emit(&format!("updated schedule {}: {}\n", text(&schedule["name"]), next_fire(&schedule)));
+                emit(&format!("updated schedule {}: {}\n", schedule.name, next_fire(&schedule)));
             }
         }
         ScheduleCmd::Delete(a) => {
             client.delete_schedule(&a.reference).await?;
             if json {
-                print_json(&json!({ "deleted": a.reference }));
+                print_json(&serde_json::json!({ "deleted": a.reference }));
             } else {
                 emit(&format!("deleted schedule {}\n", a.reference));
             }
@@ -674,35 +666,25 @@ pub async fn cmd_schedule(client: &Client, cmd: ScheduleCmd, json: bool) -> CmdR
             let firings = client.schedule_firings(&reference, limit).await?;
             if json {
                 print_json(&firings);
-                return Ok(EXIT_OK);
+            } else {
+                emit(&rows_table(&firings.firings));
             }
-            let rows: Vec<Vec<String>> = rows_of(&firings, "firings")
-                .iter()
-                .map(|f| {
-                    vec![
-                        short_time(&f["fire_time"]),
-                        text(&f["outcome"]),
-                        text(&f["reason"]),
-                        text(&f["execution"]),
-                        text(&f["node"]),
-                        f["lateness_ms"].as_i64().map_or_else(|| "-".into(), fmt_ms),
-                    ]
-                })
-                .collect();
-            emit(&table(&["FIRE TIME", "OUTCOME", "REASON", "EXECUTION", "NODE", "LATENESS"], &rows));
         }
         ScheduleCmd::Preview(args) => {
-            let times = match (&args.reference, &args.cron) {
-                (_, Some(cron)) => client.preview_cron(cron, args.timezone.as_deref(), args.count).await?,
+            let preview = match (&args.reference, &args.cron) {
+                (_, Some(cron)) => {
+                    let request =
+                        PreviewRequest { cron: cron.clone(), timezone: args.timezone.clone(), count: args.count };
+                    client.preview_cron(&request).await?
+                }
                 (Some(reference), None) => client.schedule_preview(reference, args.count).await?,
                 // clap requires one of them.
                 (None, None) => return usage("give a schedule's name, or a cron expression with --cron"),
             };
             if json {
-                print_json(&times);
+                print_json(&preview);
             } else {
-                let lines: String = rows_of(&times, "firings").iter().map(|t| format!("{}\n", text(t))).collect();
-                emit(&lines);
+                emit(&preview.firings.iter().map(|t| format!("{t}\n")).collect::<String>());
             }
         }
     }
@@ -710,66 +692,95 @@ pub async fn cmd_schedule(client: &Client, cmd: ScheduleCmd, json: bool) -> CmdR
 }
 
 async fn set_schedule_enabled(client: &Client, reference: &str, enabled: bool, json: bool) -> CmdResult {
-    let schedule = client.update_schedule(reference, &json!({ "enabled": enabled })).await?;
+    let patch = ScheduleRequest { enabled: Some(enabled), ..ScheduleRequest::default() };
+    let schedule = client.update_schedule(reference, &patch).await?;
     if json {
         print_json(&schedule);
     } else {
         let what = if enabled { "enabled" } else { "disabled" };
         let next = if enabled { format!(": {}", next_fire(&schedule)) } else { String::new() };
-        emit(&format!("{what} schedule {}{next}\n", text(&schedule["name"])));
+        emit(&format!("{what} schedule {}{next}\n", schedule.name));
     }
     Ok(EXIT_OK)
 }
 
 // ---- listeners ----
 
-const LISTENER_ORDER: [&str; 12] = [
-    "id",
-    "name",
-    "kind",
-    "enabled",
-    "trigger",
-    "sandbox",
-    "job",
-    "params",
-    "hook_url",
-    "secret",
-    "created_at",
-    "updated_at",
-];
+impl Row for Listener {
+    const HEADERS: &'static [&'static str] = &["NAME", "ENABLED", "KIND", "ON", "JOB"];
 
-/// A listener for `key_values`: its trigger as one line instead of the `on_*` objects.
-fn listener_shown(listener: &Value) -> Value {
-    let mut shown = listener.clone();
-    if let Some(map) = shown.as_object_mut() {
-        map.retain(|k, _| !k.starts_with("on_"));
-        map.insert("trigger".into(), json!(trigger_text(listener)));
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            yes_no(self.enabled),
+            self.kind.as_str().to_owned(),
+            clip(&trigger_text(self), 50),
+            clip(&format!("{}/{}", self.sandbox, self.job), 40),
+        ]
     }
-    shown
+}
+
+/// A listener as `key: value` lines: its trigger as one line instead of the `on_*` objects,
+/// and the webhook's URL and secret only where it has them.
+fn listener_fields(l: &Listener) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("id", l.id.clone()),
+        ("name", l.name.clone()),
+        ("kind", l.kind.as_str().to_owned()),
+        ("enabled", l.enabled.to_string()),
+        ("trigger", trigger_text(l)),
+        ("sandbox", l.sandbox.clone()),
+        ("job", l.job.clone()),
+        ("params", pairs(&l.params)),
+    ];
+    if let Some(url) = &l.hook_url {
+        fields.push(("hook_url", url.clone()));
+    }
+    if let Some(secret) = &l.secret {
+        fields.push(("secret", secret.clone()));
+    }
+    fields.push(("created_at", l.created_at.clone()));
+    fields.push(("updated_at", l.updated_at.clone()));
+    fields
+}
+
+impl Row for ListenerEvent {
+    const HEADERS: &'static [&'static str] = &["AT", "OUTCOME", "REASON", "EXECUTION", "NODE", "KEY"];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            short_time(Some(&self.at)),
+            name(&self.outcome),
+            name_or_dash(self.reason.as_ref()),
+            or_dash(self.execution.as_deref()),
+            self.node.clone(),
+            clip(&self.key, 50),
+        ]
+    }
 }
 
 pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdResult {
     match cmd {
         ListenerCmd::Create(args) => {
-            let body = match listener_body(&args) {
+            let request = match listener_body(&args) {
                 Ok(b) => b,
                 Err(message) => return usage(&message),
             };
-            let created = client.create_listener(&body).await?;
-            let secret = created["secret"].as_str();
+            let created = client.create_listener(&request).await?;
             if json {
                 print_json(&created);
             } else {
-                let name = text(&created["name"]);
-                let job = format!("{}/{}", text(&created["sandbox"]), text(&created["job"]));
                 let mut out = format!(
-                    "created {} listener {name} ({}): starts {job}\n",
-                    text(&created["kind"]),
-                    text(&created["id"])
+                    "created {} listener {} ({}): starts {}/{}\n",
+                    created.kind.as_str(),
+                    created.name,
+                    created.id,
+                    created.sandbox,
+                    created.job
                 );
-                if created["kind"] == "webhook" {
-                    out.push_str(&format!("hook URL: {}\n", full_hook_url(client, &created["hook_url"])));
-                    if let Some(secret) = secret {
+                if created.kind == ListenerKind::Webhook {
+                    out.push_str(&format!("hook URL: {}\n", full_hook_url(client, created.hook_url.as_deref())));
+                    if let Some(secret) = &created.secret {
                         out.push_str(&format!("secret:   {secret}\n"));
                     }
                 } else {
@@ -777,10 +788,10 @@ pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdR
                 }
                 emit(&out);
             }
-            if secret.is_some() && args.secret.is_none() {
+            if created.secret.is_some() && args.secret.is_none() {
                 eprintln!(
                     "note: the secret is shown only once: store it now (`shoal listener edit {} --secret ...` sets a new one)",
-                    text(&created["name"])
+                    created.name
                 );
             }
         }
@@ -788,28 +799,16 @@ pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdR
             let list = client.listeners().await?;
             if json {
                 print_json(&list);
-                return Ok(EXIT_OK);
+            } else {
+                emit(&rows_table(&list.listeners));
             }
-            let rows: Vec<Vec<String>> = rows_of(&list, "listeners")
-                .iter()
-                .map(|l| {
-                    vec![
-                        text(&l["name"]),
-                        yes_no(&l["enabled"]),
-                        text(&l["kind"]),
-                        clip(&trigger_text(l), 50),
-                        clip(&format!("{}/{}", text(&l["sandbox"]), text(&l["job"])), 40),
-                    ]
-                })
-                .collect();
-            emit(&table(&["NAME", "ENABLED", "KIND", "ON", "JOB"], &rows));
         }
         ListenerCmd::Show(a) => {
             let listener = client.listener(&a.reference).await?;
             if json {
                 print_json(&listener);
             } else {
-                emit(&key_values(&listener_shown(&listener), &LISTENER_ORDER));
+                emit(&key_values(&listener_fields(&listener)));
             }
         }
         ListenerCmd::Enable(a) => return set_listener_enabled(client, &a.reference, true, json).await,
@@ -825,17 +824,17 @@ pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdR
             } else {
                 emit(&format!(
                     "updated listener {}: starts {}/{} with {}\n",
-                    text(&listener["name"]),
-                    text(&listener["sandbox"]),
-                    text(&listener["job"]),
-                    text_list(&listener["params"])
+                    listener.name,
+                    listener.sandbox,
+                    listener.job,
+                    pairs(&listener.params)
                 ));
             }
         }
         ListenerCmd::Delete(a) => {
             client.delete_listener(&a.reference).await?;
             if json {
-                print_json(&json!({ "deleted": a.reference }));
+                print_json(&serde_json::json!({ "deleted": a.reference }));
             } else {
                 emit(&format!("deleted listener {}\n", a.reference));
             }
@@ -844,34 +843,22 @@ pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdR
             let events = client.listener_events(&reference, limit).await?;
             if json {
                 print_json(&events);
-                return Ok(EXIT_OK);
+            } else {
+                emit(&rows_table(&events.events));
             }
-            let rows: Vec<Vec<String>> = rows_of(&events, "events")
-                .iter()
-                .map(|e| {
-                    vec![
-                        short_time(&e["at"]),
-                        text(&e["outcome"]),
-                        text(&e["reason"]),
-                        text(&e["execution"]),
-                        text(&e["node"]),
-                        clip(&text(&e["key"]), 50),
-                    ]
-                })
-                .collect();
-            emit(&table(&["AT", "OUTCOME", "REASON", "EXECUTION", "NODE", "KEY"], &rows));
         }
     }
     Ok(EXIT_OK)
 }
 
 async fn set_listener_enabled(client: &Client, reference: &str, enabled: bool, json: bool) -> CmdResult {
-    let listener = client.update_listener(reference, &json!({ "enabled": enabled })).await?;
+    let patch = ListenerRequest { enabled: Some(enabled), ..ListenerRequest::default() };
+    let listener = client.update_listener(reference, &patch).await?;
     if json {
         print_json(&listener);
     } else {
         let what = if enabled { "enabled" } else { "disabled" };
-        emit(&format!("{what} listener {}\n", text(&listener["name"])));
+        emit(&format!("{what} listener {}\n", listener.name));
     }
     Ok(EXIT_OK)
 }
@@ -889,10 +876,10 @@ pub async fn cmd_hook(client: &Client, args: HookArgs, json: bool) -> CmdResult 
         print_json(&answer);
     }
     let Some(execution) = started_execution(&answer) else {
-        let event = &answer["event"];
-        let why = match event["reason"].as_str() {
-            Some(reason) => format!("{} ({reason})", text(&event["outcome"])),
-            None => text(&event["outcome"]),
+        let event = &answer.event;
+        let why = match &event.reason {
+            Some(reason) => format!("{} ({})", name(&event.outcome), name(reason)),
+            None => name(&event.outcome),
         };
         eprintln!("error: listener {} received the delivery but started no job: {why}", args.name);
         return Ok(EXIT_FAILED);
@@ -902,11 +889,8 @@ pub async fn cmd_hook(client: &Client, args: HookArgs, json: bool) -> CmdResult 
     }
     if replayed {
         eprintln!("this delivery had already been received; {execution} is the execution it started then");
-    } else {
-        let state = &answer["execution"]["state"];
-        if !state.is_null() {
-            eprintln!("{}: started by listener {}", text(state), args.name);
-        }
+    } else if let Some(Some(started)) = &answer.execution {
+        eprintln!("{}: started by listener {}", started.state, args.name);
     }
     Ok(EXIT_OK)
 }
@@ -917,6 +901,12 @@ mod tests {
     use crate::client_cmds::tests::Cli;
     use crate::client_cmds::ClientCommand;
     use clap::Parser;
+    use serde_json::{json, Value};
+
+    /// A request body as it goes on the wire.
+    fn wire(request: &impl serde::Serialize) -> Value {
+        serde_json::to_value(request).unwrap()
+    }
 
     /// The commands of this module, unboxed.
     #[derive(Debug)]
@@ -973,7 +963,7 @@ mod tests {
             "--disabled",
         ]);
         assert_eq!(
-            schedule_body(&args).unwrap(),
+            wire(&schedule_body(&args).unwrap()),
             json!({
                 "name": "nightly", "sandbox": "examples", "job": "jobs/greet.toml",
                 "cron": "*/5 * * * * *", "timezone": "Europe/Berlin", "params": {"name": "{fire_date}"},
@@ -984,7 +974,7 @@ mod tests {
         // Only what was given: the server fills in the defaults.
         let args = schedule_create(&["n", "ex/jobs/a.toml", "--cron", "@hourly"]);
         assert_eq!(
-            schedule_body(&args).unwrap(),
+            wire(&schedule_body(&args).unwrap()),
             json!({"name": "n", "sandbox": "ex", "job": "jobs/a.toml", "cron": "@hourly"})
         );
         let args = schedule_create(&["n", "ex/a.toml", "--cron", "@hourly", "--misfire", "once", "--misfire-max", "3"]);
@@ -1011,7 +1001,7 @@ mod tests {
         let edit = |args: &[&str]| {
             let all: Vec<&str> = ["schedule", "edit", "nightly"].iter().chain(args).copied().collect();
             match parse(&all) {
-                Ok(Cmd::Schedule(ScheduleCmd::Edit(a))) => schedule_patch(&a),
+                Ok(Cmd::Schedule(ScheduleCmd::Edit(a))) => schedule_patch(&a).map(|p| wire(&p)),
                 other => panic!("{args:?}: {other:?}"),
             }
         };
@@ -1072,7 +1062,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            listener_body(&a).unwrap(),
+            wire(&listener_body(&a).unwrap()),
             json!({
                 "name": "l", "kind": "job", "sandbox": "ex", "job": "jobs/a.toml",
                 "params": {"up": "{event.execution}"},
@@ -1081,7 +1071,7 @@ mod tests {
         );
         let a = listener_create(&["--on-job", "ex/jobs/load.toml", "--disabled"]).unwrap();
         assert_eq!(
-            listener_body(&a).unwrap(),
+            wire(&listener_body(&a).unwrap()),
             json!({
                 "name": "l", "kind": "job", "sandbox": "ex", "job": "jobs/a.toml", "enabled": false,
                 "on_job": {"sandbox": "ex", "job": "jobs/load.toml"},
@@ -1097,11 +1087,11 @@ mod tests {
         let a =
             listener_create(&["--on-file", "data:in/*.csv", "--events", "appeared,changed", "--settle", "5s"]).unwrap();
         assert_eq!(
-            listener_body(&a).unwrap()["on_file"],
+            wire(&listener_body(&a).unwrap())["on_file"],
             json!({"sandbox": "data", "pattern": "in/*.csv", "events": ["appeared", "changed"], "settle": "5s"})
         );
         let a = listener_create(&["--on-file", "data:x:y"]).unwrap();
-        assert_eq!(listener_body(&a).unwrap()["on_file"], json!({"sandbox": "data", "pattern": "x:y"}));
+        assert_eq!(wire(&listener_body(&a).unwrap())["on_file"], json!({"sandbox": "data", "pattern": "x:y"}));
         let a = listener_create(&["--on-file", "data:x", "--events", "node_died"]).unwrap();
         assert!(listener_body(&a).unwrap_err().contains("node_died"));
         for bad in ["data", ":x", "data:"] {
@@ -1113,25 +1103,25 @@ mod tests {
     fn listener_webhook_and_cluster_build_the_body() {
         let a = listener_create(&["--webhook"]).unwrap();
         assert_eq!(
-            listener_body(&a).unwrap(),
+            wire(&listener_body(&a).unwrap()),
             json!({"name": "l", "kind": "webhook", "sandbox": "ex", "job": "jobs/a.toml"})
         );
         let a = listener_create(&["--webhook", "--secret", "0123456789abcdef"]).unwrap();
-        assert_eq!(listener_body(&a).unwrap()["secret"], "0123456789abcdef");
+        assert_eq!(wire(&listener_body(&a).unwrap())["secret"], "0123456789abcdef");
         let a = listener_create(&["--webhook", "--secret", "short"]).unwrap();
         assert!(listener_body(&a).unwrap_err().contains("16"));
         let a = listener_create(&["--on-cluster"]).unwrap();
         assert_eq!(
-            listener_body(&a).unwrap(),
+            wire(&listener_body(&a).unwrap()),
             json!({
                 "name": "l", "kind": "cluster", "sandbox": "ex", "job": "jobs/a.toml",
                 "on_cluster": {"events": ["node_died", "node_joined"]},
             })
         );
         let a = listener_create(&["--on-cluster", "--events", "node_left"]).unwrap();
-        assert_eq!(listener_body(&a).unwrap()["on_cluster"], json!({"events": ["node_left"]}));
+        assert_eq!(wire(&listener_body(&a).unwrap())["on_cluster"], json!({"events": ["node_left"]}));
         let a = listener_create(&["--on-cluster", "--events", "node_died"]).unwrap();
-        assert_eq!(listener_body(&a).unwrap()["on_cluster"], json!({"events": ["node_died"]}));
+        assert_eq!(wire(&listener_body(&a).unwrap())["on_cluster"], json!({"events": ["node_died"]}));
         let a = listener_create(&["--on-cluster", "--events", "appeared"]).unwrap();
         assert!(listener_body(&a).unwrap_err().contains("--on-cluster"));
     }
@@ -1160,7 +1150,7 @@ mod tests {
         let edit = |args: &[&str]| {
             let all: Vec<&str> = ["listener", "edit", "l"].iter().chain(args).copied().collect();
             match parse(&all) {
-                Ok(Cmd::Listener(ListenerCmd::Edit(a))) => listener_patch(&a),
+                Ok(Cmd::Listener(ListenerCmd::Edit(a))) => listener_patch(&a).map(|p| wire(&p)),
                 other => panic!("{args:?}: {other:?}"),
             }
         };
@@ -1204,28 +1194,70 @@ mod tests {
         assert_eq!(a.delivery.as_deref(), Some("12.5 x"));
     }
 
+    /// A listener as a server sends it; `on` names its trigger object (or none).
+    fn listener(kind: &str, on: Option<(&str, Value)>) -> Listener {
+        let mut l = json!({
+            "id": "l1", "name": "x", "kind": kind, "sandbox": "ex", "job": "jobs/a.toml", "params": {},
+            "enabled": true, "created_at": "2026-12-01T10:00:00.000Z", "updated_at": "2026-12-01T10:00:00.000Z",
+        });
+        if let Some((key, value)) = on {
+            l[key] = value;
+        }
+        serde_json::from_value(l).unwrap()
+    }
+
+    fn schedule(next_fire_time: Option<&str>, enabled: bool) -> Schedule {
+        serde_json::from_value(json!({
+            "id": "s1", "name": "n", "sandbox": "ex", "job": "jobs/a.toml", "params": {}, "cron": "0 2 * * *",
+            "timezone": "UTC", "enabled": enabled, "misfire": "once", "misfire_max": null,
+            "misfire_threshold_ms": 60000, "overlap": "allow", "last_fire_time": null,
+            "next_fire_time": next_fire_time, "last_execution": null,
+            "created_at": "2026-12-01T10:00:00.000Z", "updated_at": "2026-12-01T10:00:00.000Z",
+        }))
+        .unwrap()
+    }
+
+    fn hook_answer(execution: Option<Value>, event_execution: Option<&str>) -> HookAnswer {
+        let event = json!({
+            "listener": "l1", "key": "delivery:d", "at": "2026-12-01T10:00:00.000Z", "node": "n1",
+            "outcome": "started", "reason": null, "execution": event_execution, "payload": {},
+        });
+        let mut answer = json!({ "event": event });
+        if let Some(e) = execution {
+            answer["execution"] = e;
+        }
+        serde_json::from_value(answer).unwrap()
+    }
+
     #[test]
     fn answers_are_summarised() {
-        let l = json!({"kind": "job", "on_job": {"sandbox": "ex", "job": "jobs/load.toml", "states": ["succeeded", "failed"]}});
-        assert_eq!(trigger_text(&l), "ex/jobs/load.toml succeeded,failed");
-        let l = json!({"kind": "file", "on_file": {"sandbox": "d", "pattern": "in/*.csv"}});
-        assert_eq!(trigger_text(&l), "d:in/*.csv appeared");
-        let l = json!({"kind": "webhook", "hook_url": "/api/v1/hooks/orders", "on_job": null});
-        assert_eq!(trigger_text(&l), "/api/v1/hooks/orders");
-        assert_eq!(trigger_text(&json!({"kind": "cluster", "on_cluster": null})), "node_died,node_joined");
-        let shown = listener_shown(
-            &json!({"name": "x", "kind": "cluster", "on_job": null, "on_cluster": {"events": ["node_died"]}}),
-        );
-        assert_eq!(shown, json!({"name": "x", "kind": "cluster", "trigger": "node_died"}));
-
-        assert_eq!(started_execution(&json!({"event": {}, "execution": {"id": "e1"}})).as_deref(), Some("e1"));
-        assert_eq!(started_execution(&json!({"event": {"execution": "e2"}})).as_deref(), Some("e2"));
-        assert_eq!(started_execution(&json!({"event": {"execution": null}, "execution": null})), None);
-
+        let on = json!({"sandbox": "ex", "job": "jobs/load.toml", "states": ["succeeded", "failed"]});
+        assert_eq!(trigger_text(&listener("job", Some(("on_job", on)))), "ex/jobs/load.toml succeeded,failed");
+        let on = json!({"sandbox": "d", "pattern": "in/*.csv", "events": ["appeared"], "settle_ms": 1000});
+        assert_eq!(trigger_text(&listener("file", Some(("on_file", on)))), "d:in/*.csv appeared");
+        let hook = listener("webhook", Some(("hook_url", json!("/api/v1/hooks/orders"))));
+        assert_eq!(trigger_text(&hook), "/api/v1/hooks/orders");
+        assert_eq!(trigger_text(&listener("cluster", None)), "node_died,node_joined");
+        let cluster = listener("cluster", Some(("on_cluster", json!({"events": ["node_died"]}))));
+        let shown = listener_fields(&cluster);
+        let keys: Vec<&str> = shown.iter().map(|(k, _)| *k).collect();
         assert_eq!(
-            next_fire(&json!({"next_fire_time": "2026-01-01T02:00:00.000Z", "enabled": true})),
-            "next fire 2026-01-01T02:00:00Z"
+            keys,
+            ["id", "name", "kind", "enabled", "trigger", "sandbox", "job", "params", "created_at", "updated_at"]
         );
-        assert_eq!(next_fire(&json!({"next_fire_time": null, "enabled": false})), "disabled, so it will not fire");
+        assert!(shown.contains(&("trigger", "node_died".into())) && shown.contains(&("kind", "cluster".into())));
+        let shown = listener_fields(&hook);
+        assert!(shown.contains(&("hook_url", "/api/v1/hooks/orders".into())), "{shown:?}");
+
+        let execution = crate::client_cmds::tests::execution();
+        let execution = serde_json::to_value(execution).unwrap();
+        assert_eq!(started_execution(&hook_answer(Some(execution), None)).as_deref(), Some("e1"));
+        assert_eq!(started_execution(&hook_answer(None, Some("e2"))).as_deref(), Some("e2"));
+        assert_eq!(started_execution(&hook_answer(Some(Value::Null), None)), None);
+
+        assert_eq!(next_fire(&schedule(Some("2026-01-01T02:00:00.000Z"), true)), "next fire 2026-01-01T02:00:00Z");
+        assert_eq!(next_fire(&schedule(None, false)), "disabled, so it will not fire");
+        let row = schedule(None, false).cells();
+        assert_eq!(row, ["n", "no", "0 2 * * *", "UTC", "ex/jobs/a.toml", "-", "-"]);
     }
 }

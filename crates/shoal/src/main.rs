@@ -3,6 +3,7 @@
 
 mod client_cmds;
 mod client_sched;
+mod output;
 mod up;
 
 use clap::{Parser, Subcommand};

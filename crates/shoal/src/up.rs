@@ -174,41 +174,29 @@ async fn register_examples(store: &shoal_store::Store, root_text: &str) -> anyho
 /// Submits a job through the node's API, streams its logs to stdout, and reports whether it
 /// succeeded; `show_node` names the node that ran it (which matters once there are several).
 async fn run_and_follow(url: &str, sandbox: &str, job: &str, show_node: bool) -> anyhow::Result<bool> {
+    use futures::StreamExt;
     use std::io::Write;
-    let http = reqwest::Client::new();
-    let resp = http
-        .post(format!("{url}/api/v1/executions"))
-        .json(&serde_json::json!({"sandbox": sandbox, "job": job}))
-        .send()
-        .await?;
-    let status = resp.status();
-    let body: serde_json::Value = resp.json().await?;
-    if !status.is_success() {
-        anyhow::bail!(
-            "{} ({})",
-            body["error"]["message"].as_str().unwrap_or("?"),
-            body["error"]["code"].as_str().unwrap_or("?")
-        );
-    }
-    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    let client = shoal_client::Client::new(vec![url.to_owned()])?;
+    let request = shoal_wire::SubmitRequest {
+        sandbox: Some(sandbox.to_owned()),
+        job: Some(job.to_owned()),
+        ..shoal_wire::SubmitRequest::default()
+    };
+    let (execution, _) = client.submit(&request).await?;
+    let id = execution.id;
     eprintln!("execution {id} accepted");
-    let mut logs = http.get(format!("{url}/api/v1/executions/{id}/logs?follow=true")).send().await?;
-    while let Some(chunk) = logs.chunk().await? {
-        std::io::stdout().write_all(&chunk)?;
+    let mut logs = client.logs(&id, true, None).await?;
+    while let Some(chunk) = logs.next().await {
+        std::io::stdout().write_all(&chunk?)?;
         std::io::stdout().flush()?;
     }
-    let e: serde_json::Value = http.get(format!("{url}/api/v1/executions/{id}")).send().await?.json().await?;
-    let node = match e["node"].as_str() {
+    let e = client.execution(&id).await?;
+    let node = match &e.node {
         Some(node) if show_node => format!(" on node {node}"),
         _ => String::new(),
     };
-    eprintln!(
-        "execution {id} {}{node} ({}) after {} attempt(s)",
-        e["state"].as_str().unwrap_or("?"),
-        e["message"].as_str().unwrap_or(""),
-        e["attempt"]
-    );
-    Ok(e["state"] == "succeeded")
+    eprintln!("execution {id} {}{node} ({}) after {} attempt(s)", e.state, e.message, e.attempt);
+    Ok(e.state == shoal_wire::ExecutionState::Succeeded)
 }
 
 /// One node of a local cluster: where its files are.
@@ -488,7 +476,6 @@ impl Cluster<'_> {
     /// Waits until every node has registered, answers readiness, and n1 sees all of them
     /// alive. `Ok(false)`: interrupted.
     async fn wait_until_up(&self, procs: &mut [NodeProc], interrupt: &mut Interrupt) -> anyhow::Result<bool> {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             for p in procs.iter_mut() {
@@ -528,7 +515,7 @@ impl Cluster<'_> {
                 }
             }
             if procs.iter().all(|p| p.ready) {
-                match membership_gaps(&http, procs).await {
+                match membership_gaps(procs).await {
                     Ok(gaps) if gaps.is_empty() => return Ok(true),
                     Ok(gaps) => {
                         for (i, why) in gaps {
@@ -560,27 +547,23 @@ impl Cluster<'_> {
 }
 
 /// For each node that n1 does not show as this run's process, alive by gossip: its index and
-/// why. In a build without gossip membership (no `gossip` field), a live lease is enough.
-async fn membership_gaps(http: &reqwest::Client, procs: &mut [NodeProc]) -> anyhow::Result<Vec<(usize, String)>> {
-    let url = procs[0].url.as_deref().unwrap_or_default();
-    let body: serde_json::Value =
-        http.get(format!("{url}/api/v1/nodes")).send().await?.error_for_status()?.json().await?;
-    let rows = body["nodes"].as_array().cloned().unwrap_or_default();
+/// why.
+async fn membership_gaps(procs: &mut [NodeProc]) -> anyhow::Result<Vec<(usize, String)>> {
+    let url = procs[0].url.clone().unwrap_or_default();
+    let client = shoal_client::Client::new(vec![url])?.with_request_timeout(Duration::from_secs(2));
+    let rows = client.nodes().await?.nodes;
     let first = procs[0].id.clone();
     let mut gaps = Vec::new();
     for (i, p) in procs.iter_mut().enumerate() {
-        let row = rows.iter().find(|r| r["id"] == p.id.as_str());
-        let why = match row {
+        let why = match rows.iter().find(|r| r.id == p.id) {
             None => Some(format!("{first} does not list it")),
-            Some(r) if r["generation"].as_i64() != Some(p.generation) => {
-                Some(format!("{first} lists generation {} of it, not this run's {}", r["generation"], p.generation))
+            Some(r) if r.generation != p.generation => {
+                Some(format!("{first} lists generation {} of it, not this run's {}", r.generation, p.generation))
             }
-            Some(r) => match r.get("gossip").and_then(|g| g.as_str()) {
-                Some("alive") => None,
-                Some(other) => Some(format!("not alive by gossip as {first} sees it (gossip: {other})")),
-                None if r["lease_expires_in_ms"].as_i64().unwrap_or(0) > 0 => None,
-                None => Some("its lease is not live".into()),
-            },
+            Some(r) if r.gossip == shoal_wire::GossipView::Alive => None,
+            Some(r) => {
+                Some(format!("not alive by gossip as {first} sees it (gossip: {})", crate::output::name(&r.gossip)))
+            }
         };
         match why {
             Some(why) => gaps.push((i, why)),
