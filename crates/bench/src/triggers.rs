@@ -78,7 +78,7 @@ pub(crate) async fn schedules(shoal: &Path, a: SchedulesArgs) -> Result<()> {
                 params: Some([("fire".to_owned(), "{fire_unix_ms}".into())].into()),
                 ..ScheduleRequest::default()
             };
-            clients[created % clients.len()].create_schedule(&request).await.context("cannot create a schedule")?;
+            clients[created % clients.len()].schedules().create(&request).await.context("cannot create a schedule")?;
             created += 1;
         }
         let warm = store.now_ms().await? + 5_000;
@@ -139,7 +139,7 @@ pub(crate) async fn files(shoal: &Path, a: FilesArgs) -> Result<()> {
         }),
         ..ListenerRequest::default()
     };
-    let id = client.create_listener(&request).await.context("cannot create the listener")?.id;
+    let id = client.listeners().create(&request).await.context("cannot create the listener")?.id;
     let store = shoal_store::Store::open(&a.store, 2).await?;
     let mut written = HashMap::new();
     for i in 0..a.files {

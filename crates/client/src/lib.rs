@@ -32,6 +32,7 @@ use shoal_wire::{
     HookAnswer, JobList, Listener, ListenerList, ListenerRequest, LogStream, Node, NodeList, Preview, PreviewRequest,
     Ready, Sandbox, SandboxList, Schedule, ScheduleList, ScheduleRequest, SubmitRequest, Upload,
 };
+use std::marker::PhantomData;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -391,90 +392,16 @@ impl Client {
         }
     }
 
-    // ---- schedules ----
+    // ---- schedules, listeners and webhooks ----
 
-    /// Every schedule, sorted by name.
-    pub async fn schedules(&self) -> Result<ScheduleList> {
-        self.get("/schedules".into(), Vec::new()).await
+    /// The schedules: start a job at the times a cron expression names.
+    pub fn schedules(&self) -> Schedules<'_> {
+        Definitions { client: self, collection: "/schedules", kind: PhantomData }
     }
 
-    /// One schedule, by id or name.
-    pub async fn schedule(&self, reference: &str) -> Result<Schedule> {
-        self.get(format!("/schedules/{}", segment(reference)?), Vec::new()).await
-    }
-
-    /// Creates a schedule (`name`, `sandbox`, `job` and `cron` are required); answers it,
-    /// with its `next_fire_time`.
-    pub async fn create_schedule(&self, request: &ScheduleRequest) -> Result<Schedule> {
-        let call = Call::with_json(Method::POST, "/schedules".into(), request)?;
-        decode(self.execute(call).await?)
-    }
-
-    /// Changes the fields of a schedule that `patch` gives (those left `None` keep their
-    /// values; `name` cannot change); answers the schedule as it is now.
-    pub async fn update_schedule(&self, reference: &str, patch: &ScheduleRequest) -> Result<Schedule> {
-        self.patch(format!("/schedules/{}", segment(reference)?), patch).await
-    }
-
-    pub async fn delete_schedule(&self, reference: &str) -> Result<()> {
-        self.execute(Call::new(Method::DELETE, format!("/schedules/{}", segment(reference)?))).await.map(drop)
-    }
-
-    /// A schedule's recent firings, newest first (`limit`: the server's default is 50).
-    pub async fn schedule_firings(&self, reference: &str, limit: Option<u32>) -> Result<FiringList> {
-        let query = limit.map(|l| ("limit", l.to_string())).into_iter().collect();
-        self.get(format!("/schedules/{}/firings", segment(reference)?), query).await
-    }
-
-    /// A schedule's next `count` fire times (the server's default is 10, at most 1000), in its
-    /// time zone.
-    pub async fn schedule_preview(&self, reference: &str, count: Option<u32>) -> Result<Preview> {
-        let query = count.map(|c| ("count", c.to_string())).into_iter().collect();
-        self.get(format!("/schedules/{}/preview", segment(reference)?), query).await
-    }
-
-    /// The next fire times of a cron expression, without creating a schedule.
-    pub async fn preview_cron(&self, request: &PreviewRequest) -> Result<Preview> {
-        let mut call = Call::with_json(Method::POST, "/schedules/preview".into(), request)?;
-        // A computation that changes nothing.
-        call.idempotent = true;
-        decode(self.execute(call).await?)
-    }
-
-    // ---- listeners and webhooks ----
-
-    /// Every listener, sorted by name.
-    pub async fn listeners(&self) -> Result<ListenerList> {
-        self.get("/listeners".into(), Vec::new()).await
-    }
-
-    /// One listener, by id or name.
-    pub async fn listener(&self, reference: &str) -> Result<Listener> {
-        self.get(format!("/listeners/{}", segment(reference)?), Vec::new()).await
-    }
-
-    /// Creates a listener (`name`, `kind`, `sandbox`, `job` and the kind's `on_*` are
-    /// required). The answer of a webhook listener carries its `secret`, the only time the
-    /// server ever shows it.
-    pub async fn create_listener(&self, request: &ListenerRequest) -> Result<Listener> {
-        let call = Call::with_json(Method::POST, "/listeners".into(), request)?;
-        decode(self.execute(call).await?)
-    }
-
-    /// Changes the fields of a listener that `patch` gives (`enabled`, `params`, `sandbox`,
-    /// `job`, the kind's `on_*`, and `secret` for webhooks); answers the listener as it is now.
-    pub async fn update_listener(&self, reference: &str, patch: &ListenerRequest) -> Result<Listener> {
-        self.patch(format!("/listeners/{}", segment(reference)?), patch).await
-    }
-
-    pub async fn delete_listener(&self, reference: &str) -> Result<()> {
-        self.execute(Call::new(Method::DELETE, format!("/listeners/{}", segment(reference)?))).await.map(drop)
-    }
-
-    /// The events a listener received, newest first.
-    pub async fn listener_events(&self, reference: &str, limit: Option<u32>) -> Result<EventList> {
-        let query = limit.map(|l| ("limit", l.to_string())).into_iter().collect();
-        self.get(format!("/listeners/{}/events", segment(reference)?), query).await
+    /// The listeners: start a job when an event happens.
+    pub fn listeners(&self) -> Listeners<'_> {
+        Definitions { client: self, collection: "/listeners", kind: PhantomData }
     }
 
     /// Delivers a webhook to the webhook listener `name`, as an outside service would: `body`
@@ -617,6 +544,91 @@ impl Client {
             return Err(error);
         }
         Err(Error::Unreachable { tried, last })
+    }
+}
+
+/// The definitions the API keeps in one collection, each named by its id or its name:
+/// schedules or listeners. `T` is a definition, `R` the request that creates or changes one,
+/// `L` the list of them all. Got from [`Client::schedules`] or [`Client::listeners`].
+pub struct Definitions<'a, T, R, L> {
+    client: &'a Client,
+    /// Encoded, after the API prefix.
+    collection: &'static str,
+    kind: PhantomData<Kinds<T, R, L>>,
+}
+
+/// Carries the types without owning values of them (so `Definitions` is `Send` and `Sync`).
+type Kinds<T, R, L> = fn() -> (T, R, L);
+
+pub type Schedules<'a> = Definitions<'a, Schedule, ScheduleRequest, ScheduleList>;
+pub type Listeners<'a> = Definitions<'a, Listener, ListenerRequest, ListenerList>;
+
+impl<T: DeserializeOwned, R: Serialize, L: DeserializeOwned> Definitions<'_, T, R, L> {
+    fn path(&self, reference: &str, rest: &str) -> Result<String> {
+        Ok(format!("{}/{}{rest}", self.collection, segment(reference)?))
+    }
+
+    /// Every definition, sorted by name.
+    pub async fn list(&self) -> Result<L> {
+        self.client.get(self.collection.into(), Vec::new()).await
+    }
+
+    /// One definition, by id or name.
+    pub async fn get(&self, reference: &str) -> Result<T> {
+        self.client.get(self.path(reference, "")?, Vec::new()).await
+    }
+
+    /// Creates a definition; answers it as stored (a schedule with its `next_fire_time`; a
+    /// webhook listener with its `secret`, the only time the server ever shows it).
+    pub async fn create(&self, request: &R) -> Result<T> {
+        let call = Call::with_json(Method::POST, self.collection.into(), request)?;
+        decode(self.client.execute(call).await?)
+    }
+
+    /// Changes the fields `patch` gives (those left `None` keep their values; names and
+    /// kinds cannot change); answers the definition as it is now.
+    pub async fn update(&self, reference: &str, patch: &R) -> Result<T> {
+        self.client.patch(self.path(reference, "")?, patch).await
+    }
+
+    /// Deletes a definition; the executions it started are left alone.
+    pub async fn delete(&self, reference: &str) -> Result<()> {
+        self.client.execute(Call::new(Method::DELETE, self.path(reference, "")?)).await.map(drop)
+    }
+
+    /// The newest `limit` entries of a definition's history (`rest`: its path there).
+    async fn history<H: DeserializeOwned>(&self, reference: &str, rest: &str, limit: Option<u32>) -> Result<H> {
+        let query = limit.map(|l| ("limit", l.to_string())).into_iter().collect();
+        self.client.get(self.path(reference, rest)?, query).await
+    }
+}
+
+impl Schedules<'_> {
+    /// A schedule's recent firings, newest first (`limit`: the server's default is 50).
+    pub async fn firings(&self, reference: &str, limit: Option<u32>) -> Result<FiringList> {
+        self.history(reference, "/firings", limit).await
+    }
+
+    /// A schedule's next `count` fire times (the server's default is 10, at most 1000), in its
+    /// time zone.
+    pub async fn preview(&self, reference: &str, count: Option<u32>) -> Result<Preview> {
+        let query = count.map(|c| ("count", c.to_string())).into_iter().collect();
+        self.client.get(self.path(reference, "/preview")?, query).await
+    }
+
+    /// The next fire times of a cron expression, without creating a schedule.
+    pub async fn preview_cron(&self, request: &PreviewRequest) -> Result<Preview> {
+        let mut call = Call::with_json(Method::POST, "/schedules/preview".into(), request)?;
+        // A computation that changes nothing.
+        call.idempotent = true;
+        decode(self.client.execute(call).await?)
+    }
+}
+
+impl Listeners<'_> {
+    /// The events a listener received, newest first (`limit`: the server's default is 50).
+    pub async fn events(&self, reference: &str, limit: Option<u32>) -> Result<EventList> {
+        self.history(reference, "/events", limit).await
     }
 }
 
@@ -780,6 +792,15 @@ mod tests {
             hook_signature(b"k", "orders", 1, Some("12"), b"5")
         );
         assert_ne!(hook_signature(b"k", "a", 1, None, b"{}"), hook_signature(b"k", "b", 1, None, b"{}"));
+    }
+
+    #[test]
+    fn definitions_live_under_their_collection() {
+        let client = Client::new(vec!["127.0.0.1:1".into()]).unwrap();
+        assert_eq!(client.schedules().path("nightly", "").unwrap(), "/schedules/nightly");
+        assert_eq!(client.schedules().path("a b", "/firings").unwrap(), "/schedules/a%20b/firings");
+        assert_eq!(client.listeners().path("x?y", "/events").unwrap(), "/listeners/x%3Fy/events");
+        assert!(client.listeners().path("..", "").is_err());
     }
 
     /// An execution as a server answers it (`e1`, queued).

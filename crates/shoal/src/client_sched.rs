@@ -545,6 +545,18 @@ fn usage(message: &str) -> CmdResult {
     Ok(EXIT_USAGE)
 }
 
+/// The first cells of a row of a schedule's firings or a listener's events: when, what came
+/// of it and why, the execution it started, the node that claimed it.
+fn what_happened(
+    at: &str,
+    outcome: &impl serde::Serialize,
+    reason: Option<&impl serde::Serialize>,
+    execution: Option<&str>,
+    node: &str,
+) -> Vec<String> {
+    vec![short_time(Some(at)), name(outcome), name_or_dash(reason), or_dash(execution), node.to_owned()]
+}
+
 // ---- schedules ----
 
 impl Row for Schedule {
@@ -590,14 +602,10 @@ impl Row for Firing {
     const HEADERS: &'static [&'static str] = &["FIRE TIME", "OUTCOME", "REASON", "EXECUTION", "NODE", "LATENESS"];
 
     fn cells(&self) -> Vec<String> {
-        vec![
-            short_time(Some(&self.fire_time)),
-            name(&self.outcome),
-            name_or_dash(self.reason.as_ref()),
-            or_dash(self.execution.as_deref()),
-            self.node.clone(),
-            fmt_ms(self.lateness_ms),
-        ]
+        let execution = self.execution.as_deref();
+        let mut cells = what_happened(&self.fire_time, &self.outcome, self.reason.as_ref(), execution, &self.node);
+        cells.push(fmt_ms(self.lateness_ms));
+        cells
     }
 }
 
@@ -617,7 +625,7 @@ pub async fn cmd_schedule(client: &Client, cmd: ScheduleCmd, json: bool) -> CmdR
                 Ok(b) => b,
                 Err(message) => return usage(&message),
             };
-            let created = client.create_schedule(&request).await?;
+            let created = client.schedules().create(&request).await?;
             if json {
                 print_json(&created);
             } else {
@@ -625,7 +633,7 @@ pub async fn cmd_schedule(client: &Client, cmd: ScheduleCmd, json: bool) -> CmdR
             }
         }
         ScheduleCmd::List => {
-            let list = client.schedules().await?;
+            let list = client.schedules().list().await?;
             if json {
                 print_json(&list);
             } else {
@@ -633,7 +641,7 @@ pub async fn cmd_schedule(client: &Client, cmd: ScheduleCmd, json: bool) -> CmdR
             }
         }
         ScheduleCmd::Show(a) => {
-            let schedule = client.schedule(&a.reference).await?;
+            let schedule = client.schedules().get(&a.reference).await?;
             if json {
                 print_json(&schedule);
             } else {
@@ -647,7 +655,7 @@ pub async fn cmd_schedule(client: &Client, cmd: ScheduleCmd, json: bool) -> CmdR
                 Ok(p) => p,
                 Err(message) => return usage(&message),
             };
-            let schedule = client.update_schedule(&args.reference, &patch).await?;
+            let schedule = client.schedules().update(&args.reference, &patch).await?;
             if json {
                 print_json(&schedule);
             } else {
@@ -655,7 +663,7 @@ pub async fn cmd_schedule(client: &Client, cmd: ScheduleCmd, json: bool) -> CmdR
             }
         }
         ScheduleCmd::Delete(a) => {
-            client.delete_schedule(&a.reference).await?;
+            client.schedules().delete(&a.reference).await?;
             if json {
                 print_json(&serde_json::json!({ "deleted": a.reference }));
             } else {
@@ -663,7 +671,7 @@ pub async fn cmd_schedule(client: &Client, cmd: ScheduleCmd, json: bool) -> CmdR
             }
         }
         ScheduleCmd::Firings { reference, limit } => {
-            let firings = client.schedule_firings(&reference, limit).await?;
+            let firings = client.schedules().firings(&reference, limit).await?;
             if json {
                 print_json(&firings);
             } else {
@@ -675,9 +683,9 @@ pub async fn cmd_schedule(client: &Client, cmd: ScheduleCmd, json: bool) -> CmdR
                 (_, Some(cron)) => {
                     let request =
                         PreviewRequest { cron: cron.clone(), timezone: args.timezone.clone(), count: args.count };
-                    client.preview_cron(&request).await?
+                    client.schedules().preview_cron(&request).await?
                 }
-                (Some(reference), None) => client.schedule_preview(reference, args.count).await?,
+                (Some(reference), None) => client.schedules().preview(reference, args.count).await?,
                 // clap requires one of them.
                 (None, None) => return usage("give a schedule's name, or a cron expression with --cron"),
             };
@@ -693,7 +701,7 @@ pub async fn cmd_schedule(client: &Client, cmd: ScheduleCmd, json: bool) -> CmdR
 
 async fn set_schedule_enabled(client: &Client, reference: &str, enabled: bool, json: bool) -> CmdResult {
     let patch = ScheduleRequest { enabled: Some(enabled), ..ScheduleRequest::default() };
-    let schedule = client.update_schedule(reference, &patch).await?;
+    let schedule = client.schedules().update(reference, &patch).await?;
     if json {
         print_json(&schedule);
     } else {
@@ -748,14 +756,10 @@ impl Row for ListenerEvent {
     const HEADERS: &'static [&'static str] = &["AT", "OUTCOME", "REASON", "EXECUTION", "NODE", "KEY"];
 
     fn cells(&self) -> Vec<String> {
-        vec![
-            short_time(Some(&self.at)),
-            name(&self.outcome),
-            name_or_dash(self.reason.as_ref()),
-            or_dash(self.execution.as_deref()),
-            self.node.clone(),
-            clip(&self.key, 50),
-        ]
+        let execution = self.execution.as_deref();
+        let mut cells = what_happened(&self.at, &self.outcome, self.reason.as_ref(), execution, &self.node);
+        cells.push(clip(&self.key, 50));
+        cells
     }
 }
 
@@ -766,7 +770,7 @@ pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdR
                 Ok(b) => b,
                 Err(message) => return usage(&message),
             };
-            let created = client.create_listener(&request).await?;
+            let created = client.listeners().create(&request).await?;
             if json {
                 print_json(&created);
             } else {
@@ -796,7 +800,7 @@ pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdR
             }
         }
         ListenerCmd::List => {
-            let list = client.listeners().await?;
+            let list = client.listeners().list().await?;
             if json {
                 print_json(&list);
             } else {
@@ -804,7 +808,7 @@ pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdR
             }
         }
         ListenerCmd::Show(a) => {
-            let listener = client.listener(&a.reference).await?;
+            let listener = client.listeners().get(&a.reference).await?;
             if json {
                 print_json(&listener);
             } else {
@@ -818,7 +822,7 @@ pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdR
                 Ok(p) => p,
                 Err(message) => return usage(&message),
             };
-            let listener = client.update_listener(&args.reference, &patch).await?;
+            let listener = client.listeners().update(&args.reference, &patch).await?;
             if json {
                 print_json(&listener);
             } else {
@@ -832,7 +836,7 @@ pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdR
             }
         }
         ListenerCmd::Delete(a) => {
-            client.delete_listener(&a.reference).await?;
+            client.listeners().delete(&a.reference).await?;
             if json {
                 print_json(&serde_json::json!({ "deleted": a.reference }));
             } else {
@@ -840,7 +844,7 @@ pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdR
             }
         }
         ListenerCmd::Events { reference, limit } => {
-            let events = client.listener_events(&reference, limit).await?;
+            let events = client.listeners().events(&reference, limit).await?;
             if json {
                 print_json(&events);
             } else {
@@ -853,7 +857,7 @@ pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdR
 
 async fn set_listener_enabled(client: &Client, reference: &str, enabled: bool, json: bool) -> CmdResult {
     let patch = ListenerRequest { enabled: Some(enabled), ..ListenerRequest::default() };
-    let listener = client.update_listener(reference, &patch).await?;
+    let listener = client.listeners().update(reference, &patch).await?;
     if json {
         print_json(&listener);
     } else {
