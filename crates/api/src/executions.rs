@@ -131,7 +131,7 @@ async fn check_workdir_resolves_inside(root: &str, workdir: &str) -> Result<(), 
     .unwrap_or_else(|e| Err(format!("cannot check workdir: {e}")))
 }
 
-#[utoipa::path(post, path = "/executions", operation_id = "submitExecution", tag = "executions", request_body = wire::SubmitRequest, params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. A request repeated with the same key and body answers the execution the first created (200); with another body 422 `idempotency_key_reused`.")), responses((status = 201, description = "Queued: the execution's row is committed.", body = wire::Execution), (status = 200, description = "Replayed: an earlier request with the same `Idempotency-Key` and body created this execution.", body = wire::Execution)))]
+#[utoipa::path(post, path = "/executions", operation_id = "submitExecution", tag = "executions", request_body = wire::SubmitRequest, params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "1 to 255 visible ASCII characters. A request repeated with the same key and body answers the execution the first created (200); with another body 422 `idempotency_key_reused`.")), responses((status = 201, description = "Queued: the execution's row is committed.", body = wire::Execution), (status = 200, description = "Replayed: an earlier request with the same `Idempotency-Key` and body created this execution.", body = wire::Execution)))]
 pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<Response> {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;

@@ -227,13 +227,31 @@ fn refine(mut doc: Value) -> Value {
                     }),
                 );
             }
-            let required = |fields: &[&str]| json!({"allOf": [{"$ref": op["requestBody"]["content"]["application/json"]["schema"]["$ref"].clone()}, {"required": fields}]});
+            // Required to create, and strings there, not `null` (the same type serves PATCH,
+            // where every field is optional and may be `null`).
+            let required = |fields: &[&str]| {
+                let strings: serde_json::Map<String, Value> =
+                    fields.iter().map(|f| (f.to_string(), json!({"type": "string"}))).collect();
+                let body = op["requestBody"]["content"]["application/json"]["schema"]["$ref"].clone();
+                json!({"allOf": [{"$ref": body}, {"type": "object", "required": fields, "properties": strings}]})
+            };
             let create = match id.as_str() {
                 "createSchedule" => Some(required(&["name", "sandbox", "job", "cron"])),
                 "createListener" => Some(required(&["name", "kind", "sandbox", "job"])),
                 _ => None,
             };
-            if let Some(schema) = create {
+            if let Some(mut schema) = create {
+                let rules = schema["allOf"].as_array_mut().expect("allOf");
+                if id == "createListener" {
+                    rules.extend(listener_kinds());
+                }
+                if id == "createSchedule" {
+                    // (On PATCH, `misfire_max` alone keeps the stored policy, which may be `all`.)
+                    rules.push(json!({
+                        "if": {"properties": {"misfire_max": {"type": "integer"}}, "required": ["misfire_max"]},
+                        "then": {"properties": {"misfire": {"const": "all"}}, "required": ["misfire"]}
+                    }));
+                }
                 op["requestBody"]["content"]["application/json"]["schema"] = schema;
             }
         }
@@ -241,12 +259,39 @@ fn refine(mut doc: Value) -> Value {
     let schemas = &mut doc["components"]["schemas"];
     // A submission names a job file or a command, never both (else 422 `invalid_request`).
     // (Both at once match both branches, which `oneOf` refuses.)
-    let given = |f: &str| json!({"type": "object", "required": [f], "properties": {f: {"not": {"type": "null"}}}});
+    let given = |f: &str, t: &str| json!({"type": "object", "required": [f], "properties": {f: {"type": t}}});
+    // The first element of a command is the program: never empty.
+    schemas["SubmitRequest"]["properties"]["command"]["prefixItems"] = json!([{"type": "string", "minLength": 1}]);
     schemas["SubmitRequest"]["oneOf"] = json!([
-        {"allOf": [given("sandbox"), given("job")]},
-        given("command")
+        {"allOf": [given("sandbox", "string"), given("job", "string")]},
+        given("command", "array")
     ]);
     doc
+}
+
+/// Which source each listener kind takes (and needs), and that only webhooks take a secret:
+/// the others' fields must be left out or `null`.
+fn listener_kinds() -> Vec<Value> {
+    let null = json!({"type": "null"});
+    [("job", Some("on_job")), ("file", Some("on_file")), ("cluster", None), ("webhook", None)]
+        .into_iter()
+        .map(|(kind, needs)| {
+            let mut then = json!({"properties": {}});
+            for other in ["on_job", "on_file", "on_cluster", "secret"] {
+                let takes = Some(other) == needs
+                    || (kind == "cluster" && other == "on_cluster")
+                    || (kind == "webhook" && other == "secret");
+                if !takes {
+                    then["properties"][other] = null.clone();
+                }
+            }
+            if let Some(n) = needs {
+                then["required"] = json!([n]);
+                then["properties"][n] = json!({"type": "object"});
+            }
+            json!({"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]}, "then": then})
+        })
+        .collect()
 }
 
 /// Every error code an operation can answer.

@@ -5,12 +5,14 @@
 //! - every status and content type answered is one the document lists for the operation;
 //! - every response body matches its schema;
 //! - requests the document forbids are refused (4xx), and methods it does not list get 405;
-//! - requests the document allows are not refused for their shape: 400 and 422 are findings,
-//!   except the 422 codes whose rule no schema can state (a sandbox, job or node that does not
-//!   exist, a cron expression that never fires), which `tests/openapi_fuzz/hooks.py` accepts
-//!   by code.
+//! - requests the document allows are not refused for their shape: a 400 is a finding, while
+//!   422 (a rule about what exists or what a value means, which a schema states only in part)
+//!   is accepted by `tests/openapi_fuzz/hooks.py`.
 //!
-//! The run is seeded, so a finding reproduces; its report names the request.
+//! `POST /sandboxes` is left out: a valid request creates its root folder, which would let the
+//! fuzzer create folders anywhere on the test machine (its requests are checked in
+//! `node.rs` and `hostile_input.rs`). The run is seeded, so a finding reproduces; its report
+//! names the request.
 
 mod common;
 
@@ -27,14 +29,16 @@ async fn the_server_does_what_its_openapi_document_says() {
     let (status, _) = n
         .post(
             "/api/v1/schedules",
-            json!({"name": "nightly", "sandbox": "examples", "job": "jobs/greet.toml", "cron": "0 3 * * *"}),
+            json!({"name": "nightly", "sandbox": "examples", "job": "jobs/greet.toml", "cron": "0 3 * * *",
+                "params": {"name": "night"}}),
         )
         .await;
     assert_eq!(status, 201);
     let (status, _) = n
         .post(
             "/api/v1/listeners",
-            json!({"name": "deploy", "kind": "webhook", "sandbox": "examples", "job": "jobs/greet.toml"}),
+            json!({"name": "deploy", "kind": "webhook", "sandbox": "examples", "job": "jobs/greet.toml",
+                "params": {"name": "{event.hook}"}}),
         )
         .await;
     assert_eq!(status, 201);
@@ -50,7 +54,10 @@ async fn the_server_does_what_its_openapi_document_says() {
             .args(["--url", &format!("{url}/api/v1")])
             .args(["--checks", "all"])
             .args(["--exclude-checks", "positive_data_acceptance,ignored_auth,use_after_free,ensure_resource_availability"])
-            .args(["--max-examples", "40", "--seed", "1", "--workers", "2"])
+            .args(["--exclude-operation-id", "createSandbox"])
+            // One worker: Python 3.11 can fail compiling in two threads at once ("AST constructor
+            // recursion depth mismatch"), which schemathesis reports as an error of its own.
+            .args(["--max-examples", "40", "--seed", "1", "--workers", "1"])
             .args(["--phases", "examples,coverage,fuzzing"])
             .args(["--request-timeout", "20"])
             .args(["--report-dir", &report.display().to_string()])
