@@ -53,7 +53,10 @@ async fn the_server_does_what_its_openapi_document_says() {
             .args(["-m", "schemathesis.cli", "run", &format!("{url}/api/v1/openapi.json")])
             .args(["--url", &format!("{url}/api/v1")])
             .args(["--checks", "all"])
-            .args(["--exclude-checks", "positive_data_acceptance,ignored_auth,use_after_free,ensure_resource_availability"])
+            .args([
+                "--exclude-checks",
+                "positive_data_acceptance,ignored_auth,use_after_free,ensure_resource_availability",
+            ])
             .args(["--exclude-operation-id", "createSandbox"])
             // One worker: Python 3.11 can fail compiling in two threads at once ("AST constructor
             // recursion depth mismatch"), which schemathesis reports as an error of its own.
