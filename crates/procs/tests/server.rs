@@ -58,7 +58,11 @@ fn signals_reach_the_process_and_a_restart_appends_to_its_log() {
 #[tokio::test]
 async fn stop_is_clean_within_the_grace_and_a_kill_past_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut clean = Server::spawn(sh(dir.path(), "clean", "trap 'exit 0' TERM; while :; do sleep 0.05; done")).unwrap();
+    let mut clean =
+        Server::spawn(sh(dir.path(), "clean", "trap 'exit 0' TERM; echo trapped; while :; do sleep 0.05; done"))
+            .unwrap();
+    // A SIGTERM before the trap is set would kill the shell outright.
+    until("the clean process to set its trap", || clean.logs().contains("trapped"));
     assert!(clean.stop(Duration::from_secs(10)).await.unwrap().success());
     // Stopping what has stopped answers how it ended.
     assert!(clean.stop(Duration::from_secs(10)).await.unwrap().success());
