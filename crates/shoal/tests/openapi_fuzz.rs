@@ -48,6 +48,9 @@ async fn the_server_does_what_its_openapi_document_says() {
     let url = n.url.clone();
     let hooks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openapi_fuzz/hooks.py");
     let report = n.dir.path().join("schemathesis");
+    // schemathesis keeps its example database in its working folder: the test's, not the
+    // repository.
+    let workdir = n.dir.path().to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3")
             .args(["-m", "schemathesis.cli", "run", &format!("{url}/api/v1/openapi.json")])
@@ -67,6 +70,7 @@ async fn the_server_does_what_its_openapi_document_says() {
             .env("SCHEMATHESIS_HOOKS", "hooks")
             .env("PYTHONPATH", hooks.parent().unwrap())
             .env("NO_COLOR", "1")
+            .current_dir(&workdir)
             .output()
     })
     .await
