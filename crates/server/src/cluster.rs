@@ -53,7 +53,7 @@ impl Cluster {
         let load = self.sampler.lock().sample();
         *e.load.lock() = load;
         let running = e.running();
-        let state = if e.stopping.load(Ordering::SeqCst) { NodeState::Draining } else { e.state() };
+        let state = if e.life.get().stopping() { NodeState::Draining } else { e.state() };
         let m = &self.membership;
         m.set(keys::STATE, state.as_str());
         m.set(keys::RUNNING, running.to_string());

@@ -7,6 +7,7 @@
 //! children before the lease can run out, so a node cut off from the store never runs an
 //! attempt beside the node that takes it over.
 
+use crate::lifecycle::{LifeCycle, Phase};
 use crate::workers::{Step, Workers};
 use parking_lot::Mutex;
 use shoal_api::{LogHub, Metrics, WorkerStatus};
@@ -19,7 +20,7 @@ use shoal_store::{
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -85,10 +86,9 @@ pub struct Engine {
     running: AtomicUsize,
     pub wake: Notify,
     pub generation: AtomicI64,
-    pub registered: AtomicBool,
-    pub cut_off: AtomicBool,
-    pub lease_lost: AtomicBool,
-    pub stopping: AtomicBool,
+    /// Starting, running or stopping, and whether cut off from the store or superseded by
+    /// another process of this node id (see [`crate::lifecycle`]).
+    pub life: LifeCycle,
     /// When the last successful lease renewal was *sent*: the store set the expiry after
     /// that, so `sent + ttl` is never later than the real expiry.
     pub last_renewal: Mutex<Instant>,
@@ -128,10 +128,7 @@ impl Engine {
             running: AtomicUsize::new(0),
             wake: Notify::new(),
             generation: AtomicI64::new(0),
-            registered: AtomicBool::new(false),
-            cut_off: AtomicBool::new(false),
-            lease_lost: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
+            life: LifeCycle::default(),
             last_renewal: Mutex::new(Instant::now()),
             last_store_error: Mutex::new(None),
             state: Mutex::new((NodeState::Active, None)),
@@ -198,27 +195,24 @@ impl Engine {
     }
 
     fn accepting(&self) -> bool {
-        self.registered.load(Ordering::SeqCst)
-            && !self.cut_off.load(Ordering::SeqCst)
-            && !self.lease_lost.load(Ordering::SeqCst)
-            && !self.stopping.load(Ordering::SeqCst)
-            && self.refusal().is_none()
+        self.life.get().accepting() && self.refusal().is_none()
     }
 
     pub fn readiness(&self) -> Result<(), String> {
-        if !self.registered.load(Ordering::SeqCst) {
+        let life = self.life.get();
+        if life.phase == Phase::Starting {
             return Err("starting".into());
         }
-        if self.lease_lost.load(Ordering::SeqCst) {
+        if life.superseded {
             return Err("another process registered this node id; this process no longer runs work".into());
         }
-        if self.stopping.load(Ordering::SeqCst) {
+        if life.stopping() {
             return Err("shutting down".into());
         }
         if self.state() == NodeState::Draining {
             return Err(format!("draining: {} attempts still running", self.running()));
         }
-        if self.cut_off.load(Ordering::SeqCst) {
+        if life.cut_off {
             let last_error = self.last_store_error.lock().clone();
             let why = last_error.unwrap_or_else(|| {
                 let since = self.last_renewal.lock().elapsed();
@@ -277,7 +271,7 @@ impl Engine {
     /// Whether this node's lease deadline has passed without a renewal: then a SIGKILL of an
     /// attempt came from its supervisor's deadline (or the watchdog), not from the job.
     fn past_lease_deadline(&self) -> bool {
-        self.cut_off.load(Ordering::SeqCst)
+        self.life.get().cut_off
             || self.last_renewal.lock().elapsed() >= self.cfg.lease_ttl.saturating_sub(self.kill_margin())
     }
 
@@ -298,7 +292,7 @@ impl Engine {
         let sent_boottime = shoal_runner::deadline::boottime_ms();
         let generation = self.generation.load(Ordering::SeqCst);
         self.hand_back_after_drain_deadline();
-        let state = if self.stopping.load(Ordering::SeqCst) { "stopping" } else { self.state().as_str() };
+        let state = if self.life.get().stopping() { "stopping" } else { self.state().as_str() };
         let load = *self.load.lock();
         let status = NodeStatus {
             state,
@@ -329,14 +323,14 @@ impl Engine {
                         "lease had expired before it was renewed; attempts of this node may have been taken over"
                     );
                 }
-                if self.cut_off.swap(false, Ordering::SeqCst) {
+                if self.life.reconnect() {
                     tracing::info!("store reachable again; taking work again");
                     self.wake.notify_one();
                 }
                 Ok(Step::Idle)
             }
             Err(StoreError::LeaseLost(g)) => {
-                if !self.lease_lost.swap(true, Ordering::SeqCst) {
+                if self.life.supersede() {
                     tracing::error!(
                         generation = g,
                         "another process registered this node id; stopping every attempt here"
@@ -502,7 +496,7 @@ impl Engine {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, tries, "cannot record attempt ends yet; retrying");
-                    if self.stopping.load(Ordering::SeqCst) && tries >= 20 {
+                    if self.life.get().stopping() && tries >= 20 {
                         tracing::error!(error = %e, "giving up recording attempt ends at shutdown; the lease expiry hands them to another node");
                         return;
                     }
@@ -865,13 +859,47 @@ mod tests {
         Arc::new(Engine::new(Arc::new(store), cfg, launcher, Arc::default(), Arc::default()))
     }
 
+    /// Issue 10: readiness and claiming read one life-cycle snapshot, and say why in the order
+    /// they always have: starting, superseded, shutting down, draining, cut off.
+    #[tokio::test]
+    async fn readiness_follows_the_life_cycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = engine(dir.path()).await;
+        assert_eq!(e.readiness(), Err("starting".to_owned()));
+        assert!(!e.accepting());
+        assert!(e.life.register());
+        assert_eq!(e.readiness(), Ok(()));
+        assert!(e.accepting());
+
+        assert!(e.life.cut_off());
+        let why = e.readiness().unwrap_err();
+        assert!(why.starts_with("cut off from the store: no lease renewal has succeeded for"), "{why}");
+        assert!(!e.accepting());
+        e.set_state(NodeState::Draining);
+        assert_eq!(e.readiness(), Err("draining: 0 attempts still running".to_owned()));
+        assert!(e.life.stop());
+        assert_eq!(e.readiness(), Err("shutting down".to_owned()));
+        assert!(e.life.supersede());
+        assert_eq!(
+            e.readiness(),
+            Err("another process registered this node id; this process no longer runs work".to_owned())
+        );
+
+        // Nothing brings a stopping node back to work.
+        e.set_state(NodeState::Active);
+        assert!(e.life.reconnect());
+        assert!(!e.life.register());
+        assert!(!e.accepting());
+        assert_eq!(e.life.get().phase, Phase::Stopping);
+    }
+
     /// Issue 10: a thread that panicked while holding the node state must not turn a draining
     /// node into an active one (the std lock was poisoned and read as `Active`).
     #[tokio::test]
     async fn a_panic_while_the_state_is_held_keeps_the_node_draining() {
         let dir = tempfile::tempdir().unwrap();
         let e = engine(dir.path()).await;
-        e.registered.store(true, Ordering::SeqCst);
+        assert!(e.life.register());
         assert_eq!(e.set_state(NodeState::Draining), NodeState::Active);
 
         let held = e.clone();

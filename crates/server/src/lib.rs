@@ -7,6 +7,7 @@ pub mod config;
 mod engine;
 pub mod filewatch;
 mod http;
+mod lifecycle;
 mod load;
 mod triggers;
 mod workers;
@@ -162,7 +163,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
             "attempts of this node's previous process were lost; they follow their on_node_loss policy"
         );
     }
-    engine.registered.store(true, Ordering::SeqCst);
+    engine.life.register();
     let cluster = cluster::Cluster::new(membership, session);
     cluster.publish(&engine);
 
@@ -277,7 +278,7 @@ impl Worker for Watchdog {
         // them over: covers the kill itself and the scheduling of this check.
         let deadline = e.cfg.lease_ttl.saturating_sub(e.kill_margin());
         let since = e.last_renewal.lock().elapsed();
-        if since >= deadline && !e.cut_off.swap(true, Ordering::SeqCst) {
+        if since >= deadline && e.life.cut_off() {
             tracing::error!(
                 since_ms = since.as_millis() as u64,
                 "cannot renew the lease in time; killing every attempt before it runs out"
@@ -311,7 +312,7 @@ impl Node {
     /// not ended `WORKER_EXIT` later.
     pub async fn shutdown(self) {
         let e = &self.engine;
-        e.stopping.store(true, Ordering::SeqCst);
+        e.life.stop();
         e.stop_all(Stop::Shutdown);
         // Children get `kill_grace` to exit; recording how they ended and the lease release
         // need the store, and share one short deadline. The workers (the lease among them)
