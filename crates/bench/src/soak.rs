@@ -4,11 +4,12 @@
 
 use crate::nodes::{self, Procs};
 use anyhow::{ensure, Context, Result};
+use parking_lot::Mutex;
 use shoal_wire::{GossipView, NodeState};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(clap::Args, Debug)]
@@ -93,7 +94,7 @@ pub(crate) async fn run(shoal: &Path, a: SoakArgs) -> Result<()> {
                         let (client, counts, submitted) = (client.clone(), counts.clone(), submitted.clone());
                         tokio::spawn(async move {
                             match nodes::submit(&client, &body).await {
-                                Ok(id) => submitted.lock().map(|mut s| s.push(id)).unwrap_or(()),
+                                Ok(id) => submitted.lock().push(id),
                                 Err(_) => {
                                     counts.submit_errors.fetch_add(1, Ordering::Relaxed);
                                 }
@@ -129,15 +130,13 @@ pub(crate) async fn run(shoal: &Path, a: SoakArgs) -> Result<()> {
                         }
                         if n.gossip == GossipView::Dead || n.state == NodeState::Lost {
                             counts.sightings.fetch_add(1, Ordering::Relaxed);
-                            if let Ok(mut d) = deaths.lock() {
-                                d.push(format!(
-                                    "{:.1}s: {observer} saw {subject} gossip={:?} state={} lease_expires_in_ms={}",
-                                    t0.elapsed().as_secs_f64(),
-                                    n.gossip,
-                                    n.state,
-                                    n.lease_expires_in_ms
-                                ));
-                            }
+                            deaths.lock().push(format!(
+                                "{:.1}s: {observer} saw {subject} gossip={:?} state={} lease_expires_in_ms={}",
+                                t0.elapsed().as_secs_f64(),
+                                n.gossip,
+                                n.state,
+                                n.lease_expires_in_ms
+                            ));
                         }
                     }
                 }
@@ -169,7 +168,7 @@ pub(crate) async fn run(shoal: &Path, a: SoakArgs) -> Result<()> {
     ensure!(exited.is_empty(), "node processes exited during the soak: {exited:?}");
 
     // Every submitted execution final, then their outcomes.
-    let ours: HashSet<String> = submitted.lock().map(|s| s.iter().cloned().collect()).unwrap_or_default();
+    let ours: HashSet<String> = submitted.lock().iter().cloned().collect();
     let wait_until = Instant::now() + Duration::from_secs(60);
     let rows = loop {
         let mut rows = Vec::new();
@@ -193,7 +192,7 @@ pub(crate) async fn run(shoal: &Path, a: SoakArgs) -> Result<()> {
     c.stop_all().await?;
     let succeeded = rows.iter().filter(|e| e.state == shoal_core::ExecState::Succeeded).count();
     let lost = rows.iter().filter(|e| e.attempt > 1 || e.reason == "node_lost").count();
-    let deaths = deaths.lock().map(|d| d.clone()).unwrap_or_default();
+    let deaths = deaths.lock().clone();
     for d in deaths.iter().take(20) {
         println!("  false death: {d}");
     }

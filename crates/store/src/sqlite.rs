@@ -15,12 +15,13 @@
 use crate::db::{render, Dialect, Row, Tx, Value};
 use crate::{Result, StoreError};
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use rusqlite::types::ValueRef;
 use rusqlite::{params_from_iter, Connection, InterruptHandle, OpenFlags};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -185,8 +186,8 @@ impl std::fmt::Display for PoolReport {
 
 impl Shared {
     fn report(&self) -> PoolReport {
-        let oldest_held = self.held.lock().ok().and_then(|h| h.values().min().map(|t| t.elapsed()));
-        let longest_call = self.calls.lock().ok().and_then(|c| c.values().min().map(|t| t.elapsed()));
+        let oldest_held = self.held.lock().values().min().map(|t| t.elapsed());
+        let longest_call = self.calls.lock().values().min().map(|t| t.elapsed());
         PoolReport {
             longest_call,
             size: self.size,
@@ -217,9 +218,7 @@ impl Shared {
             loop {
                 match spawn_connection(&shared.path, format!("shoal-sqlite-r{n}"), lane) {
                     Ok(handle) => {
-                        if let Ok(mut idle) = shared.lanes[lane].idle.lock() {
-                            idle.push(handle);
-                        }
+                        shared.lanes[lane].idle.lock().push(handle);
                         shared.lanes[lane].permits.add_permits(1);
                         return;
                     }
@@ -275,8 +274,8 @@ pub enum Mode {
 
 impl Checkout {
     fn give_back(mut self) {
-        if let (Some(handle), Ok(mut idle)) = (self.handle.take(), self.shared.lanes[self.lane].idle.lock()) {
-            idle.push(handle);
+        if let Some(handle) = self.handle.take() {
+            self.shared.lanes[self.lane].idle.lock().push(handle);
         }
         // The permit is released with `self`, after the handle is idle again.
     }
@@ -284,9 +283,7 @@ impl Checkout {
 
 impl Drop for Checkout {
     fn drop(&mut self) {
-        if let Ok(mut held) = self.shared.held.lock() {
-            held.remove(&self.id);
-        }
+        self.shared.held.lock().remove(&self.id);
         if let Some(handle) = self.handle.take() {
             // Not given back: the connection is stuck or its thread gone. Dropping its sender
             // ends the thread once its current call returns.
@@ -295,6 +292,27 @@ impl Drop for Checkout {
                 self.shared.replace(self.lane, permit);
             }
         }
+    }
+}
+
+/// A call inside the database, in [`Shared::calls`] until it ends, even by a panic (which
+/// ends its connection's thread): a call that is over must never be reported as one still
+/// waiting on the store.
+struct InCall {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl InCall {
+    fn begin(shared: Arc<Shared>, id: u64) -> InCall {
+        shared.calls.lock().insert(id, Instant::now());
+        InCall { shared, id }
+    }
+}
+
+impl Drop for InCall {
+    fn drop(&mut self) {
+        self.shared.calls.lock().remove(&self.id);
     }
 }
 
@@ -387,13 +405,10 @@ impl SqlitePool {
             let handle = shared.lanes[lane]
                 .idle
                 .lock()
-                .map_err(|_| StoreError::Internal("the SQLite pool lock is poisoned".into()))?
                 .pop()
                 .ok_or_else(|| StoreError::Internal("no idle SQLite connection behind a permit".into()))?;
             let id = shared.next_checkout.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut held) = shared.held.lock() {
-                held.insert(id, Instant::now());
-            }
+            shared.held.lock().insert(id, Instant::now());
             Checkout { handle: Some(handle), permit: Some(permit), shared: shared.clone(), lane, id, _writer: writer }
         };
         Ok(SqliteTx { checkout: Some(checkout), broken: false, in_flight: false })
@@ -502,13 +517,9 @@ impl SqliteTx {
         if handle
             .jobs
             .send(Box::new(move |conn| {
-                if let Ok(mut calls) = shared.calls.lock() {
-                    calls.insert(id, Instant::now());
-                }
+                let in_call = InCall::begin(shared, id);
                 let result = f(conn);
-                if let Ok(mut calls) = shared.calls.lock() {
-                    calls.remove(&id);
-                }
+                drop(in_call);
                 let _ = reply.send(result);
             }))
             .is_err()
@@ -605,5 +616,35 @@ impl Drop for SqliteTx {
             }
             checkout.give_back();
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10: a call that panics on its connection's thread ends that thread; the pool must
+    /// then replace the connection and report neither a call still inside the database nor a
+    /// connection still held.
+    #[tokio::test]
+    async fn a_panic_inside_a_call_leaves_the_pool_whole_and_its_report_true() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = SqlitePool::open(&dir.path().join("shoal.db"), 1).unwrap();
+        let mut tx = pool.acquire(Mode::Read).await.unwrap();
+        let err = tx.call(|_| -> rusqlite::Result<()> { panic!("a call panics inside the database") }).await;
+        assert!(matches!(err, Err(StoreError::Unavailable(_))), "{err:?}");
+        drop(tx);
+
+        let replaced = || async { pool.report().in_use == 0 };
+        shoal_testkit::wait_until_async("the broken connection replaced", Duration::from_secs(10), replaced).await;
+        let report = pool.report();
+        assert_eq!(report.discarded, 1, "{report}");
+        assert_eq!(report.longest_call, None, "a call that panicked is reported inside the database: {report}");
+        assert_eq!(report.oldest_held, None, "{report}");
+
+        // And the replacement works.
+        let mut tx = pool.begin(Mode::Write).await.unwrap();
+        tx.batch("CREATE TABLE t (x INTEGER)").await.unwrap();
+        tx.commit().await.unwrap();
     }
 }

@@ -1,12 +1,13 @@
 //! Running PostgreSQL's programs as the right OS user, and tying servers to this test process's life.
 
+use parking_lot::Mutex;
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{mpsc, Mutex, Once, OnceLock};
+use std::sync::{mpsc, Once, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -255,10 +256,7 @@ impl Instance {
     /// Immediate shutdown (SIGQUIT): no checkpoint, as after a crash, but
     /// the postmaster still takes its backends down with it. Idempotent.
     pub(super) fn stop(&self) {
-        let mut child = match self.child.lock() {
-            Ok(child) => child,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut child = self.child.lock();
         if let Ok(None) = child.try_wait() {
             // SAFETY: kill only sends a signal; the pid is our unreaped child,
             // so it cannot have been reused by another process.
@@ -325,15 +323,11 @@ mod exit_cleanup {
             // SAFETY: registering a plain extern "C" fn; it never unwinds.
             unsafe { libc::atexit(on_exit) };
         });
-        if let Ok(mut live) = LIVE.lock() {
-            live.push((pid, root.to_owned()));
-        }
+        LIVE.lock().push((pid, root.to_owned()));
     }
 
     pub(super) fn forget(pid: u32) {
-        if let Ok(mut live) = LIVE.lock() {
-            live.retain(|(p, _)| *p != pid);
-        }
+        LIVE.lock().retain(|(p, _)| *p != pid);
     }
 
     extern "C" fn on_exit() {
@@ -344,7 +338,7 @@ mod exit_cleanup {
         }
         // try_lock: at exit, a thread that was killed mid-update could hold
         // the lock forever, and hanging the exit is worse than leaving files.
-        let Ok(live) = LIVE.try_lock() else { return };
+        let Some(live) = LIVE.try_lock() else { return };
         for (pid, _) in live.iter() {
             // SAFETY: only sends a signal to a server this process started.
             unsafe { libc::kill(*pid as libc::pid_t, libc::SIGQUIT) };
