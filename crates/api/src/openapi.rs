@@ -38,11 +38,11 @@ pub const ERRORS: &[(&str, &[&[ErrorCode]])] = &[
     ("getSandbox", &[&[NotFound]]),
     ("deleteSandbox", &[&[NotFound, Conflict]]),
     ("listSandboxJobs", &[HOLDER, &[NotFound, InvalidPath]]),
-    ("listSandboxRoot", &[HOLDER, &[NotFound, InvalidPath, InvalidRequest]]),
-    ("listSandboxRootSlash", &[HOLDER, &[NotFound, InvalidPath, InvalidRequest]]),
-    ("getSandboxFile", &[HOLDER, &[NotFound, InvalidPath, InvalidRequest]]),
-    ("putSandboxFile", &[HOLDER, &[NotFound, InvalidPath, InvalidRequest, BadRequest, PayloadTooLarge]]),
-    ("deleteSandboxFile", &[HOLDER, &[NotFound, InvalidPath, InvalidRequest, Conflict]]),
+    ("listSandboxRoot", &[HOLDER, &[NotFound, InvalidQuery]]),
+    ("listSandboxRootSlash", &[HOLDER, &[NotFound, InvalidQuery]]),
+    ("getSandboxFile", &[HOLDER, &[NotFound, InvalidPath, InvalidQuery]]),
+    ("putSandboxFile", &[HOLDER, &[NotFound, InvalidPath, InvalidQuery, BadRequest, PayloadTooLarge]]),
+    ("deleteSandboxFile", &[HOLDER, &[NotFound, InvalidPath, InvalidQuery, Conflict]]),
     ("listExecutions", &[&[InvalidQuery]]),
     ("submitExecution", &[JSON_BODY, HOLDER, BIND, &[InvalidRequest, IdempotencyKeyReused, UnknownNode, UnknownTag]]),
     ("getExecution", &[&[NotFound]]),
@@ -62,25 +62,26 @@ pub const ERRORS: &[(&str, &[&[ErrorCode]])] = &[
     ("patchListener", &[JSON_BODY, HOLDER, BIND, &[UnknownListener, InvalidRequest, InvalidPattern]]),
     ("deleteListener", &[&[UnknownListener]]),
     ("listListenerEvents", &[&[UnknownListener, InvalidQuery]]),
-    ("deliverHook", &[HOLDER, BIND, &[InvalidJson, BadRequest, PayloadTooLarge, Unauthorized, UnknownHook]]),
+    ("deliverHook", &[HOLDER, BIND, &[InvalidJson, BadRequest, PayloadTooLarge, UnknownHook]]),
     ("getOpenApi", &[]),
     ("liveV1", &[]),
     ("readyV1", &[&[NotReady]]),
     ("metrics", &[]),
 ];
 
-/// Operations that never read the store.
-const STORELESS: &[&str] = &["getOpenApi", "liveV1", "readyV1"];
+/// Operations that never fail for want of the store (`metrics` shows its store figures only
+/// when it can read them).
+const STORELESS: &[&str] = &["getOpenApi", "liveV1", "readyV1", "metrics"];
 
 /// What a code means, for the response descriptions.
 fn meaning(code: ErrorCode) -> &'static str {
     match code {
         BadRequest => "the request could not be read (a malformed header, an interrupted body)",
         InvalidJson => "the body is not valid JSON, has unknown fields or wrong types",
-        InvalidQuery => "a query parameter is unknown or out of range",
+        InvalidQuery => "a query parameter is unknown or out of range (for a partitioned sandbox's files: `?partition=NAME` is missing)",
         InvalidPath => "a path is refused (absolute, `..`, NUL, too long, or leading out of the sandbox)",
         Unauthorized => "the webhook signature is missing, malformed, wrong, or its time is over 300 s off",
-        InvalidSignature => "forwarding headers (`x-shoal-*`) whose signature is missing, forged, stale or replayed",
+        InvalidSignature => "forwarding headers (`x-shoal-*`) whose signature is missing, forged, stale or replayed; for a webhook, its `X-Shoal-Hook-Signature` is missing, malformed, wrong, or its time over 300 s off",
         NotFound => "no such resource",
         UnknownSchedule => "no schedule with this id or name",
         UnknownListener => "no listener with this id or name",

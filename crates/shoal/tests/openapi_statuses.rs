@@ -1,0 +1,675 @@
+//! Every status and error code the OpenAPI document lists for an operation can occur: this
+//! test makes each one happen on a real node (PostgreSQL behind a breakable proxy, so that the
+//! store can be taken away), records what every answer was, and then holds the document to
+//! it both ways:
+//! - every (operation, status, code) the document lists was seen;
+//! - every answer seen is one the document lists for its operation.
+//!
+//! Most cases are written out, including a second node that holds a local sandbox (requests
+//! it forwarded itself: 409 `sandbox_not_here`; with it stopped: 503 `node_unavailable`);
+//! four kinds run over every operation of the document: a forged forwarding header (401
+//! `invalid_signature`), a body that is not JSON, too large, of another type, or cut short
+//! (400, 413, 415, 400 `bad_request`), and the store cut off (503 `store_unavailable`).
+
+mod common;
+
+use common::proxy::Proxy;
+use common::{copy_examples, TestNode};
+use hmac::{Hmac, Mac};
+use reqwest::Method;
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// The status an error code always comes with.
+fn status_of(code: &str) -> u16 {
+    shoal_wire::ErrorCode::parse(code).unwrap_or_else(|| panic!("no code `{code}`")).status()
+}
+
+/// What a request was sent with.
+enum Body {
+    None,
+    Json(Value),
+    Raw(&'static str, Vec<u8>),
+}
+
+struct Probe {
+    url: String,
+    http: reqwest::Client,
+    seen: BTreeSet<(String, u16, String)>,
+}
+
+impl Probe {
+    async fn hit(
+        &mut self,
+        op: &str,
+        method: Method,
+        path: &str,
+        body: Body,
+        headers: &[(&str, String)],
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}/api/v1{path}", self.url));
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        req = match body {
+            Body::None => req,
+            Body::Json(v) => req.json(&v),
+            Body::Raw(ct, bytes) => req.header("content-type", ct).body(bytes),
+        };
+        let resp = req.send().await.unwrap_or_else(|e| panic!("{op}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let code = v["error"]["code"].as_str().unwrap_or("").to_owned();
+        self.seen.insert((op.to_owned(), status, code));
+        (status, v)
+    }
+
+    /// Sends a request and insists on its status (and code, for an error).
+    async fn expect(&mut self, op: &str, method: Method, path: &str, body: Body, want: (u16, &str)) -> Value {
+        self.expect_with(op, method, path, body, &[], want).await
+    }
+
+    async fn expect_with(
+        &mut self,
+        op: &str,
+        method: Method,
+        path: &str,
+        body: Body,
+        headers: &[(&str, String)],
+        want: (u16, &str),
+    ) -> Value {
+        let (status, v) = self.hit(op, method.clone(), path, body, headers).await;
+        let code = v["error"]["code"].as_str().unwrap_or("");
+        assert_eq!((status, code), want, "{op}: {method} {path} answered {v}");
+        v
+    }
+}
+
+/// The forwarding headers node `from` would send, signed with the cluster secret.
+fn forwarded_by(secret: &[u8], from: &str, method: &Method, path: &str) -> Vec<(&'static str, String)> {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let nonce = format!("{t:016x}{:016x}", rand_u32());
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+    mac.update(format!("{method}\n/api/v1{path}\n{t}\n{nonce}\n{from}").as_bytes());
+    vec![
+        ("x-shoal-forwarded-by", from.to_owned()),
+        ("x-shoal-timestamp", t.to_string()),
+        ("x-shoal-nonce", nonce),
+        ("x-shoal-signature", hex::encode(mac.finalize().into_bytes())),
+    ]
+}
+
+fn rand_u32() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sends a request whose body ends before its `Content-Length` (the client closes its side),
+/// over a raw socket; answers the status and the error code.
+async fn interrupted(url: &str, method: &Method, path: &str, content_type: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} /api/v1{path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\ncontent-length: 1000\r\n\r\n{{\"a\""
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    let code = body.split("\"code\":\"").nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_owned();
+    (status, code)
+}
+
+/// Each operation of the document: (id, method, path template, takes a JSON body).
+fn operations(doc: &Value) -> Vec<(String, Method, String, bool)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(id) = op["operationId"].as_str() else { continue };
+            let json_body = op["requestBody"]["content"].get("application/json").is_some();
+            out.push((id.to_owned(), method.to_uppercase().parse().unwrap(), path.clone(), json_body));
+        }
+    }
+    out
+}
+
+/// Every (operation, status, code) the document lists; a success status has code "".
+fn listed(doc: &Value) -> BTreeSet<(String, u16, String)> {
+    let mut out = BTreeSet::new();
+    for (_, item) in doc["paths"].as_object().unwrap() {
+        for (_, op) in item.as_object().unwrap() {
+            let Some(id) = op["operationId"].as_str() else { continue };
+            for (status, r) in op["responses"].as_object().unwrap() {
+                let status: u16 = status.parse().unwrap();
+                let schema = &r["content"]["application/json"]["schema"];
+                match schema["allOf"][1]["properties"]["error"]["properties"]["code"]["enum"].as_array() {
+                    Some(codes) => {
+                        for c in codes {
+                            out.insert((id.to_owned(), status, c.as_str().unwrap().to_owned()));
+                        }
+                    }
+                    None => {
+                        out.insert((id.to_owned(), status, String::new()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_status_and_code_the_document_lists_happens() {
+    let pg = shoal_testkit::postgres();
+    let db_url = pg.fresh_database();
+    let proxy = Proxy::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await;
+    let via_proxy = db_url.replace(&format!(":{}/", pg.port()), &format!(":{}/", proxy.port));
+    let n = TestNode::start_on(tempfile::tempdir().unwrap(), via_proxy, "").await;
+    n.sandbox("examples", &[]).await;
+    // A second node holding a local sandbox, a schedule and a webhook there; it is stopped
+    // later, so that requests only it can serve find it down.
+    let mut n2 = TestNode::start_named(tempfile::tempdir().unwrap(), db_url.clone(), "n2").await;
+    let remote_root = n2.dir.path().join("remote");
+    copy_examples(&remote_root);
+    let remote = json!({"name": "remote", "kind": "local", "root": remote_root.display().to_string()});
+    assert_eq!(n2.post("/api/v1/sandboxes", remote).await.0, 201);
+    let rsched = json!({"name": "rsched", "sandbox": "remote", "job": "jobs/greet.toml", "cron": "0 3 * * *", "params": {"name": "n"}});
+    assert_eq!(n2.post("/api/v1/schedules", rsched).await.0, 201);
+    let rhook = json!({"name": "rhook", "kind": "webhook", "sandbox": "remote", "job": "jobs/greet.toml", "params": {"name": "n"}, "secret": "0123456789abcdef0123"});
+    assert_eq!(n2.post("/api/v1/listeners", rhook).await.0, 201);
+    let cluster_secret = n.store().cluster_secret().await.unwrap();
+    let mut p = Probe { url: n.url.clone(), http: reqwest::Client::new(), seen: BTreeSet::new() };
+    let (_, doc) = n.get("/api/v1/openapi.json").await;
+    use Method as M;
+    let j = Body::Json;
+
+    // Nodes.
+    p.expect("listNodes", M::GET, "/nodes", Body::None, (200, "")).await;
+    p.expect("getNode", M::GET, "/nodes/n1", Body::None, (200, "")).await;
+    p.expect("getNode", M::GET, "/nodes/n9", Body::None, (404, "not_found")).await;
+    p.expect("suspendNode", M::POST, "/nodes/n1/suspend", Body::None, (200, "")).await;
+    p.expect("resumeNode", M::POST, "/nodes/n1/resume", Body::None, (200, "")).await;
+    p.expect("drainNode", M::POST, "/nodes/n1/drain", Body::None, (200, "")).await;
+    p.expect("resumeNode", M::POST, "/nodes/n1/resume", Body::None, (200, "")).await;
+    for op in ["drain", "suspend", "resume"] {
+        let id = format!("{op}Node");
+        p.expect(&id, M::POST, &format!("/nodes/n9/{op}"), Body::None, (404, "not_found")).await;
+    }
+
+    // Sandboxes.
+    let root = n.dir.path().join("sandboxes").join("spare");
+    let spare = json!({"name": "spare", "kind": "shared", "root": root.display().to_string()});
+    p.expect("listSandboxes", M::GET, "/sandboxes", Body::None, (200, "")).await;
+    p.expect("createSandbox", M::POST, "/sandboxes", j(spare.clone()), (201, "")).await;
+    p.expect("createSandbox", M::POST, "/sandboxes", j(spare), (409, "already_exists")).await;
+    p.expect(
+        "createSandbox",
+        M::POST,
+        "/sandboxes",
+        j(json!({"name": "BAD", "kind": "shared", "root": "/x"})),
+        (422, "invalid_request"),
+    )
+    .await;
+    let parts = json!({"name": "parts", "kind": "partitioned", "partitions": [{"name": "a", "node": "n1", "root": "/tmp/a"}, {"name": "a", "node": "n1", "root": "/tmp/b"}]});
+    p.expect("createSandbox", M::POST, "/sandboxes", j(parts), (422, "invalid_partitions")).await;
+    let ghost =
+        json!({"name": "ghost", "kind": "partitioned", "partitions": [{"name": "a", "node": "n9", "root": "/tmp/a"}]});
+    p.expect("createSandbox", M::POST, "/sandboxes", j(ghost), (422, "unknown_node")).await;
+    p.expect("getSandbox", M::GET, "/sandboxes/spare", Body::None, (200, "")).await;
+    p.expect("getSandbox", M::GET, "/sandboxes/nope", Body::None, (404, "not_found")).await;
+    p.expect("listSandboxJobs", M::GET, "/sandboxes/examples/jobs", Body::None, (200, "")).await;
+    p.expect("listSandboxJobs", M::GET, "/sandboxes/nope/jobs", Body::None, (404, "not_found")).await;
+
+    // Files.
+    p.expect("listSandboxRoot", M::GET, "/sandboxes/examples/files", Body::None, (200, "")).await;
+    p.expect("listSandboxRootSlash", M::GET, "/sandboxes/examples/files/", Body::None, (200, "")).await;
+    p.expect("listSandboxRoot", M::GET, "/sandboxes/nope/files", Body::None, (404, "not_found")).await;
+    p.expect("listSandboxRootSlash", M::GET, "/sandboxes/nope/files/", Body::None, (404, "not_found")).await;
+    p.expect("getSandboxFile", M::GET, "/sandboxes/examples/files/jobs/greet.toml", Body::None, (200, "")).await;
+    p.expect("getSandboxFile", M::GET, "/sandboxes/examples/files/jobs", Body::None, (200, "")).await;
+    p.expect("getSandboxFile", M::GET, "/sandboxes/examples/files/missing", Body::None, (404, "not_found")).await;
+    p.expect("getSandboxFile", M::GET, "/sandboxes/examples/files/a%00b", Body::None, (400, "invalid_path")).await;
+    let bytes = || Body::Raw("application/octet-stream", b"hello\n".to_vec());
+    p.expect("putSandboxFile", M::PUT, "/sandboxes/examples/files/data/x.txt", bytes(), (201, "")).await;
+    p.expect("putSandboxFile", M::PUT, "/sandboxes/examples/files/data/x.txt", bytes(), (200, "")).await;
+    p.expect("putSandboxFile", M::PUT, "/sandboxes/nope/files/x.txt", bytes(), (404, "not_found")).await;
+    p.expect("putSandboxFile", M::PUT, "/sandboxes/examples/files/a%00b", bytes(), (400, "invalid_path")).await;
+    let big = Body::Raw("application/octet-stream", vec![b'x'; 2 * 1024 * 1024]);
+    p.expect("putSandboxFile", M::PUT, "/sandboxes/examples/files/big.bin", big, (413, "payload_too_large")).await;
+    p.expect("deleteSandboxFile", M::DELETE, "/sandboxes/examples/files/data/x.txt", Body::None, (204, "")).await;
+    p.expect("deleteSandboxFile", M::DELETE, "/sandboxes/examples/files/data/x.txt", Body::None, (404, "not_found"))
+        .await;
+    p.expect("deleteSandboxFile", M::DELETE, "/sandboxes/examples/files/a%00b", Body::None, (400, "invalid_path"))
+        .await;
+    p.expect("deleteSandboxFile", M::DELETE, "/sandboxes/examples/files/jobs", Body::None, (409, "conflict")).await;
+    let part_root = n.dir.path().join("parts-a");
+    let parts = json!({"name": "parts", "kind": "partitioned", "partitions": [{"name": "a", "node": "n1", "root": part_root.display().to_string()}]});
+    p.expect("createSandbox", M::POST, "/sandboxes", j(parts), (201, "")).await;
+    for (op, method, path) in [
+        ("listSandboxRoot", M::GET, "/sandboxes/parts/files"),
+        ("listSandboxRootSlash", M::GET, "/sandboxes/parts/files/"),
+        ("getSandboxFile", M::GET, "/sandboxes/parts/files/x"),
+        ("putSandboxFile", M::PUT, "/sandboxes/parts/files/x"),
+        ("deleteSandboxFile", M::DELETE, "/sandboxes/parts/files/x"),
+    ] {
+        p.expect(op, method, path, Body::None, (400, "invalid_query")).await;
+    }
+    let linky = n.sandbox("linky", &[]).await;
+    std::fs::remove_dir_all(linky.join("jobs")).unwrap();
+    std::os::unix::fs::symlink("/etc", linky.join("jobs")).unwrap();
+    p.expect("listSandboxJobs", M::GET, "/sandboxes/linky/jobs", Body::None, (400, "invalid_path")).await;
+
+    // Executions.
+    let done = p.expect("submitExecution", M::POST, "/executions", j(json!({"command": ["true"]})), (201, "")).await;
+    let done = done["id"].as_str().unwrap().to_owned();
+    n.wait_final(&done, Duration::from_secs(30)).await;
+    let key = [("idempotency-key", "k1".to_owned())];
+    let once = json!({"command": ["echo", "once"]});
+    p.expect_with("submitExecution", M::POST, "/executions", j(once.clone()), &key, (201, "")).await;
+    p.expect_with("submitExecution", M::POST, "/executions", j(once), &key, (200, "")).await;
+    let other = j(json!({"command": ["echo", "other"]}));
+    p.expect_with("submitExecution", M::POST, "/executions", other, &key, (422, "idempotency_key_reused")).await;
+    let cases = [
+        (json!({"sandbox": "examples", "job": "jobs/greet.toml"}), "missing_parameter"),
+        (
+            json!({"sandbox": "examples", "job": "jobs/greet.toml", "params": {"name": "a", "zzz": "b"}}),
+            "unknown_parameter",
+        ),
+        (json!({"sandbox": "nope", "job": "jobs/greet.toml"}), "unknown_sandbox"),
+        (json!({"sandbox": "examples", "job": "jobs/none.toml"}), "unknown_job"),
+        (json!({"sandbox": "examples", "job": "../x.toml"}), "invalid_path"),
+        (json!({"command": ["true"], "allocation": {"kind": "nodes", "nodes": ["n9"]}}), "unknown_node"),
+        (json!({"command": ["true"], "allocation": {"kind": "tags", "tags": ["gpu"]}}), "unknown_tag"),
+        (json!({"command": ["true"], "env": {"A": "x\u{0}y"}}), "invalid_request"),
+        (json!({"sandbox": "examples", "job": "jobs/greet.toml", "params": {"name": {"no": 1}}}), "invalid_parameter"),
+    ];
+    for (body, code) in cases {
+        p.expect("submitExecution", M::POST, "/executions", j(body), (status_of(code), code)).await;
+    }
+    n.sandbox("broken", &[("jobs/bad.toml", "command = 3\n")]).await;
+    let bad = j(json!({"sandbox": "broken", "job": "jobs/bad.toml"}));
+    p.expect("submitExecution", M::POST, "/executions", bad, (422, "invalid_job")).await;
+    p.expect("listExecutions", M::GET, "/executions", Body::None, (200, "")).await;
+    p.expect("listExecutions", M::GET, "/executions?state=bogus", Body::None, (400, "invalid_query")).await;
+    p.expect("getExecution", M::GET, &format!("/executions/{done}"), Body::None, (200, "")).await;
+    p.expect("getExecution", M::GET, "/executions/nope", Body::None, (404, "not_found")).await;
+    p.expect("getExecutionLogs", M::GET, &format!("/executions/{done}/logs"), Body::None, (200, "")).await;
+    let bad_stream = format!("/executions/{done}/logs?stream=sideways");
+    p.expect("getExecutionLogs", M::GET, &bad_stream, Body::None, (400, "invalid_query")).await;
+    p.expect("getExecutionLogs", M::GET, "/executions/nope/logs", Body::None, (404, "not_found")).await;
+    p.expect(
+        "cancelExecution",
+        M::POST,
+        &format!("/executions/{done}/cancel"),
+        Body::None,
+        (409, "execution_finished"),
+    )
+    .await;
+    p.expect("cancelExecution", M::POST, "/executions/nope/cancel", Body::None, (404, "not_found")).await;
+    let waiting = json!({"command": ["true"], "allocation": {"kind": "nodes", "nodes": ["n9"]}, "allow_pending": true});
+    let waiting = p.expect("submitExecution", M::POST, "/executions", j(waiting), (201, "")).await;
+    let waiting = waiting["id"].as_str().unwrap().to_owned();
+    p.expect("cancelExecution", M::POST, &format!("/executions/{waiting}/cancel"), Body::None, (200, "")).await;
+    let running = n.submit(json!({"command": ["sleep", "30"]})).await;
+    n.wait_state(&running, "running", Duration::from_secs(20)).await;
+    p.expect("cancelExecution", M::POST, &format!("/executions/{running}/cancel"), Body::None, (202, "")).await;
+
+    // Schedules.
+    let nightly = json!({"name": "nightly", "sandbox": "examples", "job": "jobs/greet.toml", "cron": "0 3 * * *", "params": {"name": "n"}});
+    p.expect("listSchedules", M::GET, "/schedules", Body::None, (200, "")).await;
+    p.expect("createSchedule", M::POST, "/schedules", j(nightly.clone()), (201, "")).await;
+    p.expect("createSchedule", M::POST, "/schedules", j(nightly), (409, "already_exists")).await;
+    let with = |extra: Value| {
+        let mut v = json!({"name": "other", "sandbox": "examples", "job": "jobs/greet.toml", "cron": "0 3 * * *", "params": {"name": "n"}});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v
+    };
+    let schedule_cases = [
+        (json!({"cron": "61 * * * *"}), "invalid_cron"),
+        (json!({"timezone": "Mars/Olympus"}), "unknown_time_zone"),
+        (json!({"name": "bad name"}), "invalid_request"),
+        (json!({"sandbox": "nope"}), "unknown_sandbox"),
+        (json!({"job": "jobs/none.toml"}), "unknown_job"),
+        (json!({"job": "../x.toml"}), "invalid_path"),
+        (json!({"params": {}}), "missing_parameter"),
+        (json!({"params": {"name": "a", "zzz": "b"}}), "unknown_parameter"),
+        (json!({"params": {"name": {"no": 1}}}), "invalid_parameter"),
+        (json!({"sandbox": "broken", "job": "jobs/bad.toml"}), "invalid_job"),
+    ];
+    for (extra, code) in &schedule_cases {
+        let want = (status_of(code), *code);
+        p.expect("createSchedule", M::POST, "/schedules", j(with(extra.clone())), want).await;
+        p.expect("patchSchedule", M::PATCH, "/schedules/nightly", j(extra.clone()), want).await;
+    }
+    p.expect("getSchedule", M::GET, "/schedules/nightly", Body::None, (200, "")).await;
+    p.expect("getSchedule", M::GET, "/schedules/nope", Body::None, (404, "unknown_schedule")).await;
+    p.expect("patchSchedule", M::PATCH, "/schedules/nightly", j(json!({"enabled": false})), (200, "")).await;
+    p.expect("patchSchedule", M::PATCH, "/schedules/nope", j(json!({"enabled": false})), (404, "unknown_schedule"))
+        .await;
+    p.expect("listScheduleFirings", M::GET, "/schedules/nightly/firings", Body::None, (200, "")).await;
+    p.expect("listScheduleFirings", M::GET, "/schedules/nightly/firings?limit=0", Body::None, (400, "invalid_query"))
+        .await;
+    p.expect("listScheduleFirings", M::GET, "/schedules/nope/firings", Body::None, (404, "unknown_schedule")).await;
+    p.expect("previewSchedule", M::GET, "/schedules/nightly/preview", Body::None, (200, "")).await;
+    p.expect("previewSchedule", M::GET, "/schedules/nightly/preview?count=0", Body::None, (400, "invalid_query")).await;
+    p.expect("previewSchedule", M::GET, "/schedules/nope/preview", Body::None, (404, "unknown_schedule")).await;
+    p.expect("previewCron", M::POST, "/schedules/preview", j(json!({"cron": "@daily"})), (200, "")).await;
+    p.expect(
+        "previewCron",
+        M::POST,
+        "/schedules/preview",
+        j(json!({"cron": "@daily", "count": 0})),
+        (400, "invalid_query"),
+    )
+    .await;
+    p.expect("previewCron", M::POST, "/schedules/preview", j(json!({"cron": "61 * * * *"})), (422, "invalid_cron"))
+        .await;
+    p.expect(
+        "previewCron",
+        M::POST,
+        "/schedules/preview",
+        j(json!({"cron": "@daily", "timezone": "Mars/Olympus"})),
+        (422, "unknown_time_zone"),
+    )
+    .await;
+    p.expect("deleteSchedule", M::DELETE, "/schedules/nightly", Body::None, (204, "")).await;
+    p.expect("deleteSchedule", M::DELETE, "/schedules/nightly", Body::None, (404, "unknown_schedule")).await;
+
+    // Listeners and webhooks.
+    let secret = "0123456789abcdef0123";
+    let hook = json!({"name": "deploy", "kind": "webhook", "sandbox": "examples", "job": "jobs/greet.toml", "params": {"name": "{event.hook}"}, "secret": secret});
+    p.expect("listListeners", M::GET, "/listeners", Body::None, (200, "")).await;
+    p.expect("createListener", M::POST, "/listeners", j(hook.clone()), (201, "")).await;
+    p.expect("createListener", M::POST, "/listeners", j(hook), (409, "already_exists")).await;
+    let listener = |extra: Value| {
+        let mut v = json!({"name": "other", "kind": "webhook", "sandbox": "examples", "job": "jobs/greet.toml", "params": {"name": "n"}});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v
+    };
+    let listener_cases = [
+        (json!({"kind": "file", "on_file": {"sandbox": "examples", "pattern": "a[b"}}), "invalid_pattern"),
+        (json!({"name": "bad name"}), "invalid_request"),
+        (json!({"sandbox": "nope"}), "unknown_sandbox"),
+        (json!({"job": "jobs/none.toml"}), "unknown_job"),
+        (json!({"job": "../x.toml"}), "invalid_path"),
+        (json!({"params": {}}), "missing_parameter"),
+        (json!({"params": {"name": "a", "zzz": "b"}}), "unknown_parameter"),
+        (json!({"params": {"name": "{event.nope}"}}), "invalid_parameter"),
+        (json!({"sandbox": "broken", "job": "jobs/bad.toml"}), "invalid_job"),
+    ];
+    for (extra, code) in &listener_cases {
+        let want = (status_of(code), *code);
+        p.expect("createListener", M::POST, "/listeners", j(listener(extra.clone())), want).await;
+        let mut patch = extra.clone();
+        patch.as_object_mut().unwrap().remove("kind");
+        patch.as_object_mut().unwrap().remove("on_file");
+        if patch.as_object().unwrap().is_empty() {
+            continue;
+        }
+        p.expect("patchListener", M::PATCH, "/listeners/deploy", j(patch), want).await;
+    }
+    let file = json!({"name": "files", "kind": "file", "sandbox": "examples", "job": "jobs/greet.toml", "params": {"name": "n"}, "on_file": {"sandbox": "examples", "pattern": "in/*.csv"}});
+    p.expect("createListener", M::POST, "/listeners", j(file), (201, "")).await;
+    let bad_pattern = j(json!({"on_file": {"sandbox": "examples", "pattern": "a[b"}}));
+    p.expect("patchListener", M::PATCH, "/listeners/files", bad_pattern, (422, "invalid_pattern")).await;
+    p.expect("getListener", M::GET, "/listeners/deploy", Body::None, (200, "")).await;
+    p.expect("getListener", M::GET, "/listeners/nope", Body::None, (404, "unknown_listener")).await;
+    p.expect("patchListener", M::PATCH, "/listeners/deploy", j(json!({"enabled": true})), (200, "")).await;
+    p.expect("patchListener", M::PATCH, "/listeners/nope", j(json!({"enabled": true})), (404, "unknown_listener"))
+        .await;
+    p.expect("listListenerEvents", M::GET, "/listeners/deploy/events", Body::None, (200, "")).await;
+    p.expect("listListenerEvents", M::GET, "/listeners/deploy/events?limit=0", Body::None, (400, "invalid_query"))
+        .await;
+    p.expect("listListenerEvents", M::GET, "/listeners/nope/events", Body::None, (404, "unknown_listener")).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let delivery = br#"{"user": "ann"}"#.to_vec();
+    let signed = |hook: &str, body: &[u8], id: &str| {
+        vec![
+            ("x-shoal-hook-signature", shoal_api::listeners::sign_hook(secret.as_bytes(), hook, now, Some(id), body)),
+            ("x-shoal-hook-delivery", id.to_owned()),
+        ]
+    };
+    let raw = |b: &[u8]| Body::Raw("application/json", b.to_vec());
+    let h = signed("deploy", &delivery, "d-1");
+    p.expect_with("deliverHook", M::POST, "/hooks/deploy", raw(&delivery), &h, (201, "")).await;
+    p.expect_with("deliverHook", M::POST, "/hooks/deploy", raw(&delivery), &h, (200, "")).await;
+    p.expect("deliverHook", M::POST, "/hooks/deploy", raw(&delivery), (401, "invalid_signature")).await;
+    p.expect_with("deliverHook", M::POST, "/hooks/nope", raw(&delivery), &h, (404, "unknown_hook")).await;
+    let not_json = b"not json".to_vec();
+    let h = signed("deploy", &not_json, "d-2");
+    p.expect_with("deliverHook", M::POST, "/hooks/deploy", raw(&not_json), &h, (400, "invalid_json")).await;
+    let big = vec![b' '; 128 * 1024];
+    let h = signed("deploy", &big, "d-3");
+    p.expect_with("deliverHook", M::POST, "/hooks/deploy", raw(&big), &h, (413, "payload_too_large")).await;
+    let bad_id = vec![("x-shoal-hook-delivery", "x".repeat(300))];
+    p.expect_with("deliverHook", M::POST, "/hooks/deploy", raw(&delivery), &bad_id, (400, "bad_request")).await;
+    // A hook whose job changed after it was defined.
+    let hooked = n.sandbox("hooked", &[("jobs/h.toml", "command = [\"true\"]\n[params.name]\n")]).await;
+    let def = json!({"name": "late", "kind": "webhook", "sandbox": "hooked", "job": "jobs/h.toml", "params": {"name": "{event.payload.user}"}, "secret": secret});
+    p.expect("createListener", M::POST, "/listeners", j(def), (201, "")).await;
+    let late = |body: &[u8], id: &str| signed("late", body, id);
+    let no_user = br#"{"who": "ann"}"#.to_vec();
+    p.expect_with(
+        "deliverHook",
+        M::POST,
+        "/hooks/late",
+        raw(&no_user),
+        &late(&no_user, "l-1"),
+        (422, "invalid_parameter"),
+    )
+    .await;
+    let rewrites = [
+        ("command = [\"true\"]\n[params.name]\n[params.more]\n", "missing_parameter"),
+        ("command = [\"true\"]\n", "unknown_parameter"),
+        ("command = 3\n", "invalid_job"),
+    ];
+    for (i, (text, code)) in rewrites.iter().enumerate() {
+        std::fs::write(hooked.join("jobs/h.toml"), text).unwrap();
+        let id = format!("l-r{i}");
+        p.expect_with("deliverHook", M::POST, "/hooks/late", raw(&delivery), &late(&delivery, &id), (422, code)).await;
+    }
+    std::fs::remove_file(hooked.join("jobs/h.toml")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", hooked.join("jobs/h.toml")).unwrap();
+    p.expect_with(
+        "deliverHook",
+        M::POST,
+        "/hooks/late",
+        raw(&delivery),
+        &late(&delivery, "l-s"),
+        (400, "invalid_path"),
+    )
+    .await;
+    std::fs::remove_file(hooked.join("jobs/h.toml")).unwrap();
+    p.expect_with("deliverHook", M::POST, "/hooks/late", raw(&delivery), &late(&delivery, "l-g"), (422, "unknown_job"))
+        .await;
+    p.expect("deleteSandbox", M::DELETE, "/sandboxes/hooked", Body::None, (204, "")).await;
+    p.expect_with(
+        "deliverHook",
+        M::POST,
+        "/hooks/late",
+        raw(&delivery),
+        &late(&delivery, "l-u"),
+        (422, "unknown_sandbox"),
+    )
+    .await;
+    p.expect("deleteListener", M::DELETE, "/listeners/deploy", Body::None, (204, "")).await;
+    p.expect("deleteListener", M::DELETE, "/listeners/deploy", Body::None, (404, "unknown_listener")).await;
+
+    // Health and the document itself.
+    p.expect("getOpenApi", M::GET, "/openapi.json", Body::None, (200, "")).await;
+    p.expect("liveV1", M::GET, "/health/live", Body::None, (200, "")).await;
+    p.expect("readyV1", M::GET, "/health/ready", Body::None, (200, "")).await;
+    p.expect("metrics", M::GET, "/metrics", Body::None, (200, "")).await;
+    let pending = json!({"sandbox": "spare", "command": ["true"], "allocation": {"kind": "nodes", "nodes": ["n9"]}, "allow_pending": true});
+    let pending = p.expect("submitExecution", M::POST, "/executions", j(pending), (201, "")).await;
+    p.expect("deleteSandbox", M::DELETE, "/sandboxes/spare", Body::None, (409, "conflict")).await;
+    let pending = pending["id"].as_str().unwrap().to_owned();
+    p.expect("cancelExecution", M::POST, &format!("/executions/{pending}/cancel"), Body::None, (200, "")).await;
+    p.expect("deleteSandbox", M::DELETE, "/sandboxes/spare", Body::None, (204, "")).await;
+    p.expect("deleteSandbox", M::DELETE, "/sandboxes/spare", Body::None, (404, "not_found")).await;
+
+    // Requests only n2 can serve: forwarded to n1 by n2 itself (409 `sandbox_not_here`: never
+    // forwarded twice), then with n2 stopped (503 `node_unavailable`).
+    let rsecret = "0123456789abcdef0123";
+    let holder_cases = || {
+        vec![
+            (
+                "createSandbox",
+                M::POST,
+                "/sandboxes".to_owned(),
+                Some(json!({"name": "remote2", "kind": "local", "node": "n2", "root": "/tmp/remote2"})),
+            ),
+            (
+                "createSchedule",
+                M::POST,
+                "/schedules".to_owned(),
+                Some(
+                    json!({"name": "r2", "sandbox": "remote", "job": "jobs/greet.toml", "cron": "@daily", "params": {"name": "n"}}),
+                ),
+            ),
+            ("patchSchedule", M::PATCH, "/schedules/rsched".to_owned(), Some(json!({"enabled": true}))),
+            (
+                "createListener",
+                M::POST,
+                "/listeners".to_owned(),
+                Some(
+                    json!({"name": "r2", "kind": "webhook", "sandbox": "remote", "job": "jobs/greet.toml", "params": {"name": "n"}}),
+                ),
+            ),
+            ("patchListener", M::PATCH, "/listeners/rhook".to_owned(), Some(json!({"enabled": true}))),
+            (
+                "submitExecution",
+                M::POST,
+                "/executions".to_owned(),
+                Some(json!({"sandbox": "remote", "job": "jobs/greet.toml", "params": {"name": "n"}})),
+            ),
+            ("listSandboxJobs", M::GET, "/sandboxes/remote/jobs".to_owned(), None),
+            ("listSandboxRoot", M::GET, "/sandboxes/remote/files".to_owned(), None),
+            ("listSandboxRootSlash", M::GET, "/sandboxes/remote/files/".to_owned(), None),
+            ("getSandboxFile", M::GET, "/sandboxes/remote/files/jobs/greet.toml".to_owned(), None),
+            ("putSandboxFile", M::PUT, "/sandboxes/remote/files/x.txt".to_owned(), None),
+            ("deleteSandboxFile", M::DELETE, "/sandboxes/remote/files/x.txt".to_owned(), None),
+            ("deliverHook", M::POST, "/hooks/rhook".to_owned(), None),
+        ]
+    };
+    let hook_headers = |id: &str| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        vec![
+            (
+                "x-shoal-hook-signature",
+                shoal_api::listeners::sign_hook(rsecret.as_bytes(), "rhook", now, Some(id), b"{}"),
+            ),
+            ("x-shoal-hook-delivery", id.to_owned()),
+        ]
+    };
+    for (i, (op, method, path, body)) in holder_cases().into_iter().enumerate() {
+        let mut headers = forwarded_by(&cluster_secret, "n2", &method, &path);
+        let body = match (op, body) {
+            ("deliverHook", _) => {
+                headers.extend(hook_headers(&format!("f-{i}")));
+                Body::Raw("application/json", b"{}".to_vec())
+            }
+            (_, Some(v)) => j(v),
+            (_, None) => Body::None,
+        };
+        p.expect_with(op, method, &path, body, &headers, (409, "sandbox_not_here")).await;
+    }
+    n2.stop().await;
+    for (i, (op, method, path, body)) in holder_cases().into_iter().enumerate() {
+        let (body, headers) = match (op, body) {
+            ("deliverHook", _) => (Body::Raw("application/json", b"{}".to_vec()), hook_headers(&format!("d-{i}"))),
+            (_, Some(v)) => (j(v), Vec::new()),
+            (_, None) => (Body::None, Vec::new()),
+        };
+        p.expect_with(op, method, &path, body, &headers, (503, "node_unavailable")).await;
+    }
+    for op in ["drain", "suspend", "resume"] {
+        p.expect(&format!("{op}Node"), M::POST, &format!("/nodes/n2/{op}"), Body::None, (503, "node_unavailable"))
+            .await;
+    }
+
+    // Over every operation: a concrete path for its template.
+    let concrete = |path: &str| {
+        path.replace(
+            "{id}",
+            if path.starts_with("/nodes") {
+                "n1"
+            } else if path.starts_with("/executions") {
+                &done
+            } else {
+                "files"
+            },
+        )
+        .replace("{name}", if path.starts_with("/hooks") { "files" } else { "examples" })
+        .replace("{path}", "jobs/greet.toml")
+    };
+    let forged = [("x-shoal-forwarded-by", "n9".to_owned())];
+    for (id, method, path, json_body) in operations(&doc) {
+        let path = concrete(&path);
+        p.expect_with(&id, method.clone(), &path, Body::None, &forged, (401, "invalid_signature")).await;
+        if json_body && id != "deliverHook" {
+            p.expect(&id, method.clone(), &path, Body::Raw("application/json", b"{".to_vec()), (400, "invalid_json"))
+                .await;
+            p.expect(
+                &id,
+                method.clone(),
+                &path,
+                Body::Raw("text/plain", b"{}".to_vec()),
+                (415, "unsupported_media_type"),
+            )
+            .await;
+            let big = Body::Raw("application/json", vec![b' '; 128 * 1024]);
+            p.expect(&id, method.clone(), &path, big, (413, "payload_too_large")).await;
+        }
+        if json_body || id == "putSandboxFile" {
+            let ct = if json_body { "application/json" } else { "application/octet-stream" };
+            let (status, code) = interrupted(&n.url, &method, &path, ct).await;
+            assert_eq!((status, code.as_str()), (400, "bad_request"), "{id}: an interrupted body");
+            p.seen.insert((id.clone(), status, code));
+        }
+    }
+
+    // The store cut off: every operation that reads it answers 503 `store_unavailable`, and
+    // readiness says the node is not ready.
+    proxy.cut();
+    shoal_testkit::wait_until_async("readiness to fail", Duration::from_secs(20), || {
+        let n = &n;
+        async move { n.get("/api/v1/health/ready").await.0 == 503 }
+    })
+    .await;
+    p.expect("readyV1", M::GET, "/health/ready", Body::None, (503, "not_ready")).await;
+    let listed_now = listed(&doc);
+    for (id, method, path, _) in operations(&doc) {
+        if !listed_now.contains(&(id.clone(), 503, "store_unavailable".to_owned())) {
+            continue;
+        }
+        let body = match (id.as_str(), method.as_str()) {
+            ("submitExecution", _) => j(json!({"command": ["true"]})),
+            ("createSchedule", _) => j(with(json!({}))),
+            ("createListener", _) => j(listener(json!({}))),
+            ("createSandbox", _) => j(json!({"name": "later", "kind": "shared", "root": "/tmp/later"})),
+            ("previewCron", _) => j(json!({"cron": "@daily"})),
+            (_, "PATCH") => j(json!({"enabled": true})),
+            ("putSandboxFile", _) => bytes(),
+            ("deliverHook", _) => raw(&delivery),
+            _ => Body::None,
+        };
+        let path = concrete(&path);
+        let headers = if id == "deliverHook" { signed("files", &delivery, "d-9") } else { Vec::new() };
+        p.expect_with(&id, method, &path, body, &headers, (503, "store_unavailable")).await;
+    }
+    proxy.restore();
+
+    // The document against what happened, both ways.
+    let missing: Vec<_> = listed_now.difference(&p.seen).collect();
+    let unlisted: Vec<_> = p.seen.difference(&listed_now).collect();
+    assert!(missing.is_empty(), "the document lists answers no request made happen: {missing:#?}");
+    assert!(unlisted.is_empty(), "answers the document does not list: {unlisted:#?}");
+}
