@@ -3,6 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use shoal_service::DomainError;
 use shoal_store::StoreError;
 pub use shoal_wire::ErrorCode;
 
@@ -169,6 +170,76 @@ impl From<StoreError> for ApiError {
             | StoreError::LeaseEnded
             | StoreError::Config(_)
             | StoreError::Internal(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            DomainError::UnknownSandbox(_) => ApiError::unknown_sandbox(message),
+            DomainError::UnknownJob(_) => ApiError::unknown_job(message),
+            DomainError::InvalidJob { file, line, column, message: problem } => ApiError::invalid_job(message)
+                .with_details(serde_json::json!({
+                    "file": file, "line": line, "column": column, "message": problem,
+                })),
+            DomainError::JobTooLarge { .. } | DomainError::JobWorkdirOutside { .. } => ApiError::invalid_job(message),
+            DomainError::JobUnreadable { file, source } => crate::files::resolve_error(&file, source),
+            DomainError::MissingParameter(_) => ApiError::missing_parameter(message),
+            DomainError::UnknownParameter(_) => ApiError::unknown_parameter(message),
+            DomainError::InvalidParameter(_) => ApiError::invalid_parameter(message),
+            DomainError::InvalidRequest(_) => ApiError::invalid_request(message),
+            DomainError::InvalidPath(_) => ApiError::invalid_path(message),
+            DomainError::UnknownNode(_) => ApiError::unknown_node(message),
+            DomainError::UnknownTag(_) => ApiError::unknown_tag(message),
+            DomainError::Store(e) => e.into(),
+            DomainError::SandboxFolder { .. } | DomainError::Internal(_) => ApiError::internal(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_errors_keep_their_codes_messages_and_details() {
+        let e = ApiError::from(DomainError::InvalidJob {
+            file: "jobs/a.toml".into(),
+            line: 2,
+            column: 1,
+            message: "unknown field `nope`".into(),
+        });
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::InvalidJob, "jobs/a.toml: line 2, column 1: unknown field `nope`")
+        );
+        assert_eq!(
+            e.details,
+            Some(serde_json::json!({"file": "jobs/a.toml", "line": 2, "column": 1, "message": "unknown field `nope`"}))
+        );
+        let e = ApiError::from(DomainError::JobTooLarge { file: "jobs/a.toml".into(), limit: 10 });
+        assert_eq!((e.code, e.message.as_str()), (ErrorCode::InvalidJob, "job file `jobs/a.toml` is over 10 bytes"));
+        // An unreadable job file is worded as any sandbox file is.
+        let io = std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory");
+        let e = ApiError::from(DomainError::JobUnreadable { file: "jobs".into(), source: io });
+        assert_eq!((e.code, e.message.as_str()), (ErrorCode::Conflict, "`jobs` is a folder"));
+        let e = ApiError::from(DomainError::Store(StoreError::Unavailable("the store is down".into())));
+        assert_eq!(e.code, ErrorCode::StoreUnavailable);
+        for (domain, code) in [
+            (DomainError::UnknownSandbox("m".into()), ErrorCode::UnknownSandbox),
+            (DomainError::UnknownJob("m".into()), ErrorCode::UnknownJob),
+            (DomainError::MissingParameter("m".into()), ErrorCode::MissingParameter),
+            (DomainError::UnknownParameter("m".into()), ErrorCode::UnknownParameter),
+            (DomainError::InvalidParameter("m".into()), ErrorCode::InvalidParameter),
+            (DomainError::InvalidRequest("m".into()), ErrorCode::InvalidRequest),
+            (DomainError::InvalidPath("m".into()), ErrorCode::InvalidPath),
+            (DomainError::UnknownNode("m".into()), ErrorCode::UnknownNode),
+            (DomainError::UnknownTag("m".into()), ErrorCode::UnknownTag),
+        ] {
+            let e = ApiError::from(domain);
+            assert_eq!((e.code, e.message.as_str()), (code, "m"));
         }
     }
 }

@@ -3,8 +3,6 @@
 
 use crate::body;
 use crate::error::{ApiError, ApiResult};
-use crate::files::{open_root, resolve_error};
-use crate::sandboxes::{find, held_elsewhere};
 use crate::State;
 use axum::body::Body;
 use axum::extract::{Path, Query};
@@ -12,10 +10,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
-use shoal_core::{Allocation, ExecState, ExecutionId, JobKind, JobSpec, ParamError, RunSpec, SandboxKind, SandboxPath};
-use shoal_store::{CancelResult, ExecutionFilter, ExecutionRow, NewExecution, Submitted};
+use shoal_core::{Allocation, ExecState, ExecutionId, JobKind};
+use shoal_service::submission::{self, InlineSettings, Prepared, Submission};
+use shoal_store::{CancelResult, ExecutionFilter, ExecutionRow, Submitted};
 use shoal_wire as wire;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -55,82 +54,6 @@ pub fn execution(e: &ExecutionRow) -> ApiResult<wire::Execution> {
     })
 }
 
-fn duration_field(name: &str, v: &Option<String>) -> ApiResult<Option<Duration>> {
-    v.as_ref()
-        .map(|t| shoal_core::duration::parse(t).map_err(|m| ApiError::invalid_request(format!("{name}: {m}"))))
-        .transpose()
-}
-
-/// Reads and validates a job file from a sandbox.
-pub(crate) async fn load_job(root: &str, job: &SandboxPath) -> ApiResult<JobSpec> {
-    let root = root.to_owned();
-    let shown = job.to_string();
-    let rel = job.to_relative();
-    let text = tokio::task::spawn_blocking(move || {
-        let dir = open_root(&root)?;
-        let meta = dir.metadata(&rel).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ApiError::unknown_job(format!("no job file `{shown}` in this sandbox")),
-            _ => resolve_error(&shown, e),
-        })?;
-        if meta.len() > shoal_core::job::MAX_JOB_FILE_BYTES as u64 {
-            return Err(ApiError::invalid_job(format!(
-                "job file `{shown}` is over {} bytes",
-                shoal_core::job::MAX_JOB_FILE_BYTES
-            )));
-        }
-        // Bounded: the file may have grown since its size was read.
-        crate::sandboxes::read_job_text(&dir, &rel)
-            .map_err(|e| resolve_error(&shown, e))?
-            .ok_or_else(|| job_too_large(&shown))
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))??;
-    JobSpec::parse(&text).map_err(|e| {
-        ApiError::invalid_job(format!("{}: {}", job, e)).with_details(json!({
-            "file": job.to_string(), "line": e.line, "column": e.column, "message": e.message,
-        }))
-    })
-}
-
-fn job_too_large(shown: &str) -> ApiError {
-    ApiError::invalid_job(format!("job file `{shown}` is over {} bytes", shoal_core::job::MAX_JOB_FILE_BYTES))
-}
-
-/// Refuses a workdir that resolves outside the sandbox root through a symlink. The lexical
-/// check (no `..`, not absolute) is the core's; this one reads the folder, so it is made
-/// where the folder is (the runner checks again right before the job starts, which also
-/// catches a symlink swapped in after submission). A workdir that does not exist yet is
-/// checked as far as it exists.
-async fn check_workdir_resolves_inside(root: &str, workdir: &str) -> Result<(), String> {
-    let (root, workdir) = (std::path::PathBuf::from(root), workdir.to_owned());
-    tokio::task::spawn_blocking(move || {
-        let Ok(real_root) = std::fs::canonicalize(&root) else {
-            // No folder to escape from; the attempt fails at start with a clear message.
-            return Ok(());
-        };
-        let rel = SandboxPath::parse(&workdir).map_err(|e| format!("workdir: {e}"))?;
-        let (mut path, mut existing) = (root.clone(), None);
-        for part in rel.parts() {
-            path.push(part);
-            if std::fs::symlink_metadata(&path).is_err() {
-                break;
-            }
-            existing = Some(path.clone());
-        }
-        let Some(existing) = existing else { return Ok(()) };
-        match std::fs::canonicalize(&existing) {
-            Ok(real) if real.starts_with(&real_root) => Ok(()),
-            Ok(real) => Err(format!(
-                "workdir `{workdir}` resolves to {} through a symlink, outside the sandbox root; it is refused",
-                real.display()
-            )),
-            Err(e) => Err(format!("workdir `{workdir}` cannot be resolved inside the sandbox ({e}); it is refused")),
-        }
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("cannot check workdir: {e}")))
-}
-
 #[utoipa::path(post, path = "/executions", operation_id = "submitExecution", tag = "executions", request_body = wire::SubmitRequest, params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "1 to 255 visible ASCII characters. A request repeated with the same key and body answers the execution the first created (200); with another body 422 `idempotency_key_reused`.")), responses((status = 201, description = "Queued: the execution's row is committed.", body = wire::Execution), (status = 200, description = "Replayed: an earlier request with the same `Idempotency-Key` and body created this execution.", body = wire::Execution)))]
 pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<Response> {
     let (parts, body) = request.into_parts();
@@ -148,180 +71,33 @@ pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<
         }
         None => None,
     };
-    let mut params = crate::jobs::params_from_json(&req.params)?;
-    let sandbox = match &req.sandbox {
-        Some(name) => Some(find(&state, name).await.map_err(|e| {
-            if e.status == StatusCode::NOT_FOUND {
-                ApiError::unknown_sandbox(format!("no sandbox named `{name}`; create it first or check the name"))
-            } else {
-                e
-            }
-        })?),
-        None => None,
-    };
-    let pinned_node = sandbox.as_ref().and_then(|s| match s.kind {
-        SandboxKind::Local => s.node_id.clone(),
-        SandboxKind::Shared | SandboxKind::Partitioned => None,
-    });
-    if let Some(s) = sandbox.as_ref().filter(|s| s.kind == SandboxKind::Partitioned) {
-        return Err(ApiError::invalid_request(format!(
-            "sandbox `{}` is partitioned: keep job files in a shared sandbox and run them with allocation kind `partitioned` and sandbox = \"{}\"",
-            s.name, s.name
-        )));
-    }
-    let (job_path, mut spec) = match (&req.job, &req.command) {
-        (Some(_), Some(_)) => return Err(ApiError::invalid_request("give either `job` or `command`, not both")),
-        (None, None) => {
-            return Err(ApiError::invalid_request(
-                "give `job` (with `sandbox`) to run a job file, or `command` to run a command",
-            ))
-        }
-        (Some(job), None) => {
-            let Some(sandbox) = &sandbox else {
-                return Err(ApiError::invalid_request("`job` needs `sandbox`: the sandbox that holds the job file"));
-            };
-            let inline_only = req.env.is_empty()
-                && req.workdir.is_none()
-                && req.timeout.is_none()
-                && req.retries.is_none()
-                && req.retry_backoff.is_none()
-                && req.on_node_loss.is_none()
-                && req.allocation.is_none()
-                && req.allow_pending.is_none();
-            if !inline_only {
-                return Err(ApiError::invalid_request(
-                    "`env`, `workdir`, `timeout`, `retries`, `retry_backoff`, `on_node_loss`, `allocation` and `allow_pending` are set in the job file, not in the request; only `params` and `priority` go with `job`",
-                ));
-            }
-            if let Some(holder) = held_elsewhere(&state, sandbox) {
-                // The job file is only on its holder: that node reads it and enqueues.
-                let request = axum::extract::Request::from_parts(parts, Body::from(raw.to_string()));
-                return crate::forward::to_sandbox_holder(&state, &sandbox.name, holder, request).await;
-            }
-            let path = SandboxPath::parse(job).map_err(|e| ApiError::invalid_path(e.to_string()))?;
-            let spec = load_job(&sandbox.root, &path).await?;
-            let bound = spec.bind_params(&params).map_err(|e| match &e {
-                ParamError::Missing(_) => ApiError::missing_parameter(e.to_string()),
-                ParamError::Unknown { .. } => ApiError::unknown_parameter(e.to_string()),
-            })?;
-            params = bound.clone();
-            let resolved = spec.resolve(&bound);
-            // The file was valid, so anything wrong now came in through a parameter value.
-            resolved
-                .validate()
-                .map_err(|m| ApiError::invalid_parameter(format!("job `{path}` with these parameters: {m}")))?;
-            if let Some(w) = &resolved.workdir {
-                check_workdir_resolves_inside(&sandbox.root, w)
-                    .await
-                    .map_err(|m| ApiError::invalid_job(format!("job `{path}`: {m}")))?;
-            }
-            (Some(path.to_string()), resolved)
-        }
-        (None, Some(command)) => {
-            if command.is_empty() || command[0].is_empty() {
-                return Err(ApiError::invalid_request("`command` is empty; its first element is the program to run"));
-            }
-            if !params.is_empty() {
-                return Err(ApiError::unknown_parameter(
-                    "an inline command takes no `params`; put the values in `command` or `env`",
-                ));
-            }
-            if let Some(k) = req.env.keys().find(|k| k.is_empty() || k.contains(['=', '\0']) || k.starts_with("SHOAL_"))
-            {
-                return Err(ApiError::invalid_request(format!("invalid environment variable name `{}`; names may not be empty, contain `=` or a NUL byte, or start with `SHOAL_`", k.escape_debug())));
-            }
-            if let Some(w) = &req.workdir {
-                SandboxPath::parse(w).map_err(|e| ApiError::invalid_path(format!("workdir: {e}")))?;
-                if sandbox.is_none() {
-                    return Err(ApiError::invalid_request("`workdir` is relative to a sandbox; give `sandbox` too"));
-                }
-            }
-            let mut spec = RunSpec::inline(command.clone());
-            spec.env = req.env.clone();
-            spec.workdir = req.workdir.clone();
-            spec.timeout_ms = duration_field("timeout", &req.timeout)?.map(|d| d.as_millis() as u64);
-            if spec.timeout_ms == Some(0) {
-                return Err(ApiError::invalid_request("timeout must be more than zero; leave it out for no timeout"));
-            }
-            spec.retries = req.retries.unwrap_or(0);
-            if spec.retries > shoal_core::job::MAX_RETRIES {
-                return Err(ApiError::invalid_request(format!(
-                    "retries is {}; the most allowed is {}",
-                    spec.retries,
-                    shoal_core::job::MAX_RETRIES
-                )));
-            }
-            if let Some(b) = duration_field("retry_backoff", &req.retry_backoff)? {
-                spec.retry_backoff_ms = b.as_millis() as u64;
-            }
-            spec.on_node_loss = req.on_node_loss.map(crate::convert::on_node_loss).unwrap_or_default();
-            spec.allocation = req.allocation.clone().map(crate::convert::allocation).unwrap_or_default();
-            spec.allow_pending = req.allow_pending.unwrap_or(false);
-            spec.validate().map_err(ApiError::invalid_request)?;
-            if let (Some(w), Some(s)) = (&spec.workdir, &sandbox) {
-                // A local sandbox held elsewhere is checked by its holder's runner at start.
-                if held_elsewhere(&state, s).is_none() {
-                    check_workdir_resolves_inside(&s.root, w).await.map_err(ApiError::invalid_request)?;
-                }
-            }
-            (None, spec)
-        }
-    };
-    if let Some(p) = req.priority {
-        spec.priority = p;
-    }
-    if let Allocation::Nodes { nodes } = &spec.allocation {
-        if nodes.is_empty() {
-            return Err(ApiError::invalid_request("allocation `nodes` needs at least one node id"));
-        }
-    }
-    if !spec.allow_pending {
-        check_allocation_targets(&state, &spec.allocation).await?;
-    }
-    let partitioned = match &spec.allocation {
-        Allocation::Partitioned { sandbox: parts } => Some(partitions_of(&state, parts).await?),
-        _ => None,
-    };
-    let new = NewExecution {
-        sandbox: req.sandbox.clone(),
-        job: job_path,
-        params,
-        spec,
-        pinned_node,
+    let submission = Submission {
+        params: crate::jobs::params_from_json(&req.params)?,
+        sandbox: req.sandbox,
+        job: req.job,
+        command: req.command,
+        inline: InlineSettings {
+            env: req.env,
+            workdir: req.workdir,
+            timeout: req.timeout,
+            retries: req.retries,
+            retry_backoff: req.retry_backoff,
+            on_node_loss: req.on_node_loss.map(crate::convert::on_node_loss),
+            allocation: req.allocation.map(crate::convert::allocation),
+            allow_pending: req.allow_pending,
+        },
+        priority: req.priority,
         idempotency,
-        run_after: None,
     };
-    let submitted = match partitioned {
-        None => state.submitter.submit(new).await?,
-        Some((parts, list)) => {
-            if new.pinned_node.is_some() {
-                return Err(ApiError::invalid_request(
-                    "a job of a local sandbox runs on its holder only and cannot be partitioned; keep it in a shared sandbox",
-                ));
-            }
-            let children: Vec<(String, NewExecution)> = list
-                .iter()
-                .map(|p| {
-                    let mut spec = new.spec.clone();
-                    spec.allocation = Allocation::Any;
-                    spec.env.insert("SHOAL_PARTITION".into(), p.name.clone());
-                    spec.env.insert("SHOAL_PARTITION_ROOT".into(), p.root.clone());
-                    spec.env.insert("SHOAL_PARTITIONED_SANDBOX".into(), parts.clone());
-                    let child = NewExecution {
-                        sandbox: new.sandbox.clone(),
-                        job: new.job.clone(),
-                        params: new.params.clone(),
-                        spec,
-                        pinned_node: Some(p.node.clone()),
-                        idempotency: None,
-                        run_after: None,
-                    };
-                    (p.name.clone(), child)
-                })
-                .collect();
-            state.store.submit_partitioned(&new, &children).await?
+    let plan = match submission::prepare(&state.store, &state.node.id, submission).await? {
+        Prepared::Ready(plan) => plan,
+        Prepared::Elsewhere { sandbox, holder } => {
+            // The job file is only on its holder: that node reads it and enqueues.
+            let request = axum::extract::Request::from_parts(parts, Body::from(raw.to_string()));
+            return crate::forward::to_sandbox_holder(&state, &sandbox, &holder, request).await;
         }
     };
+    let submitted = plan.submit(&state.store, &state.submitter).await?;
     state.engine.wake();
     match submitted {
         Submitted::Created(row) => {
@@ -337,67 +113,6 @@ pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<
             let mut r = (StatusCode::OK, Json(execution(&row)?)).into_response();
             r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             Ok(r)
-        }
-    }
-}
-
-/// The partitions a `partitioned` allocation runs on: its sandbox must exist and be partitioned.
-async fn partitions_of(state: &crate::AppState, name: &str) -> ApiResult<(String, Vec<shoal_core::Partition>)> {
-    let s = state.store.get_sandbox(name).await?.ok_or_else(|| {
-        ApiError::unknown_sandbox(format!("allocation `partitioned` names sandbox `{name}`, which does not exist"))
-    })?;
-    if s.kind != SandboxKind::Partitioned {
-        return Err(ApiError::invalid_request(format!(
-            "allocation `partitioned` names sandbox `{name}`, which is {}, not partitioned",
-            s.kind
-        )));
-    }
-    Ok((s.name, s.partitions))
-}
-
-/// Refuses an allocation no node of the cluster could ever take (a misspelt node id or tag),
-/// rather than queueing work that would wait forever. Nodes that are registered but down
-/// count: their work waits for them.
-async fn check_allocation_targets(state: &crate::AppState, allocation: &Allocation) -> ApiResult<()> {
-    let known = || async { state.store.list_nodes().await.map_err(ApiError::from) };
-    match allocation {
-        Allocation::Any => Ok(()),
-        Allocation::Partitioned { sandbox } => {
-            let known = known().await?;
-            let (_, parts) = partitions_of(state, sandbox).await?;
-            match parts.iter().find(|p| !known.iter().any(|k| k.id == p.node)) {
-                None => Ok(()),
-                Some(p) => Err(ApiError::unknown_node(format!(
-                    "partition `{}` of sandbox `{sandbox}` is on node `{}`, which has never joined the cluster; fix the sandbox, or set allow_pending = true to queue until it joins",
-                    p.name, p.node
-                ))),
-            }
-        }
-        Allocation::Nodes { nodes } => {
-            let known = known().await?;
-            match nodes.iter().find(|n| !known.iter().any(|k| &k.id == *n)) {
-                None => Ok(()),
-                Some(missing) => Err(ApiError::unknown_node(format!(
-                    "allocation names node `{missing}`, which has never joined the cluster (known nodes: {}); fix the id, or set allow_pending = true to queue until it joins",
-                    known.iter().map(|k| k.id.as_str()).collect::<Vec<_>>().join(", ")
-                ))),
-            }
-        }
-        Allocation::Tags { tags } => {
-            let known = known().await?;
-            if known.iter().any(|k| tags.iter().all(|t| k.tags.contains(t))) {
-                return Ok(());
-            }
-            let missing: Vec<&str> =
-                tags.iter().filter(|t| !known.iter().any(|k| k.tags.contains(t))).map(String::as_str).collect();
-            let what = if missing.is_empty() {
-                format!("no node carries all of the tags {}", tags.join(", "))
-            } else {
-                format!("no node carries the tag `{}`", missing.join("`, `"))
-            };
-            Err(ApiError::unknown_tag(format!(
-                "allocation needs {what}; fix the tags, or set allow_pending = true to queue until such a node joins"
-            )))
         }
     }
 }

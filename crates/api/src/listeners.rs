@@ -108,7 +108,7 @@ fn on_cluster(b: &OnClusterBody) -> ApiResult<OnCluster> {
 /// Checks a file listener's sandbox and pattern. The pattern's syntax is checked by the
 /// server's file watcher through [`crate::Engine::check_file_pattern`].
 async fn check_file_source(state: &crate::AppState, f: &OnFile) -> ApiResult<()> {
-    jobs::sandbox(&state.store, &f.sandbox, "on_file").await?;
+    shoal_service::jobs::sandbox(&state.store, &f.sandbox, "on_file").await?;
     state.engine.check_file_pattern(&f.pattern).map_err(|(leaves, m)| {
         if leaves {
             ApiError::invalid_path(format!("on_file.pattern: {m}"))
@@ -141,7 +141,7 @@ async fn definition(
     let config = match kind {
         ListenerKind::Job => {
             let j = on_job(b.on_job.as_ref().ok_or_else(|| missing("on_job"))?)?;
-            let s = jobs::sandbox(&state.store, &j.sandbox, "on_job").await?;
+            let s = shoal_service::jobs::sandbox(&state.store, &j.sandbox, "on_job").await?;
             shoal_core::SandboxPath::parse(&j.job).map_err(|e| ApiError::invalid_path(format!("on_job.job: {e}")))?;
             drop(s);
             serde_json::to_string(&j)
@@ -150,9 +150,9 @@ async fn definition(
             let f = on_file(b.on_file.as_ref().ok_or_else(|| missing("on_file"))?)?;
             check_file_source(state, &f).await?;
             // One node must both see the folder and read the job file.
-            let watched = jobs::sandbox(&state.store, &f.sandbox, "on_file").await?;
+            let watched = shoal_service::jobs::sandbox(&state.store, &f.sandbox, "on_file").await?;
             if let Some(job_sandbox) = &b.sandbox {
-                let runs = jobs::sandbox(&state.store, job_sandbox, "the listener").await?;
+                let runs = shoal_service::jobs::sandbox(&state.store, job_sandbox, "the listener").await?;
                 let holder = |s: &shoal_store::SandboxRow| match s.kind {
                     shoal_core::SandboxKind::Local => s.node_id.clone(),
                     _ => None,
@@ -597,8 +597,8 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
     if let Some(seen) = state.store.get_event(&listener.id, &key).await? {
         return replayed(&seen);
     }
-    let s = jobs::sandbox(&state.store, &listener.sandbox, "the webhook").await?;
-    if !jobs::readable_here(&s, &state.node.id) {
+    let s = shoal_service::jobs::sandbox(&state.store, &listener.sandbox, "the webhook").await?;
+    if !shoal_service::jobs::readable_here(&s, &state.node.id) {
         let holder = s.node_id.clone().unwrap_or_default();
         let request = Request::from_parts(parts, Body::from(bytes));
         return crate::forward::to_sandbox_holder(&state, &s.name, &holder, request).await;
@@ -610,7 +610,7 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
     let (execution, reason) = if listener.enabled {
         let params = event_params(&listener.params, &values, &|n| payload_field(&payload, n))
             .map_err(|m| ApiError::invalid_parameter(format!("webhook `{name}`: {m}")))?;
-        let job = jobs::load(s, &listener.job).await?;
+        let job = shoal_service::jobs::load(s, &listener.job).await?;
         (Some(job.execution(&params)?), None)
     } else {
         (None, Some("disabled".to_owned()))

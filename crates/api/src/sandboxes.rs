@@ -198,22 +198,6 @@ pub async fn delete(state: State, Path(name): Path<String>) -> ApiResult<StatusC
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Reads a job file of at most [`shoal_core::job::MAX_JOB_FILE_BYTES`] bytes; `None` if it is
-/// larger. Never reads more than one byte past the limit, whatever the file's size, so a
-/// huge file (or one that grows while it is read) costs no memory.
-pub(crate) fn read_job_text(dir: &cap_std::fs::Dir, rel: &std::path::Path) -> std::io::Result<Option<String>> {
-    use std::io::Read;
-    let limit = shoal_core::job::MAX_JOB_FILE_BYTES;
-    let mut bytes = Vec::new();
-    dir.open(rel)?.into_std().take(limit as u64 + 1).read_to_end(&mut bytes)?;
-    if bytes.len() > limit {
-        return Ok(None);
-    }
-    String::from_utf8(bytes)
-        .map(Some)
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "the job file is not valid UTF-8"))
-}
-
 /// Every `*.toml` under the sandbox's `jobs/` folder, and whether it is a valid job. A file
 /// over the size limit is listed as invalid without being read.
 #[utoipa::path(get, path = "/sandboxes/{name}/jobs", operation_id = "listSandboxJobs", tag = "sandboxes", params(("name" = String, Path, description = "Sandbox name.")), responses((status = 200, description = "The `*.toml` files under the sandbox's `jobs/` folder.", body = wire::JobList)))]
@@ -247,7 +231,7 @@ pub async fn jobs(state: State, Path(name): Path<String>, request: Request) -> A
                     };
                     let text = match entry.metadata() {
                         Ok(m) if m.len() > limit as u64 => Err(too_large(Some(m.len()))),
-                        Ok(_) => match read_job_text(&dir, &path) {
+                        Ok(_) => match shoal_service::job_file::read_text(&dir, &path) {
                             Ok(Some(t)) => Ok(t),
                             Ok(None) => Err(too_large(None)),
                             Err(e) => Err(e.to_string()),

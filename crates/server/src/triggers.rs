@@ -17,10 +17,10 @@ use crate::cluster::Cluster;
 use crate::filewatch::{self, FileEventKind, Pattern, Settler};
 use crate::workers::Step;
 use parking_lot::Mutex;
-use shoal_api::jobs::{self, JobRef};
 use shoal_cluster::keys;
 use shoal_core::listener::{event_params, ListenerKind, OnCluster, OnFile, OnJob};
 use shoal_core::schedule::{due_firings, on_overlap, CronSpec, Misfire, Overlap, OverlapDecision, SkipReason};
+use shoal_service::jobs::{self, JobRef};
 use shoal_store::{
     CursorMove, FireContext, FireDecision, FiringOutcome, ListenerRow, NewEvent, NewFiring, SandboxRow, ScheduleRow,
     Store,
@@ -155,7 +155,7 @@ pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>
     let plan = due_firings(spec, Some(s.last_fire_at), ctx.now, s.misfire_threshold_ms, misfire);
     let mut d = FireDecision { covered_to: plan.last_covered(), ..FireDecision::default() };
     let execution = |fire_at: i64| match job {
-        Ok(j) => j.execution(&spec.firing_params(&s.params, fire_at)).map_err(|e| e.message).map(|mut e| {
+        Ok(j) => j.execution(&spec.firing_params(&s.params, fire_at)).map_err(|e| e.to_string()).map(|mut e| {
             // Claimed ahead: not claimable by any node before its firing time.
             if fire_at > ctx.now {
                 e.run_after = Some(fire_at);
@@ -463,7 +463,7 @@ impl Triggers {
                 continue;
             }
             let loaded = match st.sandboxes.get(&row.sandbox) {
-                Some(s) => jobs::load(s.clone(), &row.job).await.map_err(|e| e.message),
+                Some(s) => jobs::load(s.clone(), &row.job).await.map_err(|e| e.to_string()),
                 None => Err(format!("sandbox `{}` no longer exists", row.sandbox)),
             };
             jobs_cache.insert((row.sandbox.as_str(), row.job.as_str()), loaded);
@@ -603,7 +603,7 @@ impl Triggers {
 
     async fn job_of(&self, l: &ListenerRow, sandbox: Option<SandboxRow>) -> Result<JobRef, String> {
         match sandbox {
-            Some(s) => jobs::load(s, &l.job).await.map_err(|e| e.message),
+            Some(s) => jobs::load(s, &l.job).await.map_err(|e| e.to_string()),
             None => Err(format!("sandbox `{}` no longer exists", l.sandbox)),
         }
     }
@@ -624,7 +624,7 @@ impl Triggers {
                 return (None, Some("job_error".into()));
             }
         };
-        match event_params(&l.params, values, &|_| None).and_then(|p| job.execution(&p).map_err(|e| e.message)) {
+        match event_params(&l.params, values, &|_| None).and_then(|p| job.execution(&p).map_err(|e| e.to_string())) {
             Ok(e) => (Some(e), None),
             Err(m) => {
                 tracing::warn!(listener = %l.name, error = %m, "an event could not start its job");
