@@ -238,7 +238,7 @@ pub fn listener(l: &ListenerRow) -> ApiResult<wire::Listener> {
     match kind {
         wire::ListenerKind::Job => {
             let j: OnJob = serde_json::from_str(&l.config).map_err(bad_config)?;
-            let states = j.states.into_iter().map(convert::exec_state).collect();
+            let states = j.states;
             v.on_job = Some(wire::OnJob { sandbox: j.sandbox, job: j.job, states });
         }
         wire::ListenerKind::File => {

@@ -54,7 +54,7 @@ async fn partitions(state: &crate::AppState, raw: Option<Vec<RawPartition>>) -> 
 pub fn sandbox(s: &SandboxRow) -> wire::Sandbox {
     wire::Sandbox {
         name: s.name.clone(),
-        kind: crate::convert::sandbox_kind(s.kind),
+        kind: s.kind,
         root: s.root.clone(),
         node: s.node_id.clone(),
         partitions: s

@@ -31,31 +31,9 @@ pub enum JobKind {
     Noop,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum OnNodeLoss {
-    /// Run the execution again on another eligible node (the default).
-    #[default]
-    Retry,
-    /// Fail the execution with reason `node_lost`.
-    Fail,
-}
-
-/// Where an execution may run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Allocation {
-    /// Any node with a free slot.
-    #[default]
-    Any,
-    /// One of these nodes.
-    Nodes { nodes: Vec<String> },
-    /// A node carrying every one of these tags.
-    Tags { tags: Vec<String> },
-    /// One child execution per partition of this partitioned sandbox, each on the node that
-    /// holds its partition; the execution itself finishes when all children have.
-    Partitioned { sandbox: String },
-}
+/// What happens to a running attempt whose node dies, and where an execution may run: the
+/// wire's enums, carried unchanged from a request to the stored spec.
+pub use shoal_wire::{Allocation, OnNodeLoss};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParamSpec {

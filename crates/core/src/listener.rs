@@ -11,39 +11,8 @@ use crate::ExecState;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ListenerKind {
-    /// An execution of a job reached a state.
-    Job,
-    /// Files matching a pattern appeared, changed or vanished in a sandbox folder.
-    File,
-    /// A signed HTTP POST to `/api/v1/hooks/{name}`.
-    Webhook,
-    /// A node joined, left or died.
-    Cluster,
-}
-
-impl ListenerKind {
-    pub fn parse(s: &str) -> Option<ListenerKind> {
-        match s {
-            "job" => Some(ListenerKind::Job),
-            "file" => Some(ListenerKind::File),
-            "webhook" => Some(ListenerKind::Webhook),
-            "cluster" => Some(ListenerKind::Cluster),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ListenerKind::Job => "job",
-            ListenerKind::File => "file",
-            ListenerKind::Webhook => "webhook",
-            ListenerKind::Cluster => "cluster",
-        }
-    }
-}
+/// What a listener listens for (the wire's enum).
+pub use shoal_wire::ListenerKind;
 
 /// A job listener: executions of `sandbox`/`job` reaching one of `states`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,47 +2,9 @@
 //! partitions of a partitioned sandbox.
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SandboxKind {
-    /// The same content at the same path on every node (a shared mount).
-    Shared,
-    /// Lives on one node; only that node runs its jobs and serves its files.
-    Local,
-    /// Several parts, each a folder on one node; a partitioned execution runs one child per
-    /// part, on the part's node.
-    Partitioned,
-}
-
-impl SandboxKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SandboxKind::Shared => "shared",
-            SandboxKind::Local => "local",
-            SandboxKind::Partitioned => "partitioned",
-        }
-    }
-
-    pub fn parse(text: &str) -> Result<SandboxKind, String> {
-        match text {
-            "shared" => Ok(SandboxKind::Shared),
-            "local" => Ok(SandboxKind::Local),
-            "partitioned" => Ok(SandboxKind::Partitioned),
-            "replicated" => Err(format!(
-                "sandbox kind `{text}` is not supported by this version yet; use `shared`, `local` or `partitioned`"
-            )),
-            other => Err(format!("unknown sandbox kind `{other}`; use `shared`, `local` or `partitioned`")),
-        }
-    }
-}
-
-impl fmt::Display for SandboxKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Where a sandbox's files live, and so which nodes can use them (the wire's enum).
+pub use shoal_wire::SandboxKind;
 
 /// One part of a partitioned sandbox: a folder on one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,99 +1,18 @@
 //! The execution state machine: what an attempt's outcome means for its execution.
 
 use crate::job::{OnNodeLoss, RunSpec};
-use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::time::Duration;
 
 /// Attempts lost to dead nodes that are re-run before an execution fails anyway; guards
 /// against a job that takes down every node it lands on.
 pub const MAX_NODE_LOSS_RETRIES: u32 = 20;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExecState {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    TimedOut,
-}
-
-impl ExecState {
-    pub const ALL: [ExecState; 6] = [
-        ExecState::Queued,
-        ExecState::Running,
-        ExecState::Succeeded,
-        ExecState::Failed,
-        ExecState::Cancelled,
-        ExecState::TimedOut,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExecState::Queued => "queued",
-            ExecState::Running => "running",
-            ExecState::Succeeded => "succeeded",
-            ExecState::Failed => "failed",
-            ExecState::Cancelled => "cancelled",
-            ExecState::TimedOut => "timed_out",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<ExecState> {
-        ExecState::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-
-    pub fn is_final(self) -> bool {
-        !matches!(self, ExecState::Queued | ExecState::Running)
-    }
-}
-
-impl fmt::Display for ExecState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Why an execution is in its state: a stable code for scripts, beside a human message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReasonCode {
-    /// Waiting for a slot.
-    Submitted,
-    /// Waiting for its retry backoff to pass.
-    RetryScheduled,
-    /// Started on a node.
-    Started,
-    /// The process exited with a code (0 for success).
-    Exited,
-    /// The process was killed by a signal it was not sent by shoal.
-    Signaled,
-    Timeout,
-    Cancelled,
-    /// The node running the attempt died or lost its lease.
-    NodeLost,
-    /// The node stopped or drained past its deadline and gave the attempt back to be run
-    /// elsewhere.
-    HandedBack,
-}
-
-impl ReasonCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReasonCode::Submitted => "submitted",
-            ReasonCode::RetryScheduled => "retry_scheduled",
-            ReasonCode::Started => "started",
-            ReasonCode::Exited => "exited",
-            ReasonCode::Signaled => "signaled",
-            ReasonCode::Timeout => "timeout",
-            ReasonCode::Cancelled => "cancelled",
-            ReasonCode::NodeLost => "node_lost",
-            ReasonCode::HandedBack => "handed_back",
-        }
-    }
-}
+/// Why an execution is in its state: a stable code for scripts, beside a human message (the
+/// wire's `ExecutionReason`).
+pub use shoal_wire::ExecutionReason as ReasonCode;
+/// Where an execution is in its life: the wire's enum (`shoal_wire::ExecutionState`), so the
+/// state a row holds is the state the API shows, one type from store to client.
+pub use shoal_wire::ExecutionState as ExecState;
 
 /// How one attempt ended.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -76,6 +76,23 @@ pub enum ExecutionReason {
     Partitions,
 }
 
+impl ExecutionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionReason::Submitted => "submitted",
+            ExecutionReason::RetryScheduled => "retry_scheduled",
+            ExecutionReason::Started => "started",
+            ExecutionReason::Exited => "exited",
+            ExecutionReason::Signaled => "signaled",
+            ExecutionReason::Timeout => "timeout",
+            ExecutionReason::Cancelled => "cancelled",
+            ExecutionReason::NodeLost => "node_lost",
+            ExecutionReason::HandedBack => "handed_back",
+            ExecutionReason::Partitions => "partitions",
+        }
+    }
+}
+
 /// What an execution runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -19,6 +19,12 @@ pub enum ListenerKind {
 }
 
 impl ListenerKind {
+    pub fn parse(s: &str) -> Option<ListenerKind> {
+        [ListenerKind::Job, ListenerKind::File, ListenerKind::Webhook, ListenerKind::Cluster]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ListenerKind::Job => "job",

@@ -15,6 +15,35 @@ pub enum SandboxKind {
     Partitioned,
 }
 
+impl SandboxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxKind::Shared => "shared",
+            SandboxKind::Local => "local",
+            SandboxKind::Partitioned => "partitioned",
+        }
+    }
+
+    /// A kind from its name; the error says which names there are.
+    pub fn parse(text: &str) -> Result<SandboxKind, String> {
+        match text {
+            "shared" => Ok(SandboxKind::Shared),
+            "local" => Ok(SandboxKind::Local),
+            "partitioned" => Ok(SandboxKind::Partitioned),
+            "replicated" => Err(format!(
+                "sandbox kind `{text}` is not supported by this version yet; use `shared`, `local` or `partitioned`"
+            )),
+            other => Err(format!("unknown sandbox kind `{other}`; use `shared`, `local` or `partitioned`")),
+        }
+    }
+}
+
+impl std::fmt::Display for SandboxKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A registered sandbox.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Sandbox {
