@@ -24,3 +24,22 @@ pub fn named<T: serde::de::DeserializeOwned>(what: &str, name: &str) -> ApiResul
     serde_json::from_value(serde_json::Value::String(name.to_owned()))
         .map_err(|_| ApiError::internal(format!("the store holds {what} `{name}`, which this version does not know")))
 }
+
+pub fn misfire(m: shoal_core::schedule::Misfire) -> (wire::MisfirePolicy, Option<i64>) {
+    use shoal_core::schedule::Misfire as M;
+    match m {
+        M::Skip => (wire::MisfirePolicy::Skip, None),
+        M::Once => (wire::MisfirePolicy::Once, None),
+        M::All { max } => (wire::MisfirePolicy::All, Some(i64::from(max))),
+    }
+}
+
+pub fn overlap(o: shoal_core::schedule::Overlap) -> wire::OverlapPolicy {
+    use shoal_core::schedule::Overlap as O;
+    match o {
+        O::Allow => wire::OverlapPolicy::Allow,
+        O::Skip => wire::OverlapPolicy::Skip,
+        O::Queue => wire::OverlapPolicy::Queue,
+        O::Replace => wire::OverlapPolicy::Replace,
+    }
+}

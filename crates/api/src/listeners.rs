@@ -202,21 +202,12 @@ async fn definition(
     }
     let params = jobs::params_from_json(&b.params.clone().unwrap_or_default())?;
     check_templates(kind, &params).map_err(ApiError::invalid_parameter)?;
-    Ok(ListenerDef {
-        name,
-        kind: kind.as_str().to_owned(),
-        sandbox,
-        job,
-        params,
-        config,
-        secret,
-        enabled: b.enabled.unwrap_or(true),
-    })
+    Ok(ListenerDef { name, kind, sandbox, job, params, config, secret, enabled: b.enabled.unwrap_or(true) })
 }
 
 /// A listener row as the API shows it (never with its secret).
 pub fn listener(l: &ListenerRow) -> ApiResult<wire::Listener> {
-    let kind: wire::ListenerKind = convert::named("listener kind", &l.kind)?;
+    let kind = l.kind;
     let bad_config =
         |e: serde_json::Error| ApiError::internal(format!("listener `{}` has a bad stored config: {e}", l.name));
     let mut v = wire::Listener {
@@ -333,12 +324,12 @@ pub async fn patch(state: State, Path(reference): Path<String>, request: Request
     let (parts, body) = request.into_parts();
     let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
     let old = find(&state, &reference).await?;
-    if b.name.as_ref().is_some_and(|n| *n != old.name) || b.kind.as_ref().is_some_and(|k| *k != old.kind) {
+    if b.name.as_ref().is_some_and(|n| *n != old.name) || b.kind.as_ref().is_some_and(|k| k != old.kind.as_str()) {
         return Err(ApiError::invalid_request(
             "a listener's name and kind cannot change; create a new listener instead",
         ));
     }
-    let kind = ListenerKind::parse(&old.kind).ok_or_else(|| ApiError::internal("stored listener kind is unknown"))?;
+    let kind = old.kind;
     let config: Value = serde_json::from_str(&old.config).unwrap_or(Value::Null);
     let merged = Body_ {
         name: None,
@@ -561,7 +552,7 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
         .store
         .get_listener(&name)
         .await?
-        .filter(|l| l.kind == "webhook" && l.name == name)
+        .filter(|l| l.kind == ListenerKind::Webhook && l.name == name)
         .ok_or_else(|| ApiError::unknown_hook(format!("no webhook named `{name}`")))?;
     let now = state.store.now_ms().await?;
     let delivery = hook_delivery(&parts.headers)?;

@@ -80,13 +80,9 @@ fn definition(b: &Body_, name: String) -> ApiResult<(ScheduleDef, CronSpec)> {
         cron: spec.expr().to_owned(),
         timezone: spec.tz_name().to_owned(),
         enabled: b.enabled.unwrap_or(true),
-        misfire: misfire.as_str().to_owned(),
-        misfire_max: match misfire {
-            Misfire::All { max } => Some(i64::from(max)),
-            _ => None,
-        },
+        misfire,
         misfire_threshold_ms: threshold,
-        overlap: overlap.as_str().to_owned(),
+        overlap,
     };
     Ok((def, spec))
 }
@@ -104,10 +100,10 @@ pub fn schedule(s: &ScheduleRow) -> ApiResult<wire::Schedule> {
         cron: s.cron.clone(),
         timezone: s.timezone.clone(),
         enabled: s.enabled,
-        misfire: crate::convert::named("misfire policy", &s.misfire)?,
-        misfire_max: s.misfire_max,
+        misfire: crate::convert::misfire(s.misfire).0,
+        misfire_max: crate::convert::misfire(s.misfire).1,
         misfire_threshold_ms: s.misfire_threshold_ms,
-        overlap: crate::convert::named("overlap policy", &s.overlap)?,
+        overlap: crate::convert::overlap(s.overlap),
         last_fire_time: (s.last_fire_at > s.created_at).then(|| crate::rfc3339(s.last_fire_at)),
         next_fire_time: next.map(crate::rfc3339),
         last_execution: s.last_execution_id.clone(),
@@ -189,10 +185,13 @@ pub async fn patch(state: State, Path(reference): Path<String>, request: Request
         cron: b.cron.or(Some(old.cron.clone())),
         timezone: b.timezone.or(Some(old.timezone.clone())),
         enabled: b.enabled.or(Some(old.enabled)),
-        misfire: b.misfire.or(Some(old.misfire.clone())),
-        misfire_max: b.misfire_max.or(if misfire_changed { None } else { old.misfire_max.map(|m| m as u32) }),
+        misfire: b.misfire.or(Some(old.misfire.as_str().to_owned())),
+        misfire_max: b.misfire_max.or(match old.misfire {
+            Misfire::All { max } if !misfire_changed => Some(max),
+            _ => None,
+        }),
         misfire_threshold: b.misfire_threshold.or(Some(format!("{}ms", old.misfire_threshold_ms))),
-        overlap: b.overlap.or(Some(old.overlap.clone())),
+        overlap: b.overlap.or(Some(old.overlap.as_str().to_owned())),
     };
     let (def, _) = definition(&merged, old.name.clone())?;
     if let Some(holder) = jobs::check_job(&state, &def.sandbox, &def.job, &def.params, "the schedule").await? {

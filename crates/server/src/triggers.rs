@@ -19,7 +19,7 @@ use crate::workers::Step;
 use parking_lot::Mutex;
 use shoal_cluster::keys;
 use shoal_core::listener::{event_params, ListenerKind, OnCluster, OnFile, OnJob};
-use shoal_core::schedule::{due_firings, on_overlap, CronSpec, Misfire, Overlap, OverlapDecision, SkipReason};
+use shoal_core::schedule::{due_firings, on_overlap, CronSpec, Overlap, OverlapDecision, SkipReason};
 use shoal_service::jobs::{self, JobRef};
 use shoal_store::{
     CursorMove, FireContext, FireDecision, FiringOutcome, ListenerRow, NewEvent, NewFiring, SandboxRow, ScheduleRow,
@@ -149,9 +149,7 @@ pub fn owner<'a>(live: &'a [String], key: &str) -> Option<&'a str> {
 /// transaction with the schedule locked (see `Store::fire_schedules`).
 pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>, lead_ms: i64) -> FireDecision {
     let s = ctx.schedule;
-    let misfire =
-        Misfire::parse(&s.misfire, s.misfire_max.map(|m| m.clamp(1, u32::MAX as i64) as u32)).unwrap_or(Misfire::Once);
-    let overlap = Overlap::parse(&s.overlap).unwrap_or_default();
+    let (misfire, overlap) = (s.misfire, s.overlap);
     let plan = due_firings(spec, Some(s.last_fire_at), ctx.now, s.misfire_threshold_ms, misfire);
     let mut d = FireDecision { covered_to: plan.last_covered(), ..FireDecision::default() };
     let execution = |fire_at: i64| match job {
@@ -440,7 +438,7 @@ impl Triggers {
                 continue;
             }
             let Some(next) = e.next else { continue };
-            let ahead = e.row.enabled && e.row.overlap == "allow";
+            let ahead = e.row.enabled && e.row.overlap == Overlap::Allow;
             let at = match (e.mine, ahead) {
                 (true, true) => next - lead,
                 (true, false) => next,
@@ -552,7 +550,7 @@ impl Triggers {
         let listeners = st.listeners.clone();
         let mut busy = false;
         for l in &listeners {
-            let Some(kind) = ListenerKind::parse(&l.kind) else { continue };
+            let kind = l.kind;
             let job_sandbox = st.sandboxes.get(&l.sandbox).cloned();
             let readable = job_sandbox.as_ref().is_some_and(|s| jobs::readable_here(s, &self.node));
             let result = match kind {
@@ -824,6 +822,7 @@ pub fn spawn_workers(triggers: &Arc<Triggers>, workers: &crate::workers::Workers
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoal_core::schedule::Misfire;
     use shoal_core::ExecState;
 
     fn schedule(overlap: &str, misfire: &str, enabled: bool) -> ScheduleRow {
@@ -836,10 +835,9 @@ mod tests {
             cron: "* * * * * *".into(),
             timezone: "UTC".into(),
             enabled,
-            misfire: misfire.into(),
-            misfire_max: None,
+            misfire: Misfire::parse(misfire, None).unwrap(),
             misfire_threshold_ms: 60_000,
-            overlap: overlap.into(),
+            overlap: Overlap::parse(overlap).unwrap(),
             last_fire_at: 1_000_000,
             last_execution_id: Some("e0".into()),
             created_at: 0,

@@ -11,6 +11,7 @@ use crate::db::{query_one, Row, Tx};
 use crate::executions::insert_executions;
 use crate::schedules::def_params;
 use crate::{NewExecution, Result, Store, StoreError};
+use shoal_core::listener::ListenerKind;
 use shoal_core::{ExecState, ExecutionId};
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 pub struct ListenerRow {
     pub id: String,
     pub name: String,
-    pub kind: String,
+    pub kind: ListenerKind,
     pub sandbox: String,
     pub job: String,
     pub params: BTreeMap<String, String>,
@@ -36,7 +37,7 @@ pub struct ListenerRow {
 #[derive(Clone, Debug)]
 pub struct ListenerDef {
     pub name: String,
-    pub kind: String,
+    pub kind: ListenerKind,
     pub sandbox: String,
     pub job: String,
     pub params: BTreeMap<String, String>,
@@ -117,7 +118,11 @@ fn listener_row(r: &Row) -> Result<ListenerRow> {
     Ok(ListenerRow {
         id: r.text(0)?,
         name: r.text(1)?,
-        kind: r.text(2)?,
+        kind: {
+            let kind = r.text(2)?;
+            ListenerKind::parse(&kind)
+                .ok_or_else(|| StoreError::Internal(format!("stored listener has unknown kind `{kind}`")))?
+        },
         sandbox: r.text(3)?,
         job: r.text(4)?,
         params: serde_json::from_str(&r.text(5)?)

@@ -10,8 +10,17 @@
 use crate::db::{query_one, Row, Tx, Value};
 use crate::executions::{insert_executions, values_list, BATCH_ROWS};
 use crate::{NewExecution, Result, Store, StoreError};
+use shoal_core::schedule::{Misfire, Overlap};
 use shoal_core::{ExecState, ExecutionId};
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The stored `misfire_max` column: `all`'s count, else NULL.
+fn misfire_max(m: Misfire) -> Option<i64> {
+    match m {
+        Misfire::All { max } => Some(i64::from(max)),
+        Misfire::Skip | Misfire::Once => None,
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScheduleRow {
@@ -23,10 +32,10 @@ pub struct ScheduleRow {
     pub cron: String,
     pub timezone: String,
     pub enabled: bool,
-    pub misfire: String,
-    pub misfire_max: Option<i64>,
+    /// The misfire policy, with `all`'s count.
+    pub misfire: Misfire,
     pub misfire_threshold_ms: i64,
-    pub overlap: String,
+    pub overlap: Overlap,
     /// The newest firing time recorded (run or skipped), or the time the schedule was
     /// created: firings after it are due.
     pub last_fire_at: i64,
@@ -45,10 +54,9 @@ pub struct ScheduleDef {
     pub cron: String,
     pub timezone: String,
     pub enabled: bool,
-    pub misfire: String,
-    pub misfire_max: Option<i64>,
+    pub misfire: Misfire,
     pub misfire_threshold_ms: i64,
-    pub overlap: String,
+    pub overlap: Overlap,
 }
 
 /// What became of a firing time.
@@ -145,10 +153,13 @@ fn schedule_row(r: &Row) -> Result<ScheduleRow> {
         cron: r.text(5)?,
         timezone: r.text(6)?,
         enabled: r.i64(7)? != 0,
-        misfire: r.text(8)?,
-        misfire_max: r.opt_i64(9)?,
+        misfire: {
+            let (name, max) = (r.text(8)?, r.opt_i64(9)?);
+            Misfire::parse(&name, max.map(|m| m.clamp(0, i64::from(u32::MAX)) as u32))
+                .map_err(|e| StoreError::Internal(format!("stored schedule has {e}")))?
+        },
         misfire_threshold_ms: r.i64(10)?,
-        overlap: r.text(11)?,
+        overlap: Overlap::parse(&r.text(11)?).map_err(|e| StoreError::Internal(format!("stored schedule has {e}")))?,
         last_fire_at: r.i64(12)?,
         last_execution_id: r.opt_text(13)?,
         created_at: r.i64(14)?,
@@ -207,7 +218,7 @@ impl Store {
                 def.timezone.as_str().into(),
                 i64::from(def.enabled).into(),
                 def.misfire.as_str().into(),
-                def.misfire_max.into(),
+                misfire_max(def.misfire).into(),
                 def.misfire_threshold_ms.into(),
                 def.overlap.as_str().into(),
             ],
@@ -259,7 +270,7 @@ impl Store {
                 def.timezone.as_str().into(),
                 i64::from(def.enabled).into(),
                 def.misfire.as_str().into(),
-                def.misfire_max.into(),
+                misfire_max(def.misfire).into(),
                 def.misfire_threshold_ms.into(),
                 def.overlap.as_str().into(),
                 // A new expression or time zone starts from now too: the old one's due

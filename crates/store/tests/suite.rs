@@ -605,10 +605,9 @@ fn schedule_def(name: &str) -> shoal_store::ScheduleDef {
         cron: "* * * * * *".into(),
         timezone: "UTC".into(),
         enabled: true,
-        misfire: "once".into(),
-        misfire_max: None,
+        misfire: shoal_core::schedule::Misfire::Once,
         misfire_threshold_ms: 60_000,
-        overlap: "allow".into(),
+        overlap: shoal_core::schedule::Overlap::Allow,
     }
 }
 
@@ -667,7 +666,7 @@ async fn an_event_is_recorded_once_and_its_cursor_moves_by_compare_and_set(f: Fi
         .store
         .create_listener(&shoal_store::ListenerDef {
             name: "files".into(),
-            kind: "file".into(),
+            kind: shoal_core::listener::ListenerKind::File,
             sandbox: "s".into(),
             job: "j.toml".into(),
             params: BTreeMap::new(),
