@@ -32,7 +32,7 @@ pub fn execution(e: &ExecutionRow) -> ApiResult<wire::Execution> {
         kind,
         command,
         state: e.state,
-        reason: crate::convert::named("execution reason", &e.reason)?,
+        reason: e.reason,
         message: e.message.clone(),
         exit_code: e.exit_code,
         signal: e.signal,

@@ -11,7 +11,7 @@ use crate::db::{query_one, Dialect, Row, Tx, Value};
 use crate::{Result, Store, StoreError};
 use shoal_core::placement::{eligible, NodeView};
 use shoal_core::state::{decide, Decision, Outcome};
-use shoal_core::{ExecState, ExecutionId, FencingToken, RunSpec};
+use shoal_core::{ExecState, ExecutionId, FencingToken, ReasonCode, RunSpec};
 use std::collections::{BTreeMap, HashMap};
 
 #[derive(Clone, Debug)]
@@ -43,7 +43,7 @@ pub struct ExecutionRow {
     pub params: BTreeMap<String, String>,
     pub spec: RunSpec,
     pub state: ExecState,
-    pub reason: String,
+    pub reason: ReasonCode,
     pub message: String,
     pub exit_code: Option<i64>,
     pub signal: Option<i64>,
@@ -176,7 +176,11 @@ fn execution_row(r: &Row) -> Result<ExecutionRow> {
         params: serde_json::from_str(&r.text(3)?).map_err(json_err)?,
         spec: serde_json::from_str(&r.text(4)?).map_err(json_err)?,
         state: ExecState::parse(&state).ok_or_else(|| StoreError::Internal(format!("unknown state {state}")))?,
-        reason: r.text(6)?,
+        reason: {
+            let reason = r.text(6)?;
+            ReasonCode::parse(&reason)
+                .ok_or_else(|| StoreError::Internal(format!("stored execution has unknown reason `{reason}`")))?
+        },
         message: r.text(7)?,
         exit_code: r.opt_i64(8)?,
         signal: r.opt_i64(9)?,

@@ -77,6 +77,23 @@ pub enum ExecutionReason {
 }
 
 impl ExecutionReason {
+    pub const ALL: [ExecutionReason; 10] = [
+        ExecutionReason::Submitted,
+        ExecutionReason::RetryScheduled,
+        ExecutionReason::Started,
+        ExecutionReason::Exited,
+        ExecutionReason::Signaled,
+        ExecutionReason::Timeout,
+        ExecutionReason::Cancelled,
+        ExecutionReason::NodeLost,
+        ExecutionReason::HandedBack,
+        ExecutionReason::Partitions,
+    ];
+
+    pub fn parse(s: &str) -> Option<ExecutionReason> {
+        ExecutionReason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ExecutionReason::Submitted => "submitted",
@@ -90,6 +107,12 @@ impl ExecutionReason {
             ExecutionReason::HandedBack => "handed_back",
             ExecutionReason::Partitions => "partitions",
         }
+    }
+}
+
+impl PartialEq<&str> for ExecutionReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 
