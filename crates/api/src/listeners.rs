@@ -325,11 +325,27 @@ pub async fn patch(state: State, Path(reference): Path<String>, request: Request
     let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
     let old = find(&state, &reference).await?;
     if b.name.as_ref().is_some_and(|n| *n != old.name) || b.kind.as_ref().is_some_and(|k| k != old.kind.as_str()) {
-        return Err(ApiError::invalid_request(
-            "a listener's name and kind cannot change; create a new listener instead",
-        ));
+        return Err(ApiError::conflict(format!(
+            "listener `{}` is a {} listener; its name and kind cannot change: create a new listener instead",
+            old.name,
+            old.kind.as_str()
+        )));
     }
     let kind = old.kind;
+    let sources = [
+        ("on_job", ListenerKind::Job, b.on_job.is_some()),
+        ("on_file", ListenerKind::File, b.on_file.is_some()),
+        ("on_cluster", ListenerKind::Cluster, b.on_cluster.is_some()),
+        ("secret", ListenerKind::Webhook, b.secret.is_some()),
+    ];
+    if let Some((field, takes, _)) = sources.iter().find(|(_, k, given)| *given && *k != kind) {
+        return Err(ApiError::conflict(format!(
+            "listener `{}` is a {} listener; `{field}` goes with kind {} only",
+            old.name,
+            kind.as_str(),
+            takes.as_str()
+        )));
+    }
     let config: Value = serde_json::from_str(&old.config).unwrap_or(Value::Null);
     let merged = Body_ {
         name: None,

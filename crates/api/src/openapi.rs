@@ -52,14 +52,17 @@ pub const ERRORS: &[(&str, &[&[ErrorCode]])] = &[
     ("createSchedule", &[JSON_BODY, HOLDER, BIND, &[AlreadyExists, InvalidRequest, InvalidCron, UnknownTimeZone]]),
     ("previewCron", &[JSON_BODY, &[InvalidQuery, InvalidCron, UnknownTimeZone]]),
     ("getSchedule", &[&[UnknownSchedule]]),
-    ("patchSchedule", &[JSON_BODY, HOLDER, BIND, &[UnknownSchedule, InvalidRequest, InvalidCron, UnknownTimeZone]]),
+    (
+        "patchSchedule",
+        &[JSON_BODY, HOLDER, BIND, &[UnknownSchedule, Conflict, InvalidRequest, InvalidCron, UnknownTimeZone]],
+    ),
     ("deleteSchedule", &[&[UnknownSchedule]]),
     ("listScheduleFirings", &[&[UnknownSchedule, InvalidQuery]]),
     ("previewSchedule", &[&[UnknownSchedule, InvalidQuery]]),
     ("listListeners", &[]),
     ("createListener", &[JSON_BODY, HOLDER, BIND, &[AlreadyExists, InvalidRequest, InvalidPattern]]),
     ("getListener", &[&[UnknownListener]]),
-    ("patchListener", &[JSON_BODY, HOLDER, BIND, &[UnknownListener, InvalidRequest, InvalidPattern]]),
+    ("patchListener", &[JSON_BODY, HOLDER, BIND, &[UnknownListener, Conflict, InvalidRequest, InvalidPattern]]),
     ("deleteListener", &[&[UnknownListener]]),
     ("listListenerEvents", &[&[UnknownListener, InvalidQuery]]),
     ("deliverHook", &[HOLDER, BIND, &[InvalidJson, BadRequest, PayloadTooLarge, UnknownHook]]),
@@ -88,7 +91,7 @@ fn meaning(code: ErrorCode) -> &'static str {
         UnknownHook => "no webhook listener with this name",
         MethodNotAllowed => "the method is not supported on this path",
         AlreadyExists => "one with this name exists",
-        Conflict => "the change conflicts with the current state (executions still use it, a folder is not empty)",
+        Conflict => "the change conflicts with the current state (executions still use it, a folder is not empty, a schedule's or listener's name or a listener's kind would change)",
         ExecutionFinished => "the execution already finished",
         SandboxNotHere => "the request was already forwarded here, and the sandbox is local to another node (requests are forwarded once at most)",
         PayloadTooLarge => "the body is over the size limit; nothing was written",
@@ -263,10 +266,67 @@ fn refine(mut doc: Value) -> Value {
     let given = |f: &str, t: &str| json!({"type": "object", "required": [f], "properties": {f: {"type": t}}});
     // The first element of a command is the program: never empty.
     schemas["SubmitRequest"]["properties"]["command"]["prefixItems"] = json!([{"type": "string", "minLength": 1}]);
-    schemas["SubmitRequest"]["oneOf"] = json!([
-        {"allOf": [given("sandbox", "string"), given("job", "string")]},
-        given("command", "array")
+    // No argument, variable name or value can hold a NUL byte; a name is not empty, has no
+    // `=`, and does not start with `SHOAL_` (shoal sets those).
+    let no_nul = json!({"type": "string", "pattern": r"^[^\u0000]*$"});
+    schemas["SubmitRequest"]["properties"]["command"]["items"] = no_nul.clone();
+    schemas["SubmitRequest"]["properties"]["env"]["additionalProperties"] = no_nul;
+    schemas["SubmitRequest"]["properties"]["env"]["propertyNames"] =
+        json!({"type": "string", "pattern": r"^[^=\u0000]+$", "not": {"pattern": "^SHOAL_"}});
+    // With `job`, the settings of an inline command are the job file's: left out or `null`
+    // (an empty `env` is nothing set). An inline command takes no `params`, and its `workdir`
+    // is relative to a sandbox, so it needs one.
+    let unset = |fields: &[&str]| -> Value {
+        let props: serde_json::Map<String, Value> =
+            fields.iter().map(|f| (f.to_string(), json!({"type": "null"}))).collect();
+        json!({"properties": props})
+    };
+    let mut with_job = unset(&[
+        "command",
+        "workdir",
+        "timeout",
+        "retries",
+        "retry_backoff",
+        "on_node_loss",
+        "allocation",
+        "allow_pending",
     ]);
+    with_job["properties"]["env"] = json!({"oneOf": [{"type": "null"}, {"type": "object", "maxProperties": 0}]});
+    schemas["SubmitRequest"]["oneOf"] = json!([
+        {"allOf": [given("sandbox", "string"), given("job", "string"), with_job]},
+        {"allOf": [
+            given("command", "array"),
+            {"properties": {
+                "job": {"type": "null"},
+                "params": {"oneOf": [{"type": "null"}, {"type": "object", "maxProperties": 0}]}
+            }},
+            {"if": given("workdir", "string"), "then": given("sandbox", "string")}
+        ]}
+    ]);
+    // Durations: the syntax `shoal_core::duration::parse` checks.
+    let duration = shoal_core::duration::pattern();
+    for (body, field) in [
+        ("SubmitRequest", "timeout"),
+        ("SubmitRequest", "retry_backoff"),
+        ("ScheduleRequest", "misfire_threshold"),
+        ("OnFileRequest", "settle"),
+    ] {
+        let property = &mut schemas[body]["properties"][field];
+        assert!(property.is_object(), "{body}.{field} is in the document");
+        property["pattern"] = json!(duration);
+    }
+    // Zones are the IANA names the server knows, spelled exactly.
+    schemas["TimeZone"] = json!({
+        "type": "string",
+        "description": "An IANA time zone name, as spelled in the tz database (`UTC`, `Europe/Berlin`).",
+        "enum": shoal_core::schedule::time_zone_names().collect::<Vec<_>>(),
+    });
+    for body in ["ScheduleRequest", "PreviewRequest"] {
+        let field = &mut schemas[body]["properties"]["timezone"];
+        let description = field["description"].clone();
+        *field =
+            json!({"description": description, "oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/TimeZone"}]});
+    }
     doc
 }
 

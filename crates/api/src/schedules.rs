@@ -174,7 +174,18 @@ pub async fn patch(state: State, Path(reference): Path<String>, request: Request
     let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
     let old = find(&state, &reference).await?;
     if b.name.as_ref().is_some_and(|n| *n != old.name) {
-        return Err(ApiError::invalid_request("a schedule's name cannot change; create a new schedule instead"));
+        return Err(ApiError::conflict(format!(
+            "schedule `{}` cannot be renamed to `{}`; create a new schedule instead",
+            old.name,
+            b.name.as_deref().unwrap_or_default()
+        )));
+    }
+    if b.misfire_max.is_some() && b.misfire.is_none() && !matches!(old.misfire, Misfire::All { .. }) {
+        return Err(ApiError::conflict(format!(
+            "schedule `{}` has misfire policy `{}`; `misfire_max` goes with `all` only: send `\"misfire\": \"all\"` with it",
+            old.name,
+            old.misfire.as_str()
+        )));
     }
     let misfire_changed = b.misfire.is_some();
     let merged = Body_ {

@@ -516,6 +516,11 @@ fn croner_reason(e: &croner::errors::CronError) -> String {
     }
 }
 
+/// The time zone names a schedule accepts, in the tz database's spelling.
+pub fn time_zone_names() -> impl Iterator<Item = &'static str> {
+    chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name())
+}
+
 fn parse_tz(name: &str) -> Result<Tz, ScheduleError> {
     let trimmed = name.trim();
     if let Ok(tz) = Tz::from_str(trimmed) {

@@ -5,9 +5,10 @@
 //! - every status and content type answered is one the document lists for the operation;
 //! - every response body matches its schema;
 //! - requests the document forbids are refused (4xx), and methods it does not list get 405;
-//! - requests the document allows are not refused for their shape: a 400 is a finding, while
-//!   422 (a rule about what exists or what a value means, which a schema states only in part)
-//!   is accepted by `tests/openapi_fuzz/hooks.py`.
+//! - requests the document allows are not refused: every 400 is a finding, and so is every
+//!   422 but those `tests/openapi_fuzz/hooks.py` names (a sandbox, job, node or tag that does
+//!   not exist, a job's parameters, a cron expression or glob only the server can judge, a
+//!   duration out of range); the rules that tie fields together are in the document.
 //!
 //! `POST /sandboxes` is left out: a valid request creates its root folder, which would let the
 //! fuzzer create folders anywhere on the test machine (its requests are checked in

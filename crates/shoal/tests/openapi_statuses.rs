@@ -346,8 +346,16 @@ async fn every_status_and_code_the_document_lists_happens() {
     for (extra, code) in &schedule_cases {
         let want = (status_of(code), *code);
         p.expect("createSchedule", M::POST, "/schedules", j(with(extra.clone())), want).await;
-        p.expect("patchSchedule", M::PATCH, "/schedules/nightly", j(extra.clone()), want).await;
+        // A name that is not the schedule's is a rename, refused whatever the name.
+        let patched = if extra.get("name").is_some() { (409, "conflict") } else { want };
+        p.expect("patchSchedule", M::PATCH, "/schedules/nightly", j(extra.clone()), patched).await;
     }
+    let rename = j(json!({"name": "renamed"}));
+    p.expect("patchSchedule", M::PATCH, "/schedules/nightly", rename, (409, "conflict")).await;
+    let late = j(json!({"misfire_threshold": "soon"}));
+    p.expect("patchSchedule", M::PATCH, "/schedules/nightly", late, (422, "invalid_request")).await;
+    // `misfire_max` without `misfire`, on a schedule whose policy is not `all`.
+    p.expect("patchSchedule", M::PATCH, "/schedules/nightly", j(json!({"misfire_max": 5})), (409, "conflict")).await;
     p.expect("getSchedule", M::GET, "/schedules/nightly", Body::None, (200, "")).await;
     p.expect("getSchedule", M::GET, "/schedules/nope", Body::None, (404, "unknown_schedule")).await;
     p.expect("patchSchedule", M::PATCH, "/schedules/nightly", j(json!({"enabled": false})), (200, "")).await;
@@ -413,12 +421,19 @@ async fn every_status_and_code_the_document_lists_happens() {
         if patch.as_object().unwrap().is_empty() {
             continue;
         }
-        p.expect("patchListener", M::PATCH, "/listeners/deploy", j(patch), want).await;
+        let patched = if patch.get("name").is_some() { (409, "conflict") } else { want };
+        p.expect("patchListener", M::PATCH, "/listeners/deploy", j(patch), patched).await;
     }
+    // A webhook listener takes no other kind's source, nor another kind.
+    let on_job = j(json!({"on_job": {"sandbox": "examples", "job": "jobs/report.toml"}}));
+    p.expect("patchListener", M::PATCH, "/listeners/deploy", on_job, (409, "conflict")).await;
+    p.expect("patchListener", M::PATCH, "/listeners/deploy", j(json!({"kind": "file"})), (409, "conflict")).await;
     let file = json!({"name": "files", "kind": "file", "sandbox": "examples", "job": "jobs/greet.toml", "params": {"name": "n"}, "on_file": {"sandbox": "examples", "pattern": "in/*.csv"}});
     p.expect("createListener", M::POST, "/listeners", j(file), (201, "")).await;
     let bad_pattern = j(json!({"on_file": {"sandbox": "examples", "pattern": "a[b"}}));
     p.expect("patchListener", M::PATCH, "/listeners/files", bad_pattern, (422, "invalid_pattern")).await;
+    let bad_settle = j(json!({"on_file": {"sandbox": "examples", "pattern": "in/*.csv", "settle": "soon"}}));
+    p.expect("patchListener", M::PATCH, "/listeners/files", bad_settle, (422, "invalid_request")).await;
     p.expect("getListener", M::GET, "/listeners/deploy", Body::None, (200, "")).await;
     p.expect("getListener", M::GET, "/listeners/nope", Body::None, (404, "unknown_listener")).await;
     p.expect("patchListener", M::PATCH, "/listeners/deploy", j(json!({"enabled": true})), (200, "")).await;

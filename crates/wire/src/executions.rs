@@ -191,6 +191,7 @@ pub struct SubmitRequest {
     pub timeout: Option<String>,
     /// Inline command only (default 0, at most 100).
     #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::whole_number")]
+    #[schema(maximum = 100)]
     pub retries: Option<u32>,
     /// Inline command only: duration such as `10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -43,6 +43,17 @@ pub enum FileEvent {
     Vanished,
 }
 
+/// A final state a `job` listener watches for, or `final` for all four.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchedState {
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+    Final,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClusterEvent {
@@ -124,7 +135,7 @@ pub struct ListenerList {
 
 /// Defines a listener (`POST /listeners`), or changes one (`PATCH /listeners/{id}`: every
 /// field optional there, and those left out or `null` keep their values; `name` and `kind`,
-/// if given, must be the listener's; `on_job`, `on_file` and `on_cluster` replace the stored
+/// if given, must be the listener's (409 `conflict`); `on_job`, `on_file` and `on_cluster` replace the stored
 /// one whole; a `secret` given replaces the webhook's). Unknown fields and wrong types are
 /// answered 400 `invalid_json`; missing or mismatched fields 422 `invalid_request`. Optional
 /// fields may also be sent as `null`.
@@ -187,10 +198,9 @@ pub struct OnJobRequest {
     /// be the job the listener starts (same sandbox and path): that would start itself
     /// forever (`invalid_request`).
     pub job: String,
-    /// Final states that count (`cancelled`, `failed`, `succeeded`, `timed_out`); `final`
-    /// means all four. Default `["succeeded"]`.
+    /// Final states that count; `final` means all four. Default `["succeeded"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_items = 1)]
+    #[schema(min_items = 1, value_type = Option<Vec<WatchedState>>)]
     pub states: Option<Vec<String>>,
 }
 

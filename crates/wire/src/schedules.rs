@@ -76,7 +76,7 @@ pub struct ScheduleList {
 
 /// Defines a schedule (`POST /schedules`), or changes one (`PATCH /schedules/{id}`: every
 /// field optional there, and those left out or `null` keep their values; `name`, if given,
-/// must be the schedule's: names cannot change; `misfire` given without `misfire_max` resets
+/// must be the schedule's: names cannot change (409 `conflict`); `misfire` given without `misfire_max` resets
 /// it). Unknown fields and wrong types are answered 400 `invalid_json`; missing or invalid
 /// values 422. Optional fields may also be sent as `null`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
