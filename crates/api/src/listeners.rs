@@ -17,7 +17,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use shoal_core::listener::{
-    check_templates, event_params, payload_field, ListenerKind, OnCluster, OnFile, OnJob, CLUSTER_EVENTS, FILE_EVENTS,
+    check_templates, event_params, payload_field, EventReason, ListenerKind, OnCluster, OnFile, OnJob, CLUSTER_EVENTS,
+    FILE_EVENTS,
 };
 use shoal_core::ExecState;
 use shoal_store::{EventRow, ListenerDef, ListenerRow, NewEvent, StoreError};
@@ -149,23 +150,7 @@ async fn definition(
         ListenerKind::File => {
             let f = on_file(b.on_file.as_ref().ok_or_else(|| missing("on_file"))?)?;
             check_file_source(state, &f).await?;
-            // One node must both see the folder and read the job file.
-            let watched = shoal_service::jobs::sandbox(&state.store, &f.sandbox, "on_file").await?;
-            if let Some(job_sandbox) = &b.sandbox {
-                let runs = shoal_service::jobs::sandbox(&state.store, job_sandbox, "the listener").await?;
-                let holder = |s: &shoal_store::SandboxRow| match s.kind {
-                    shoal_core::SandboxKind::Local => s.node_id.clone(),
-                    _ => None,
-                };
-                if let (Some(a), Some(b)) = (holder(&watched), holder(&runs)) {
-                    if a != b {
-                        return Err(ApiError::invalid_request(format!(
-                            "the watched sandbox `{}` is local to node {a} but the job's sandbox `{}` is local to node {b}; no node can do both, so keep the job in a shared sandbox or on {a}",
-                            watched.name, runs.name
-                        )));
-                    }
-                }
-            }
+            shoal_service::jobs::check_file_listener(&state.store, &f.sandbox, b.sandbox.as_deref()).await?;
             serde_json::to_string(&f)
         }
         ListenerKind::Cluster => {
@@ -247,23 +232,23 @@ pub fn listener(l: &ListenerRow) -> ApiResult<wire::Listener> {
     Ok(v)
 }
 
-fn event(e: &EventRow) -> ApiResult<wire::ListenerEvent> {
-    Ok(wire::ListenerEvent {
+fn event(e: &EventRow) -> wire::ListenerEvent {
+    wire::ListenerEvent {
         listener: e.listener_id.clone(),
         key: e.key.clone(),
         at: crate::rfc3339(e.at),
         node: e.node_id.clone(),
-        outcome: convert::named("event outcome", &e.outcome)?,
-        reason: e.reason.as_deref().map(|r| convert::named("event reason", r)).transpose()?,
+        outcome: e.outcome,
+        reason: e.reason,
         execution: e.execution_id.clone(),
         payload: e.payload.clone(),
-    })
+    }
 }
 
 /// The answer to a delivery seen before.
-fn replayed(e: &EventRow) -> ApiResult<Response> {
-    let answer = wire::HookAnswer { event: event(e)?, execution: None, replayed: Some(true) };
-    Ok((StatusCode::OK, Json(answer)).into_response())
+fn replayed(e: &EventRow) -> Response {
+    let answer = wire::HookAnswer { event: event(e), execution: None, replayed: Some(true) };
+    (StatusCode::OK, Json(answer)).into_response()
 }
 
 async fn find(state: &crate::AppState, reference: &str) -> ApiResult<ListenerRow> {
@@ -417,7 +402,7 @@ pub async fn events(
         return Err(ApiError::invalid_query("limit must be between 1 and 10000"));
     }
     let rows = state.store.list_events(&l.id, limit).await?;
-    Ok(Json(wire::EventList { events: rows.iter().map(event).collect::<ApiResult<_>>()? }))
+    Ok(Json(wire::EventList { events: rows.iter().map(event).collect() }))
 }
 
 /// The signature of a delivery to the webhook `hook`: `t=<unix seconds>,v1=<hex MAC>`, the
@@ -602,7 +587,7 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
         }
     };
     if let Some(seen) = state.store.get_event(&listener.id, &key).await? {
-        return replayed(&seen);
+        return Ok(replayed(&seen));
     }
     let s = shoal_service::jobs::sandbox(&state.store, &listener.sandbox, "the webhook").await?;
     if !shoal_service::jobs::readable_here(&s, &state.node.id) {
@@ -620,7 +605,7 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
         let job = shoal_service::jobs::load(s, &listener.job).await?;
         (Some(job.execution(&params)?), None)
     } else {
-        (None, Some("disabled".to_owned()))
+        (None, Some(EventReason::Disabled))
     };
     let new = NewEvent { key: key.clone(), payload: stored_payload, execution, reason, cursor: None, silent: false };
     let recorded = state.store.record_events(&listener.id, &state.node.id, &[new], None).await?;
@@ -631,7 +616,7 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
         .ok_or_else(|| ApiError::internal("the webhook's event vanished"))?;
     if recorded.is_empty() {
         // The same delivery raced in through another node and won.
-        return replayed(&row);
+        return Ok(replayed(&row));
     }
     state.engine.wake();
     state.metrics.events_recorded.fetch_add(1, Ordering::Relaxed);
@@ -642,7 +627,7 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
         }
         None => None,
     };
-    let answer = wire::HookAnswer { event: event(&row)?, execution: Some(execution), replayed: None };
+    let answer = wire::HookAnswer { event: event(&row), execution: Some(execution), replayed: None };
     Ok((StatusCode::CREATED, Json(answer)).into_response())
 }
 

@@ -7,20 +7,15 @@ use crate::State;
 use axum::extract::{Path, Request};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use shoal_core::placement::NodeState;
+use shoal_core::placement::{NodeState, RegistryState};
 use shoal_store::NodeRow;
 use shoal_wire as wire;
 use std::collections::HashMap;
 
-fn node(state: &crate::AppState, n: &NodeRow, gossip: &HashMap<String, bool>) -> ApiResult<wire::Node> {
-    let live = n.lease_expires_at > n.now && n.state != "stopped" && n.state != "lost";
-    let shown = if live {
-        crate::convert::named("node state", &n.state)?
-    } else if n.state == "stopped" {
-        wire::NodeState::Stopped
-    } else {
-        wire::NodeState::Lost
-    };
+fn node(state: &crate::AppState, n: &NodeRow, gossip: &HashMap<String, bool>) -> wire::Node {
+    let live = n.lease_expires_at > n.now && !matches!(n.state, RegistryState::Stopped | RegistryState::Lost);
+    // A node whose lease ran out without a clean stop is lost, whatever it last published.
+    let shown = if live || n.state == RegistryState::Stopped { n.state } else { RegistryState::Lost };
     let mut v = wire::Node {
         id: n.id.clone(),
         url: n.url.clone(),
@@ -55,21 +50,21 @@ fn node(state: &crate::AppState, n: &NodeRow, gossip: &HashMap<String, bool>) ->
     if n.id == state.node.id {
         let refusal = state.engine.refusal();
         v.is_self = Some(true);
-        v.state = crate::convert::node_state(state.engine.state());
+        v.state = state.engine.state().into();
         v.running = state.engine.running() as i64;
         v.accepting_work = Some(refusal.is_none());
         v.not_accepting_because = refusal;
         v.workers = Some(state.engine.workers());
         v.rejected_gossip_packets = Some(state.engine.rejected_gossip_packets());
     }
-    Ok(v)
+    v
 }
 
 #[utoipa::path(get, path = "/nodes", operation_id = "listNodes", tag = "nodes", responses((status = 200, description = "Every node the store knows, with leases measured on the store's clock.", body = wire::NodeList)))]
 pub async fn list(state: State) -> ApiResult<Json<wire::NodeList>> {
     let nodes = state.store.list_nodes().await?;
     let gossip: HashMap<String, bool> = state.engine.gossip().into_iter().collect();
-    Ok(Json(wire::NodeList { nodes: nodes.iter().map(|n| node(&state, n, &gossip)).collect::<ApiResult<_>>()? }))
+    Ok(Json(wire::NodeList { nodes: nodes.iter().map(|n| node(&state, n, &gossip)).collect() }))
 }
 
 #[utoipa::path(get, path = "/nodes/{id}", operation_id = "getNode", tag = "nodes", params(("id" = String, Path, description = "Node id.")), responses((status = 200, description = "The node.", body = wire::Node)))]
@@ -77,7 +72,7 @@ pub async fn get(state: State, Path(id): Path<String>) -> ApiResult<Json<wire::N
     let nodes = state.store.list_nodes().await?;
     let n = nodes.iter().find(|n| n.id == id).ok_or_else(|| ApiError::not_found(format!("no node with id `{id}`")))?;
     let gossip: HashMap<String, bool> = state.engine.gossip().into_iter().collect();
-    Ok(Json(node(&state, n, &gossip)?))
+    Ok(Json(node(&state, n, &gossip)))
 }
 
 /// Sets this node's state, or forwards the request to the node it names.
@@ -95,8 +90,8 @@ async fn set_state(state: State, id: String, req: Request, to: NodeState) -> Api
     let n = nodes.iter().find(|n| n.id == id).ok_or_else(|| {
         ApiError::internal(format!("node {id} is not in the store's registry while it runs; it is stopping"))
     })?;
-    let mut v = node(&state, n, &gossip)?;
-    v.previous_state = Some(crate::convert::node_state(before));
+    let mut v = node(&state, n, &gossip);
+    v.previous_state = Some(before.into());
     Ok(Json(v).into_response())
 }
 

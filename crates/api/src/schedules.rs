@@ -112,17 +112,17 @@ pub fn schedule(s: &ScheduleRow) -> ApiResult<wire::Schedule> {
     })
 }
 
-fn firing(f: &FiringRow) -> ApiResult<wire::Firing> {
-    Ok(wire::Firing {
+fn firing(f: &FiringRow) -> wire::Firing {
+    wire::Firing {
         schedule: f.schedule_id.clone(),
         fire_time: crate::rfc3339(f.fire_at),
-        outcome: crate::convert::named("firing outcome", &f.outcome)?,
-        reason: f.reason.as_deref().map(|r| crate::convert::named("firing reason", r)).transpose()?,
+        outcome: f.outcome,
+        reason: f.reason,
         execution: f.execution_id.clone(),
         node: f.node_id.clone(),
         claimed_at: crate::rfc3339(f.claimed_at),
         lateness_ms: f.claimed_at - f.fire_at,
-    })
+    }
 }
 
 async fn find(state: &crate::AppState, reference: &str) -> ApiResult<ScheduleRow> {
@@ -246,7 +246,7 @@ pub async fn firings(
         return Err(ApiError::invalid_query("limit must be between 1 and 10000"));
     }
     let rows = state.store.list_firings(&s.id, limit).await?;
-    Ok(Json(wire::FiringList { firings: rows.iter().map(firing).collect::<ApiResult<_>>()? }))
+    Ok(Json(wire::FiringList { firings: rows.iter().map(firing).collect() }))
 }
 
 #[derive(Deserialize)]

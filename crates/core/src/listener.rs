@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 /// What a listener listens for (the wire's enum).
 pub use shoal_wire::ListenerKind;
+/// What became of an event, and why (the wire's enums).
+pub use shoal_wire::{EventOutcome, EventReason};
 
 /// A job listener: executions of `sandbox`/`job` reaching one of `states`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

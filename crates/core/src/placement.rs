@@ -34,6 +34,23 @@ impl NodeState {
     }
 }
 
+/// A node's state as its registry row holds it and `GET /nodes` shows it: the wire's
+/// `NodeState`. Not [`NodeState`]: a node that runs holds one of the four administrative
+/// states (or `stopping`, while it stops) and publishes it with its lease; `stopped` and
+/// `lost` are only ever set by the store, for nodes that no longer run.
+pub use shoal_wire::NodeState as RegistryState;
+
+impl From<NodeState> for RegistryState {
+    fn from(s: NodeState) -> RegistryState {
+        match s {
+            NodeState::Joining => RegistryState::Joining,
+            NodeState::Active => RegistryState::Active,
+            NodeState::Draining => RegistryState::Draining,
+            NodeState::Suspended => RegistryState::Suspended,
+        }
+    }
+}
+
 /// Machine load, in percent.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Load {

@@ -85,6 +85,9 @@ use croner::Cron;
 use serde::{Deserialize, Serialize};
 
 pub use chrono_tz::Tz;
+/// What became of a firing time, and why: the wire's enums, so a stored firing reads as the
+/// API shows it.
+pub use shoal_wire::{FiringOutcome, FiringReason};
 
 /// At most this many firing times are handed out by one [`due_firings`] call.
 pub const MAX_FIRINGS_PER_CALL: usize = 1000;
@@ -99,60 +102,23 @@ pub const MAX_PREVIEW: usize = 1000;
 /// (Quartz's default misfire threshold is also a minute).
 pub const DEFAULT_MISFIRE_THRESHOLD_MS: i64 = 60_000;
 
-/// One field of a cron expression.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CronField {
-    Second,
-    Minute,
-    Hour,
-    DayOfMonth,
-    Month,
-    DayOfWeek,
-}
+/// One field of a cron expression: the wire's enum (`shoal_wire::CronField`), so the field
+/// an error names is the field the API's `details` show. `ALL` is in the order of a
+/// six-field expression.
+pub use shoal_wire::CronField;
 
-impl CronField {
-    /// The six fields in the order of a six-field expression.
-    const ALL: [CronField; 6] = [
-        CronField::Second,
-        CronField::Minute,
-        CronField::Hour,
-        CronField::DayOfMonth,
-        CronField::Month,
-        CronField::DayOfWeek,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CronField::Second => "second",
-            CronField::Minute => "minute",
-            CronField::Hour => "hour",
-            CronField::DayOfMonth => "day-of-month",
-            CronField::Month => "month",
-            CronField::DayOfWeek => "day-of-week",
+/// What a field accepts, for error messages.
+fn accepts(field: CronField) -> &'static str {
+    match field {
+        CronField::Second | CronField::Minute => "values 0-59, a list `a,b`, a range `a-b` or a step `*/n` or `a-b/n`",
+        CronField::Hour => "values 0-23, a list `a,b`, a range `a-b` or a step `*/n` or `a-b/n`",
+        CronField::DayOfMonth => {
+            "values 1-31, a list, a range, a step, `L` (last day), `15W` (nearest weekday) or `?`"
         }
-    }
-
-    /// What the field accepts, for error messages.
-    fn accepts(self) -> &'static str {
-        match self {
-            CronField::Second | CronField::Minute => {
-                "values 0-59, a list `a,b`, a range `a-b` or a step `*/n` or `a-b/n`"
-            }
-            CronField::Hour => "values 0-23, a list `a,b`, a range `a-b` or a step `*/n` or `a-b/n`",
-            CronField::DayOfMonth => {
-                "values 1-31, a list, a range, a step, `L` (last day), `15W` (nearest weekday) or `?`"
-            }
-            CronField::Month => "values 1-12 or JAN-DEC, a list, a range or a step",
-            CronField::DayOfWeek => {
-                "values 0-7 (0 and 7 are Sunday) or SUN-SAT, a list, a range, a step, `5L` (last Friday), `1#2` (second Monday) or `?`"
-            }
+        CronField::Month => "values 1-12 or JAN-DEC, a list, a range or a step",
+        CronField::DayOfWeek => {
+            "values 0-7 (0 and 7 are Sunday) or SUN-SAT, a list, a range, a step, `5L` (last Friday), `1#2` (second Monday) or `?`"
         }
-    }
-}
-
-impl fmt::Display for CronField {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -169,7 +135,7 @@ pub enum ScheduleError {
     Reboot,
     /// One field is wrong. `position` is 1-based in the expression as written (in a
     /// five-field expression the minute is field 1, in a six-field one field 2).
-    #[error("invalid {field} field `{value}` (field {position} of the cron expression): {reason}; the {field} field takes {accepts}", accepts = field.accepts())]
+    #[error("invalid {field} field `{value}` (field {position} of the cron expression): {reason}; the {field} field takes {accepts}", accepts = accepts(*field))]
     Field { field: CronField, position: usize, value: String, reason: String },
     /// Every field is valid on its own but the whole is not.
     #[error("invalid cron expression `{expr}`: {reason}")]
@@ -593,6 +559,17 @@ impl SkipReason {
             SkipReason::Misfire => "misfire",
             SkipReason::Overlap => "overlap",
             SkipReason::Disabled => "disabled",
+        }
+    }
+}
+
+/// What the stored firing says of a skip.
+impl From<SkipReason> for FiringReason {
+    fn from(r: SkipReason) -> FiringReason {
+        match r {
+            SkipReason::Misfire => FiringReason::Misfire,
+            SkipReason::Overlap => FiringReason::Overlap,
+            SkipReason::Disabled => FiringReason::Disabled,
         }
     }
 }

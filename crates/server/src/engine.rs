@@ -11,7 +11,9 @@ use crate::lifecycle::{LifeCycle, Phase};
 use crate::workers::{Step, Workers};
 use parking_lot::Mutex;
 use shoal_api::{LogHub, Metrics, WorkerStatus};
-use shoal_core::placement::{admits_work, claim_delay, Candidate, Limits, Load, NodeState, NodeView, Refusal};
+use shoal_core::placement::{
+    admits_work, claim_delay, Candidate, Limits, Load, NodeState, NodeView, Refusal, RegistryState,
+};
 use shoal_core::state::Outcome;
 use shoal_core::{ExecutionId, FencingToken, JobKind, SandboxPath};
 use shoal_runner::{Exit, Launcher, SpawnSpec, Stream};
@@ -292,7 +294,7 @@ impl Engine {
         let sent_boottime = shoal_runner::deadline::boottime_ms();
         let generation = self.generation.load(Ordering::SeqCst);
         self.hand_back_after_drain_deadline();
-        let state = if self.life.get().stopping() { "stopping" } else { self.state().as_str() };
+        let state = if self.life.get().stopping() { RegistryState::Stopping } else { self.state().into() };
         let load = *self.load.lock();
         let status = NodeStatus {
             state,

@@ -141,7 +141,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     let reg = NodeRegistration {
         id: id.clone(),
         url: url.clone(),
-        state: "active".into(),
+        state: shoal_core::placement::RegistryState::Active,
         tags: config.tags.clone(),
         slots: config.executor.slots,
         version: VERSION.into(),

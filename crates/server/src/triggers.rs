@@ -18,8 +18,8 @@ use crate::filewatch::{self, FileEventKind, Pattern, Settler};
 use crate::workers::Step;
 use parking_lot::Mutex;
 use shoal_cluster::keys;
-use shoal_core::listener::{event_params, ListenerKind, OnCluster, OnFile, OnJob};
-use shoal_core::schedule::{due_firings, on_overlap, CronSpec, Overlap, OverlapDecision, SkipReason};
+use shoal_core::listener::{event_params, EventReason, ListenerKind, OnCluster, OnFile, OnJob};
+use shoal_core::schedule::{due_firings, on_overlap, CronSpec, FiringReason, Overlap, OverlapDecision, SkipReason};
 use shoal_service::jobs::{self, JobRef};
 use shoal_store::{
     CursorMove, FireContext, FireDecision, FiringOutcome, ListenerRow, NewEvent, NewFiring, SandboxRow, ScheduleRow,
@@ -162,7 +162,7 @@ pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>
         }),
         Err(m) => Err(m.to_owned()),
     };
-    let skipped = |fire_at, reason: &'static str| NewFiring {
+    let skipped = |fire_at, reason: FiringReason| NewFiring {
         fire_at,
         outcome: FiringOutcome::Skipped,
         reason: Some(reason),
@@ -190,11 +190,11 @@ pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>
     let last_run = plan.run.last().copied();
     for (fire_at, skip) in events {
         if !s.enabled {
-            d.firings.push(skipped(fire_at, SkipReason::Disabled.as_str()));
+            d.firings.push(skipped(fire_at, FiringReason::Disabled));
             continue;
         }
         if let Some(reason) = skip {
-            d.firings.push(skipped(fire_at, reason.as_str()));
+            d.firings.push(skipped(fire_at, reason.into()));
             continue;
         }
         let start = match on_overlap(overlap, running) {
@@ -205,7 +205,7 @@ pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>
                     d.firings.push(NewFiring {
                         fire_at,
                         outcome: FiringOutcome::Queued,
-                        reason: Some(SkipReason::Overlap.as_str()),
+                        reason: Some(FiringReason::Overlap),
                         execution: None,
                     });
                     waiting = true;
@@ -224,7 +224,7 @@ pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>
             }
         };
         if !start {
-            d.firings.push(skipped(fire_at, SkipReason::Overlap.as_str()));
+            d.firings.push(skipped(fire_at, FiringReason::Overlap));
             continue;
         }
         match execution(fire_at) {
@@ -239,7 +239,7 @@ pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>
             }
             Err(m) => {
                 tracing::warn!(schedule = %s.name, error = %m, "a firing could not start its job");
-                d.firings.push(skipped(fire_at, "job_error"));
+                d.firings.push(skipped(fire_at, FiringReason::JobError));
             }
         }
     }
@@ -611,22 +611,22 @@ impl Triggers {
         l: &ListenerRow,
         job: &Result<JobRef, String>,
         values: &BTreeMap<String, String>,
-    ) -> (Option<shoal_store::NewExecution>, Option<String>) {
+    ) -> (Option<shoal_store::NewExecution>, Option<EventReason>) {
         if !l.enabled {
-            return (None, Some("disabled".into()));
+            return (None, Some(EventReason::Disabled));
         }
         let job = match job {
             Ok(j) => j,
             Err(m) => {
                 tracing::warn!(listener = %l.name, error = %m, "an event could not start its job");
-                return (None, Some("job_error".into()));
+                return (None, Some(EventReason::JobError));
             }
         };
         match event_params(&l.params, values, &|_| None).and_then(|p| job.execution(&p).map_err(|e| e.to_string())) {
             Ok(e) => (Some(e), None),
             Err(m) => {
                 tracing::warn!(listener = %l.name, error = %m, "an event could not start its job");
-                (None, Some("job_error".into()))
+                (None, Some(EventReason::JobError))
             }
         }
     }
@@ -846,7 +846,7 @@ mod tests {
     }
 
     fn outcomes(d: &FireDecision) -> Vec<(i64, &'static str, Option<&'static str>)> {
-        d.firings.iter().map(|f| (f.fire_at, f.outcome.as_str(), f.reason)).collect()
+        d.firings.iter().map(|f| (f.fire_at, f.outcome.as_str(), f.reason.map(FiringReason::as_str))).collect()
     }
 
     #[test]
@@ -871,7 +871,7 @@ mod tests {
             vec![(1_001_000, "skipped", Some("overlap")), (1_002_000, "skipped", Some("overlap"))]
         );
         let d = decide(&ctx(&s, Some(ExecState::Succeeded), None), &spec, Err("no job"), 0);
-        assert_eq!(d.firings[0].reason, Some("job_error"));
+        assert_eq!(d.firings[0].reason.map(FiringReason::as_str), Some("job_error"));
         let s = schedule("queue", "once", true);
         let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err("no job"), 0);
         assert_eq!(outcomes(&d), vec![(1_001_000, "queued", Some("overlap")), (1_002_000, "skipped", Some("overlap"))]);

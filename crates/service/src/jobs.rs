@@ -42,6 +42,24 @@ pub async fn sandbox(store: &Store, name: &str, what: &str) -> Result<SandboxRow
     Ok(s)
 }
 
+/// A file listener's rule: one node must both see the watched folder (of sandbox `watched`)
+/// and read the job file it starts (of sandbox `job_sandbox`, when the definition names
+/// one), so two local sandboxes must be held by the same node.
+pub async fn check_file_listener(store: &Store, watched: &str, job_sandbox: Option<&str>) -> Result<()> {
+    let watched = sandbox(store, watched, "on_file").await?;
+    let Some(job_sandbox) = job_sandbox else { return Ok(()) };
+    let runs = sandbox(store, job_sandbox, "the listener").await?;
+    if let (Some(a), Some(b)) = (crate::pinned_node(&watched), crate::pinned_node(&runs)) {
+        if a != b {
+            return Err(DomainError::InvalidRequest(format!(
+                "the watched sandbox `{}` is local to node {a} but the job's sandbox `{}` is local to node {b}; no node can do both, so keep the job in a shared sandbox or on {a}",
+                watched.name, runs.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads a job file of `sandbox`, which this node must be able to read ([`readable_here`]).
 pub async fn load(sandbox: SandboxRow, job: &str) -> Result<JobRef> {
     let path = SandboxPath::parse(job).map_err(|e| DomainError::InvalidPath(format!("job: {e}")))?;
@@ -103,4 +121,41 @@ pub async fn check_job(
     })?;
     job.check_params(params)?;
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file listener cannot watch a folder on one node and start a job on another.
+    #[tokio::test]
+    async fn a_file_listener_needs_one_node_for_its_folder_and_its_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("shoal.db").display()), 1).await.unwrap();
+        for (name, kind, node) in [
+            ("on-n1", SandboxKind::Local, Some("n1")),
+            ("also-n1", SandboxKind::Local, Some("n1")),
+            ("on-n2", SandboxKind::Local, Some("n2")),
+            ("shared", SandboxKind::Shared, None),
+        ] {
+            store.create_sandbox(name, kind, "/srv", node, &[]).await.unwrap();
+        }
+        for (watched, runs) in
+            [("on-n1", None), ("on-n1", Some("also-n1")), ("on-n1", Some("shared")), ("shared", Some("on-n2"))]
+        {
+            check_file_listener(&store, watched, runs).await.unwrap_or_else(|e| panic!("{watched} {runs:?}: {e}"));
+        }
+        match check_file_listener(&store, "on-n1", Some("on-n2")).await {
+            Err(DomainError::InvalidRequest(m)) => assert_eq!(
+                m,
+                "the watched sandbox `on-n1` is local to node n1 but the job's sandbox `on-n2` is local to node n2; \
+                 no node can do both, so keep the job in a shared sandbox or on n1"
+            ),
+            other => panic!("expected InvalidRequest, got {other:?}"),
+        }
+        assert!(matches!(
+            check_file_listener(&store, "on-n1", Some("none")).await,
+            Err(DomainError::UnknownSandbox(_))
+        ));
+    }
 }

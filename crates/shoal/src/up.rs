@@ -318,10 +318,11 @@ async fn up_cluster(args: UpArgs) -> anyhow::Result<u8> {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let port = if listen.port() == 0 { 0 } else { listen.port() + (k - 1) as u16 };
         let text = format!(
-            "# written by `shoal up --nodes {}`; rewritten on every run\nnode_id = {}\ndata_dir = {}\n\n[http]\nlisten = {}\n\n[store]\nurl = {}\n\n[executor]\nslots = {}\n",
+            "# written by `shoal up --nodes {}`; rewritten on every run\nnode_id = {}\ndata_dir = {}\n\n[sandboxes]\nallowed_roots = [{}]\n\n[http]\nlisten = {}\n\n[store]\nurl = {}\n\n[executor]\nslots = {}\n",
             args.nodes,
             toml_str(&id),
             toml_str(&format!("{data_text}/{id}")),
+            toml_str(&format!("{data_text}/sandboxes")),
             toml_str(&SocketAddr::new(listen.ip(), port).to_string()),
             toml_str(&store_url),
             args.slots,
@@ -379,7 +380,9 @@ async fn earlier_generations(
         let live: Vec<_> = rows
             .iter()
             .filter(|r| {
-                ids.contains(&r.id.as_str()) && r.lease_expires_at > r.now && r.state != "stopped" && r.state != "lost"
+                ids.contains(&r.id.as_str())
+                    && r.lease_expires_at > r.now
+                    && !matches!(r.state, shoal_wire::NodeState::Stopped | shoal_wire::NodeState::Lost)
             })
             .collect();
         let Some(first) = live.first() else {

@@ -79,6 +79,21 @@ impl Row {
             _ => self.text(i).map(Some),
         }
     }
+    /// A text column holding an enum's name, read by its `parse`. A name this version does
+    /// not know (a newer version wrote it, or a bug did) is an error naming it: `what` says
+    /// whose it is (`firing outcome`).
+    pub fn named<T>(&self, i: usize, what: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+        let name = self.text(i)?;
+        parse(&name).ok_or_else(|| {
+            StoreError::Internal(format!("the store holds {what} `{name}`, which this version does not know"))
+        })
+    }
+    pub fn opt_named<T>(&self, i: usize, what: &str, parse: fn(&str) -> Option<T>) -> Result<Option<T>> {
+        match self.get(i)? {
+            Value::Null => Ok(None),
+            _ => self.named(i, what, parse).map(Some),
+        }
+    }
     pub fn bytes(&self, i: usize) -> Result<Vec<u8>> {
         match self.get(i)? {
             Value::Bytes(v) => Ok(v.clone()),

@@ -176,11 +176,7 @@ fn execution_row(r: &Row) -> Result<ExecutionRow> {
         params: serde_json::from_str(&r.text(3)?).map_err(json_err)?,
         spec: serde_json::from_str(&r.text(4)?).map_err(json_err)?,
         state: ExecState::parse(&state).ok_or_else(|| StoreError::Internal(format!("unknown state {state}")))?,
-        reason: {
-            let reason = r.text(6)?;
-            ReasonCode::parse(&reason)
-                .ok_or_else(|| StoreError::Internal(format!("stored execution has unknown reason `{reason}`")))?
-        },
+        reason: r.named(6, "execution reason", ReasonCode::parse)?,
         message: r.text(7)?,
         exit_code: r.opt_i64(8)?,
         signal: r.opt_i64(9)?,

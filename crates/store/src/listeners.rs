@@ -11,7 +11,7 @@ use crate::db::{query_one, Row, Tx};
 use crate::executions::insert_executions;
 use crate::schedules::def_params;
 use crate::{NewExecution, Result, Store, StoreError};
-use shoal_core::listener::ListenerKind;
+use shoal_core::listener::{EventOutcome, EventReason, ListenerKind};
 use shoal_core::{ExecState, ExecutionId};
 use std::collections::{BTreeMap, HashMap};
 
@@ -52,8 +52,8 @@ pub struct EventRow {
     pub key: String,
     pub at: i64,
     pub node_id: String,
-    pub outcome: String,
-    pub reason: Option<String>,
+    pub outcome: EventOutcome,
+    pub reason: Option<EventReason>,
     pub execution_id: Option<String>,
     pub payload: BTreeMap<String, String>,
 }
@@ -65,7 +65,7 @@ pub struct NewEvent {
     pub payload: BTreeMap<String, String>,
     /// The execution to start (`None`: record the event as skipped, with `reason`).
     pub execution: Option<NewExecution>,
-    pub reason: Option<String>,
+    pub reason: Option<EventReason>,
     /// File listeners: the cursor entry this event moves from (`None`: the path was not in
     /// the cursor) and to (`None`: remove it). The event is recorded only if the cursor
     /// still holds `from`, so a node working from an old scan cannot move it backwards.
@@ -118,11 +118,7 @@ fn listener_row(r: &Row) -> Result<ListenerRow> {
     Ok(ListenerRow {
         id: r.text(0)?,
         name: r.text(1)?,
-        kind: {
-            let kind = r.text(2)?;
-            ListenerKind::parse(&kind)
-                .ok_or_else(|| StoreError::Internal(format!("stored listener has unknown kind `{kind}`")))?
-        },
+        kind: r.named(2, "listener kind", ListenerKind::parse)?,
         sandbox: r.text(3)?,
         job: r.text(4)?,
         params: serde_json::from_str(&r.text(5)?)
@@ -142,8 +138,8 @@ fn event_row(r: &Row) -> Result<EventRow> {
         key: r.text(1)?,
         at: r.i64(2)?,
         node_id: r.text(3)?,
-        outcome: r.text(4)?,
-        reason: r.opt_text(5)?,
+        outcome: r.named(4, "event outcome", EventOutcome::parse)?,
+        reason: r.opt_named(5, "event reason", EventReason::parse)?,
         execution_id: r.opt_text(6)?,
         payload: serde_json::from_str(&r.text(7)?).unwrap_or_default(),
     })
@@ -337,8 +333,10 @@ impl Store {
                         listener_id.into(),
                         ev.key.as_str().into(),
                         node.into(),
-                        if ev.execution.is_some() { "started" } else { "skipped" }.into(),
-                        ev.reason.clone().into(),
+                        if ev.execution.is_some() { EventOutcome::Started } else { EventOutcome::Skipped }
+                            .as_str()
+                            .into(),
+                        ev.reason.map(EventReason::as_str).into(),
                         exec_id.clone().into(),
                         payload.into(),
                     ],

@@ -6,13 +6,14 @@
 
 use crate::db::{query_one, Row, Tx};
 use crate::{Result, Store, StoreError};
+use shoal_core::placement::RegistryState;
 use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub struct NodeRegistration {
     pub id: String,
     pub url: String,
-    pub state: String,
+    pub state: RegistryState,
     pub tags: Vec<String>,
     pub slots: u32,
     pub version: String,
@@ -24,8 +25,8 @@ pub struct NodeRegistration {
 
 /// What a node publishes with every lease renewal.
 #[derive(Clone, Debug)]
-pub struct NodeStatus<'a> {
-    pub state: &'a str,
+pub struct NodeStatus {
+    pub state: RegistryState,
     pub running: i64,
     /// Machine CPU and memory use, in tenths of a percent.
     pub cpu_permille: i64,
@@ -51,7 +52,7 @@ pub struct NodeRow {
     pub id: String,
     pub url: String,
     pub generation: i64,
-    pub state: String,
+    pub state: RegistryState,
     pub tags: Vec<String>,
     pub slots: i64,
     pub running: i64,
@@ -123,7 +124,7 @@ impl Store {
         node: &str,
         generation: i64,
         ttl: Duration,
-        status: &NodeStatus<'_>,
+        status: &NodeStatus,
     ) -> Result<Renewal> {
         let tx = self.acquire_lease_write().await?.begin().await?;
         self.renew_in(tx, node, generation, ttl, status).await
@@ -138,7 +139,7 @@ impl Store {
         node: &str,
         generation: i64,
         ttl: Duration,
-        status: &NodeStatus<'_>,
+        status: &NodeStatus,
         bound: Duration,
     ) -> Result<Renewal> {
         let deadline = tokio::time::Instant::now() + bound;
@@ -172,7 +173,7 @@ impl Store {
         node: &str,
         generation: i64,
         ttl: Duration,
-        status: &NodeStatus<'_>,
+        status: &NodeStatus,
     ) -> Result<Renewal> {
         let row = query_one(
             tx.as_mut(),
@@ -203,7 +204,7 @@ impl Store {
                 node.into(),
                 generation.into(),
                 ttl_ms(ttl).into(),
-                status.state.into(),
+                status.state.as_str().into(),
                 status.running.into(),
                 status.cpu_permille.into(),
                 status.memory_permille.into(),
@@ -288,7 +289,7 @@ fn node_row(r: &Row) -> Result<NodeRow> {
         id: r.text(0)?,
         url: r.text(1)?,
         generation: r.i64(2)?,
-        state: r.text(3)?,
+        state: r.named(3, "node state", RegistryState::parse)?,
         tags: serde_json::from_str(&r.text(4)?).unwrap_or_default(),
         slots: r.i64(5)?,
         running: r.i64(6)?,
@@ -313,7 +314,7 @@ mod tests {
         NodeRegistration {
             id: id.into(),
             url: format!("http://{id}"),
-            state: "active".into(),
+            state: RegistryState::Active,
             tags: vec![],
             slots: 1,
             version: "test".into(),
@@ -322,7 +323,8 @@ mod tests {
         }
     }
 
-    const STATUS: NodeStatus<'static> = NodeStatus { state: "active", running: 0, cpu_permille: 0, memory_permille: 0 };
+    const STATUS: NodeStatus =
+        NodeStatus { state: RegistryState::Active, running: 0, cpu_permille: 0, memory_permille: 0 };
     const BOUND: Duration = Duration::from_millis(300);
 
     /// A renewal that cannot finish in time says whether this node's own pool or the store

@@ -10,7 +10,7 @@
 use crate::db::{query_one, Row, Tx, Value};
 use crate::executions::{insert_executions, values_list, BATCH_ROWS};
 use crate::{NewExecution, Result, Store, StoreError};
-use shoal_core::schedule::{Misfire, Overlap};
+use shoal_core::schedule::{FiringReason, Misfire, Overlap};
 use shoal_core::{ExecState, ExecutionId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -59,33 +59,15 @@ pub struct ScheduleDef {
     pub overlap: Overlap,
 }
 
-/// What became of a firing time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FiringOutcome {
-    /// Its execution was enqueued.
-    Started,
-    /// It started nothing; the reason says why.
-    Skipped,
-    /// It waits for the previous run to finish (overlap policy `queue`).
-    Queued,
-}
-
-impl FiringOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FiringOutcome::Started => "started",
-            FiringOutcome::Skipped => "skipped",
-            FiringOutcome::Queued => "queued",
-        }
-    }
-}
+/// What became of a firing time (the wire's enum, through the core).
+pub use shoal_core::schedule::FiringOutcome;
 
 #[derive(Clone, Debug)]
 pub struct FiringRow {
     pub schedule_id: String,
     pub fire_at: i64,
-    pub outcome: String,
-    pub reason: Option<String>,
+    pub outcome: FiringOutcome,
+    pub reason: Option<FiringReason>,
     pub execution_id: Option<String>,
     pub node_id: String,
     pub claimed_at: i64,
@@ -96,7 +78,7 @@ pub struct FiringRow {
 pub struct NewFiring {
     pub fire_at: i64,
     pub outcome: FiringOutcome,
-    pub reason: Option<&'static str>,
+    pub reason: Option<FiringReason>,
     /// The execution to enqueue with it (for [`FiringOutcome::Started`]).
     pub execution: Option<NewExecution>,
 }
@@ -171,8 +153,8 @@ fn firing_row(r: &Row) -> Result<FiringRow> {
     Ok(FiringRow {
         schedule_id: r.text(0)?,
         fire_at: r.i64(1)?,
-        outcome: r.text(2)?,
-        reason: r.opt_text(3)?,
+        outcome: r.named(2, "firing outcome", FiringOutcome::parse)?,
+        reason: r.opt_named(3, "firing reason", FiringReason::parse)?,
         execution_id: r.opt_text(4)?,
         node_id: r.text(5)?,
         claimed_at: r.i64(6)?,
@@ -473,7 +455,7 @@ impl Store {
                     schedules[*i].id.as_str().into(),
                     f.fire_at.into(),
                     f.outcome.as_str().into(),
-                    f.reason.into(),
+                    f.reason.map(FiringReason::as_str).into(),
                     exec_id.clone().into(),
                 ]);
             }

@@ -25,7 +25,7 @@ fn node(id: &str) -> NodeRegistration {
     NodeRegistration {
         id: id.into(),
         url: format!("http://{id}"),
-        state: "active".into(),
+        state: shoal_core::placement::RegistryState::Active,
         tags: vec![],
         slots: 8,
         version: "test".into(),
@@ -34,8 +34,8 @@ fn node(id: &str) -> NodeRegistration {
     }
 }
 
-fn status() -> NodeStatus<'static> {
-    NodeStatus { state: "active", running: 0, cpu_permille: 0, memory_permille: 0 }
+fn status() -> NodeStatus {
+    NodeStatus { state: shoal_core::placement::RegistryState::Active, running: 0, cpu_permille: 0, memory_permille: 0 }
 }
 
 fn inline() -> NewExecution {

@@ -69,7 +69,7 @@ fn node(id: &str) -> NodeRegistration {
     NodeRegistration {
         id: id.into(),
         url: format!("http://{id}"),
-        state: "active".into(),
+        state: shoal_core::placement::RegistryState::Active,
         tags: vec![],
         slots: 8,
         version: "test".into(),
@@ -78,8 +78,8 @@ fn node(id: &str) -> NodeRegistration {
     }
 }
 
-fn status(running: i64) -> NodeStatus<'static> {
-    NodeStatus { state: "active", running, cpu_permille: 0, memory_permille: 0 }
+fn status(running: i64) -> NodeStatus {
+    NodeStatus { state: shoal_core::placement::RegistryState::Active, running, cpu_permille: 0, memory_permille: 0 }
 }
 
 fn new_exec(spec: RunSpec) -> NewExecution {

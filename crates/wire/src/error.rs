@@ -124,7 +124,7 @@ pub struct CronErrorDetails {
 }
 
 /// A field of a cron expression.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum CronField {
     Second,
@@ -134,6 +134,16 @@ pub enum CronField {
     Month,
     DayOfWeek,
 }
+
+// In the order of a six-field expression.
+names!(CronField {
+    Second => "second",
+    Minute => "minute",
+    Hour => "hour",
+    DayOfMonth => "day-of-month",
+    Month => "month",
+    DayOfWeek => "day-of-week",
+});
 
 impl PartialEq<&str> for ErrorCode {
     fn eq(&self, other: &&str) -> bool {

@@ -16,39 +16,18 @@ pub enum ExecutionState {
     TimedOut,
 }
 
+names!(ExecutionState {
+    Queued => "queued",
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Cancelled => "cancelled",
+    TimedOut => "timed_out",
+});
+
 impl ExecutionState {
-    pub const ALL: [ExecutionState; 6] = [
-        ExecutionState::Queued,
-        ExecutionState::Running,
-        ExecutionState::Succeeded,
-        ExecutionState::Failed,
-        ExecutionState::Cancelled,
-        ExecutionState::TimedOut,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExecutionState::Queued => "queued",
-            ExecutionState::Running => "running",
-            ExecutionState::Succeeded => "succeeded",
-            ExecutionState::Failed => "failed",
-            ExecutionState::Cancelled => "cancelled",
-            ExecutionState::TimedOut => "timed_out",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ExecutionState> {
-        ExecutionState::ALL.into_iter().find(|x| x.as_str() == s)
-    }
-
     pub fn is_final(self) -> bool {
         !matches!(self, ExecutionState::Queued | ExecutionState::Running)
-    }
-}
-
-impl std::fmt::Display for ExecutionState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -76,45 +55,18 @@ pub enum ExecutionReason {
     Partitions,
 }
 
-impl ExecutionReason {
-    pub const ALL: [ExecutionReason; 10] = [
-        ExecutionReason::Submitted,
-        ExecutionReason::RetryScheduled,
-        ExecutionReason::Started,
-        ExecutionReason::Exited,
-        ExecutionReason::Signaled,
-        ExecutionReason::Timeout,
-        ExecutionReason::Cancelled,
-        ExecutionReason::NodeLost,
-        ExecutionReason::HandedBack,
-        ExecutionReason::Partitions,
-    ];
-
-    pub fn parse(s: &str) -> Option<ExecutionReason> {
-        ExecutionReason::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExecutionReason::Submitted => "submitted",
-            ExecutionReason::RetryScheduled => "retry_scheduled",
-            ExecutionReason::Started => "started",
-            ExecutionReason::Exited => "exited",
-            ExecutionReason::Signaled => "signaled",
-            ExecutionReason::Timeout => "timeout",
-            ExecutionReason::Cancelled => "cancelled",
-            ExecutionReason::NodeLost => "node_lost",
-            ExecutionReason::HandedBack => "handed_back",
-            ExecutionReason::Partitions => "partitions",
-        }
-    }
-}
-
-impl PartialEq<&str> for ExecutionReason {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
+names!(ExecutionReason {
+    Submitted => "submitted",
+    RetryScheduled => "retry_scheduled",
+    Started => "started",
+    Exited => "exited",
+    Signaled => "signaled",
+    Timeout => "timeout",
+    Cancelled => "cancelled",
+    NodeLost => "node_lost",
+    HandedBack => "handed_back",
+    Partitions => "partitions",
+});
 
 /// What an execution runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

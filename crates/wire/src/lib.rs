@@ -8,6 +8,37 @@
 //! Times are RFC 3339 strings in UTC with milliseconds (`2026-12-01T10:00:00.000Z`), except
 //! where a field says it is in another zone. Ids are UUIDv7 strings, so they sort by creation.
 
+/// The names of an enum whose values the store keeps as text and the API sends: `ALL`,
+/// `as_str` (the serde name, spelled again so that it is a `&'static str`; a test holds the
+/// two equal), `parse`, `Display`, and comparison with a name.
+macro_rules! names {
+    ($t:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $t {
+            pub const ALL: [$t; [$($name),+].len()] = [$($t::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($t::$variant => $name),+ }
+            }
+
+            pub fn parse(s: &str) -> Option<$t> {
+                match s { $($name => Some($t::$variant),)+ _ => None }
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
 mod error;
 mod executions;
 mod listeners;
@@ -82,4 +113,35 @@ where
     };
     let whole = whole.ok_or_else(|| D::Error::custom(format!("invalid value `{n}`, expected a whole number")))?;
     T::try_from(whole).map(Some).map_err(|_| D::Error::custom(format!("number `{n}` is out of range")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check<T: Serialize + Copy + PartialEq + std::fmt::Debug>(
+        all: &[T],
+        as_str: fn(T) -> &'static str,
+        parse: fn(&str) -> Option<T>,
+    ) {
+        for &v in all {
+            assert_eq!(serde_json::to_value(v).unwrap(), as_str(v), "{v:?}");
+            assert_eq!(parse(as_str(v)), Some(v));
+        }
+    }
+
+    /// A name the store keeps is the name the API sends.
+    #[test]
+    fn names_are_the_serde_names() {
+        check(&ExecutionState::ALL, ExecutionState::as_str, ExecutionState::parse);
+        check(&ExecutionReason::ALL, ExecutionReason::as_str, ExecutionReason::parse);
+        check(&FiringOutcome::ALL, FiringOutcome::as_str, FiringOutcome::parse);
+        check(&FiringReason::ALL, FiringReason::as_str, FiringReason::parse);
+        check(&EventOutcome::ALL, EventOutcome::as_str, EventOutcome::parse);
+        check(&EventReason::ALL, EventReason::as_str, EventReason::parse);
+        check(&ListenerKind::ALL, ListenerKind::as_str, ListenerKind::parse);
+        check(&NodeState::ALL, NodeState::as_str, NodeState::parse);
+        check(&CronField::ALL, CronField::as_str, CronField::parse);
+        assert_eq!(FiringReason::parse("bogus"), None);
+    }
 }

@@ -18,22 +18,7 @@ pub enum ListenerKind {
     Cluster,
 }
 
-impl ListenerKind {
-    pub fn parse(s: &str) -> Option<ListenerKind> {
-        [ListenerKind::Job, ListenerKind::File, ListenerKind::Webhook, ListenerKind::Cluster]
-            .into_iter()
-            .find(|k| k.as_str() == s)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ListenerKind::Job => "job",
-            ListenerKind::File => "file",
-            ListenerKind::Webhook => "webhook",
-            ListenerKind::Cluster => "cluster",
-        }
-    }
-}
+names!(ListenerKind { Job => "job", File => "file", Webhook => "webhook", Cluster => "cluster" });
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -251,6 +236,9 @@ pub enum EventReason {
     /// The job could not be started (file missing or invalid, parameters do not bind).
     JobError,
 }
+
+names!(EventOutcome { Started => "started", Skipped => "skipped" });
+names!(EventReason { Disabled => "disabled", JobError => "job_error" });
 
 /// One event a listener recorded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

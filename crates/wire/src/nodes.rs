@@ -18,25 +18,15 @@ pub enum NodeState {
     Lost,
 }
 
-impl NodeState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeState::Joining => "joining",
-            NodeState::Active => "active",
-            NodeState::Draining => "draining",
-            NodeState::Suspended => "suspended",
-            NodeState::Stopping => "stopping",
-            NodeState::Stopped => "stopped",
-            NodeState::Lost => "lost",
-        }
-    }
-}
-
-impl std::fmt::Display for NodeState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+names!(NodeState {
+    Joining => "joining",
+    Active => "active",
+    Draining => "draining",
+    Suspended => "suspended",
+    Stopping => "stopping",
+    Stopped => "stopped",
+    Lost => "lost",
+});
 
 /// What the answering node's gossip says of a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

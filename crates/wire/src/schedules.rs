@@ -162,6 +162,9 @@ pub enum FiringReason {
     JobError,
 }
 
+names!(FiringOutcome { Started => "started", Skipped => "skipped", Queued => "queued" });
+names!(FiringReason { Misfire => "misfire", Overlap => "overlap", Disabled => "disabled", JobError => "job_error" });
+
 /// One firing time of a schedule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Firing {
