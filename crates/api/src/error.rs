@@ -68,6 +68,7 @@ constructors! {
     invalid_cron => InvalidCron,
     unknown_time_zone => UnknownTimeZone,
     invalid_pattern => InvalidPattern,
+    root_not_allowed => RootNotAllowed,
     idempotency_key_reused => IdempotencyKeyReused,
     internal => Internal,
     store_unavailable => StoreUnavailable,
@@ -192,6 +193,7 @@ impl From<DomainError> for ApiError {
             DomainError::InvalidRequest(_) => ApiError::invalid_request(message),
             DomainError::InvalidPath(_) => ApiError::invalid_path(message),
             DomainError::UnknownNode(_) => ApiError::unknown_node(message),
+            DomainError::RootNotAllowed(_) => ApiError::root_not_allowed(message),
             DomainError::UnknownTag(_) => ApiError::unknown_tag(message),
             DomainError::Store(e) => e.into(),
             DomainError::SandboxFolder { .. } | DomainError::Internal(_) => ApiError::internal(message),
@@ -236,6 +238,7 @@ mod tests {
             (DomainError::InvalidRequest("m".into()), ErrorCode::InvalidRequest),
             (DomainError::InvalidPath("m".into()), ErrorCode::InvalidPath),
             (DomainError::UnknownNode("m".into()), ErrorCode::UnknownNode),
+            (DomainError::RootNotAllowed("m".into()), ErrorCode::RootNotAllowed),
             (DomainError::UnknownTag("m".into()), ErrorCode::UnknownTag),
         ] {
             let e = ApiError::from(domain);

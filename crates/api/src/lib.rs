@@ -96,6 +96,8 @@ pub struct AppState {
     /// Sends requests that only another node can serve on to it, and verifies the ones other
     /// nodes send here.
     pub forwarder: Arc<Forwarder>,
+    /// Where sandbox folders may be (`sandboxes.allowed_roots`).
+    pub roots: Arc<shoal_service::roots::RootPolicy>,
 }
 
 pub type State = axum::extract::State<Arc<AppState>>;

@@ -34,14 +34,17 @@ pub const ERRORS: &[(&str, &[&[ErrorCode]])] = &[
     ("suspendNode", &[&[NotFound, NodeUnavailable]]),
     ("resumeNode", &[&[NotFound, NodeUnavailable]]),
     ("listSandboxes", &[]),
-    ("createSandbox", &[JSON_BODY, HOLDER, &[AlreadyExists, InvalidRequest, InvalidPartitions, UnknownNode]]),
+    (
+        "createSandbox",
+        &[JSON_BODY, HOLDER, &[AlreadyExists, InvalidRequest, InvalidPartitions, UnknownNode, RootNotAllowed]],
+    ),
     ("getSandbox", &[&[NotFound]]),
     ("deleteSandbox", &[&[NotFound, Conflict]]),
     ("listSandboxJobs", &[HOLDER, &[NotFound, InvalidPath]]),
     ("listSandboxRoot", &[HOLDER, &[NotFound, InvalidQuery]]),
     ("listSandboxRootSlash", &[HOLDER, &[NotFound, InvalidQuery]]),
     ("getSandboxFile", &[HOLDER, &[NotFound, InvalidPath, InvalidQuery]]),
-    ("putSandboxFile", &[HOLDER, &[NotFound, InvalidPath, InvalidQuery, BadRequest, PayloadTooLarge]]),
+    ("putSandboxFile", &[HOLDER, &[NotFound, InvalidPath, InvalidQuery, BadRequest, PayloadTooLarge, Conflict]]),
     ("deleteSandboxFile", &[HOLDER, &[NotFound, InvalidPath, InvalidQuery, Conflict]]),
     ("listExecutions", &[&[InvalidQuery]]),
     ("submitExecution", &[JSON_BODY, HOLDER, BIND, &[InvalidRequest, IdempotencyKeyReused, UnknownNode, UnknownTag]]),
@@ -110,6 +113,7 @@ fn meaning(code: ErrorCode) -> &'static str {
         InvalidCron => "the cron expression is wrong (`details` names the field when one is: `CronErrorDetails`)",
         UnknownTimeZone => "not an IANA time zone name",
         InvalidPattern => "not a valid file pattern",
+        RootNotAllowed => "the sandbox folder is not under one of the node's `sandboxes.allowed_roots`, or holds the node's data directory or store file",
         Internal => "an unexpected server error",
         StoreUnavailable => "the store is unreachable; the request changed nothing, retry it later",
         NodeUnavailable => "the node that must serve this is down (the message names it and says why)",
@@ -191,6 +195,9 @@ pub fn document() -> &'static Value {
     })
 }
 
+/// A path inside a sandbox: relative, no `..` part, no NUL byte.
+const INSIDE: &str = r"^(?!/)(?!(?:.*/)?\.\.(?:/|$))[^\u0000]*$";
+
 /// Adds the error responses, the constraints serde cannot state, and OpenAPI's path syntax for
 /// the files wildcard (`{*path}` is axum's).
 fn refine(mut doc: Value) -> Value {
@@ -210,6 +217,11 @@ fn refine(mut doc: Value) -> Value {
     for (_, item) in paths.iter_mut() {
         for (_, op) in item.as_object_mut().expect("path item").iter_mut().filter(|(k, _)| *k != "servers") {
             let Some(id) = op.get("operationId").and_then(Value::as_str).map(str::to_owned) else { continue };
+            if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+                for p in params.iter_mut().filter(|p| p["name"] == "path" && p["in"] == "path") {
+                    p["schema"]["pattern"] = json!(INSIDE);
+                }
+            }
             let codes = codes_of(&id);
             let responses = op["responses"].as_object_mut().expect("responses");
             let mut by_status: std::collections::BTreeMap<u16, Vec<ErrorCode>> = Default::default();
@@ -303,17 +315,43 @@ fn refine(mut doc: Value) -> Value {
             {"if": given("workdir", "string"), "then": given("sandbox", "string")}
         ]}
     ]);
-    // Durations: the syntax `shoal_core::duration::parse` checks.
+    // What each sandbox kind takes: a root (absolute, no NUL byte) for `shared` and `local`,
+    // a holder for `local` only, parts for `partitioned` only.
+    let slug = schemas["CreateSandboxRequest"]["properties"]["name"]["pattern"].clone();
+    let root = json!({"type": "string", "pattern": r"^/[^\u0000]*$"});
+    let kind = |k: &str, then: Value| json!({"if": {"properties": {"kind": {"const": k}}, "required": ["kind"]}, "then": then});
+    schemas["CreateSandboxRequest"]["properties"]["node"]["pattern"] = slug;
+    schemas["CreateSandboxRequest"]["allOf"] = json!([
+        kind(
+            "shared",
+            json!({"required": ["root"], "properties": {"root": root, "node": {"type": "null"}, "partitions": {"type": "null"}}})
+        ),
+        kind("local", json!({"required": ["root"], "properties": {"root": root, "partitions": {"type": "null"}}})),
+        kind(
+            "partitioned",
+            json!({"required": ["partitions"], "properties": {"partitions": {"type": "array"}, "root": {"type": "null"}, "node": {"type": "null"}}})
+        ),
+    ]);
+    // Paths inside a sandbox: relative, no `..` part, no NUL byte (their byte limits are in
+    // the descriptions: a schema's lengths count characters). Durations: the syntax
+    // `shoal_core::duration::parse` checks.
     let duration = shoal_core::duration::pattern();
-    for (body, field) in [
-        ("SubmitRequest", "timeout"),
-        ("SubmitRequest", "retry_backoff"),
-        ("ScheduleRequest", "misfire_threshold"),
-        ("OnFileRequest", "settle"),
-    ] {
+    let patterns = [
+        ("SubmitRequest", "job", INSIDE),
+        ("SubmitRequest", "workdir", INSIDE),
+        ("ScheduleRequest", "job", INSIDE),
+        ("ListenerRequest", "job", INSIDE),
+        ("OnJobRequest", "job", INSIDE),
+        ("OnFileRequest", "pattern", INSIDE),
+        ("SubmitRequest", "timeout", &duration),
+        ("SubmitRequest", "retry_backoff", &duration),
+        ("ScheduleRequest", "misfire_threshold", &duration),
+        ("OnFileRequest", "settle", &duration),
+    ];
+    for (body, field, pattern) in patterns {
         let property = &mut schemas[body]["properties"][field];
         assert!(property.is_object(), "{body}.{field} is in the document");
-        property["pattern"] = json!(duration);
+        property["pattern"] = json!(pattern);
     }
     // Zones are the IANA names the server knows, spelled exactly.
     schemas["TimeZone"] = json!({

@@ -40,6 +40,12 @@ async fn partitions(state: &crate::AppState, raw: Option<Vec<RawPartition>>) -> 
         });
     }
     shoal_core::validate_partitions(&parts).map_err(ApiError::invalid_partitions)?;
+    // Checked against this node's allowed folders, resolved on this machine: the nodes of a
+    // cluster are meant to share `sandboxes.allowed_roots` (docs/configuration.md).
+    let (roots, given) = (state.roots.clone(), parts.iter().map(|p| p.root.clone()).collect::<Vec<_>>());
+    tokio::task::spawn_blocking(move || given.iter().try_for_each(|r| roots.check(r).map(|_| ())))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
     let known = state.store.list_nodes().await?;
     if let Some(p) = parts.iter().find(|p| !known.iter().any(|k| k.id == p.node)) {
         return Err(ApiError::unknown_node(format!(
@@ -147,8 +153,7 @@ pub async fn create(state: State, request: Request) -> ApiResult<Response> {
     let root_text = req.root.clone().ok_or_else(|| {
         ApiError::invalid_request("`root` is missing: the absolute path of the sandbox's folder on the node")
     })?;
-    let root = std::path::PathBuf::from(&root_text);
-    if !root.is_absolute() {
+    if !std::path::Path::new(&root_text).is_absolute() {
         return Err(ApiError::invalid_request(format!(
             "root `{root_text}` is not an absolute path; give the sandbox folder's full path on the node"
         )));
@@ -173,14 +178,29 @@ pub async fn create(state: State, request: Request) -> ApiResult<Response> {
         SandboxKind::Partitioned => None,
     };
     if let Some(holder) = node.as_deref().filter(|n| *n != state.node.id) {
+        // A holder that is down is a reason to retry (503); one that never joined is a mistake.
+        if !state.store.list_nodes().await?.iter().any(|k| k.id == holder) {
+            return Err(ApiError::unknown_node(format!(
+                "node `{holder}` has never joined the cluster, so it cannot hold sandbox `{}`; start that node first or fix the id",
+                name.as_str()
+            )));
+        }
         // The folder is created on the holder, so the holder registers the sandbox.
         let request = Request::from_parts(parts, Body::from(raw.to_string()));
         return forward::to_sandbox_holder(&state, name.as_str(), holder, request).await;
     }
-    tokio::task::spawn_blocking(move || std::fs::create_dir_all(&root))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::invalid_request(format!("cannot create the sandbox folder {root_text}: {e}")))?;
+    // The holder checks the root against its own allowed folders, and creates it.
+    let (roots, shown) = (state.roots.clone(), root_text.clone());
+    tokio::task::spawn_blocking(move || -> ApiResult<()> {
+        let root = roots.check(&shown)?;
+        std::fs::create_dir_all(&root)
+            .map_err(|e| ApiError::invalid_request(format!("cannot create the sandbox folder {shown}: {e}")))?;
+        // Made now, it resolves fully: check again (a symlink among the new folders).
+        roots.check(&shown)?;
+        Ok(())
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
     let row =
         state.store.create_sandbox(name.as_str(), kind, &root_text, node.as_deref(), &[]).await.map_err(
             |e| match e {

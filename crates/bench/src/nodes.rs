@@ -38,9 +38,10 @@ pub(crate) struct InProcess<'a> {
 impl InProcess<'_> {
     fn config_text(&self) -> String {
         let mut text = format!(
-            "node_id = {:?}\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = {:?}\npool_size = {}\n[executor]\nslots = {}\nsupervisor = {:?}\n",
+            "node_id = {:?}\ndata_dir = {:?}\n[sandboxes]\nallowed_roots = [{:?}]\n[http]\nlisten = \"127.0.0.1:0\"\n[store]\nurl = {:?}\npool_size = {}\n[executor]\nslots = {}\nsupervisor = {:?}\n",
             self.id,
             self.dir.join(format!("data-{}", self.id)).display().to_string(),
+            self.dir.display().to_string(),
             self.store,
             self.pool,
             self.slots,
@@ -231,8 +232,9 @@ fn write_config(dir: &Path, store: &str, id: &str, lease: Duration, slots: u32) 
         .context("cannot find a free loopback port")?
         .port();
     let text = format!(
-        "node_id = {id:?}\ndata_dir = {data:?}\n[http]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = {store:?}\n[cluster]\nlease_ttl = {lease:?}\n[executor]\nslots = {slots}\n",
+        "node_id = {id:?}\ndata_dir = {data:?}\n[sandboxes]\nallowed_roots = [{base:?}]\n[http]\nlisten = \"127.0.0.1:{port}\"\n[store]\nurl = {store:?}\n[cluster]\nlease_ttl = {lease:?}\n[executor]\nslots = {slots}\n",
         data = dir.join(format!("data-{id}")).display().to_string(),
+        base = dir.display().to_string(),
         lease = shoal_core::duration::format(lease),
     );
     let config = dir.join(format!("{id}.toml"));

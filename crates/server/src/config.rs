@@ -39,6 +39,14 @@ struct Raw {
     executor: RawExecutor,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    sandboxes: RawSandboxes,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawSandboxes {
+    allowed_roots: Option<Vec<PathBuf>>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -120,6 +128,13 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub executor: ExecutorConfig,
     pub log: LogConfig,
+    pub sandboxes: SandboxesConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct SandboxesConfig {
+    /// Absolute folders sandbox roots must lie under; `None`: the data directory.
+    pub allowed_roots: Option<Vec<PathBuf>>,
 }
 
 #[derive(Clone, Debug)]
@@ -226,6 +241,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         &["slots", "kill_grace", "max_output_bytes", "poll_interval", "supervisor", "cpu_limit", "memory_limit"],
     ),
     ("log", &["level", "format"]),
+    ("sandboxes", &["allowed_roots"]),
 ];
 const TOP_LEVEL: &[&str] = &["node_id", "data_dir", "tags"];
 
@@ -516,6 +532,19 @@ impl Config {
         if poll_interval < Duration::from_millis(10) || poll_interval > Duration::from_secs(60) {
             return Err(ConfigError::Invalid("executor.poll_interval must be from 10ms to 60s".into()));
         }
+        if let Some(roots) = &raw.sandboxes.allowed_roots {
+            if roots.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "sandboxes.allowed_roots is empty, so no sandbox could be created; name at least one folder, or leave the key out for the data directory".into(),
+                ));
+            }
+            if let Some(r) = roots.iter().find(|r| !r.is_absolute()) {
+                return Err(ConfigError::Invalid(format!(
+                    "sandboxes.allowed_roots: `{}` is not an absolute path",
+                    r.display()
+                )));
+            }
+        }
         let format = match raw.log.format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -559,6 +588,7 @@ impl Config {
                 memory_limit,
             },
             log: LogConfig { level: raw.log.level.unwrap_or_else(|| "info".into()), format },
+            sandboxes: SandboxesConfig { allowed_roots: raw.sandboxes.allowed_roots },
         })
     }
 }
@@ -583,6 +613,15 @@ mod tests {
         assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.http.write_timeout, Duration::from_secs(30));
         assert_eq!(c.http.max_connections, 1024);
+        assert_eq!(c.sandboxes.allowed_roots, None, "none given: the data directory");
+    }
+
+    #[test]
+    fn allowed_roots_come_from_the_file_or_the_environment() {
+        let c = Config::parse("[sandboxes]\nallowed_roots = [\"/srv/a\"]\n", "x", env(&[])).unwrap();
+        assert_eq!(c.sandboxes.allowed_roots, Some(vec![PathBuf::from("/srv/a")]));
+        let c = Config::parse("", "x", env(&[("SHOAL_SANDBOXES_ALLOWED_ROOTS", "[\"/srv/a\", \"/srv/b\"]")])).unwrap();
+        assert_eq!(c.sandboxes.allowed_roots, Some(vec![PathBuf::from("/srv/a"), PathBuf::from("/srv/b")]));
     }
 
     #[test]
@@ -676,6 +715,8 @@ slots = 8
             ("[http]\nmax_connections = 0", "http.max_connections"),
             ("[http]\nwrite_timeout = \"50ms\"", "http.write_timeout must be from 100ms to 1h"),
             ("[http]\nwrite_timeout = \"forever\"", "http.write_timeout"),
+            ("[sandboxes]\nallowed_roots = []", "sandboxes.allowed_roots is empty"),
+            ("[sandboxes]\nallowed_roots = [\"srv\"]", "`srv` is not an absolute path"),
         ] {
             let e = Config::parse(text, "x", env(&[])).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");

@@ -191,6 +191,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         },
         metrics,
         logs,
+        roots: Arc::new(root_policy(&config).await?),
     });
     let app = shoal_api::router(state);
     let http = http::spawn(listener, app, (&config.http).into(), &id, shutdown_rx.clone());
@@ -358,4 +359,17 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> anyhow
     shutdown.await;
     node.shutdown().await;
     Ok(())
+}
+
+/// Where this node lets sandbox folders be: under `sandboxes.allowed_roots` (default: the data
+/// directory), never holding the data directory or a SQLite store file.
+async fn root_policy(config: &Config) -> anyhow::Result<shoal_service::roots::RootPolicy> {
+    let data_dir = std::path::absolute(&config.data_dir)
+        .with_context(|| format!("cannot resolve the data directory {}", config.data_dir.display()))?;
+    let allowed = config.sandboxes.allowed_roots.clone().unwrap_or_else(|| vec![data_dir.clone()]);
+    let mut protected = vec![data_dir];
+    if let Some(file) = config.store.url.strip_prefix("sqlite://") {
+        protected.push(std::path::absolute(file.split('?').next().unwrap_or(file))?);
+    }
+    Ok(tokio::task::spawn_blocking(move || shoal_service::roots::RootPolicy::new(&allowed, &protected)).await?)
 }

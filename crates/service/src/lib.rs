@@ -8,6 +8,7 @@
 
 pub mod job_file;
 pub mod jobs;
+pub mod roots;
 pub mod submission;
 
 use shoal_store::StoreError;
@@ -61,6 +62,9 @@ pub enum DomainError {
     /// A sandbox path that is not one (absolute, with `..`, ...).
     #[error("{0}")]
     InvalidPath(String),
+    /// A sandbox root outside the node's allowed folders, or one holding its data.
+    #[error("{0}")]
+    RootNotAllowed(String),
     /// An allocation or partition naming a node that has never joined the cluster.
     #[error("{0}")]
     UnknownNode(String),

@@ -456,6 +456,53 @@ async fn files_are_confined_to_the_sandbox(b: Backend) {
     n.stop().await;
 }
 
+/// A sandbox's folder must lie under `sandboxes.allowed_roots` (by default the data
+/// directory) and may not hold the node's data: else anyone who may create a sandbox could
+/// read the machine's files, or the store with the cluster secret, through the files API.
+/// A refused root is answered 422 `root_not_allowed` and changes nothing: no row, no folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_roots_stay_in_the_allowed_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::store_url(Backend::Sqlite, dir.path());
+    // The default: no `[sandboxes]` section, so only the data directory.
+    let mut n = TestNode::start_edited(dir, url, |t| {
+        t.lines()
+            .filter(|l| !l.starts_with("[sandboxes]") && !l.starts_with("allowed_roots"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
+    .await;
+    let data = std::fs::canonicalize(n.dir.path().join("data")).unwrap();
+    let outside = n.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, data.join("link-out")).unwrap();
+    let create = |name: &str, root: String| json!({"name": name, "kind": "shared", "root": root});
+    let refused = [
+        ("beside", outside.join("sb").display().to_string(), "sandboxes.allowed_roots"),
+        ("slash", "/".to_owned(), "sandboxes.allowed_roots"),
+        ("dotdot", format!("{}/../outside/x", data.display()), "contains `..`"),
+        ("data", data.display().to_string(), "the node's own data"),
+        ("above", n.dir.path().display().to_string(), "sandboxes.allowed_roots"),
+        ("through-link", data.join("link-out/sb").display().to_string(), "sandboxes.allowed_roots"),
+    ];
+    for (name, root, says) in &refused {
+        let msg = expect_error(n.post("/api/v1/sandboxes", create(name, root.clone())).await, 422, "root_not_allowed");
+        assert!(msg.contains(says), "{name}: {msg}");
+    }
+    let (_, list) = n.get("/api/v1/sandboxes").await;
+    assert_eq!(list["sandboxes"], json!([]), "a refused root registered nothing");
+    assert!(!outside.join("sb").exists(), "a refused root's folder was not created");
+    // Partitions are held to the same rule.
+    let parts = json!({"name": "parts", "kind": "partitioned", "partitions": [{"name": "a", "node": "n1", "root": outside.join("p").display().to_string()}]});
+    expect_error(n.post("/api/v1/sandboxes", parts).await, 422, "root_not_allowed");
+    // Below the data directory is allowed, and made.
+    let inside = data.join("sandboxes/ok");
+    let (status, body) = n.post("/api/v1/sandboxes", create("ok", inside.display().to_string())).await;
+    assert_eq!(status, 201, "{body}");
+    assert!(inside.is_dir());
+    n.stop().await;
+}
+
 async fn sandbox_lifecycle(b: Backend) {
     let mut n = TestNode::start(b).await;
     let root = n.dir.path().join("fresh");

@@ -217,6 +217,8 @@ async fn every_status_and_code_the_document_lists_happens() {
         (422, "invalid_request"),
     )
     .await;
+    let everything = j(json!({"name": "everything", "kind": "shared", "root": "/"}));
+    p.expect("createSandbox", M::POST, "/sandboxes", everything, (422, "root_not_allowed")).await;
     let parts = json!({"name": "parts", "kind": "partitioned", "partitions": [{"name": "a", "node": "n1", "root": "/tmp/a"}, {"name": "a", "node": "n1", "root": "/tmp/b"}]});
     p.expect("createSandbox", M::POST, "/sandboxes", j(parts), (422, "invalid_partitions")).await;
     let ghost =
@@ -240,6 +242,8 @@ async fn every_status_and_code_the_document_lists_happens() {
     p.expect("putSandboxFile", M::PUT, "/sandboxes/examples/files/data/x.txt", bytes(), (201, "")).await;
     p.expect("putSandboxFile", M::PUT, "/sandboxes/examples/files/data/x.txt", bytes(), (200, "")).await;
     p.expect("putSandboxFile", M::PUT, "/sandboxes/nope/files/x.txt", bytes(), (404, "not_found")).await;
+    // A folder is not a file to replace, nor is a path through a file a folder.
+    p.expect("putSandboxFile", M::PUT, "/sandboxes/examples/files/data", bytes(), (409, "conflict")).await;
     p.expect("putSandboxFile", M::PUT, "/sandboxes/examples/files/a%00b", bytes(), (400, "invalid_path")).await;
     let big = Body::Raw("application/octet-stream", vec![b'x'; 2 * 1024 * 1024]);
     p.expect("putSandboxFile", M::PUT, "/sandboxes/examples/files/big.bin", big, (413, "payload_too_large")).await;

@@ -66,6 +66,7 @@ codes! {
     InvalidCron => (422, "invalid_cron"),
     UnknownTimeZone => (422, "unknown_time_zone"),
     InvalidPattern => (422, "invalid_pattern"),
+    RootNotAllowed => (422, "root_not_allowed"),
     IdempotencyKeyReused => (422, "idempotency_key_reused"),
     Internal => (500, "internal"),
     StoreUnavailable => (503, "store_unavailable"),

@@ -52,6 +52,8 @@ pub fn config_text(dir: &Path, store_url: &str, extra: &str) -> String {
         r#"
 node_id = "n1"
 data_dir = "{dir}"
+[sandboxes]
+allowed_roots = ["{tmp}"]
 [http]
 listen = "127.0.0.1:0"
 max_request_bytes = 65536
@@ -69,6 +71,7 @@ supervisor = "{supervisor}"
 {extra}
 "#,
         dir = dir.join("data").display(),
+        tmp = std::fs::canonicalize(std::env::temp_dir()).unwrap().display(),
         supervisor = env!("CARGO_BIN_EXE_shoal"),
     )
 }

@@ -5,12 +5,15 @@ One check replaces schemathesis' `positive_data_acceptance`, which takes any 4xx
 refused only
 - with 401, 404 or 409 (a credential, something missing, a conflict with what is stored);
 - with 422 and a code that names what the request refers to (a sandbox, job file, node or
-  tag that does not exist, a job's parameters, an idempotency key used before) or a value
+  tag that does not exist, a job's parameters, an idempotency key used before, a sandbox
+  folder outside the node's `sandboxes.allowed_roots`) or a value
   whose meaning only the server can judge: a cron expression that does not parse or never
   fires (`invalid_cron`), a glob that does not compile (`invalid_pattern`);
-- with 422 `invalid_request` for a duration out of range: more than 100 years, or zero where
-  more than zero is needed. Its syntax is in the document (`pattern`); its range is not
-  something a JSON Schema can state of a sum of parts.
+- for the two rules a JSON Schema cannot state: a duration out of range (422
+  `invalid_request`: more than 100 years, or zero where more than zero is needed; its syntax
+  is in the document as a `pattern`, but not the range of a sum of parts), and a file or
+  folder name over 255 bytes or a path over 4096 (400 `invalid_path`: the document's
+  lengths count characters, the file system counts bytes of UTF-8).
 Anything else is a finding: every 400, and every other 422, in particular `invalid_request`
 (the rules that tie fields together are in the document, see `crates/api/src/openapi.rs`,
 `refine`) and `unknown_time_zone` (the zones are an enum there).
@@ -36,12 +39,17 @@ SEMANTIC = {
     "invalid_pattern",
     "invalid_partitions",
     "idempotency_key_reused",
+    "root_not_allowed",
 }
 
 
-def out_of_range_duration(message):
-    """The server's words for a duration of the right syntax but out of range."""
-    return "is too long; the longest accepted is 100 years" in message or "must be more than zero" in message
+def beyond_a_schema(status, code, message):
+    """The server's words for the rules no JSON Schema can state (see the module's text)."""
+    if status == 422 and code == "invalid_request":
+        return "is too long; the longest accepted is 100 years" in message or "must be more than zero" in message
+    if status == 400 and code == "invalid_path":
+        return "has a name longer than 255 bytes" in message or "the limit is 4096 bytes" in message
+    return False
 
 
 # Statuses a valid request may get for what it refers to rather than its shape.
@@ -63,7 +71,7 @@ def schema_valid_requests_are_not_refused_for_their_shape(ctx, response, case):
         code, message = None, ""
     if status == 422 and code in SEMANTIC:
         return None
-    if status == 422 and code == "invalid_request" and out_of_range_duration(message):
+    if beyond_a_schema(status, code, message):
         return None
     raise AssertionError(
         f"A request the document allows was refused with {status} `{code}`: "
