@@ -30,19 +30,33 @@ pub async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> ApiR
     })
 }
 
+/// A JSON body must say so: `Content-Type: application/json` (parameters such as `charset`
+/// allowed). A missing or other type is 415, so that a web page cannot send a JSON body as
+/// `text/plain`, a "simple" request a browser sends cross-site without asking the server
+/// first (no CORS preflight).
+fn check_json_type(headers: &HeaderMap) -> ApiResult<()> {
+    let want = "send JSON with `Content-Type: application/json`";
+    let mut values = headers.get_all(axum::http::header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return Err(ApiError::unsupported_media_type(format!("the request has no single Content-Type header; {want}")));
+    };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    match text.parse::<mime::Mime>() {
+        Ok(m) if m.essence_str() == "application/json" => Ok(()),
+        _ => Err(ApiError::unsupported_media_type(format!(
+            "content type `{}` is not accepted here; {want}",
+            text.chars().take(100).collect::<String>()
+        ))),
+    }
+}
+
 /// Parses a JSON body; unknown fields, wrong types and syntax errors are 400 with the place.
 pub async fn json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
 ) -> ApiResult<(T, serde_json::Value)> {
-    if let Some(ct) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
-        if !ct.starts_with("application/json") {
-            return Err(ApiError::unsupported_media_type(format!(
-                "content type `{ct}` is not accepted here; send JSON with `Content-Type: application/json`"
-            )));
-        }
-    }
+    check_json_type(headers)?;
     let bytes = read_limited(headers, body, limit).await?;
     let value: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::invalid_json(format!("request body is not valid JSON: {e}")))?;

@@ -68,6 +68,8 @@ constructors! {
     invalid_cron => InvalidCron,
     unknown_time_zone => UnknownTimeZone,
     invalid_pattern => InvalidPattern,
+    foreign_host => ForeignHost,
+    foreign_origin => ForeignOrigin,
     root_not_allowed => RootNotAllowed,
     idempotency_key_reused => IdempotencyKeyReused,
     internal => Internal,

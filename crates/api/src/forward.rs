@@ -201,6 +201,9 @@ fn end_to_end(headers: &HeaderMap) -> HeaderMap {
                 | "upgrade"
                 | "host"
                 | "expect"
+                // The node the client reached checked it against its own host; the next
+                // node's `Host` is not the client's.
+                | "origin"
         ) || named_by_connection.iter().any(|t| t == name.as_str())
             || SIGNED.contains(name);
         if !hop_by_hop {

@@ -19,6 +19,7 @@ mod nodes;
 mod openapi;
 mod sandboxes;
 pub mod schedules;
+mod triggers;
 
 pub use error::{ApiError, ApiResult, ErrorCode};
 pub use forward::{forward_to_node, Forwarded, Forwarder, REPLAY_WINDOW, SERVED_BY};

@@ -6,7 +6,7 @@ use crate::body;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs;
-use crate::schedules::{check_name, LimitQuery};
+use crate::triggers::{self, LimitQuery, StoreResult, Trigger};
 use crate::State;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request};
@@ -21,7 +21,7 @@ use shoal_core::listener::{
     FILE_EVENTS,
 };
 use shoal_core::ExecState;
-use shoal_store::{EventRow, ListenerDef, ListenerRow, NewEvent, StoreError};
+use shoal_store::{EventRow, ListenerDef, ListenerRow, NewEvent, Store};
 use shoal_wire as wire;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -251,64 +251,72 @@ fn replayed(e: &EventRow) -> Response {
     (StatusCode::OK, Json(answer)).into_response()
 }
 
-async fn find(state: &crate::AppState, reference: &str) -> ApiResult<ListenerRow> {
-    state
-        .store
-        .get_listener(reference)
-        .await?
-        .ok_or_else(|| ApiError::unknown_listener(format!("no listener with id or name `{reference}`")))
-}
-
-fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Conflict(m) => ApiError::already_exists(m),
-        StoreError::NotFound(m) => ApiError::unknown_listener(m),
-        other => other.into(),
+/// What is a listener's own in the handlers that [`triggers`] shares.
+impl Trigger for ListenerRow {
+    const NAME: &'static str = "listener";
+    type Def = ListenerDef;
+    type Wire = wire::Listener;
+    fn unknown(message: String) -> ApiError {
+        ApiError::unknown_listener(message)
+    }
+    fn job(def: &ListenerDef) -> (&str, &str, &BTreeMap<String, String>) {
+        (&def.sandbox, &def.job, &def.params)
+    }
+    async fn get(store: &Store, reference: &str) -> StoreResult<Option<Self>> {
+        store.get_listener(reference).await
+    }
+    async fn list(store: &Store) -> StoreResult<Vec<Self>> {
+        store.list_listeners().await
+    }
+    async fn create(store: &Store, def: &ListenerDef) -> StoreResult<Self> {
+        store.create_listener(def).await
+    }
+    async fn update(store: &Store, id: &str, def: &ListenerDef) -> StoreResult<Self> {
+        store.update_listener(id, def).await
+    }
+    async fn delete(store: &Store, reference: &str) -> StoreResult<()> {
+        store.delete_listener(reference).await
+    }
+    fn show(&self) -> ApiResult<wire::Listener> {
+        listener(self)
+    }
+    fn show_created(&self) -> ApiResult<wire::Listener> {
+        let mut v = self.show()?;
+        if self.kind == ListenerKind::Webhook {
+            // Shown once: the API never returns it again.
+            v.secret = self.secret.clone();
+        }
+        Ok(v)
     }
 }
 
 #[utoipa::path(get, path = "/listeners", operation_id = "listListeners", tag = "listeners", responses((status = 200, description = "Every listener, sorted by name.", body = wire::ListenerList)))]
 pub async fn list(state: State) -> ApiResult<Json<wire::ListenerList>> {
-    let rows = state.store.list_listeners().await?;
-    Ok(Json(wire::ListenerList { listeners: rows.iter().map(listener).collect::<ApiResult<_>>()? }))
+    Ok(Json(wire::ListenerList { listeners: triggers::list::<ListenerRow>(&state).await? }))
 }
 
 #[utoipa::path(get, path = "/listeners/{id}", operation_id = "getListener", tag = "listeners", params(("id" = String, Path, description = "Listener id or name.")), responses((status = 200, description = "The listener (without a webhook's secret).", body = wire::Listener)))]
 pub async fn get(state: State, Path(reference): Path<String>) -> ApiResult<Json<wire::Listener>> {
-    Ok(Json(listener(&find(&state, &reference).await?)?))
+    Ok(Json(listener(&triggers::find(&state, &reference).await?)?))
 }
 
 #[utoipa::path(post, path = "/listeners", operation_id = "createListener", tag = "listeners", request_body = wire::ListenerRequest, responses((status = 201, description = "Defined; for a webhook, with its `secret` (shown this once).", body = wire::Listener)))]
 pub async fn create(state: State, request: Request) -> ApiResult<Response> {
-    let (parts, body) = request.into_parts();
-    let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
-    let name = b.name.clone().ok_or_else(|| ApiError::invalid_request("`name` is required"))?;
-    check_name(&name, "listener")?;
+    let (b, request) = triggers::receive::<Body_>(&state, request).await?;
+    let name = triggers::new_name::<ListenerRow>(&b.name)?;
     let kind_name =
         b.kind.clone().ok_or_else(|| ApiError::invalid_request("`kind` is required: job, file, webhook or cluster"))?;
     let kind = ListenerKind::parse(&kind_name).ok_or_else(|| {
         ApiError::invalid_request(format!("unknown listener kind `{kind_name}`; use job, file, webhook or cluster"))
     })?;
     let def = definition(&state, &b, name, kind, None).await?;
-    if let Some(holder) = jobs::check_job(&state, &def.sandbox, &def.job, &def.params, "the listener").await? {
-        let request = Request::from_parts(parts, Body::from(raw.to_string()));
-        return crate::forward::to_sandbox_holder(&state, &def.sandbox, &holder, request).await;
-    }
-    let row = state.store.create_listener(&def).await.map_err(store_error)?;
-    state.engine.triggers_changed();
-    let mut v = listener(&row)?;
-    if kind == ListenerKind::Webhook {
-        // Shown once: the API never returns it again.
-        v.secret = row.secret.clone();
-    }
-    Ok((StatusCode::CREATED, Json(v)).into_response())
+    triggers::save::<ListenerRow>(&state, request, &def, None).await
 }
 
 #[utoipa::path(patch, path = "/listeners/{id}", operation_id = "patchListener", tag = "listeners", params(("id" = String, Path, description = "Listener id or name.")), request_body = wire::ListenerRequest, responses((status = 200, description = "The listener as changed (without a webhook's secret).", body = wire::Listener)))]
 pub async fn patch(state: State, Path(reference): Path<String>, request: Request) -> ApiResult<Response> {
-    let (parts, body) = request.into_parts();
-    let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
-    let old = find(&state, &reference).await?;
+    let (b, request) = triggers::receive::<Body_>(&state, request).await?;
+    let old: ListenerRow = triggers::find(&state, &reference).await?;
     if b.name.as_ref().is_some_and(|n| *n != old.name) || b.kind.as_ref().is_some_and(|k| k != old.kind.as_str()) {
         return Err(ApiError::conflict(format!(
             "listener `{}` is a {} listener; its name and kind cannot change: create a new listener instead",
@@ -351,13 +359,7 @@ pub async fn patch(state: State, Path(reference): Path<String>, request: Request
         secret: b.secret,
     };
     let def = definition(&state, &merged, old.name.clone(), kind, old.secret.clone()).await?;
-    if let Some(holder) = jobs::check_job(&state, &def.sandbox, &def.job, &def.params, "the listener").await? {
-        let request = Request::from_parts(parts, Body::from(raw.to_string()));
-        return crate::forward::to_sandbox_holder(&state, &def.sandbox, &holder, request).await;
-    }
-    let row = state.store.update_listener(&old.id, &def).await.map_err(store_error)?;
-    state.engine.triggers_changed();
-    Ok(Json(listener(&row)?).into_response())
+    triggers::save::<ListenerRow>(&state, request, &def, Some(&old.id)).await
 }
 
 fn reparse<T: serde::de::DeserializeOwned>(config: &Value, kind: &str) -> Option<T> {
@@ -384,9 +386,7 @@ fn config_body(config: &Value, kind: &str) -> Value {
 
 #[utoipa::path(delete, path = "/listeners/{id}", operation_id = "deleteListener", tag = "listeners", params(("id" = String, Path, description = "Listener id or name.")), responses((status = 204, description = "Deleted, with its events.")))]
 pub async fn delete(state: State, Path(reference): Path<String>) -> ApiResult<StatusCode> {
-    state.store.delete_listener(&reference).await.map_err(store_error)?;
-    state.engine.triggers_changed();
-    Ok(StatusCode::NO_CONTENT)
+    triggers::delete::<ListenerRow>(&state, &reference).await
 }
 
 #[utoipa::path(get, path = "/listeners/{id}/events", operation_id = "listListenerEvents", tag = "listeners", params(("id" = String, Path, description = "Listener id or name."), ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "How many entries, newest first (default 50).")), responses((status = 200, description = "The newest events.", body = wire::EventList)))]
@@ -395,12 +395,7 @@ pub async fn events(
     Path(reference): Path<String>,
     q: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<wire::EventList>> {
-    let q = crate::schedules::query(q, "limit (1 to 10000)")?;
-    let l = find(&state, &reference).await?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::invalid_query("limit must be between 1 and 10000"));
-    }
+    let (l, limit) = triggers::history::<ListenerRow>(&state, &reference, q).await?;
     let rows = state.store.list_events(&l.id, limit).await?;
     Ok(Json(wire::EventList { events: rows.iter().map(event).collect() }))
 }

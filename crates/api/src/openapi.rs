@@ -113,6 +113,8 @@ fn meaning(code: ErrorCode) -> &'static str {
         InvalidCron => "the cron expression is wrong (`details` names the field when one is: `CronErrorDetails`)",
         UnknownTimeZone => "not an IANA time zone name",
         InvalidPattern => "not a valid file pattern",
+        ForeignHost => "the `Host` header names a host this node does not answer to (neither an IP address, `localhost`, the advertised host nor one of `http.hosts`)",
+        ForeignOrigin => "the request comes from a web page of another origin than the node's own",
         RootNotAllowed => "the sandbox folder is not under one of the node's `sandboxes.allowed_roots`, or holds the node's data directory or store file",
         Internal => "an unexpected server error",
         StoreUnavailable => "the store is unreachable; the request changed nothing, retry it later",

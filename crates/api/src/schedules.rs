@@ -5,34 +5,21 @@
 use crate::body;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs;
+use crate::triggers::{self, LimitQuery, StoreResult, Trigger};
 use crate::State;
-use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shoal_core::schedule::{CronSpec, Misfire, Overlap, ScheduleError, DEFAULT_MISFIRE_THRESHOLD_MS, MAX_PREVIEW};
-use shoal_store::{FiringRow, ScheduleDef, ScheduleRow, StoreError};
+use shoal_store::{FiringRow, ScheduleDef, ScheduleRow, Store};
 use shoal_wire as wire;
+use std::collections::BTreeMap;
 
 type Body_ = wire::ScheduleRequest;
-
-/// Names of schedules and listeners: 1 to 64 letters, digits, `.`, `_` and `-`.
-pub(crate) fn check_name(name: &str, what: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::invalid_request(format!(
-            "invalid {what} name `{name}`: use 1 to 64 letters, digits, `.`, `_` or `-`"
-        )))
-    }
-}
 
 pub(crate) fn schedule_error(e: ScheduleError) -> ApiError {
     match &e {
@@ -125,54 +112,58 @@ fn firing(f: &FiringRow) -> wire::Firing {
     }
 }
 
-async fn find(state: &crate::AppState, reference: &str) -> ApiResult<ScheduleRow> {
-    state
-        .store
-        .get_schedule(reference)
-        .await?
-        .ok_or_else(|| ApiError::unknown_schedule(format!("no schedule with id or name `{reference}`")))
-}
-
-fn store_error(e: StoreError) -> ApiError {
-    match e {
-        StoreError::Conflict(m) => ApiError::already_exists(m),
-        StoreError::NotFound(m) => ApiError::unknown_schedule(m),
-        other => other.into(),
+/// What is a schedule's own in the handlers that [`triggers`] shares.
+impl Trigger for ScheduleRow {
+    const NAME: &'static str = "schedule";
+    type Def = ScheduleDef;
+    type Wire = wire::Schedule;
+    fn unknown(message: String) -> ApiError {
+        ApiError::unknown_schedule(message)
+    }
+    fn job(def: &ScheduleDef) -> (&str, &str, &BTreeMap<String, String>) {
+        (&def.sandbox, &def.job, &def.params)
+    }
+    async fn get(store: &Store, reference: &str) -> StoreResult<Option<Self>> {
+        store.get_schedule(reference).await
+    }
+    async fn list(store: &Store) -> StoreResult<Vec<Self>> {
+        store.list_schedules().await
+    }
+    async fn create(store: &Store, def: &ScheduleDef) -> StoreResult<Self> {
+        store.create_schedule(def).await
+    }
+    async fn update(store: &Store, id: &str, def: &ScheduleDef) -> StoreResult<Self> {
+        store.update_schedule(id, def).await
+    }
+    async fn delete(store: &Store, reference: &str) -> StoreResult<()> {
+        store.delete_schedule(reference).await
+    }
+    fn show(&self) -> ApiResult<wire::Schedule> {
+        schedule(self)
     }
 }
 
 #[utoipa::path(get, path = "/schedules", operation_id = "listSchedules", tag = "schedules", responses((status = 200, description = "Every schedule, sorted by name.", body = wire::ScheduleList)))]
 pub async fn list(state: State) -> ApiResult<Json<wire::ScheduleList>> {
-    let rows = state.store.list_schedules().await?;
-    Ok(Json(wire::ScheduleList { schedules: rows.iter().map(schedule).collect::<ApiResult<_>>()? }))
+    Ok(Json(wire::ScheduleList { schedules: triggers::list::<ScheduleRow>(&state).await? }))
 }
 
 #[utoipa::path(get, path = "/schedules/{id}", operation_id = "getSchedule", tag = "schedules", params(("id" = String, Path, description = "Schedule id or name.")), responses((status = 200, description = "The schedule.", body = wire::Schedule)))]
 pub async fn get(state: State, Path(reference): Path<String>) -> ApiResult<Json<wire::Schedule>> {
-    Ok(Json(schedule(&find(&state, &reference).await?)?))
+    Ok(Json(schedule(&triggers::find(&state, &reference).await?)?))
 }
 
 #[utoipa::path(post, path = "/schedules", operation_id = "createSchedule", tag = "schedules", request_body = wire::ScheduleRequest, responses((status = 201, description = "Defined.", body = wire::Schedule)))]
 pub async fn create(state: State, request: Request) -> ApiResult<Response> {
-    let (parts, body) = request.into_parts();
-    let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
-    let name = b.name.clone().ok_or_else(|| ApiError::invalid_request("`name` is required"))?;
-    check_name(&name, "schedule")?;
-    let (def, _) = definition(&b, name)?;
-    if let Some(holder) = jobs::check_job(&state, &def.sandbox, &def.job, &def.params, "the schedule").await? {
-        let request = Request::from_parts(parts, Body::from(raw.to_string()));
-        return crate::forward::to_sandbox_holder(&state, &def.sandbox, &holder, request).await;
-    }
-    let row = state.store.create_schedule(&def).await.map_err(store_error)?;
-    state.engine.triggers_changed();
-    Ok((StatusCode::CREATED, Json(schedule(&row)?)).into_response())
+    let (b, request) = triggers::receive::<Body_>(&state, request).await?;
+    let (def, _) = definition(&b, triggers::new_name::<ScheduleRow>(&b.name)?)?;
+    triggers::save::<ScheduleRow>(&state, request, &def, None).await
 }
 
 #[utoipa::path(patch, path = "/schedules/{id}", operation_id = "patchSchedule", tag = "schedules", params(("id" = String, Path, description = "Schedule id or name.")), request_body = wire::ScheduleRequest, responses((status = 200, description = "The schedule as changed.", body = wire::Schedule)))]
 pub async fn patch(state: State, Path(reference): Path<String>, request: Request) -> ApiResult<Response> {
-    let (parts, body) = request.into_parts();
-    let (b, raw): (Body_, Value) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
-    let old = find(&state, &reference).await?;
+    let (b, request) = triggers::receive::<Body_>(&state, request).await?;
+    let old: ScheduleRow = triggers::find(&state, &reference).await?;
     if b.name.as_ref().is_some_and(|n| *n != old.name) {
         return Err(ApiError::conflict(format!(
             "schedule `{}` cannot be renamed to `{}`; create a new schedule instead",
@@ -205,32 +196,12 @@ pub async fn patch(state: State, Path(reference): Path<String>, request: Request
         overlap: b.overlap.or(Some(old.overlap.as_str().to_owned())),
     };
     let (def, _) = definition(&merged, old.name.clone())?;
-    if let Some(holder) = jobs::check_job(&state, &def.sandbox, &def.job, &def.params, "the schedule").await? {
-        let request = Request::from_parts(parts, Body::from(raw.to_string()));
-        return crate::forward::to_sandbox_holder(&state, &def.sandbox, &holder, request).await;
-    }
-    let row = state.store.update_schedule(&old.id, &def).await.map_err(store_error)?;
-    state.engine.triggers_changed();
-    Ok(Json(schedule(&row)?).into_response())
+    triggers::save::<ScheduleRow>(&state, request, &def, Some(&old.id)).await
 }
 
 #[utoipa::path(delete, path = "/schedules/{id}", operation_id = "deleteSchedule", tag = "schedules", params(("id" = String, Path, description = "Schedule id or name.")), responses((status = 204, description = "Deleted, with its firing history.")))]
 pub async fn delete(state: State, Path(reference): Path<String>) -> ApiResult<StatusCode> {
-    state.store.delete_schedule(&reference).await.map_err(store_error)?;
-    state.engine.triggers_changed();
-    Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitQuery {
-    pub limit: Option<i64>,
-}
-
-/// A query string the API's way: a bad one is `400 invalid_query` saying what is accepted.
-pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>, accepted: &str) -> ApiResult<T> {
-    q.map(|Query(q)| q)
-        .map_err(|e| ApiError::invalid_query(format!("{}; this endpoint takes {accepted}", e.body_text())))
+    triggers::delete::<ScheduleRow>(&state, &reference).await
 }
 
 #[utoipa::path(get, path = "/schedules/{id}/firings", operation_id = "listScheduleFirings", tag = "schedules", params(("id" = String, Path, description = "Schedule id or name."), ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "How many entries, newest first (default 50).")), responses((status = 200, description = "The newest firings.", body = wire::FiringList)))]
@@ -239,12 +210,7 @@ pub async fn firings(
     Path(reference): Path<String>,
     q: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult<Json<wire::FiringList>> {
-    let q = query(q, "limit (1 to 10000)")?;
-    let s = find(&state, &reference).await?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=10_000).contains(&limit) {
-        return Err(ApiError::invalid_query("limit must be between 1 and 10000"));
-    }
+    let (s, limit) = triggers::history::<ScheduleRow>(&state, &reference, q).await?;
     let rows = state.store.list_firings(&s.id, limit).await?;
     Ok(Json(wire::FiringList { firings: rows.iter().map(firing).collect() }))
 }
@@ -269,8 +235,8 @@ pub async fn preview(
     Path(reference): Path<String>,
     q: Result<Query<CountQuery>, QueryRejection>,
 ) -> ApiResult<Json<wire::Preview>> {
-    let q = query(q, "count (1 to 1000)")?;
-    let s = find(&state, &reference).await?;
+    let q = triggers::query(q, "count (1 to 1000)")?;
+    let s: ScheduleRow = triggers::find(&state, &reference).await?;
     let spec = CronSpec::parse(&s.cron, &s.timezone).map_err(schedule_error)?;
     let now = state.store.now_ms().await?;
     preview_of(&spec, s.last_fire_at.max(now), q.count.unwrap_or(10))

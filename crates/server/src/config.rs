@@ -61,6 +61,7 @@ struct RawHttp {
     idle_timeout: Option<String>,
     write_timeout: Option<String>,
     max_connections: Option<u32>,
+    hosts: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -155,6 +156,9 @@ pub struct HttpConfig {
     pub write_timeout: Duration,
     /// Connections served at once; beyond it, 503 `too_many_connections` and close.
     pub max_connections: usize,
+    /// Host names the API answers to besides IP addresses, `localhost` and the advertised
+    /// host (a load balancer's name, say).
+    pub hosts: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -220,6 +224,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "idle_timeout",
             "write_timeout",
             "max_connections",
+            "hosts",
         ],
     ),
     ("store", &["url", "pool_size", "replicas"]),
@@ -417,6 +422,14 @@ impl Config {
             Duration::from_secs(3600),
             "1h",
         )?;
+        let hosts = raw.http.hosts.unwrap_or_default();
+        if let Some(h) =
+            hosts.iter().find(|h| h.is_empty() || h.contains(['/', ':', ' ']) || h.contains(char::is_control))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "http.hosts: `{h}` is not a host name; give names such as `shoal.example.com`, without scheme, port or path"
+            )));
+        }
         let max_connections = raw.http.max_connections.unwrap_or(1024);
         if !(1..=1_000_000).contains(&max_connections) {
             return Err(ConfigError::Invalid("http.max_connections must be from 1 to 1000000".into()));
@@ -565,6 +578,7 @@ impl Config {
                 body_read_timeout,
                 idle_timeout,
                 write_timeout,
+                hosts,
                 max_connections: max_connections as usize,
             },
             store: StoreConfig { url, pool_size: pool_size as usize },
@@ -716,6 +730,10 @@ slots = 8
             ("[http]\nwrite_timeout = \"50ms\"", "http.write_timeout must be from 100ms to 1h"),
             ("[http]\nwrite_timeout = \"forever\"", "http.write_timeout"),
             ("[sandboxes]\nallowed_roots = []", "sandboxes.allowed_roots is empty"),
+            (
+                "[http]\nhosts = [\"https://shoal.example.com\"]",
+                "http.hosts: `https://shoal.example.com` is not a host name",
+            ),
             ("[sandboxes]\nallowed_roots = [\"srv\"]", "`srv` is not an absolute path"),
         ] {
             let e = Config::parse(text, "x", env(&[])).unwrap_err().to_string();

@@ -178,6 +178,14 @@ async fn files_jobs_and_submissions_of_another_nodes_sandbox_go_through_any_node
     }
     let file = call(&n1, "GET", "/api/v1/sandboxes/loc/files/data/a.txt", None, &[]).await;
     assert_eq!(file.seen(), (200, "application/octet-stream", &b"second\n"[..]));
+    // A page n1 serves may ask n1; n2, reached by forwarding, does not see n1's Origin as a
+    // foreign one (n1 checked it), while a foreign Origin stops at n1.
+    let own = vec![("origin", n1.url.clone())];
+    let file = call(&n1, "GET", "/api/v1/sandboxes/loc/files/data/a.txt", None, &own).await;
+    assert_eq!((file.status, file.served_by.as_str()), (200, "n2"), "{:?}", file.json());
+    let foreign = vec![("origin", "http://evil.example".to_owned())];
+    let file = call(&n1, "GET", "/api/v1/sandboxes/loc/files/data/a.txt", None, &foreign).await;
+    assert_eq!((file.status, file.served_by.as_str()), (403, "n1"), "{:?}", file.json());
     assert_eq!(call(&n1, "GET", "/api/v1/sandboxes/loc/jobs", None, &[]).await.json()["jobs"][0]["valid"], true);
 
     // What n1 serves itself says so: the sandbox registry is in the store, and so are errors.

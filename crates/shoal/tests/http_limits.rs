@@ -78,7 +78,7 @@ async fn read_response(s: &mut TcpStream) -> (String, String) {
     }
 }
 
-const GET_LIVE: &[u8] = b"GET /health/live HTTP/1.1\r\nHost: shoal\r\n\r\n";
+const GET_LIVE: &[u8] = b"GET /health/live HTTP/1.1\r\nHost: localhost\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_head_is_closed_after_header_read_timeout() {
@@ -87,7 +87,7 @@ async fn a_stalled_head_is_closed_after_header_read_timeout() {
     // Half a head, then nothing.
     let started = Instant::now();
     let mut s = connect(&n).await;
-    s.write_all(b"GET /health/live HTTP/1.1\r\nHost: sho").await.unwrap();
+    s.write_all(b"GET /health/live HTTP/1.1\r\nHost: loca").await.unwrap();
     let got = read_until_closed(&mut s, started + Duration::from_millis(300) + MARGIN, "half a head").await;
     assert!(got.is_empty(), "closed without an answer: {:?}", String::from_utf8_lossy(&got));
     assert!(started.elapsed() >= Duration::from_millis(250), "closed too early: {:?}", started.elapsed());
@@ -111,7 +111,7 @@ async fn a_stalled_head_is_closed_after_header_read_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_or_trickled_body_is_answered_and_closed_after_body_read_timeout() {
     let mut n = node("body_read_timeout = \"500ms\"\nidle_timeout = \"30s\"").await;
-    let head = "POST /api/v1/executions HTTP/1.1\r\nHost: shoal\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n";
+    let head = "POST /api/v1/executions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n";
 
     // A tenth of the body, then nothing.
     let mut s = connect(&n).await;
@@ -210,7 +210,7 @@ async fn connections_beyond_max_connections_get_503_until_others_close() {
         Duration::from_secs(5),
         move || async move {
             let mut s = connect(node).await;
-            s.write_all(b"GET /health/live HTTP/1.1\r\nHost: shoal\r\nConnection: close\r\n\r\n").await.unwrap();
+            s.write_all(b"GET /health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
             let got = read_until_closed(&mut s, Instant::now() + Duration::from_secs(2), "a new connection").await;
             String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200")
         },
@@ -252,7 +252,7 @@ async fn one_request(n: &TestNode, head: &str) -> String {
     String::from_utf8_lossy(&got).to_string()
 }
 
-const GET_LIVE_CLOSE: &str = "GET /health/live HTTP/1.1\r\nHost: shoal\r\nConnection: close\r\n\r\n";
+const GET_LIVE_CLOSE: &str = "GET /health/live HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_after_write_timeout_and_frees_its_slot() {
@@ -270,7 +270,7 @@ async fn a_client_that_stops_reading_is_closed_after_write_timeout_and_frees_its
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(16 * 1024).unwrap();
         let mut s = socket.connect(addr).await.unwrap();
-        s.write_all(b"GET /api/v1/sandboxes/big/files/big.bin HTTP/1.1\r\nHost: shoal\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /api/v1/sandboxes/big/files/big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
         let mut buf = vec![0u8; 4096];
         let k = tokio::time::timeout_at(deadline, s.read(&mut buf)).await.expect("an answer in time").unwrap();
         if buf[..k].starts_with(b"HTTP/1.1 200") {
@@ -319,7 +319,7 @@ async fn a_quiet_followed_log_is_not_cut_by_write_timeout() {
 async fn a_request_head_over_the_buffer_limit_is_answered_431_and_closed() {
     let mut n = node("").await;
     let head = |padding: usize| {
-        format!("GET /health/live HTTP/1.1\r\nHost: shoal\r\nX-Padding: {}\r\n\r\n", "a".repeat(padding))
+        format!("GET /health/live HTTP/1.1\r\nHost: localhost\r\nX-Padding: {}\r\n\r\n", "a".repeat(padding))
     };
 
     // Just over the limit, and far over it (the server stops reading at the limit).

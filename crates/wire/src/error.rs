@@ -42,6 +42,8 @@ codes! {
     InvalidPath => (400, "invalid_path"),
     Unauthorized => (401, "unauthorized"),
     InvalidSignature => (401, "invalid_signature"),
+    ForeignHost => (403, "foreign_host"),
+    ForeignOrigin => (403, "foreign_origin"),
     NotFound => (404, "not_found"),
     UnknownSchedule => (404, "unknown_schedule"),
     UnknownListener => (404, "unknown_listener"),

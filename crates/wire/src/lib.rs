@@ -39,6 +39,69 @@ macro_rules! names {
     };
 }
 
+/// A schedule's or a listener's body, `request` (`ScheduleRequest`, `ListenerRequest`) or
+/// `response` (`Schedule`, `Listener`), whose fields written bare (`name,`) are the ones both
+/// kinds have: the table below gives each its type and its serde and schema attributes, so they
+/// are spelled once; the struct gives each its place and its doc comment (which says what the
+/// field means for that kind). Other fields are written as in any struct. In a request, every
+/// field is optional, may be left out or `null`, and is not sent when `None`: the macro puts
+/// `#[serde(default, skip_serializing_if = "Option::is_none")]` on each.
+///
+/// A macro rather than a shared struct under `#[serde(flatten)]`: serde does not support
+/// `flatten` beside the requests' `deny_unknown_fields`, and it would turn the OpenAPI schemas
+/// into `allOf`s.
+macro_rules! trigger_struct {
+    ($body:ident $(#[$attr:meta])* pub struct $name:ident { $($fields:tt)* }) => {
+        trigger_struct!(@fields $body [$(#[$attr])* pub struct $name] [] $($fields)*);
+    };
+    // Reads the fields one by one into `[name: type, ...]`, each with its attributes; a bare
+    // one through the table.
+    (@fields $body:ident $head:tt [$($out:tt)*] $(#[$m:meta])* $field:ident, $($rest:tt)*) => {
+        trigger_struct!(@shared $body $field {$body $head [$($out)* $(#[$m])*] $($rest)*});
+    };
+    (@fields $body:ident $head:tt [$($out:tt)*] $(#[$m:meta])* pub $field:ident: $t:ty, $($rest:tt)*) => {
+        trigger_struct!(@fields $body $head [$($out)* $(#[$m])* $field: $t,] $($rest)*);
+    };
+    (@fields request [$($head:tt)*] [$($(#[$m:meta])* $field:ident: $t:ty,)*]) => {
+        $($head)* { $($(#[$m])* #[serde(default, skip_serializing_if = "Option::is_none")] pub $field: $t,)* }
+    };
+    (@fields response [$($head:tt)*] [$($(#[$m:meta])* $field:ident: $t:ty,)*]) => {
+        $($head)* { $($(#[$m])* pub $field: $t,)* }
+    };
+    // The table of the fields both kinds have: (body, field) => attributes, name and type.
+    (@shared request name $k:tt) => {
+        trigger_struct!(@put $k #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")] name: Option<String>);
+    };
+    (@shared request sandbox $k:tt) => { trigger_struct!(@put $k sandbox: Option<String>); };
+    (@shared request job $k:tt) => {
+        trigger_struct!(@put $k #[schema(example = "jobs/report.toml")] job: Option<String>);
+    };
+    (@shared request params $k:tt) => {
+        trigger_struct!(@put $k
+            #[schema(value_type = Option<BTreeMap<String, crate::ParamValue>>)] params: Option<crate::ParamValues>);
+    };
+    (@shared request enabled $k:tt) => { trigger_struct!(@put $k enabled: Option<bool>); };
+    (@shared response id $k:tt) => { trigger_struct!(@put $k #[schema(format = "uuid")] id: String); };
+    (@shared response name $k:tt) => { trigger_struct!(@put $k name: String); };
+    (@shared response sandbox $k:tt) => { trigger_struct!(@put $k sandbox: String); };
+    (@shared response job $k:tt) => { trigger_struct!(@put $k job: String); };
+    (@shared response params $k:tt) => { trigger_struct!(@put $k params: BTreeMap<String, String>); };
+    (@shared response enabled $k:tt) => { trigger_struct!(@put $k enabled: bool); };
+    (@shared response created_at $k:tt) => {
+        trigger_struct!(@put $k #[schema(format = DateTime)] created_at: String);
+    };
+    (@shared response updated_at $k:tt) => {
+        trigger_struct!(@put $k #[schema(format = DateTime)] updated_at: String);
+    };
+    (@shared $body:ident $field:ident $k:tt) => {
+        compile_error!(concat!("`", stringify!($field), "` is not in every ", stringify!($body), ": give its type"));
+    };
+    // Puts a field from the table after its doc comment and goes on reading.
+    (@put {$body:ident $head:tt [$($out:tt)*] $($rest:tt)*} $($field:tt)*) => {
+        trigger_struct!(@fields $body $head [$($out)* $($field)*,] $($rest)*);
+    };
+}
+
 mod error;
 mod executions;
 mod listeners;
@@ -118,6 +181,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn check<T: Serialize + Copy + PartialEq + std::fmt::Debug>(
         all: &[T],
@@ -143,5 +207,122 @@ mod tests {
         check(&NodeState::ALL, NodeState::as_str, NodeState::parse);
         check(&CronField::ALL, CronField::as_str, CronField::parse);
         assert_eq!(FiringReason::parse("bogus"), None);
+    }
+
+    /// Schedule and listener bodies: unknown fields refused, `null` taken as left out, whole
+    /// numbers however JSON spells them, what is left out not sent, fields in their order.
+    #[test]
+    fn trigger_requests_read_and_write_their_fields() {
+        let s: ScheduleRequest = serde_json::from_str(
+            r#"{"name":"a","sandbox":null,"params":{"n":1},"cron":"* * * * *","misfire_max":3.0,"enabled":false}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.name.as_deref(), s.sandbox.as_deref(), s.misfire_max, s.enabled),
+            (Some("a"), None, Some(3), Some(false))
+        );
+        assert_eq!(s.params.unwrap()["n"], 1);
+        for bad in
+            [r#"{"bogus":1}"#, r#"{"misfire_max":2.5}"#, r#"{"kind":"job"}"#, r#"{"name":1}"#, r#"{"enabled":"yes"}"#]
+        {
+            assert!(serde_json::from_str::<ScheduleRequest>(bad).is_err(), "{bad}");
+        }
+        let l: ListenerRequest = serde_json::from_str(
+            r#"{"name":"l","kind":null,"on_job":null,"secret":"0123456789abcdef","enabled":true}"#,
+        )
+        .unwrap();
+        assert_eq!((l.name.as_deref(), l.kind, l.on_job, l.enabled), (Some("l"), None, None, Some(true)));
+        for bad in [r#"{"bogus":1}"#, r#"{"cron":"* * * * *"}"#, r#"{"job":["a"]}"#, r#"{"params":[]}"#] {
+            assert!(serde_json::from_str::<ListenerRequest>(bad).is_err(), "{bad}");
+        }
+        assert_eq!(serde_json::to_string(&ScheduleRequest::default()).unwrap(), "{}");
+        assert_eq!(serde_json::to_string(&ListenerRequest::default()).unwrap(), "{}");
+        let some = |s: &str| Some(s.to_owned());
+        let params = Some([("n".to_owned(), serde_json::json!(1))].into());
+        let s = ScheduleRequest {
+            name: some("a"),
+            sandbox: some("sb"),
+            job: some("j.toml"),
+            params: params.clone(),
+            cron: some("@daily"),
+            timezone: some("UTC"),
+            enabled: Some(true),
+            misfire: some("all"),
+            misfire_max: Some(2),
+            misfire_threshold: some("1m"),
+            overlap: some("skip"),
+        };
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"name":"a","sandbox":"sb","job":"j.toml","params":{"n":1},"cron":"@daily","timezone":"UTC","enabled":true,"misfire":"all","misfire_max":2,"misfire_threshold":"1m","overlap":"skip"}"#
+        );
+        let l = ListenerRequest {
+            name: some("l"),
+            kind: some("cluster"),
+            sandbox: some("sb"),
+            job: some("j.toml"),
+            params,
+            enabled: Some(false),
+            on_cluster: Some(OnClusterRequest { events: None }),
+            secret: some("0123456789abcdef"),
+            ..ListenerRequest::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&l).unwrap(),
+            r#"{"name":"l","kind":"cluster","sandbox":"sb","job":"j.toml","params":{"n":1},"enabled":false,"on_cluster":{},"secret":"0123456789abcdef"}"#
+        );
+    }
+
+    /// The answers: every field sent, in its order (a listener's source only on its kind).
+    #[test]
+    fn trigger_answers_write_their_fields() {
+        let t = "2026-01-01T00:00:00.000Z".to_owned();
+        let s = Schedule {
+            id: "i".into(),
+            name: "a".into(),
+            sandbox: "sb".into(),
+            job: "j.toml".into(),
+            params: [("n".to_owned(), "1".to_owned())].into(),
+            cron: "@daily".into(),
+            timezone: "UTC".into(),
+            enabled: true,
+            misfire: MisfirePolicy::Once,
+            misfire_max: None,
+            misfire_threshold_ms: 60_000,
+            overlap: OverlapPolicy::Allow,
+            last_fire_time: None,
+            next_fire_time: Some(t.clone()),
+            last_execution: None,
+            created_at: t.clone(),
+            updated_at: t.clone(),
+        };
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":"i","name":"a","sandbox":"sb","job":"j.toml","params":{"n":"1"},"cron":"@daily","timezone":"UTC","enabled":true,"misfire":"once","misfire_max":null,"misfire_threshold_ms":60000,"overlap":"allow","last_fire_time":null,"next_fire_time":"2026-01-01T00:00:00.000Z","last_execution":null,"created_at":"2026-01-01T00:00:00.000Z","updated_at":"2026-01-01T00:00:00.000Z"}"#
+        );
+        assert_eq!(serde_json::from_str::<Schedule>(&json).unwrap(), s);
+        let l = Listener {
+            id: "i".into(),
+            name: "l".into(),
+            kind: ListenerKind::Webhook,
+            sandbox: "sb".into(),
+            job: "j.toml".into(),
+            params: BTreeMap::new(),
+            enabled: false,
+            on_job: None,
+            on_file: None,
+            on_cluster: None,
+            hook_url: Some("/api/v1/hooks/l".into()),
+            secret: None,
+            created_at: t.clone(),
+            updated_at: t,
+        };
+        let json = serde_json::to_string(&l).unwrap();
+        assert_eq!(
+            json,
+            r#"{"id":"i","name":"l","kind":"webhook","sandbox":"sb","job":"j.toml","params":{},"enabled":false,"hook_url":"/api/v1/hooks/l","created_at":"2026-01-01T00:00:00.000Z","updated_at":"2026-01-01T00:00:00.000Z"}"#
+        );
+        assert_eq!(serde_json::from_str::<Listener>(&json).unwrap(), l);
     }
 }

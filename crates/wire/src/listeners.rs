@@ -74,42 +74,42 @@ pub struct OnCluster {
     pub events: Vec<ClusterEvent>,
 }
 
-/// A listener.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Listener {
-    /// UUIDv7.
-    #[schema(format = "uuid")]
-    pub id: String,
-    pub name: String,
-    pub kind: ListenerKind,
-    /// The sandbox holding the job the listener starts.
-    pub sandbox: String,
-    /// Path of that job file inside the sandbox.
-    pub job: String,
-    /// Parameter templates, as strings.
-    pub params: BTreeMap<String, String>,
-    pub enabled: bool,
-    /// Only on `job` listeners.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_job: Option<OnJob>,
-    /// Only on `file` listeners.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_file: Option<OnFile>,
-    /// Only on `cluster` listeners.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_cluster: Option<OnCluster>,
-    /// Only on `webhook` listeners: where deliveries go, `/api/v1/hooks/{name}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = "/api/v1/hooks/deploy")]
-    pub hook_url: Option<String>,
-    /// Only in the answer that created a `webhook` listener (or gave it a new secret): the
-    /// signing secret. It is never shown again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    #[schema(format = DateTime)]
-    pub updated_at: String,
+trigger_struct! {
+    response
+    /// A listener.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+    pub struct Listener {
+        /// UUIDv7.
+        id,
+        name,
+        pub kind: ListenerKind,
+        /// The sandbox holding the job the listener starts.
+        sandbox,
+        /// Path of that job file inside the sandbox.
+        job,
+        /// Parameter templates, as strings.
+        params,
+        enabled,
+        /// Only on `job` listeners.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub on_job: Option<OnJob>,
+        /// Only on `file` listeners.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub on_file: Option<OnFile>,
+        /// Only on `cluster` listeners.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub on_cluster: Option<OnCluster>,
+        /// Only on `webhook` listeners: where deliveries go, `/api/v1/hooks/{name}`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schema(example = "/api/v1/hooks/deploy")]
+        pub hook_url: Option<String>,
+        /// Only in the answer that created a `webhook` listener (or gave it a new secret): the
+        /// signing secret. It is never shown again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub secret: Option<String>,
+        created_at,
+        updated_at,
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -118,60 +118,50 @@ pub struct ListenerList {
     pub listeners: Vec<Listener>,
 }
 
-/// Defines a listener (`POST /listeners`), or changes one (`PATCH /listeners/{id}`: every
-/// field optional there, and those left out or `null` keep their values; `name` and `kind`,
-/// if given, must be the listener's (409 `conflict`); `on_job`, `on_file` and `on_cluster` replace the stored
-/// one whole; a `secret` given replaces the webhook's). Unknown fields and wrong types are
-/// answered 400 `invalid_json`; missing or mismatched fields 422 `invalid_request`. Optional
-/// fields may also be sent as `null`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerRequest {
-    /// 1 to 64 letters, digits, `.`, `_` or `-`; unique among listeners. A webhook is
-    /// delivered to `/hooks/{name}`. Required to create.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    pub name: Option<String>,
-    /// Required to create.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<ListenerKind>)]
-    pub kind: Option<String>,
-    /// The sandbox holding the job the listener starts; it must exist and not be
-    /// partitioned. Required to create.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sandbox: Option<String>,
-    /// Path of the job file to start, inside the sandbox. Required to create.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = "jobs/report.toml")]
-    pub job: Option<String>,
-    /// Job parameters; numbers and booleans are turned into strings. In values,
-    /// `{event.NAME}` is replaced by the event's value: `job` events `execution`, `sandbox`,
-    /// `job`, `state`, `exit_code`, `node`, `param.NAME` (the finished execution's
-    /// parameters); `file` events `path`, `name`, `size`, `kind` (`appeared`, `changed` or
-    /// `vanished`), `sandbox`; `webhook` deliveries `delivery`, `hook`, `payload` and
-    /// `payload.FIELD`; `cluster` events `node`, `kind` (`node_joined`, `node_left` or
-    /// `node_died`), `generation`. Naming another is refused (`invalid_parameter`);
-    /// `{{event.x}}` is literal.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<BTreeMap<String, crate::ParamValue>>)]
-    pub params: Option<crate::ParamValues>,
-    /// A disabled listener records its events as skipped (`disabled`). Default true.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    /// Required with kind `job`, refused with the others.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_job: Option<OnJobRequest>,
-    /// Required with kind `file`, refused with the others.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_file: Option<OnFileRequest>,
-    /// Kind `cluster` only (default: `node_died` and `node_joined`); refused with the others.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_cluster: Option<OnClusterRequest>,
-    /// Kind `webhook` only: the signing secret, at least 16 characters. Left out, one is
-    /// generated (48 hex digits) and shown in the answer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(min_length = 16)]
-    pub secret: Option<String>,
+trigger_struct! {
+    request
+    /// Defines a listener (`POST /listeners`), or changes one (`PATCH /listeners/{id}`: every
+    /// field optional there, and those left out or `null` keep their values; `name` and `kind`,
+    /// if given, must be the listener's (409 `conflict`); `on_job`, `on_file` and `on_cluster` replace the stored
+    /// one whole; a `secret` given replaces the webhook's). Unknown fields and wrong types are
+    /// answered 400 `invalid_json`; missing or mismatched fields 422 `invalid_request`. Optional
+    /// fields may also be sent as `null`.
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ListenerRequest {
+        /// 1 to 64 letters, digits, `.`, `_` or `-`; unique among listeners. A webhook is
+        /// delivered to `/hooks/{name}`. Required to create.
+        name,
+        /// Required to create.
+        #[schema(value_type = Option<ListenerKind>)]
+        pub kind: Option<String>,
+        /// The sandbox holding the job the listener starts; it must exist and not be
+        /// partitioned. Required to create.
+        sandbox,
+        /// Path of the job file to start, inside the sandbox. Required to create.
+        job,
+        /// Job parameters; numbers and booleans are turned into strings. In values,
+        /// `{event.NAME}` is replaced by the event's value: `job` events `execution`, `sandbox`,
+        /// `job`, `state`, `exit_code`, `node`, `param.NAME` (the finished execution's
+        /// parameters); `file` events `path`, `name`, `size`, `kind` (`appeared`, `changed` or
+        /// `vanished`), `sandbox`; `webhook` deliveries `delivery`, `hook`, `payload` and
+        /// `payload.FIELD`; `cluster` events `node`, `kind` (`node_joined`, `node_left` or
+        /// `node_died`), `generation`. Naming another is refused (`invalid_parameter`);
+        /// `{{event.x}}` is literal.
+        params,
+        /// A disabled listener records its events as skipped (`disabled`). Default true.
+        enabled,
+        /// Required with kind `job`, refused with the others.
+        pub on_job: Option<OnJobRequest>,
+        /// Required with kind `file`, refused with the others.
+        pub on_file: Option<OnFileRequest>,
+        /// Kind `cluster` only (default: `node_died` and `node_joined`); refused with the others.
+        pub on_cluster: Option<OnClusterRequest>,
+        /// Kind `webhook` only: the signing secret, at least 16 characters. Left out, one is
+        /// generated (48 hex digits) and shown in the answer.
+        #[schema(min_length = 16)]
+        pub secret: Option<String>,
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -27,45 +27,45 @@ pub enum OverlapPolicy {
     Replace,
 }
 
-/// A schedule.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Schedule {
-    /// UUIDv7.
-    #[schema(format = "uuid")]
-    pub id: String,
-    pub name: String,
-    pub sandbox: String,
-    /// Path of the job file inside the sandbox.
-    pub job: String,
-    /// Parameter templates, as strings; the firing placeholders are filled in at each firing.
-    pub params: BTreeMap<String, String>,
-    /// The expression as given (trimmed).
-    pub cron: String,
-    /// IANA zone name.
-    pub timezone: String,
-    pub enabled: bool,
-    pub misfire: MisfirePolicy,
-    /// With `all`: how many missed firings run; null otherwise.
-    pub misfire_max: Option<i64>,
-    #[schema(minimum = 1)]
-    pub misfire_threshold_ms: i64,
-    pub overlap: OverlapPolicy,
-    /// The newest firing time recorded (started or skipped); null until the first. After
-    /// `cron` or `timezone` changed or the schedule was enabled again, the time of that change,
-    /// from which firing times count.
-    #[schema(format = DateTime)]
-    pub last_fire_time: Option<String>,
-    /// The first firing time after `last_fire_time` (or creation), which may be due now; null
-    /// while disabled.
-    #[schema(format = DateTime)]
-    pub next_fire_time: Option<String>,
-    /// The execution the newest started firing created.
-    #[schema(format = "uuid")]
-    pub last_execution: Option<String>,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    #[schema(format = DateTime)]
-    pub updated_at: String,
+trigger_struct! {
+    response
+    /// A schedule.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+    pub struct Schedule {
+        /// UUIDv7.
+        id,
+        name,
+        sandbox,
+        /// Path of the job file inside the sandbox.
+        job,
+        /// Parameter templates, as strings; the firing placeholders are filled in at each firing.
+        params,
+        /// The expression as given (trimmed).
+        pub cron: String,
+        /// IANA zone name.
+        pub timezone: String,
+        enabled,
+        pub misfire: MisfirePolicy,
+        /// With `all`: how many missed firings run; null otherwise.
+        pub misfire_max: Option<i64>,
+        #[schema(minimum = 1)]
+        pub misfire_threshold_ms: i64,
+        pub overlap: OverlapPolicy,
+        /// The newest firing time recorded (started or skipped); null until the first. After
+        /// `cron` or `timezone` changed or the schedule was enabled again, the time of that change,
+        /// from which firing times count.
+        #[schema(format = DateTime)]
+        pub last_fire_time: Option<String>,
+        /// The first firing time after `last_fire_time` (or creation), which may be due now; null
+        /// while disabled.
+        #[schema(format = DateTime)]
+        pub next_fire_time: Option<String>,
+        /// The execution the newest started firing created.
+        #[schema(format = "uuid")]
+        pub last_execution: Option<String>,
+        created_at,
+        updated_at,
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -74,66 +74,56 @@ pub struct ScheduleList {
     pub schedules: Vec<Schedule>,
 }
 
-/// Defines a schedule (`POST /schedules`), or changes one (`PATCH /schedules/{id}`: every
-/// field optional there, and those left out or `null` keep their values; `name`, if given,
-/// must be the schedule's: names cannot change (409 `conflict`); `misfire` given without `misfire_max` resets
-/// it). Unknown fields and wrong types are answered 400 `invalid_json`; missing or invalid
-/// values 422. Optional fields may also be sent as `null`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleRequest {
-    /// 1 to 64 letters, digits, `.`, `_` or `-`; unique among schedules. Required to create.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$")]
-    pub name: Option<String>,
-    /// The sandbox holding the job file; it must exist and not be partitioned. Required to
-    /// create.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sandbox: Option<String>,
-    /// Path of the job file inside the sandbox. Required to create.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = "jobs/report.toml")]
-    pub job: Option<String>,
-    /// Job parameters; numbers and booleans are turned into strings. In values,
-    /// `{fire_time}` (RFC 3339 in the schedule's zone), `{fire_date}` (`YYYY-MM-DD` there),
-    /// `{fire_unix}` and `{fire_unix_ms}` are replaced at each firing; `{{` and `}}` are
-    /// literal braces.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<BTreeMap<String, crate::ParamValue>>)]
-    pub params: Option<crate::ParamValues>,
-    /// Five fields (`minute hour day-of-month month day-of-week`) or six with a leading
-    /// `second` field: `*`, lists `a,b`, ranges `a-b`, steps `*/n` and `a-b/n`, names
-    /// `JAN`-`DEC` and `SUN`-`SAT`, `L`, `W`, `#` and `?`; or a macro: `@yearly`
-    /// (`@annually`), `@monthly`, `@weekly`, `@daily` (`@midnight`), `@hourly`. Day of month
-    /// and day of week combine as in Vixie cron: when either field starts with `*` a day must
-    /// match both, else either. `@reboot` and expressions that never fire are refused
-    /// (`invalid_cron`). Required to create.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = "30 6 * * MON-FRI")]
-    pub cron: Option<String>,
-    /// IANA time zone name, such as `Europe/Berlin` (default `UTC`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timezone: Option<String>,
-    /// A disabled schedule records its firing times as skipped (`disabled`). Default true.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
-    /// Default `once`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<MisfirePolicy>)]
-    pub misfire: Option<String>,
-    /// With `misfire: all` only: how many missed firings to run (default 1000).
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::whole_number")]
-    #[schema(minimum = 1, maximum = 1000)]
-    pub misfire_max: Option<u32>,
-    /// How late a firing may be and still count as on time: a duration such as `30s` or
-    /// `5m`, more than zero (default `1m`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = "5m")]
-    pub misfire_threshold: Option<String>,
-    /// Default `allow`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<OverlapPolicy>)]
-    pub overlap: Option<String>,
+trigger_struct! {
+    request
+    /// Defines a schedule (`POST /schedules`), or changes one (`PATCH /schedules/{id}`: every
+    /// field optional there, and those left out or `null` keep their values; `name`, if given,
+    /// must be the schedule's: names cannot change (409 `conflict`); `misfire` given without `misfire_max` resets
+    /// it). Unknown fields and wrong types are answered 400 `invalid_json`; missing or invalid
+    /// values 422. Optional fields may also be sent as `null`.
+    #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct ScheduleRequest {
+        /// 1 to 64 letters, digits, `.`, `_` or `-`; unique among schedules. Required to create.
+        name,
+        /// The sandbox holding the job file; it must exist and not be partitioned. Required to
+        /// create.
+        sandbox,
+        /// Path of the job file inside the sandbox. Required to create.
+        job,
+        /// Job parameters; numbers and booleans are turned into strings. In values,
+        /// `{fire_time}` (RFC 3339 in the schedule's zone), `{fire_date}` (`YYYY-MM-DD` there),
+        /// `{fire_unix}` and `{fire_unix_ms}` are replaced at each firing; `{{` and `}}` are
+        /// literal braces.
+        params,
+        /// Five fields (`minute hour day-of-month month day-of-week`) or six with a leading
+        /// `second` field: `*`, lists `a,b`, ranges `a-b`, steps `*/n` and `a-b/n`, names
+        /// `JAN`-`DEC` and `SUN`-`SAT`, `L`, `W`, `#` and `?`; or a macro: `@yearly`
+        /// (`@annually`), `@monthly`, `@weekly`, `@daily` (`@midnight`), `@hourly`. Day of month
+        /// and day of week combine as in Vixie cron: when either field starts with `*` a day must
+        /// match both, else either. `@reboot` and expressions that never fire are refused
+        /// (`invalid_cron`). Required to create.
+        #[schema(example = "30 6 * * MON-FRI")]
+        pub cron: Option<String>,
+        /// IANA time zone name, such as `Europe/Berlin` (default `UTC`).
+        pub timezone: Option<String>,
+        /// A disabled schedule records its firing times as skipped (`disabled`). Default true.
+        enabled,
+        /// Default `once`.
+        #[schema(value_type = Option<MisfirePolicy>)]
+        pub misfire: Option<String>,
+        /// With `misfire: all` only: how many missed firings to run (default 1000).
+        #[serde(deserialize_with = "crate::whole_number")]
+        #[schema(minimum = 1, maximum = 1000)]
+        pub misfire_max: Option<u32>,
+        /// How late a firing may be and still count as on time: a duration such as `30s` or
+        /// `5m`, more than zero (default `1m`).
+        #[schema(example = "5m")]
+        pub misfire_threshold: Option<String>,
+        /// Default `allow`.
+        #[schema(value_type = Option<OverlapPolicy>)]
+        pub overlap: Option<String>,
+    }
 }
 
 /// What became of a firing time.
