@@ -636,29 +636,22 @@ impl Store {
 
     /// The children of a partitioned execution, by partition name.
     pub async fn list_children(&self, parent: &str) -> Result<Vec<ExecutionRow>> {
-        let mut c = self.read().await?;
-        let rows = c
-            .query(
-                &format!("SELECT {COLUMNS} FROM executions WHERE parent_id = $1 ORDER BY partition"),
-                vec![parent.into()],
-            )
-            .await?;
-        rows.iter().map(execution_row).collect()
+        self.read_rows(
+            &format!("SELECT {COLUMNS} FROM executions WHERE parent_id = $1 ORDER BY partition"),
+            vec![parent.into()],
+            execution_row,
+        )
+        .await
     }
 
     /// Every attempt of an execution, oldest first: where each ran, with which token, and how
     /// it ended (`None` while it runs).
     pub async fn list_attempts(&self, id: &str) -> Result<Vec<AttemptRow>> {
-        let mut c = self.read().await?;
-        let rows = c
-            .query(
-                "SELECT attempt, fence, node_id, started_at, finished_at, outcome FROM attempts
-                 WHERE execution_id = $1 ORDER BY attempt",
-                vec![id.into()],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
+        self.read_rows(
+            "SELECT attempt, fence, node_id, started_at, finished_at, outcome FROM attempts
+             WHERE execution_id = $1 ORDER BY attempt",
+            vec![id.into()],
+            |r| {
                 Ok(AttemptRow {
                     attempt: r.i64(0)?,
                     fence: FencingToken(r.i64(1)?),
@@ -667,8 +660,9 @@ impl Store {
                     finished_at: r.opt_i64(4)?,
                     outcome: r.opt_text(5)?,
                 })
-            })
-            .collect()
+            },
+        )
+        .await
     }
 
     pub async fn list_executions(&self, f: &ExecutionFilter) -> Result<Vec<ExecutionRow>> {
@@ -695,9 +689,7 @@ impl Store {
         }
         params.push(f.limit.into());
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));
-        let mut c = self.read().await?;
-        let rows = c.query(&sql, params).await?;
-        rows.iter().map(execution_row).collect()
+        self.read_rows(&sql, params, execution_row).await
     }
 
     /// Claims up to `max` queued executions this node may run, highest priority first,
@@ -940,15 +932,13 @@ impl Store {
 
     /// Running attempts on this node that someone asked to cancel: (id, token, by whom).
     pub async fn cancel_requests(&self, node: &str) -> Result<Vec<(ExecutionId, FencingToken, String)>> {
-        let mut c = self.read().await?;
-        let rows = c
-            .query(
-                "SELECT id, fence, cancel_requested FROM executions
-                 WHERE node_id = $1 AND state = 'running' AND cancel_requested IS NOT NULL",
-                vec![node.into()],
-            )
-            .await?;
-        rows.iter().map(|r| Ok((ExecutionId::from_trusted(r.text(0)?), FencingToken(r.i64(1)?), r.text(2)?))).collect()
+        self.read_rows(
+            "SELECT id, fence, cancel_requested FROM executions
+             WHERE node_id = $1 AND state = 'running' AND cancel_requested IS NOT NULL",
+            vec![node.into()],
+            |r| Ok((ExecutionId::from_trusted(r.text(0)?), FencingToken(r.i64(1)?), r.text(2)?)),
+        )
+        .await
     }
 
     /// Takes over the attempts of nodes whose lease has run out (or that have no row at all),
@@ -1019,20 +1009,14 @@ impl Store {
 
     /// Log chunks of an execution after position (`attempt`, `seq`), in order.
     pub async fn read_logs(&self, id: &str, after: (i64, i64), limit: i64) -> Result<Vec<LogRow>> {
-        let mut c = self.read().await?;
-        let rows = c
-            .query(
-                "SELECT attempt, seq, stream, data, at FROM logs
-                 WHERE execution_id = $1 AND (attempt > $2 OR (attempt = $2 AND seq > $3))
-                 ORDER BY attempt, seq LIMIT $4",
-                vec![id.into(), after.0.into(), after.1.into(), limit.into()],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LogRow { attempt: r.i64(0)?, seq: r.i64(1)?, stream: r.i64(2)?, data: r.bytes(3)?, at: r.i64(4)? })
-            })
-            .collect()
+        self.read_rows(
+            "SELECT attempt, seq, stream, data, at FROM logs
+             WHERE execution_id = $1 AND (attempt > $2 OR (attempt = $2 AND seq > $3))
+             ORDER BY attempt, seq LIMIT $4",
+            vec![id.into(), after.0.into(), after.1.into(), limit.into()],
+            |r| Ok(LogRow { attempt: r.i64(0)?, seq: r.i64(1)?, stream: r.i64(2)?, data: r.bytes(3)?, at: r.i64(4)? }),
+        )
+        .await
     }
 
     /// Where each of these executions' logs stand: its state and its last log row as

@@ -5,6 +5,7 @@
 //! transaction, on the database's clock. Nodes only ask.
 
 mod db;
+mod definitions;
 mod executions;
 mod listeners;
 mod nodes;
@@ -195,6 +196,17 @@ impl Store {
             Backend::Sqlite(p) => p.begin(sqlite::Mode::Read).await,
             Backend::Postgres(p) => p.begin(true).await,
         }
+    }
+
+    /// Runs one read on a connection of its own (see [`Store::read`]) and parses every row.
+    pub(crate) async fn read_rows<T>(
+        &self,
+        sql: &str,
+        params: Vec<db::Value>,
+        parse: impl Fn(&db::Row) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let mut c = self.read().await?;
+        c.query(sql, params).await?.iter().map(parse).collect()
     }
 
     /// What this node's own connection pool is doing: how many connections are in use, for

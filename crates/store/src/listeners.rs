@@ -7,9 +7,9 @@
 //! modification time, the webhook delivery, the node generation), so any node that sees
 //! the same event computes the same key and only one of them starts a job.
 
-use crate::db::{query_one, Row, Tx};
+use crate::db::{query_one, Row, Tx, Value};
+use crate::definitions::{job_fields, stored_params, Definitions};
 use crate::executions::insert_executions;
-use crate::schedules::def_params;
 use crate::{NewExecution, Result, Store, StoreError};
 use shoal_core::listener::{EventOutcome, EventReason, ListenerKind};
 use shoal_core::{ExecState, ExecutionId};
@@ -114,6 +114,15 @@ pub struct FinishedExecution {
 const COLUMNS: &str =
     "id, name, kind, sandbox, job, params, config, secret, enabled, cursor_at, created_at, updated_at";
 
+/// Listeners as definitions: their events and file cursor go with them.
+const LISTENERS: Definitions<ListenerRow> = Definitions {
+    table: "listeners",
+    noun: "listener",
+    columns: COLUMNS,
+    parse: listener_row,
+    owned: &["DELETE FROM events WHERE listener_id = $1", "DELETE FROM file_cursors WHERE listener_id = $1"],
+};
+
 fn listener_row(r: &Row) -> Result<ListenerRow> {
     Ok(ListenerRow {
         id: r.text(0)?,
@@ -121,8 +130,7 @@ fn listener_row(r: &Row) -> Result<ListenerRow> {
         kind: r.named(2, "listener kind", ListenerKind::parse)?,
         sandbox: r.text(3)?,
         job: r.text(4)?,
-        params: serde_json::from_str(&r.text(5)?)
-            .map_err(|e| StoreError::Internal(format!("stored listener params are invalid: {e}")))?,
+        params: stored_params(r, 5, "listener")?,
         config: r.text(6)?,
         secret: r.opt_text(7)?,
         enabled: r.i64(8)? != 0,
@@ -130,6 +138,13 @@ fn listener_row(r: &Row) -> Result<ListenerRow> {
         created_at: r.i64(10)?,
         updated_at: r.i64(11)?,
     })
+}
+
+/// A definition's columns after its kind, `sandbox` to `enabled`, as created and replaced.
+fn def_fields(def: &ListenerDef) -> Result<Vec<Value>> {
+    let mut fields = job_fields(&def.sandbox, &def.job, &def.params)?;
+    fields.extend([def.config.as_str().into(), def.secret.clone().into(), i64::from(def.enabled).into()]);
+    Ok(fields)
 }
 
 fn event_row(r: &Row) -> Result<EventRow> {
@@ -145,123 +160,52 @@ fn event_row(r: &Row) -> Result<EventRow> {
     })
 }
 
-async fn find_in(tx: &mut dyn Tx, reference: &str, lock: bool) -> Result<Option<ListenerRow>> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM listeners WHERE id = $1 OR name = $1 {}",
-        if lock { "{for_update}" } else { "" }
-    );
-    query_one(tx, &sql, vec![reference.into()]).await?.as_ref().map(listener_row).transpose()
-}
-
 const EVENT_COLUMNS: &str = "listener_id, key, at, node_id, outcome, reason, execution_id, payload";
 
 impl Store {
     /// Creates a listener. Job and cluster events from now on (the store's clock) are its.
     pub async fn create_listener(&self, def: &ListenerDef) -> Result<ListenerRow> {
-        let id = uuid::Uuid::now_v7().to_string();
-        let mut tx = self.begin_write().await?;
-        let row = query_one(
-            tx.as_mut(),
-            &format!(
-                "INSERT INTO listeners ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {{now}}, {{now}}, {{now}})
-                 RETURNING {COLUMNS}"
-            ),
-            vec![
-                id.into(),
-                def.name.as_str().into(),
-                def.kind.as_str().into(),
-                def.sandbox.as_str().into(),
-                def.job.as_str().into(),
-                def_params(&def.params)?.into(),
-                def.config.as_str().into(),
-                def.secret.clone().into(),
-                i64::from(def.enabled).into(),
-            ],
-        )
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict(_) => {
-                StoreError::Conflict(format!("a listener named `{}` already exists; pick another name", def.name))
-            }
-            other => other,
-        })?
-        .ok_or_else(|| StoreError::Internal("listener insert returned no row".into()))?;
-        let row = listener_row(&row)?;
-        tx.commit().await?;
-        Ok(row)
+        let mut fields = vec![def.kind.as_str().into()];
+        fields.extend(def_fields(def)?);
+        LISTENERS.insert(self, &def.name, "$1, $2, $3, $4, $5, $6, $7, $8, $9, {now}, {now}, {now}", fields).await
     }
 
     /// Replaces a listener's definition (name and kind stay).
     pub async fn update_listener(&self, reference: &str, def: &ListenerDef) -> Result<ListenerRow> {
-        let mut tx = self.begin_write().await?;
-        let Some(old) = find_in(tx.as_mut(), reference, true).await? else {
-            tx.rollback().await?;
-            return Err(StoreError::NotFound(format!("no listener `{reference}`")));
-        };
-        let row = query_one(
-            tx.as_mut(),
-            &format!(
-                "UPDATE listeners SET sandbox = $2, job = $3, params = $4, config = $5, secret = $6, enabled = $7,
-                     updated_at = {{now}}
-                 WHERE id = $1 RETURNING {COLUMNS}"
-            ),
-            vec![
-                old.id.as_str().into(),
-                def.sandbox.as_str().into(),
-                def.job.as_str().into(),
-                def_params(&def.params)?.into(),
-                def.config.as_str().into(),
-                def.secret.clone().into(),
-                i64::from(def.enabled).into(),
-            ],
-        )
-        .await?
-        .ok_or_else(|| StoreError::Internal("listener update returned no row".into()))?;
-        let row = listener_row(&row)?;
-        tx.commit().await?;
-        Ok(row)
+        let fields = def_fields(def)?;
+        let (tx, old) = LISTENERS.lock(self, reference).await?;
+        LISTENERS
+            .update(
+                tx,
+                &old.id,
+                "sandbox = $2, job = $3, params = $4, config = $5, secret = $6, enabled = $7, updated_at = {now}",
+                fields,
+            )
+            .await
     }
 
     /// Deletes a listener with its events and cursor. Executions it started are kept.
     pub async fn delete_listener(&self, reference: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        let Some(old) = find_in(tx.as_mut(), reference, true).await? else {
-            tx.rollback().await?;
-            return Err(StoreError::NotFound(format!("no listener `{reference}`")));
-        };
-        for sql in [
-            "DELETE FROM events WHERE listener_id = $1",
-            "DELETE FROM file_cursors WHERE listener_id = $1",
-            "DELETE FROM listeners WHERE id = $1",
-        ] {
-            tx.execute(sql, vec![old.id.as_str().into()]).await?;
-        }
-        tx.commit().await
+        let (tx, old) = LISTENERS.lock(self, reference).await?;
+        LISTENERS.delete(tx, &old.id).await
     }
 
     pub async fn get_listener(&self, reference: &str) -> Result<Option<ListenerRow>> {
-        let mut c = self.read().await?;
-        find_in(c.as_mut(), reference, false).await
+        LISTENERS.get(self, reference).await
     }
 
     pub async fn list_listeners(&self) -> Result<Vec<ListenerRow>> {
-        let mut c = self.read().await?;
-        let rows = c.query(&format!("SELECT {COLUMNS} FROM listeners ORDER BY name"), vec![]).await?;
-        rows.iter().map(listener_row).collect()
+        LISTENERS.list(self).await
     }
 
     /// A listener's events, newest first.
     pub async fn list_events(&self, listener_id: &str, limit: i64) -> Result<Vec<EventRow>> {
-        let mut c = self.read().await?;
-        let rows = c
-            .query(
-                &format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE listener_id = $1 ORDER BY at DESC, key DESC LIMIT $2"
-                ),
-                vec![listener_id.into(), limit.into()],
-            )
-            .await?;
-        rows.iter().map(event_row).collect()
+        self.read_rows(
+            &format!("SELECT {EVENT_COLUMNS} FROM events WHERE listener_id = $1 ORDER BY at DESC, key DESC LIMIT $2"),
+            vec![listener_id.into(), limit.into()],
+            event_row,
+        )
+        .await
     }
 
     /// One event by key.
@@ -278,14 +222,12 @@ impl Store {
 
     /// Every event of a listener, oldest first (for tests and audits).
     pub async fn all_events(&self, listener_id: &str) -> Result<Vec<EventRow>> {
-        let mut c = self.read().await?;
-        let rows = c
-            .query(
-                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE listener_id = $1 ORDER BY at, key"),
-                vec![listener_id.into()],
-            )
-            .await?;
-        rows.iter().map(event_row).collect()
+        self.read_rows(
+            &format!("SELECT {EVENT_COLUMNS} FROM events WHERE listener_id = $1 ORDER BY at, key"),
+            vec![listener_id.into()],
+            event_row,
+        )
+        .await
     }
 
     /// Records events and starts their executions, in one transaction: an event whose key
@@ -391,8 +333,7 @@ impl Store {
         let mut c = self.read().await?;
         let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
         let ph = (0..names.len()).map(|i| format!("${}", i + 6)).collect::<Vec<_>>().join(", ");
-        let mut params: Vec<crate::db::Value> =
-            vec![listener_id.into(), sandbox.into(), job.into(), since.into(), limit.into()];
+        let mut params: Vec<Value> = vec![listener_id.into(), sandbox.into(), job.into(), since.into(), limit.into()];
         params.extend(names.iter().map(|n| (*n).into()));
         let rows = c
             .query(
@@ -426,20 +367,16 @@ impl Store {
     /// Node events at or after `since` this listener has no event for yet, oldest first.
     /// The event key a cluster listener uses is `kind:node:generation`.
     pub async fn node_events_for(&self, listener_id: &str, since: i64, limit: i64) -> Result<Vec<NodeEventRow>> {
-        let mut c = self.read().await?;
-        let rows = c
-            .query(
-                "SELECT n.node_id, n.generation, n.kind, n.at FROM node_events n
-                 WHERE n.at >= $2 AND NOT EXISTS (
-                     SELECT 1 FROM events v WHERE v.listener_id = $1
-                       AND v.key = n.kind || ':' || n.node_id || ':' || CAST(n.generation AS TEXT))
-                 ORDER BY n.at, n.node_id LIMIT $3",
-                vec![listener_id.into(), since.into(), limit.into()],
-            )
-            .await?;
-        rows.iter()
-            .map(|r| Ok(NodeEventRow { node_id: r.text(0)?, generation: r.i64(1)?, kind: r.text(2)?, at: r.i64(3)? }))
-            .collect()
+        self.read_rows(
+            "SELECT n.node_id, n.generation, n.kind, n.at FROM node_events n
+             WHERE n.at >= $2 AND NOT EXISTS (
+                 SELECT 1 FROM events v WHERE v.listener_id = $1
+                   AND v.key = n.kind || ':' || n.node_id || ':' || CAST(n.generation AS TEXT))
+             ORDER BY n.at, n.node_id LIMIT $3",
+            vec![listener_id.into(), since.into(), limit.into()],
+            |r| Ok(NodeEventRow { node_id: r.text(0)?, generation: r.i64(1)?, kind: r.text(2)?, at: r.i64(3)? }),
+        )
+        .await
     }
 
     /// Records that nodes whose lease has run out (without a graceful stop) died. Called

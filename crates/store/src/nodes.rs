@@ -271,16 +271,14 @@ impl Store {
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<NodeRow>> {
-        let mut c = self.read().await?;
-        let rows = c
-            .query(
-                "SELECT id, url, generation, state, tags, slots, running, version, started_at, renewed_at, lease_expires_at, {now},
-                     gossip_addr, session_key, cpu_permille, memory_permille
-                 FROM nodes ORDER BY id",
-                vec![],
-            )
-            .await?;
-        rows.iter().map(node_row).collect()
+        self.read_rows(
+            "SELECT id, url, generation, state, tags, slots, running, version, started_at, renewed_at, lease_expires_at, {now},
+                 gossip_addr, session_key, cpu_permille, memory_permille
+             FROM nodes ORDER BY id",
+            vec![],
+            node_row,
+        )
+        .await
     }
 }
 

@@ -60,11 +60,12 @@ impl Store {
     }
 
     pub async fn list_sandboxes(&self) -> Result<Vec<SandboxRow>> {
-        let mut c = self.read().await?;
-        let rows = c
-            .query("SELECT name, kind, root, node_id, created_at, partitions FROM sandboxes ORDER BY name", vec![])
-            .await?;
-        rows.iter().map(sandbox_row).collect()
+        self.read_rows(
+            "SELECT name, kind, root, node_id, created_at, partitions FROM sandboxes ORDER BY name",
+            vec![],
+            sandbox_row,
+        )
+        .await
     }
 
     pub async fn get_sandbox(&self, name: &str) -> Result<Option<SandboxRow>> {

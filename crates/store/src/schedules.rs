@@ -8,6 +8,7 @@
 //! only spreads the work (see shoal-server's `triggers.rs`); it never decides correctness.
 
 use crate::db::{query_one, Row, Tx, Value};
+use crate::definitions::{job_fields, stored_params, Definitions};
 use crate::executions::{insert_executions, values_list, BATCH_ROWS};
 use crate::{NewExecution, Result, Store, StoreError};
 use shoal_core::schedule::{FiringReason, Misfire, Overlap};
@@ -124,14 +125,22 @@ const COLUMNS: &str =
     "id, name, sandbox, job, params, cron, timezone, enabled, misfire, misfire_max, misfire_threshold_ms,
     overlap, last_fire_at, last_execution_id, created_at, updated_at";
 
+/// Schedules as definitions: their firing history goes with them.
+const SCHEDULES: Definitions<ScheduleRow> = Definitions {
+    table: "schedules",
+    noun: "schedule",
+    columns: COLUMNS,
+    parse: schedule_row,
+    owned: &["DELETE FROM firings WHERE schedule_id = $1"],
+};
+
 fn schedule_row(r: &Row) -> Result<ScheduleRow> {
     Ok(ScheduleRow {
         id: r.text(0)?,
         name: r.text(1)?,
         sandbox: r.text(2)?,
         job: r.text(3)?,
-        params: serde_json::from_str(&r.text(4)?)
-            .map_err(|e| StoreError::Internal(format!("stored schedule params are invalid: {e}")))?,
+        params: stored_params(r, 4, "schedule")?,
         cron: r.text(5)?,
         timezone: r.text(6)?,
         enabled: r.i64(7)? != 0,
@@ -161,72 +170,39 @@ fn firing_row(r: &Row) -> Result<FiringRow> {
     })
 }
 
-fn is_unique_violation(e: &StoreError) -> bool {
-    matches!(e, StoreError::Conflict(_))
-}
-
-pub(crate) fn def_params(def_params: &BTreeMap<String, String>) -> Result<String> {
-    serde_json::to_string(def_params).map_err(|e| StoreError::Internal(e.to_string()))
-}
-
-/// Schedule rows by id or name.
-async fn find_in(tx: &mut dyn Tx, reference: &str, lock: bool) -> Result<Option<ScheduleRow>> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM schedules WHERE id = $1 OR name = $1 {}",
-        if lock { "{for_update}" } else { "" }
-    );
-    query_one(tx, &sql, vec![reference.into()]).await?.as_ref().map(schedule_row).transpose()
+/// A definition's columns after its name, `sandbox` to `overlap`, as created and replaced.
+fn def_fields(def: &ScheduleDef) -> Result<Vec<Value>> {
+    let mut fields = job_fields(&def.sandbox, &def.job, &def.params)?;
+    fields.extend([
+        def.cron.as_str().into(),
+        def.timezone.as_str().into(),
+        i64::from(def.enabled).into(),
+        def.misfire.as_str().into(),
+        misfire_max(def.misfire).into(),
+        def.misfire_threshold_ms.into(),
+        def.overlap.as_str().into(),
+    ]);
+    Ok(fields)
 }
 
 impl Store {
     /// Creates a schedule. Firing times after now (the store's clock) are due from then on.
     pub async fn create_schedule(&self, def: &ScheduleDef) -> Result<ScheduleRow> {
-        let id = uuid::Uuid::now_v7().to_string();
-        let mut tx = self.begin_write().await?;
-        let row = query_one(
-            tx.as_mut(),
-            &format!(
-                "INSERT INTO schedules ({COLUMNS})
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, {{now}}, NULL, {{now}}, {{now}})
-                 RETURNING {COLUMNS}"
-            ),
-            vec![
-                id.into(),
-                def.name.as_str().into(),
-                def.sandbox.as_str().into(),
-                def.job.as_str().into(),
-                def_params(&def.params)?.into(),
-                def.cron.as_str().into(),
-                def.timezone.as_str().into(),
-                i64::from(def.enabled).into(),
-                def.misfire.as_str().into(),
-                misfire_max(def.misfire).into(),
-                def.misfire_threshold_ms.into(),
-                def.overlap.as_str().into(),
-            ],
-        )
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("a schedule named `{}` already exists; pick another name", def.name))
-            } else {
-                e
-            }
-        })?
-        .ok_or_else(|| StoreError::Internal("schedule insert returned no row".into()))?;
-        let row = schedule_row(&row)?;
-        tx.commit().await?;
-        Ok(row)
+        SCHEDULES
+            .insert(
+                self,
+                &def.name,
+                "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, {now}, NULL, {now}, {now}",
+                def_fields(def)?,
+            )
+            .await
     }
 
     /// Replaces a schedule's definition (the name stays). A schedule enabled again counts
     /// its firings from now: the time it was off is recorded as nothing, not as misfires.
     pub async fn update_schedule(&self, reference: &str, def: &ScheduleDef) -> Result<ScheduleRow> {
-        let mut tx = self.begin_write().await?;
-        let Some(old) = find_in(tx.as_mut(), reference, true).await? else {
-            tx.rollback().await?;
-            return Err(StoreError::NotFound(format!("no schedule `{reference}`")));
-        };
+        let mut fields = def_fields(def)?;
+        let (mut tx, old) = SCHEDULES.lock(self, reference).await?;
         // Firings claimed ahead were decided under the old definition.
         if let Some(earliest) = withdraw_future_firings(tx.as_mut(), &old.id).await? {
             tx.execute(
@@ -235,108 +211,76 @@ impl Store {
             )
             .await?;
         }
-        let row = query_one(
-            tx.as_mut(),
-            &format!(
-                "UPDATE schedules SET sandbox = $2, job = $3, params = $4, cron = $5, timezone = $6, enabled = $7,
-                     misfire = $8, misfire_max = $9, misfire_threshold_ms = $10, overlap = $11, updated_at = {{now}},
-                     last_fire_at = CASE WHEN $12 = 1 THEN {{now}} ELSE last_fire_at END
-                 WHERE id = $1 RETURNING {COLUMNS}"
-            ),
-            vec![
-                old.id.as_str().into(),
-                def.sandbox.as_str().into(),
-                def.job.as_str().into(),
-                def_params(&def.params)?.into(),
-                def.cron.as_str().into(),
-                def.timezone.as_str().into(),
-                i64::from(def.enabled).into(),
-                def.misfire.as_str().into(),
-                misfire_max(def.misfire).into(),
-                def.misfire_threshold_ms.into(),
-                def.overlap.as_str().into(),
-                // A new expression or time zone starts from now too: the old one's due
-                // firings are not the new one's.
-                i64::from((def.enabled && !old.enabled) || def.cron != old.cron || def.timezone != old.timezone).into(),
-            ],
-        )
-        .await?
-        .ok_or_else(|| StoreError::Internal("schedule update returned no row".into()))?;
-        let row = schedule_row(&row)?;
-        tx.commit().await?;
-        Ok(row)
+        // A new expression or time zone starts from now too: the old one's due firings are
+        // not the new one's.
+        fields.push(
+            i64::from((def.enabled && !old.enabled) || def.cron != old.cron || def.timezone != old.timezone).into(),
+        );
+        SCHEDULES
+            .update(
+                tx,
+                &old.id,
+                "sandbox = $2, job = $3, params = $4, cron = $5, timezone = $6, enabled = $7,
+                 misfire = $8, misfire_max = $9, misfire_threshold_ms = $10, overlap = $11, updated_at = {now},
+                 last_fire_at = CASE WHEN $12 = 1 THEN {now} ELSE last_fire_at END",
+                fields,
+            )
+            .await
     }
 
     /// Deletes a schedule and its firing history. Executions it started are kept.
     pub async fn delete_schedule(&self, reference: &str) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        let Some(old) = find_in(tx.as_mut(), reference, true).await? else {
-            tx.rollback().await?;
-            return Err(StoreError::NotFound(format!("no schedule `{reference}`")));
-        };
+        let (mut tx, old) = SCHEDULES.lock(self, reference).await?;
         withdraw_future_firings(tx.as_mut(), &old.id).await?;
-        tx.execute("DELETE FROM firings WHERE schedule_id = $1", vec![old.id.as_str().into()]).await?;
-        tx.execute("DELETE FROM schedules WHERE id = $1", vec![old.id.as_str().into()]).await?;
-        tx.commit().await
+        SCHEDULES.delete(tx, &old.id).await
     }
 
     pub async fn get_schedule(&self, reference: &str) -> Result<Option<ScheduleRow>> {
-        let mut c = self.read().await?;
-        find_in(c.as_mut(), reference, false).await
+        SCHEDULES.get(self, reference).await
     }
 
     pub async fn list_schedules(&self) -> Result<Vec<ScheduleRow>> {
-        let mut c = self.read().await?;
-        let rows = c.query(&format!("SELECT {COLUMNS} FROM schedules ORDER BY name"), vec![]).await?;
-        rows.iter().map(schedule_row).collect()
+        SCHEDULES.list(self).await
     }
 
     /// Schedules with a firing waiting for their previous run (overlap policy `queue`).
     pub async fn schedules_with_queued_firings(&self) -> Result<Vec<String>> {
-        let mut c = self.read().await?;
-        let rows = c.query("SELECT DISTINCT schedule_id FROM firings WHERE outcome = 'queued'", vec![]).await?;
-        rows.iter().map(|r| r.text(0)).collect()
+        self.read_rows("SELECT DISTINCT schedule_id FROM firings WHERE outcome = 'queued'", vec![], |r| r.text(0)).await
     }
 
     /// A schedule's firings, newest first.
     pub async fn list_firings(&self, schedule_id: &str, limit: i64) -> Result<Vec<FiringRow>> {
-        let mut c = self.read().await?;
-        let rows = c
-            .query(
-                "SELECT schedule_id, fire_at, outcome, reason, execution_id, node_id, claimed_at FROM firings
-                 WHERE schedule_id = $1 ORDER BY fire_at DESC LIMIT $2",
-                vec![schedule_id.into(), limit.into()],
-            )
-            .await?;
-        rows.iter().map(firing_row).collect()
+        self.read_rows(
+            "SELECT schedule_id, fire_at, outcome, reason, execution_id, node_id, claimed_at FROM firings
+             WHERE schedule_id = $1 ORDER BY fire_at DESC LIMIT $2",
+            vec![schedule_id.into(), limit.into()],
+            firing_row,
+        )
+        .await
     }
 
     /// Every firing of a schedule in `[from, to]`, oldest first (for tests and audits).
     pub async fn firings_between(&self, schedule_id: &str, from: i64, to: i64) -> Result<Vec<FiringRow>> {
-        let mut c = self.read().await?;
-        let rows = c
-            .query(
-                "SELECT schedule_id, fire_at, outcome, reason, execution_id, node_id, claimed_at FROM firings
-                 WHERE schedule_id = $1 AND fire_at >= $2 AND fire_at <= $3 ORDER BY fire_at",
-                vec![schedule_id.into(), from.into(), to.into()],
-            )
-            .await?;
-        rows.iter().map(firing_row).collect()
+        self.read_rows(
+            "SELECT schedule_id, fire_at, outcome, reason, execution_id, node_id, claimed_at FROM firings
+             WHERE schedule_id = $1 AND fire_at >= $2 AND fire_at <= $3 ORDER BY fire_at",
+            vec![schedule_id.into(), from.into(), to.into()],
+            firing_row,
+        )
+        .await
     }
 
     /// Every firing in `[from, to]` across all schedules with its claim time and its
     /// execution's start (for benchmarks): (schedule, fire_at, claimed_at, started_at).
     pub async fn firing_report(&self, from: i64, to: i64) -> Result<Vec<(String, i64, i64, Option<i64>)>> {
-        let mut c = self.read().await?;
-        let rows = c
-            .query(
-                "SELECT f.schedule_id, f.fire_at, f.claimed_at, e.started_at FROM firings f
-                 LEFT JOIN executions e ON e.id = f.execution_id
-                 WHERE f.fire_at >= $1 AND f.fire_at <= $2 ORDER BY f.schedule_id, f.fire_at",
-                vec![from.into(), to.into()],
-            )
-            .await?;
-        rows.iter().map(|r| Ok((r.text(0)?, r.i64(1)?, r.i64(2)?, r.opt_i64(3)?))).collect()
+        self.read_rows(
+            "SELECT f.schedule_id, f.fire_at, f.claimed_at, e.started_at FROM firings f
+             LEFT JOIN executions e ON e.id = f.execution_id
+             WHERE f.fire_at >= $1 AND f.fire_at <= $2 ORDER BY f.schedule_id, f.fire_at",
+            vec![from.into(), to.into()],
+            |r| Ok((r.text(0)?, r.i64(1)?, r.i64(2)?, r.opt_i64(3)?)),
+        )
+        .await
     }
 
     /// Decides and records the due firings of several schedules in one transaction.

@@ -63,6 +63,7 @@ suite!(
     a_partitioned_execution_ends_with_its_children,
     a_firing_time_is_claimed_once_however_many_nodes_try,
     an_event_is_recorded_once_and_its_cursor_moves_by_compare_and_set,
+    definitions_are_found_by_id_or_name_and_deleted_with_what_they_own,
 );
 
 fn node(id: &str) -> NodeRegistration {
@@ -659,23 +660,23 @@ async fn a_firing_time_is_claimed_once_however_many_nodes_try(f: Fixture) {
     assert_eq!(f.store.get_schedule("tick").await.unwrap().unwrap().last_fire_at, base + 19_000);
 }
 
+fn listener_def(name: &str) -> shoal_store::ListenerDef {
+    shoal_store::ListenerDef {
+        name: name.into(),
+        kind: shoal_core::listener::ListenerKind::File,
+        sandbox: "s".into(),
+        job: "j.toml".into(),
+        params: BTreeMap::new(),
+        config: "{}".into(),
+        secret: None,
+        enabled: true,
+    }
+}
+
 /// Guarantee 5 at the store: an event key records once; a file cursor moves only from the
 /// value the caller read.
 async fn an_event_is_recorded_once_and_its_cursor_moves_by_compare_and_set(f: Fixture) {
-    let l = f
-        .store
-        .create_listener(&shoal_store::ListenerDef {
-            name: "files".into(),
-            kind: shoal_core::listener::ListenerKind::File,
-            sandbox: "s".into(),
-            job: "j.toml".into(),
-            params: BTreeMap::new(),
-            config: "{}".into(),
-            secret: None,
-            enabled: true,
-        })
-        .await
-        .unwrap();
+    let l = f.store.create_listener(&listener_def("files")).await.unwrap();
     let event = |key: &str, from: Option<(i64, i64)>, to: Option<(i64, i64)>| shoal_store::NewEvent {
         key: key.into(),
         payload: BTreeMap::new(),
@@ -698,4 +699,105 @@ async fn an_event_is_recorded_once_and_its_cursor_moves_by_compare_and_set(f: Fi
     assert_eq!(f.store.all_events(&l.id).await.unwrap().len(), 2);
     let all = f.store.list_executions(&ExecutionFilter { limit: 1000, ..Default::default() }).await.unwrap();
     assert_eq!(all.len(), 2);
+}
+
+/// Fires one firing time of a schedule, starting an execution; returns the execution's id.
+async fn fire_once(store: &Store, schedule: &str, fire_at: i64) -> String {
+    let (_, fired) = store
+        .fire_schedules(&[schedule.to_owned()], "n1", |_| shoal_store::FireDecision {
+            firings: vec![shoal_store::NewFiring {
+                fire_at,
+                outcome: shoal_store::FiringOutcome::Started,
+                reason: None,
+                execution: Some(new_exec(inline())),
+            }],
+            covered_to: Some(fire_at),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    fired[0].recorded[0].2.clone().unwrap().as_str().to_owned()
+}
+
+/// Schedules and listeners as definitions, with the errors the API passes on: a name is
+/// taken once, a definition is found by id or name, replaced with its name (and kind) kept,
+/// listed by name, and deleted with the rows it owns (a schedule's firings, withdrawing those
+/// claimed ahead; a listener's events and cursor), the executions they started kept.
+async fn definitions_are_found_by_id_or_name_and_deleted_with_what_they_own(f: Fixture) {
+    let s = &f.store;
+    fn message<T: std::fmt::Debug>(r: Result<T, StoreError>) -> String {
+        match r {
+            Err(e @ (StoreError::Conflict(_) | StoreError::NotFound(_))) => e.to_string(),
+            other => panic!("expected a conflict or not found, got {other:?}"),
+        }
+    }
+    s.create_schedule(&schedule_def("b")).await.unwrap();
+    let a = s.create_schedule(&schedule_def("a")).await.unwrap();
+    assert_eq!(
+        message(s.create_schedule(&schedule_def("a")).await),
+        "a schedule named `a` already exists; pick another name"
+    );
+    let names: Vec<_> = s.list_schedules().await.unwrap().into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(s.get_schedule(&a.id).await.unwrap().as_ref(), Some(&a));
+    assert_eq!(s.get_schedule("a").await.unwrap().as_ref(), Some(&a));
+    assert_eq!(s.get_schedule("c").await.unwrap(), None);
+
+    // A firing claimed ahead is withdrawn by a change: its execution cancelled, its row gone,
+    // and the schedule due again from just before it.
+    let ahead = (s.now_ms().await.unwrap() / 1000 + 100) * 1000;
+    let exec = fire_once(s, &a.id, ahead).await;
+    let mut def = schedule_def("renamed");
+    def.params.insert("k".into(), "v".into());
+    def.misfire_threshold_ms = 5_000;
+    let changed = s.update_schedule("a", &def).await.unwrap();
+    assert_eq!((changed.id.as_str(), changed.name.as_str()), (a.id.as_str(), "a"), "the name stays");
+    assert_eq!(
+        (changed.params, changed.misfire_threshold_ms, changed.last_fire_at),
+        (def.params.clone(), 5_000, ahead - 1)
+    );
+    let withdrawn = s.get_execution(&exec).await.unwrap().unwrap();
+    assert_eq!(withdrawn.state, ExecState::Cancelled, "{withdrawn:?}");
+    assert!(withdrawn.message.starts_with("withdrawn before its firing time"), "{}", withdrawn.message);
+    assert!(s.firings_between(&a.id, 0, i64::MAX).await.unwrap().is_empty());
+
+    // Deleting takes the firing history with it; the execution stays.
+    let past = fire_once(s, &a.id, a.created_at).await;
+    s.delete_schedule(&a.id).await.unwrap();
+    assert_eq!(s.get_schedule("a").await.unwrap(), None);
+    assert!(s.firings_between(&a.id, 0, i64::MAX).await.unwrap().is_empty());
+    assert_eq!(s.get_execution(&past).await.unwrap().unwrap().state, ExecState::Queued);
+    assert_eq!(message(s.update_schedule("a", &def).await), "no schedule `a`");
+    assert_eq!(message(s.delete_schedule("a").await), "no schedule `a`");
+    assert_eq!(s.list_schedules().await.unwrap().len(), 1);
+
+    let l = s.create_listener(&listener_def("files")).await.unwrap();
+    assert_eq!(
+        message(s.create_listener(&listener_def("files")).await),
+        "a listener named `files` already exists; pick another name"
+    );
+    assert_eq!(s.get_listener("files").await.unwrap().as_ref(), Some(&l));
+    let mut def = listener_def("other");
+    def.kind = shoal_core::listener::ListenerKind::Webhook;
+    (def.config, def.secret, def.enabled) = (r#"{"glob":"*.csv"}"#.into(), Some("k".into()), false);
+    let changed = s.update_listener(&l.id, &def).await.unwrap();
+    assert_eq!((changed.name.as_str(), changed.kind), ("files", l.kind), "name and kind stay");
+    assert_eq!((changed.config, changed.secret, changed.enabled), (def.config.clone(), def.secret.clone(), false));
+    let event = shoal_store::NewEvent {
+        key: "appeared:1:10:a.csv".into(),
+        payload: BTreeMap::new(),
+        execution: Some(new_exec(inline())),
+        reason: None,
+        cursor: Some(shoal_store::CursorMove { path: "a.csv".into(), from: None, to: Some((1, 10)) }),
+        silent: false,
+    };
+    let recorded = s.record_events(&l.id, "n1", &[event], None).await.unwrap();
+    let started = recorded[0].execution.clone().unwrap();
+    s.delete_listener("files").await.unwrap();
+    assert!(s.all_events(&l.id).await.unwrap().is_empty());
+    assert!(s.file_cursor(&l.id).await.unwrap().is_empty());
+    assert!(s.get_execution(started.as_str()).await.unwrap().is_some());
+    assert_eq!(message(s.update_listener("files", &def).await), "no listener `files`");
+    assert_eq!(message(s.delete_listener(&l.id).await), format!("no listener `{}`", l.id));
+    assert!(s.list_listeners().await.unwrap().is_empty());
 }
