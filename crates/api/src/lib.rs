@@ -5,6 +5,7 @@
 //! so this crate does not depend on how nodes run work.
 
 mod body;
+pub mod browser;
 mod convert;
 mod error;
 mod executions;
@@ -99,6 +100,8 @@ pub struct AppState {
     pub forwarder: Arc<Forwarder>,
     /// Where sandbox folders may be (`sandboxes.allowed_roots`).
     pub roots: Arc<shoal_service::roots::RootPolicy>,
+    /// The host names this node answers to (`http.hosts`, the advertised host).
+    pub hosts: browser::HostPolicy,
 }
 
 pub type State = axum::extract::State<Arc<AppState>>;
@@ -118,6 +121,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(health::api_not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
         .layer(middleware::map_response(error::shape_rejections))
+        .layer(middleware::from_fn_with_state(state.clone(), browser::guard))
         .layer(middleware::map_response_with_state(state.clone(), forward::served_by))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::time_requests))
         .with_state(state)
