@@ -51,7 +51,7 @@ impl HostPolicy {
             Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
             None => host.parse::<Ipv4Addr>().is_ok(),
         };
-        address || host == "localhost" || host.ends_with(".localhost") || self.names.iter().any(|n| *n == host)
+        address || host == "localhost" || host.ends_with(".localhost") || self.names.contains(&host)
     }
 }
 
@@ -82,7 +82,7 @@ fn normalized(scheme: &str, authority: &str) -> String {
     }
 }
 
-fn single<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Result<Option<&'a str>, ()> {
+fn single(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<&str>, ()> {
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
         (None, _) => Ok(None),

@@ -562,7 +562,7 @@ impl Config {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                return Err(ConfigError::Invalid(format!("log.format `{other}` is unknown; use `text` or `json`")))
+                return Err(ConfigError::Invalid(format!("log.format `{other}` is unknown; use `text` or `json`")));
             }
         };
         Ok(Config {
