@@ -8,7 +8,7 @@
 mod common;
 
 use common::{Backend, TestNode};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 async fn send(
     n: &TestNode,
