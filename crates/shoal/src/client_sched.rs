@@ -5,12 +5,15 @@
 
 use crate::client_cmds::{parse_key_value, parse_target, CmdResult, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::output::{
-    clip, emit, fmt_ms, key_values, name, name_or_dash, or_dash, pairs, print_json, rows_table, short_time, yes_no, Row,
+    clip, emit, fmt_ms, key_values, name, name_or_dash, or_dash, pairs, print_answer, print_json, rows_table,
+    short_time, yes_no, Row,
 };
-use shoal_client::{Client, Error};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use shoal_client::{Client, Definitions, Error, Listeners, Schedules};
 use shoal_wire::{
-    Firing, HookAnswer, Listener, ListenerEvent, ListenerKind, ListenerRequest, OnClusterRequest, OnFileRequest,
-    OnJobRequest, ParamValues, PreviewRequest, Schedule, ScheduleRequest,
+    Firing, HookAnswer, Listener, ListenerEvent, ListenerKind, ListenerList, ListenerRequest, OnClusterRequest,
+    OnFileRequest, OnJobRequest, ParamValues, PreviewRequest, Schedule, ScheduleList, ScheduleRequest,
 };
 use std::path::PathBuf;
 use tokio::io::AsyncReadExt;
@@ -557,6 +560,79 @@ fn what_happened(
     vec![short_time(Some(at)), name(outcome), name_or_dash(reason), or_dash(execution), node.to_owned()]
 }
 
+// ---- what schedules and listeners share ----
+
+/// A kind of definition the API keeps in one collection (schedules, listeners): what the
+/// commands they share (list, show, edit, enable, disable, delete) need to know of it. What
+/// differs between them (creating one, their history, what an edit says) stays in
+/// `cmd_schedule` and `cmd_listener`.
+trait Definition: Row + Serialize + DeserializeOwned {
+    /// The word for one, as messages say it.
+    const NOUN: &'static str;
+    /// The body that creates or changes one.
+    type Request: Serialize + Default;
+    /// The answer that lists them all.
+    type List: Serialize + DeserializeOwned;
+
+    /// Its collection in the typed client.
+    fn collection(client: &Client) -> Definitions<'_, Self, Self::Request, Self::List>;
+    fn listed(list: &Self::List) -> &[Self];
+    fn name(&self) -> &str;
+    /// As `key: value` lines show it.
+    fn fields(&self) -> Vec<(&'static str, String)>;
+    /// The patch that enables or disables one.
+    fn enabling(enabled: bool) -> Self::Request;
+    /// What `enable` says after its name.
+    fn when_enabled(&self) -> String {
+        String::new()
+    }
+}
+
+async fn list<D: Definition>(client: &Client, json: bool) -> CmdResult {
+    let list = D::collection(client).list().await?;
+    print_answer(&list, json, |list| rows_table(D::listed(list)));
+    Ok(EXIT_OK)
+}
+
+async fn show<D: Definition>(client: &Client, reference: &str, json: bool) -> CmdResult {
+    let definition = D::collection(client).get(reference).await?;
+    print_answer(&definition, json, |d| key_values(&d.fields()));
+    Ok(EXIT_OK)
+}
+
+/// Sends `patch` (an `Err` is a usage error: nothing is sent) and says what the definition
+/// is now, as `text` puts it.
+async fn edit<D: Definition>(
+    client: &Client,
+    reference: &str,
+    patch: Result<D::Request, String>,
+    json: bool,
+    text: impl FnOnce(&D) -> String,
+) -> CmdResult {
+    let patch = match patch {
+        Ok(p) => p,
+        Err(message) => return usage(&message),
+    };
+    let definition = D::collection(client).update(reference, &patch).await?;
+    print_answer(&definition, json, text);
+    Ok(EXIT_OK)
+}
+
+async fn set_enabled<D: Definition>(client: &Client, reference: &str, enabled: bool, json: bool) -> CmdResult {
+    let what = if enabled { "enabled" } else { "disabled" };
+    edit(client, reference, Ok(D::enabling(enabled)), json, |d: &D| {
+        let note = if enabled { d.when_enabled() } else { String::new() };
+        format!("{what} {} {}{note}\n", D::NOUN, d.name())
+    })
+    .await
+}
+
+async fn delete<D: Definition>(client: &Client, reference: &str, json: bool) -> CmdResult {
+    D::collection(client).delete(reference).await?;
+    print_answer(&serde_json::json!({ "deleted": reference }), json, |_| format!("deleted {} {reference}\n", D::NOUN));
+    Ok(EXIT_OK)
+}
+
 // ---- schedules ----
 
 impl Row for Schedule {
@@ -575,27 +651,53 @@ impl Row for Schedule {
     }
 }
 
-/// A schedule as `key: value` lines, every field of the wire type.
-fn schedule_fields(s: &Schedule) -> Vec<(&'static str, String)> {
-    vec![
-        ("id", s.id.clone()),
-        ("name", s.name.clone()),
-        ("enabled", s.enabled.to_string()),
-        ("sandbox", s.sandbox.clone()),
-        ("job", s.job.clone()),
-        ("params", pairs(&s.params)),
-        ("cron", s.cron.clone()),
-        ("timezone", s.timezone.clone()),
-        ("next_fire_time", or_dash(s.next_fire_time.as_deref())),
-        ("last_fire_time", or_dash(s.last_fire_time.as_deref())),
-        ("last_execution", or_dash(s.last_execution.as_deref())),
-        ("misfire", name(&s.misfire)),
-        ("misfire_max", or_dash(s.misfire_max)),
-        ("misfire_threshold_ms", s.misfire_threshold_ms.to_string()),
-        ("overlap", name(&s.overlap)),
-        ("created_at", s.created_at.clone()),
-        ("updated_at", s.updated_at.clone()),
-    ]
+impl Definition for Schedule {
+    const NOUN: &'static str = "schedule";
+    type Request = ScheduleRequest;
+    type List = ScheduleList;
+
+    fn collection(client: &Client) -> Schedules<'_> {
+        client.schedules()
+    }
+
+    fn listed(list: &ScheduleList) -> &[Schedule] {
+        &list.schedules
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Every field of the wire type.
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("id", self.id.clone()),
+            ("name", self.name.clone()),
+            ("enabled", self.enabled.to_string()),
+            ("sandbox", self.sandbox.clone()),
+            ("job", self.job.clone()),
+            ("params", pairs(&self.params)),
+            ("cron", self.cron.clone()),
+            ("timezone", self.timezone.clone()),
+            ("next_fire_time", or_dash(self.next_fire_time.as_deref())),
+            ("last_fire_time", or_dash(self.last_fire_time.as_deref())),
+            ("last_execution", or_dash(self.last_execution.as_deref())),
+            ("misfire", name(&self.misfire)),
+            ("misfire_max", or_dash(self.misfire_max)),
+            ("misfire_threshold_ms", self.misfire_threshold_ms.to_string()),
+            ("overlap", name(&self.overlap)),
+            ("created_at", self.created_at.clone()),
+            ("updated_at", self.updated_at.clone()),
+        ]
+    }
+
+    fn enabling(enabled: bool) -> ScheduleRequest {
+        ScheduleRequest { enabled: Some(enabled), ..ScheduleRequest::default() }
+    }
+
+    fn when_enabled(&self) -> String {
+        format!(": {}", next_fire(self))
+    }
 }
 
 impl Row for Firing {
@@ -626,57 +728,20 @@ pub async fn cmd_schedule(client: &Client, cmd: ScheduleCmd, json: bool) -> CmdR
                 Err(message) => return usage(&message),
             };
             let created = client.schedules().create(&request).await?;
-            if json {
-                print_json(&created);
-            } else {
-                emit(&format!("created schedule {} ({}): {}\n", created.name, created.id, next_fire(&created)));
-            }
+            print_answer(&created, json, |c| format!("created schedule {} ({}): {}\n", c.name, c.id, next_fire(c)));
         }
-        ScheduleCmd::List => {
-            let list = client.schedules().list().await?;
-            if json {
-                print_json(&list);
-            } else {
-                emit(&rows_table(&list.schedules));
-            }
-        }
-        ScheduleCmd::Show(a) => {
-            let schedule = client.schedules().get(&a.reference).await?;
-            if json {
-                print_json(&schedule);
-            } else {
-                emit(&key_values(&schedule_fields(&schedule)));
-            }
-        }
-        ScheduleCmd::Enable(a) => return set_schedule_enabled(client, &a.reference, true, json).await,
-        ScheduleCmd::Disable(a) => return set_schedule_enabled(client, &a.reference, false, json).await,
+        ScheduleCmd::List => return list::<Schedule>(client, json).await,
+        ScheduleCmd::Show(a) => return show::<Schedule>(client, &a.reference, json).await,
+        ScheduleCmd::Enable(a) => return set_enabled::<Schedule>(client, &a.reference, true, json).await,
+        ScheduleCmd::Disable(a) => return set_enabled::<Schedule>(client, &a.reference, false, json).await,
         ScheduleCmd::Edit(args) => {
-            let patch = match schedule_patch(&args) {
-                Ok(p) => p,
-                Err(message) => return usage(&message),
-            };
-            let schedule = client.schedules().update(&args.reference, &patch).await?;
-            if json {
-                print_json(&schedule);
-            } else {
-                emit(&format!("updated schedule {}: {}\n", schedule.name, next_fire(&schedule)));
-            }
+            let updated = |s: &Schedule| format!("updated schedule {}: {}\n", s.name, next_fire(s));
+            return edit(client, &args.reference, schedule_patch(&args), json, updated).await;
         }
-        ScheduleCmd::Delete(a) => {
-            client.schedules().delete(&a.reference).await?;
-            if json {
-                print_json(&serde_json::json!({ "deleted": a.reference }));
-            } else {
-                emit(&format!("deleted schedule {}\n", a.reference));
-            }
-        }
+        ScheduleCmd::Delete(a) => return delete::<Schedule>(client, &a.reference, json).await,
         ScheduleCmd::Firings { reference, limit } => {
             let firings = client.schedules().firings(&reference, limit).await?;
-            if json {
-                print_json(&firings);
-            } else {
-                emit(&rows_table(&firings.firings));
-            }
+            print_answer(&firings, json, |f| rows_table(&f.firings));
         }
         ScheduleCmd::Preview(args) => {
             let preview = match (&args.reference, &args.cron) {
@@ -689,25 +754,8 @@ pub async fn cmd_schedule(client: &Client, cmd: ScheduleCmd, json: bool) -> CmdR
                 // clap requires one of them.
                 (None, None) => return usage("give a schedule's name, or a cron expression with --cron"),
             };
-            if json {
-                print_json(&preview);
-            } else {
-                emit(&preview.firings.iter().map(|t| format!("{t}\n")).collect::<String>());
-            }
+            print_answer(&preview, json, |p| p.firings.iter().map(|t| format!("{t}\n")).collect());
         }
-    }
-    Ok(EXIT_OK)
-}
-
-async fn set_schedule_enabled(client: &Client, reference: &str, enabled: bool, json: bool) -> CmdResult {
-    let patch = ScheduleRequest { enabled: Some(enabled), ..ScheduleRequest::default() };
-    let schedule = client.schedules().update(reference, &patch).await?;
-    if json {
-        print_json(&schedule);
-    } else {
-        let what = if enabled { "enabled" } else { "disabled" };
-        let next = if enabled { format!(": {}", next_fire(&schedule)) } else { String::new() };
-        emit(&format!("{what} schedule {}{next}\n", schedule.name));
     }
     Ok(EXIT_OK)
 }
@@ -728,28 +776,50 @@ impl Row for Listener {
     }
 }
 
-/// A listener as `key: value` lines: its trigger as one line instead of the `on_*` objects,
-/// and the webhook's URL and secret only where it has them.
-fn listener_fields(l: &Listener) -> Vec<(&'static str, String)> {
-    let mut fields = vec![
-        ("id", l.id.clone()),
-        ("name", l.name.clone()),
-        ("kind", l.kind.as_str().to_owned()),
-        ("enabled", l.enabled.to_string()),
-        ("trigger", trigger_text(l)),
-        ("sandbox", l.sandbox.clone()),
-        ("job", l.job.clone()),
-        ("params", pairs(&l.params)),
-    ];
-    if let Some(url) = &l.hook_url {
-        fields.push(("hook_url", url.clone()));
+impl Definition for Listener {
+    const NOUN: &'static str = "listener";
+    type Request = ListenerRequest;
+    type List = ListenerList;
+
+    fn collection(client: &Client) -> Listeners<'_> {
+        client.listeners()
     }
-    if let Some(secret) = &l.secret {
-        fields.push(("secret", secret.clone()));
+
+    fn listed(list: &ListenerList) -> &[Listener] {
+        &list.listeners
     }
-    fields.push(("created_at", l.created_at.clone()));
-    fields.push(("updated_at", l.updated_at.clone()));
-    fields
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its trigger as one line instead of the `on_*` objects, and the webhook's URL and
+    /// secret only where it has them.
+    fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
+            ("id", self.id.clone()),
+            ("name", self.name.clone()),
+            ("kind", self.kind.as_str().to_owned()),
+            ("enabled", self.enabled.to_string()),
+            ("trigger", trigger_text(self)),
+            ("sandbox", self.sandbox.clone()),
+            ("job", self.job.clone()),
+            ("params", pairs(&self.params)),
+        ];
+        if let Some(url) = &self.hook_url {
+            fields.push(("hook_url", url.clone()));
+        }
+        if let Some(secret) = &self.secret {
+            fields.push(("secret", secret.clone()));
+        }
+        fields.push(("created_at", self.created_at.clone()));
+        fields.push(("updated_at", self.updated_at.clone()));
+        fields
+    }
+
+    fn enabling(enabled: bool) -> ListenerRequest {
+        ListenerRequest { enabled: Some(enabled), ..ListenerRequest::default() }
+    }
 }
 
 impl Row for ListenerEvent {
@@ -763,6 +833,28 @@ impl Row for ListenerEvent {
     }
 }
 
+/// What `listener create` says of the listener it created: what it starts, and what starts
+/// it (a webhook: its URL and, when the server made it, its secret).
+fn created_text(client: &Client, created: &Listener) -> String {
+    let mut out = format!(
+        "created {} listener {} ({}): starts {}/{}\n",
+        created.kind.as_str(),
+        created.name,
+        created.id,
+        created.sandbox,
+        created.job
+    );
+    if created.kind == ListenerKind::Webhook {
+        out.push_str(&format!("hook URL: {}\n", full_hook_url(client, created.hook_url.as_deref())));
+        if let Some(secret) = &created.secret {
+            out.push_str(&format!("secret:   {secret}\n"));
+        }
+    } else {
+        out.push_str(&format!("on:       {}\n", trigger_text(created)));
+    }
+    out
+}
+
 pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdResult {
     match cmd {
         ListenerCmd::Create(args) => {
@@ -771,27 +863,7 @@ pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdR
                 Err(message) => return usage(&message),
             };
             let created = client.listeners().create(&request).await?;
-            if json {
-                print_json(&created);
-            } else {
-                let mut out = format!(
-                    "created {} listener {} ({}): starts {}/{}\n",
-                    created.kind.as_str(),
-                    created.name,
-                    created.id,
-                    created.sandbox,
-                    created.job
-                );
-                if created.kind == ListenerKind::Webhook {
-                    out.push_str(&format!("hook URL: {}\n", full_hook_url(client, created.hook_url.as_deref())));
-                    if let Some(secret) = &created.secret {
-                        out.push_str(&format!("secret:   {secret}\n"));
-                    }
-                } else {
-                    out.push_str(&format!("on:       {}\n", trigger_text(&created)));
-                }
-                emit(&out);
-            }
+            print_answer(&created, json, |c| created_text(client, c));
             if created.secret.is_some() && args.secret.is_none() {
                 eprintln!(
                     "note: the secret is shown only once: store it now (`shoal listener edit {} --secret ...` sets a new one)",
@@ -799,70 +871,21 @@ pub async fn cmd_listener(client: &Client, cmd: ListenerCmd, json: bool) -> CmdR
                 );
             }
         }
-        ListenerCmd::List => {
-            let list = client.listeners().list().await?;
-            if json {
-                print_json(&list);
-            } else {
-                emit(&rows_table(&list.listeners));
-            }
-        }
-        ListenerCmd::Show(a) => {
-            let listener = client.listeners().get(&a.reference).await?;
-            if json {
-                print_json(&listener);
-            } else {
-                emit(&key_values(&listener_fields(&listener)));
-            }
-        }
-        ListenerCmd::Enable(a) => return set_listener_enabled(client, &a.reference, true, json).await,
-        ListenerCmd::Disable(a) => return set_listener_enabled(client, &a.reference, false, json).await,
+        ListenerCmd::List => return list::<Listener>(client, json).await,
+        ListenerCmd::Show(a) => return show::<Listener>(client, &a.reference, json).await,
+        ListenerCmd::Enable(a) => return set_enabled::<Listener>(client, &a.reference, true, json).await,
+        ListenerCmd::Disable(a) => return set_enabled::<Listener>(client, &a.reference, false, json).await,
         ListenerCmd::Edit(args) => {
-            let patch = match listener_patch(&args) {
-                Ok(p) => p,
-                Err(message) => return usage(&message),
+            let updated = |l: &Listener| {
+                format!("updated listener {}: starts {}/{} with {}\n", l.name, l.sandbox, l.job, pairs(&l.params))
             };
-            let listener = client.listeners().update(&args.reference, &patch).await?;
-            if json {
-                print_json(&listener);
-            } else {
-                emit(&format!(
-                    "updated listener {}: starts {}/{} with {}\n",
-                    listener.name,
-                    listener.sandbox,
-                    listener.job,
-                    pairs(&listener.params)
-                ));
-            }
+            return edit(client, &args.reference, listener_patch(&args), json, updated).await;
         }
-        ListenerCmd::Delete(a) => {
-            client.listeners().delete(&a.reference).await?;
-            if json {
-                print_json(&serde_json::json!({ "deleted": a.reference }));
-            } else {
-                emit(&format!("deleted listener {}\n", a.reference));
-            }
-        }
+        ListenerCmd::Delete(a) => return delete::<Listener>(client, &a.reference, json).await,
         ListenerCmd::Events { reference, limit } => {
             let events = client.listeners().events(&reference, limit).await?;
-            if json {
-                print_json(&events);
-            } else {
-                emit(&rows_table(&events.events));
-            }
+            print_answer(&events, json, |e| rows_table(&e.events));
         }
-    }
-    Ok(EXIT_OK)
-}
-
-async fn set_listener_enabled(client: &Client, reference: &str, enabled: bool, json: bool) -> CmdResult {
-    let patch = ListenerRequest { enabled: Some(enabled), ..ListenerRequest::default() };
-    let listener = client.listeners().update(reference, &patch).await?;
-    if json {
-        print_json(&listener);
-    } else {
-        let what = if enabled { "enabled" } else { "disabled" };
-        emit(&format!("{what} listener {}\n", listener.name));
     }
     Ok(EXIT_OK)
 }
@@ -929,17 +952,20 @@ mod tests {
         })
     }
 
+    /// Parses the words of `command` followed by `args`.
+    fn parse_with(command: &[&str], args: &[&str]) -> Result<Cmd, clap::Error> {
+        parse(&command.iter().chain(args).copied().collect::<Vec<_>>())
+    }
+
     fn schedule_create(args: &[&str]) -> ScheduleCreateArgs {
-        let all: Vec<&str> = ["schedule", "create"].iter().chain(args).copied().collect();
-        match parse(&all) {
+        match parse_with(&["schedule", "create"], args) {
             Ok(Cmd::Schedule(ScheduleCmd::Create(a))) => a,
             other => panic!("{args:?}: {other:?}"),
         }
     }
 
     fn listener_create(args: &[&str]) -> Result<ListenerCreateArgs, clap::Error> {
-        let all: Vec<&str> = ["listener", "create", "l", "ex/jobs/a.toml"].iter().chain(args).copied().collect();
-        parse(&all).map(|cmd| match cmd {
+        parse_with(&["listener", "create", "l", "ex/jobs/a.toml"], args).map(|cmd| match cmd {
             Cmd::Listener(ListenerCmd::Create(a)) => a,
             other => panic!("{args:?}: {other:?}"),
         })
@@ -1002,12 +1028,9 @@ mod tests {
 
     #[test]
     fn schedule_edit_sends_only_what_changes() {
-        let edit = |args: &[&str]| {
-            let all: Vec<&str> = ["schedule", "edit", "nightly"].iter().chain(args).copied().collect();
-            match parse(&all) {
-                Ok(Cmd::Schedule(ScheduleCmd::Edit(a))) => schedule_patch(&a).map(|p| wire(&p)),
-                other => panic!("{args:?}: {other:?}"),
-            }
+        let edit = |args: &[&str]| match parse_with(&["schedule", "edit", "nightly"], args) {
+            Ok(Cmd::Schedule(ScheduleCmd::Edit(a))) => schedule_patch(&a).map(|p| wire(&p)),
+            other => panic!("{args:?}: {other:?}"),
         };
         assert_eq!(edit(&["--cron", "0 3 * * *"]).unwrap(), json!({"cron": "0 3 * * *"}));
         assert_eq!(
@@ -1038,8 +1061,7 @@ mod tests {
     #[test]
     fn preview_takes_a_schedule_or_a_cron_expression() {
         let preview = |args: &[&str]| {
-            let all: Vec<&str> = ["schedule", "preview"].iter().chain(args).copied().collect();
-            parse(&all).map(|cmd| match cmd {
+            parse_with(&["schedule", "preview"], args).map(|cmd| match cmd {
                 Cmd::Schedule(ScheduleCmd::Preview(a)) => a,
                 other => panic!("{other:?}"),
             })
@@ -1151,12 +1173,9 @@ mod tests {
 
     #[test]
     fn listener_edit_sends_only_what_changes() {
-        let edit = |args: &[&str]| {
-            let all: Vec<&str> = ["listener", "edit", "l"].iter().chain(args).copied().collect();
-            match parse(&all) {
-                Ok(Cmd::Listener(ListenerCmd::Edit(a))) => listener_patch(&a).map(|p| wire(&p)),
-                other => panic!("{args:?}: {other:?}"),
-            }
+        let edit = |args: &[&str]| match parse_with(&["listener", "edit", "l"], args) {
+            Ok(Cmd::Listener(ListenerCmd::Edit(a))) => listener_patch(&a).map(|p| wire(&p)),
+            other => panic!("{args:?}: {other:?}"),
         };
         assert_eq!(
             edit(&["--job", "ex/jobs/b.toml", "-p", "a=1"]).unwrap(),
@@ -1170,12 +1189,9 @@ mod tests {
 
     #[tokio::test]
     async fn hook_payloads_are_checked_and_sent_as_given() {
-        let hook = |args: &[&str]| {
-            let all: Vec<&str> = ["hook", "orders", "--secret", "s"].iter().chain(args).copied().collect();
-            match parse(&all) {
-                Ok(Cmd::Hook(a)) => a,
-                other => panic!("{args:?}: {other:?}"),
-            }
+        let hook = |args: &[&str]| match parse_with(&["hook", "orders", "--secret", "s"], args) {
+            Ok(Cmd::Hook(a)) => a,
+            other => panic!("{args:?}: {other:?}"),
         };
         assert_eq!(hook_payload(&hook(&[])).await.unwrap(), b"{}");
         assert_eq!(hook_payload(&hook(&["--data", r#"{ "a" : 1 }"#])).await.unwrap(), br#"{ "a" : 1 }"#);
@@ -1243,14 +1259,14 @@ mod tests {
         assert_eq!(trigger_text(&hook), "/api/v1/hooks/orders");
         assert_eq!(trigger_text(&listener("cluster", None)), "node_died,node_joined");
         let cluster = listener("cluster", Some(("on_cluster", json!({"events": ["node_died"]}))));
-        let shown = listener_fields(&cluster);
+        let shown = cluster.fields();
         let keys: Vec<&str> = shown.iter().map(|(k, _)| *k).collect();
         assert_eq!(
             keys,
             ["id", "name", "kind", "enabled", "trigger", "sandbox", "job", "params", "created_at", "updated_at"]
         );
         assert!(shown.contains(&("trigger", "node_died".into())) && shown.contains(&("kind", "cluster".into())));
-        let shown = listener_fields(&hook);
+        let shown = hook.fields();
         assert!(shown.contains(&("hook_url", "/api/v1/hooks/orders".into())), "{shown:?}");
 
         let execution = crate::client_cmds::tests::execution();

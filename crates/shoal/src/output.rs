@@ -28,6 +28,15 @@ pub(crate) fn print_json(value: &impl Serialize) {
     }
 }
 
+/// Prints an answer: as the API's JSON with `--json`, else as the text `text` makes of it.
+pub(crate) fn print_answer<T: Serialize>(answer: &T, json: bool, text: impl FnOnce(&T) -> String) {
+    if json {
+        print_json(answer);
+    } else {
+        emit(&text(answer));
+    }
+}
+
 // ---- tables ----
 
 /// A typed value shown as one row of a table.

@@ -27,6 +27,13 @@ fn status_of(code: &str) -> u16 {
     shoal_wire::ErrorCode::parse(code).unwrap_or_else(|| panic!("no code `{code}`")).status()
 }
 
+/// `base` with the fields of `extra` added or replaced.
+fn merged(base: &Value, extra: Value) -> Value {
+    let mut v = base.clone();
+    v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    v
+}
+
 /// What a request was sent with.
 enum Body {
     None,
@@ -85,6 +92,26 @@ impl Probe {
         let code = v["error"]["code"].as_str().unwrap_or("");
         assert_eq!((status, code), want, "{op}: {method} {path} answered {v}");
         v
+    }
+
+    /// What a schedule and a listener answer alike: `kind` as the operations name it
+    /// (`Schedule`, `Listener`), `name` one that exists, `history` its firings or events, and
+    /// `patch` a change it takes.
+    async fn definition_reads(&mut self, kind: &str, name: &str, history: &str, patch: Value) {
+        let collection = format!("/{}s", kind.to_lowercase());
+        let (named, nope) = (format!("{collection}/{name}"), format!("{collection}/nope"));
+        let unknown = format!("unknown_{}", kind.to_lowercase());
+        let unknown = (404, unknown.as_str());
+        let (get, patch_op, list) = (format!("get{kind}"), format!("patch{kind}"), format!("list{kind}{history}"));
+        self.expect(&get, Method::GET, &named, Body::None, (200, "")).await;
+        self.expect(&get, Method::GET, &nope, Body::None, unknown).await;
+        self.expect(&patch_op, Method::PATCH, &named, Body::Json(patch.clone()), (200, "")).await;
+        self.expect(&patch_op, Method::PATCH, &nope, Body::Json(patch), unknown).await;
+        let history = history.to_lowercase();
+        self.expect(&list, Method::GET, &format!("{named}/{history}"), Body::None, (200, "")).await;
+        let bad_limit = format!("{named}/{history}?limit=0");
+        self.expect(&list, Method::GET, &bad_limit, Body::None, (400, "invalid_query")).await;
+        self.expect(&list, Method::GET, &format!("{nope}/{history}"), Body::None, unknown).await;
     }
 }
 
@@ -330,11 +357,8 @@ async fn every_status_and_code_the_document_lists_happens() {
     p.expect("listSchedules", M::GET, "/schedules", Body::None, (200, "")).await;
     p.expect("createSchedule", M::POST, "/schedules", j(nightly.clone()), (201, "")).await;
     p.expect("createSchedule", M::POST, "/schedules", j(nightly), (409, "already_exists")).await;
-    let with = |extra: Value| {
-        let mut v = json!({"name": "other", "sandbox": "examples", "job": "jobs/greet.toml", "cron": "0 3 * * *", "params": {"name": "n"}});
-        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        v
-    };
+    let other = json!({"name": "other", "sandbox": "examples", "job": "jobs/greet.toml", "cron": "0 3 * * *", "params": {"name": "n"}});
+    let with = |extra: Value| merged(&other, extra);
     let schedule_cases = [
         (json!({"cron": "61 * * * *"}), "invalid_cron"),
         (json!({"timezone": "Mars/Olympus"}), "unknown_time_zone"),
@@ -360,15 +384,7 @@ async fn every_status_and_code_the_document_lists_happens() {
     p.expect("patchSchedule", M::PATCH, "/schedules/nightly", late, (422, "invalid_request")).await;
     // `misfire_max` without `misfire`, on a schedule whose policy is not `all`.
     p.expect("patchSchedule", M::PATCH, "/schedules/nightly", j(json!({"misfire_max": 5})), (409, "conflict")).await;
-    p.expect("getSchedule", M::GET, "/schedules/nightly", Body::None, (200, "")).await;
-    p.expect("getSchedule", M::GET, "/schedules/nope", Body::None, (404, "unknown_schedule")).await;
-    p.expect("patchSchedule", M::PATCH, "/schedules/nightly", j(json!({"enabled": false})), (200, "")).await;
-    p.expect("patchSchedule", M::PATCH, "/schedules/nope", j(json!({"enabled": false})), (404, "unknown_schedule"))
-        .await;
-    p.expect("listScheduleFirings", M::GET, "/schedules/nightly/firings", Body::None, (200, "")).await;
-    p.expect("listScheduleFirings", M::GET, "/schedules/nightly/firings?limit=0", Body::None, (400, "invalid_query"))
-        .await;
-    p.expect("listScheduleFirings", M::GET, "/schedules/nope/firings", Body::None, (404, "unknown_schedule")).await;
+    p.definition_reads("Schedule", "nightly", "Firings", json!({"enabled": false})).await;
     p.expect("previewSchedule", M::GET, "/schedules/nightly/preview", Body::None, (200, "")).await;
     p.expect("previewSchedule", M::GET, "/schedules/nightly/preview?count=0", Body::None, (400, "invalid_query")).await;
     p.expect("previewSchedule", M::GET, "/schedules/nope/preview", Body::None, (404, "unknown_schedule")).await;
@@ -400,11 +416,8 @@ async fn every_status_and_code_the_document_lists_happens() {
     p.expect("listListeners", M::GET, "/listeners", Body::None, (200, "")).await;
     p.expect("createListener", M::POST, "/listeners", j(hook.clone()), (201, "")).await;
     p.expect("createListener", M::POST, "/listeners", j(hook), (409, "already_exists")).await;
-    let listener = |extra: Value| {
-        let mut v = json!({"name": "other", "kind": "webhook", "sandbox": "examples", "job": "jobs/greet.toml", "params": {"name": "n"}});
-        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        v
-    };
+    let other_hook = json!({"name": "other", "kind": "webhook", "sandbox": "examples", "job": "jobs/greet.toml", "params": {"name": "n"}});
+    let listener = |extra: Value| merged(&other_hook, extra);
     let listener_cases = [
         (json!({"kind": "file", "on_file": {"sandbox": "examples", "pattern": "a[b"}}), "invalid_pattern"),
         (json!({"name": "bad name"}), "invalid_request"),
@@ -438,15 +451,7 @@ async fn every_status_and_code_the_document_lists_happens() {
     p.expect("patchListener", M::PATCH, "/listeners/files", bad_pattern, (422, "invalid_pattern")).await;
     let bad_settle = j(json!({"on_file": {"sandbox": "examples", "pattern": "in/*.csv", "settle": "soon"}}));
     p.expect("patchListener", M::PATCH, "/listeners/files", bad_settle, (422, "invalid_request")).await;
-    p.expect("getListener", M::GET, "/listeners/deploy", Body::None, (200, "")).await;
-    p.expect("getListener", M::GET, "/listeners/nope", Body::None, (404, "unknown_listener")).await;
-    p.expect("patchListener", M::PATCH, "/listeners/deploy", j(json!({"enabled": true})), (200, "")).await;
-    p.expect("patchListener", M::PATCH, "/listeners/nope", j(json!({"enabled": true})), (404, "unknown_listener"))
-        .await;
-    p.expect("listListenerEvents", M::GET, "/listeners/deploy/events", Body::None, (200, "")).await;
-    p.expect("listListenerEvents", M::GET, "/listeners/deploy/events?limit=0", Body::None, (400, "invalid_query"))
-        .await;
-    p.expect("listListenerEvents", M::GET, "/listeners/nope/events", Body::None, (404, "unknown_listener")).await;
+    p.definition_reads("Listener", "deploy", "Events", json!({"enabled": true})).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let delivery = br#"{"user": "ann"}"#.to_vec();
     let signed = |hook: &str, body: &[u8], id: &str| {
@@ -475,15 +480,8 @@ async fn every_status_and_code_the_document_lists_happens() {
     p.expect("createListener", M::POST, "/listeners", j(def), (201, "")).await;
     let late = |body: &[u8], id: &str| signed("late", body, id);
     let no_user = br#"{"who": "ann"}"#.to_vec();
-    p.expect_with(
-        "deliverHook",
-        M::POST,
-        "/hooks/late",
-        raw(&no_user),
-        &late(&no_user, "l-1"),
-        (422, "invalid_parameter"),
-    )
-    .await;
+    let h = late(&no_user, "l-1");
+    p.expect_with("deliverHook", M::POST, "/hooks/late", raw(&no_user), &h, (422, "invalid_parameter")).await;
     let rewrites = [
         ("command = [\"true\"]\n[params.name]\n[params.more]\n", "missing_parameter"),
         ("command = [\"true\"]\n", "unknown_parameter"),
@@ -496,28 +494,14 @@ async fn every_status_and_code_the_document_lists_happens() {
     }
     std::fs::remove_file(hooked.join("jobs/h.toml")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", hooked.join("jobs/h.toml")).unwrap();
-    p.expect_with(
-        "deliverHook",
-        M::POST,
-        "/hooks/late",
-        raw(&delivery),
-        &late(&delivery, "l-s"),
-        (400, "invalid_path"),
-    )
-    .await;
+    let h = late(&delivery, "l-s");
+    p.expect_with("deliverHook", M::POST, "/hooks/late", raw(&delivery), &h, (400, "invalid_path")).await;
     std::fs::remove_file(hooked.join("jobs/h.toml")).unwrap();
-    p.expect_with("deliverHook", M::POST, "/hooks/late", raw(&delivery), &late(&delivery, "l-g"), (422, "unknown_job"))
-        .await;
+    let h = late(&delivery, "l-g");
+    p.expect_with("deliverHook", M::POST, "/hooks/late", raw(&delivery), &h, (422, "unknown_job")).await;
     p.expect("deleteSandbox", M::DELETE, "/sandboxes/hooked", Body::None, (204, "")).await;
-    p.expect_with(
-        "deliverHook",
-        M::POST,
-        "/hooks/late",
-        raw(&delivery),
-        &late(&delivery, "l-u"),
-        (422, "unknown_sandbox"),
-    )
-    .await;
+    let h = late(&delivery, "l-u");
+    p.expect_with("deliverHook", M::POST, "/hooks/late", raw(&delivery), &h, (422, "unknown_sandbox")).await;
     p.expect("deleteListener", M::DELETE, "/listeners/deploy", Body::None, (204, "")).await;
     p.expect("deleteListener", M::DELETE, "/listeners/deploy", Body::None, (404, "unknown_listener")).await;
 
@@ -537,47 +521,24 @@ async fn every_status_and_code_the_document_lists_happens() {
     // Requests only n2 can serve: forwarded to n1 by n2 itself (409 `sandbox_not_here`: never
     // forwarded twice), then with n2 stopped (503 `node_unavailable`).
     let rsecret = "0123456789abcdef0123";
-    let holder_cases = || {
-        vec![
-            (
-                "createSandbox",
-                M::POST,
-                "/sandboxes".to_owned(),
-                Some(json!({"name": "remote2", "kind": "local", "node": "n2", "root": "/tmp/remote2"})),
-            ),
-            (
-                "createSchedule",
-                M::POST,
-                "/schedules".to_owned(),
-                Some(
-                    json!({"name": "r2", "sandbox": "remote", "job": "jobs/greet.toml", "cron": "@daily", "params": {"name": "n"}}),
-                ),
-            ),
-            ("patchSchedule", M::PATCH, "/schedules/rsched".to_owned(), Some(json!({"enabled": true}))),
-            (
-                "createListener",
-                M::POST,
-                "/listeners".to_owned(),
-                Some(
-                    json!({"name": "r2", "kind": "webhook", "sandbox": "remote", "job": "jobs/greet.toml", "params": {"name": "n"}}),
-                ),
-            ),
-            ("patchListener", M::PATCH, "/listeners/rhook".to_owned(), Some(json!({"enabled": true}))),
-            (
-                "submitExecution",
-                M::POST,
-                "/executions".to_owned(),
-                Some(json!({"sandbox": "remote", "job": "jobs/greet.toml", "params": {"name": "n"}})),
-            ),
-            ("listSandboxJobs", M::GET, "/sandboxes/remote/jobs".to_owned(), None),
-            ("listSandboxRoot", M::GET, "/sandboxes/remote/files".to_owned(), None),
-            ("listSandboxRootSlash", M::GET, "/sandboxes/remote/files/".to_owned(), None),
-            ("getSandboxFile", M::GET, "/sandboxes/remote/files/jobs/greet.toml".to_owned(), None),
-            ("putSandboxFile", M::PUT, "/sandboxes/remote/files/x.txt".to_owned(), None),
-            ("deleteSandboxFile", M::DELETE, "/sandboxes/remote/files/x.txt".to_owned(), None),
-            ("deliverHook", M::POST, "/hooks/rhook".to_owned(), None),
-        ]
-    };
+    let remote_job = json!({"sandbox": "remote", "job": "jobs/greet.toml", "params": {"name": "n"}});
+    let enable = Some(json!({"enabled": true}));
+    let remote2 = json!({"name": "remote2", "kind": "local", "node": "n2", "root": "/tmp/remote2"});
+    let holder_cases = [
+        ("createSandbox", M::POST, "/sandboxes", Some(remote2)),
+        ("createSchedule", M::POST, "/schedules", Some(merged(&remote_job, json!({"name": "r2", "cron": "@daily"})))),
+        ("patchSchedule", M::PATCH, "/schedules/rsched", enable.clone()),
+        ("createListener", M::POST, "/listeners", Some(merged(&remote_job, json!({"name": "r2", "kind": "webhook"})))),
+        ("patchListener", M::PATCH, "/listeners/rhook", enable),
+        ("submitExecution", M::POST, "/executions", Some(remote_job.clone())),
+        ("listSandboxJobs", M::GET, "/sandboxes/remote/jobs", None),
+        ("listSandboxRoot", M::GET, "/sandboxes/remote/files", None),
+        ("listSandboxRootSlash", M::GET, "/sandboxes/remote/files/", None),
+        ("getSandboxFile", M::GET, "/sandboxes/remote/files/jobs/greet.toml", None),
+        ("putSandboxFile", M::PUT, "/sandboxes/remote/files/x.txt", None),
+        ("deleteSandboxFile", M::DELETE, "/sandboxes/remote/files/x.txt", None),
+        ("deliverHook", M::POST, "/hooks/rhook", None),
+    ];
     let hook_headers = |id: &str| {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
         vec![
@@ -588,26 +549,24 @@ async fn every_status_and_code_the_document_lists_happens() {
             ("x-shoal-hook-delivery", id.to_owned()),
         ]
     };
-    for (i, (op, method, path, body)) in holder_cases().into_iter().enumerate() {
-        let mut headers = forwarded_by(&cluster_secret, "n2", &method, &path);
-        let body = match (op, body) {
-            ("deliverHook", _) => {
-                headers.extend(hook_headers(&format!("f-{i}")));
-                Body::Raw("application/json", b"{}".to_vec())
-            }
-            (_, Some(v)) => j(v),
-            (_, None) => Body::None,
-        };
-        p.expect_with(op, method, &path, body, &headers, (409, "sandbox_not_here")).await;
-    }
-    n2.stop().await;
-    for (i, (op, method, path, body)) in holder_cases().into_iter().enumerate() {
-        let (body, headers) = match (op, body) {
-            ("deliverHook", _) => (Body::Raw("application/json", b"{}".to_vec()), hook_headers(&format!("d-{i}"))),
-            (_, Some(v)) => (j(v), Vec::new()),
-            (_, None) => (Body::None, Vec::new()),
-        };
-        p.expect_with(op, method, &path, body, &headers, (503, "node_unavailable")).await;
+    // With n2 up, each request comes as n2 forwards it; then, with n2 stopped, as a client
+    // sends it. Each phase signs its hook deliveries with ids of its own.
+    for (n2_up, deliveries, want) in [(true, "f", (409, "sandbox_not_here")), (false, "d", (503, "node_unavailable"))] {
+        if !n2_up {
+            n2.stop().await;
+        }
+        for (i, (op, method, path, body)) in holder_cases.iter().enumerate() {
+            let mut headers = if n2_up { forwarded_by(&cluster_secret, "n2", method, path) } else { Vec::new() };
+            let body = match body {
+                _ if *op == "deliverHook" => {
+                    headers.extend(hook_headers(&format!("{deliveries}-{i}")));
+                    Body::Raw("application/json", b"{}".to_vec())
+                }
+                Some(v) => j(v.clone()),
+                None => Body::None,
+            };
+            p.expect_with(op, method.clone(), path, body, &headers, want).await;
+        }
     }
     for op in ["drain", "suspend", "resume"] {
         p.expect(&format!("{op}Node"), M::POST, &format!("/nodes/n2/{op}"), Body::None, (503, "node_unavailable"))
