@@ -17,6 +17,11 @@ use utoipa_axum::routes;
 /// Codes every operation under `/api/v1` can answer: a request carrying forwarding headers
 /// whose signature does not verify.
 const FORWARDED: &[ErrorCode] = &[InvalidSignature];
+/// Codes of every operation but the health checks: a request from a web page of another
+/// origin, or naming a host the node does not answer to (`browser.rs`).
+const BROWSER: &[ErrorCode] = &[ForeignHost, ForeignOrigin];
+/// The health checks, open to load balancers whatever `Host` they send.
+const HEALTH: &[&str] = &["liveV1", "readyV1"];
 /// Codes of every operation that reads a JSON body.
 const JSON_BODY: &[ErrorCode] = &[InvalidJson, BadRequest, PayloadTooLarge, UnsupportedMediaType];
 /// Codes of every operation that may be forwarded to the node holding a local sandbox.
@@ -25,7 +30,7 @@ const HOLDER: &[ErrorCode] = &[SandboxNotHere, NodeUnavailable];
 const BIND: &[ErrorCode] =
     &[UnknownSandbox, UnknownJob, InvalidJob, MissingParameter, UnknownParameter, InvalidParameter, InvalidPath];
 
-/// The error codes of each operation (by operation id), beyond [`FORWARDED`] and `store_unavailable` for those that read the store (every one but
+/// The error codes of each operation (by operation id), beyond [`FORWARDED`], [`BROWSER`] (all but the health checks) and `store_unavailable` for those that read the store (every one but
 /// `live`, `ready` and `getOpenApi`).
 pub const ERRORS: &[(&str, &[&[ErrorCode]])] = &[
     ("listNodes", &[]),
@@ -403,6 +408,9 @@ pub fn codes_of(operation: &str) -> Vec<ErrorCode> {
         .flat_map(|(_, groups)| groups.iter().flat_map(|g| g.iter().copied()))
         .collect();
     out.extend(FORWARDED);
+    if !HEALTH.contains(&operation) {
+        out.extend(BROWSER);
+    }
     if !STORELESS.contains(&operation) {
         out.push(StoreUnavailable);
     }

@@ -7,8 +7,9 @@
 //!
 //! Most cases are written out, including a second node that holds a local sandbox (requests
 //! it forwarded itself: 409 `sandbox_not_here`; with it stopped: 503 `node_unavailable`);
-//! four kinds run over every operation of the document: a forged forwarding header (401
-//! `invalid_signature`), a body that is not JSON, too large, of another type, or cut short
+//! five kinds run over every operation of the document: a forged forwarding header (401
+//! `invalid_signature`), a foreign `Host` or `Origin` (403 `foreign_host`, `foreign_origin`;
+//! not on the health checks), a body that is not JSON, too large, of another type, or cut short
 //! (400, 413, 415, 400 `bad_request`), and the store cut off (503 `store_unavailable`).
 
 mod common;
@@ -592,6 +593,14 @@ async fn every_status_and_code_the_document_lists_happens() {
     for (id, method, path, json_body) in operations(&doc) {
         let path = concrete(&path);
         p.expect_with(&id, method.clone(), &path, Body::None, &forged, (401, "invalid_signature")).await;
+        // A rebound name and a page of another site, refused before anything is read; the
+        // health checks take any Host.
+        if id != "liveV1" && id != "readyV1" {
+            let rebound = [("host", "evil.example".to_owned())];
+            p.expect_with(&id, method.clone(), &path, Body::None, &rebound, (403, "foreign_host")).await;
+            let page = [("origin", "http://evil.example".to_owned())];
+            p.expect_with(&id, method.clone(), &path, Body::None, &page, (403, "foreign_origin")).await;
+        }
         if json_body && id != "deliverHook" {
             p.expect(&id, method.clone(), &path, Body::Raw("application/json", b"{".to_vec()), (400, "invalid_json"))
                 .await;
