@@ -99,6 +99,9 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
     let bound = listener.local_addr()?;
+    if let Some(warning) = exposure_warning(bound) {
+        tracing::warn!(listen = %bound, "{warning}");
+    }
     let url = config.http.advertise.clone().unwrap_or_else(|| format!("http://{bound}"));
     let launcher =
         shoal_runner::Launcher::new(supervisor_exe(&config)?).context("cannot start the process launcher")?;
@@ -381,4 +384,27 @@ async fn root_policy(config: &Config) -> anyhow::Result<shoal_service::roots::Ro
         protected.push(std::path::absolute(file.split('?').next().unwrap_or(file))?);
     }
     Ok(tokio::task::spawn_blocking(move || shoal_service::roots::RootPolicy::new(&allowed, &protected)).await?)
+}
+
+/// What a node listening beyond loopback must say at start: this version has no TLS and no
+/// access control, so anyone who reaches the port can run any command as the node's user.
+fn exposure_warning(listen: std::net::SocketAddr) -> Option<&'static str> {
+    (!listen.ip().is_loopback()).then_some(
+        "THE API IS OPEN: this node listens beyond loopback in plain HTTP, and this version has no access control; anyone who can reach this port can run any command as this user and read every sandbox. Bind http.listen to 127.0.0.1, or keep the port on a network only trusted machines reach",
+    )
+}
+
+#[cfg(test)]
+mod exposure_tests {
+    use super::exposure_warning;
+
+    #[test]
+    fn a_node_beyond_loopback_says_it_is_open() {
+        for open in ["0.0.0.0:7700", "[::]:7700", "192.168.1.5:7700"] {
+            assert!(exposure_warning(open.parse().unwrap()).unwrap().contains("THE API IS OPEN"), "{open}");
+        }
+        for closed in ["127.0.0.1:7700", "[::1]:7700", "127.0.0.2:0"] {
+            assert_eq!(exposure_warning(closed.parse().unwrap()), None, "{closed}");
+        }
+    }
 }
