@@ -4,7 +4,8 @@
 //! - **Host**: a request whose `Host` is a name the node does not know is refused (403
 //!   `foreign_host`). That stops DNS rebinding, where `evil.example` is made to resolve to
 //!   `127.0.0.1` so that the page's same-origin requests reach the node. An IP address
-//!   (v4 or v6) and `localhost` are always accepted, as no rebinding can produce them;
+//!   (v4 or v6) and `localhost` (exactly: a resolver may send `x.localhost` to DNS) are
+//!   always accepted, as no rebinding can produce them;
 //!   names must be the host of `http.advertise` or listed in `http.hosts`.
 //! - **Origin**: a request that carries `Origin` (browsers send it on every cross-origin
 //!   request, and on same-origin ones but GET and HEAD) must come from the node's own
@@ -51,7 +52,7 @@ impl HostPolicy {
             Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
             None => host.parse::<Ipv4Addr>().is_ok(),
         };
-        address || host == "localhost" || host.ends_with(".localhost") || self.names.contains(&host)
+        address || host == "localhost" || self.names.contains(&host)
     }
 }
 
@@ -92,9 +93,11 @@ fn single(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<&str>,
 }
 
 /// Refuses a foreign `Host` or `Origin`; see the module's text.
-pub fn check(policy: &HostPolicy, headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn check(policy: &HostPolicy, headers: &HeaderMap, authority: Option<&str>) -> Result<(), ApiError> {
     let host = single(headers, header::HOST)
         .map_err(|()| ApiError::foreign_host("the request has more than one Host header, or one that is not text"))?;
+    // No Host header: the authority of an absolute-form target (HTTP/2's `:authority`).
+    let host = host.or(authority);
     if let Some(h) = host {
         if !policy.allows(h) {
             return Err(ApiError::foreign_host(format!(
@@ -126,7 +129,7 @@ pub async fn guard(state: axum::extract::State<Arc<crate::AppState>>, request: R
     if path.starts_with("/health/") || path.starts_with("/api/v1/health/") {
         return next.run(request).await;
     }
-    match check(&state.hosts, request.headers()) {
+    match check(&state.hosts, request.headers(), request.uri().authority().map(|a| a.as_str())) {
         Ok(()) => next.run(request).await,
         Err(e) => e.into_response(),
     }
@@ -146,7 +149,7 @@ mod tests {
     }
 
     fn code(policy: &HostPolicy, pairs: &[(&'static str, &'static str)]) -> &'static str {
-        match check(policy, &headers(pairs)) {
+        match check(policy, &headers(pairs), None) {
             Ok(()) => "ok",
             Err(e) => e.code.as_str(),
         }
@@ -161,14 +164,21 @@ mod tests {
             "[::1]:7700",
             "[fe80::1]",
             "localhost:7700",
-            "app.localhost",
             "shoal-1.internal:7700",
             "shoal.example.com",
             "SHOAL.EXAMPLE.COM:443",
         ] {
             assert!(p.allows(ok), "{ok}");
         }
-        for foreign in ["evil.example:7700", "127.0.0.1.evil.example", "localhost.evil.example", "", "[::1", "shoal"] {
+        for foreign in [
+            "evil.example:7700",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "app.localhost",
+            "",
+            "[::1",
+            "shoal",
+        ] {
             assert!(!p.allows(foreign), "{foreign}");
         }
     }
@@ -193,5 +203,9 @@ mod tests {
             assert_eq!(code(&p, &h), "foreign_origin", "{origin}");
         }
         assert_eq!(code(&p, &[("origin", "http://127.0.0.1:7700")]), "foreign_origin", "an Origin but no Host");
+        // With no Host header, the target's authority is what is checked.
+        let absolute = check(&p, &HeaderMap::new(), Some("evil.example")).unwrap_err();
+        assert_eq!(absolute.code.as_str(), "foreign_host");
+        assert!(check(&p, &HeaderMap::new(), Some("127.0.0.1:7700")).is_ok());
     }
 }

@@ -379,11 +379,14 @@ async fn root_policy(config: &Config) -> anyhow::Result<shoal_service::roots::Ro
     let data_dir = std::path::absolute(&config.data_dir)
         .with_context(|| format!("cannot resolve the data directory {}", config.data_dir.display()))?;
     let allowed = config.sandboxes.allowed_roots.clone().unwrap_or_else(|| vec![data_dir.clone()]);
-    let mut protected = vec![data_dir];
-    if let Some(file) = config.store.url.strip_prefix("sqlite://") {
-        protected.push(std::path::absolute(file.split('?').next().unwrap_or(file))?);
-    }
-    Ok(tokio::task::spawn_blocking(move || shoal_service::roots::RootPolicy::new(&allowed, &protected)).await?)
+    let store_file = match config.store.url.strip_prefix("sqlite://") {
+        Some(file) => Some(std::path::absolute(file.split('?').next().unwrap_or(file))?),
+        None => None,
+    };
+    Ok(tokio::task::spawn_blocking(move || {
+        shoal_service::roots::RootPolicy::new(&allowed, &data_dir, store_file.as_deref())
+    })
+    .await?)
 }
 
 /// What a node listening beyond loopback must say at start: this version has no TLS and no

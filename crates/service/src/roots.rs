@@ -1,6 +1,8 @@
 //! Where a sandbox's folder may be: under one of the node's `sandboxes.allowed_roots` (by
-//! default its data directory), and never a folder that holds the data directory or the
-//! store file. Without this rule anyone allowed to create a sandbox could root one at `/`
+//! default its data directory); inside the data directory only under its `sandboxes`
+//! folder (the rest is the node's own: the scratch folder, the lease deadline, the session
+//! lock files); never a folder that holds the data directory or the store's files, nor one
+//! inside those. Without this rule anyone allowed to create a sandbox could root one at `/`
 //! or at the data directory and read every file of the machine, or the store with the
 //! cluster secret, through the files API.
 //!
@@ -17,17 +19,29 @@ use std::path::{Component, Path, PathBuf};
 pub struct RootPolicy {
     /// Canonical where they exist.
     allowed: Vec<PathBuf>,
-    /// Folders and files a root may not contain: the data directory, the store file.
+    /// The node's data directory: a root may not hold it, and lies inside it only under
+    /// `sandboxes/`.
+    data_dir: PathBuf,
+    /// The store's files and folders (a SQLite file, its `-wal`, `-shm` and `-sessions`): a
+    /// root may neither hold them nor lie inside them.
     protected: Vec<PathBuf>,
 }
 
 impl RootPolicy {
-    /// `allowed` and `protected` must be absolute; they are resolved now (blocking).
-    pub fn new(allowed: &[PathBuf], protected: &[PathBuf]) -> RootPolicy {
-        RootPolicy {
-            allowed: allowed.iter().map(|p| resolve(p)).collect(),
-            protected: protected.iter().map(|p| resolve(p)).collect(),
-        }
+    /// The paths must be absolute; they are resolved now (blocking). `store_file`: a SQLite
+    /// store's file, if the store is one.
+    pub fn new(allowed: &[PathBuf], data_dir: &Path, store_file: Option<&Path>) -> RootPolicy {
+        let protected = store_file
+            .into_iter()
+            .flat_map(|f| {
+                ["", "-wal", "-shm", "-sessions"].map(|suffix| {
+                    let mut name = f.as_os_str().to_owned();
+                    name.push(suffix);
+                    resolve(Path::new(&name))
+                })
+            })
+            .collect();
+        RootPolicy { allowed: allowed.iter().map(|p| resolve(p)).collect(), data_dir: resolve(data_dir), protected }
     }
 
     /// The folders roots may lie under, as resolved.
@@ -56,10 +70,24 @@ impl RootPolicy {
                 shown.join(", ")
             )));
         }
-        if let Some(p) = self.protected.iter().find(|p| p.starts_with(&resolved)) {
+        let own = std::iter::once(&self.data_dir).chain(&self.protected);
+        if let Some(p) = own.clone().find(|p| p.starts_with(&resolved)) {
             return Err(DomainError::RootNotAllowed(format!(
-                "root `{root}` holds `{}`, the node's own data, which no sandbox may contain; give a folder beside it or below it",
+                "root `{root}` holds `{}`, the node's own data, which no sandbox may contain; give a folder beside it",
                 p.display()
+            )));
+        }
+        if let Some(p) = self.protected.iter().find(|p| resolved.starts_with(p)) {
+            return Err(DomainError::RootNotAllowed(format!(
+                "root `{root}` is inside `{}`, the store's own files; give a folder elsewhere",
+                p.display()
+            )));
+        }
+        let sandboxes = self.data_dir.join("sandboxes");
+        if resolved.starts_with(&self.data_dir) && !resolved.starts_with(&sandboxes) {
+            return Err(DomainError::RootNotAllowed(format!(
+                "root `{root}` is inside the node's data directory, whose folders are its own; inside it, sandboxes go under `{}`",
+                sandboxes.display()
             )));
         }
         Ok(resolved)
@@ -110,11 +138,20 @@ mod tests {
         let data = base.join("sandboxes/node-data");
         std::fs::create_dir_all(&data).unwrap();
         std::fs::create_dir_all(base.join("elsewhere")).unwrap();
-        let policy = RootPolicy::new(std::slice::from_ref(&allowed), std::slice::from_ref(&data));
+        let db = allowed.join("db/shoal.db");
+        std::fs::create_dir_all(allowed.join("db/shoal.db-sessions")).unwrap();
+        let policy = RootPolicy::new(std::slice::from_ref(&allowed), &data, Some(&db));
         let s = |p: PathBuf| p.display().to_string();
         assert_eq!(code(policy.check(&s(allowed.join("a")))), "ok");
         assert_eq!(code(policy.check(&s(allowed.join("not/yet/made")))), "ok");
-        assert_eq!(code(policy.check(&s(data.join("inside")))), "ok");
+        assert_eq!(code(policy.check(&s(data.join("sandboxes/inside")))), "ok");
+        // The rest of the data directory is the node's own; so are the store's files.
+        assert_eq!(code(policy.check(&s(data.join("scratch")))), "root_not_allowed");
+        assert_eq!(code(policy.check(&s(data.join("sandboxes-not")))), "root_not_allowed");
+        assert_eq!(code(policy.check(&s(allowed.join("db")))), "root_not_allowed");
+        assert_eq!(code(policy.check(&s(allowed.join("db/shoal.db-sessions")))), "root_not_allowed");
+        assert_eq!(code(policy.check(&s(allowed.join("db/shoal.db-sessions/x")))), "root_not_allowed");
+        assert_eq!(code(policy.check(&s(allowed.join("db/other")))), "ok");
         assert_eq!(code(policy.check(&s(base.join("elsewhere")))), "root_not_allowed");
         assert_eq!(code(policy.check("/")), "root_not_allowed");
         assert_eq!(code(policy.check(&s(allowed.join("../elsewhere")))), "root_not_allowed");

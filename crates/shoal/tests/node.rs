@@ -482,6 +482,8 @@ async fn sandbox_roots_stay_in_the_allowed_folders() {
         ("slash", "/".to_owned(), "sandboxes.allowed_roots"),
         ("dotdot", format!("{}/../outside/x", data.display()), "contains `..`"),
         ("data", data.display().to_string(), "the node's own data"),
+        ("scratch", data.join("scratch").display().to_string(), "inside the node's data directory"),
+        ("sessions", format!("{}-sessions", n.dir.path().join("shoal.db").display()), "sandboxes.allowed_roots"),
         ("above", n.dir.path().display().to_string(), "sandboxes.allowed_roots"),
         ("through-link", data.join("link-out/sb").display().to_string(), "sandboxes.allowed_roots"),
     ];
@@ -495,7 +497,7 @@ async fn sandbox_roots_stay_in_the_allowed_folders() {
     // Partitions are held to the same rule.
     let parts = json!({"name": "parts", "kind": "partitioned", "partitions": [{"name": "a", "node": "n1", "root": outside.join("p").display().to_string()}]});
     expect_error(n.post("/api/v1/sandboxes", parts).await, 422, "root_not_allowed");
-    // Below the data directory is allowed, and made.
+    // Below the data directory's `sandboxes` folder is allowed, and made.
     let inside = data.join("sandboxes/ok");
     let (status, body) = n.post("/api/v1/sandboxes", create("ok", inside.display().to_string())).await;
     assert_eq!(status, 201, "{body}");
