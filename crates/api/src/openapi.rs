@@ -326,7 +326,7 @@ fn refine(mut doc: Value) -> Value {
     // a holder for `local` only, parts for `partitioned` only.
     let slug = schemas["CreateSandboxRequest"]["properties"]["name"]["pattern"].clone();
     let root = json!({"type": "string", "pattern": r"^/[^\u0000]*$"});
-    let kind = |k: &str, then: Value| json!({"if": {"properties": {"kind": {"const": k}}, "required": ["kind"]}, "then": then});
+    let kind = when_kind;
     schemas["CreateSandboxRequest"]["properties"]["node"]["pattern"] = slug;
     schemas["CreateSandboxRequest"]["allOf"] = json!([
         kind(
@@ -395,9 +395,14 @@ fn listener_kinds() -> Vec<Value> {
                 then["required"] = json!([n]);
                 then["properties"][n] = json!({"type": "object"});
             }
-            json!({"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]}, "then": then})
+            when_kind(kind, then)
         })
         .collect()
+}
+
+/// A rule that holds when a body's `kind` is `kind`.
+fn when_kind(kind: &str, then: Value) -> Value {
+    json!({"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]}, "then": then})
 }
 
 /// Every error code an operation can answer.
