@@ -1,18 +1,19 @@
 //! Executions: submit (from a sandbox job or an inline command), list, get, cancel, and logs
 //! (`?follow=true` streams them while the attempt runs, from whichever node is asked).
 
+use crate::auth::Principal;
 use crate::body;
 use crate::error::{ApiError, ApiResult};
 use crate::State;
 use axum::body::Body;
 use axum::extract::{Path, Query};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use shoal_core::{Allocation, ExecState, ExecutionId, JobKind};
+use shoal_core::{Allocation, ExecState, ExecutionId, JobKind, Role};
 use shoal_service::submission::{self, InlineSettings, Prepared, Submission};
 use shoal_store::{CancelResult, ExecutionFilter, ExecutionRow, Submitted};
 use shoal_wire as wire;
@@ -55,10 +56,16 @@ pub fn execution(e: &ExecutionRow) -> ApiResult<wire::Execution> {
 }
 
 #[utoipa::path(post, path = "/executions", operation_id = "submitExecution", tag = "executions", request_body = wire::SubmitRequest, params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "1 to 255 visible ASCII characters. A request repeated with the same key and body answers the execution the first created (200); with another body 422 `idempotency_key_reused`.")), responses((status = 201, description = "Queued: the execution's row is committed.", body = wire::Execution), (status = 200, description = "Replayed: an earlier request with the same `Idempotency-Key` and body created this execution.", body = wire::Execution)))]
-pub async fn submit(state: State, request: axum::extract::Request) -> ApiResult<Response> {
+pub async fn submit(state: State, principal: Principal, request: axum::extract::Request) -> ApiResult<Response> {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let (req, raw): (wire::SubmitRequest, Value) = body::json(headers, body, state.limits.max_request_bytes).await?;
+    if req.command.is_some() {
+        // Any program, as the node's user.
+        principal.require(Role::Admin, req.sandbox.as_deref(), "running an inline command")?;
+    } else {
+        principal.require(Role::Runner, req.sandbox.as_deref(), "running a job")?;
+    }
     let idempotency = match headers.get("idempotency-key") {
         Some(k) => {
             let key =
@@ -131,6 +138,7 @@ pub struct ListQuery {
 #[utoipa::path(get, path = "/executions", operation_id = "listExecutions", tag = "executions", params(("state" = Option<wire::ExecutionState>, Query, description = "Only executions in this state."), ("sandbox" = Option<String>, Query, description = "Only executions in this sandbox."), ("job" = Option<String>, Query, description = "Only executions of this job file."), ("node" = Option<String>, Query, description = "Only executions whose current or last attempt ran on this node."), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)."), ("cursor" = Option<String>, Query, format = "uuid", description = "`next_cursor` of the previous page.")), responses((status = 200, description = "A page of executions, newest first.", body = wire::ExecutionList)))]
 pub async fn list(
     state: State,
+    principal: Principal,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<wire::ExecutionList>> {
     let Query(q) = query.map_err(|e| {
@@ -164,6 +172,8 @@ pub async fn list(
             sandbox: q.sandbox,
             job: q.job,
             node: q.node,
+            // A token for some sandboxes sees their executions only.
+            sandboxes_like: principal.like_patterns(),
             limit,
             cursor: q.cursor,
         })
@@ -173,15 +183,24 @@ pub async fn list(
     Ok(Json(wire::ExecutionList { executions, next_cursor: next }))
 }
 
-async fn find_execution(state: &crate::AppState, id: &str) -> ApiResult<ExecutionRow> {
+/// The execution `id`, if `principal` has `need` in its sandbox.
+async fn find_execution(
+    state: &crate::AppState,
+    principal: &Principal,
+    need: Role,
+    id: &str,
+) -> ApiResult<ExecutionRow> {
     let not_found = || ApiError::not_found(format!("no execution with id `{id}`"));
     let id = ExecutionId::parse(id).ok_or_else(not_found)?;
-    state.store.get_execution(id.as_str()).await?.ok_or_else(not_found)
+    let row = state.store.get_execution(id.as_str()).await?.ok_or_else(not_found)?;
+    let what = if need == Role::Viewer { "reading an execution" } else { "cancelling an execution" };
+    principal.require(need, row.sandbox.as_deref(), what)?;
+    Ok(row)
 }
 
 #[utoipa::path(get, path = "/executions/{id}", operation_id = "getExecution", tag = "executions", params(("id" = String, Path, description = "Execution id (a UUID). Anything else is answered 404.")), responses((status = 200, description = "The execution, with its attempts (and a partitioned one's children).", body = wire::Execution)))]
-pub async fn get(state: State, Path(id): Path<String>) -> ApiResult<Json<wire::Execution>> {
-    let row = find_execution(&state, &id).await?;
+pub async fn get(state: State, principal: Principal, Path(id): Path<String>) -> ApiResult<Json<wire::Execution>> {
+    let row = find_execution(&state, &principal, Role::Viewer, &id).await?;
     let mut v = execution(&row)?;
     let attempts = state.store.list_attempts(row.id.as_str()).await?;
     v.attempts = Some(
@@ -204,19 +223,15 @@ pub async fn get(state: State, Path(id): Path<String>) -> ApiResult<Json<wire::E
     Ok(Json(v))
 }
 
-#[utoipa::path(post, path = "/executions/{id}/cancel", operation_id = "cancelExecution", tag = "executions", params(("id" = String, Path, description = "Execution id (a UUID). Anything else is answered 404."), ("X-Shoal-User" = Option<String>, Header, description = "Who asks, recorded in `cancel_requested_by` (default `api`).")), responses((status = 200, description = "Cancelled: it had not started.", body = wire::Execution), (status = 202, description = "Cancellation requested: the node running it stops it.", body = wire::Execution)))]
+#[utoipa::path(post, path = "/executions/{id}/cancel", operation_id = "cancelExecution", tag = "executions", params(("id" = String, Path, description = "Execution id (a UUID). Anything else is answered 404.")), responses((status = 200, description = "Cancelled: it had not started.", body = wire::Execution), (status = 202, description = "Cancellation requested: the node running it stops it.", body = wire::Execution)))]
 pub async fn cancel(
     state: State,
+    principal: Principal,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> ApiResult<(StatusCode, Json<wire::Execution>)> {
-    let row = find_execution(&state, &id).await?;
-    let by = headers
-        .get("x-shoal-user")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() < 128)
-        .unwrap_or("api")
-        .to_owned();
+    let row = find_execution(&state, &principal, Role::Runner, &id).await?;
+    // Who asked, as authenticated (`token:NAME`), recorded in `cancel_requested_by`.
+    let by = principal.label();
     let result = state.store.request_cancel(row.id.as_str(), &by).await.map_err(|e| match e {
         shoal_store::StoreError::Conflict(m) => ApiError::execution_finished(m),
         other => other.into(),
@@ -230,7 +245,7 @@ pub async fn cancel(
             StatusCode::ACCEPTED
         }
     };
-    let row = find_execution(&state, &id).await?;
+    let row = find_execution(&state, &principal, Role::Viewer, &id).await?;
     Ok((status, Json(execution(&row)?)))
 }
 
@@ -244,6 +259,7 @@ pub struct LogQuery {
 #[utoipa::path(get, path = "/executions/{id}/logs", operation_id = "getExecutionLogs", tag = "executions", params(("id" = String, Path, description = "Execution id (a UUID). Anything else is answered 404."), ("follow" = Option<bool>, Query, description = "Keep the response open and stream new output until the execution ends."), ("stream" = Option<wire::LogStream>, Query, description = "Which output (default both).")), responses((status = 200, description = "The output bytes. If reading fails part-way, a line `[shoal: log stream ended: ...]` ends the body.", body = String, content_type = "text/plain; charset=utf-8")))]
 pub async fn logs(
     state: State,
+    principal: Principal,
     Path(id): Path<String>,
     query: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
     request: axum::extract::Request,
@@ -259,7 +275,7 @@ pub async fn logs(
             return Err(ApiError::invalid_query(format!("unknown stream `{other}`; use stdout, stderr or both")))
         }
     };
-    let row = find_execution(&state, &id).await?;
+    let row = find_execution(&state, &principal, Role::Viewer, &id).await?;
     let follow = q.follow.unwrap_or(false);
     // A live log is followed on the node that runs the attempt, which hands its followers
     // each piece of output as soon as it is stored. If that node cannot be reached, the log

@@ -12,6 +12,7 @@
 //! The files of a `local` sandbox held by another node are served by that node: each handler
 //! forwards such a request before it reads the body, so an upload streams straight through.
 
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::forward;
 use crate::sandboxes::{find, held_elsewhere};
@@ -24,7 +25,7 @@ use axum::Json;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use futures::StreamExt;
-use shoal_core::SandboxPath;
+use shoal_core::{Role, SandboxPath};
 use shoal_wire as wire;
 use std::io;
 use tokio::io::AsyncWriteExt;
@@ -99,18 +100,33 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + '
 }
 
 #[utoipa::path(get, path = "/sandboxes/{name}/files", operation_id = "listSandboxRoot", tag = "files", params(("name" = String, Path, description = "Sandbox name."), ("partition" = Option<String>, Query, description = "Partitioned sandboxes only, and required there: which partition's files.")), responses((status = 200, description = "The root folder's listing.", body = wire::FolderListing)))]
-pub async fn get_root(state: State, Path(name): Path<String>, request: Request) -> ApiResult<Response> {
-    serve_get(state, name, String::new(), request).await
+pub async fn get_root(
+    state: State,
+    principal: Principal,
+    Path(name): Path<String>,
+    request: Request,
+) -> ApiResult<Response> {
+    serve_get(state, principal, name, String::new(), request).await
 }
 
 #[utoipa::path(get, path = "/sandboxes/{name}/files/", operation_id = "listSandboxRootSlash", tag = "files", params(("name" = String, Path, description = "Sandbox name."), ("partition" = Option<String>, Query, description = "Partitioned sandboxes only, and required there: which partition's files.")), responses((status = 200, description = "The root folder's listing (as without the trailing slash).", body = wire::FolderListing)))]
-pub async fn get_root_slash(state: State, Path(name): Path<String>, request: Request) -> ApiResult<Response> {
-    serve_get(state, name, String::new(), request).await
+pub async fn get_root_slash(
+    state: State,
+    principal: Principal,
+    Path(name): Path<String>,
+    request: Request,
+) -> ApiResult<Response> {
+    serve_get(state, principal, name, String::new(), request).await
 }
 
 #[utoipa::path(get, path = "/sandboxes/{name}/files/{*path}", operation_id = "getSandboxFile", tag = "files", params(("name" = String, Path, description = "Sandbox name."), ("path" = String, Path, allow_reserved, description = "Path inside the sandbox, relative to its root; may contain `/`. Absolute paths, `..`, NUL bytes, paths over 4096 bytes, names over 255 bytes and paths that are not UTF-8 once percent-decoded are refused (400 `invalid_path`), as are paths that lead outside the sandbox through a symlink. Upload temporaries (`.shoal-upload-*`) are never listed, downloaded or deleted (404 `not_found`) nor uploaded to (400 `invalid_path`)."), ("partition" = Option<String>, Query, description = "Partitioned sandboxes only, and required there: which partition's files.")), responses((status = 200, description = "A folder: its listing as JSON. A file: its bytes.", content((wire::FolderListing = "application/json"), (Vec<u8> = "application/octet-stream")))))]
-pub async fn get(state: State, Path((name, path)): Path<(String, String)>, request: Request) -> ApiResult<Response> {
-    serve_get(state, name, path, request).await
+pub async fn get(
+    state: State,
+    principal: Principal,
+    Path((name, path)): Path<(String, String)>,
+    request: Request,
+) -> ApiResult<Response> {
+    serve_get(state, principal, name, path, request).await
 }
 
 enum Found {
@@ -118,7 +134,14 @@ enum Found {
     File(std::fs::File, u64),
 }
 
-async fn serve_get(state: State, name: String, raw: String, request: Request) -> ApiResult<Response> {
+async fn serve_get(
+    state: State,
+    principal: Principal,
+    name: String,
+    raw: String,
+    request: Request,
+) -> ApiResult<Response> {
+    principal.require(Role::Viewer, Some(&name), "reading files")?;
     let sandbox = crate::sandboxes::locate(find(&state, &name).await?, request.uri().query())?;
     if let Some(holder) = held_elsewhere(&state, &sandbox) {
         return forward::to_sandbox_holder(&state, &sandbox.name, holder, request).await;
@@ -178,7 +201,13 @@ async fn serve_get(state: State, name: String, raw: String, request: Request) ->
 }
 
 #[utoipa::path(put, path = "/sandboxes/{name}/files/{*path}", operation_id = "putSandboxFile", tag = "files", params(("name" = String, Path, description = "Sandbox name."), ("path" = String, Path, allow_reserved, description = "Path inside the sandbox, relative to its root; may contain `/`. Absolute paths, `..`, NUL bytes, paths over 4096 bytes, names over 255 bytes and paths that are not UTF-8 once percent-decoded are refused (400 `invalid_path`), as are paths that lead outside the sandbox through a symlink. Upload temporaries (`.shoal-upload-*`) are never listed, downloaded or deleted (404 `not_found`) nor uploaded to (400 `invalid_path`)."), ("partition" = Option<String>, Query, description = "Partitioned sandboxes only, and required there: which partition's files.")), request_body(content = Option<Vec<u8>>, content_type = "application/octet-stream", description = "The file's bytes (none: an empty file). Written to a temporary beside the target and renamed into place, so a reader never sees half a file."), responses((status = 200, description = "An existing file was replaced.", body = wire::Upload), (status = 201, description = "A new file was created.", body = wire::Upload)))]
-pub async fn put(state: State, Path((name, raw)): Path<(String, String)>, request: Request) -> ApiResult<Response> {
+pub async fn put(
+    state: State,
+    principal: Principal,
+    Path((name, raw)): Path<(String, String)>,
+    request: Request,
+) -> ApiResult<Response> {
+    principal.require(Role::Editor, Some(&name), "writing files")?;
     let sandbox = crate::sandboxes::locate(find(&state, &name).await?, request.uri().query())?;
     // Before the body is touched, so an upload streams through to the holder.
     if let Some(holder) = held_elsewhere(&state, &sandbox) {
@@ -284,7 +313,13 @@ pub async fn put(state: State, Path((name, raw)): Path<(String, String)>, reques
 }
 
 #[utoipa::path(delete, path = "/sandboxes/{name}/files/{*path}", operation_id = "deleteSandboxFile", tag = "files", params(("name" = String, Path, description = "Sandbox name."), ("path" = String, Path, allow_reserved, description = "Path inside the sandbox, relative to its root; may contain `/`. Absolute paths, `..`, NUL bytes, paths over 4096 bytes, names over 255 bytes and paths that are not UTF-8 once percent-decoded are refused (400 `invalid_path`), as are paths that lead outside the sandbox through a symlink. Upload temporaries (`.shoal-upload-*`) are never listed, downloaded or deleted (404 `not_found`) nor uploaded to (400 `invalid_path`)."), ("partition" = Option<String>, Query, description = "Partitioned sandboxes only, and required there: which partition's files.")), responses((status = 204, description = "Deleted.")))]
-pub async fn delete(state: State, Path((name, raw)): Path<(String, String)>, request: Request) -> ApiResult<Response> {
+pub async fn delete(
+    state: State,
+    principal: Principal,
+    Path((name, raw)): Path<(String, String)>,
+    request: Request,
+) -> ApiResult<Response> {
+    principal.require(Role::Editor, Some(&name), "deleting files")?;
     let sandbox = crate::sandboxes::locate(find(&state, &name).await?, request.uri().query())?;
     if let Some(holder) = held_elsewhere(&state, &sandbox) {
         return forward::to_sandbox_holder(&state, &sandbox.name, holder, request).await;

@@ -13,7 +13,11 @@
 //! A forwarded request carries `x-shoal-forwarded-by` (the sending node's id),
 //! `x-shoal-timestamp` (Unix milliseconds), `x-shoal-nonce` (128 random bits, hex) and
 //! `x-shoal-signature`: the hex HMAC-SHA256, keyed with the cluster secret, of
-//! `METHOD \n PATH?QUERY \n TIMESTAMP \n NONCE \n FORWARDED-BY`. The receiver compares in
+//! `METHOD \n PATH?QUERY \n TIMESTAMP \n NONCE \n FORWARDED-BY \n PRINCIPAL`, where
+//! PRINCIPAL is `x-shoal-principal`: who the first node authenticated the request as (its
+//! [`Principal`] in JSON; empty for the routes that need none). The client's own credential
+//! (`Authorization`, `Cookie`) is not passed on: the next node acts for the signed principal,
+//! and checks its permission again. The receiver compares in
 //! constant time, accepts timestamps within ±30 s of its own clock ([`REPLAY_WINDOW`]), and
 //! remembers every nonce it accepted for as long, so a captured request cannot be sent again.
 //! This is the one place where node clocks matter, and only to within the window; nothing
@@ -33,6 +37,7 @@
 //! `409 sandbox_not_here` or `503 node_unavailable` instead of passing it on, so nodes that
 //! disagree cannot bounce a request between them, and the client's retry sees a settled store.
 
+use crate::auth::Principal;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 use anyhow::Context;
@@ -58,6 +63,9 @@ pub const TIMESTAMP: HeaderName = HeaderName::from_static("x-shoal-timestamp");
 pub const NONCE: HeaderName = HeaderName::from_static("x-shoal-nonce");
 /// The request's HMAC-SHA256 in hex (request header).
 pub const SIGNATURE: HeaderName = HeaderName::from_static("x-shoal-signature");
+/// Who the request acts for, as the first node authenticated it: a [`Principal`] in JSON
+/// (request header, signed).
+pub const PRINCIPAL: HeaderName = HeaderName::from_static("x-shoal-principal");
 /// The node that served a request, on every response: a forwarded one keeps its server's.
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-shoal-served-by");
 
@@ -90,6 +98,8 @@ const MAX_NONCES: usize = 100_000;
 pub struct Forwarded {
     /// The id of the node that forwarded it.
     pub from: String,
+    /// Who it acts for; `None` on the routes that need no credential.
+    pub principal: Option<Principal>,
 }
 
 /// Signs and sends requests to other nodes, and verifies the ones they send here.
@@ -204,8 +214,12 @@ fn end_to_end(headers: &HeaderMap) -> HeaderMap {
                 // The node the client reached checked it against its own host; the next
                 // node's `Host` is not the client's.
                 | "origin"
+                // The next node acts for the signed principal, never for a credential passed on.
+                | "authorization"
+                | "cookie"
         ) || named_by_connection.iter().any(|t| t == name.as_str())
-            || SIGNED.contains(name);
+            || SIGNED.contains(name)
+            || name == PRINCIPAL;
         if !hop_by_hop {
             out.append(name.clone(), value.clone());
         }
@@ -270,24 +284,37 @@ impl Forwarder {
         })
     }
 
-    fn mac(&self, method: &str, path_and_query: &str, timestamp: &str, nonce: &str, from: &str) -> Hmac<Sha256> {
+    fn mac(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        timestamp: &str,
+        nonce: &str,
+        from: &str,
+        principal: &str,
+    ) -> Hmac<Sha256> {
         // HMAC takes a key of any length, so this cannot fail.
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC accepts any key length");
         mac.update(method.as_bytes());
-        for part in [path_and_query, timestamp, nonce, from] {
+        for part in [path_and_query, timestamp, nonce, from, principal] {
             mac.update(b"\n");
             mac.update(part.as_bytes());
         }
         mac
     }
 
-    /// The four forwarding headers for a request sent now.
-    fn sign(&self, method: &Method, path_and_query: &str, now_ms: i64) -> [(HeaderName, String); 4] {
+    /// The forwarding headers for a request sent now on behalf of `principal` (JSON, or empty).
+    fn sign(&self, method: &Method, path_and_query: &str, now_ms: i64, principal: &str) -> Vec<(HeaderName, String)> {
         let timestamp = now_ms.to_string();
         let nonce = format!("{:032x}", rand::random::<u128>());
-        let mac = self.mac(method.as_str(), path_and_query, &timestamp, &nonce, &self.node_id);
+        let mac = self.mac(method.as_str(), path_and_query, &timestamp, &nonce, &self.node_id, principal);
         let signature = hex::encode(mac.finalize().into_bytes());
-        [(FORWARDED_BY, self.node_id.clone()), (TIMESTAMP, timestamp), (NONCE, nonce), (SIGNATURE, signature)]
+        let mut headers =
+            vec![(FORWARDED_BY, self.node_id.clone()), (TIMESTAMP, timestamp), (NONCE, nonce), (SIGNATURE, signature)];
+        if !principal.is_empty() {
+            headers.push((PRINCIPAL, principal.to_owned()));
+        }
+        headers
     }
 
     /// Checks a forwarded request's signature, age and nonce; `now_ms` is this node's clock.
@@ -311,16 +338,24 @@ impl Forwarder {
         };
         let (from, timestamp, nonce, signature) =
             (get(&FORWARDED_BY)?, get(&TIMESTAMP)?, get(&NONCE)?, get(&SIGNATURE)?);
+        let principal = match headers.get(PRINCIPAL) {
+            None => "",
+            Some(v) => v.to_str().map_err(|_| {
+                ApiError::invalid_signature("forwarded request's `x-shoal-principal` header is not text")
+            })?,
+        };
         let signature = hex::decode(signature).map_err(|_| {
             ApiError::invalid_signature(
                 "forwarded request's `x-shoal-signature` is not hex; it is an HMAC-SHA256 in hex",
             )
         })?;
-        self.mac(method.as_str(), path_and_query, timestamp, nonce, from).verify_slice(&signature).map_err(|_| {
-            ApiError::invalid_signature(
-                "forwarded request signature does not match: the sending node has a different cluster.secret",
-            )
-        })?;
+        self.mac(method.as_str(), path_and_query, timestamp, nonce, from, principal).verify_slice(&signature).map_err(
+            |_| {
+                ApiError::invalid_signature(
+                    "forwarded request signature does not match: the sending node has a different cluster.secret",
+                )
+            },
+        )?;
         // Signed, so these come from a node with the secret; malformed ones are its bug.
         let sent: i64 = timestamp.parse().map_err(|_| {
             ApiError::invalid_signature(format!("forwarded request's timestamp `{timestamp}` is not a whole number"))
@@ -344,7 +379,11 @@ impl Forwarder {
             )));
         }
         self.seen.lock().insert(sent, nonce_bits, now_ms)?;
-        Ok(Forwarded { from: from.to_owned() })
+        let principal = (!principal.is_empty())
+            .then(|| serde_json::from_str::<Principal>(principal))
+            .transpose()
+            .map_err(|e| ApiError::invalid_signature(format!("forwarded request's principal cannot be read: {e}")))?;
+        Ok(Forwarded { from: from.to_owned(), principal })
     }
 
     /// Sends `req` to node `node_id` at `node_url`, signed, keeping its method, path, query,
@@ -377,7 +416,11 @@ impl Forwarder {
         let path_and_query = path_and_query(&parts.uri, &parts.extensions);
         let target = format!("{}{path_and_query}", url.trim_end_matches('/'));
         let mut headers = end_to_end(&parts.headers);
-        for (name, value) in self.sign(&parts.method, &path_and_query, now_ms()) {
+        let principal = match parts.extensions.get::<Principal>() {
+            Some(p) => serde_json::to_string(p).map_err(|e| format!("cannot sign the request: {e}"))?,
+            None => String::new(),
+        };
+        for (name, value) in self.sign(&parts.method, &path_and_query, now_ms(), &principal) {
             headers.insert(name, HeaderValue::try_from(value).map_err(|e| format!("cannot sign the request: {e}"))?);
         }
         // A body that knows its length (one rebuilt from parsed JSON) says it best.
@@ -424,7 +467,7 @@ impl Forwarder {
 /// ones with [`Forwarded`]; a bad one is refused with `401 invalid_signature` and changes
 /// nothing. Requests without these headers (from clients) pass untouched.
 pub(crate) async fn verify(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    if !SIGNED.iter().any(|h| req.headers().contains_key(h)) {
+    if !SIGNED.iter().chain([&PRINCIPAL]).any(|h| req.headers().contains_key(h)) {
         return next.run(req).await;
     }
     let path_and_query = path_and_query(req.uri(), req.extensions());
@@ -522,7 +565,7 @@ mod tests {
         Forwarder::new(id, secret.as_bytes()).unwrap()
     }
 
-    fn headers(signed: [(HeaderName, String); 4]) -> HeaderMap {
+    fn headers(signed: Vec<(HeaderName, String)>) -> HeaderMap {
         signed.into_iter().map(|(n, v)| (n, HeaderValue::try_from(v).unwrap())).collect()
     }
 
@@ -532,21 +575,24 @@ mod tests {
     #[test]
     fn signed_requests_verify_once() {
         let (n1, n2) = (forwarder("n1", "s3cret"), forwarder("n2", "s3cret"));
-        let h = headers(n1.sign(&Method::PUT, PATH, NOW));
-        assert_eq!(n2.verify(&Method::PUT, PATH, &h, NOW + 10).unwrap(), Forwarded { from: "n1".into() });
+        let h = headers(n1.sign(&Method::PUT, PATH, NOW, ""));
+        assert_eq!(
+            n2.verify(&Method::PUT, PATH, &h, NOW + 10).unwrap(),
+            Forwarded { from: "n1".into(), principal: None }
+        );
         let again = n2.verify(&Method::PUT, PATH, &h, NOW + 20).unwrap_err();
         assert_eq!(
             (again.code.as_str(), again.message.as_str()),
             ("invalid_signature", "forwarded request was already received (replayed nonce)")
         );
         // A new request (new nonce) at the same moment is fine.
-        n2.verify(&Method::PUT, PATH, &headers(n1.sign(&Method::PUT, PATH, NOW)), NOW).unwrap();
+        n2.verify(&Method::PUT, PATH, &headers(n1.sign(&Method::PUT, PATH, NOW, "")), NOW).unwrap();
     }
 
     #[test]
     fn the_signature_covers_method_path_query_time_nonce_and_sender() {
         let (n1, n2) = (forwarder("n1", "s3cret"), forwarder("n2", "s3cret"));
-        let h = headers(n1.sign(&Method::GET, PATH, NOW));
+        let h = headers(n1.sign(&Method::GET, PATH, NOW, ""));
         let mismatch = |e: ApiError| {
             assert_eq!(e.code, "invalid_signature");
             assert!(e.message.contains("signature does not match"), "{}", e.message);
@@ -559,8 +605,31 @@ mod tests {
             changed.insert(name, HeaderValue::try_from(value).unwrap());
             mismatch(n2.verify(&Method::GET, PATH, &changed, NOW).unwrap_err());
         }
+        // The principal is signed: one changed, added or dropped is refused.
+        let who = |role: shoal_wire::Role| {
+            serde_json::to_string(&Principal {
+                kind: crate::auth::PrincipalKind::Token,
+                id: "t1".into(),
+                name: "ci".into(),
+                role,
+                sandboxes: vec!["*".into()],
+            })
+            .unwrap()
+        };
+        let signed = headers(n1.sign(&Method::GET, PATH, NOW, &who(shoal_wire::Role::Viewer)));
+        let mut forged = signed.clone();
+        forged.insert(PRINCIPAL, HeaderValue::try_from(who(shoal_wire::Role::Admin)).unwrap());
+        mismatch(n2.verify(&Method::GET, PATH, &forged, NOW).unwrap_err());
+        let mut dropped = signed.clone();
+        dropped.remove(PRINCIPAL);
+        mismatch(n2.verify(&Method::GET, PATH, &dropped, NOW).unwrap_err());
+        let mut added = h.clone();
+        added.insert(PRINCIPAL, HeaderValue::try_from(who(shoal_wire::Role::Admin)).unwrap());
+        mismatch(n2.verify(&Method::GET, PATH, &added, NOW).unwrap_err());
+        let verified = n2.verify(&Method::GET, PATH, &signed, NOW).unwrap();
+        assert_eq!(verified.principal.map(|p| p.role), Some(shoal_wire::Role::Viewer));
         // Another secret.
-        let other = headers(forwarder("n1", "not-the-secret").sign(&Method::GET, PATH, NOW));
+        let other = headers(forwarder("n1", "not-the-secret").sign(&Method::GET, PATH, NOW, ""));
         let e = n2.verify(&Method::GET, PATH, &other, NOW).unwrap_err();
         assert_eq!(
             e.message,
@@ -573,24 +642,24 @@ mod tests {
     #[test]
     fn timestamps_outside_the_window_are_refused() {
         let (n1, n2) = (forwarder("n1", "k"), forwarder("n2", "k"));
-        let old = headers(n1.sign(&Method::GET, PATH, NOW - 45_000));
+        let old = headers(n1.sign(&Method::GET, PATH, NOW - 45_000, ""));
         let e = n2.verify(&Method::GET, PATH, &old, NOW).unwrap_err();
         assert_eq!(
             (e.status.as_u16(), e.message.as_str()),
             (401, "forwarded request is 45 s old; the replay window is 30 s: check the nodes' clocks")
         );
-        let ahead = headers(n1.sign(&Method::GET, PATH, NOW + 31_000));
+        let ahead = headers(n1.sign(&Method::GET, PATH, NOW + 31_000, ""));
         let e = n2.verify(&Method::GET, PATH, &ahead, NOW).unwrap_err();
         assert!(e.message.starts_with("forwarded request is dated 31 s ahead"), "{}", e.message);
         // The edges of the window are in.
-        n2.verify(&Method::GET, PATH, &headers(n1.sign(&Method::GET, PATH, NOW - 30_000)), NOW).unwrap();
-        n2.verify(&Method::GET, PATH, &headers(n1.sign(&Method::GET, PATH, NOW + 30_000)), NOW).unwrap();
+        n2.verify(&Method::GET, PATH, &headers(n1.sign(&Method::GET, PATH, NOW - 30_000, "")), NOW).unwrap();
+        n2.verify(&Method::GET, PATH, &headers(n1.sign(&Method::GET, PATH, NOW + 30_000, "")), NOW).unwrap();
     }
 
     #[test]
     fn missing_or_malformed_headers_are_refused() {
         let (n1, n2) = (forwarder("n1", "k"), forwarder("n2", "k"));
-        let full = headers(n1.sign(&Method::GET, PATH, NOW));
+        let full = headers(n1.sign(&Method::GET, PATH, NOW, ""));
         for name in SIGNED {
             let mut h = full.clone();
             h.remove(&name);

@@ -4,6 +4,7 @@
 //! cluster state themselves. The engine (in `shoal-server`) is reached through [`Engine`],
 //! so this crate does not depend on how nodes run work.
 
+pub mod auth;
 mod body;
 pub mod browser;
 mod convert;
@@ -20,6 +21,7 @@ mod nodes;
 mod openapi;
 mod sandboxes;
 pub mod schedules;
+mod tokens;
 mod triggers;
 
 pub use error::{ApiError, ApiResult, ErrorCode};
@@ -102,6 +104,8 @@ pub struct AppState {
     pub roots: Arc<shoal_service::roots::RootPolicy>,
     /// The host names this node answers to (`http.hosts`, the advertised host).
     pub hosts: browser::HostPolicy,
+    /// Who is asking: the token cache.
+    pub auth: Arc<auth::Authenticator>,
 }
 
 pub type State = axum::extract::State<Arc<AppState>>;
@@ -109,17 +113,18 @@ pub type State = axum::extract::State<Arc<AppState>>;
 /// The whole HTTP surface of a node: the routes of [`openapi::router`] (each described in the
 /// OpenAPI document by its handler) behind the API's fallbacks and layers.
 pub fn router(state: Arc<AppState>) -> Router {
-    let (api, _) = openapi::router().split_for_parts();
-    let (root, _) = openapi::root_router().split_for_parts();
-    // The verifying layer wraps only the `/api/v1` routes (as nested before); the health
-    // routes at the root stay open to load balancers.
-    let api = api
-        .fallback(health::api_not_found)
-        .method_not_allowed_fallback(health::method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), forward::verify));
+    let (api, api_doc) = openapi::router().split_for_parts();
+    let (root, root_doc) = openapi::root_router().split_for_parts();
+    let docs = [api_doc, root_doc].map(|d| serde_json::to_value(d).unwrap_or_default());
+    let routes = Arc::new(auth::Routes::new(&docs));
+    let api = api.fallback(health::api_not_found).method_not_allowed_fallback(health::method_not_allowed);
+    // Innermost first: a forwarded request's signature is verified, then who asks is
+    // authenticated (a forwarded request's principal is the signed one).
     root.merge(api)
         .fallback(health::api_not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
+        .layer(middleware::from_fn_with_state((state.clone(), routes), auth::authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), forward::verify))
         .layer(middleware::map_response(error::shape_rejections))
         .layer(middleware::from_fn_with_state(state.clone(), browser::guard))
         .layer(middleware::map_response_with_state(state.clone(), forward::served_by))

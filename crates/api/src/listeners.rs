@@ -2,6 +2,7 @@
 //! events arrive through the API (`POST /hooks/{name}`). Job, file and cluster events are
 //! watched by every node's listener workers (shoal-server's `triggers.rs`).
 
+use crate::auth::Principal;
 use crate::body;
 use crate::convert;
 use crate::error::{ApiError, ApiResult};
@@ -20,7 +21,7 @@ use shoal_core::listener::{
     check_templates, event_params, payload_field, EventReason, ListenerKind, OnCluster, OnFile, OnJob, CLUSTER_EVENTS,
     FILE_EVENTS,
 };
-use shoal_core::ExecState;
+use shoal_core::{ExecState, Role};
 use shoal_store::{EventRow, ListenerDef, ListenerRow, NewEvent, Store};
 use shoal_wire as wire;
 use std::collections::BTreeMap;
@@ -262,6 +263,9 @@ impl Trigger for ListenerRow {
     fn job(def: &ListenerDef) -> (&str, &str, &BTreeMap<String, String>) {
         (&def.sandbox, &def.job, &def.params)
     }
+    fn sandbox(&self) -> &str {
+        &self.sandbox
+    }
     async fn get(store: &Store, reference: &str) -> StoreResult<Option<Self>> {
         store.get_listener(reference).await
     }
@@ -291,17 +295,17 @@ impl Trigger for ListenerRow {
 }
 
 #[utoipa::path(get, path = "/listeners", operation_id = "listListeners", tag = "listeners", responses((status = 200, description = "Every listener, sorted by name.", body = wire::ListenerList)))]
-pub async fn list(state: State) -> ApiResult<Json<wire::ListenerList>> {
-    Ok(Json(wire::ListenerList { listeners: triggers::list::<ListenerRow>(&state).await? }))
+pub async fn list(state: State, principal: Principal) -> ApiResult<Json<wire::ListenerList>> {
+    Ok(Json(wire::ListenerList { listeners: triggers::list::<ListenerRow>(&state, &principal).await? }))
 }
 
 #[utoipa::path(get, path = "/listeners/{id}", operation_id = "getListener", tag = "listeners", params(("id" = String, Path, description = "Listener id or name.")), responses((status = 200, description = "The listener (without a webhook's secret).", body = wire::Listener)))]
-pub async fn get(state: State, Path(reference): Path<String>) -> ApiResult<Json<wire::Listener>> {
-    Ok(Json(listener(&triggers::find(&state, &reference).await?)?))
+pub async fn get(state: State, principal: Principal, Path(reference): Path<String>) -> ApiResult<Json<wire::Listener>> {
+    Ok(Json(listener(&triggers::find(&state, &principal, Role::Viewer, &reference).await?)?))
 }
 
 #[utoipa::path(post, path = "/listeners", operation_id = "createListener", tag = "listeners", request_body = wire::ListenerRequest, responses((status = 201, description = "Defined; for a webhook, with its `secret` (shown this once).", body = wire::Listener)))]
-pub async fn create(state: State, request: Request) -> ApiResult<Response> {
+pub async fn create(state: State, principal: Principal, request: Request) -> ApiResult<Response> {
     let (b, request) = triggers::receive::<Body_>(&state, request).await?;
     let name = triggers::new_name::<ListenerRow>(&b.name)?;
     let kind_name =
@@ -310,13 +314,18 @@ pub async fn create(state: State, request: Request) -> ApiResult<Response> {
         ApiError::invalid_request(format!("unknown listener kind `{kind_name}`; use job, file, webhook or cluster"))
     })?;
     let def = definition(&state, &b, name, kind, None).await?;
-    triggers::save::<ListenerRow>(&state, request, &def, None).await
+    triggers::save::<ListenerRow>(&state, &principal, request, &def, None).await
 }
 
 #[utoipa::path(patch, path = "/listeners/{id}", operation_id = "patchListener", tag = "listeners", params(("id" = String, Path, description = "Listener id or name.")), request_body = wire::ListenerRequest, responses((status = 200, description = "The listener as changed (without a webhook's secret).", body = wire::Listener)))]
-pub async fn patch(state: State, Path(reference): Path<String>, request: Request) -> ApiResult<Response> {
+pub async fn patch(
+    state: State,
+    principal: Principal,
+    Path(reference): Path<String>,
+    request: Request,
+) -> ApiResult<Response> {
     let (b, request) = triggers::receive::<Body_>(&state, request).await?;
-    let old: ListenerRow = triggers::find(&state, &reference).await?;
+    let old: ListenerRow = triggers::find(&state, &principal, Role::Editor, &reference).await?;
     if b.name.as_ref().is_some_and(|n| *n != old.name) || b.kind.as_ref().is_some_and(|k| k != old.kind.as_str()) {
         return Err(ApiError::conflict(format!(
             "listener `{}` is a {} listener; its name and kind cannot change: create a new listener instead",
@@ -359,7 +368,7 @@ pub async fn patch(state: State, Path(reference): Path<String>, request: Request
         secret: b.secret,
     };
     let def = definition(&state, &merged, old.name.clone(), kind, old.secret.clone()).await?;
-    triggers::save::<ListenerRow>(&state, request, &def, Some(&old.id)).await
+    triggers::save::<ListenerRow>(&state, &principal, request, &def, Some(&old.id)).await
 }
 
 fn reparse<T: serde::de::DeserializeOwned>(config: &Value, kind: &str) -> Option<T> {
@@ -385,17 +394,18 @@ fn config_body(config: &Value, kind: &str) -> Value {
 }
 
 #[utoipa::path(delete, path = "/listeners/{id}", operation_id = "deleteListener", tag = "listeners", params(("id" = String, Path, description = "Listener id or name.")), responses((status = 204, description = "Deleted, with its events.")))]
-pub async fn delete(state: State, Path(reference): Path<String>) -> ApiResult<StatusCode> {
-    triggers::delete::<ListenerRow>(&state, &reference).await
+pub async fn delete(state: State, principal: Principal, Path(reference): Path<String>) -> ApiResult<StatusCode> {
+    triggers::delete::<ListenerRow>(&state, &principal, &reference).await
 }
 
 #[utoipa::path(get, path = "/listeners/{id}/events", operation_id = "listListenerEvents", tag = "listeners", params(("id" = String, Path, description = "Listener id or name."), ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "How many entries, newest first (default 50).")), responses((status = 200, description = "The newest events.", body = wire::EventList)))]
 pub async fn events(
     state: State,
+    principal: Principal,
     Path(reference): Path<String>,
     q: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<wire::EventList>> {
-    let (l, limit) = triggers::history::<ListenerRow>(&state, &reference, q).await?;
+    let (l, limit) = triggers::history::<ListenerRow>(&state, &principal, &reference, q).await?;
     let rows = state.store.list_events(&l.id, limit).await?;
     Ok(Json(wire::EventList { events: rows.iter().map(event).collect() }))
 }

@@ -20,6 +20,26 @@ const FORWARDED: &[ErrorCode] = &[InvalidSignature];
 /// Codes of every operation but the health checks: a request from a web page of another
 /// origin, or naming a host the node does not answer to (`browser.rs`).
 const BROWSER: &[ErrorCode] = &[ForeignHost, ForeignOrigin];
+/// Codes of every operation that needs a credential (all but the health checks and webhooks,
+/// `auth::ACCESS`); and of every one but the health checks, a credential in the query string.
+const AUTH: &[ErrorCode] = &[Unauthenticated, InvalidToken];
+/// The operations a `viewer` may call that act on one sandbox, so a token without it in scope
+/// is refused (`forbidden`); the others a viewer may call answer only what is in scope. Every
+/// operation that needs more than `viewer` can answer `forbidden`.
+pub const SCOPED_READS: &[&str] = &[
+    "getSandbox",
+    "listSandboxJobs",
+    "listSandboxRoot",
+    "listSandboxRootSlash",
+    "getSandboxFile",
+    "getExecution",
+    "getExecutionLogs",
+    "getSchedule",
+    "listScheduleFirings",
+    "previewSchedule",
+    "getListener",
+    "listListenerEvents",
+];
 /// The health checks, open to load balancers whatever `Host` they send.
 const HEALTH: &[&str] = &["liveV1", "readyV1"];
 /// Codes of every operation that reads a JSON body.
@@ -74,15 +94,18 @@ pub const ERRORS: &[(&str, &[&[ErrorCode]])] = &[
     ("deleteListener", &[&[UnknownListener]]),
     ("listListenerEvents", &[&[UnknownListener, InvalidQuery]]),
     ("deliverHook", &[HOLDER, BIND, &[InvalidJson, BadRequest, PayloadTooLarge, UnknownHook]]),
+    ("listTokens", &[]),
+    ("createToken", &[JSON_BODY, &[AlreadyExists, InvalidRequest]]),
+    ("revokeToken", &[&[NotFound, Conflict]]),
     ("getOpenApi", &[]),
     ("liveV1", &[]),
     ("readyV1", &[&[NotReady]]),
     ("metrics", &[]),
 ];
 
-/// Operations that never fail for want of the store (`metrics` shows its store figures only
-/// when it can read them).
-const STORELESS: &[&str] = &["getOpenApi", "liveV1", "readyV1", "metrics"];
+/// Operations that never fail for want of the store (every other one reads it, if only to
+/// look its caller's token up).
+const STORELESS: &[&str] = &["liveV1", "readyV1"];
 
 /// What a code means, for the response descriptions.
 fn meaning(code: ErrorCode) -> &'static str {
@@ -92,6 +115,10 @@ fn meaning(code: ErrorCode) -> &'static str {
         InvalidQuery => "a query parameter is unknown or out of range (for a partitioned sandbox's files: `?partition=NAME` is missing)",
         InvalidPath => "a path is refused (absolute, `..`, NUL, too long, or leading out of the sandbox)",
         Unauthorized => "the webhook signature is missing, malformed, wrong, or its time is over 300 s off",
+        TokenInQuery => "a credential was sent in the query string; send it as `Authorization: Bearer TOKEN` (and revoke it, URLs are logged)",
+        Unauthenticated => "no credential: send `Authorization: Bearer TOKEN`",
+        InvalidToken => "the token is malformed, mistyped, unknown, expired or revoked (the message says which)",
+        Forbidden => "the credential's role or sandboxes do not allow this (the message names the role needed and the sandbox)",
         InvalidSignature => "forwarding headers (`x-shoal-*`) whose signature is missing, forged, stale or replayed; for a webhook, its `X-Shoal-Hook-Signature` is missing, malformed, wrong, or its time over 300 s off",
         NotFound => "no such resource",
         UnknownSchedule => "no schedule with this id or name",
@@ -99,7 +126,7 @@ fn meaning(code: ErrorCode) -> &'static str {
         UnknownHook => "no webhook listener with this name",
         MethodNotAllowed => "the method is not supported on this path",
         AlreadyExists => "one with this name exists",
-        Conflict => "the change conflicts with the current state (executions still use it, a folder is not empty, a schedule's or listener's name or a listener's kind would change)",
+        Conflict => "the change conflicts with the current state (executions still use it, a folder is not empty, a schedule's or listener's name or a listener's kind would change, the last admin token would be revoked)",
         ExecutionFinished => "the execution already finished",
         SandboxNotHere => "the request was already forwarded here, and the sandbox is local to another node (requests are forwarded once at most)",
         PayloadTooLarge => "the body is over the size limit; nothing was written",
@@ -131,7 +158,7 @@ fn meaning(code: ErrorCode) -> &'static str {
 
 /// Every route of the API and its description, in one router.
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
-    use crate::{executions, files, health, listeners, nodes, sandboxes, schedules};
+    use crate::{executions, files, health, listeners, nodes, sandboxes, schedules, tokens};
     let api = OpenApiRouter::new()
         .routes(routes!(nodes::list))
         .routes(routes!(nodes::get))
@@ -157,6 +184,8 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(listeners::get, listeners::patch, listeners::delete))
         .routes(routes!(listeners::events))
         .routes(routes!(listeners::hook))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::revoke))
         .routes(routes!(health::openapi))
         .routes(routes!(health::live_v1))
         .routes(routes!(health::ready_v1))
@@ -208,6 +237,11 @@ const INSIDE: &str = r"^(?!/)(?!(?:.*/)?\.\.(?:/|$))[^\u0000]*$";
 /// Adds the error responses, the constraints serde cannot state, and OpenAPI's path syntax for
 /// the files wildcard (`{*path}` is axum's).
 fn refine(mut doc: Value) -> Value {
+    doc["components"]["securitySchemes"] = json!({"bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API token (`shoal_api_...`): `shoal token create`, or the first admin token a node writes to `DATA_DIR/admin.token`. Its role (`viewer`, `runner`, `editor`, `admin`) and sandbox globs decide what it may do; docs/security.md."
+    }});
     doc["servers"] =
         json!([{"url": "/api/v1", "description": "Every path is relative to `/api/v1`, except `/metrics`."}]);
     let paths = doc["paths"].as_object_mut().expect("paths");
@@ -229,6 +263,9 @@ fn refine(mut doc: Value) -> Value {
                     p["schema"]["pattern"] = json!(INSIDE);
                 }
             }
+            // Who may call it: a bearer token, but for the health checks and webhooks.
+            let public = crate::auth::ACCESS.iter().any(|(op, a)| *op == id && *a == crate::auth::Access::Public);
+            op["security"] = if public { json!([]) } else { json!([{"bearer": []}]) };
             let codes = codes_of(&id);
             let responses = op["responses"].as_object_mut().expect("responses");
             let mut by_status: std::collections::BTreeMap<u16, Vec<ErrorCode>> = Default::default();
@@ -354,12 +391,15 @@ fn refine(mut doc: Value) -> Value {
         ("SubmitRequest", "retry_backoff", &duration),
         ("ScheduleRequest", "misfire_threshold", &duration),
         ("OnFileRequest", "settle", &duration),
+        ("TokenRequest", "expires_in", &duration),
     ];
     for (body, field, pattern) in patterns {
         let property = &mut schemas[body]["properties"][field];
         assert!(property.is_object(), "{body}.{field} is in the document");
         property["pattern"] = json!(pattern);
     }
+    // A token's sandbox globs: sandbox-name characters and the wildcards (`auth::check_glob`).
+    schemas["TokenRequest"]["properties"]["sandboxes"]["items"]["pattern"] = json!("^[a-z0-9_*?-]{1,64}$");
     // Zones are the IANA names the server knows, spelled exactly.
     schemas["TimeZone"] = json!({
         "type": "string",
@@ -415,6 +455,18 @@ pub fn codes_of(operation: &str) -> Vec<ErrorCode> {
     out.extend(FORWARDED);
     if !HEALTH.contains(&operation) {
         out.extend(BROWSER);
+        out.push(TokenInQuery);
+    }
+    match crate::auth::ACCESS.iter().find(|(id, _)| *id == operation).map(|(_, a)| *a) {
+        Some(crate::auth::Access::Public) => {}
+        Some(crate::auth::Access::Role(need)) => {
+            out.extend(AUTH);
+            if need > shoal_wire::Role::Viewer || SCOPED_READS.contains(&operation) {
+                out.push(Forbidden);
+            }
+        }
+        // Not in the table: it needs `admin` (auth.rs); a test keeps the table whole.
+        None => out.extend(AUTH.iter().chain([&Forbidden])),
     }
     if !STORELESS.contains(&operation) {
         out.push(StoreUnavailable);
@@ -445,6 +497,17 @@ mod tests {
         }
         for (id, _) in ERRORS {
             assert!(seen.iter().any(|s| s == id), "ERRORS names {id}, which is no operation");
+        }
+        // The access table says what each needs (the root's aliases, outside the document, too).
+        for id in &seen {
+            assert!(crate::auth::ACCESS.iter().any(|(o, _)| o == id), "{id} is not in auth::ACCESS");
+        }
+        let aliases = ["live", "ready", "getOpenApiRoot"];
+        for (id, _) in crate::auth::ACCESS {
+            assert!(seen.iter().any(|s| s == id) || aliases.contains(id), "ACCESS names {id}, which is no operation");
+        }
+        for id in SCOPED_READS {
+            assert!(seen.iter().any(|s| s == id), "SCOPED_READS names {id}, which is no operation");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Sandboxes: registering the folders that hold job files and data, and listing their jobs.
 
+use crate::auth::Principal;
 use crate::body;
 use crate::error::{ApiError, ApiResult};
 use crate::files::{open_root, resolve_error};
@@ -11,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
-use shoal_core::{JobSpec, SandboxKind, SandboxName};
+use shoal_core::{JobSpec, Role, SandboxKind, SandboxName};
 use shoal_store::SandboxRow;
 use shoal_wire as wire;
 
@@ -73,9 +74,10 @@ pub fn sandbox(s: &SandboxRow) -> wire::Sandbox {
 }
 
 #[utoipa::path(get, path = "/sandboxes", operation_id = "listSandboxes", tag = "sandboxes", responses((status = 200, description = "Every sandbox.", body = wire::SandboxList)))]
-pub async fn list(state: State) -> ApiResult<Json<wire::SandboxList>> {
+pub async fn list(state: State, principal: Principal) -> ApiResult<Json<wire::SandboxList>> {
     let rows = state.store.list_sandboxes().await?;
-    Ok(Json(wire::SandboxList { sandboxes: rows.iter().map(sandbox).collect() }))
+    let shown = rows.iter().filter(|s| principal.covers(Some(&s.name)));
+    Ok(Json(wire::SandboxList { sandboxes: shown.map(sandbox).collect() }))
 }
 
 /// Looks a sandbox up by name, answering 404 for a bad or unknown name.
@@ -123,15 +125,17 @@ pub fn held_elsewhere<'a>(state: &crate::AppState, s: &'a SandboxRow) -> Option<
 }
 
 #[utoipa::path(get, path = "/sandboxes/{name}", operation_id = "getSandbox", tag = "sandboxes", params(("name" = String, Path, description = "Sandbox name.")), responses((status = 200, description = "The sandbox.", body = wire::Sandbox)))]
-pub async fn get(state: State, Path(name): Path<String>) -> ApiResult<Json<wire::Sandbox>> {
+pub async fn get(state: State, principal: Principal, Path(name): Path<String>) -> ApiResult<Json<wire::Sandbox>> {
+    principal.require(Role::Viewer, Some(&name), "reading a sandbox")?;
     Ok(Json(sandbox(&find(&state, &name).await?)))
 }
 
 #[utoipa::path(post, path = "/sandboxes", operation_id = "createSandbox", tag = "sandboxes", request_body = wire::CreateSandboxRequest, responses((status = 201, description = "Registered; a `local` sandbox by its holder (the request is forwarded there).", body = wire::Sandbox)))]
-pub async fn create(state: State, request: Request) -> ApiResult<Response> {
+pub async fn create(state: State, principal: Principal, request: Request) -> ApiResult<Response> {
     let (parts, body) = request.into_parts();
     let (req, raw): (wire::CreateSandboxRequest, Value) =
         body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
+    principal.require(Role::Admin, Some(&req.name), "registering a sandbox")?;
     let name = SandboxName::parse(&req.name).map_err(ApiError::invalid_request)?;
     let kind = SandboxKind::parse(&req.kind).map_err(ApiError::invalid_request)?;
     if kind == SandboxKind::Partitioned {
@@ -212,7 +216,8 @@ pub async fn create(state: State, request: Request) -> ApiResult<Response> {
 }
 
 #[utoipa::path(delete, path = "/sandboxes/{name}", operation_id = "deleteSandbox", tag = "sandboxes", params(("name" = String, Path, description = "Sandbox name.")), responses((status = 204, description = "Unregistered; its folder is left as it is.")))]
-pub async fn delete(state: State, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(state: State, principal: Principal, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    principal.require(Role::Admin, Some(&name), "deleting a sandbox")?;
     find(&state, &name).await?;
     state.store.delete_sandbox(&name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -221,7 +226,13 @@ pub async fn delete(state: State, Path(name): Path<String>) -> ApiResult<StatusC
 /// Every `*.toml` under the sandbox's `jobs/` folder, and whether it is a valid job. A file
 /// over the size limit is listed as invalid without being read.
 #[utoipa::path(get, path = "/sandboxes/{name}/jobs", operation_id = "listSandboxJobs", tag = "sandboxes", params(("name" = String, Path, description = "Sandbox name.")), responses((status = 200, description = "The `*.toml` files under the sandbox's `jobs/` folder.", body = wire::JobList)))]
-pub async fn jobs(state: State, Path(name): Path<String>, request: Request) -> ApiResult<Response> {
+pub async fn jobs(
+    state: State,
+    principal: Principal,
+    Path(name): Path<String>,
+    request: Request,
+) -> ApiResult<Response> {
+    principal.require(Role::Viewer, Some(&name), "listing a sandbox's jobs")?;
     let sandbox = find(&state, &name).await?;
     if let Some(holder) = held_elsewhere(&state, &sandbox) {
         return forward::to_sandbox_holder(&state, &sandbox.name, holder, request).await;

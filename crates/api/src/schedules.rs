@@ -2,6 +2,7 @@
 //! is done by every node's scheduler worker (shoal-server's `triggers.rs`); the API only
 //! keeps definitions valid and tells the local workers that they changed.
 
+use crate::auth::Principal;
 use crate::body;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs;
@@ -15,6 +16,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shoal_core::schedule::{CronSpec, Misfire, Overlap, ScheduleError, DEFAULT_MISFIRE_THRESHOLD_MS, MAX_PREVIEW};
+use shoal_core::Role;
 use shoal_store::{FiringRow, ScheduleDef, ScheduleRow, Store};
 use shoal_wire as wire;
 use std::collections::BTreeMap;
@@ -123,6 +125,9 @@ impl Trigger for ScheduleRow {
     fn job(def: &ScheduleDef) -> (&str, &str, &BTreeMap<String, String>) {
         (&def.sandbox, &def.job, &def.params)
     }
+    fn sandbox(&self) -> &str {
+        &self.sandbox
+    }
     async fn get(store: &Store, reference: &str) -> StoreResult<Option<Self>> {
         store.get_schedule(reference).await
     }
@@ -144,26 +149,31 @@ impl Trigger for ScheduleRow {
 }
 
 #[utoipa::path(get, path = "/schedules", operation_id = "listSchedules", tag = "schedules", responses((status = 200, description = "Every schedule, sorted by name.", body = wire::ScheduleList)))]
-pub async fn list(state: State) -> ApiResult<Json<wire::ScheduleList>> {
-    Ok(Json(wire::ScheduleList { schedules: triggers::list::<ScheduleRow>(&state).await? }))
+pub async fn list(state: State, principal: Principal) -> ApiResult<Json<wire::ScheduleList>> {
+    Ok(Json(wire::ScheduleList { schedules: triggers::list::<ScheduleRow>(&state, &principal).await? }))
 }
 
 #[utoipa::path(get, path = "/schedules/{id}", operation_id = "getSchedule", tag = "schedules", params(("id" = String, Path, description = "Schedule id or name.")), responses((status = 200, description = "The schedule.", body = wire::Schedule)))]
-pub async fn get(state: State, Path(reference): Path<String>) -> ApiResult<Json<wire::Schedule>> {
-    Ok(Json(schedule(&triggers::find(&state, &reference).await?)?))
+pub async fn get(state: State, principal: Principal, Path(reference): Path<String>) -> ApiResult<Json<wire::Schedule>> {
+    Ok(Json(schedule(&triggers::find(&state, &principal, Role::Viewer, &reference).await?)?))
 }
 
 #[utoipa::path(post, path = "/schedules", operation_id = "createSchedule", tag = "schedules", request_body = wire::ScheduleRequest, responses((status = 201, description = "Defined.", body = wire::Schedule)))]
-pub async fn create(state: State, request: Request) -> ApiResult<Response> {
+pub async fn create(state: State, principal: Principal, request: Request) -> ApiResult<Response> {
     let (b, request) = triggers::receive::<Body_>(&state, request).await?;
     let (def, _) = definition(&b, triggers::new_name::<ScheduleRow>(&b.name)?)?;
-    triggers::save::<ScheduleRow>(&state, request, &def, None).await
+    triggers::save::<ScheduleRow>(&state, &principal, request, &def, None).await
 }
 
 #[utoipa::path(patch, path = "/schedules/{id}", operation_id = "patchSchedule", tag = "schedules", params(("id" = String, Path, description = "Schedule id or name.")), request_body = wire::ScheduleRequest, responses((status = 200, description = "The schedule as changed.", body = wire::Schedule)))]
-pub async fn patch(state: State, Path(reference): Path<String>, request: Request) -> ApiResult<Response> {
+pub async fn patch(
+    state: State,
+    principal: Principal,
+    Path(reference): Path<String>,
+    request: Request,
+) -> ApiResult<Response> {
     let (b, request) = triggers::receive::<Body_>(&state, request).await?;
-    let old: ScheduleRow = triggers::find(&state, &reference).await?;
+    let old: ScheduleRow = triggers::find(&state, &principal, Role::Editor, &reference).await?;
     if b.name.as_ref().is_some_and(|n| *n != old.name) {
         return Err(ApiError::conflict(format!(
             "schedule `{}` cannot be renamed to `{}`; create a new schedule instead",
@@ -196,21 +206,22 @@ pub async fn patch(state: State, Path(reference): Path<String>, request: Request
         overlap: b.overlap.or(Some(old.overlap.as_str().to_owned())),
     };
     let (def, _) = definition(&merged, old.name.clone())?;
-    triggers::save::<ScheduleRow>(&state, request, &def, Some(&old.id)).await
+    triggers::save::<ScheduleRow>(&state, &principal, request, &def, Some(&old.id)).await
 }
 
 #[utoipa::path(delete, path = "/schedules/{id}", operation_id = "deleteSchedule", tag = "schedules", params(("id" = String, Path, description = "Schedule id or name.")), responses((status = 204, description = "Deleted, with its firing history.")))]
-pub async fn delete(state: State, Path(reference): Path<String>) -> ApiResult<StatusCode> {
-    triggers::delete::<ScheduleRow>(&state, &reference).await
+pub async fn delete(state: State, principal: Principal, Path(reference): Path<String>) -> ApiResult<StatusCode> {
+    triggers::delete::<ScheduleRow>(&state, &principal, &reference).await
 }
 
 #[utoipa::path(get, path = "/schedules/{id}/firings", operation_id = "listScheduleFirings", tag = "schedules", params(("id" = String, Path, description = "Schedule id or name."), ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "How many entries, newest first (default 50).")), responses((status = 200, description = "The newest firings.", body = wire::FiringList)))]
 pub async fn firings(
     state: State,
+    principal: Principal,
     Path(reference): Path<String>,
     q: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult<Json<wire::FiringList>> {
-    let (s, limit) = triggers::history::<ScheduleRow>(&state, &reference, q).await?;
+    let (s, limit) = triggers::history::<ScheduleRow>(&state, &principal, &reference, q).await?;
     let rows = state.store.list_firings(&s.id, limit).await?;
     Ok(Json(wire::FiringList { firings: rows.iter().map(firing).collect() }))
 }
@@ -232,11 +243,12 @@ fn preview_of(spec: &CronSpec, after: i64, count: usize) -> ApiResult<Json<wire:
 #[utoipa::path(get, path = "/schedules/{id}/preview", operation_id = "previewSchedule", tag = "schedules", params(("id" = String, Path, description = "Schedule id or name."), ("count" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "How many firing times (default 10).")), responses((status = 200, description = "The next firing times.", body = wire::Preview)))]
 pub async fn preview(
     state: State,
+    principal: Principal,
     Path(reference): Path<String>,
     q: Result<Query<CountQuery>, QueryRejection>,
 ) -> ApiResult<Json<wire::Preview>> {
     let q = triggers::query(q, "count (1 to 1000)")?;
-    let s: ScheduleRow = triggers::find(&state, &reference).await?;
+    let s: ScheduleRow = triggers::find(&state, &principal, Role::Viewer, &reference).await?;
     let spec = CronSpec::parse(&s.cron, &s.timezone).map_err(schedule_error)?;
     let now = state.store.now_ms().await?;
     preview_of(&spec, s.last_fire_at.max(now), q.count.unwrap_or(10))

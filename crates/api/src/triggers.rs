@@ -4,6 +4,7 @@
 //! only what is its own through [`Trigger`]; its module keeps its definition's rules and the
 //! handlers, with their `#[utoipa::path]`.
 
+use crate::auth::Principal;
 use crate::body;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs;
@@ -17,6 +18,7 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use shoal_core::Role;
 pub(crate) use shoal_store::Result as StoreResult;
 use shoal_store::{Store, StoreError};
 use std::collections::BTreeMap;
@@ -35,6 +37,8 @@ pub(crate) trait Trigger: Sized + Send + Sync {
     fn unknown(message: String) -> ApiError;
     /// The sandbox, job and parameters a definition starts.
     fn job(def: &Self::Def) -> (&str, &str, &BTreeMap<String, String>);
+    /// The sandbox of a stored one's job: what a principal must have in scope.
+    fn sandbox(&self) -> &str;
     fn get(store: &Store, reference: &str) -> impl Future<Output = StoreResult<Option<Self>>> + Send;
     fn list(store: &Store) -> impl Future<Output = StoreResult<Vec<Self>>> + Send;
     fn create(store: &Store, def: &Self::Def) -> impl Future<Output = StoreResult<Self>> + Send;
@@ -55,20 +59,34 @@ fn store_error<T: Trigger>(e: StoreError) -> ApiError {
     }
 }
 
-/// The definition `reference` (its id or its name) names, or 404.
-pub(crate) async fn find<T: Trigger>(state: &crate::AppState, reference: &str) -> ApiResult<T> {
-    T::get(&state.store, reference)
+/// The definition `reference` (its id or its name) names, or 404; 403 unless `principal` has
+/// `need` in its job's sandbox.
+pub(crate) async fn find<T: Trigger>(
+    state: &crate::AppState,
+    principal: &Principal,
+    need: Role,
+    reference: &str,
+) -> ApiResult<T> {
+    let row = T::get(&state.store, reference)
         .await?
-        .ok_or_else(|| T::unknown(format!("no {} with id or name `{reference}`", T::NAME)))
+        .ok_or_else(|| T::unknown(format!("no {} with id or name `{reference}`", T::NAME)))?;
+    let what = if need == Role::Viewer { "reading" } else { "changing" };
+    principal.require(need, Some(row.sandbox()), &format!("{what} a {}", T::NAME))?;
+    Ok(row)
 }
 
-/// Every definition of the kind, sorted by name.
-pub(crate) async fn list<T: Trigger>(state: &crate::AppState) -> ApiResult<Vec<T::Wire>> {
-    T::list(&state.store).await?.iter().map(T::show).collect()
+/// Every definition of the kind the principal may read, sorted by name.
+pub(crate) async fn list<T: Trigger>(state: &crate::AppState, principal: &Principal) -> ApiResult<Vec<T::Wire>> {
+    T::list(&state.store).await?.iter().filter(|r| principal.covers(Some(r.sandbox()))).map(T::show).collect()
 }
 
 /// Deletes a definition (with its history) and tells the trigger workers: 204.
-pub(crate) async fn delete<T: Trigger>(state: &crate::AppState, reference: &str) -> ApiResult<StatusCode> {
+pub(crate) async fn delete<T: Trigger>(
+    state: &crate::AppState,
+    principal: &Principal,
+    reference: &str,
+) -> ApiResult<StatusCode> {
+    find::<T>(state, principal, Role::Editor, reference).await?;
     T::delete(&state.store, reference).await.map_err(store_error::<T>)?;
     state.engine.triggers_changed();
     Ok(StatusCode::NO_CONTENT)
@@ -118,11 +136,13 @@ fn check_name(name: &str, what: &str) -> ApiResult<()> {
 /// this one.
 pub(crate) async fn save<T: Trigger>(
     state: &crate::AppState,
+    principal: &Principal,
     request: Received,
     def: &T::Def,
     replaces: Option<&str>,
 ) -> ApiResult<Response> {
     let (sandbox, job, params) = T::job(def);
+    principal.require(Role::Editor, Some(sandbox), &format!("defining a {} that runs a job", T::NAME))?;
     if let Some(holder) = jobs::check_job(state, sandbox, job, params, &format!("the {}", T::NAME)).await? {
         let request = Request::from_parts(request.parts, Body::from(request.raw.to_string()));
         return crate::forward::to_sandbox_holder(state, sandbox, &holder, request).await;
@@ -154,11 +174,12 @@ pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>, accepted: &str) -> A
 /// up, a `limit` out of range after.
 pub(crate) async fn history<T: Trigger>(
     state: &crate::AppState,
+    principal: &Principal,
     reference: &str,
     q: Result<Query<LimitQuery>, QueryRejection>,
 ) -> ApiResult<(T, i64)> {
     let q = query(q, "limit (1 to 10000)")?;
-    let row = find(state, reference).await?;
+    let row = find(state, principal, Role::Viewer, reference).await?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=10_000).contains(&limit) {
         return Err(ApiError::invalid_query("limit must be between 1 and 10000"));

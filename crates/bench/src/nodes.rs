@@ -15,9 +15,38 @@ pub(crate) const FORM_LIMIT: Duration = Duration::from_secs(60);
 /// How long a real node has after SIGTERM to stop.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
+/// The admin token of the benchmarks' throwaway stores ([`admit`]), which every client sends.
+pub(crate) fn token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| shoal_wire::format_token(shoal_wire::TokenKind::Api, &[0x42; shoal_wire::TOKEN_BYTES]))
+}
+
+/// Puts [`token`] in the store at `url` as an admin token, unless it is there.
+pub(crate) async fn admit(url: &str) -> Result<()> {
+    let store = shoal_store::Store::open(url, 1).await.with_context(|| format!("cannot open {url}"))?;
+    let hash = shoal_service::tokens::hash(token());
+    if store.token_by_hash(&hash).await?.0.is_some() {
+        return Ok(());
+    }
+    let new = shoal_store::NewToken {
+        id: "bench".into(),
+        name: "bench".into(),
+        hash,
+        prefix: shoal_wire::shown_part(token()),
+        role: shoal_wire::Role::Admin,
+        sandboxes: vec!["*".into()],
+        created_by: "shoal-bench".into(),
+        expires_in_ms: None,
+    };
+    store.create_token(&new).await.context("cannot give the store the benchmark's token")?;
+    Ok(())
+}
+
 /// A client of the node at `url` alone (benchmarks choose which node each request goes to).
 pub(crate) fn client(url: &str) -> Result<Client> {
-    Client::new(vec![url.to_owned()]).with_context(|| format!("cannot make a client for {url}"))
+    Client::new(vec![url.to_owned()])
+        .and_then(|c| c.with_token(token()))
+        .with_context(|| format!("cannot make a client for {url}"))
 }
 
 pub(crate) fn clients(urls: &[String]) -> Result<Vec<Client>> {
@@ -55,6 +84,7 @@ impl InProcess<'_> {
 
     pub(crate) async fn start(&self) -> Result<shoal_server::Node> {
         let config = shoal_server::Config::parse(&self.config_text(), "(bench)", Vec::<(String, String)>::new())?;
+        admit(self.store).await?;
         shoal_server::start(config).await.with_context(|| format!("cannot start in-process node {}", self.id))
     }
 }
@@ -176,6 +206,7 @@ impl Procs {
     pub(crate) async fn start(shoal: &Path, store: &str, n: usize, lease: Duration, slots: u32) -> Result<Procs> {
         ensure!(n >= 1, "a cluster benchmark needs at least 1 node");
         let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
+        admit(store).await?;
         let mut procs = Vec::new();
         for i in 1..=n {
             let id = format!("n{i}");

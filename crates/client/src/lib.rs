@@ -32,6 +32,7 @@ use shoal_wire::{
     HookAnswer, JobList, Listener, ListenerList, ListenerRequest, LogStream, Node, NodeList, Preview, PreviewRequest,
     Ready, Sandbox, SandboxList, Schedule, ScheduleList, ScheduleRequest, SubmitRequest, Upload,
 };
+pub use shoal_wire::{CreatedToken, Token, TokenList, TokenRequest};
 use std::marker::PhantomData;
 use std::path::Path;
 use std::pin::Pin;
@@ -102,7 +103,8 @@ pub struct Client {
     /// Index of the server that answered last, tried first next time.
     preferred: Arc<AtomicUsize>,
     request_timeout: Duration,
-    user: Option<String>,
+    /// Sent as `Authorization: Bearer ...` on every request.
+    token: Option<String>,
 }
 
 /// One logical request, which [`Client::execute`] may send to several servers.
@@ -177,7 +179,7 @@ impl Client {
             servers: servers.into(),
             preferred: Arc::new(AtomicUsize::new(0)),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            user: None,
+            token: None,
         })
     }
 
@@ -187,10 +189,14 @@ impl Client {
         self
     }
 
-    /// Names the person or tool acting, recorded by the server as who cancelled an execution.
-    pub fn with_user(mut self, user: impl Into<String>) -> Client {
-        self.user = Some(user.into());
-        self
+    /// The API token every request carries (`Authorization: Bearer TOKEN`). Its form is
+    /// checked here, so a mistyped or truncated one is refused before anything is sent.
+    pub fn with_token(mut self, token: impl Into<String>) -> Result<Client> {
+        let token = token.into();
+        let token = token.trim();
+        shoal_wire::parse_token(token).map_err(|m| Error::Other(format!("the API token is refused: {m}")))?;
+        self.token = Some(token.to_owned());
+        Ok(self)
     }
 
     /// The normalised base URLs, in the order given.
@@ -223,6 +229,25 @@ impl Client {
     /// Readiness of the first server that is ready (a `503 not_ready` moves on to the next).
     pub async fn health_ready(&self) -> Result<Ready> {
         self.get("/health/ready".into(), Vec::new()).await
+    }
+
+    // ---- tokens ----
+
+    /// Every token, revoked ones too (never their secrets).
+    pub async fn tokens(&self) -> Result<TokenList> {
+        self.get("/tokens".into(), Vec::new()).await
+    }
+
+    /// Makes a token; the answer holds its secret, this once.
+    pub async fn create_token(&self, request: &TokenRequest) -> Result<CreatedToken> {
+        let call = Call::with_json(Method::POST, "/tokens".into(), request)?;
+        decode(self.execute(call).await?)
+    }
+
+    /// Revokes the token with this id (or the one not revoked with this name).
+    pub async fn revoke_token(&self, reference: &str) -> Result<Token> {
+        let call = Call::new(Method::DELETE, format!("/tokens/{}", segment(reference)?));
+        decode(self.execute(call).await?)
     }
 
     // ---- sandboxes and their files ----
@@ -360,10 +385,7 @@ impl Client {
     /// Asks for an execution to stop; answers it as it is after the request (already
     /// `cancelled` if it was queued, still `running` with `cancel_requested_by` if it runs).
     pub async fn cancel(&self, id: &str) -> Result<Execution> {
-        let mut call = Call::new(Method::POST, format!("/executions/{}/cancel", segment(id)?));
-        if let Some(user) = &self.user {
-            call.headers.push(("x-shoal-user", user.clone()));
-        }
+        let call = Call::new(Method::POST, format!("/executions/{}/cancel", segment(id)?));
         decode(self.execute(call).await?)
     }
 
@@ -484,6 +506,9 @@ impl Client {
             let base = &self.servers[index];
             tried.push(base.clone());
             let mut req = self.http.request(call.method.clone(), urls::endpoint(base, &call.path, &call.query)?);
+            if let Some(token) = &self.token {
+                req = req.bearer_auth(token);
+            }
             for (k, v) in &call.headers {
                 req = req.header(*k, v);
             }

@@ -62,6 +62,7 @@ struct RawHttp {
     write_timeout: Option<String>,
     max_connections: Option<u32>,
     hosts: Option<Vec<String>>,
+    metrics_public: Option<bool>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -159,6 +160,8 @@ pub struct HttpConfig {
     /// Host names the API answers to besides IP addresses, `localhost` and the advertised
     /// host (a load balancer's name, say).
     pub hosts: Vec<String>,
+    /// Whether `/metrics` is served without a credential (for a Prometheus that sends none).
+    pub metrics_public: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -225,6 +228,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "write_timeout",
             "max_connections",
             "hosts",
+            "metrics_public",
         ],
     ),
     ("store", &["url", "pool_size", "replicas"]),
@@ -259,6 +263,8 @@ const NOT_CONFIG: &[&str] = &[
     "SHOAL_SANDBOX_ROOT",
     "SHOAL_SERVER",
     "SHOAL_CONFIG",
+    "SHOAL_TOKEN",
+    "SHOAL_TOKEN_FILE",
 ];
 
 fn parse_duration(what: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
@@ -579,6 +585,7 @@ impl Config {
                 idle_timeout,
                 write_timeout,
                 hosts,
+                metrics_public: raw.http.metrics_public.unwrap_or(false),
                 max_connections: max_connections as usize,
             },
             store: StoreConfig { url, pool_size: pool_size as usize },

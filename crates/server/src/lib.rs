@@ -43,6 +43,9 @@ const WATCHDOG_EVERY: Duration = Duration::from_millis(50);
 /// followers of output this node does not write itself.
 const LOG_WATCH_EVERY: Duration = Duration::from_millis(250);
 
+/// How often the tokens used since are written as used (`last_used_at`, to within a minute).
+const TOKEN_USAGE_EVERY: Duration = Duration::from_secs(20);
+
 /// A running node.
 pub struct Node {
     engine: Arc<Engine>,
@@ -136,6 +139,15 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         Some(s) => s.clone().into_bytes(),
         None => store.cluster_secret().await.context("cannot read the cluster secret from the store")?,
     };
+    // A store with no admin token gets one, in this node's data directory; its path is
+    // logged, never the token.
+    match shoal_service::tokens::bootstrap_admin(&store, &config.data_dir, &format!("bootstrap:{id}")).await? {
+        Some(path) => tracing::warn!(
+            file = %path.display(),
+            "the store had no admin token: created one, readable only by this user in this file; the CLI reads it when run where `shoal up` ran, or pass it with --token, SHOAL_TOKEN or SHOAL_TOKEN_FILE"
+        ),
+        None => tracing::debug!("the store has an admin token"),
+    }
     let (session, session_events) = store.open_session(&id).await.context("cannot open a store session")?;
     let membership = start_membership(&config, &id, &url, &secret, &store).await?;
 
@@ -175,6 +187,10 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     cluster::spawn_workers(&cluster, &engine, session_events);
     let triggers = triggers::Triggers::new(store.clone(), engine.clone(), id.clone(), cluster.clone(), metrics.clone());
     triggers::spawn_workers(&triggers, &engine.workers);
+    let auth = Arc::new(shoal_api::auth::Authenticator::new(store.clone(), config.http.metrics_public));
+    engine.workers.spawn(Periodic::new("token-usage", TOKEN_USAGE_EVERY, auth.clone(), |a| async move {
+        a.flush_usage().await.map(|n| if n > 0 { Step::Busy } else { Step::Idle }).map_err(|e| e.to_string())
+    }));
 
     let state = Arc::new(AppState {
         forwarder: Arc::new(shoal_api::Forwarder::new(id.clone(), secret)?),
@@ -196,6 +212,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         logs,
         roots: Arc::new(root_policy(&config).await?),
         hosts: shoal_api::browser::HostPolicy::new(&url, &config.http.hosts),
+        auth,
     });
     let app = shoal_api::router(state);
     // Start-up frees much of what it allocated (building the router builds its OpenAPI
@@ -389,11 +406,11 @@ async fn root_policy(config: &Config) -> anyhow::Result<shoal_service::roots::Ro
     .await?)
 }
 
-/// What a node listening beyond loopback must say at start: this version has no TLS and no
-/// access control, so anyone who reaches the port can run any command as the node's user.
+/// What a node listening beyond loopback in plain HTTP must say at start: its tokens and
+/// answers cross the network unencrypted.
 fn exposure_warning(listen: std::net::SocketAddr) -> Option<&'static str> {
     (!listen.ip().is_loopback()).then_some(
-        "THE API IS OPEN: this node listens beyond loopback in plain HTTP, and this version has no access control; anyone who can reach this port can run any command as this user and read every sandbox. Bind http.listen to 127.0.0.1, or keep the port on a network only trusted machines reach",
+        "THE API IS UNENCRYPTED: this node listens beyond loopback in plain HTTP, so API tokens and every answer cross the network in clear text, and anyone who can watch the traffic can take a token and act with its rights. Put TLS in front of it, bind http.listen to 127.0.0.1, or keep the port on a network only trusted machines reach",
     )
 }
 
@@ -404,7 +421,7 @@ mod exposure_tests {
     #[test]
     fn a_node_beyond_loopback_says_it_is_open() {
         for open in ["0.0.0.0:7700", "[::]:7700", "192.168.1.5:7700"] {
-            assert!(exposure_warning(open.parse().unwrap()).unwrap().contains("THE API IS OPEN"), "{open}");
+            assert!(exposure_warning(open.parse().unwrap()).unwrap().contains("THE API IS UNENCRYPTED"), "{open}");
         }
         for closed in ["127.0.0.1:7700", "[::1]:7700", "127.0.0.2:0"] {
             assert_eq!(exposure_warning(closed.parse().unwrap()), None, "{closed}");

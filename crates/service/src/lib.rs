@@ -10,6 +10,7 @@ pub mod job_file;
 pub mod jobs;
 pub mod roots;
 pub mod submission;
+pub mod tokens;
 
 use shoal_store::StoreError;
 

@@ -63,6 +63,12 @@ pub struct GlobalOpts {
         default_value = "http://127.0.0.1:7700"
     )]
     pub servers: Vec<String>,
+    /// API token (env SHOAL_TOKEN); else the file --token-file names, else .shoal/admin.token here
+    #[arg(long, global = true, env = "SHOAL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the API token (env SHOAL_TOKEN_FILE)
+    #[arg(long, global = true, env = "SHOAL_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Print JSON instead of tables
     #[arg(long, global = true)]
     pub json: bool,
@@ -103,6 +109,9 @@ pub enum ClientCommand {
     /// Deliver a signed webhook to a webhook listener, as an outside service would, and print
     /// the id of the execution it started
     Hook(HookArgs),
+    /// Make, list and revoke API tokens (admin)
+    #[command(subcommand)]
+    Token(crate::client_tokens::TokenCmd),
 }
 
 #[derive(clap::Args, Debug)]
@@ -273,10 +282,12 @@ pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
             return EXIT_USAGE;
         }
     };
-    // Recorded by the server as who cancelled an execution.
-    let client = match std::env::var("USER") {
-        Ok(user) if !user.is_empty() => client.with_user(user),
-        _ => client,
+    let client = match crate::client_tokens::authenticated(client, opts) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return EXIT_USAGE;
+        }
     };
     let json = opts.json;
     let result = match cmd {
@@ -293,6 +304,7 @@ pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
         ClientCommand::Schedule(cmd) => client_sched::cmd_schedule(&client, *cmd, json).await,
         ClientCommand::Listener(cmd) => client_sched::cmd_listener(&client, *cmd, json).await,
         ClientCommand::Hook(args) => client_sched::cmd_hook(&client, args, json).await,
+        ClientCommand::Token(cmd) => crate::client_tokens::cmd_token(&client, cmd, json).await,
     };
     match result {
         Ok(code) => code,
@@ -300,7 +312,7 @@ pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
     }
 }
 
-pub(crate) type CmdResult = Result<i32, Error>;
+pub type CmdResult = Result<i32, Error>;
 
 /// Prints an error and answers its exit code.
 fn report(e: &Error) -> i32 {

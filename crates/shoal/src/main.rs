@@ -3,6 +3,7 @@
 
 mod client_cmds;
 mod client_sched;
+mod client_tokens;
 mod output;
 mod up;
 

@@ -120,6 +120,10 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
     );
     // Environment overrides still apply, as for `shoal server`.
     let config = shoal_server::Config::parse(&config_text, "(shoal up)", std::env::vars())?;
+    let token = {
+        let store = open_store(&config.store.url).await?;
+        up_token(&store, &data_dir).await?
+    };
     let node = shoal_server::start(config).await?;
     let store = node.store();
     let root_text = sandbox_root.display().to_string();
@@ -135,7 +139,7 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
         for job in &args.run {
             let job = job.trim_start_matches("examples/");
             println!("\n$ shoal run examples/{job} --follow");
-            match run_and_follow(node.url(), "examples", job, false).await {
+            match run_and_follow(node.url(), &token, "examples", job, false).await {
                 Ok(true) => {}
                 Ok(false) => failed = true,
                 Err(e) => {
@@ -156,6 +160,29 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// Opens the store as this process's own handle (to register the sandbox and the token).
+async fn open_store(url: &str) -> anyhow::Result<shoal_store::Store> {
+    shoal_store::Store::open(url, 1).await.map_err(|e| match e {
+        shoal_store::StoreError::Unavailable(m) => anyhow::anyhow!("{m}"),
+        other => anyhow::anyhow!("store {}: {other}", shoal_store::redact(url)),
+    })
+}
+
+/// The admin token of this `shoal up`, in `DATA_DIR/admin.token`: kept from an earlier run if
+/// the store still takes it, else made anew. The CLI run in the folder `shoal up` ran in reads
+/// `.shoal/admin.token` by itself; for another `--data-dir`, this says how to point it there.
+async fn up_token(store: &shoal_store::Store, data_dir: &Path) -> anyhow::Result<String> {
+    let file = data_dir.join(shoal_service::tokens::ADMIN_TOKEN_FILE);
+    let token = shoal_service::tokens::ensure_file_token(store, &file, "shoal-up", "shoal up").await?;
+    let here = std::env::current_dir().ok().map(|d| d.join(crate::client_tokens::UP_TOKEN_FILE));
+    if here.and_then(|h| std::fs::canonicalize(h).ok()).as_deref() == std::fs::canonicalize(&file).ok().as_deref() {
+        println!("admin token: {} (the CLI run in this folder uses it)", file.display());
+    } else {
+        println!("admin token: {} (for the CLI: export SHOAL_TOKEN_FILE={})", file.display(), file.display());
+    }
+    Ok(token)
+}
+
 /// Registers the example folder as shared sandbox `examples`, leaving an existing registration
 /// (perhaps of a folder the user chose) as it is.
 async fn register_examples(store: &shoal_store::Store, root_text: &str) -> anyhow::Result<()> {
@@ -173,10 +200,10 @@ async fn register_examples(store: &shoal_store::Store, root_text: &str) -> anyho
 
 /// Submits a job through the node's API, streams its logs to stdout, and reports whether it
 /// succeeded; `show_node` names the node that ran it (which matters once there are several).
-async fn run_and_follow(url: &str, sandbox: &str, job: &str, show_node: bool) -> anyhow::Result<bool> {
+async fn run_and_follow(url: &str, token: &str, sandbox: &str, job: &str, show_node: bool) -> anyhow::Result<bool> {
     use futures::StreamExt;
     use std::io::Write;
-    let client = shoal_client::Client::new(vec![url.to_owned()])?;
+    let client = shoal_client::Client::new(vec![url.to_owned()])?.with_token(token)?;
     let request = shoal_wire::SubmitRequest {
         sandbox: Some(sandbox.to_owned()),
         job: Some(job.to_owned()),
@@ -344,18 +371,24 @@ async fn up_cluster(args: UpArgs) -> anyhow::Result<u8> {
     // An override such as SHOAL_STORE_URL applies to every node alike; this process uses the
     // same store to register the sandbox and to find the nodes.
     let config = &configs[0];
-    let store = shoal_store::Store::open(&config.store.url, 1).await.map_err(|e| match e {
-        shoal_store::StoreError::Unavailable(m) => anyhow::anyhow!("{m}"),
-        other => anyhow::anyhow!("store {}: {other}", shoal_store::redact(&config.store.url)),
-    })?;
+    let store = open_store(&config.store.url).await?;
     let root_text = sandbox_root.display().to_string();
     register_examples(&store, &root_text).await?;
+    let token = up_token(&store, &data_dir).await?;
     let ids: Vec<&str> = specs.iter().map(|s| s.id.as_str()).collect();
     let before = earlier_generations(&store, &ids, config.cluster.lease_ttl).await?;
 
     let mut interrupt = Interrupt::new()?;
     let mut procs = Procs::default();
-    let cluster = Cluster { args: &args, exe: &exe, store: &store, specs: &specs, before: &before, root: &root_text };
+    let cluster = Cluster {
+        args: &args,
+        exe: &exe,
+        store: &store,
+        specs: &specs,
+        before: &before,
+        root: &root_text,
+        token: &token,
+    };
     let outcome = cluster.drive(&mut procs, &mut interrupt).await;
     if !procs.0.is_empty() {
         println!("stopping");
@@ -412,6 +445,8 @@ struct Cluster<'a> {
     specs: &'a [NodeSpec],
     before: &'a HashMap<String, i64>,
     root: &'a str,
+    /// The admin token this run's own requests carry.
+    token: &'a str,
 }
 
 impl Cluster<'_> {
@@ -454,7 +489,7 @@ impl Cluster<'_> {
             let job = job.trim_start_matches("examples/");
             println!("\n$ shoal run examples/{job} --follow");
             let result = tokio::select! {
-                r = run_and_follow(urls[0], "examples", job, true) => r,
+                r = run_and_follow(urls[0], self.token, "examples", job, true) => r,
                 _ = interrupt.recv() => {
                     println!("\ninterrupted");
                     return Ok(INTERRUPTED);
@@ -518,7 +553,7 @@ impl Cluster<'_> {
                 }
             }
             if procs.iter().all(|p| p.ready) {
-                match membership_gaps(procs).await {
+                match membership_gaps(procs, self.token).await {
                     Ok(gaps) if gaps.is_empty() => return Ok(true),
                     Ok(gaps) => {
                         for (i, why) in gaps {
@@ -551,9 +586,10 @@ impl Cluster<'_> {
 
 /// For each node that n1 does not show as this run's process, alive by gossip: its index and
 /// why.
-async fn membership_gaps(procs: &mut [NodeProc]) -> anyhow::Result<Vec<(usize, String)>> {
+async fn membership_gaps(procs: &mut [NodeProc], token: &str) -> anyhow::Result<Vec<(usize, String)>> {
     let url = procs[0].url.clone().unwrap_or_default();
-    let client = shoal_client::Client::new(vec![url])?.with_request_timeout(Duration::from_secs(2));
+    let client =
+        shoal_client::Client::new(vec![url])?.with_request_timeout(Duration::from_secs(2)).with_token(token)?;
     let rows = client.nodes().await?.nodes;
     let first = procs[0].id.clone();
     let mut gaps = Vec::new();

@@ -34,11 +34,12 @@ fn start_named(dir: &Path, store: &str, node: &str) -> (Child, String) {
         .replace("/data\"", &format!("/data-{node}\""));
     let cfg = dir.join(format!("shoal-{node}.toml"));
     std::fs::write(&cfg, text).unwrap();
+    common::admit_test_token_blocking(store);
     (server(&cfg), format!("http://127.0.0.1:{port}"))
 }
 
 async fn wait_ready(url: &str, child: &mut Child) {
-    let client = reqwest::Client::new();
+    let client = common::http();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(r) = client.get(format!("{url}/health/ready")).send().await {
@@ -121,7 +122,7 @@ async fn sigkilled_node_leaves_no_orphans_and_its_execution_reruns() {
     let store = format!("sqlite://{}/shoal.db", dir.path().display());
     let (mut child, url) = start_server(dir.path(), &store);
     wait_ready(&url, &mut child).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let sandbox = sandbox_with_job(
         &http,
         &url,
@@ -227,7 +228,7 @@ fn up_runs_the_example_job_and_shows_its_logs() {
 async fn two_processes_share_one_sqlite_file() {
     let dir = tempfile::tempdir().unwrap();
     let ((mut a, url_a), (mut b, url_b)) = start_pair(dir.path()).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let sandbox = sandbox_with_job(
         &http,
         &url_a,
@@ -265,7 +266,7 @@ async fn two_processes_share_one_sqlite_file() {
 async fn work_of_a_sigkilled_node_moves_to_another_node() {
     let dir = tempfile::tempdir().unwrap();
     let ((mut a, url_a), (mut b, url_b)) = start_pair(dir.path()).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let sandbox = sandbox_with_job(
         &http,
         &url_a,

@@ -11,9 +11,12 @@ const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 async fn shoal(n: &TestNode, args: &[&str]) -> Output {
     let url = n.url.clone();
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || Command::new(SHOAL).arg("--server").arg(url).args(args).output().unwrap())
-        .await
-        .unwrap()
+    let token = common::test_token();
+    tokio::task::spawn_blocking(move || {
+        Command::new(SHOAL).arg("--server").arg(url).args(args).env("SHOAL_TOKEN", token).output().unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 fn text(o: &Output) -> (String, String) {

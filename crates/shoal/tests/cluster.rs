@@ -76,7 +76,7 @@ async fn drain_and_a_rolling_restart_under_load_fail_nothing() {
     let producer = {
         let (urls, ids, stop) = (urls.clone(), ids.clone(), stop.clone());
         tokio::spawn(async move {
-            let http = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
+            let http = common::http_with_timeout(Duration::from_secs(3));
             let mut i = 0usize;
             while !stop.load(Ordering::SeqCst) {
                 let candidates = urls.lock().unwrap().clone();

@@ -86,7 +86,7 @@ async fn start_beating(http: &reqwest::Client, dir: &Path, procs: &[Proc]) -> Be
 async fn sigkill_failover(store: String) {
     let dir = tempfile::tempdir().unwrap();
     let mut procs = start_cluster(dir.path(), &store, &["n1", "n2", "n3"], LEASE).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let Beating { sandbox, id, first_pid, victim_id, victim } = start_beating(&http, dir.path(), &procs).await;
     let killed_at = Instant::now();
     unsafe { libc::kill(procs[victim].child.id() as i32, libc::SIGKILL) };
@@ -151,7 +151,7 @@ async fn a_frozen_nodes_job_dies_before_its_lease_and_moves_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = shoal_testkit::postgres().fresh_database();
     let mut procs = start_cluster(dir.path(), &store, &["n1", "n2", "n3"], SHORT_LEASE).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let Beating { sandbox, id, first_pid, victim_id, victim } = start_beating(&http, dir.path(), &procs).await;
     let watcher = shoal_store::Store::open(&store, 1).await.unwrap();
     unsafe { libc::kill(procs[victim].child.id() as i32, libc::SIGSTOP) };

@@ -48,9 +48,10 @@ impl Cluster {
             .replace("[cluster]\n", &format!("[cluster]\n{cluster}\n"))
             .replace("[http]\n", &format!("[http]\n{http}\n"));
         let config = shoal_server::Config::parse(&text, "test", Vec::<(String, String)>::new()).unwrap();
+        common::admit_test_token(&config.store.url).await;
         let node = shoal_server::start(config).await.unwrap();
         let url = node.url().to_owned();
-        TestNode { node: Some(node), url, http: reqwest::Client::new(), dir, store_url: self.store_url.clone() }
+        TestNode { node: Some(node), url, http: common::http(), dir, store_url: self.store_url.clone() }
     }
 }
 
@@ -124,13 +125,16 @@ fn signed(
     nonce: &str,
     from: &str,
 ) -> Vec<(&'static str, String)> {
+    // The principal the first node authenticated: an admin, for every sandbox.
+    let principal = r#"{"kind":"token","id":"t","name":"ops","role":"admin","sandboxes":["*"]}"#;
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
-    mac.update(format!("{method}\n{path}\n{timestamp}\n{nonce}\n{from}").as_bytes());
+    mac.update(format!("{method}\n{path}\n{timestamp}\n{nonce}\n{from}\n{principal}").as_bytes());
     vec![
         ("x-shoal-forwarded-by", from.to_owned()),
         ("x-shoal-timestamp", timestamp.to_string()),
         ("x-shoal-nonce", nonce.to_owned()),
         ("x-shoal-signature", hex::encode(mac.finalize().into_bytes())),
+        ("x-shoal-principal", principal.to_owned()),
     ]
 }
 

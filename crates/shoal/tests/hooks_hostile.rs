@@ -146,7 +146,7 @@ async fn signature_floods_are_refused_cheaply() {
     // Four senders, five floods each, while readiness is checked until they are done.
     let senders: Vec<_> = (0..4)
         .map(|_| {
-            let (http, url, flood, body) = (reqwest::Client::new(), url.clone(), flood.clone(), body.clone());
+            let (http, url, flood, body) = (common::http(), url.clone(), flood.clone(), body.clone());
             tokio::spawn(async move {
                 for _ in 0..5 {
                     let (status, resp) = deliver(&http, &url, &flood, None, &body).await;

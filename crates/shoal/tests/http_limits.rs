@@ -111,7 +111,10 @@ async fn a_stalled_head_is_closed_after_header_read_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_or_trickled_body_is_answered_and_closed_after_body_read_timeout() {
     let mut n = node("body_read_timeout = \"500ms\"\nidle_timeout = \"30s\"").await;
-    let head = "POST /api/v1/executions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n";
+    let head = format!(
+        "POST /api/v1/executions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n",
+        common::test_token()
+    );
 
     // A tenth of the body, then nothing.
     let mut s = connect(&n).await;
@@ -262,7 +265,7 @@ async fn a_client_that_stops_reading_is_closed_after_write_timeout_and_frees_its
     std::fs::write(root.join("big.bin"), vec![b'x'; SIZE]).unwrap();
 
     // The harness's client keeps its connection alive in its pool, in the only slot: drop it.
-    n.http = reqwest::Client::new();
+    n.http = common::http();
     let addr = n.url.strip_prefix("http://").unwrap().parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     let (mut stalled, first) = loop {
@@ -270,7 +273,11 @@ async fn a_client_that_stops_reading_is_closed_after_write_timeout_and_frees_its
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.set_recv_buffer_size(16 * 1024).unwrap();
         let mut s = socket.connect(addr).await.unwrap();
-        s.write_all(b"GET /api/v1/sandboxes/big/files/big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+        let get = format!(
+            "GET /api/v1/sandboxes/big/files/big.bin HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
+            common::test_token()
+        );
+        s.write_all(get.as_bytes()).await.unwrap();
         let mut buf = vec![0u8; 4096];
         let k = tokio::time::timeout_at(deadline, s.read(&mut buf)).await.expect("an answer in time").unwrap();
         if buf[..k].starts_with(b"HTTP/1.1 200") {

@@ -159,7 +159,7 @@ async fn cancel_kills_the_whole_tree(b: Backend) {
     assert_eq!(status, 202, "{body}");
     let e = n.wait_final(&id, T).await;
     assert_eq!(e["state"], "cancelled", "{e}");
-    assert_eq!(e["cancel_requested_by"], "api");
+    assert_eq!(e["cancel_requested_by"], "token:test-admin", "who cancelled, as authenticated");
     assert_eq!(e["attempt"], 1, "cancel is final");
     shoal_testkit::wait_until_async(
         "the background sleep to die",
@@ -589,6 +589,7 @@ async fn health_nodes_metrics_openapi(b: Backend) {
         "reaper",
         "scheduler",
         "session-relay",
+        "token-usage",
         "watchdog",
     ];
     want.sort();
@@ -716,8 +717,9 @@ async fn raw_request(base: &str, method: &str, path: &str, body: &str) -> (u16, 
     let addr = base.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len(),
+        token = common::test_token()
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();

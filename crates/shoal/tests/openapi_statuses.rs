@@ -58,7 +58,11 @@ impl Probe {
         headers: &[(&str, String)],
     ) -> (u16, Value) {
         let mut req = self.http.request(method, format!("{}/api/v1{path}", self.url));
-        for (k, v) in headers {
+        // The harness's admin token, unless the request says which (an empty one: none).
+        if !headers.iter().any(|(k, _)| *k == "authorization") {
+            req = req.bearer_auth(common::test_token());
+        }
+        for (k, v) in headers.iter().filter(|(_, v)| !v.is_empty()) {
             req = req.header(*k, v);
         }
         req = match body {
@@ -120,13 +124,15 @@ impl Probe {
 fn forwarded_by(secret: &[u8], from: &str, method: &Method, path: &str) -> Vec<(&'static str, String)> {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     let nonce = format!("{t:016x}{:016x}", rand_u32());
+    let principal = r#"{"kind":"token","id":"t","name":"ops","role":"admin","sandboxes":["*"]}"#;
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
-    mac.update(format!("{method}\n/api/v1{path}\n{t}\n{nonce}\n{from}").as_bytes());
+    mac.update(format!("{method}\n/api/v1{path}\n{t}\n{nonce}\n{from}\n{principal}").as_bytes());
     vec![
         ("x-shoal-forwarded-by", from.to_owned()),
         ("x-shoal-timestamp", t.to_string()),
         ("x-shoal-nonce", nonce),
         ("x-shoal-signature", hex::encode(mac.finalize().into_bytes())),
+        ("x-shoal-principal", principal.to_owned()),
     ]
 }
 
@@ -142,7 +148,8 @@ async fn interrupted(url: &str, method: &Method, path: &str, content_type: &str)
     let addr = url.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
-        "{method} /api/v1{path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\ncontent-length: 1000\r\n\r\n{{\"a\""
+        "{method} /api/v1{path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\ncontent-type: {content_type}\r\ncontent-length: 1000\r\n\r\n{{\"a\"",
+        common::test_token()
     );
     s.write_all(head.as_bytes()).await.unwrap();
     s.shutdown().await.unwrap();
@@ -590,6 +597,69 @@ async fn every_status_and_code_the_document_lists_happens() {
         .replace("{path}", "jobs/greet.toml")
     };
     let forged = [("x-shoal-forwarded-by", "n9".to_owned())];
+    // Tokens.
+    p.expect("listTokens", M::GET, "/tokens", Body::None, (200, "")).await;
+    let spare_token = json!({"name": "spare", "role": "runner", "expires_in": "1d"});
+    let made = p.expect("createToken", M::POST, "/tokens", j(spare_token.clone()), (201, "")).await;
+    p.expect("createToken", M::POST, "/tokens", j(spare_token), (409, "already_exists")).await;
+    let bad_glob = json!({"name": "g", "role": "viewer", "sandboxes": ["Team/*"]});
+    p.expect("createToken", M::POST, "/tokens", j(bad_glob), (422, "invalid_request")).await;
+    let spare_id = made["id"].as_str().unwrap().to_owned();
+    p.expect("revokeToken", M::DELETE, &format!("/tokens/{spare_id}"), Body::None, (200, "")).await;
+    p.expect("revokeToken", M::DELETE, "/tokens/nope", Body::None, (404, "not_found")).await;
+    // The harness's token is the only admin token for every sandbox: it is kept.
+    p.expect("revokeToken", M::DELETE, "/tokens/test-admin", Body::None, (409, "conflict")).await;
+
+    // Credentials: none, a bad one, one in the URL, and a viewer's where more is needed.
+    let mint = |body: Value| {
+        let n = &n;
+        async move {
+            let (status, v) = n.post("/api/v1/tokens", body).await;
+            assert_eq!(status, 201, "{v}");
+            format!("Bearer {}", v["secret"].as_str().unwrap())
+        }
+    };
+    let viewer = [("authorization", mint(json!({"name": "viewer", "role": "viewer"})).await)];
+    let elsewhere =
+        [("authorization", mint(json!({"name": "elsewhere", "role": "viewer", "sandboxes": ["remote"]})).await)];
+    let scoped_schedule = json!({"name": "scoped", "sandbox": "examples", "job": "jobs/greet.toml", "cron": "0 3 * * *", "params": {"name": "n"}});
+    assert_eq!(n.post("/api/v1/schedules", scoped_schedule).await.0, 201);
+    let none = [("authorization", String::new())];
+    let bad = [("authorization", "Bearer shoal_api_x".to_owned())];
+    for (id, method, path, _) in operations(&doc) {
+        if id == "liveV1" || id == "readyV1" {
+            continue;
+        }
+        let path = concrete(&path);
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let in_url = format!("{path}{sep}access_token=x");
+        p.expect(&id, method.clone(), &in_url, Body::None, (400, "token_in_query")).await;
+        if id == "deliverHook" {
+            continue;
+        }
+        p.expect_with(&id, method.clone(), &path, Body::None, &none, (401, "unauthenticated")).await;
+        p.expect_with(&id, method.clone(), &path, Body::None, &bad, (401, "invalid_token")).await;
+        let need = shoal_api::auth::ACCESS.iter().find(|(op, _)| *op == id).map(|(_, a)| *a);
+        if need != Some(shoal_api::auth::Access::Role(shoal_wire::Role::Viewer)) {
+            p.expect_with(&id, method.clone(), &path, Body::None, &viewer, (403, "forbidden")).await;
+        }
+    }
+    for (id, path) in [
+        ("getSandbox", "/sandboxes/examples".to_owned()),
+        ("listSandboxJobs", "/sandboxes/examples/jobs".to_owned()),
+        ("listSandboxRoot", "/sandboxes/examples/files".to_owned()),
+        ("listSandboxRootSlash", "/sandboxes/examples/files/".to_owned()),
+        ("getSandboxFile", "/sandboxes/examples/files/jobs/greet.toml".to_owned()),
+        ("getExecution", format!("/executions/{done}")),
+        ("getExecutionLogs", format!("/executions/{done}/logs")),
+        ("getSchedule", "/schedules/scoped".to_owned()),
+        ("listScheduleFirings", "/schedules/scoped/firings".to_owned()),
+        ("previewSchedule", "/schedules/scoped/preview".to_owned()),
+        ("getListener", "/listeners/files".to_owned()),
+        ("listListenerEvents", "/listeners/files/events".to_owned()),
+    ] {
+        p.expect_with(id, M::GET, &path, Body::None, &elsewhere, (403, "forbidden")).await;
+    }
     for (id, method, path, json_body) in operations(&doc) {
         let path = concrete(&path);
         p.expect_with(&id, method.clone(), &path, Body::None, &forged, (401, "invalid_signature")).await;
@@ -632,6 +702,13 @@ async fn every_status_and_code_the_document_lists_happens() {
     })
     .await;
     p.expect("readyV1", M::GET, "/health/ready", Body::None, (503, "not_ready")).await;
+    // Until its cache entry is older than it trusts (500 ms), a node takes a token it just
+    // saw without asking the store; after that, the store's absence shows.
+    shoal_testkit::wait_until_async("the token to be asked of the store", Duration::from_secs(5), || {
+        let n = &n;
+        async move { n.get("/api/v1/openapi.json").await.0 == 503 }
+    })
+    .await;
     let listed_now = listed(&doc);
     for (id, method, path, _) in operations(&doc) {
         if !listed_now.contains(&(id.clone(), 503, "store_unavailable".to_owned())) {

@@ -90,7 +90,7 @@ async fn schedules_fire_exactly_once_while_nodes_are_killed_and_restarted() {
     let dir = tempfile::tempdir().unwrap();
     let db = shoal_testkit::postgres().fresh_database();
     let mut procs = start_cluster(dir.path(), &db, &["n1", "n2", "n3"], LEASE).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     sandbox(&http, &procs[0], dir.path(), "s", &[("tick.toml", TICK_JOB), ("noop.toml", "kind = \"noop\"\n")]).await;
     let mut schedules = Vec::new();
     for i in 0..12 {
@@ -183,7 +183,7 @@ async fn a_thousand_files_start_a_thousand_jobs_while_the_watcher_is_killed() {
     let dir = tempfile::tempdir().unwrap();
     let db = shoal_testkit::postgres().fresh_database();
     let mut procs = start_cluster(dir.path(), &db, &["n1", "n2", "n3"], LEASE).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     let root = sandbox(&http, &procs[0], dir.path(), "drop", &[("load.toml", FILE_JOB)]).await;
     std::fs::create_dir_all(root.join("in")).unwrap();
     let l = post(
@@ -279,7 +279,7 @@ async fn a_node_with_a_skewed_clock_fires_on_the_stores_time() {
         Proc::start_with_env(dir.path(), &db, "skewed", LEASE, "", &skew),
     ];
     let mut procs = wait_cluster(procs).await;
-    let http = reqwest::Client::new();
+    let http = common::http();
     // The skewed node's processes really are five minutes ahead.
     let out = std::process::Command::new("date").arg("+%s").envs(skew.iter().cloned()).output().unwrap();
     let skewed_now: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();

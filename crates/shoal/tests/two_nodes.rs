@@ -17,6 +17,7 @@ async fn allocation_and_cancel_across_two_nodes() {
     let text =
         common::config_text(dir2.path(), &url, "").replace("node_id = \"n1\"", "node_id = \"n2\"\ntags = [\"gpu\"]");
     let config = shoal_server::Config::parse(&text, "test", Vec::<(String, String)>::new()).unwrap();
+    common::admit_test_token(&config.store.url).await;
     let node2 = shoal_server::start(config).await.unwrap();
     let url2 = node2.url().to_owned();
     let root = n1.sandbox("sb", &[("jobs/long.toml", "command = [\"sh\", \"-c\", \"echo $$ > pid-$SHOAL_NODE_ID; sleep 600\"]\n[allocation]\nkind = \"nodes\"\nnodes = [\"n2\"]\n")]).await;
@@ -48,7 +49,7 @@ async fn allocation_and_cancel_across_two_nodes() {
         .await;
     // And the execution is visible, the same, from n2.
     let from_n2: serde_json::Value =
-        reqwest::get(format!("{url2}/api/v1/executions/{id}")).await.unwrap().json().await.unwrap();
+        common::http().get(format!("{url2}/api/v1/executions/{id}")).send().await.unwrap().json().await.unwrap();
     assert_eq!(from_n2["state"], "cancelled");
 
     // Guarantee 7: a submission retried against the other node with the same key is the

@@ -146,6 +146,9 @@ pub struct ExecutionFilter {
     pub sandbox: Option<String>,
     pub job: Option<String>,
     pub node: Option<String>,
+    /// Only executions in a sandbox matching one of these `LIKE` patterns (escape `\`); `None`:
+    /// any, inline commands outside a sandbox too.
+    pub sandboxes_like: Option<Vec<String>>,
     pub limit: i64,
     /// Return executions older than this id (ids sort by creation).
     pub cursor: Option<String>,
@@ -686,6 +689,14 @@ impl Store {
         }
         if let Some(c) = &f.cursor {
             add(&mut sql, "id <", c.into());
+        }
+        if let Some(patterns) = &f.sandboxes_like {
+            let mut any = Vec::with_capacity(patterns.len());
+            for p in patterns {
+                params.push(p.into());
+                any.push(format!("sandbox LIKE ${} ESCAPE '\\'", params.len()));
+            }
+            sql.push_str(&format!(" AND ({})", if any.is_empty() { "1 = 0".to_owned() } else { any.join(" OR ") }));
         }
         params.push(f.limit.into());
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));

@@ -17,6 +17,7 @@ mod secret;
 mod session;
 mod sqlite;
 mod submitter;
+mod tokens;
 
 pub use db::Dialect;
 pub use executions::{
@@ -32,6 +33,7 @@ pub use schedules::{FireContext, FireDecision, Fired, FiringOutcome, FiringRow, 
 pub use session::{NodeSession, SessionEvent, WORK_CHANNEL};
 pub use sqlite::PoolReport;
 pub use submitter::Submitter;
+pub use tokens::{NewToken, TokenRow};
 
 use db::Tx;
 use std::path::PathBuf;

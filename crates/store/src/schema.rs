@@ -178,6 +178,24 @@ CREATE INDEX node_events_at ON node_events (at);
 CREATE INDEX executions_finished ON executions (finished_at) WHERE finished_at IS NOT NULL;
 ";
 
+/// API tokens: only each token's SHA-256 is kept (`hash`), never its text.
+const V5_COMMON: &str = "
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    prefix TEXT NOT NULL,
+    role TEXT NOT NULL,
+    sandboxes TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    last_used_at BIGINT,
+    expires_at BIGINT,
+    revoked_at BIGINT
+);
+CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
+";
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -211,10 +229,11 @@ CREATE SEQUENCE fence_seq;
     Migration { version: 2, common: V2_COMMON, sqlite: "", postgres: "" },
     Migration { version: 3, common: V3_COMMON, sqlite: "", postgres: "" },
     Migration { version: 4, common: V4_COMMON, sqlite: "", postgres: "" },
+    Migration { version: 5, common: V5_COMMON, sqlite: "", postgres: "" },
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i64 = 4;
+pub const LATEST: i64 = 5;
 
 pub async fn current_version(tx: &mut dyn Tx) -> Result<i64> {
     let row = query_one(tx, "SELECT value FROM shoal_meta WHERE key = 'schema_version'", vec![]).await?;

@@ -102,6 +102,7 @@ macro_rules! trigger_struct {
     };
 }
 
+mod auth;
 mod error;
 mod executions;
 mod listeners;
@@ -109,6 +110,7 @@ mod nodes;
 mod sandboxes;
 mod schedules;
 
+pub use auth::*;
 pub use error::*;
 pub use executions::*;
 pub use listeners::*;

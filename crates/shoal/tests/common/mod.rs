@@ -39,6 +39,70 @@ pub struct TestNode {
     pub store_url: String,
 }
 
+/// The admin token the harness puts in every test store ([`admit_test_token`]) and every test
+/// client sends ([`http`]): one fixed token, so that nodes on one store, real processes and the
+/// CLI all take it.
+pub fn test_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| shoal_wire::format_token(shoal_wire::TokenKind::Api, &[0x5a; shoal_wire::TOKEN_BYTES]))
+}
+
+/// An HTTP client that sends [`test_token`] on every request.
+pub fn http() -> reqwest::Client {
+    authorized(reqwest::Client::builder()).build().unwrap()
+}
+
+/// [`http`] with a timeout on every request.
+pub fn http_with_timeout(timeout: Duration) -> reqwest::Client {
+    authorized(reqwest::Client::builder()).timeout(timeout).build().unwrap()
+}
+
+fn authorized(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {}", test_token());
+    headers.insert(reqwest::header::AUTHORIZATION, reqwest::header::HeaderValue::from_str(&value).unwrap());
+    builder.default_headers(headers)
+}
+
+/// A `shoal_client::Client` for these servers, with [`test_token`].
+pub fn client(servers: Vec<String>) -> shoal_client::Client {
+    shoal_client::Client::new(servers).unwrap().with_token(test_token()).unwrap()
+}
+
+/// Makes the store at `store_url` hold [`test_token`] as an admin token (`test-admin`), once.
+pub async fn admit_test_token(store_url: &str) {
+    let store = shoal_store::Store::open(store_url, 1).await.unwrap();
+    let hash = shoal_service::tokens::hash(test_token());
+    if store.token_by_hash(&hash).await.unwrap().0.is_some() {
+        return;
+    }
+    let token = shoal_store::NewToken {
+        id: "test-admin".into(),
+        name: "test-admin".into(),
+        hash: hash.clone(),
+        prefix: shoal_wire::shown_part(test_token()),
+        role: shoal_wire::Role::Admin,
+        sandboxes: vec!["*".into()],
+        created_by: "test harness".into(),
+        expires_in_ms: None,
+    };
+    // Nodes starting at once on one store race here: the loser finds the winner's row.
+    if let Err(e) = store.create_token(&token).await {
+        assert!(store.token_by_hash(&hash).await.unwrap().0.is_some(), "cannot admit the test token: {e}");
+    }
+}
+
+/// [`admit_test_token`] for callers that are not async (or are, but may not block their
+/// runtime): on a thread and runtime of its own.
+pub fn admit_test_token_blocking(store_url: &str) {
+    let url = store_url.to_owned();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(admit_test_token(&url))
+    })
+    .join()
+    .unwrap();
+}
+
 pub fn store_url(backend: Backend, dir: &Path) -> String {
     match backend {
         Backend::Sqlite => format!("sqlite://{}/shoal.db", dir.display()),
@@ -105,9 +169,10 @@ impl TestNode {
 
     async fn start_with_text(dir: tempfile::TempDir, store_url: String, text: String) -> TestNode {
         let config = Config::parse(&text, "test", Vec::<(String, String)>::new()).unwrap();
+        admit_test_token(&store_url).await;
         let node = shoal_server::start(config).await.unwrap();
         let url = node.url().to_owned();
-        TestNode { node: Some(node), url, http: reqwest::Client::new(), dir, store_url }
+        TestNode { node: Some(node), url, http: http(), dir, store_url }
     }
 
     pub async fn stop(&mut self) {

@@ -34,6 +34,7 @@ impl Proc {
             .replace("lease_ttl = \"2s\"", &format!("lease_ttl = \"{lease}\""));
         let cfg = dir.join(format!("{id}.toml"));
         std::fs::write(&cfg, text).unwrap();
+        super::admit_test_token_blocking(store);
         let log = dir.join(format!("{id}.log"));
         let mut spec = Spec::server(id, SHOAL, &cfg, &log).env("RUST_LOG", "info,chitchat=warn");
         for (k, v) in env {
@@ -73,7 +74,7 @@ pub async fn wait_cluster(mut procs: Vec<Proc>) -> Vec<Proc> {
     for p in procs.iter_mut() {
         wait_ready(p, deadline).await;
     }
-    let http = reqwest::Client::new();
+    let http = super::http();
     for p in &procs {
         loop {
             let nodes = get(&http, &format!("{}/api/v1/nodes", p.url)).await.unwrap_or_default();

@@ -1,0 +1,577 @@
+//! Who is asking, and whether they may: every route needs a credential but the health checks
+//! and the webhooks (which carry their own signature), and `/metrics` unless
+//! `http.metrics_public` is set.
+//!
+//! A request carries `Authorization: Bearer TOKEN`. The token's text is checked offline first
+//! (prefix and checksum, `shoal_wire::parse_token`), then hashed (SHA-256) and looked up in the
+//! store through a cache of this node's: an entry is trusted for [`REVALIDATE`] at most, so a
+//! token revoked through any node is refused by every node within that and one store read. A
+//! token found makes a [`Principal`], its role and sandbox scopes, which the middleware checks
+//! against the operation's role ([`ACCESS`]) and hands to the handler as a request extension;
+//! handlers check the sandbox they act on ([`Principal::require`]). A forwarded request carries
+//! the principal its first node authenticated inside its signed part (`forward.rs`), and the
+//! node that serves it checks the permission again.
+
+use crate::error::{ApiError, ApiResult};
+use crate::forward::Forwarded;
+use crate::AppState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use shoal_store::{Store, TokenRow};
+use shoal_wire::Role;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long this node trusts what the store said of a token. A revocation is seen by every
+/// node within this plus one store read (the target is one second).
+pub const REVALIDATE: Duration = Duration::from_millis(500);
+
+/// Tokens (and unknown hashes) remembered at most; past it, the cache starts over.
+const MAX_CACHED: usize = 10_000;
+
+/// A token's `last_used_at` is written again only once it is this old.
+const TOUCH_EVERY_MS: i64 = 60_000;
+
+/// What an operation needs, beside the sandbox it acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No credential: the health checks, and webhooks (HMAC-signed).
+    Public,
+    /// At least this role.
+    Role(Role),
+}
+
+use Access::{Public, Role as R};
+use Role::{Admin, Editor, Runner, Viewer};
+
+/// What each operation (by operation id) needs. An operation missing here needs `admin`
+/// (deny by default); a test holds the table and the router equal.
+pub const ACCESS: &[(&str, Access)] = &[
+    ("listNodes", R(Viewer)),
+    ("getNode", R(Viewer)),
+    ("drainNode", R(Admin)),
+    ("suspendNode", R(Admin)),
+    ("resumeNode", R(Admin)),
+    ("listSandboxes", R(Viewer)),
+    ("createSandbox", R(Admin)),
+    ("getSandbox", R(Viewer)),
+    ("deleteSandbox", R(Admin)),
+    ("listSandboxJobs", R(Viewer)),
+    ("listSandboxRoot", R(Viewer)),
+    ("listSandboxRootSlash", R(Viewer)),
+    ("getSandboxFile", R(Viewer)),
+    ("putSandboxFile", R(Editor)),
+    ("deleteSandboxFile", R(Editor)),
+    ("listExecutions", R(Viewer)),
+    // An inline command needs `admin`: the handler checks.
+    ("submitExecution", R(Runner)),
+    ("getExecution", R(Viewer)),
+    ("getExecutionLogs", R(Viewer)),
+    ("cancelExecution", R(Runner)),
+    ("listSchedules", R(Viewer)),
+    ("createSchedule", R(Editor)),
+    ("previewCron", R(Viewer)),
+    ("getSchedule", R(Viewer)),
+    ("patchSchedule", R(Editor)),
+    ("deleteSchedule", R(Editor)),
+    ("listScheduleFirings", R(Viewer)),
+    ("previewSchedule", R(Viewer)),
+    ("listListeners", R(Viewer)),
+    ("createListener", R(Editor)),
+    ("getListener", R(Viewer)),
+    ("patchListener", R(Editor)),
+    ("deleteListener", R(Editor)),
+    ("listListenerEvents", R(Viewer)),
+    ("deliverHook", Public),
+    ("listTokens", R(Admin)),
+    ("createToken", R(Admin)),
+    ("revokeToken", R(Admin)),
+    ("getOpenApi", R(Viewer)),
+    ("getOpenApiRoot", R(Viewer)),
+    ("liveV1", Public),
+    ("readyV1", Public),
+    ("live", Public),
+    ("ready", Public),
+    ("metrics", R(Viewer)),
+];
+
+/// The access of each route, by method and route template (as axum matched it).
+#[derive(Debug, Default)]
+pub struct Routes {
+    by_route: HashMap<(Method, String), (&'static str, Access)>,
+}
+
+impl Routes {
+    /// From the OpenAPI description of the routers (`openapi::router`, `root_router`), before
+    /// its paths are made relative; `/metrics` at the root is `metrics`.
+    pub(crate) fn new(docs: &[serde_json::Value]) -> Routes {
+        let mut by_route = HashMap::new();
+        for doc in docs {
+            let Some(paths) = doc["paths"].as_object() else { continue };
+            for (path, item) in paths {
+                let Some(item) = item.as_object() else { continue };
+                for (method, op) in item {
+                    let (Ok(method), Some(id)) =
+                        (method.to_ascii_uppercase().parse::<Method>(), op["operationId"].as_str())
+                    else {
+                        continue;
+                    };
+                    let (id, access) = access_of(id);
+                    by_route.insert((method, path.clone()), (id, access));
+                }
+            }
+        }
+        by_route.insert((Method::GET, "/metrics".to_owned()), access_of("metrics"));
+        Routes { by_route }
+    }
+
+    fn get(&self, method: &Method, route: &str) -> Option<(&'static str, Access)> {
+        // HEAD is served by the GET route.
+        let method = if method == Method::HEAD { &Method::GET } else { method };
+        self.by_route.get(&(method.clone(), route.to_owned())).copied()
+    }
+}
+
+fn access_of(id: &str) -> (&'static str, Access) {
+    ACCESS.iter().find(|(op, _)| *op == id).map_or(("(unlisted)", R(Admin)), |(op, a)| (*op, *a))
+}
+
+/// What a principal is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    /// An API token.
+    Token,
+}
+
+/// Who a request acts for, as authenticated by the node it reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub kind: PrincipalKind,
+    /// The token's id.
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// Sandbox-name globs (`*` and `?`) it may act on.
+    pub sandboxes: Vec<String>,
+}
+
+impl Principal {
+    /// How the principal is recorded and named in messages: `token:NAME`.
+    pub fn label(&self) -> String {
+        match self.kind {
+            PrincipalKind::Token => format!("token:{}", self.name),
+        }
+    }
+
+    /// Whether every sandbox is in scope.
+    pub fn unscoped(&self) -> bool {
+        self.sandboxes.iter().any(|g| g == "*")
+    }
+
+    /// Whether it may act on `sandbox`; `None` (an inline command outside any sandbox) only
+    /// when every sandbox is in scope.
+    pub fn covers(&self, sandbox: Option<&str>) -> bool {
+        match sandbox {
+            None => self.unscoped(),
+            Some(name) => self.sandboxes.iter().any(|g| glob_matches(g, name)),
+        }
+    }
+
+    /// Refuses (403 `forbidden`) unless the principal has `need` and `sandbox` in scope;
+    /// `what` says what it is for ("running jobs", "deleting schedule `x`").
+    pub fn require(&self, need: Role, sandbox: Option<&str>, what: &str) -> ApiResult<()> {
+        if self.role < need {
+            return Err(ApiError::forbidden(format!(
+                "{} has role `{}`; {what} needs role `{}` or above ({}); use a token that has it",
+                self.label(),
+                self.role,
+                need,
+                need.grants()
+            )));
+        }
+        if !self.covers(sandbox) {
+            return Err(ApiError::forbidden(match sandbox {
+                Some(s) => format!(
+                    "{} may act only on sandboxes {}; {what} in sandbox `{s}` is outside them",
+                    self.label(),
+                    self.scope_list()
+                ),
+                None => format!(
+                    "{} may act only on sandboxes {}; {what} outside any sandbox needs a token for every sandbox (`*`)",
+                    self.label(),
+                    self.scope_list()
+                ),
+            }));
+        }
+        Ok(())
+    }
+
+    /// LIKE patterns (escape `\`) matching the sandboxes in scope; `None` when unscoped.
+    pub fn like_patterns(&self) -> Option<Vec<String>> {
+        (!self.unscoped()).then(|| self.sandboxes.iter().map(|g| like_pattern(g)).collect())
+    }
+
+    fn scope_list(&self) -> String {
+        self.sandboxes.iter().map(|g| format!("`{g}`")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Handlers take the request's principal as an argument; a route outside authentication
+/// (a public one) has none, which is a bug: 500.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Principal, ApiError> {
+        parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
+            ApiError::internal("this route has no authenticated principal (a public route asked for one)")
+        })
+    }
+}
+
+/// Checks a sandbox glob: sandbox-name characters (lowercase letters, digits, `-`, `_`) and
+/// the wildcards `*` (any run) and `?` (one character).
+pub fn check_glob(glob: &str) -> Result<(), String> {
+    let ok = !glob.is_empty()
+        && glob.len() <= 64
+        && glob.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '*' | '?'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "sandbox glob `{}` is invalid: use 1 to 64 lowercase letters, digits, `-`, `_`, and the wildcards `*` and `?`",
+            glob.chars().take(80).collect::<String>()
+        ))
+    }
+}
+
+/// `*` matches any run of characters, `?` one; everything else itself.
+pub fn glob_matches(glob: &str, name: &str) -> bool {
+    let (g, n): (Vec<char>, Vec<char>) = (glob.chars().collect(), name.chars().collect());
+    // Iterative match with one backtracking point (the last `*`).
+    let (mut gi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if gi < g.len() && (g[gi] == '?' || g[gi] == n[ni]) {
+            gi += 1;
+            ni += 1;
+        } else if gi < g.len() && g[gi] == '*' {
+            star = Some(gi);
+            mark = ni;
+            gi += 1;
+        } else if let Some(s) = star {
+            gi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    g[gi..].iter().all(|&c| c == '*')
+}
+
+fn like_pattern(glob: &str) -> String {
+    let mut out = String::with_capacity(glob.len() + 4);
+    for c in glob.chars() {
+        match c {
+            '*' => out.push('%'),
+            '?' => out.push('_'),
+            '%' | '_' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// SHA-256 of a token's text, as the store keeps it.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+struct Cached {
+    fetched: Instant,
+    /// `None`: no such token.
+    entry: Option<Arc<Entry>>,
+}
+
+struct Entry {
+    principal: Principal,
+    row: TokenRow,
+    /// The store's clock minus this node's when the row was read, to judge expiry between reads.
+    offset_ms: i64,
+}
+
+/// Authenticates requests: the token cache and the record of use.
+pub struct Authenticator {
+    store: Arc<Store>,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Tokens used since their `last_used_at` was last written, written by [`Self::flush_usage`].
+    used: Mutex<HashSet<String>>,
+    metrics_public: bool,
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Authenticator {
+    pub fn new(store: Arc<Store>, metrics_public: bool) -> Authenticator {
+        Authenticator { store, cache: Mutex::new(HashMap::new()), used: Mutex::new(HashSet::new()), metrics_public }
+    }
+
+    /// The principal of an API token's text, or 401 `invalid_token` saying why not.
+    pub async fn token(&self, text: &str) -> ApiResult<Principal> {
+        shoal_wire::parse_token(text).map_err(ApiError::invalid_token)?;
+        let hash = token_hash(text);
+        let cached = {
+            let cache = self.cache.lock();
+            cache.get(&hash).filter(|c| c.fetched.elapsed() < REVALIDATE).map(|c| c.entry.clone())
+        };
+        let entry = match cached {
+            Some(entry) => entry,
+            None => self.fetch(hash).await?,
+        };
+        let Some(entry) = entry else {
+            return Err(ApiError::invalid_token(
+                "this token is not known to the cluster (never created, or its store was replaced); use another, or create one with `shoal token create`",
+            ));
+        };
+        let now = wall_ms() + entry.offset_ms;
+        if let Some(at) = entry.row.revoked_at {
+            return Err(ApiError::invalid_token(format!(
+                "token `{}` ({}) was revoked at {}; use another",
+                entry.row.name,
+                entry.row.prefix,
+                crate::rfc3339(at)
+            )));
+        }
+        if let Some(at) = entry.row.expires_at.filter(|&e| e <= now) {
+            return Err(ApiError::invalid_token(format!(
+                "token `{}` ({}) expired at {}; create a new one with `shoal token create`",
+                entry.row.name,
+                entry.row.prefix,
+                crate::rfc3339(at)
+            )));
+        }
+        if entry.row.last_used_at.is_none_or(|t| now - t >= TOUCH_EVERY_MS) {
+            self.used.lock().insert(entry.row.id.clone());
+        }
+        Ok(entry.principal.clone())
+    }
+
+    async fn fetch(&self, hash: [u8; 32]) -> ApiResult<Option<Arc<Entry>>> {
+        let (row, store_now) = self.store.token_by_hash(&hex::encode(hash)).await?;
+        let entry = row.map(|row| {
+            Arc::new(Entry {
+                principal: Principal {
+                    kind: PrincipalKind::Token,
+                    id: row.id.clone(),
+                    name: row.name.clone(),
+                    role: row.role,
+                    sandboxes: row.sandboxes.clone(),
+                },
+                offset_ms: store_now - wall_ms(),
+                row,
+            })
+        });
+        let mut cache = self.cache.lock();
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, c| c.fetched.elapsed() < REVALIDATE);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(hash, Cached { fetched: Instant::now(), entry: entry.clone() });
+        Ok(entry)
+    }
+
+    /// Forgets what the cache holds of one token (this node just revoked it).
+    pub fn forget(&self, token_id: &str) {
+        self.cache.lock().retain(|_, c| c.entry.as_ref().is_none_or(|e| e.row.id != token_id));
+    }
+
+    /// Writes `last_used_at` of the tokens used since the last call.
+    pub async fn flush_usage(&self) -> Result<usize, shoal_store::StoreError> {
+        let ids: Vec<String> = std::mem::take(&mut *self.used.lock()).into_iter().collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = self.store.touch_tokens(&ids).await {
+            // Kept for the next try.
+            self.used.lock().extend(ids);
+            return Err(e);
+        }
+        // The cached rows still hold the old time: drop them so they are not queued again.
+        let ids: HashSet<String> = ids.into_iter().collect();
+        self.cache.lock().retain(|_, c| c.entry.as_ref().is_none_or(|e| !ids.contains(&e.row.id)));
+        Ok(ids.len())
+    }
+}
+
+/// Query parameters under which a credential might be sent (refused: URLs end up in logs,
+/// proxies' records and browser history).
+const CREDENTIAL_PARAMS: &[&str] = &["access_token", "token", "api_key", "apikey", "auth", "authorization", "bearer"];
+
+/// Refuses a credential in the query string (400 `token_in_query`).
+fn check_query(query: Option<&str>) -> ApiResult<()> {
+    let Some(query) = query else { return Ok(()) };
+    for pair in query.split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy().to_ascii_lowercase();
+        let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+        let looks_like_token = ["shoal_api_", "shoal_att_"].iter().any(|p| value.contains(p));
+        if CREDENTIAL_PARAMS.contains(&name.as_str()) || looks_like_token {
+            return Err(ApiError::token_in_query(
+                "credentials are never taken from the URL (URLs end up in logs and browser history): send `Authorization: Bearer TOKEN` instead; if this was a real token, revoke it",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The bearer token of a request; `None` when it sends no `Authorization`.
+fn bearer(headers: &HeaderMap) -> ApiResult<Option<&str>> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return match headers.contains_key(header::AUTHORIZATION) {
+            true => Err(ApiError::invalid_token("the request has more than one Authorization header; send one")),
+            false => Ok(None),
+        };
+    };
+    let text = value.to_str().map_err(|_| ApiError::invalid_token("the Authorization header is not text"))?;
+    let (scheme, token) = text.trim().split_once(' ').unwrap_or((text, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::invalid_token(
+            "the Authorization header must be `Bearer TOKEN`; other schemes (Basic, ...) are not taken",
+        ));
+    }
+    Ok(Some(token.trim()))
+}
+
+fn unauthenticated() -> Response {
+    let mut res = ApiError::unauthenticated(
+        "this request needs a credential: send `Authorization: Bearer TOKEN`. A node writes the first admin token to DATA_DIR/admin.token when it starts on an empty store (`shoal up`: .shoal/admin.token, which the CLI reads by itself); `shoal token create` makes more",
+    )
+    .into_response();
+    res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"shoal\""));
+    res
+}
+
+/// Middleware on every route: authenticates the request and checks the operation's role;
+/// see the module's text.
+pub(crate) async fn authenticate(
+    State((state, routes)): State<(Arc<AppState>, Arc<Routes>)>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let found = route.as_deref().and_then(|r| routes.get(req.method(), r));
+    let (op, access) = match found {
+        Some(f) => f,
+        // An unknown path or method: the caller must still be someone before learning so.
+        None => ("(no route)", R(Viewer)),
+    };
+    if matches!(op, "liveV1" | "readyV1" | "live" | "ready") {
+        return next.run(req).await;
+    }
+    if let Err(e) = check_query(req.uri().query()) {
+        return e.into_response();
+    }
+    let public = access == Public || (op == "metrics" && state.auth.metrics_public);
+    if public {
+        return next.run(req).await;
+    }
+    let principal = match req.extensions().get::<Forwarded>() {
+        // A forwarded request: the principal its first node authenticated, signed.
+        Some(f) => match &f.principal {
+            Some(p) => p.clone(),
+            None => {
+                return ApiError::invalid_signature(
+                    "forwarded request carries no principal; the forwarding node runs an older version",
+                )
+                .into_response()
+            }
+        },
+        None => match bearer(req.headers()) {
+            Err(e) => return e.into_response(),
+            Ok(None) => return unauthenticated(),
+            Ok(Some(token)) => match state.auth.token(token).await {
+                Ok(p) => p,
+                Err(e) => return e.into_response(),
+            },
+        },
+    };
+    if let R(need) = access {
+        if principal.role < need {
+            return principal.require(need, None, &format!("`{op}`")).unwrap_err().into_response();
+        }
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_names() {
+        for (g, n, want) in [
+            ("*", "anything", true),
+            ("team-*", "team-a", true),
+            ("team-*", "team-", true),
+            ("team-*", "teamx", false),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("*-prod", "etl-prod", true),
+            ("*-prod", "etl-prod2", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+        ] {
+            assert_eq!(glob_matches(g, n), want, "{g} ~ {n}");
+        }
+        assert_eq!(like_pattern("etl_*-?"), "etl\\_%-_");
+        assert!(check_glob("team-*").is_ok());
+        for bad in ["", "Team", "a/b", "[ab]", "x%"] {
+            assert!(check_glob(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn credentials_in_the_query_are_refused() {
+        for q in ["access_token=x", "a=1&TOKEN=y", "x=shoal_api_abc", "q=%73hoal_api_abc", "api_key"] {
+            assert_eq!(check_query(Some(q)).unwrap_err().code, shoal_wire::ErrorCode::TokenInQuery, "{q}");
+        }
+        for q in ["limit=5", "state=running&cursor=abc", "path=tokens.txt"] {
+            assert!(check_query(Some(q)).is_ok(), "{q}");
+        }
+    }
+
+    #[test]
+    fn principals_check_role_and_scope() {
+        let p = Principal {
+            kind: PrincipalKind::Token,
+            id: "t1".into(),
+            name: "ci".into(),
+            role: Role::Runner,
+            sandboxes: vec!["team-*".into()],
+        };
+        assert!(p.require(Role::Runner, Some("team-a"), "running jobs").is_ok());
+        let e = p.require(Role::Editor, Some("team-a"), "writing files").unwrap_err();
+        assert!(e.message.contains("`runner`") && e.message.contains("`editor`"), "{}", e.message);
+        let e = p.require(Role::Viewer, Some("other"), "reading files").unwrap_err();
+        assert!(e.message.contains("`other`") && e.message.contains("`team-*`"), "{}", e.message);
+        assert!(p.require(Role::Viewer, None, "reading an inline command's execution").is_err());
+        assert_eq!(p.like_patterns(), Some(vec!["team-%".to_owned()]));
+    }
+}
