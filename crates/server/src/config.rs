@@ -62,6 +62,14 @@ struct RawHttp {
     write_timeout: Option<String>,
     max_connections: Option<u32>,
     hosts: Option<Vec<String>>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -83,6 +91,7 @@ struct RawCluster {
     seeds: Option<Vec<String>>,
     multicast: Option<RawMulticast>,
     drain_deadline: Option<String>,
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -159,6 +168,15 @@ pub struct HttpConfig {
     /// Host names the API answers to besides IP addresses, `localhost` and the advertised
     /// host (a load balancer's name, say).
     pub hosts: Vec<String>,
+    /// `None`: plain HTTP. The files are read at start and again whenever they change.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The API's certificate chain and private key, PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -181,6 +199,9 @@ pub struct ClusterConfig {
     pub multicast: Option<Multicast>,
     /// How long a drain waits for running attempts before handing them back.
     pub drain_deadline: Duration,
+    /// The CA bundle (PEM) other nodes' certificates are verified against when this node
+    /// forwards to them over https; `None`: the system's roots.
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -225,6 +246,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "write_timeout",
             "max_connections",
             "hosts",
+            "tls",
         ],
     ),
     ("store", &["url", "pool_size", "replicas"]),
@@ -239,6 +261,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "seeds",
             "multicast",
             "drain_deadline",
+            "tls_ca",
         ],
     ),
     (
@@ -259,6 +282,7 @@ const NOT_CONFIG: &[&str] = &[
     "SHOAL_SANDBOX_ROOT",
     "SHOAL_SERVER",
     "SHOAL_CONFIG",
+    "SHOAL_CA_FILE",
 ];
 
 fn parse_duration(what: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
@@ -343,6 +367,7 @@ impl Config {
                     | "supervisor"
                     | "level"
                     | "format"
+                    | "tls_ca"
             ) {
                 toml::Value::String(value)
             } else {
@@ -375,10 +400,25 @@ impl Config {
                 "http.listen `{listen_text}` is not an IP address and port, like 127.0.0.1:7700 or 0.0.0.0:7700"
             ))
         })?;
+        let tls = raw.http.tls.map(|t| TlsFiles { cert: t.cert, key: t.key });
         if let Some(a) = &raw.http.advertise {
             if !(a.starts_with("http://") || a.starts_with("https://")) {
                 return Err(ConfigError::Invalid(format!(
                     "http.advertise `{a}` must be a URL starting with http:// or https://"
+                )));
+            }
+            // The advertised URL is how other nodes and clients reach this one: its scheme
+            // must be what the node speaks.
+            if tls.is_some() && a.starts_with("http://") {
+                return Err(ConfigError::Invalid(format!(
+                    "http.advertise `{a}` is plain HTTP, but http.tls is set, so this node serves only HTTPS; advertise https://{}",
+                    &a["http://".len()..]
+                )));
+            }
+            if tls.is_none() && a.starts_with("https://") {
+                return Err(ConfigError::Invalid(format!(
+                    "http.advertise `{a}` is HTTPS, but http.tls is not set, so this node serves plain HTTP; set http.tls = {{ cert = \"...\", key = \"...\" }} or advertise http://{}",
+                    &a["https://".len()..]
                 )));
             }
         }
@@ -580,6 +620,7 @@ impl Config {
                 write_timeout,
                 hosts,
                 max_connections: max_connections as usize,
+                tls,
             },
             store: StoreConfig { url, pool_size: pool_size as usize },
             cluster: ClusterConfig {
@@ -591,6 +632,7 @@ impl Config {
                 seeds,
                 multicast,
                 drain_deadline,
+                tls_ca: raw.cluster.tls_ca,
             },
             executor: ExecutorConfig {
                 slots,

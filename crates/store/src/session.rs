@@ -96,7 +96,7 @@ impl Store {
                 let mut cfg = pool.config.clone();
                 cfg.application_name(format!("shoal session {node}"));
                 let (client, mut conn) = cfg
-                    .connect(tokio_postgres::NoTls)
+                    .connect(pool.tls.clone())
                     .await
                     .map_err(|e| StoreError::Unavailable(format!("cannot open a session connection: {e}")))?;
                 let events = tx.clone();
