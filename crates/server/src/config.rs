@@ -729,6 +729,33 @@ slots = 8
     }
 
     #[test]
+    fn tls_files_come_from_the_file_or_the_environment() {
+        let c = Config::parse("", "x", env(&[])).unwrap();
+        assert_eq!((c.http.tls, c.cluster.tls_ca), (None, None), "plain HTTP, the system's roots");
+        let text = "[http]\ntls = { cert = \"/etc/shoal/node.crt\", key = \"/etc/shoal/node.key\" }\n[cluster]\ntls_ca = \"/etc/shoal/ca.pem\"\n";
+        let c = Config::parse(text, "x", env(&[])).unwrap();
+        let files = TlsFiles { cert: "/etc/shoal/node.crt".into(), key: "/etc/shoal/node.key".into() };
+        assert_eq!(c.http.tls.as_ref(), Some(&files));
+        assert_eq!(c.cluster.tls_ca.as_deref(), Some(Path::new("/etc/shoal/ca.pem")));
+        let c = Config::parse(
+            "",
+            "x",
+            env(&[
+                ("SHOAL_HTTP_TLS", "{ cert = \"/etc/shoal/node.crt\", key = \"/etc/shoal/node.key\" }"),
+                ("SHOAL_CLUSTER_TLS_CA", "/etc/shoal/ca.pem"),
+                ("SHOAL_CA_FILE", "/the/client's/own"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http.tls, Some(files));
+        assert_eq!(c.cluster.tls_ca.as_deref(), Some(Path::new("/etc/shoal/ca.pem")));
+        // An advertised https URL is fine with http.tls.
+        let with_advertise = text.replace("[cluster]", "advertise = \"https://shoal-1.internal:7700/\"\n[cluster]");
+        let c = Config::parse(&with_advertise, "x", env(&[])).unwrap();
+        assert_eq!(c.http.advertise.as_deref(), Some("https://shoal-1.internal:7700"));
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let c = Config::parse(
             "[executor]\nslots = 2\n",
@@ -777,6 +804,13 @@ slots = 8
                 "http.hosts: `https://shoal.example.com` is not a host name",
             ),
             ("[sandboxes]\nallowed_roots = [\"srv\"]", "`srv` is not an absolute path"),
+            ("[http]\ntls = { cert = \"c.pem\" }", "missing field `key`"),
+            ("[http]\ntls = { cert = \"c.pem\", key = \"k.pem\", ca = \"x\" }", "unknown field `ca`"),
+            (
+                "[http]\ntls = { cert = \"c.pem\", key = \"k.pem\" }\nadvertise = \"http://h:7700\"",
+                "is plain HTTP, but http.tls is set, so this node serves only HTTPS; advertise https://h:7700",
+            ),
+            ("[http]\nadvertise = \"https://h:7700\"", "http.tls is not set, so this node serves plain HTTP"),
         ] {
             let e = Config::parse(text, "x", env(&[])).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");

@@ -244,6 +244,8 @@ impl ServerCertVerifier for Verifier {
 #[derive(Clone)]
 pub struct PgTls {
     config: Arc<rustls::ClientConfig>,
+    /// Where the trusted roots came from, for the error when a chain does not lead to them.
+    trusted: Arc<str>,
 }
 
 impl PgTls {
@@ -254,6 +256,10 @@ impl PgTls {
             (SslMode::VerifyCa | SslMode::VerifyFull, None) => Some(roots(&RootCert::System)?),
             _ => None,
         };
+        let trusted = match root {
+            Some(RootCert::File(path)) => format!("sslrootcert {}", path.display()),
+            _ => "the system's roots".to_owned(),
+        };
         let verifier = Verifier { roots, check_name: mode == SslMode::VerifyFull, provider: provider.clone() };
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -261,7 +267,7 @@ impl PgTls {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_no_client_auth();
-        Ok(PgTls { config: Arc::new(config) })
+        Ok(PgTls { config: Arc::new(config), trusted: Arc::from(trusted) })
     }
 }
 
@@ -275,13 +281,18 @@ where
 
     fn make_tls_connect(&mut self, domain: &str) -> io::Result<PgTlsConnect> {
         // An empty name (a Unix socket) fails only if TLS is actually tried.
-        Ok(PgTlsConnect { connector: tokio_rustls::TlsConnector::from(self.config.clone()), domain: domain.to_owned() })
+        Ok(PgTlsConnect {
+            connector: tokio_rustls::TlsConnector::from(self.config.clone()),
+            domain: domain.to_owned(),
+            trusted: self.trusted.clone(),
+        })
     }
 }
 
 pub struct PgTlsConnect {
     connector: tokio_rustls::TlsConnector,
     domain: String,
+    trusted: Arc<str>,
 }
 
 impl<S> TlsConnect<S> for PgTlsConnect
@@ -300,8 +311,22 @@ where
                     format!("`{}` is not a host name or IP address to check a certificate against", self.domain),
                 )
             })?;
-            let stream = self.connector.connect(name, stream).await?;
-            Ok(PgTlsStream(stream))
+            let unknown_issuer = |e: &io::Error| {
+                let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+                matches!(inner, Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)))
+            };
+            match self.connector.connect(name, stream).await {
+                Ok(stream) => Ok(PgTlsStream(stream)),
+                // rustls says only "UnknownIssuer"; say what the chain was checked against.
+                Err(e) if unknown_issuer(&e) => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "the server's certificate is not signed by a CA of {} (invalid peer certificate: UnknownIssuer)",
+                        self.trusted
+                    ),
+                )),
+                Err(e) => Err(e),
+            }
         })
     }
 }

@@ -102,7 +102,23 @@ fn map_err(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
         return StoreError::Unavailable(format!("connection closed: {e}"));
     }
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(with_causes(&e))
+}
+
+/// An error and its causes: tokio-postgres says only "error performing TLS handshake" or
+/// "error connecting to server" itself, and why in its source.
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 fn map_pool_err(e: deadpool_postgres::PoolError) -> StoreError {
@@ -116,8 +132,9 @@ impl PgPool {
     pub fn open(url: &str, size: usize) -> Result<PgPool> {
         let split = split_url(url)?;
         let tls = PgTls::new(split.mode, split.root.as_ref())?;
-        let mut cfg = tokio_postgres::Config::from_str(&split.url)
-            .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL {}: {e}", crate::redact(url))))?;
+        let mut cfg = tokio_postgres::Config::from_str(&split.url).map_err(|e| {
+            StoreError::Config(format!("invalid PostgreSQL URL {}: {}", crate::redact(url), with_causes(&e)))
+        })?;
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(5));
         }
