@@ -49,8 +49,8 @@
 //! `http.header_read_timeout` of accept, so a client that opens a socket and never starts (or
 //! never finishes) its handshake holds its connection slot no longer than one that sends no
 //! head. The watchdog sees the socket beneath TLS, so a write stalled in TLS is a stalled
-//! write too. A refused connection beyond the cap gets its 503 through TLS as well, the
-//! handshake included in [`REFUSE_TIME`]. A client that speaks plain HTTP to a TLS port fails
+//! write too. A refused connection beyond the cap gets its 503 through TLS as well, once its
+//! request begins, the handshake included in [`REFUSE_TIME`]. A client that speaks plain HTTP to a TLS port fails
 //! its handshake and is closed.
 
 use axum::body::Body;
@@ -293,7 +293,15 @@ async fn refuse(tcp: TcpStream, tls: Option<TlsAcceptor>, answer: &[u8]) {
     let _ = tokio::time::timeout(REFUSE_TIME, async {
         match tls {
             None => answer_and_drain(tcp, answer).await,
-            Some(acceptor) => answer_and_drain(acceptor.accept(tcp).await?, answer).await,
+            Some(acceptor) => {
+                let mut tls = acceptor.accept(tcp).await?;
+                // An answer right after the handshake could reach the client before it has
+                // sent its request, which HTTP clients take for a broken server: wait for the
+                // request to begin.
+                let mut first = [0u8; 4096];
+                tls.read(&mut first).await?;
+                answer_and_drain(tls, answer).await
+            }
         }
     })
     .await;

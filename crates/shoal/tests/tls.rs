@@ -431,3 +431,27 @@ async fn the_cli_trusts_the_ca_of_ca_file() {
     assert!(out.contains("holds no PEM certificate"), "{out}");
     n.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_the_connection_cap_the_503_comes_through_tls() {
+    let ca = Ca::new("shoal test CA");
+    let leaf = ca.issue(&["127.0.0.1"], 1);
+    let files = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let store = common::store_url(common::Backend::Sqlite, db.path());
+    let http = format!("{}\nheader_read_timeout = \"3s\"\nmax_connections = 1", tls_lines(files.path(), &leaf));
+    let mut n = node("n1", &store, &http, "", client_trusting(&ca)).await;
+    let addr = n.url.trim_start_matches("https://").to_owned();
+
+    // A silent client holds the one slot until the handshake's time is up.
+    let _silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (status, body) = n.get("/health/live").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("too_many_connections")), "{body}");
+    // Then the slot is free again.
+    let deadline = Instant::now() + T;
+    while n.get("/health/live").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the slot was not freed within {T:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    n.stop().await;
+}
