@@ -15,7 +15,8 @@
 //!
 //! `sslrootcert` is a PEM file, or `system` for the system's roots; without it the verifying
 //! modes use the system's roots (libpq would look for `~/.postgresql/root.crt`). Client
-//! certificates (`sslcert`, `sslkey`) are not supported and are refused by name.
+//! certificates (`sslcert`, `sslkey`) and revocation lists (`sslcrl`) are not supported and are
+//! refused by name; `sslsni` is accepted (SNI is always sent for a host name).
 //!
 //! The connector is used for every connection the store opens: the pool's, the lease
 //! connection, node sessions, and query cancels.
@@ -117,7 +118,14 @@ pub fn split_url(url: &str) -> Result<SplitUrl> {
                     path => RootCert::File(PathBuf::from(path)),
                 })
             }
-            "sslcert" | "sslkey" | "sslpassword" | "sslcrl" | "sslcrldir" | "sslsni" => {
+            // Server Name Indication is always sent for a host name, as libpq's default does.
+            "sslsni" => {}
+            "sslcrl" | "sslcrldir" => {
+                return Err(StoreError::Config(format!(
+                    "store.url: `{key}` is not supported: certificate revocation lists are not checked; remove it"
+                )))
+            }
+            "sslcert" | "sslkey" | "sslpassword" => {
                 return Err(StoreError::Config(format!(
                     "store.url: `{key}` is not supported: shoal verifies the server (sslmode, sslrootcert) but does not send a client certificate; authenticate with a password instead"
                 )))
@@ -415,6 +423,7 @@ mod tests {
             ("postgres://h/db?sslmode=allow", "sslmode=allow is not supported"),
             ("postgres://h/db?sslmode=require&sslcert=/c.pem", "`sslcert` is not supported"),
             ("postgres://h/db?sslkey=/k.pem", "`sslkey` is not supported"),
+            ("postgres://h/db?sslcrl=/crl.pem", "revocation lists are not checked"),
             ("postgres://h/db?sslmode=verify-ca&sslrootcert=", "sslrootcert is empty"),
         ] {
             let e = split_url(url).unwrap_err().to_string();
