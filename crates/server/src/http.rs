@@ -50,8 +50,8 @@
 //! never finishes) its handshake holds its connection slot no longer than one that sends no
 //! head. The watchdog sees the socket beneath TLS, so a write stalled in TLS is a stalled
 //! write too. A refused connection beyond the cap gets its 503 through TLS as well, once its
-//! request begins, the handshake included in [`REFUSE_TIME`]. A client that speaks plain HTTP to a TLS port fails
-//! its handshake and is closed.
+//! request begins, the handshake included in [`REFUSE_TIME`]. A client that speaks plain HTTP
+//! to a TLS port fails its handshake and is closed.
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response};
@@ -299,7 +299,9 @@ async fn refuse(tcp: TcpStream, tls: Option<TlsAcceptor>, answer: &[u8]) {
                 // sent its request, which HTTP clients take for a broken server: wait for the
                 // request to begin.
                 let mut first = [0u8; 4096];
-                tls.read(&mut first).await?;
+                if tls.read(&mut first).await? == 0 {
+                    return Ok(());
+                }
                 answer_and_drain(tls, answer).await
             }
         }
