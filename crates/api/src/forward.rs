@@ -254,8 +254,14 @@ fn describe(e: &reqwest::Error, url: &str) -> String {
 
 impl Forwarder {
     /// A forwarder for node `node_id`, signing with `secret` (`cluster.secret`, or the one kept
-    /// in the store).
-    pub fn new(node_id: impl Into<String>, secret: impl Into<Vec<u8>>) -> anyhow::Result<Forwarder> {
+    /// in the store). Nodes reached over https must present a certificate for their host that
+    /// chains to `ca_pem` (`cluster.tls_ca`: a PEM bundle, the only roots trusted then), or
+    /// without one to the system's roots.
+    pub fn new(
+        node_id: impl Into<String>,
+        secret: impl Into<Vec<u8>>,
+        ca_pem: Option<&[u8]>,
+    ) -> anyhow::Result<Forwarder> {
         const POOL_IDLE: Duration = Duration::from_secs(20);
         let secret = secret.into();
         if secret.is_empty() {
@@ -263,7 +269,13 @@ impl Forwarder {
                 "the cluster secret is empty; set cluster.secret to a long random string, or leave it out to use the one kept in the store"
             );
         }
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder();
+        if let Some(pem) = ca_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(pem).context("cluster.tls_ca is not a PEM bundle")?;
+            anyhow::ensure!(!roots.is_empty(), "cluster.tls_ca holds no PEM certificate");
+            client = roots.into_iter().fold(client.tls_built_in_root_certs(false), |c, r| c.add_root_certificate(r));
+        }
+        let client = client
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             // Idle connections are given up well before the other node's `http.idle_timeout`
@@ -562,7 +574,7 @@ mod tests {
     use super::*;
 
     fn forwarder(id: &str, secret: &str) -> Forwarder {
-        Forwarder::new(id, secret.as_bytes()).unwrap()
+        Forwarder::new(id, secret.as_bytes(), None).unwrap()
     }
 
     fn headers(signed: Vec<(HeaderName, String)>) -> HeaderMap {
@@ -717,7 +729,7 @@ mod tests {
 
     #[test]
     fn an_empty_secret_is_refused() {
-        let e = Forwarder::new("n1", Vec::new()).err().unwrap();
+        let e = Forwarder::new("n1", Vec::new(), None).err().unwrap();
         assert!(e.to_string().contains("cluster secret is empty"), "{e}");
     }
 

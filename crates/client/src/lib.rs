@@ -161,13 +161,29 @@ enum Reply {
 
 impl Client {
     /// A client for the servers at these base URLs (`http://host:port`, optionally with a path
-    /// prefix; a bare `host:port` means http), tried in this order.
+    /// prefix; a bare `host:port` means http), tried in this order. `https://` servers are
+    /// verified against the system's roots.
     pub fn new(servers: Vec<String>) -> Result<Client> {
+        Client::with_ca(servers, None)
+    }
+
+    /// As [`Client::new`], but `https://` servers are verified against the CA certificates of
+    /// `ca_pem` (a PEM bundle, such as the nodes' `cluster.tls_ca`) instead of the system's roots.
+    pub fn with_ca(servers: Vec<String>, ca_pem: Option<&[u8]>) -> Result<Client> {
         let servers = servers.iter().map(|s| urls::parse_server(s)).collect::<Result<Vec<_>>>()?;
         if servers.is_empty() {
             return Err(Error::Other("no server URL was given; pass at least one with --server".into()));
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if let Some(pem) = ca_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::Other(format!("the CA file is not a PEM bundle: {e}")))?;
+            if roots.is_empty() {
+                return Err(Error::Other("the CA file holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into()));
+            }
+            http = roots.into_iter().fold(http.tls_built_in_root_certs(false), |b, r| b.add_root_certificate(r));
+        }
+        let http = http
             .connect_timeout(CONNECT_TIMEOUT)
             // Well before a server's idle timeout (60 s by default) closes an idle connection.
             .pool_idle_timeout(Duration::from_secs(20))

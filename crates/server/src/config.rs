@@ -63,6 +63,14 @@ struct RawHttp {
     max_connections: Option<u32>,
     hosts: Option<Vec<String>>,
     metrics_public: Option<bool>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -84,6 +92,7 @@ struct RawCluster {
     seeds: Option<Vec<String>>,
     multicast: Option<RawMulticast>,
     drain_deadline: Option<String>,
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -162,6 +171,15 @@ pub struct HttpConfig {
     pub hosts: Vec<String>,
     /// Whether `/metrics` is served without a credential (for a Prometheus that sends none).
     pub metrics_public: bool,
+    /// `None`: plain HTTP. The files are read at start and again whenever they change.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The API's certificate chain and private key, PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -184,6 +202,9 @@ pub struct ClusterConfig {
     pub multicast: Option<Multicast>,
     /// How long a drain waits for running attempts before handing them back.
     pub drain_deadline: Duration,
+    /// The CA bundle (PEM) other nodes' certificates are verified against when this node
+    /// forwards to them over https; `None`: the system's roots.
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -229,6 +250,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_connections",
             "hosts",
             "metrics_public",
+            "tls",
         ],
     ),
     ("store", &["url", "pool_size", "replicas"]),
@@ -243,6 +265,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "seeds",
             "multicast",
             "drain_deadline",
+            "tls_ca",
         ],
     ),
     (
@@ -265,6 +288,7 @@ const NOT_CONFIG: &[&str] = &[
     "SHOAL_CONFIG",
     "SHOAL_TOKEN",
     "SHOAL_TOKEN_FILE",
+    "SHOAL_CA_FILE",
 ];
 
 fn parse_duration(what: &str, v: &Option<String>, default: Duration) -> Result<Duration, ConfigError> {
@@ -349,6 +373,7 @@ impl Config {
                     | "supervisor"
                     | "level"
                     | "format"
+                    | "tls_ca"
             ) {
                 toml::Value::String(value)
             } else {
@@ -381,10 +406,25 @@ impl Config {
                 "http.listen `{listen_text}` is not an IP address and port, like 127.0.0.1:7700 or 0.0.0.0:7700"
             ))
         })?;
+        let tls = raw.http.tls.map(|t| TlsFiles { cert: t.cert, key: t.key });
         if let Some(a) = &raw.http.advertise {
             if !(a.starts_with("http://") || a.starts_with("https://")) {
                 return Err(ConfigError::Invalid(format!(
                     "http.advertise `{a}` must be a URL starting with http:// or https://"
+                )));
+            }
+            // The advertised URL is how other nodes and clients reach this one: its scheme
+            // must be what the node speaks.
+            if tls.is_some() && a.starts_with("http://") {
+                return Err(ConfigError::Invalid(format!(
+                    "http.advertise `{a}` is plain HTTP, but http.tls is set, so this node serves only HTTPS; advertise https://{}",
+                    &a["http://".len()..]
+                )));
+            }
+            if tls.is_none() && a.starts_with("https://") {
+                return Err(ConfigError::Invalid(format!(
+                    "http.advertise `{a}` is HTTPS, but http.tls is not set, so this node serves plain HTTP; set http.tls = {{ cert = \"...\", key = \"...\" }} or advertise http://{}",
+                    &a["https://".len()..]
                 )));
             }
         }
@@ -587,6 +627,7 @@ impl Config {
                 hosts,
                 metrics_public: raw.http.metrics_public.unwrap_or(false),
                 max_connections: max_connections as usize,
+                tls,
             },
             store: StoreConfig { url, pool_size: pool_size as usize },
             cluster: ClusterConfig {
@@ -598,6 +639,7 @@ impl Config {
                 seeds,
                 multicast,
                 drain_deadline,
+                tls_ca: raw.cluster.tls_ca,
             },
             executor: ExecutorConfig {
                 slots,
@@ -694,6 +736,33 @@ slots = 8
     }
 
     #[test]
+    fn tls_files_come_from_the_file_or_the_environment() {
+        let c = Config::parse("", "x", env(&[])).unwrap();
+        assert_eq!((c.http.tls, c.cluster.tls_ca), (None, None), "plain HTTP, the system's roots");
+        let text = "[http]\ntls = { cert = \"/etc/shoal/node.crt\", key = \"/etc/shoal/node.key\" }\n[cluster]\ntls_ca = \"/etc/shoal/ca.pem\"\n";
+        let c = Config::parse(text, "x", env(&[])).unwrap();
+        let files = TlsFiles { cert: "/etc/shoal/node.crt".into(), key: "/etc/shoal/node.key".into() };
+        assert_eq!(c.http.tls.as_ref(), Some(&files));
+        assert_eq!(c.cluster.tls_ca.as_deref(), Some(Path::new("/etc/shoal/ca.pem")));
+        let c = Config::parse(
+            "",
+            "x",
+            env(&[
+                ("SHOAL_HTTP_TLS", "{ cert = \"/etc/shoal/node.crt\", key = \"/etc/shoal/node.key\" }"),
+                ("SHOAL_CLUSTER_TLS_CA", "/etc/shoal/ca.pem"),
+                ("SHOAL_CA_FILE", "/the/client's/own"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http.tls, Some(files));
+        assert_eq!(c.cluster.tls_ca.as_deref(), Some(Path::new("/etc/shoal/ca.pem")));
+        // An advertised https URL is fine with http.tls.
+        let with_advertise = text.replace("[cluster]", "advertise = \"https://shoal-1.internal:7700/\"\n[cluster]");
+        let c = Config::parse(&with_advertise, "x", env(&[])).unwrap();
+        assert_eq!(c.http.advertise.as_deref(), Some("https://shoal-1.internal:7700"));
+    }
+
+    #[test]
     fn environment_overrides_the_file() {
         let c = Config::parse(
             "[executor]\nslots = 2\n",
@@ -742,6 +811,13 @@ slots = 8
                 "http.hosts: `https://shoal.example.com` is not a host name",
             ),
             ("[sandboxes]\nallowed_roots = [\"srv\"]", "`srv` is not an absolute path"),
+            ("[http]\ntls = { cert = \"c.pem\" }", "missing field `key`"),
+            ("[http]\ntls = { cert = \"c.pem\", key = \"k.pem\", ca = \"x\" }", "unknown field `ca`"),
+            (
+                "[http]\ntls = { cert = \"c.pem\", key = \"k.pem\" }\nadvertise = \"http://h:7700\"",
+                "is plain HTTP, but http.tls is set, so this node serves only HTTPS; advertise https://h:7700",
+            ),
+            ("[http]\nadvertise = \"https://h:7700\"", "http.tls is not set, so this node serves plain HTTP"),
         ] {
             let e = Config::parse(text, "x", env(&[])).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");

@@ -41,6 +41,17 @@
 //! Beyond `http.max_connections` connections at once, a new connection is answered 503
 //! `too_many_connections` with `Retry-After` at once, without reading its request or reaching
 //! the router, and closed.
+//!
+//! With `http.tls`, every connection is TLS (rustls, through [`TlsAcceptor`]; the certificate
+//! comes from `tls.rs`, which swaps it when its files change). The handshake runs in the
+//! connection's own task, never on the accept loop, and under the same watchdog as the first
+//! request's head: the handshake and that head together must be done within
+//! `http.header_read_timeout` of accept, so a client that opens a socket and never starts (or
+//! never finishes) its handshake holds its connection slot no longer than one that sends no
+//! head. The watchdog sees the socket beneath TLS, so a write stalled in TLS is a stalled
+//! write too. A refused connection beyond the cap gets its 503 through TLS as well, once its
+//! request begins, the handshake included in [`REFUSE_TIME`]. A client that speaks plain HTTP
+//! to a TLS port fails its handshake and is closed.
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Request, Response};
@@ -61,6 +72,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
 
 /// A request body earns another `body_read_timeout` each time this much more of it arrives.
 pub const BODY_GRACE_BYTES: u64 = 1024 * 1024;
@@ -121,6 +133,7 @@ impl From<&crate::config::HttpConfig> for HttpLimits {
 /// task, which drops every connection left (as `Node::shutdown` does after 2 s).
 pub fn spawn(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     app: Router,
     limits: HttpLimits,
     node_id: &str,
@@ -157,9 +170,9 @@ pub fn spawn(
             set_keepalive(&tcp, limits.write_timeout);
             match permits.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    let (app, limits, shutdown) = (app.clone(), limits.clone(), shutdown.clone());
+                    let (app, limits, shutdown, tls) = (app.clone(), limits.clone(), shutdown.clone(), tls.clone());
                     connections.spawn(async move {
-                        serve_connection(tcp, app, &limits, shutdown).await;
+                        serve_connection(tcp, tls, app, &limits, shutdown).await;
                         drop(permit);
                     });
                 }
@@ -167,9 +180,9 @@ pub fn spawn(
                     refused.note(limits.max_connections);
                     match refusing.clone().try_acquire_owned() {
                         Ok(permit) => {
-                            let refusal = refusal.clone();
+                            let (refusal, tls) = (refusal.clone(), tls.clone());
                             connections.spawn(async move {
-                                refuse(tcp, &refusal).await;
+                                refuse(tcp, tls, &refusal).await;
                                 drop(permit);
                             });
                         }
@@ -267,21 +280,94 @@ fn refusal(node_id: &str, max: usize) -> Vec<u8> {
 }
 
 /// Answers 503 and closes, draining what the client sends meanwhile so that the close is a
-/// FIN, not a reset that could destroy the answer before the client reads it.
-async fn refuse(mut tcp: TcpStream, answer: &[u8]) {
-    let _ = tokio::time::timeout(REFUSE_TIME, async {
-        tcp.write_all(answer).await?;
-        tcp.shutdown().await?;
+/// FIN, not a reset that could destroy the answer before the client reads it. With TLS, the
+/// handshake comes first, within the same time.
+async fn refuse(tcp: TcpStream, tls: Option<TlsAcceptor>, answer: &[u8]) {
+    async fn answer_and_drain(mut s: impl AsyncRead + AsyncWrite + Unpin, answer: &[u8]) -> io::Result<()> {
+        s.write_all(answer).await?;
+        s.shutdown().await?;
         let mut sink = [0u8; 4096];
-        while tcp.read(&mut sink).await? > 0 {}
-        Ok::<_, io::Error>(())
+        while s.read(&mut sink).await? > 0 {}
+        Ok(())
+    }
+    let _ = tokio::time::timeout(REFUSE_TIME, async {
+        match tls {
+            None => answer_and_drain(tcp, answer).await,
+            Some(acceptor) => {
+                let mut tls = acceptor.accept(tcp).await?;
+                // An answer right after the handshake could reach the client before it has
+                // sent its request, which HTTP clients take for a broken server: wait for the
+                // request to begin.
+                let mut first = [0u8; 4096];
+                if tls.read(&mut first).await? == 0 {
+                    return Ok(());
+                }
+                answer_and_drain(tls, answer).await
+            }
+        }
     })
     .await;
 }
 
-async fn serve_connection(tcp: TcpStream, app: Router, limits: &HttpLimits, mut shutdown: watch::Receiver<bool>) {
+/// A connection's socket as hyper gets it: plain, or TLS over it. Either way the TCP socket
+/// can be taken back to drain it.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn into_tcp(self) -> TcpStream;
+}
+
+impl Transport for Watched {
+    fn into_tcp(self) -> TcpStream {
+        self.tcp
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<Watched> {
+    fn into_tcp(self) -> TcpStream {
+        self.into_inner().0.tcp
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    limits: &HttpLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Watched { tcp, activity: activity.clone(), write_pending: false });
+    let watched = Watched { tcp, activity: activity.clone(), write_pending: false };
+    let Some(acceptor) = tls else {
+        return serve_http(watched, activity, app, limits, shutdown).await;
+    };
+    // The handshake is the start of the first request's head: the watchdog that times the
+    // head from accept times it too (and a write of it that stalls).
+    let handshake = {
+        let watchdog = activity.watch(limits);
+        tokio::select! {
+            handshake = acceptor.accept(watched) => handshake,
+            why = watchdog => {
+                tracing::debug!(reason = why, "closing an HTTPS connection whose TLS handshake did not end in time");
+                return;
+            }
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    };
+    match handshake {
+        Ok(stream) => serve_http(stream, activity, app, limits, shutdown).await,
+        // A scanner, a client that does not trust this certificate, or plain HTTP sent to the
+        // TLS port: nothing for the node's log above debug.
+        Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+    }
+}
+
+async fn serve_http(
+    io: impl Transport,
+    activity: Arc<Activity>,
+    app: Router,
+    limits: &HttpLimits,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let io = TokioIo::new(io);
     let service = ConnService { app, activity: activity.clone(), body_read_timeout: limits.body_read_timeout };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -316,7 +402,7 @@ async fn serve_connection(tcp: TcpStream, app: Router, limits: &HttpLimits, mut 
         if e.is_parse() {
             // hyper has answered (431, 400) and shut its side down; what the client is still
             // sending would make the close a reset that can destroy that answer.
-            drain_and_close(conn.into_parts().io.into_inner().tcp).await;
+            drain_and_close(conn.into_parts().io.into_inner().into_tcp()).await;
         }
     }
 }

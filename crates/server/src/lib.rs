@@ -9,6 +9,7 @@ pub mod filewatch;
 mod http;
 mod lifecycle;
 mod load;
+mod tls;
 mod triggers;
 mod workers;
 
@@ -92,6 +93,14 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     let id = node_id(&config)?;
+    // The TLS files first: a missing or mismatched one is a configuration error, said before
+    // anything else is set up.
+    let certificate = match &config.http.tls {
+        Some(files) => Some(Arc::new(tls::CertResolver::load(files).map_err(ConfigError::Invalid)?)),
+        None => None,
+    };
+    let acceptor = certificate.clone().map(tls::acceptor).transpose().map_err(anyhow::Error::msg)?;
+    let peer_ca = config.cluster.tls_ca.as_deref().map(tls::load_ca).transpose().map_err(ConfigError::Invalid)?;
     let store = Store::open(&config.store.url, config.store.pool_size).await.map_err(|e| match e {
         StoreError::Unavailable(m) => anyhow::anyhow!("{m}"),
         other => anyhow::anyhow!("store {}: {other}", shoal_store::redact(&config.store.url)),
@@ -102,10 +111,11 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
     let bound = listener.local_addr()?;
-    if let Some(warning) = exposure_warning(bound) {
+    if let Some(warning) = exposure_warning(bound, acceptor.is_some()) {
         tracing::warn!(listen = %bound, "{warning}");
     }
-    let url = config.http.advertise.clone().unwrap_or_else(|| format!("http://{bound}"));
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let url = config.http.advertise.clone().unwrap_or_else(|| format!("{scheme}://{bound}"));
     let launcher =
         shoal_runner::Launcher::new(supervisor_exe(&config)?).context("cannot start the process launcher")?;
     let metrics = Arc::new(Metrics::default());
@@ -184,6 +194,9 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     spawn_engine_workers(&engine, &config);
+    if let Some(certificate) = certificate {
+        spawn_tls_reload(&engine, certificate);
+    }
     cluster::spawn_workers(&cluster, &engine, session_events);
     let triggers = triggers::Triggers::new(store.clone(), engine.clone(), id.clone(), cluster.clone(), metrics.clone());
     triggers::spawn_workers(&triggers, &engine.workers);
@@ -193,7 +206,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     }));
 
     let state = Arc::new(AppState {
-        forwarder: Arc::new(shoal_api::Forwarder::new(id.clone(), secret)?),
+        forwarder: Arc::new(shoal_api::Forwarder::new(id.clone(), secret, peer_ca.as_deref())?),
         submitter: shoal_store::Submitter::spawn(store.clone()),
         store: store.clone(),
         node: NodeIdentity {
@@ -223,7 +236,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     unsafe {
         libc::malloc_trim(0);
     }
-    let http = http::spawn(listener, app, (&config.http).into(), &id, shutdown_rx.clone());
+    let http = http::spawn(listener, acceptor, app, (&config.http).into(), &id, shutdown_rx.clone());
     engine.wake.notify_one();
     tracing::info!(node = %id, url = %url, store = %store.redacted_url(), generation = lease.generation, startup_ms = started.elapsed().as_millis() as u64, "node ready");
     Ok(Node { engine, cluster, id, url, shutdown, http, kill_grace: config.executor.kill_grace })
@@ -284,6 +297,18 @@ fn spawn_engine_workers(engine: &Arc<Engine>, config: &Config) {
     w.spawn(Periodic::new("reaper", beat, e(), |e| e.reap()));
     w.spawn(Periodic::new("cancel-watcher", poll, e(), |e| e.watch_cancels()));
     w.spawn(Periodic::new("log-watch", LOG_WATCH_EVERY, e(), |e| e.watch_logs()));
+}
+
+/// Re-reads the API's certificate and key when their files change (`tls.rs`); a failed
+/// reload is this worker's error, and the certificate in use stays.
+fn spawn_tls_reload(engine: &Arc<Engine>, certificate: Arc<tls::CertResolver>) {
+    engine.workers.spawn(Periodic::new("tls-reload", tls::RELOAD_EVERY, certificate, |c| async move {
+        match tokio::task::spawn_blocking(move || c.reload()).await {
+            Ok(Ok(_)) => Ok(Step::Idle),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(format!("the certificate reload task failed: {e}")),
+        }
+    }));
 }
 
 /// Kills every attempt before the lease can run out when renewals keep failing: every
@@ -407,10 +432,10 @@ async fn root_policy(config: &Config) -> anyhow::Result<shoal_service::roots::Ro
 }
 
 /// What a node listening beyond loopback in plain HTTP must say at start: its tokens and
-/// answers cross the network unencrypted.
-fn exposure_warning(listen: std::net::SocketAddr) -> Option<&'static str> {
-    (!listen.ip().is_loopback()).then_some(
-        "THE API IS UNENCRYPTED: this node listens beyond loopback in plain HTTP, so API tokens and every answer cross the network in clear text, and anyone who can watch the traffic can take a token and act with its rights. Put TLS in front of it, bind http.listen to 127.0.0.1, or keep the port on a network only trusted machines reach",
+/// answers cross the network unencrypted. With `http.tls` there is nothing to say.
+fn exposure_warning(listen: std::net::SocketAddr, tls: bool) -> Option<&'static str> {
+    (!listen.ip().is_loopback() && !tls).then_some(
+        "THE API IS UNENCRYPTED: this node listens beyond loopback in plain HTTP (no http.tls), so API tokens and every answer cross the network in clear text, and anyone who can watch the traffic can take a token and act with its rights. Set http.tls, bind http.listen to 127.0.0.1, or keep the port on a network only trusted machines reach",
     )
 }
 
@@ -421,10 +446,13 @@ mod exposure_tests {
     #[test]
     fn a_node_beyond_loopback_says_it_is_open() {
         for open in ["0.0.0.0:7700", "[::]:7700", "192.168.1.5:7700"] {
-            assert!(exposure_warning(open.parse().unwrap()).unwrap().contains("THE API IS UNENCRYPTED"), "{open}");
+            let plain = exposure_warning(open.parse().unwrap(), false).unwrap();
+            assert!(plain.contains("THE API IS UNENCRYPTED") && plain.contains("plain HTTP"), "{open}");
+            assert_eq!(exposure_warning(open.parse().unwrap(), true), None, "{open}: TLS");
         }
         for closed in ["127.0.0.1:7700", "[::1]:7700", "127.0.0.2:0"] {
-            assert_eq!(exposure_warning(closed.parse().unwrap()), None, "{closed}");
+            assert_eq!(exposure_warning(closed.parse().unwrap(), false), None, "{closed}");
+            assert_eq!(exposure_warning(closed.parse().unwrap(), true), None, "{closed}");
         }
     }
 }

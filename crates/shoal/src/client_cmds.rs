@@ -69,6 +69,9 @@ pub struct GlobalOpts {
     /// File holding the API token (env SHOAL_TOKEN_FILE)
     #[arg(long, global = true, env = "SHOAL_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM file of the CA certificates that https servers are verified against, instead of the system's roots
+    #[arg(long = "ca-file", global = true, env = "SHOAL_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
     /// Print JSON instead of tables
     #[arg(long, global = true)]
     pub json: bool,
@@ -275,7 +278,17 @@ pub enum SandboxCmd {
 
 /// Runs one client command and answers the process exit code.
 pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
-    let client = match Client::new(opts.servers.clone()) {
+    let ca = match &opts.ca_file {
+        Some(path) => match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                eprintln!("error: cannot read the CA file {} (--ca-file, SHOAL_CA_FILE): {e}", path.display());
+                return EXIT_USAGE;
+            }
+        },
+        None => None,
+    };
+    let client = match Client::with_ca(opts.servers.clone(), ca.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -312,7 +312,7 @@ async fn forwarded_requests_carry_a_checked_principal(backend: Backend) {
     assert_eq!(v["error"]["code"], "invalid_signature", "{v}");
     // Signed by a node with the secret on behalf of a viewer: the serving node refuses a change.
     let secret = n.store().cluster_secret().await.unwrap();
-    let forwarder = shoal_api::Forwarder::new("n9", secret).unwrap();
+    let forwarder = shoal_api::Forwarder::new("n9", secret, None).unwrap();
     let send = |role: Role, method: &str, path: &str| {
         let mut req = axum::http::Request::builder().method(method).uri(path).body(axum::body::Body::empty()).unwrap();
         req.extensions_mut().insert(shoal_api::auth::Principal {

@@ -9,6 +9,7 @@ mod definitions;
 mod executions;
 mod listeners;
 mod nodes;
+pub mod pgtls;
 mod postgres;
 mod sandboxes;
 mod schedules;

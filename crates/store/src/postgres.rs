@@ -3,6 +3,9 @@
 //! tokio-postgres is chosen over sqlx because it takes multi-host connection strings with
 //! `target_session_attrs=read-write`, so a promoted replica is found again after failover.
 //!
+//! Every connection (the pool's, the lease connection, sessions, cancels) goes through one TLS
+//! connector built from the URL's `sslmode` and `sslrootcert` (`pgtls.rs`).
+//!
 //! Cancellation safety: a transaction's future may be dropped at any await, even while its
 //! `BEGIN` is on the wire. A transaction counts as open from before `BEGIN` is sent, and one
 //! dropped open is rolled back by a task before its connection is reused; if that `ROLLBACK`
@@ -10,6 +13,7 @@
 //! discarded instead ([`Discard`]). No connection goes back to the pool in an unknown state.
 
 use crate::db::{render, Dialect, Row, Tx, Value};
+use crate::pgtls::{split_url, PgTls};
 use crate::{Result, StoreError};
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -17,7 +21,6 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use std::str::FromStr;
 use std::time::Duration;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use tokio_postgres::NoTls;
 
 /// How long a dropped transaction's rollback (or, for a dropped read, the end of the query
 /// still running) may take before the statement is cancelled on the server and the
@@ -32,6 +35,8 @@ pub struct PgPool {
     lease_pool: Pool,
     /// Kept to open node sessions: dedicated connections outside the pool.
     pub(crate) config: tokio_postgres::Config,
+    /// TLS as the URL's `sslmode` asks, for every connection the store opens.
+    pub(crate) tls: PgTls,
 }
 
 impl ToSql for Value {
@@ -97,7 +102,23 @@ fn map_err(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() {
         return StoreError::Unavailable(format!("connection closed: {e}"));
     }
-    StoreError::Unavailable(e.to_string())
+    StoreError::Unavailable(with_causes(&e))
+}
+
+/// An error and its causes: tokio-postgres says only "error performing TLS handshake" or
+/// "error connecting to server" itself, and why in its source.
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 fn map_pool_err(e: deadpool_postgres::PoolError) -> StoreError {
@@ -109,8 +130,11 @@ fn map_pool_err(e: deadpool_postgres::PoolError) -> StoreError {
 
 impl PgPool {
     pub fn open(url: &str, size: usize) -> Result<PgPool> {
-        let mut cfg = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL {}: {e}", crate::redact(url))))?;
+        let split = split_url(url)?;
+        let tls = PgTls::new(split.mode, split.root.as_ref())?;
+        let mut cfg = tokio_postgres::Config::from_str(&split.url).map_err(|e| {
+            StoreError::Config(format!("invalid PostgreSQL URL {}: {}", crate::redact(url), with_causes(&e)))
+        })?;
         if cfg.get_connect_timeout().is_none() {
             cfg.connect_timeout(Duration::from_secs(5));
         }
@@ -124,8 +148,11 @@ impl PgPool {
             cfg.keepalives_retries(3);
         }
         let build = |size: usize| {
-            let manager =
-                Manager::from_config(cfg.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            let manager = Manager::from_config(
+                cfg.clone(),
+                tls.clone(),
+                ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            );
             Pool::builder(manager)
                 .max_size(size)
                 .wait_timeout(Some(Duration::from_secs(10)))
@@ -134,7 +161,7 @@ impl PgPool {
                 .build()
                 .map_err(|e| StoreError::Config(format!("cannot build the PostgreSQL pool: {e}")))
         };
-        Ok(PgPool { pool: build(size.max(1))?, lease_pool: build(1)?, config: cfg })
+        Ok(PgPool { pool: build(size.max(1))?, lease_pool: build(1)?, config: cfg, tls })
     }
 
     pub async fn begin(&self, autocommit: bool) -> Result<Box<dyn Tx>> {
@@ -143,15 +170,15 @@ impl PgPool {
 
     /// The first half of [`PgPool::begin`]: a connection from the pool, nothing sent yet.
     pub(crate) async fn acquire(&self) -> Result<PgTx> {
-        Self::take(&self.pool).await
+        self.take(&self.pool).await
     }
 
     /// A connection for a lease renewal, from the one kept for them.
     pub(crate) async fn acquire_lease(&self) -> Result<PgTx> {
-        Self::take(&self.lease_pool).await
+        self.take(&self.lease_pool).await
     }
 
-    async fn take(pool: &Pool) -> Result<PgTx> {
+    async fn take(&self, pool: &Pool) -> Result<PgTx> {
         let client = pool.get().await.map_err(map_pool_err)?;
         if client.is_closed() {
             // A connection that died while idle (server restart, failover): drop it from the
@@ -159,7 +186,7 @@ impl PgPool {
             let _ = Object::take(client);
             return Err(StoreError::Unavailable("connection to PostgreSQL was closed".into()));
         }
-        Ok(PgTx { client: Some(client), open: false, in_flight: false })
+        Ok(PgTx { client: Some(client), open: false, in_flight: false, tls: self.tls.clone() })
     }
 
     /// What this node's own pool is doing, for messages that tell a wedge from an outage.
@@ -200,6 +227,8 @@ pub(crate) struct PgTx {
     open: bool,
     /// A statement was sent and its answer not yet received.
     in_flight: bool,
+    /// For a cancel request, which connects afresh.
+    tls: PgTls,
 }
 
 impl PgTx {
@@ -313,6 +342,7 @@ impl Drop for PgTx {
         // longer than DROP_GRACE, the statement still running is cancelled on the server, so
         // its backend lets go of what it holds, and the connection is discarded.
         let open = self.open;
+        let tls = self.tls.clone();
         let guard = Discard(Some(client));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
@@ -323,7 +353,7 @@ impl Drop for PgTx {
                     return;
                 }
                 let token = client.cancel_token();
-                let _ = tokio::time::timeout(Duration::from_secs(2), token.cancel_query(NoTls)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), token.cancel_query(tls)).await;
                 // `guard` drops here and discards the connection.
             });
         }

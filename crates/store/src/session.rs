@@ -95,10 +95,12 @@ impl Store {
             Backend::Postgres(pool) => {
                 let mut cfg = pool.config.clone();
                 cfg.application_name(format!("shoal session {node}"));
-                let (client, mut conn) = cfg
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("cannot open a session connection: {e}")))?;
+                let (client, mut conn) = cfg.connect(pool.tls.clone()).await.map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "cannot open a session connection: {}",
+                        crate::postgres::with_causes(&e)
+                    ))
+                })?;
                 let events = tx.clone();
                 tokio::spawn(async move {
                     let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));

@@ -115,6 +115,32 @@ pub struct PgServer {
 
 impl PgServer {
     fn start() -> Result<PgServer, String> {
+        Self::start_with(|_| Ok(()))
+    }
+
+    /// A server of its own (not the process's shared one) with TLS on, presenting the PEM
+    /// certificate chain `cert_pem` with its key `key_pem`; plain connections are still
+    /// accepted. Stopped and removed when dropped.
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> PgServer {
+        let setup = |data: &Path| -> Result<(), String> {
+            for (name, text) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+                let path = data.join(name);
+                std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                proc::give_away(&path)?;
+                // PostgreSQL refuses a key that others may read.
+                std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
+            }
+            append_config(data, "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+        };
+        match Self::start_with(setup) {
+            Ok(server) => server,
+            Err(e) => panic!("cannot start a TLS PostgreSQL server: {e}"),
+        }
+    }
+
+    /// Starts a server whose data directory `setup` may add to after initdb.
+    fn start_with(setup: impl FnOnce(&Path) -> Result<(), String>) -> Result<PgServer, String> {
         let bins = bins()?;
         let root = dirs::new_root()?;
         let data = root.join("data");
@@ -129,6 +155,7 @@ impl PgServer {
         proc::run("initdb", initdb)?;
         append_config(&data, CONFIG)?;
         append_config(&data, &socket_config(&root))?;
+        setup(&data)?;
         Ok(PgServer { inst: Instance::start(bins, root)?, next_db: AtomicU32::new(0), next_replica: AtomicU32::new(0) })
     }
 
@@ -191,6 +218,15 @@ impl PgServer {
         // The copied configuration names the primary's socket directory.
         append_config(&data, &socket_config(&root))?;
         Ok(PgReplica { inst: Instance::start(bins, root)?, slot, primary_admin_url: self.admin_url() })
+    }
+}
+
+/// The shared server is a static and never dropped; one of [`PgServer::start_tls`] goes with
+/// its test.
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.inst.stop();
+        let _ = std::fs::remove_dir_all(&self.inst.root);
     }
 }
 
