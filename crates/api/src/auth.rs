@@ -32,8 +32,14 @@ use std::time::{Duration, Instant};
 /// node within this plus one store read (the target is one second).
 pub const REVALIDATE: Duration = Duration::from_millis(500);
 
-/// Tokens (and unknown hashes) remembered at most; past it, the cache starts over.
+/// Tokens remembered at most, and apart from them unknown hashes (so that a flood of made-up
+/// tokens, which anyone can write, never pushes a real one out): past it, the stale ones go,
+/// then the rest of that kind.
 const MAX_CACHED: usize = 10_000;
+
+/// Store reads of tokens this node does not hold in its cache, at once; more wait their turn,
+/// so a flood of made-up tokens takes this much of the store at most.
+const MAX_LOOKUPS: usize = 8;
 
 /// A token's `last_used_at` is written again only once it is this old.
 const TOUCH_EVERY_MS: i64 = 60_000;
@@ -45,19 +51,22 @@ pub enum Access {
     Public,
     /// At least this role.
     Role(Role),
+    /// `admin` for every sandbox (globs including `*`): what acts on the whole cluster (nodes,
+    /// tokens), which a token scoped to some sandboxes must not reach.
+    Cluster,
 }
 
-use Access::{Public, Role as R};
+use Access::{Cluster, Public, Role as R};
 use Role::{Admin, Editor, Runner, Viewer};
 
-/// What each operation (by operation id) needs. An operation missing here needs `admin`
-/// (deny by default); a test holds the table and the router equal.
+/// What each operation (by operation id) needs. An operation missing here needs `admin` for
+/// every sandbox (deny by default); a test holds the table and the router equal.
 pub const ACCESS: &[(&str, Access)] = &[
     ("listNodes", R(Viewer)),
     ("getNode", R(Viewer)),
-    ("drainNode", R(Admin)),
-    ("suspendNode", R(Admin)),
-    ("resumeNode", R(Admin)),
+    ("drainNode", Cluster),
+    ("suspendNode", Cluster),
+    ("resumeNode", Cluster),
     ("listSandboxes", R(Viewer)),
     ("createSandbox", R(Admin)),
     ("getSandbox", R(Viewer)),
@@ -89,9 +98,9 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("deleteListener", R(Editor)),
     ("listListenerEvents", R(Viewer)),
     ("deliverHook", Public),
-    ("listTokens", R(Admin)),
-    ("createToken", R(Admin)),
-    ("revokeToken", R(Admin)),
+    ("listTokens", Cluster),
+    ("createToken", Cluster),
+    ("revokeToken", Cluster),
     ("getOpenApi", R(Viewer)),
     ("getOpenApiRoot", R(Viewer)),
     ("liveV1", Public),
@@ -139,7 +148,7 @@ impl Routes {
 }
 
 fn access_of(id: &str) -> (&'static str, Access) {
-    ACCESS.iter().find(|(op, _)| *op == id).map_or(("(unlisted)", R(Admin)), |(op, a)| (*op, *a))
+    ACCESS.iter().find(|(op, _)| *op == id).map_or(("(unlisted)", Cluster), |(op, a)| (*op, *a))
 }
 
 /// What a principal is.
@@ -204,7 +213,7 @@ impl Principal {
                     self.scope_list()
                 ),
                 None => format!(
-                    "{} may act only on sandboxes {}; {what} outside any sandbox needs a token for every sandbox (`*`)",
+                    "{} may act only on sandboxes {}; {what} needs a credential for every sandbox (`*`)",
                     self.label(),
                     self.scope_list()
                 ),
@@ -298,8 +307,7 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 
 struct Cached {
     fetched: Instant,
-    /// `None`: no such token.
-    entry: Option<Arc<Entry>>,
+    entry: Arc<Entry>,
 }
 
 struct Entry {
@@ -313,6 +321,9 @@ struct Entry {
 pub struct Authenticator {
     store: Arc<Store>,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Hashes the store did not know, and when it said so.
+    unknown: Mutex<HashMap<[u8; 32], Instant>>,
+    lookups: tokio::sync::Semaphore,
     /// Tokens used since their `last_used_at` was last written, written by [`Self::flush_usage`].
     used: Mutex<HashSet<String>>,
     metrics_public: bool,
@@ -324,19 +335,26 @@ fn wall_ms() -> i64 {
 
 impl Authenticator {
     pub fn new(store: Arc<Store>, metrics_public: bool) -> Authenticator {
-        Authenticator { store, cache: Mutex::new(HashMap::new()), used: Mutex::new(HashSet::new()), metrics_public }
+        Authenticator {
+            store,
+            cache: Mutex::new(HashMap::new()),
+            unknown: Mutex::new(HashMap::new()),
+            lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
+            used: Mutex::new(HashSet::new()),
+            metrics_public,
+        }
     }
 
     /// The principal of an API token's text, or 401 `invalid_token` saying why not.
     pub async fn token(&self, text: &str) -> ApiResult<Principal> {
         shoal_wire::parse_token(text).map_err(ApiError::invalid_token)?;
         let hash = token_hash(text);
-        let cached = {
-            let cache = self.cache.lock();
-            cache.get(&hash).filter(|c| c.fetched.elapsed() < REVALIDATE).map(|c| c.entry.clone())
-        };
+        let fresh = |at: Instant| at.elapsed() < REVALIDATE;
+        let cached = self.cache.lock().get(&hash).filter(|c| fresh(c.fetched)).map(|c| c.entry.clone());
+        let known_unknown = cached.is_none() && self.unknown.lock().get(&hash).is_some_and(|at| fresh(*at));
         let entry = match cached {
-            Some(entry) => entry,
+            Some(entry) => Some(entry),
+            None if known_unknown => None,
             None => self.fetch(hash).await?,
         };
         let Some(entry) = entry else {
@@ -368,6 +386,8 @@ impl Authenticator {
     }
 
     async fn fetch(&self, hash: [u8; 32]) -> ApiResult<Option<Arc<Entry>>> {
+        // Dropped with the request: the permit goes back.
+        let _turn = self.lookups.acquire().await.map_err(|_| ApiError::internal("the token lookups were closed"))?;
         let (row, store_now) = self.store.token_by_hash(&hex::encode(hash)).await?;
         let entry = row.map(|row| {
             Arc::new(Entry {
@@ -382,20 +402,34 @@ impl Authenticator {
                 row,
             })
         });
-        let mut cache = self.cache.lock();
-        if cache.len() >= MAX_CACHED {
-            cache.retain(|_, c| c.fetched.elapsed() < REVALIDATE);
-            if cache.len() >= MAX_CACHED {
-                cache.clear();
+        match &entry {
+            Some(e) => {
+                let mut cache = self.cache.lock();
+                if cache.len() >= MAX_CACHED {
+                    cache.retain(|_, c| c.fetched.elapsed() < REVALIDATE);
+                    if cache.len() >= MAX_CACHED {
+                        cache.clear();
+                    }
+                }
+                cache.insert(hash, Cached { fetched: Instant::now(), entry: e.clone() });
+            }
+            None => {
+                let mut unknown = self.unknown.lock();
+                if unknown.len() >= MAX_CACHED {
+                    unknown.retain(|_, at| at.elapsed() < REVALIDATE);
+                    if unknown.len() >= MAX_CACHED {
+                        unknown.clear();
+                    }
+                }
+                unknown.insert(hash, Instant::now());
             }
         }
-        cache.insert(hash, Cached { fetched: Instant::now(), entry: entry.clone() });
         Ok(entry)
     }
 
     /// Forgets what the cache holds of one token (this node just revoked it).
     pub fn forget(&self, token_id: &str) {
-        self.cache.lock().retain(|_, c| c.entry.as_ref().is_none_or(|e| e.row.id != token_id));
+        self.cache.lock().retain(|_, c| c.entry.row.id != token_id);
     }
 
     /// Writes `last_used_at` of the tokens used since the last call.
@@ -411,7 +445,7 @@ impl Authenticator {
         }
         // The cached rows still hold the old time: drop them so they are not queued again.
         let ids: HashSet<String> = ids.into_iter().collect();
-        self.cache.lock().retain(|_, c| c.entry.as_ref().is_none_or(|e| !ids.contains(&e.row.id)));
+        self.cache.lock().retain(|_, c| !ids.contains(&c.entry.row.id));
         Ok(ids.len())
     }
 }
@@ -473,10 +507,11 @@ pub(crate) async fn authenticate(
     next: Next,
 ) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
-    let found = route.as_deref().and_then(|r| routes.get(req.method(), r));
-    let (op, access) = match found {
-        Some(f) => f,
-        // An unknown path or method: the caller must still be someone before learning so.
+    let (op, access) = match route.as_deref().map(|r| routes.get(req.method(), r)) {
+        Some(Some(found)) => found,
+        // A route the table does not know (deny by default), or a method it does not serve.
+        Some(None) => ("(unlisted)", Cluster),
+        // An unknown path: the caller must still be someone before learning so.
         None => ("(no route)", R(Viewer)),
     };
     if matches!(op, "liveV1" | "readyV1" | "live" | "ready") {
@@ -509,10 +544,16 @@ pub(crate) async fn authenticate(
             },
         },
     };
-    if let R(need) = access {
-        if principal.role < need {
+    match access {
+        R(need) if principal.role < need => {
             return principal.require(need, None, &format!("`{op}`")).unwrap_err().into_response();
         }
+        Cluster => {
+            if let Err(e) = principal.require(Admin, None, &format!("`{op}`, which acts on the whole cluster,")) {
+                return e.into_response();
+            }
+        }
+        _ => {}
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
@@ -571,7 +612,8 @@ mod tests {
         assert!(e.message.contains("`runner`") && e.message.contains("`editor`"), "{}", e.message);
         let e = p.require(Role::Viewer, Some("other"), "reading files").unwrap_err();
         assert!(e.message.contains("`other`") && e.message.contains("`team-*`"), "{}", e.message);
-        assert!(p.require(Role::Viewer, None, "reading an inline command's execution").is_err());
+        let e = p.require(Role::Viewer, None, "watching the cluster's nodes").unwrap_err();
+        assert!(e.message.ends_with("needs a credential for every sandbox (`*`)"), "{}", e.message);
         assert_eq!(p.like_patterns(), Some(vec!["team-%".to_owned()]));
     }
 }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use shoal_core::{Allocation, ExecState, ExecutionId, JobKind, Role};
-use shoal_service::submission::{self, InlineSettings, Prepared, Submission};
+use shoal_service::submission::{self, InlineSettings, Plan, Prepared, Submission};
 use shoal_store::{CancelResult, ExecutionFilter, ExecutionRow, Submitted};
 use shoal_wire as wire;
 use std::sync::atomic::Ordering;
@@ -61,8 +61,8 @@ pub async fn submit(state: State, principal: Principal, request: axum::extract::
     let headers = &parts.headers;
     let (req, raw): (wire::SubmitRequest, Value) = body::json(headers, body, state.limits.max_request_bytes).await?;
     if req.command.is_some() {
-        // Any program, as the node's user.
-        principal.require(Role::Admin, req.sandbox.as_deref(), "running an inline command")?;
+        // Any program, as the node's user: as much as the whole cluster.
+        principal.require(Role::Admin, None, "running an inline command")?;
     } else {
         principal.require(Role::Runner, req.sandbox.as_deref(), "running a job")?;
     }
@@ -97,7 +97,15 @@ pub async fn submit(state: State, principal: Principal, request: axum::extract::
         idempotency,
     };
     let plan = match submission::prepare(&state.store, &state.node.id, submission).await? {
-        Prepared::Ready(plan) => plan,
+        Prepared::Ready(plan) => {
+            // A job fanned out over a partitioned sandbox runs in that sandbox's folders too.
+            if let Plan::Partitioned { parent, .. } = &*plan {
+                if let Allocation::Partitioned { sandbox } = &parent.spec.allocation {
+                    principal.require(Role::Runner, Some(sandbox), "running a job over a partitioned sandbox")?;
+                }
+            }
+            plan
+        }
         Prepared::Elsewhere { sandbox, holder } => {
             // The job file is only on its holder: that node reads it and enqueues.
             let request = axum::extract::Request::from_parts(parts, Body::from(raw.to_string()));
@@ -183,24 +191,22 @@ pub async fn list(
     Ok(Json(wire::ExecutionList { executions, next_cursor: next }))
 }
 
-/// The execution `id`, if `principal` has `need` in its sandbox.
-async fn find_execution(
-    state: &crate::AppState,
-    principal: &Principal,
-    need: Role,
-    id: &str,
-) -> ApiResult<ExecutionRow> {
+/// The execution `id`, if it is in `principal`'s sandboxes; one outside them is answered as
+/// one that does not exist, so that a token learns nothing of other sandboxes (the role was
+/// checked before, by the operation).
+async fn find_execution(state: &crate::AppState, principal: &Principal, id: &str) -> ApiResult<ExecutionRow> {
     let not_found = || ApiError::not_found(format!("no execution with id `{id}`"));
     let id = ExecutionId::parse(id).ok_or_else(not_found)?;
     let row = state.store.get_execution(id.as_str()).await?.ok_or_else(not_found)?;
-    let what = if need == Role::Viewer { "reading an execution" } else { "cancelling an execution" };
-    principal.require(need, row.sandbox.as_deref(), what)?;
+    if !principal.covers(row.sandbox.as_deref()) {
+        return Err(not_found());
+    }
     Ok(row)
 }
 
 #[utoipa::path(get, path = "/executions/{id}", operation_id = "getExecution", tag = "executions", params(("id" = String, Path, description = "Execution id (a UUID). Anything else is answered 404.")), responses((status = 200, description = "The execution, with its attempts (and a partitioned one's children).", body = wire::Execution)))]
 pub async fn get(state: State, principal: Principal, Path(id): Path<String>) -> ApiResult<Json<wire::Execution>> {
-    let row = find_execution(&state, &principal, Role::Viewer, &id).await?;
+    let row = find_execution(&state, &principal, &id).await?;
     let mut v = execution(&row)?;
     let attempts = state.store.list_attempts(row.id.as_str()).await?;
     v.attempts = Some(
@@ -229,7 +235,7 @@ pub async fn cancel(
     principal: Principal,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<wire::Execution>)> {
-    let row = find_execution(&state, &principal, Role::Runner, &id).await?;
+    let row = find_execution(&state, &principal, &id).await?;
     // Who asked, as authenticated (`token:NAME`), recorded in `cancel_requested_by`.
     let by = principal.label();
     let result = state.store.request_cancel(row.id.as_str(), &by).await.map_err(|e| match e {
@@ -245,7 +251,7 @@ pub async fn cancel(
             StatusCode::ACCEPTED
         }
     };
-    let row = find_execution(&state, &principal, Role::Viewer, &id).await?;
+    let row = find_execution(&state, &principal, &id).await?;
     Ok((status, Json(execution(&row)?)))
 }
 
@@ -275,7 +281,7 @@ pub async fn logs(
             return Err(ApiError::invalid_query(format!("unknown stream `{other}`; use stdout, stderr or both")))
         }
     };
-    let row = find_execution(&state, &principal, Role::Viewer, &id).await?;
+    let row = find_execution(&state, &principal, &id).await?;
     let follow = q.follow.unwrap_or(false);
     // A live log is followed on the node that runs the attempt, which hands its followers
     // each piece of output as soon as it is stored. If that node cannot be reached, the log

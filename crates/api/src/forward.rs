@@ -489,7 +489,8 @@ pub(crate) async fn verify(State(state): State<Arc<AppState>>, mut req: Request,
             next.run(req).await
         }
         Err(e) => {
-            tracing::warn!(method = %req.method(), path = %path_and_query, reason = %e.message, "refused a forwarded request");
+            // The path only: a query string could hold what must not be logged.
+            tracing::warn!(method = %req.method(), path = %req.uri().path(), reason = %e.message, "refused a forwarded request");
             e.into_response()
         }
     }

@@ -121,8 +121,11 @@ async fn check_file_source(state: &crate::AppState, f: &OnFile) -> ApiResult<()>
 }
 
 /// A validated definition.
+/// A listener's definition from its body; `principal` must be able to read what it watches
+/// (its events carry what happened there into its job's parameters).
 async fn definition(
     state: &crate::AppState,
+    principal: &Principal,
     b: &Body_,
     name: String,
     kind: ListenerKind,
@@ -143,6 +146,7 @@ async fn definition(
     let config = match kind {
         ListenerKind::Job => {
             let j = on_job(b.on_job.as_ref().ok_or_else(|| missing("on_job"))?)?;
+            principal.require(Role::Viewer, Some(&j.sandbox), "watching a sandbox's executions")?;
             let s = shoal_service::jobs::sandbox(&state.store, &j.sandbox, "on_job").await?;
             shoal_core::SandboxPath::parse(&j.job).map_err(|e| ApiError::invalid_path(format!("on_job.job: {e}")))?;
             drop(s);
@@ -150,12 +154,14 @@ async fn definition(
         }
         ListenerKind::File => {
             let f = on_file(b.on_file.as_ref().ok_or_else(|| missing("on_file"))?)?;
+            principal.require(Role::Viewer, Some(&f.sandbox), "watching a sandbox's files")?;
             check_file_source(state, &f).await?;
             shoal_service::jobs::check_file_listener(&state.store, &f.sandbox, b.sandbox.as_deref()).await?;
             serde_json::to_string(&f)
         }
         ListenerKind::Cluster => {
             let c = on_cluster(b.on_cluster.as_ref().unwrap_or(&OnClusterBody { events: None }))?;
+            principal.require(Role::Viewer, None, "watching the cluster's nodes")?;
             serde_json::to_string(&c)
         }
         ListenerKind::Webhook => Ok("{}".into()),
@@ -313,7 +319,7 @@ pub async fn create(state: State, principal: Principal, request: Request) -> Api
     let kind = ListenerKind::parse(&kind_name).ok_or_else(|| {
         ApiError::invalid_request(format!("unknown listener kind `{kind_name}`; use job, file, webhook or cluster"))
     })?;
-    let def = definition(&state, &b, name, kind, None).await?;
+    let def = definition(&state, &principal, &b, name, kind, None).await?;
     triggers::save::<ListenerRow>(&state, &principal, request, &def, None).await
 }
 
@@ -367,7 +373,7 @@ pub async fn patch(
         }),
         secret: b.secret,
     };
-    let def = definition(&state, &merged, old.name.clone(), kind, old.secret.clone()).await?;
+    let def = definition(&state, &principal, &merged, old.name.clone(), kind, old.secret.clone()).await?;
     triggers::save::<ListenerRow>(&state, &principal, request, &def, Some(&old.id)).await
 }
 

@@ -23,23 +23,12 @@ const BROWSER: &[ErrorCode] = &[ForeignHost, ForeignOrigin];
 /// Codes of every operation that needs a credential (all but the health checks and webhooks,
 /// `auth::ACCESS`); and of every one but the health checks, a credential in the query string.
 const AUTH: &[ErrorCode] = &[Unauthenticated, InvalidToken];
-/// The operations a `viewer` may call that act on one sandbox, so a token without it in scope
-/// is refused (`forbidden`); the others a viewer may call answer only what is in scope. Every
+/// The operations a `viewer` may call that name a sandbox in their path, so a token without it
+/// in scope is refused (`forbidden`); the others a viewer may call answer only what is in scope
+/// (an execution, schedule or listener outside it is `404`, as if it did not exist). Every
 /// operation that needs more than `viewer` can answer `forbidden`.
-pub const SCOPED_READS: &[&str] = &[
-    "getSandbox",
-    "listSandboxJobs",
-    "listSandboxRoot",
-    "listSandboxRootSlash",
-    "getSandboxFile",
-    "getExecution",
-    "getExecutionLogs",
-    "getSchedule",
-    "listScheduleFirings",
-    "previewSchedule",
-    "getListener",
-    "listListenerEvents",
-];
+pub const SCOPED_READS: &[&str] =
+    &["getSandbox", "listSandboxJobs", "listSandboxRoot", "listSandboxRootSlash", "getSandboxFile"];
 /// The health checks, open to load balancers whatever `Host` they send.
 const HEALTH: &[&str] = &["liveV1", "readyV1"];
 /// Codes of every operation that reads a JSON body.
@@ -465,6 +454,7 @@ pub fn codes_of(operation: &str) -> Vec<ErrorCode> {
                 out.push(Forbidden);
             }
         }
+        Some(crate::auth::Access::Cluster) => out.extend(AUTH.iter().chain([&Forbidden])),
         // Not in the table: it needs `admin` (auth.rs); a test keeps the table whole.
         None => out.extend(AUTH.iter().chain([&Forbidden])),
     }

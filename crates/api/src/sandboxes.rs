@@ -193,10 +193,26 @@ pub async fn create(state: State, principal: Principal, request: Request) -> Api
         let request = Request::from_parts(parts, Body::from(raw.to_string()));
         return forward::to_sandbox_holder(&state, name.as_str(), holder, request).await;
     }
-    // The holder checks the root against its own allowed folders, and creates it.
+    // The holder checks the root against its own allowed folders and the other sandboxes'
+    // folders on this machine, and creates it.
+    let here = &state.node.id;
+    let mut others = Vec::new();
+    for s in state.store.list_sandboxes().await? {
+        match s.kind {
+            SandboxKind::Shared => others.push((s.name.clone(), s.root.clone())),
+            SandboxKind::Local if s.node_id.as_deref() == Some(here.as_str()) => {
+                others.push((s.name.clone(), s.root.clone()))
+            }
+            _ => {}
+        }
+        for p in s.partitions.iter().filter(|p| p.node == *here) {
+            others.push((format!("{} (partition {})", s.name, p.name), p.root.clone()));
+        }
+    }
     let (roots, shown) = (state.roots.clone(), root_text.clone());
     tokio::task::spawn_blocking(move || -> ApiResult<()> {
         let root = roots.check(&shown)?;
+        roots.check_apart(&root, &others)?;
         std::fs::create_dir_all(&root)
             .map_err(|e| ApiError::invalid_request(format!("cannot create the sandbox folder {shown}: {e}")))?;
         // Made now, it resolves fully: check again (a symlink among the new folders).

@@ -28,6 +28,12 @@ fn token(t: &TokenRow) -> wire::Token {
 fn check_name(name: &str) -> ApiResult<()> {
     let ok = (1..=64).contains(&name.len())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    // Revoking takes an id or a name: a name that could be another token's id is refused.
+    if name.len() == 16 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::invalid_request(format!(
+            "token name `{name}` looks like a token id (16 hex digits); pick a name that does not"
+        )));
+    }
     if ok {
         Ok(())
     } else {

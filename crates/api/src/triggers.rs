@@ -59,19 +59,21 @@ fn store_error<T: Trigger>(e: StoreError) -> ApiError {
     }
 }
 
-/// The definition `reference` (its id or its name) names, or 404; 403 unless `principal` has
-/// `need` in its job's sandbox.
+/// The definition `reference` (its id or its name) names, or 404 (also when it is outside
+/// `principal`'s sandboxes); 403 unless `principal` has `need`.
 pub(crate) async fn find<T: Trigger>(
     state: &crate::AppState,
     principal: &Principal,
     need: Role,
     reference: &str,
 ) -> ApiResult<T> {
-    let row = T::get(&state.store, reference)
-        .await?
-        .ok_or_else(|| T::unknown(format!("no {} with id or name `{reference}`", T::NAME)))?;
-    let what = if need == Role::Viewer { "reading" } else { "changing" };
-    principal.require(need, Some(row.sandbox()), &format!("{what} a {}", T::NAME))?;
+    let unknown = || T::unknown(format!("no {} with id or name `{reference}`", T::NAME));
+    let row = T::get(&state.store, reference).await?.ok_or_else(unknown)?;
+    // One outside the principal's sandboxes does not exist for it (nothing is learnt of them).
+    if !principal.covers(Some(row.sandbox())) {
+        return Err(unknown());
+    }
+    principal.require(need, Some(row.sandbox()), &format!("changing a {}", T::NAME))?;
     Ok(row)
 }
 

@@ -13,6 +13,7 @@
 //! beside this executable (`target/release/shoal` next to `target/release/shoal-bench`) unless
 //! `--shoal` names it.
 
+mod auth;
 mod cutoff;
 mod failover;
 mod forwarding;
@@ -68,6 +69,9 @@ enum BenchCmd {
     Schedules(triggers::SchedulesArgs),
     /// Files dropped into a watched shared sandbox: time from a settled file to its job's start
     Files(triggers::FilesArgs),
+    /// The cost of authenticating a request against a build without access control, and the
+    /// time until every one of three nodes refuses a revoked token
+    Auth(auth::AuthArgs),
 }
 
 /// Options shared by the in-process throughput and latency benchmarks.
@@ -125,6 +129,7 @@ async fn run(cli: Cli) -> Result<()> {
         BenchCmd::Soak(a) => soak::run(&shoal, a).await,
         BenchCmd::Schedules(a) => triggers::schedules(&shoal, a).await,
         BenchCmd::Files(a) => triggers::files(&shoal, a).await,
+        BenchCmd::Auth(a) => auth::run(&shoal, a).await,
     }
 }
 

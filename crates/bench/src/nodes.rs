@@ -204,9 +204,24 @@ pub(crate) struct Procs {
 
 impl Procs {
     pub(crate) async fn start(shoal: &Path, store: &str, n: usize, lease: Duration, slots: u32) -> Result<Procs> {
+        Procs::start_as(shoal, store, n, lease, slots, true).await
+    }
+
+    /// [`Procs::start`]; `with_token`: the store gets the benchmarks' [`token`] first (not for
+    /// a build from before tokens, whose schema has none).
+    pub(crate) async fn start_as(
+        shoal: &Path,
+        store: &str,
+        n: usize,
+        lease: Duration,
+        slots: u32,
+        with_token: bool,
+    ) -> Result<Procs> {
         ensure!(n >= 1, "a cluster benchmark needs at least 1 node");
         let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
-        admit(store).await?;
+        if with_token {
+            admit(store).await?;
+        }
         let mut procs = Vec::new();
         for i in 1..=n {
             let id = format!("n{i}");

@@ -96,7 +96,8 @@ pub struct Download {
 }
 
 /// A client for one cluster. Cheap to clone; clones share the memory of which server works.
-#[derive(Clone, Debug)]
+/// Its `Debug` shows no token.
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     servers: Arc<[String]>,
@@ -105,6 +106,16 @@ pub struct Client {
     request_timeout: Duration,
     /// Sent as `Authorization: Bearer ...` on every request.
     token: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("servers", &self.servers)
+            .field("request_timeout", &self.request_timeout)
+            .field("token", &self.token.as_ref().map(|t| shoal_wire::shown_part(t) + "..."))
+            .finish_non_exhaustive()
+    }
 }
 
 /// One logical request, which [`Client::execute`] may send to several servers.

@@ -84,13 +84,30 @@ impl RootPolicy {
             )));
         }
         let sandboxes = self.data_dir.join("sandboxes");
-        if resolved.starts_with(&self.data_dir) && !resolved.starts_with(&sandboxes) {
+        if resolved.starts_with(&self.data_dir) && (!resolved.starts_with(&sandboxes) || resolved == sandboxes) {
             return Err(DomainError::RootNotAllowed(format!(
                 "root `{root}` is inside the node's data directory, whose folders are its own; inside it, sandboxes go under `{}`",
                 sandboxes.display()
             )));
         }
         Ok(resolved)
+    }
+}
+
+impl RootPolicy {
+    /// Refuses a root that is, holds or lies inside the folder of another sandbox on this
+    /// machine (`others`: name and root): one sandbox's scope would reach the other's files.
+    pub fn check_apart(&self, root: &Path, others: &[(String, String)]) -> Result<()> {
+        for (name, other) in others {
+            let theirs = resolve(Path::new(other));
+            if root.starts_with(&theirs) || theirs.starts_with(root) {
+                return Err(DomainError::RootNotAllowed(format!(
+                    "root `{}` overlaps the folder of sandbox `{name}` ({other}); each sandbox needs a folder of its own",
+                    root.display()
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

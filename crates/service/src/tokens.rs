@@ -50,16 +50,30 @@ pub fn hash(text: &str) -> String {
 /// once the store took it: a crash in between leaves no token that nobody holds, and a node
 /// that lost the race to another node leaves no file.
 pub async fn bootstrap_admin(store: &Store, data_dir: &Path, created_by: &str) -> anyhow::Result<Option<PathBuf>> {
-    let (text, token) = generate(TokenKind::Api, "admin", Role::Admin, vec!["*".into()], created_by);
     let path = data_dir.join(ADMIN_TOKEN_FILE);
     let pending = data_dir.join(format!("{ADMIN_TOKEN_FILE}.pending"));
+    // An earlier start that stopped between the store taking its token and the rename left
+    // the token only here: finish its work rather than lose the one token nobody else holds.
+    if let Ok(text) = std::fs::read_to_string(&pending) {
+        let text = text.trim();
+        if shoal_wire::parse_token(text).is_ok() {
+            if let (Some(row), now) = store.token_by_hash(&hash(text)).await? {
+                if row.live_at(now) {
+                    std::fs::rename(&pending, &path).map_err(|e| {
+                        anyhow::anyhow!("cannot rename {} to {}: {e}", pending.display(), path.display())
+                    })?;
+                    return Ok(Some(path));
+                }
+            }
+        }
+    }
+    let (text, token) = generate(TokenKind::Api, "admin", Role::Admin, vec!["*".into()], created_by);
     write_private(&pending, &text)?;
     let made = match store.bootstrap_token(&token).await {
         Ok(made) => made,
-        Err(e) => {
-            let _ = std::fs::remove_file(&pending);
-            return Err(anyhow::Error::new(e).context("cannot create the first admin token"));
-        }
+        // The file stays: the store may have taken the token even so (a commit whose answer
+        // was lost), and the next start finishes the rename if it did.
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot create the first admin token")),
     };
     if !made {
         let _ = std::fs::remove_file(&pending);
@@ -115,4 +129,30 @@ pub async fn ensure_file_token(store: &Store, file: &Path, name: &str, created_b
     std::fs::rename(&pending, file)
         .map_err(|e| anyhow::anyhow!("cannot rename {} to {}: {e}", pending.display(), file.display()))?;
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A start that stopped after the store took its token but before the rename: the next
+    /// start finishes it, and the token works; a pending file the store never took is dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_left_pending_is_taken_up_not_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/s.db", dir.path().display()), 1).await.unwrap();
+        let path = bootstrap_admin(&store, dir.path(), "test").await.unwrap().expect("made one");
+        let first = std::fs::read_to_string(&path).unwrap();
+        let pending = dir.path().join("admin.token.pending");
+        std::fs::rename(&path, &pending).unwrap();
+        assert_eq!(bootstrap_admin(&store, dir.path(), "test").await.unwrap(), Some(path.clone()));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
+        assert!(!pending.exists());
+        // A stray pending token the store does not know: no new token, and the file goes.
+        let (stray, _) = generate(TokenKind::Api, "x", Role::Admin, vec!["*".into()], "test");
+        write_private(&pending, &stray).unwrap();
+        assert_eq!(bootstrap_admin(&store, dir.path(), "test").await.unwrap(), None);
+        assert!(!pending.exists());
+        assert_eq!(store.list_tokens().await.unwrap().len(), 1);
+    }
 }

@@ -52,7 +52,8 @@ const WAIT_POLL: Duration = Duration::from_millis(200);
 /// before it gives up; the execution itself has no deadline.
 const WAIT_OUTAGE: Duration = Duration::from_secs(60);
 
-#[derive(clap::Args, Clone, Debug)]
+/// The options every client command takes. Its `Debug` shows no token.
+#[derive(clap::Args, Clone)]
 pub struct GlobalOpts {
     /// Server URL; repeat for fail-over (env SHOAL_SERVER, comma-separated)
     #[arg(
@@ -75,6 +76,18 @@ pub struct GlobalOpts {
     /// Print JSON instead of tables
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+impl std::fmt::Debug for GlobalOpts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlobalOpts")
+            .field("servers", &self.servers)
+            .field("token", &self.token.as_ref().map(|_| "(given)"))
+            .field("token_file", &self.token_file)
+            .field("ca_file", &self.ca_file)
+            .field("json", &self.json)
+            .finish()
+    }
 }
 
 #[derive(clap::Subcommand, Debug)]

@@ -52,11 +52,24 @@ pub(crate) fn resolve(opts: &GlobalOpts) -> Result<Option<String>, String> {
         });
     }
     let up = Path::new(UP_TOKEN_FILE);
-    match read(up) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read {}: {e}", up.display())),
+    let meta = match std::fs::metadata(up) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", up.display())),
+    };
+    // Found by itself, so only if it is this user's own and no one else's to read: a folder
+    // someone else made (a cloned repository, a shared folder) must not choose who you act as.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // SAFETY: geteuid takes nothing and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me || meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{} is not this user's own file, or others may read it (mode {:o}); `shoal up` writes it so (owner only, 0600): fix it, or name a token with --token-file",
+            up.display(),
+            meta.permissions().mode() & 0o777
+        ));
     }
+    read(up).map(Some).map_err(|e| format!("cannot read {}: {e}", up.display()))
 }
 
 fn read(path: &Path) -> std::io::Result<String> {

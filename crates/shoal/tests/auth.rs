@@ -75,7 +75,11 @@ async fn every_operation_needs_its_role(backend: Backend) {
         let (status, v) = call(&n, None, &method, &path, body.clone()).await;
         match access(&op) {
             Access::Public => assert_ne!(v["error"]["code"], "unauthenticated", "{op} is public: {v}"),
-            Access::Role(need) => {
+            Access::Role(_) | Access::Cluster => {
+                let need = match access(&op) {
+                    Access::Role(r) => r,
+                    _ => Role::Admin,
+                };
                 assert_eq!((status, v["error"]["code"].as_str()), (401, Some("unauthenticated")), "{op}: {v}");
                 let (status, v) = call(&n, Some(&bearer(&viewer)), &method, &path, body).await;
                 if need > Role::Viewer {
@@ -169,11 +173,18 @@ async fn roles_and_scopes_limit_what_a_token_does(backend: Backend) {
     let ids: Vec<&str> = v["executions"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [ran.1["id"].as_str().unwrap()], "only team-a's execution: {v}");
 
-    // Elsewhere: 403 naming the sandbox.
+    // What is addressed by id outside its sandboxes does not exist for it: 404, nothing learnt.
+    for (method, path) in [
+        ("GET", format!("/api/v1/executions/{in_b}")),
+        ("GET", format!("/api/v1/executions/{in_b}/logs")),
+        ("POST", format!("/api/v1/executions/{in_b}/cancel")),
+        ("GET", format!("/api/v1/executions/{inline}")),
+    ] {
+        let (status, v) = call(&n, a.as_deref(), method, &path, None).await;
+        assert_eq!((status, v["error"]["code"].as_str()), (404, Some("not_found")), "{path}: {v}");
+    }
+    // A request that names a sandbox outside them: 403 naming it.
     for (method, path, body) in [
-        ("GET", format!("/api/v1/executions/{in_b}"), None),
-        ("GET", format!("/api/v1/executions/{in_b}/logs"), None),
-        ("POST", format!("/api/v1/executions/{in_b}/cancel"), None),
         ("GET", "/api/v1/sandboxes/team-b/files/jobs/noop.toml".to_owned(), None),
         ("POST", "/api/v1/executions".to_owned(), Some(json!({"sandbox": "team-b", "job": "jobs/noop.toml"}))),
     ] {
@@ -181,9 +192,6 @@ async fn roles_and_scopes_limit_what_a_token_does(backend: Backend) {
         assert_eq!((status, v["error"]["code"].as_str()), (403, Some("forbidden")), "{path}: {v}");
         assert!(v["error"]["message"].as_str().unwrap().contains("`team-b`"), "{path}: {v}");
     }
-    // An inline command's execution belongs to no sandbox: only a token for every one reads it.
-    let (status, v) = call(&n, a.as_deref(), "GET", &format!("/api/v1/executions/{inline}"), None).await;
-    assert_eq!(status, 403, "{v}");
     // Running an inline command is arbitrary code: admin only.
     let (status, v) =
         call(&n, a.as_deref(), "POST", "/api/v1/executions", Some(json!({"command": ["id"], "sandbox": "team-a"})))
@@ -207,8 +215,34 @@ async fn roles_and_scopes_limit_what_a_token_does(backend: Backend) {
     assert_eq!(n.post("/api/v1/schedules", sched("team-b")).await.0, 201);
     let (_, v) = call(&n, a.as_deref(), "GET", "/api/v1/schedules", None).await;
     assert_eq!(v["schedules"].as_array().unwrap().len(), 1, "{v}");
-    let (status, _) = call(&n, Some(&bearer(&edit_a)), "DELETE", "/api/v1/schedules/s-team-b", None).await;
-    assert_eq!(status, 403);
+    let (status, v) = call(&n, Some(&bearer(&edit_a)), "DELETE", "/api/v1/schedules/s-team-b", None).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("unknown_schedule")), "{v}");
+    assert_eq!(n.get("/api/v1/schedules/s-team-b").await.0, 200, "it is still there");
+    // A listener in scope may not watch what is outside it (its events would carry it in).
+    for (kind, source) in [
+        ("job", json!({"on_job": {"sandbox": "team-b", "job": "jobs/noop.toml"}})),
+        ("file", json!({"on_file": {"sandbox": "team-b", "pattern": "in/*"}})),
+        ("cluster", json!({})),
+    ] {
+        let mut body =
+            json!({"name": format!("watch-{kind}"), "kind": kind, "sandbox": "team-a", "job": "jobs/noop.toml"});
+        body.as_object_mut().unwrap().extend(source.as_object().unwrap().clone());
+        let (status, v) = call(&n, Some(&bearer(&edit_a)), "POST", "/api/v1/listeners", Some(body)).await;
+        assert_eq!((status, v["error"]["code"].as_str()), (403, Some("forbidden")), "{kind}: {v}");
+    }
+    // An admin for some sandboxes reaches nothing of the whole cluster: tokens, nodes, inline
+    // commands (any program, as the node's user).
+    let some_admin = Some(bearer(&token(&n, "admin-a", "admin", Some(&["team-a"])).await));
+    for (method, path, body) in [
+        ("POST", "/api/v1/tokens", Some(json!({"name": "escalated", "role": "admin"}))),
+        ("GET", "/api/v1/tokens", None),
+        ("POST", "/api/v1/nodes/n1/drain", None),
+        ("POST", "/api/v1/executions", Some(json!({"command": ["id"], "sandbox": "team-a"}))),
+    ] {
+        let (status, v) = call(&n, some_admin.as_deref(), method, path, body).await;
+        assert_eq!((status, v["error"]["code"].as_str()), (403, Some("forbidden")), "{path}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("`*`"), "{path}: {v}");
+    }
     // Cancel records who asked, as authenticated (no client-sent name).
     let long = n.sandbox("team-a2", &[("jobs/long.toml", "command = [\"sleep\", \"30\"]\n")]).await;
     drop(long);

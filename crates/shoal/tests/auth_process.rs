@@ -66,7 +66,13 @@ async fn the_first_token_is_written_privately_found_by_the_cli_and_never_logged(
     // `.shoal/admin.token` in the current folder is found by itself (as after `shoal up`).
     let here = tempfile::tempdir().unwrap();
     std::fs::create_dir(here.path().join(".shoal")).unwrap();
-    std::fs::write(here.path().join(".shoal/admin.token"), format!("{admin}\n")).unwrap();
+    let found = here.path().join(".shoal/admin.token");
+    std::fs::write(&found, format!("{admin}\n")).unwrap();
+    // Others may read it: not taken by itself.
+    std::fs::set_permissions(&found, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = shoal(here.path(), &[], &["--server", &url, "ps"]);
+    assert!(o.status.code() == Some(2) && text(&o).contains("mode 644"), "{}", text(&o));
+    std::fs::set_permissions(&found, std::fs::Permissions::from_mode(0o600)).unwrap();
     let o = shoal(here.path(), &[], &["--server", &url, "token", "create", "ci", "--role", "viewer", "--json"]);
     assert!(o.status.success(), "{}", text(&o));
     let made: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -502,6 +502,18 @@ async fn sandbox_roots_stay_in_the_allowed_folders() {
     let (status, body) = n.post("/api/v1/sandboxes", create("ok", inside.display().to_string())).await;
     assert_eq!(status, 201, "{body}");
     assert!(inside.is_dir());
+    // But not that folder itself, which holds every sandbox; nor the same folder as another
+    // sandbox, one inside it, or one holding it (a token for one would reach the other's files).
+    for (name, root, says) in [
+        ("all", data.join("sandboxes").display().to_string(), "inside the node's data directory"),
+        ("same", inside.display().to_string(), "overlaps the folder of sandbox `ok`"),
+        ("within", inside.join("sub").display().to_string(), "overlaps the folder of sandbox `ok`"),
+    ] {
+        let msg = expect_error(n.post("/api/v1/sandboxes", create(name, root)).await, 422, "root_not_allowed");
+        assert!(msg.contains(says), "{name}: {msg}");
+    }
+    let (_, list) = n.get("/api/v1/sandboxes").await;
+    assert_eq!(list["sandboxes"].as_array().unwrap().len(), 1, "{list}");
     n.stop().await;
 }
 

@@ -641,6 +641,7 @@ async fn every_status_and_code_the_document_lists_happens() {
         p.expect_with(&id, method.clone(), &path, Body::None, &bad, (401, "invalid_token")).await;
         let need = shoal_api::auth::ACCESS.iter().find(|(op, _)| *op == id).map(|(_, a)| *a);
         if need != Some(shoal_api::auth::Access::Role(shoal_wire::Role::Viewer)) {
+            // More than a viewer's role, or admin for every sandbox.
             p.expect_with(&id, method.clone(), &path, Body::None, &viewer, (403, "forbidden")).await;
         }
     }
@@ -650,15 +651,19 @@ async fn every_status_and_code_the_document_lists_happens() {
         ("listSandboxRoot", "/sandboxes/examples/files".to_owned()),
         ("listSandboxRootSlash", "/sandboxes/examples/files/".to_owned()),
         ("getSandboxFile", "/sandboxes/examples/files/jobs/greet.toml".to_owned()),
-        ("getExecution", format!("/executions/{done}")),
-        ("getExecutionLogs", format!("/executions/{done}/logs")),
-        ("getSchedule", "/schedules/scoped".to_owned()),
-        ("listScheduleFirings", "/schedules/scoped/firings".to_owned()),
-        ("previewSchedule", "/schedules/scoped/preview".to_owned()),
-        ("getListener", "/listeners/files".to_owned()),
-        ("listListenerEvents", "/listeners/files/events".to_owned()),
     ] {
         p.expect_with(id, M::GET, &path, Body::None, &elsewhere, (403, "forbidden")).await;
+    }
+    // What is addressed by id outside the token's sandboxes does not exist for it.
+    for (id, path, want) in [
+        ("getExecution", format!("/executions/{done}"), "not_found"),
+        ("getExecutionLogs", format!("/executions/{done}/logs"), "not_found"),
+        ("getSchedule", "/schedules/scoped".to_owned(), "unknown_schedule"),
+        ("listScheduleFirings", "/schedules/scoped/firings".to_owned(), "unknown_schedule"),
+        ("getListener", "/listeners/files".to_owned(), "unknown_listener"),
+        ("listListenerEvents", "/listeners/files/events".to_owned(), "unknown_listener"),
+    ] {
+        p.expect_with(id, M::GET, &path, Body::None, &elsewhere, (404, want)).await;
     }
     for (id, method, path, json_body) in operations(&doc) {
         let path = concrete(&path);

@@ -62,7 +62,7 @@ fn write(path: &Path, text: &str) -> PathBuf {
 /// A client that trusts only `ca` (and opens a new connection, with a full handshake, for every
 /// request: no pool, no session resumption across clients).
 fn client_trusting(ca: &Ca) -> reqwest::Client {
-    reqwest::Client::builder()
+    common::authorized(reqwest::Client::builder())
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
         .tls_info(true)
@@ -403,7 +403,10 @@ async fn the_cli_trusts_the_ca_of_ca_file() {
     let run = |args: Vec<String>, env: Option<PathBuf>| {
         tokio::task::spawn_blocking(move || {
             let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"));
-            cmd.args(&args).env_remove("SHOAL_CA_FILE").env_remove("SSL_CERT_FILE");
+            cmd.args(&args)
+                .env_remove("SHOAL_CA_FILE")
+                .env_remove("SSL_CERT_FILE")
+                .env("SHOAL_TOKEN", common::test_token());
             if let Some(path) = env {
                 cmd.env("SHOAL_CA_FILE", path);
             }

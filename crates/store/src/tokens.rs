@@ -111,8 +111,8 @@ impl Store {
         token_row(&row)
     }
 
-    /// Stores `token` (an admin token) only if no admin token may be used now; says whether
-    /// it did. Nodes that call this at once agree: the check and the insert run under one
+    /// Stores `token` (an admin token) only if no admin token for every sandbox (`*`) may be
+    /// used now; says whether it did. Nodes that call this at once agree: the check and the insert run under one
     /// row lock (PostgreSQL) or one writer (SQLite), so one of them creates it.
     pub async fn bootstrap_token(&self, token: &NewToken) -> Result<bool> {
         let mut tx = self.begin_write().await?;
@@ -125,7 +125,8 @@ impl Store {
             .await?;
         let live = query_one(
             tx.as_mut(),
-            "SELECT id FROM tokens WHERE role = 'admin' AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > {now})",
+            "SELECT id FROM tokens WHERE role = 'admin' AND sandboxes LIKE '%\"*\"%' AND revoked_at IS NULL
+             AND (expires_at IS NULL OR expires_at > {now})",
             vec![],
         )
         .await?;
@@ -149,17 +150,15 @@ impl Store {
         Ok(true)
     }
 
-    /// The token whose text hashes to `hash`, and the store's clock now.
+    /// The token whose text hashes to `hash`, and the store's clock now (0 when there is none).
     pub async fn token_by_hash(&self, hash: &str) -> Result<(Option<TokenRow>, i64)> {
         let mut c = self.read().await?;
         let rows =
             c.query(&format!("SELECT {COLUMNS}, {{now}} FROM tokens WHERE hash = $1"), vec![hash.into()]).await?;
+        // One query, found or not: unknown tokens cost what known ones do.
         match rows.first() {
             Some(r) => Ok((Some(token_row(r)?), r.i64(10)?)),
-            None => {
-                let now = query_one(c.as_mut(), "SELECT {now}", vec![]).await?.map(|r| r.i64(0)).transpose()?;
-                Ok((None, now.unwrap_or(0)))
-            }
+            None => Ok((None, 0)),
         }
     }
 
@@ -223,7 +222,7 @@ mod tests {
             hash: format!("{id:0>64}"),
             prefix: "shoal_api_abcdef".into(),
             role,
-            sandboxes: vec!["team-*".into()],
+            sandboxes: vec!["*".into()],
             created_by: "test".into(),
             expires_in_ms: None,
         }
@@ -253,13 +252,17 @@ mod tests {
         assert_eq!(made, 1, "first tokens made");
         let store = &stores[0];
         assert!(!store.bootstrap_token(&token("later", "admin", Role::Admin)).await.unwrap());
+        // An admin for some sandboxes does not count: nobody could make tokens with it.
+        let mut scoped = token("scoped", "scoped", Role::Admin);
+        scoped.sandboxes = vec!["team-*".into()];
+        store.create_token(&scoped).await.unwrap();
         let first = store.list_tokens().await.unwrap();
-        assert_eq!(first.len(), 1);
+        assert_eq!(first.len(), 2);
         store.revoke_token(&first[0].id).await.unwrap();
         // The revoked one keeps its name taken only while live: the new one is `admin` again.
         assert!(store.bootstrap_token(&token("again", "admin", Role::Admin)).await.unwrap());
         let all = store.list_tokens().await.unwrap();
-        assert_eq!(all.iter().filter(|t| t.revoked_at.is_none()).count(), 1, "{all:?}");
+        assert_eq!(all.iter().filter(|t| t.revoked_at.is_none()).count(), 2, "the new one and the scoped one: {all:?}");
     }
 
     /// Made, found by hash, named once among live tokens, revoked (by id or name), expired.

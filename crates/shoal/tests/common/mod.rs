@@ -57,7 +57,7 @@ pub fn http_with_timeout(timeout: Duration) -> reqwest::Client {
     authorized(reqwest::Client::builder()).timeout(timeout).build().unwrap()
 }
 
-fn authorized(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+pub fn authorized(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
     let mut headers = reqwest::header::HeaderMap::new();
     let value = format!("Bearer {}", test_token());
     headers.insert(reqwest::header::AUTHORIZATION, reqwest::header::HeaderValue::from_str(&value).unwrap());
