@@ -901,9 +901,9 @@ impl Store {
             ExecState::Queued => {
                 tx.execute(
                     "UPDATE executions SET state = 'cancelled', reason = 'cancelled', message = $2, finished_at = {now},
-                         updated_at = {now}, node_id = NULL
+                         updated_at = {now}, node_id = NULL, cancel_requested = $3
                      WHERE id = $1",
-                    vec![id.into(), format!("cancelled by {by} before it started").into()],
+                    vec![id.into(), format!("cancelled by {by} before it started").into(), by.into()],
                 )
                 .await?;
                 if let Some(parent) = row.opt_text(2)? {
@@ -915,9 +915,13 @@ impl Store {
                 // A partitioned execution: cancel its children; it ends when they all have.
                 tx.execute(
                     "UPDATE executions SET state = 'cancelled', reason = 'cancelled', message = $2, finished_at = {now},
-                         updated_at = {now}
+                         updated_at = {now}, cancel_requested = $3
                      WHERE parent_id = $1 AND state = 'queued'",
-                    vec![id.into(), format!("cancelled by {by} (with its partitioned execution) before it started").into()],
+                    vec![
+                        id.into(),
+                        format!("cancelled by {by} (with its partitioned execution) before it started").into(),
+                        by.into(),
+                    ],
                 )
                 .await?;
                 tx.execute(

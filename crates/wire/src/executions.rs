@@ -196,7 +196,8 @@ pub struct Execution {
     pub timeout_ms: Option<u64>,
     #[schema(minimum = 0)]
     pub retries: u32,
-    /// Who asked to cancel a running execution, once asked.
+    /// Who asked to cancel the execution, as authenticated (`token:NAME`), once asked: for a
+    /// running one, it is being stopped; for one that had not started, it was cancelled so.
     pub cancel_requested_by: Option<String>,
     #[schema(format = DateTime)]
     pub created_at: String,
