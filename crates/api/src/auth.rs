@@ -479,7 +479,8 @@ impl Authenticator {
 
     /// The principal of a session cookie's text, or 401 `invalid_token` saying why not.
     pub async fn session(&self, text: &str) -> ApiResult<Principal> {
-        if shoal_wire::parse_token(text).map_err(|m| ApiError::invalid_token(format!("the `shoal_session` cookie: {m}")))?
+        if shoal_wire::parse_token(text)
+            .map_err(|m| ApiError::invalid_token(format!("the `shoal_session` cookie: {m}")))?
             != shoal_wire::TokenKind::Session
         {
             return Err(ApiError::invalid_token(

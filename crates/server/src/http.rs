@@ -63,8 +63,8 @@ use parking_lot::Mutex;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -371,8 +371,7 @@ async fn serve_http(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let io = TokioIo::new(io);
-    let service =
-        ConnService { app, peer, activity: activity.clone(), body_read_timeout: limits.body_read_timeout };
+    let service = ConnService { app, peer, activity: activity.clone(), body_read_timeout: limits.body_read_timeout };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .keep_alive(true)

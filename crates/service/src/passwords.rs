@@ -28,7 +28,8 @@ pub const MAX_BYTES: usize = 1024;
 /// The hash an unknown user's password is checked against, so that an unknown name costs the
 /// time a wrong password does and nobody learns by timing which names exist. Made with the
 /// parameters above (a test holds them equal); no password matches it but a random one.
-const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2hvYWwtdW5rbm93bi11c2Vy$jGa2hfK6ZiJ4E4P1MtRBLBPvyHNxm4fcIo2UPhwQ38A";
+const DUMMY: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2hvYWwtdW5rbm93bi11c2Vy$jGa2hfK6ZiJ4E4P1MtRBLBPvyHNxm4fcIo2UPhwQ38A";
 
 fn argon2() -> Argon2<'static> {
     let params = Params::new(MEMORY_KIB, PASSES, LANES, None).expect("OWASP's Argon2 parameters are valid");

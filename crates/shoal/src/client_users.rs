@@ -61,11 +61,17 @@ fn read_password(name: &str) -> Result<String, String> {
         first
     } else {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
         line.trim_end_matches(['\n', '\r']).to_owned()
     };
     if password.is_empty() {
-        return Err("the password is empty: give it on standard input, e.g. `shoal user create ann --role viewer < file`".into());
+        return Err(
+            "the password is empty: give it on standard input, e.g. `shoal user create ann --role viewer < file`"
+                .into(),
+        );
     }
     Ok(password)
 }
