@@ -197,7 +197,8 @@ pub async fn create(state: State, principal: Principal, request: Request) -> Api
     // folders on this machine, and creates it.
     let here = &state.node.id;
     let mut others = Vec::new();
-    for s in state.store.list_sandboxes().await? {
+    // One of the same name is answered `already_exists` by the store.
+    for s in state.store.list_sandboxes().await?.into_iter().filter(|s| s.name != name.as_str()) {
         match s.kind {
             SandboxKind::Shared => others.push((s.name.clone(), s.root.clone())),
             SandboxKind::Local if s.node_id.as_deref() == Some(here.as_str()) => {

@@ -269,10 +269,7 @@ mod tests {
     async fn tokens_round_trip(url: &str) {
         let store = Store::open(url, 2).await.unwrap();
         let made = store.create_token(&token("t1", "ci", Role::Runner)).await.unwrap();
-        assert_eq!(
-            (made.role, made.sandboxes.clone(), made.revoked_at),
-            (Role::Runner, vec!["team-*".to_owned()], None)
-        );
+        assert_eq!((made.role, made.sandboxes.clone(), made.revoked_at), (Role::Runner, vec!["*".to_owned()], None));
         assert!(matches!(store.create_token(&token("t2", "ci", Role::Viewer)).await, Err(StoreError::Conflict(_))));
         let (found, now) = store.token_by_hash(&format!("{:0>64}", "t1")).await.unwrap();
         assert_eq!(found.as_ref(), Some(&made));
