@@ -403,8 +403,13 @@ fn refine(mut doc: Value) -> Value {
         assert!(property.is_object(), "{body}.{field} is in the document");
         property["pattern"] = json!(pattern);
     }
-    // A token's sandbox globs: sandbox-name characters and the wildcards (`auth::check_glob`).
-    schemas["TokenRequest"]["properties"]["sandboxes"]["items"]["pattern"] = json!("^[a-z0-9_*?-]{1,64}$");
+    // A credential's sandbox globs: sandbox-name characters and the wildcards
+    // (`auth::check_glob`); its name never looks like an id (16 hex digits), since deleting
+    // takes either.
+    for body in ["TokenRequest", "UserRequest"] {
+        schemas[body]["properties"]["sandboxes"]["items"]["pattern"] = json!("^[a-z0-9_*?-]{1,64}$");
+        schemas[body]["properties"]["name"]["not"] = json!({"pattern": "^[0-9a-fA-F]{16}$"});
+    }
     // Zones are the IANA names the server knows, spelled exactly.
     schemas["TimeZone"] = json!({
         "type": "string",
