@@ -3,18 +3,19 @@
 //! `http.metrics_public` is set.
 //!
 //! A request carries `Authorization: Bearer TOKEN`, or a person's `shoal_session` cookie (a
-//! login, `sessions.rs`; a request with both is taken by its token). The token's text is checked offline first
-//! (prefix and checksum, `shoal_wire::parse_token`), then hashed (SHA-256) and looked up in the
-//! store through a cache of this node's: an entry is trusted for [`REVALIDATE`] at most, so a
-//! token revoked through any node is refused by every node within that and one store read. A
-//! session is looked up the same way (its text's SHA-256, a cache trusted as long), so a logout
-//! or a user's deletion is seen by every node within a second too; a change it makes (any method
-//! but GET, HEAD and OPTIONS) must carry its CSRF token in `X-CSRF-Token` (403 `csrf_failed`).
-//! A token or session found makes a [`Principal`], its role and sandbox scopes, which the middleware checks
-//! against the operation's role ([`ACCESS`]) and hands to the handler as a request extension;
-//! handlers check the sandbox they act on ([`Principal::require`]). A forwarded request carries
-//! the principal its first node authenticated inside its signed part (`forward.rs`), and the
-//! node that serves it checks the permission again.
+//! login, `sessions.rs`; a request with both is taken by its token). The token's text is
+//! checked offline first (prefix and checksum, `shoal_wire::parse_token`), then hashed
+//! (SHA-256) and looked up in the store through a cache of this node's: an entry is trusted for
+//! [`REVALIDATE`] at most, so a token revoked through any node is refused by every node within
+//! that and one store read. A session is looked up the same way (its text's SHA-256, a cache
+//! trusted as long), so a logout or a user's deletion is seen by every node within a second
+//! too; a change it makes (any method but GET, HEAD and OPTIONS) must carry its CSRF token in
+//! `X-CSRF-Token` (403 `csrf_failed`). A token or session found makes a [`Principal`], its role
+//! and sandbox scopes, which the middleware checks against the operation's role ([`ACCESS`])
+//! and hands to the handler as a request extension; handlers check the sandbox they act on
+//! ([`Principal::require`]). A forwarded request carries the principal its first node
+//! authenticated inside its signed part (`forward.rs`), and the node that serves it checks the
+//! permission again.
 
 use crate::error::{ApiError, ApiResult};
 use crate::forward::Forwarded;

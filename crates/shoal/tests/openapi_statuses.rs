@@ -223,12 +223,8 @@ async fn every_status_and_code_the_document_lists_happens() {
     let rhook = json!({"name": "rhook", "kind": "webhook", "sandbox": "remote", "job": "jobs/greet.toml", "params": {"name": "n"}, "secret": "0123456789abcdef0123"});
     assert_eq!(n2.post("/api/v1/listeners", rhook).await.0, 201);
     let cluster_secret = n.store().cluster_secret().await.unwrap();
-    let mut p = Probe {
-        url: n.url.clone(),
-        http: reqwest::Client::new(),
-        seen: BTreeSet::new(),
-        headers: Default::default(),
-    };
+    let mut p =
+        Probe { url: n.url.clone(), http: reqwest::Client::new(), seen: BTreeSet::new(), headers: Default::default() };
     let (_, doc) = n.get("/api/v1/openapi.json").await;
     use Method as M;
     let j = Body::Json;

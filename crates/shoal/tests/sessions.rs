@@ -194,7 +194,7 @@ async fn a_session_made_on_one_node_works_on_every_node_until_it_ends() {
         (twice, "2 `shoal_session` cookies"),
         (unknown, "has ended"),
     ] {
-        let a = send(&nodes[2], Method::GET, "/api/v1/nodes", &[cookie.clone()], None, None).await;
+        let a = send(&nodes[2], Method::GET, "/api/v1/nodes", std::slice::from_ref(&cookie), None, None).await;
         assert_eq!((a.status, a.code()), (401, "invalid_token"), "{cookie:?}: {}", a.text);
         assert!(a.message().contains(want), "{cookie:?}: {}", a.text);
         assert!(!a.text.contains(&ann.cookie), "the answer repeats the cookie: {}", a.text);
