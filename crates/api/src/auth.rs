@@ -829,6 +829,31 @@ mod tests {
     }
 
     #[test]
+    fn the_session_cookie_is_found_once_and_changes_need_the_csrf_token() {
+        let mut h = HeaderMap::new();
+        assert_eq!(session_cookie(&h).unwrap(), None);
+        h.append(header::COOKIE, HeaderValue::from_static("theme=dark; shoal_session=shoal_ses_abc"));
+        assert_eq!(session_cookie(&h).unwrap().as_deref(), Some("shoal_ses_abc"));
+        // HTTP/2 may split cookies over several headers: all are read.
+        h.append(header::COOKIE, HeaderValue::from_static("shoal_session=\"shoal_ses_def\""));
+        assert!(session_cookie(&h).unwrap_err().message.contains("2 `shoal_session` cookies"));
+        let (session, _) = shoal_service::sessions::generate();
+        let csrf = shoal_service::sessions::csrf_token(&session);
+        let mut h = HeaderMap::new();
+        for m in [Method::GET, Method::HEAD, Method::OPTIONS] {
+            assert!(check_csrf(&m, &h, &session).is_ok(), "{m}");
+        }
+        for m in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            assert_eq!(check_csrf(&m, &h, &session).unwrap_err().code, shoal_wire::ErrorCode::CsrfFailed, "{m}");
+        }
+        h.insert(CSRF_HEADER, HeaderValue::from_str(&csrf.to_uppercase()).unwrap());
+        assert!(check_csrf(&Method::POST, &h, &session).is_err(), "hex is compared as sent");
+        h.insert(CSRF_HEADER, HeaderValue::from_str(&csrf).unwrap());
+        assert!(check_csrf(&Method::DELETE, &h, &session).is_ok());
+        assert!(clearing_cookie(true).to_str().unwrap().ends_with("Max-Age=0; Secure"));
+    }
+
+    #[test]
     fn principals_check_role_and_scope() {
         let p = Principal {
             kind: PrincipalKind::Token,

@@ -227,6 +227,14 @@ mod tests {
     }
 
     #[test]
+    fn the_cookie_is_secure_under_https_only() {
+        let plain = session_cookie("shoal_ses_x", Duration::from_secs(300), false);
+        assert_eq!(plain, "shoal_session=shoal_ses_x; HttpOnly; SameSite=Strict; Path=/; Max-Age=300");
+        let tls = session_cookie("shoal_ses_x", Duration::from_secs(300), true);
+        assert_eq!(tls, "shoal_session=shoal_ses_x; HttpOnly; SameSite=Strict; Path=/; Max-Age=300; Secure");
+    }
+
+    #[test]
     fn ipv6_counts_by_its_64_and_mapped_ipv4_as_ipv4() {
         let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let other: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
