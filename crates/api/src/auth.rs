@@ -2,15 +2,20 @@
 //! and the webhooks (which carry their own signature), and `/metrics` unless
 //! `http.metrics_public` is set.
 //!
-//! A request carries `Authorization: Bearer TOKEN`. The token's text is checked offline first
-//! (prefix and checksum, `shoal_wire::parse_token`), then hashed (SHA-256) and looked up in the
-//! store through a cache of this node's: an entry is trusted for [`REVALIDATE`] at most, so a
-//! token revoked through any node is refused by every node within that and one store read. A
-//! token found makes a [`Principal`], its role and sandbox scopes, which the middleware checks
-//! against the operation's role ([`ACCESS`]) and hands to the handler as a request extension;
-//! handlers check the sandbox they act on ([`Principal::require`]). A forwarded request carries
-//! the principal its first node authenticated inside its signed part (`forward.rs`), and the
-//! node that serves it checks the permission again.
+//! A request carries `Authorization: Bearer TOKEN`, or a person's `shoal_session` cookie (a
+//! login, `sessions.rs`; a request with both is taken by its token). The token's text is
+//! checked offline first (prefix and checksum, `shoal_wire::parse_token`), then hashed
+//! (SHA-256) and looked up in the store through a cache of this node's: an entry is trusted for
+//! [`REVALIDATE`] at most, so a token revoked through any node is refused by every node within
+//! that and one store read. A session is looked up the same way (its text's SHA-256, a cache
+//! trusted as long), so a logout or a user's deletion is seen by every node within a second
+//! too; a change it makes (any method but GET, HEAD and OPTIONS) must carry its CSRF token in
+//! `X-CSRF-Token` (403 `csrf_failed`). A token or session found makes a [`Principal`], its role
+//! and sandbox scopes, which the middleware checks against the operation's role ([`ACCESS`])
+//! and hands to the handler as a request extension; handlers check the sandbox they act on
+//! ([`Principal::require`]). A forwarded request carries the principal its first node
+//! authenticated inside its signed part (`forward.rs`), and the node that serves it checks the
+//! permission again.
 
 use crate::error::{ApiError, ApiResult};
 use crate::forward::Forwarded;
@@ -22,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use shoal_store::{Store, TokenRow};
+use shoal_store::{SessionRow, Store, TokenRow};
 use shoal_wire::Role;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -101,6 +106,13 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("listTokens", Cluster),
     ("createToken", Cluster),
     ("revokeToken", Cluster),
+    // Logging in is how a person gets a credential; it is throttled per address instead.
+    ("createSession", Public),
+    // Any user may log out; the handler needs the session cookie itself.
+    ("deleteSession", R(Viewer)),
+    ("listUsers", Cluster),
+    ("createUser", Cluster),
+    ("deleteUser", Cluster),
     ("getOpenApi", R(Viewer)),
     ("getOpenApiRoot", R(Viewer)),
     ("liveV1", Public),
@@ -157,13 +169,15 @@ fn access_of(id: &str) -> (&'static str, Access) {
 pub enum PrincipalKind {
     /// An API token.
     Token,
+    /// A person logged in (a user's session).
+    User,
 }
 
 /// Who a request acts for, as authenticated by the node it reached.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Principal {
     pub kind: PrincipalKind,
-    /// The token's id.
+    /// The token's or the user's id.
     pub id: String,
     pub name: String,
     pub role: Role,
@@ -172,10 +186,11 @@ pub struct Principal {
 }
 
 impl Principal {
-    /// How the principal is recorded and named in messages: `token:NAME`.
+    /// How the principal is recorded and named in messages: `token:NAME` or `user:NAME`.
     pub fn label(&self) -> String {
         match self.kind {
             PrincipalKind::Token => format!("token:{}", self.name),
+            PrincipalKind::User => format!("user:{}", self.name),
         }
     }
 
@@ -198,7 +213,7 @@ impl Principal {
     pub fn require(&self, need: Role, sandbox: Option<&str>, what: &str) -> ApiResult<()> {
         if self.role < need {
             return Err(ApiError::forbidden(format!(
-                "{} has role `{}`; {what} needs role `{}` or above ({}); use a token that has it",
+                "{} has role `{}`; {what} needs role `{}` or above ({}); use a credential that has it",
                 self.label(),
                 self.role,
                 need,
@@ -260,6 +275,24 @@ pub fn check_glob(glob: &str) -> Result<(), String> {
     }
 }
 
+/// A credential's sandbox globs as a request gives them: `None` is every sandbox (`*`); 1 to
+/// 64 globs, each checked ([`check_glob`]).
+pub(crate) fn check_sandboxes(globs: Option<Vec<String>>) -> ApiResult<Vec<String>> {
+    let sandboxes = globs.unwrap_or_else(|| vec!["*".into()]);
+    if sandboxes.is_empty() {
+        return Err(ApiError::invalid_request(
+            "`sandboxes` is empty, which would allow nothing; leave it out for every sandbox, or list globs",
+        ));
+    }
+    if sandboxes.len() > 64 {
+        return Err(ApiError::invalid_request("`sandboxes` lists more than 64 globs; use wildcards"));
+    }
+    for g in &sandboxes {
+        check_glob(g).map_err(ApiError::invalid_request)?;
+    }
+    Ok(sandboxes)
+}
+
 /// `*` matches any run of characters, `?` one; everything else itself.
 pub fn glob_matches(glob: &str, name: &str) -> bool {
     let (g, n): (Vec<char>, Vec<char>) = (glob.chars().collect(), name.chars().collect());
@@ -317,16 +350,35 @@ struct Entry {
     offset_ms: i64,
 }
 
-/// Authenticates requests: the token cache and the record of use.
+struct CachedSession {
+    fetched: Instant,
+    entry: Arc<SessionEntry>,
+}
+
+struct SessionEntry {
+    principal: Principal,
+    expires_at: i64,
+    /// The store's clock minus this node's when the row was read.
+    offset_ms: i64,
+}
+
+/// Authenticates requests: the token and session caches and the record of use; and what
+/// logging in needs (the password hasher, the throttle of failed logins, the session TTL).
 pub struct Authenticator {
     store: Arc<Store>,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Sessions by their text's SHA-256, as tokens are.
+    sessions: Mutex<HashMap<[u8; 32], CachedSession>>,
     /// Hashes the store did not know, and when it said so.
     unknown: Mutex<HashMap<[u8; 32], Instant>>,
     lookups: tokio::sync::Semaphore,
     /// Tokens used since their `last_used_at` was last written, written by [`Self::flush_usage`].
     used: Mutex<HashSet<String>>,
     metrics_public: bool,
+    /// How long a login lasts (`http.session_ttl`).
+    pub(crate) session_ttl: Duration,
+    pub(crate) passwords: shoal_service::passwords::Passwords,
+    pub(crate) throttle: crate::sessions::Throttle,
 }
 
 fn wall_ms() -> i64 {
@@ -334,20 +386,28 @@ fn wall_ms() -> i64 {
 }
 
 impl Authenticator {
-    pub fn new(store: Arc<Store>, metrics_public: bool) -> Authenticator {
+    pub fn new(store: Arc<Store>, metrics_public: bool, session_ttl: Duration) -> Authenticator {
         Authenticator {
             store,
             cache: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             unknown: Mutex::new(HashMap::new()),
             lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
             used: Mutex::new(HashSet::new()),
             metrics_public,
+            session_ttl,
+            passwords: shoal_service::passwords::Passwords::new(),
+            throttle: crate::sessions::Throttle::default(),
         }
     }
 
     /// The principal of an API token's text, or 401 `invalid_token` saying why not.
     pub async fn token(&self, text: &str) -> ApiResult<Principal> {
-        shoal_wire::parse_token(text).map_err(ApiError::invalid_token)?;
+        if shoal_wire::parse_token(text).map_err(ApiError::invalid_token)? == shoal_wire::TokenKind::Session {
+            return Err(ApiError::invalid_token(
+                "a login session is not a bearer token: it goes in the `shoal_session` cookie; use an API token here",
+            ));
+        }
         let hash = token_hash(text);
         let fresh = |at: Instant| at.elapsed() < REVALIDATE;
         let cached = self.cache.lock().get(&hash).filter(|c| fresh(c.fetched)).map(|c| c.entry.clone());
@@ -413,18 +473,108 @@ impl Authenticator {
                 }
                 cache.insert(hash, Cached { fetched: Instant::now(), entry: e.clone() });
             }
-            None => {
-                let mut unknown = self.unknown.lock();
-                if unknown.len() >= MAX_CACHED {
-                    unknown.retain(|_, at| at.elapsed() < REVALIDATE);
-                    if unknown.len() >= MAX_CACHED {
-                        unknown.clear();
-                    }
-                }
-                unknown.insert(hash, Instant::now());
-            }
+            None => self.remember_unknown(hash),
         }
         Ok(entry)
+    }
+
+    /// The principal of a session cookie's text, or 401 `invalid_token` saying why not.
+    pub async fn session(&self, text: &str) -> ApiResult<Principal> {
+        if shoal_wire::parse_token(text)
+            .map_err(|m| ApiError::invalid_token(format!("the `shoal_session` cookie: {m}")))?
+            != shoal_wire::TokenKind::Session
+        {
+            return Err(ApiError::invalid_token(
+                "the `shoal_session` cookie holds no session (`shoal_ses_...`); log in again with POST /api/v1/sessions",
+            ));
+        }
+        let hash = token_hash(text);
+        let fresh = |at: Instant| at.elapsed() < REVALIDATE;
+        let cached = self.sessions.lock().get(&hash).filter(|c| fresh(c.fetched)).map(|c| c.entry.clone());
+        let known_unknown = cached.is_none() && self.unknown.lock().get(&hash).is_some_and(|at| fresh(*at));
+        let entry = match cached {
+            Some(entry) => Some(entry),
+            None if known_unknown => None,
+            None => self.fetch_session(hash).await?,
+        };
+        let Some(entry) = entry else {
+            return Err(ApiError::invalid_token(
+                "this session has ended (logged out, or its user was deleted) or was never made; log in again with POST /api/v1/sessions",
+            ));
+        };
+        if entry.expires_at <= wall_ms() + entry.offset_ms {
+            return Err(ApiError::invalid_token(format!(
+                "the session of user `{}` expired at {}; log in again with POST /api/v1/sessions",
+                entry.principal.name,
+                crate::rfc3339(entry.expires_at)
+            )));
+        }
+        Ok(entry.principal.clone())
+    }
+
+    async fn fetch_session(&self, hash: [u8; 32]) -> ApiResult<Option<Arc<SessionEntry>>> {
+        let _turn = self.lookups.acquire().await.map_err(|_| ApiError::internal("the token lookups were closed"))?;
+        let row = self.store.session_by_hash(&hex::encode(hash)).await?;
+        let entry = row.map(|SessionRow { user, expires_at, now, .. }| {
+            Arc::new(SessionEntry {
+                principal: Principal {
+                    kind: PrincipalKind::User,
+                    id: user.id,
+                    name: user.name,
+                    role: user.role,
+                    sandboxes: user.sandboxes,
+                },
+                expires_at,
+                offset_ms: now - wall_ms(),
+            })
+        });
+        match &entry {
+            Some(e) => {
+                let mut sessions = self.sessions.lock();
+                if sessions.len() >= MAX_CACHED {
+                    sessions.retain(|_, c| c.fetched.elapsed() < REVALIDATE);
+                    if sessions.len() >= MAX_CACHED {
+                        sessions.clear();
+                    }
+                }
+                sessions.insert(hash, CachedSession { fetched: Instant::now(), entry: e.clone() });
+            }
+            None => self.remember_unknown(hash),
+        }
+        Ok(entry)
+    }
+
+    fn remember_unknown(&self, hash: [u8; 32]) {
+        let mut unknown = self.unknown.lock();
+        if unknown.len() >= MAX_CACHED {
+            unknown.retain(|_, at| at.elapsed() < REVALIDATE);
+            if unknown.len() >= MAX_CACHED {
+                unknown.clear();
+            }
+        }
+        unknown.insert(hash, Instant::now());
+    }
+
+    /// Forgets one session (this node just ended it): refused here from now on.
+    pub(crate) fn forget_session(&self, text: &str) {
+        let hash = token_hash(text);
+        self.sessions.lock().remove(&hash);
+        self.remember_unknown(hash);
+    }
+
+    /// Forgets every cached session of one user (this node just deleted them).
+    pub(crate) fn forget_user(&self, user_id: &str) {
+        let mut gone = Vec::new();
+        self.sessions.lock().retain(|hash, c| {
+            let theirs = c.entry.principal.id == user_id;
+            if theirs {
+                gone.push(*hash);
+            }
+            !theirs
+        });
+        for hash in gone {
+            self.remember_unknown(hash);
+        }
     }
 
     /// Forgets what the cache holds of one token (this node just revoked it).
@@ -461,7 +611,7 @@ fn check_query(query: Option<&str>) -> ApiResult<()> {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy().to_ascii_lowercase();
         let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
-        let looks_like_token = ["shoal_api_", "shoal_att_"].iter().any(|p| value.contains(p));
+        let looks_like_token = shoal_wire::TokenKind::ALL.iter().any(|k| value.contains(k.prefix()));
         if CREDENTIAL_PARAMS.contains(&name.as_str()) || looks_like_token {
             return Err(ApiError::token_in_query(
                 "credentials are never taken from the URL (URLs end up in logs and browser history): send `Authorization: Bearer TOKEN` instead; if this was a real token, revoke it",
@@ -490,9 +640,64 @@ fn bearer(headers: &HeaderMap) -> ApiResult<Option<&str>> {
     Ok(Some(token.trim()))
 }
 
+/// The name of the cookie that carries a login session.
+pub const SESSION_COOKIE: &str = "shoal_session";
+
+/// The header a change made with a session cookie carries its CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The `shoal_session` cookie of a request; `None` when it sends none, 401 `invalid_token`
+/// when it sends more than one (which one would count is a browser's guess).
+pub(crate) fn session_cookie(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let mut found = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(text) = value.to_str() else { continue };
+        for pair in text.split(';') {
+            let (name, value) = pair.trim().split_once('=').unwrap_or((pair.trim(), ""));
+            if name == SESSION_COOKIE {
+                found.push(value.trim().trim_matches('"').to_owned());
+            }
+        }
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop()),
+        n => Err(ApiError::invalid_token(format!(
+            "the request carries {n} `{SESSION_COOKIE}` cookies; send one (log out, or clear this site's cookies, and log in again)"
+        ))),
+    }
+}
+
+/// The `Set-Cookie` that ends a session in the browser.
+pub(crate) fn clearing_cookie(secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{secure}"))
+        .expect("the cookie is ASCII")
+}
+
+/// 403 `csrf_failed` unless a change (any method but GET, HEAD and OPTIONS) made with the
+/// session `session` carries its CSRF token.
+fn check_csrf(method: &Method, headers: &HeaderMap, session: &str) -> ApiResult<()> {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let Some(sent) = headers.get(CSRF_HEADER) else {
+        return Err(ApiError::csrf_failed(
+            "a change made with a session cookie needs the `X-CSRF-Token` header: send the `csrf_token` the login answered",
+        ));
+    };
+    let sent = sent.to_str().unwrap_or("").trim();
+    if !shoal_service::sessions::csrf_matches(session, sent) {
+        return Err(ApiError::csrf_failed(
+            "the `X-CSRF-Token` header is not this session's CSRF token: send the `csrf_token` its login answered",
+        ));
+    }
+    Ok(())
+}
+
 fn unauthenticated() -> Response {
     let mut res = ApiError::unauthenticated(
-        "this request needs a credential: send `Authorization: Bearer TOKEN`. A node writes the first admin token to DATA_DIR/admin.token when it starts on an empty store (`shoal up`: .shoal/admin.token, which the CLI reads by itself); `shoal token create` makes more",
+        "this request needs a credential: send `Authorization: Bearer TOKEN`, or log in (POST /api/v1/sessions) and send its cookie. A node writes the first admin token to DATA_DIR/admin.token when it starts on an empty store (`shoal up`: .shoal/admin.token, which the CLI reads by itself); `shoal token create` makes more",
     )
     .into_response();
     res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"shoal\""));
@@ -537,11 +742,36 @@ pub(crate) async fn authenticate(
         },
         None => match bearer(req.headers()) {
             Err(e) => return e.into_response(),
-            Ok(None) => return unauthenticated(),
             Ok(Some(token)) => match state.auth.token(token).await {
                 Ok(p) => p,
                 Err(e) => return e.into_response(),
             },
+            // No token: a person's session, if the request carries one.
+            Ok(None) => {
+                let session = match session_cookie(req.headers()) {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return unauthenticated(),
+                    Err(e) => return e.into_response(),
+                };
+                match state.auth.session(&session).await {
+                    Ok(p) => {
+                        if let Err(e) = check_csrf(req.method(), req.headers(), &session) {
+                            return e.into_response();
+                        }
+                        p
+                    }
+                    Err(e) => {
+                        // A session that is over: the browser may as well drop the cookie.
+                        let ended = e.code == shoal_wire::ErrorCode::InvalidToken;
+                        let mut res = e.into_response();
+                        if ended {
+                            let secure = state.node.url.starts_with("https://");
+                            res.headers_mut().insert(header::SET_COOKIE, clearing_cookie(secure));
+                        }
+                        return res;
+                    }
+                }
+            }
         },
     };
     match access {
@@ -596,6 +826,31 @@ mod tests {
         for q in ["limit=5", "state=running&cursor=abc", "path=tokens.txt"] {
             assert!(check_query(Some(q)).is_ok(), "{q}");
         }
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_once_and_changes_need_the_csrf_token() {
+        let mut h = HeaderMap::new();
+        assert_eq!(session_cookie(&h).unwrap(), None);
+        h.append(header::COOKIE, HeaderValue::from_static("theme=dark; shoal_session=shoal_ses_abc"));
+        assert_eq!(session_cookie(&h).unwrap().as_deref(), Some("shoal_ses_abc"));
+        // HTTP/2 may split cookies over several headers: all are read.
+        h.append(header::COOKIE, HeaderValue::from_static("shoal_session=\"shoal_ses_def\""));
+        assert!(session_cookie(&h).unwrap_err().message.contains("2 `shoal_session` cookies"));
+        let (session, _) = shoal_service::sessions::generate();
+        let csrf = shoal_service::sessions::csrf_token(&session);
+        let mut h = HeaderMap::new();
+        for m in [Method::GET, Method::HEAD, Method::OPTIONS] {
+            assert!(check_csrf(&m, &h, &session).is_ok(), "{m}");
+        }
+        for m in [Method::POST, Method::PUT, Method::PATCH, Method::DELETE] {
+            assert_eq!(check_csrf(&m, &h, &session).unwrap_err().code, shoal_wire::ErrorCode::CsrfFailed, "{m}");
+        }
+        h.insert(CSRF_HEADER, HeaderValue::from_str(&csrf.to_uppercase()).unwrap());
+        assert!(check_csrf(&Method::POST, &h, &session).is_err(), "hex is compared as sent");
+        h.insert(CSRF_HEADER, HeaderValue::from_str(&csrf).unwrap());
+        assert!(check_csrf(&Method::DELETE, &h, &session).is_ok());
+        assert!(clearing_cookie(true).to_str().unwrap().ends_with("Max-Age=0; Secure"));
     }
 
     #[test]

@@ -21,8 +21,10 @@ mod nodes;
 mod openapi;
 mod sandboxes;
 pub mod schedules;
+mod sessions;
 mod tokens;
 mod triggers;
+mod users;
 
 pub use error::{ApiError, ApiResult, ErrorCode};
 pub use forward::{forward_to_node, Forwarded, Forwarder, REPLAY_WINDOW, SERVED_BY};

@@ -86,6 +86,11 @@ pub const ERRORS: &[(&str, &[&[ErrorCode]])] = &[
     ("listTokens", &[]),
     ("createToken", &[JSON_BODY, &[AlreadyExists, InvalidRequest]]),
     ("revokeToken", &[&[NotFound, Conflict]]),
+    ("createSession", &[JSON_BODY, &[InvalidCredentials, TooManyAttempts]]),
+    ("deleteSession", &[]),
+    ("listUsers", &[]),
+    ("createUser", &[JSON_BODY, &[AlreadyExists, InvalidRequest]]),
+    ("deleteUser", &[&[NotFound]]),
     ("getOpenApi", &[]),
     ("liveV1", &[]),
     ("readyV1", &[&[NotReady]]),
@@ -105,8 +110,11 @@ fn meaning(code: ErrorCode) -> &'static str {
         InvalidPath => "a path is refused (absolute, `..`, NUL, too long, or leading out of the sandbox)",
         Unauthorized => "the webhook signature is missing, malformed, wrong, or its time is over 300 s off",
         TokenInQuery => "a credential was sent in the query string; send it as `Authorization: Bearer TOKEN` (and revoke it, URLs are logged)",
-        Unauthenticated => "no credential: send `Authorization: Bearer TOKEN`",
-        InvalidToken => "the token is malformed, mistyped, unknown, expired or revoked (the message says which)",
+        Unauthenticated => "no credential: send `Authorization: Bearer TOKEN`, or log in and send the `shoal_session` cookie (logging out needs the cookie)",
+        InvalidToken => "the token or session cookie is malformed, mistyped, unknown, expired, revoked or logged out (the message says which)",
+        InvalidCredentials => "the user name or the password is wrong (the same answer for either)",
+        CsrfFailed => "a change made with a session cookie lacks `X-CSRF-Token`, or it is not the session's (`csrf_token` of the login's answer)",
+        TooManyAttempts => "too many failed logins from this address (5 within 60 s on this node); `Retry-After` says in how many seconds to try again",
         Forbidden => "the credential's role or sandboxes do not allow this (the message names the role needed and the sandbox)",
         InvalidSignature => "forwarding headers (`x-shoal-*`) whose signature is missing, forged, stale or replayed; for a webhook, its `X-Shoal-Hook-Signature` is missing, malformed, wrong, or its time over 300 s off",
         NotFound => "no such resource",
@@ -147,7 +155,7 @@ fn meaning(code: ErrorCode) -> &'static str {
 
 /// Every route of the API and its description, in one router.
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
-    use crate::{executions, files, health, listeners, nodes, sandboxes, schedules, tokens};
+    use crate::{executions, files, health, listeners, nodes, sandboxes, schedules, sessions, tokens, users};
     let api = OpenApiRouter::new()
         .routes(routes!(nodes::list))
         .routes(routes!(nodes::get))
@@ -175,6 +183,9 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(listeners::hook))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
+        .routes(routes!(sessions::login, sessions::logout))
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::delete))
         .routes(routes!(health::openapi))
         .routes(routes!(health::live_v1))
         .routes(routes!(health::ready_v1))
@@ -230,6 +241,11 @@ fn refine(mut doc: Value) -> Value {
         "type": "http",
         "scheme": "bearer",
         "description": "An API token (`shoal_api_...`): `shoal token create`, or the first admin token a node writes to `DATA_DIR/admin.token`. Its role (`viewer`, `runner`, `editor`, `admin`) and sandbox globs decide what it may do; docs/security.md."
+    }, "session": {
+        "type": "apiKey",
+        "in": "cookie",
+        "name": "shoal_session",
+        "description": "A person's login session (`POST /sessions`), with the user's role and sandbox globs. A request that changes something (any method but GET, HEAD and OPTIONS) with it must also send the login's `csrf_token` as `X-CSRF-Token` (403 `csrf_failed`). A request with both a bearer token and the cookie is taken by its token."
     }});
     doc["servers"] =
         json!([{"url": "/api/v1", "description": "Every path is relative to `/api/v1`, except `/metrics`."}]);
@@ -245,7 +261,7 @@ fn refine(mut doc: Value) -> Value {
     }
     *paths = renamed;
     for (_, item) in paths.iter_mut() {
-        for (_, op) in item.as_object_mut().expect("path item").iter_mut().filter(|(k, _)| *k != "servers") {
+        for (method, op) in item.as_object_mut().expect("path item").iter_mut().filter(|(k, _)| *k != "servers") {
             let Some(id) = op.get("operationId").and_then(Value::as_str).map(str::to_owned) else { continue };
             if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
                 for p in params.iter_mut().filter(|p| p["name"] == "path" && p["in"] == "path") {
@@ -254,8 +270,8 @@ fn refine(mut doc: Value) -> Value {
             }
             // Who may call it: a bearer token, but for the health checks and webhooks.
             let public = crate::auth::ACCESS.iter().any(|(op, a)| *op == id && *a == crate::auth::Access::Public);
-            op["security"] = if public { json!([]) } else { json!([{"bearer": []}]) };
-            let codes = codes_of(&id);
+            op["security"] = if public { json!([]) } else { json!([{"bearer": []}, {"session": []}]) };
+            let codes = codes_of(&id, method);
             let responses = op["responses"].as_object_mut().expect("responses");
             let mut by_status: std::collections::BTreeMap<u16, Vec<ErrorCode>> = Default::default();
             for c in codes {
@@ -387,8 +403,13 @@ fn refine(mut doc: Value) -> Value {
         assert!(property.is_object(), "{body}.{field} is in the document");
         property["pattern"] = json!(pattern);
     }
-    // A token's sandbox globs: sandbox-name characters and the wildcards (`auth::check_glob`).
-    schemas["TokenRequest"]["properties"]["sandboxes"]["items"]["pattern"] = json!("^[a-z0-9_*?-]{1,64}$");
+    // A credential's sandbox globs: sandbox-name characters and the wildcards
+    // (`auth::check_glob`); its name never looks like an id (16 hex digits), since deleting
+    // takes either.
+    for body in ["TokenRequest", "UserRequest"] {
+        schemas[body]["properties"]["sandboxes"]["items"]["pattern"] = json!("^[a-z0-9_*?-]{1,64}$");
+        schemas[body]["properties"]["name"]["not"] = json!({"pattern": "^[0-9a-fA-F]{16}$"});
+    }
     // Zones are the IANA names the server knows, spelled exactly.
     schemas["TimeZone"] = json!({
         "type": "string",
@@ -434,8 +455,9 @@ fn when_kind(kind: &str, then: Value) -> Value {
     json!({"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]}, "then": then})
 }
 
-/// Every error code an operation can answer.
-pub fn codes_of(operation: &str) -> Vec<ErrorCode> {
+/// Every error code an operation can answer; `method` (lowercase, as the document spells it)
+/// says whether it changes something, which a session cookie does only with its CSRF token.
+pub fn codes_of(operation: &str, method: &str) -> Vec<ErrorCode> {
     let mut out: Vec<ErrorCode> = ERRORS
         .iter()
         .filter(|(id, _)| *id == operation)
@@ -446,7 +468,11 @@ pub fn codes_of(operation: &str) -> Vec<ErrorCode> {
         out.extend(BROWSER);
         out.push(TokenInQuery);
     }
-    match crate::auth::ACCESS.iter().find(|(id, _)| *id == operation).map(|(_, a)| *a) {
+    let access = crate::auth::ACCESS.iter().find(|(id, _)| *id == operation).map(|(_, a)| *a);
+    if access != Some(crate::auth::Access::Public) && !matches!(method, "get" | "head" | "options") {
+        out.push(CsrfFailed);
+    }
+    match access {
         Some(crate::auth::Access::Public) => {}
         Some(crate::auth::Access::Role(need)) => {
             out.extend(AUTH);

@@ -1,6 +1,6 @@
 //! `/api/v1/tokens`: API tokens made, listed and revoked (admin only, `auth.rs`'s table).
 
-use crate::auth::{check_glob, Principal};
+use crate::auth::{check_sandboxes, Principal};
 use crate::body;
 use crate::error::{ApiError, ApiResult};
 use crate::State;
@@ -59,18 +59,7 @@ pub async fn create(
     let (parts, body) = request.into_parts();
     let (req, _): (wire::TokenRequest, _) = body::json(&parts.headers, body, state.limits.max_request_bytes).await?;
     check_name(&req.name)?;
-    let sandboxes = req.sandboxes.unwrap_or_else(|| vec!["*".into()]);
-    if sandboxes.is_empty() {
-        return Err(ApiError::invalid_request(
-            "`sandboxes` is empty, which would allow nothing; leave it out for every sandbox, or list globs",
-        ));
-    }
-    if sandboxes.len() > 64 {
-        return Err(ApiError::invalid_request("`sandboxes` lists more than 64 globs; use wildcards"));
-    }
-    for g in &sandboxes {
-        check_glob(g).map_err(ApiError::invalid_request)?;
-    }
+    let sandboxes = check_sandboxes(req.sandboxes)?;
     let expires_in_ms = match &req.expires_in {
         None => None,
         Some(text) => {

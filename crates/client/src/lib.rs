@@ -32,7 +32,7 @@ use shoal_wire::{
     HookAnswer, JobList, Listener, ListenerList, ListenerRequest, LogStream, Node, NodeList, Preview, PreviewRequest,
     Ready, Sandbox, SandboxList, Schedule, ScheduleList, ScheduleRequest, SubmitRequest, Upload,
 };
-pub use shoal_wire::{CreatedToken, Token, TokenList, TokenRequest};
+pub use shoal_wire::{CreatedToken, Token, TokenList, TokenRequest, User, UserList, UserRequest};
 use std::marker::PhantomData;
 use std::path::Path;
 use std::pin::Pin;
@@ -275,6 +275,24 @@ impl Client {
     pub async fn revoke_token(&self, reference: &str) -> Result<Token> {
         let call = Call::new(Method::DELETE, format!("/tokens/{}", segment(reference)?));
         decode(self.execute(call).await?)
+    }
+
+    // ---- users ----
+
+    /// Every user, by name (never a password nor its hash).
+    pub async fn users(&self) -> Result<UserList> {
+        self.get("/users".into(), Vec::new()).await
+    }
+
+    /// Makes a user who logs in with `request.password` (the server keeps only its hash).
+    pub async fn create_user(&self, request: &UserRequest) -> Result<User> {
+        let call = Call::with_json(Method::POST, "/users".into(), request)?;
+        decode(self.execute(call).await?)
+    }
+
+    /// Deletes the user with this name (or id), and ends their sessions.
+    pub async fn delete_user(&self, reference: &str) -> Result<()> {
+        self.execute(Call::new(Method::DELETE, format!("/users/{}", segment(reference)?))).await.map(drop)
     }
 
     // ---- sandboxes and their files ----

@@ -63,6 +63,7 @@ struct RawHttp {
     max_connections: Option<u32>,
     hosts: Option<Vec<String>>,
     metrics_public: Option<bool>,
+    session_ttl: Option<String>,
     tls: Option<RawTls>,
 }
 
@@ -171,6 +172,8 @@ pub struct HttpConfig {
     pub hosts: Vec<String>,
     /// Whether `/metrics` is served without a credential (for a Prometheus that sends none).
     pub metrics_public: bool,
+    /// How long a person's login session lasts (5 minutes to 30 days).
+    pub session_ttl: Duration,
     /// `None`: plain HTTP. The files are read at start and again whenever they change.
     pub tls: Option<TlsFiles>,
 }
@@ -250,6 +253,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "max_connections",
             "hosts",
             "metrics_public",
+            "session_ttl",
             "tls",
         ],
     ),
@@ -468,6 +472,10 @@ impl Config {
             Duration::from_secs(3600),
             "1h",
         )?;
+        let session_ttl = parse_duration("http.session_ttl", &raw.http.session_ttl, Duration::from_secs(12 * 3600))?;
+        if session_ttl < Duration::from_secs(300) || session_ttl > Duration::from_secs(30 * 86400) {
+            return Err(ConfigError::Invalid("http.session_ttl must be from 5m to 30d".into()));
+        }
         let hosts = raw.http.hosts.unwrap_or_default();
         if let Some(h) =
             hosts.iter().find(|h| h.is_empty() || h.contains(['/', ':', ' ']) || h.contains(char::is_control))
@@ -626,6 +634,7 @@ impl Config {
                 write_timeout,
                 hosts,
                 metrics_public: raw.http.metrics_public.unwrap_or(false),
+                session_ttl,
                 max_connections: max_connections as usize,
                 tls,
             },
@@ -676,7 +685,20 @@ mod tests {
         assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.http.write_timeout, Duration::from_secs(30));
         assert_eq!(c.http.max_connections, 1024);
+        assert_eq!(c.http.session_ttl, Duration::from_secs(12 * 3600));
         assert_eq!(c.sandboxes.allowed_roots, None, "none given: the data directory");
+    }
+
+    #[test]
+    fn session_ttl_is_from_five_minutes_to_thirty_days() {
+        let c = Config::parse("[http]\nsession_ttl = \"8h\"\n", "x", env(&[])).unwrap();
+        assert_eq!(c.http.session_ttl, Duration::from_secs(8 * 3600));
+        let c = Config::parse("", "x", env(&[("SHOAL_HTTP_SESSION_TTL", "5m")])).unwrap();
+        assert_eq!(c.http.session_ttl, Duration::from_secs(300));
+        for bad in ["4m", "31d"] {
+            let e = Config::parse(&format!("[http]\nsession_ttl = \"{bad}\"\n"), "x", env(&[])).unwrap_err();
+            assert!(e.to_string().contains("http.session_ttl must be from 5m to 30d"), "{bad}: {e}");
+        }
     }
 
     #[test]

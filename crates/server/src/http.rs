@@ -63,6 +63,7 @@ use parking_lot::Mutex;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -153,8 +154,8 @@ pub fn spawn(
                 Some(_) = connections.join_next(), if !connections.is_empty() => continue,
                 accepted = listener.accept() => accepted,
             };
-            let tcp = match accepted {
-                Ok((tcp, _)) => tcp,
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     // Out of descriptors, most likely: wait for some to close rather than spin.
@@ -172,7 +173,7 @@ pub fn spawn(
                 Ok(permit) => {
                     let (app, limits, shutdown, tls) = (app.clone(), limits.clone(), shutdown.clone(), tls.clone());
                     connections.spawn(async move {
-                        serve_connection(tcp, tls, app, &limits, shutdown).await;
+                        serve_connection(tcp, peer, tls, app, &limits, shutdown).await;
                         drop(permit);
                     });
                 }
@@ -329,6 +330,7 @@ impl Transport for tokio_rustls::server::TlsStream<Watched> {
 
 async fn serve_connection(
     tcp: TcpStream,
+    peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     app: Router,
     limits: &HttpLimits,
@@ -337,7 +339,7 @@ async fn serve_connection(
     let activity = Arc::new(Activity::new());
     let watched = Watched { tcp, activity: activity.clone(), write_pending: false };
     let Some(acceptor) = tls else {
-        return serve_http(watched, activity, app, limits, shutdown).await;
+        return serve_http(watched, peer, activity, app, limits, shutdown).await;
     };
     // The handshake is the start of the first request's head: the watchdog that times the
     // head from accept times it too (and a write of it that stalls).
@@ -353,7 +355,7 @@ async fn serve_connection(
         }
     };
     match handshake {
-        Ok(stream) => serve_http(stream, activity, app, limits, shutdown).await,
+        Ok(stream) => serve_http(stream, peer, activity, app, limits, shutdown).await,
         // A scanner, a client that does not trust this certificate, or plain HTTP sent to the
         // TLS port: nothing for the node's log above debug.
         Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
@@ -362,13 +364,14 @@ async fn serve_connection(
 
 async fn serve_http(
     io: impl Transport,
+    peer: SocketAddr,
     activity: Arc<Activity>,
     app: Router,
     limits: &HttpLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let io = TokioIo::new(io);
-    let service = ConnService { app, activity: activity.clone(), body_read_timeout: limits.body_read_timeout };
+    let service = ConnService { app, peer, activity: activity.clone(), body_read_timeout: limits.body_read_timeout };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .keep_alive(true)
@@ -603,6 +606,9 @@ impl AsyncWrite for Watched {
 #[derive(Clone)]
 struct ConnService {
     app: Router,
+    /// The client's address, for handlers that count by it (failed logins): each request
+    /// carries it as `axum::extract::ConnectInfo`.
+    peer: SocketAddr,
     activity: Arc<Activity>,
     body_read_timeout: Duration,
 }
@@ -617,7 +623,8 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let in_flight = self.activity.request_started();
         let timeout = self.body_read_timeout;
-        let req = req.map(|body| Body::new(Deadline { inner: body, timeout, sleep: None, since_grace: 0 }));
+        let mut req = req.map(|body| Body::new(Deadline { inner: body, timeout, sleep: None, since_grace: 0 }));
+        req.extensions_mut().insert(axum::extract::ConnectInfo(self.peer));
         let app = self.app.clone();
         Box::pin(async move {
             use tower::ServiceExt;

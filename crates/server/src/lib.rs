@@ -200,7 +200,11 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     cluster::spawn_workers(&cluster, &engine, session_events);
     let triggers = triggers::Triggers::new(store.clone(), engine.clone(), id.clone(), cluster.clone(), metrics.clone());
     triggers::spawn_workers(&triggers, &engine.workers);
-    let auth = Arc::new(shoal_api::auth::Authenticator::new(store.clone(), config.http.metrics_public));
+    let auth = Arc::new(shoal_api::auth::Authenticator::new(
+        store.clone(),
+        config.http.metrics_public,
+        config.http.session_ttl,
+    ));
     engine.workers.spawn(Periodic::new("token-usage", TOKEN_USAGE_EVERY, auth.clone(), |a| async move {
         a.flush_usage().await.map(|n| if n > 0 { Step::Busy } else { Step::Idle }).map_err(|e| e.to_string())
     }));

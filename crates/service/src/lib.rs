@@ -1,6 +1,7 @@
 //! The domain rules that both the API and the trigger workers follow, below HTTP: reading a
 //! sandbox's job file, binding its parameters, checking a submission (an inline command's
-//! settings, where a job runs) and fanning a partitioned job out into its children.
+//! settings, where a job runs) and fanning a partitioned job out into its children; making
+//! tokens, hashing passwords and making login sessions.
 //!
 //! Errors are [`DomainError`]s that say what went wrong; the API maps them to its codes and
 //! statuses in one place (`shoal_api::error`), the trigger workers record them on a firing
@@ -8,7 +9,9 @@
 
 pub mod job_file;
 pub mod jobs;
+pub mod passwords;
 pub mod roots;
+pub mod sessions;
 pub mod submission;
 pub mod tokens;
 

@@ -128,6 +128,9 @@ pub enum ClientCommand {
     /// Make, list and revoke API tokens (admin)
     #[command(subcommand)]
     Token(crate::client_tokens::TokenCmd),
+    /// Make, list and delete users, the people who log in with a password (admin)
+    #[command(subcommand)]
+    User(crate::client_users::UserCmd),
 }
 
 #[derive(clap::Args, Debug)]
@@ -331,6 +334,7 @@ pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
         ClientCommand::Listener(cmd) => client_sched::cmd_listener(&client, *cmd, json).await,
         ClientCommand::Hook(args) => client_sched::cmd_hook(&client, args, json).await,
         ClientCommand::Token(cmd) => crate::client_tokens::cmd_token(&client, cmd, json).await,
+        ClientCommand::User(cmd) => crate::client_users::cmd_user(&client, cmd, json).await,
     };
     match result {
         Ok(code) => code,

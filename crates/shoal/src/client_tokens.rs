@@ -34,7 +34,7 @@ pub enum TokenCmd {
     },
 }
 
-fn parse_role(text: &str) -> Result<Role, String> {
+pub(crate) fn parse_role(text: &str) -> Result<Role, String> {
     Role::parse(text)
         .ok_or_else(|| format!("unknown role `{text}`; use one of {}", Role::ALL.map(|r| r.as_str()).join(", ")))
 }

@@ -4,6 +4,7 @@
 mod client_cmds;
 mod client_sched;
 mod client_tokens;
+mod client_users;
 mod output;
 mod up;
 

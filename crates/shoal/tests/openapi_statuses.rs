@@ -46,6 +46,8 @@ struct Probe {
     url: String,
     http: reqwest::Client,
     seen: BTreeSet<(String, u16, String)>,
+    /// The headers of the last answer.
+    headers: reqwest::header::HeaderMap,
 }
 
 impl Probe {
@@ -72,6 +74,7 @@ impl Probe {
         };
         let resp = req.send().await.unwrap_or_else(|e| panic!("{op}: {e}"));
         let status = resp.status().as_u16();
+        self.headers = resp.headers().clone();
         let text = resp.text().await.unwrap();
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         let code = v["error"]["code"].as_str().unwrap_or("").to_owned();
@@ -220,7 +223,8 @@ async fn every_status_and_code_the_document_lists_happens() {
     let rhook = json!({"name": "rhook", "kind": "webhook", "sandbox": "remote", "job": "jobs/greet.toml", "params": {"name": "n"}, "secret": "0123456789abcdef0123"});
     assert_eq!(n2.post("/api/v1/listeners", rhook).await.0, 201);
     let cluster_secret = n.store().cluster_secret().await.unwrap();
-    let mut p = Probe { url: n.url.clone(), http: reqwest::Client::new(), seen: BTreeSet::new() };
+    let mut p =
+        Probe { url: n.url.clone(), http: reqwest::Client::new(), seen: BTreeSet::new(), headers: Default::default() };
     let (_, doc) = n.get("/api/v1/openapi.json").await;
     use Method as M;
     let j = Body::Json;
@@ -610,6 +614,43 @@ async fn every_status_and_code_the_document_lists_happens() {
     // The harness's token is the only admin token for every sandbox: it is kept.
     p.expect("revokeToken", M::DELETE, "/tokens/test-admin", Body::None, (409, "conflict")).await;
 
+    // Users and sessions.
+    p.expect("listUsers", M::GET, "/users", Body::None, (200, "")).await;
+    let password = "a password long enough";
+    let ann = json!({"name": "ann", "password": password, "role": "admin"});
+    p.expect("createUser", M::POST, "/users", j(ann.clone()), (201, "")).await;
+    p.expect("createUser", M::POST, "/users", j(ann), (409, "already_exists")).await;
+    let short = json!({"name": "bo", "password": "short", "role": "viewer"});
+    p.expect("createUser", M::POST, "/users", j(short), (422, "invalid_request")).await;
+    let gone = json!({"name": "gone", "password": password, "role": "viewer"});
+    p.expect("createUser", M::POST, "/users", j(gone), (201, "")).await;
+    p.expect("deleteUser", M::DELETE, "/users/gone", Body::None, (204, "")).await;
+    p.expect("deleteUser", M::DELETE, "/users/gone", Body::None, (404, "not_found")).await;
+    let credentials = |password: &str| j(json!({"name": "ann", "password": password}));
+    // Logged in twice: one session to log out of, one kept for the CSRF cases below.
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let v = p.expect("createSession", M::POST, "/sessions", credentials(password), (201, "")).await;
+        let set = p.headers["set-cookie"].to_str().unwrap();
+        let cookie = set.split(';').next().unwrap().to_owned();
+        sessions.push((cookie, v["csrf_token"].as_str().unwrap().to_owned()));
+    }
+    let (cookie, csrf) = sessions.pop().unwrap();
+    let by_cookie = [("authorization", String::new()), ("cookie", cookie), ("x-csrf-token", csrf)];
+    p.expect_with("deleteSession", M::DELETE, "/sessions", Body::None, &by_cookie, (204, "")).await;
+    let (cookie, _) = sessions.pop().unwrap();
+    let cookie_only = [("authorization", String::new()), ("cookie", cookie)];
+    // Failed logins, from an address of their own so that the others are not slowed: five,
+    // then the sixth is refused before its password is checked.
+    let from_elsewhere = reqwest::Client::builder().local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap());
+    let main_client = std::mem::replace(&mut p.http, from_elsewhere.build().unwrap());
+    for _ in 0..5 {
+        p.expect("createSession", M::POST, "/sessions", credentials("wrong"), (401, "invalid_credentials")).await;
+    }
+    p.expect("createSession", M::POST, "/sessions", credentials(password), (429, "too_many_attempts")).await;
+    assert!(p.headers.contains_key("retry-after"), "{:?}", p.headers);
+    p.http = main_client;
+
     // Credentials: none, a bad one, one in the URL, and a viewer's where more is needed.
     let mint = |body: Value| {
         let n = &n;
@@ -634,12 +675,16 @@ async fn every_status_and_code_the_document_lists_happens() {
         let sep = if path.contains('?') { '&' } else { '?' };
         let in_url = format!("{path}{sep}access_token=x");
         p.expect(&id, method.clone(), &in_url, Body::None, (400, "token_in_query")).await;
-        if id == "deliverHook" {
+        let need = shoal_api::auth::ACCESS.iter().find(|(op, _)| *op == id).map(|(_, a)| *a);
+        if need == Some(shoal_api::auth::Access::Public) {
             continue;
+        }
+        // A change made with a session cookie and no CSRF token.
+        if !matches!(method, M::GET | M::HEAD) {
+            p.expect_with(&id, method.clone(), &path, Body::None, &cookie_only, (403, "csrf_failed")).await;
         }
         p.expect_with(&id, method.clone(), &path, Body::None, &none, (401, "unauthenticated")).await;
         p.expect_with(&id, method.clone(), &path, Body::None, &bad, (401, "invalid_token")).await;
-        let need = shoal_api::auth::ACCESS.iter().find(|(op, _)| *op == id).map(|(_, a)| *a);
         if need != Some(shoal_api::auth::Access::Role(shoal_wire::Role::Viewer)) {
             // More than a viewer's role, or admin for every sandbox.
             p.expect_with(&id, method.clone(), &path, Body::None, &viewer, (403, "forbidden")).await;
@@ -725,6 +770,7 @@ async fn every_status_and_code_the_document_lists_happens() {
             ("createListener", _) => j(listener(json!({}))),
             ("createSandbox", _) => j(json!({"name": "later", "kind": "shared", "root": "/tmp/later"})),
             ("previewCron", _) => j(json!({"cron": "@daily"})),
+            ("createSession", _) => credentials(password),
             (_, "PATCH") => j(json!({"enabled": true})),
             ("putSandboxFile", _) => bytes(),
             ("deliverHook", _) => raw(&delivery),

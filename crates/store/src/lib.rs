@@ -19,6 +19,7 @@ mod session;
 mod sqlite;
 mod submitter;
 mod tokens;
+mod users;
 
 pub use db::Dialect;
 pub use executions::{
@@ -35,6 +36,7 @@ pub use session::{NodeSession, SessionEvent, WORK_CHANNEL};
 pub use sqlite::PoolReport;
 pub use submitter::Submitter;
 pub use tokens::{NewToken, TokenRow};
+pub use users::{NewUser, SessionRow, UserRow};
 
 use db::Tx;
 use std::path::PathBuf;

@@ -196,6 +196,28 @@ CREATE TABLE tokens (
 CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
 ";
 
+/// Users (an Argon2id PHC string, never a password) and their login sessions (by the SHA-256
+/// of the cookie's secret).
+const V6_COMMON: &str = "
+CREATE TABLE users (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL,
+    sandboxes TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE sessions (
+    hash TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX sessions_user ON sessions (user_id);
+CREATE INDEX sessions_expires ON sessions (expires_at);
+";
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -230,10 +252,11 @@ CREATE SEQUENCE fence_seq;
     Migration { version: 3, common: V3_COMMON, sqlite: "", postgres: "" },
     Migration { version: 4, common: V4_COMMON, sqlite: "", postgres: "" },
     Migration { version: 5, common: V5_COMMON, sqlite: "", postgres: "" },
+    Migration { version: 6, common: V6_COMMON, sqlite: "", postgres: "" },
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i64 = 5;
+pub const LATEST: i64 = 6;
 
 pub async fn current_version(tx: &mut dyn Tx) -> Result<i64> {
     let row = query_one(tx, "SELECT value FROM shoal_meta WHERE key = 'schema_version'", vec![]).await?;

@@ -1,5 +1,5 @@
-//! Credentials: the API tokens' text form, the roles a token or user holds, and the bodies of
-//! `/api/v1/tokens`.
+//! Credentials: the API tokens' text form (also a login session's), the roles a token or user
+//! holds, and the bodies of `/api/v1/tokens`, `/api/v1/sessions` and `/api/v1/users`.
 //!
 //! # A token's text
 //!
@@ -20,6 +20,13 @@ pub enum TokenKind {
     Api,
     /// Given to one attempt of an execution, valid while it runs (`shoal_att_`).
     Attempt,
+    /// A person's login session, carried in the `shoal_session` cookie (`shoal_ses_`).
+    Session,
+}
+
+impl TokenKind {
+    /// Every kind, in the order their prefixes are tried.
+    pub const ALL: [TokenKind; 3] = [TokenKind::Api, TokenKind::Attempt, TokenKind::Session];
 }
 
 impl TokenKind {
@@ -28,6 +35,7 @@ impl TokenKind {
         match self {
             TokenKind::Api => "shoal_api_",
             TokenKind::Attempt => "shoal_att_",
+            TokenKind::Session => "shoal_ses_",
         }
     }
 }
@@ -57,11 +65,11 @@ fn checksum(kind: TokenKind, secret: &[u8]) -> u32 {
 /// Checks a token's text offline: its prefix, alphabet, length and checksum. The message says
 /// what is wrong, without repeating the token.
 pub fn parse_token(text: &str) -> Result<TokenKind, String> {
-    let (kind, rest) = [TokenKind::Api, TokenKind::Attempt]
+    let (kind, rest) = TokenKind::ALL
         .into_iter()
         .find_map(|k| text.strip_prefix(k.prefix()).map(|rest| (k, rest)))
         .ok_or_else(|| {
-            "not a shoal token: tokens start with `shoal_api_` (API tokens) or `shoal_att_` (an attempt's)".to_owned()
+            "not a shoal token: tokens start with `shoal_api_` (API tokens), `shoal_att_` (an attempt's) or `shoal_ses_` (a login session's)".to_owned()
         })?;
     let bytes = bs58::decode(rest).into_vec().map_err(|_| {
         "the token is mistyped: it has a character base58 does not use (0, O, I, l or a symbol)".to_owned()
@@ -78,7 +86,7 @@ pub fn parse_token(text: &str) -> Result<TokenKind, String> {
 
 /// The part of a token that may be shown: its prefix and first characters.
 pub fn shown_part(token: &str) -> String {
-    let cut = [TokenKind::Api, TokenKind::Attempt]
+    let cut = TokenKind::ALL
         .into_iter()
         .find(|k| token.starts_with(k.prefix()))
         .map_or(0, |k| k.prefix().len() + SHOWN_CHARS);
@@ -109,7 +117,7 @@ impl Role {
             Role::Viewer => "read definitions, executions, logs and files",
             Role::Runner => "run jobs from sandbox files and cancel executions",
             Role::Editor => "write sandbox files, schedules and listeners",
-            Role::Admin => "manage sandboxes, tokens and nodes, and run inline commands",
+            Role::Admin => "manage sandboxes, tokens, users and nodes, and run inline commands",
         }
     }
 }
@@ -170,6 +178,88 @@ pub struct TokenList {
     pub tokens: Vec<Token>,
 }
 
+/// `POST /api/v1/sessions`: a person logs in.
+#[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    /// The user's name.
+    pub name: String,
+    /// The user's password (at most 1024 bytes).
+    #[schema(format = Password)]
+    pub password: String,
+}
+
+/// No password in `Debug` output.
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// The answer to `POST /api/v1/sessions`, beside the `Set-Cookie: shoal_session=...` that
+/// carries the session itself (HttpOnly: no script reads it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    /// The user's name.
+    pub user: String,
+    pub role: Role,
+    /// Sandbox-name globs the user may act on.
+    pub sandboxes: Vec<String>,
+    /// When the session ends (RFC 3339); log in again after it.
+    pub expires_at: String,
+    /// Send it as `X-CSRF-Token` with every request that changes something (any method but
+    /// GET, HEAD and OPTIONS) authenticated by the cookie; it stays the same for the whole
+    /// session.
+    pub csrf_token: String,
+}
+
+/// `POST /api/v1/users`.
+#[derive(Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRequest {
+    /// 1 to 64 letters, digits, `.`, `_`, `-` or `@`; unique.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._@-]{1,64}$")]
+    pub name: String,
+    /// At least 12 characters, at most 1024 bytes. The store keeps only its Argon2id hash.
+    #[schema(format = Password, min_length = 12)]
+    pub password: String,
+    pub role: Role,
+    /// Sandbox-name globs the user may act on; default `["*"]`, every sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_items = 1, max_items = 64)]
+    pub sandboxes: Option<Vec<String>>,
+}
+
+/// No password in `Debug` output.
+impl std::fmt::Debug for UserRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRequest")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("sandboxes", &self.sandboxes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A user as listed: never a password nor its hash.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// Sandbox-name globs the user may act on.
+    pub sandboxes: Vec<String>,
+    /// Who made it (`token:NAME` or `user:NAME`).
+    pub created_by: String,
+    pub created_at: String,
+}
+
+/// `GET /api/v1/users`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UserList {
+    pub users: Vec<User>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,7 +267,7 @@ mod tests {
     #[test]
     fn tokens_round_trip_and_mistypes_are_caught() {
         let secret = [7u8; TOKEN_BYTES];
-        for kind in [TokenKind::Api, TokenKind::Attempt] {
+        for kind in TokenKind::ALL {
             let text = format_token(kind, &secret);
             assert!(text.starts_with(kind.prefix()));
             assert_eq!(parse_token(&text), Ok(kind));
