@@ -8,11 +8,13 @@
 //! - Revocation: three nodes of this build on one store; a token is used on each (so each
 //!   holds it in its cache), revoked through one, and each is asked again until it refuses:
 //!   the time until the last of the three refuses.
+//! - Login: a user's password checked by Argon2id (m = 19 MiB, t = 2, p = 1), one login at a
+//!   time through the API: the time of `POST /api/v1/sessions`.
 
 use crate::nodes::{self, Procs};
 use crate::stats::{percentile, sort, summary_to};
 use anyhow::{ensure, Context, Result};
-use shoal_client::{Client, Error, TokenRequest};
+use shoal_client::{Client, Error, LoginRequest, TokenRequest, UserRequest};
 use shoal_wire::Role;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -137,5 +139,28 @@ async fn revocation(shoal: &Path, rounds: usize) -> Result<()> {
         all.push(last);
     }
     println!("revocation seen by all of 3 nodes (poll every 5 ms), {rounds} revocations: {}", summary_to(&mut all, 1));
+    login(&admin).await?;
     c.stop_all().await
+}
+
+/// One login at a time, the password checked by Argon2id on the node.
+async fn login(admin: &Client) -> Result<()> {
+    const LOGINS: usize = 30;
+    let password = "bench-password-0123";
+    admin
+        .create_user(&UserRequest {
+            name: "bench-user".into(),
+            password: password.into(),
+            role: Role::Viewer,
+            sandboxes: None,
+        })
+        .await?;
+    let mut took = Vec::with_capacity(LOGINS);
+    for _ in 0..LOGINS {
+        let t = Instant::now();
+        admin.login(&LoginRequest { name: "bench-user".into(), password: password.into() }).await?;
+        took.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!("login (Argon2id m=19456 KiB, t=2, p=1), {LOGINS} one at a time: {}", summary_to(&mut took, 1));
+    Ok(())
 }

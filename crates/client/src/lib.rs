@@ -32,7 +32,9 @@ use shoal_wire::{
     HookAnswer, JobList, Listener, ListenerList, ListenerRequest, LogStream, Node, NodeList, Preview, PreviewRequest,
     Ready, Sandbox, SandboxList, Schedule, ScheduleList, ScheduleRequest, SubmitRequest, Upload,
 };
-pub use shoal_wire::{CreatedToken, Token, TokenList, TokenRequest, User, UserList, UserRequest};
+pub use shoal_wire::{
+    CreatedToken, LoginRequest, Session, Token, TokenList, TokenRequest, User, UserList, UserRequest,
+};
 use std::marker::PhantomData;
 use std::path::Path;
 use std::pin::Pin;
@@ -282,6 +284,13 @@ impl Client {
     /// Every user, by name (never a password nor its hash).
     pub async fn users(&self) -> Result<UserList> {
         self.get("/users".into(), Vec::new()).await
+    }
+
+    /// Logs a user in and answers the session (its CSRF token, its end). The session's cookie
+    /// is not kept: this client authenticates with its token.
+    pub async fn login(&self, request: &LoginRequest) -> Result<Session> {
+        let call = Call::with_json(Method::POST, "/sessions".into(), request)?;
+        decode(self.execute(call).await?)
     }
 
     /// Makes a user who logs in with `request.password` (the server keeps only its hash).
