@@ -338,9 +338,46 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-struct Cached {
-    fetched: Instant,
-    entry: Arc<Entry>,
+/// What this node heard from the store about credentials, by their text's SHA-256, each
+/// value trusted for [`REVALIDATE`] after it was read; at most [`MAX_CACHED`] of them (past
+/// that, the stale ones go, then the rest).
+struct Fresh<V> {
+    map: Mutex<HashMap<[u8; 32], (Instant, V)>>,
+}
+
+impl<V: Clone> Fresh<V> {
+    fn new() -> Fresh<V> {
+        Fresh { map: Mutex::new(HashMap::new()) }
+    }
+
+    /// The value for `hash`, if it was read less than [`REVALIDATE`] ago.
+    fn get(&self, hash: &[u8; 32]) -> Option<V> {
+        self.map.lock().get(hash).filter(|(at, _)| at.elapsed() < REVALIDATE).map(|(_, v)| v.clone())
+    }
+
+    fn put(&self, hash: [u8; 32], value: V) {
+        let mut map = self.map.lock();
+        if map.len() >= MAX_CACHED {
+            map.retain(|_, (at, _)| at.elapsed() < REVALIDATE);
+            if map.len() >= MAX_CACHED {
+                map.clear();
+            }
+        }
+        map.insert(hash, (Instant::now(), value));
+    }
+
+    /// Drops the values `drop` says to, and answers their hashes.
+    fn remove_where(&self, drop: impl Fn(&V) -> bool) -> Vec<[u8; 32]> {
+        let mut gone = Vec::new();
+        self.map.lock().retain(|hash, (_, v)| {
+            let d = drop(v);
+            if d {
+                gone.push(*hash);
+            }
+            !d
+        });
+        gone
+    }
 }
 
 struct Entry {
@@ -348,11 +385,6 @@ struct Entry {
     row: TokenRow,
     /// The store's clock minus this node's when the row was read, to judge expiry between reads.
     offset_ms: i64,
-}
-
-struct CachedSession {
-    fetched: Instant,
-    entry: Arc<SessionEntry>,
 }
 
 struct SessionEntry {
@@ -366,11 +398,11 @@ struct SessionEntry {
 /// logging in needs (the password hasher, the throttle of failed logins, the session TTL).
 pub struct Authenticator {
     store: Arc<Store>,
-    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    cache: Fresh<Arc<Entry>>,
     /// Sessions by their text's SHA-256, as tokens are.
-    sessions: Mutex<HashMap<[u8; 32], CachedSession>>,
-    /// Hashes the store did not know, and when it said so.
-    unknown: Mutex<HashMap<[u8; 32], Instant>>,
+    sessions: Fresh<Arc<SessionEntry>>,
+    /// Hashes the store did not know (kept apart, so made-up ones never push a real one out).
+    unknown: Fresh<()>,
     lookups: tokio::sync::Semaphore,
     /// Tokens used since their `last_used_at` was last written, written by [`Self::flush_usage`].
     used: Mutex<HashSet<String>>,
@@ -389,9 +421,9 @@ impl Authenticator {
     pub fn new(store: Arc<Store>, metrics_public: bool, session_ttl: Duration) -> Authenticator {
         Authenticator {
             store,
-            cache: Mutex::new(HashMap::new()),
-            sessions: Mutex::new(HashMap::new()),
-            unknown: Mutex::new(HashMap::new()),
+            cache: Fresh::new(),
+            sessions: Fresh::new(),
+            unknown: Fresh::new(),
             lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
             used: Mutex::new(HashSet::new()),
             metrics_public,
@@ -409,9 +441,8 @@ impl Authenticator {
             ));
         }
         let hash = token_hash(text);
-        let fresh = |at: Instant| at.elapsed() < REVALIDATE;
-        let cached = self.cache.lock().get(&hash).filter(|c| fresh(c.fetched)).map(|c| c.entry.clone());
-        let known_unknown = cached.is_none() && self.unknown.lock().get(&hash).is_some_and(|at| fresh(*at));
+        let cached = self.cache.get(&hash);
+        let known_unknown = cached.is_none() && self.unknown.get(&hash).is_some();
         let entry = match cached {
             Some(entry) => Some(entry),
             None if known_unknown => None,
@@ -463,17 +494,8 @@ impl Authenticator {
             })
         });
         match &entry {
-            Some(e) => {
-                let mut cache = self.cache.lock();
-                if cache.len() >= MAX_CACHED {
-                    cache.retain(|_, c| c.fetched.elapsed() < REVALIDATE);
-                    if cache.len() >= MAX_CACHED {
-                        cache.clear();
-                    }
-                }
-                cache.insert(hash, Cached { fetched: Instant::now(), entry: e.clone() });
-            }
-            None => self.remember_unknown(hash),
+            Some(e) => self.cache.put(hash, e.clone()),
+            None => self.unknown.put(hash, ()),
         }
         Ok(entry)
     }
@@ -489,9 +511,8 @@ impl Authenticator {
             ));
         }
         let hash = token_hash(text);
-        let fresh = |at: Instant| at.elapsed() < REVALIDATE;
-        let cached = self.sessions.lock().get(&hash).filter(|c| fresh(c.fetched)).map(|c| c.entry.clone());
-        let known_unknown = cached.is_none() && self.unknown.lock().get(&hash).is_some_and(|at| fresh(*at));
+        let cached = self.sessions.get(&hash);
+        let known_unknown = cached.is_none() && self.unknown.get(&hash).is_some();
         let entry = match cached {
             Some(entry) => Some(entry),
             None if known_unknown => None,
@@ -529,57 +550,29 @@ impl Authenticator {
             })
         });
         match &entry {
-            Some(e) => {
-                let mut sessions = self.sessions.lock();
-                if sessions.len() >= MAX_CACHED {
-                    sessions.retain(|_, c| c.fetched.elapsed() < REVALIDATE);
-                    if sessions.len() >= MAX_CACHED {
-                        sessions.clear();
-                    }
-                }
-                sessions.insert(hash, CachedSession { fetched: Instant::now(), entry: e.clone() });
-            }
-            None => self.remember_unknown(hash),
+            Some(e) => self.sessions.put(hash, e.clone()),
+            None => self.unknown.put(hash, ()),
         }
         Ok(entry)
-    }
-
-    fn remember_unknown(&self, hash: [u8; 32]) {
-        let mut unknown = self.unknown.lock();
-        if unknown.len() >= MAX_CACHED {
-            unknown.retain(|_, at| at.elapsed() < REVALIDATE);
-            if unknown.len() >= MAX_CACHED {
-                unknown.clear();
-            }
-        }
-        unknown.insert(hash, Instant::now());
     }
 
     /// Forgets one session (this node just ended it): refused here from now on.
     pub(crate) fn forget_session(&self, text: &str) {
         let hash = token_hash(text);
-        self.sessions.lock().remove(&hash);
-        self.remember_unknown(hash);
+        self.sessions.map.lock().remove(&hash);
+        self.unknown.put(hash, ());
     }
 
     /// Forgets every cached session of one user (this node just deleted them).
     pub(crate) fn forget_user(&self, user_id: &str) {
-        let mut gone = Vec::new();
-        self.sessions.lock().retain(|hash, c| {
-            let theirs = c.entry.principal.id == user_id;
-            if theirs {
-                gone.push(*hash);
-            }
-            !theirs
-        });
-        for hash in gone {
-            self.remember_unknown(hash);
+        for hash in self.sessions.remove_where(|e| e.principal.id == user_id) {
+            self.unknown.put(hash, ());
         }
     }
 
     /// Forgets what the cache holds of one token (this node just revoked it).
     pub fn forget(&self, token_id: &str) {
-        self.cache.lock().retain(|_, c| c.entry.row.id != token_id);
+        self.cache.remove_where(|e| e.row.id == token_id);
     }
 
     /// Writes `last_used_at` of the tokens used since the last call.
@@ -595,7 +588,7 @@ impl Authenticator {
         }
         // The cached rows still hold the old time: drop them so they are not queued again.
         let ids: HashSet<String> = ids.into_iter().collect();
-        self.cache.lock().retain(|_, c| !ids.contains(&c.entry.row.id));
+        self.cache.remove_where(|e| ids.contains(&e.row.id));
         Ok(ids.len())
     }
 }
