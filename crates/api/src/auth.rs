@@ -27,8 +27,9 @@ use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use shoal_store::{SessionRow, Store, TokenRow};
-use shoal_wire::Role;
+pub use shoal_service::rights::{glob_matches, globs_cover};
+use shoal_store::{Origin, SessionRow, Store, TokenRow};
+use shoal_wire::{Role, Trigger};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -171,7 +172,25 @@ pub enum PrincipalKind {
     Token,
     /// A person logged in (a user's session).
     User,
+    /// One attempt of an execution, with the token in its environment (`SHOAL_TOKEN`).
+    Attempt,
 }
+
+/// What an attempt's token acts for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptOf {
+    pub execution: String,
+    pub attempt: i64,
+    /// The attempt's fencing token: what it submits is accepted only while it is current.
+    pub fence: i64,
+    /// Whom the execution runs for (`token:NAME`), and whose rights those are (`token:ID`).
+    pub principal: String,
+    pub acts_as: String,
+}
+
+/// The operations an attempt's token may call: reading its own execution and those it
+/// started (with their logs), cancelling those, and submitting jobs of its sandbox.
+const ATTEMPT_OPERATIONS: &[&str] = &["getExecution", "getExecutionLogs", "cancelExecution", "submitExecution"];
 
 /// Who a request acts for, as authenticated by the node it reached.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,14 +202,56 @@ pub struct Principal {
     pub role: Role,
     /// Sandbox-name globs (`*` and `?`) it may act on.
     pub sandboxes: Vec<String>,
+    /// Only for [`PrincipalKind::Attempt`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<AttemptOf>,
 }
 
 impl Principal {
-    /// How the principal is recorded and named in messages: `token:NAME` or `user:NAME`.
+    /// How the principal is recorded and named in messages: `token:NAME`, `user:NAME` or
+    /// `attempt:EXECUTION/N`.
     pub fn label(&self) -> String {
         match self.kind {
             PrincipalKind::Token => format!("token:{}", self.name),
             PrincipalKind::User => format!("user:{}", self.name),
+            PrincipalKind::Attempt => format!("attempt:{}", self.name),
+        }
+    }
+
+    /// What it creates records as its origin: through the API for itself, or, for an
+    /// attempt, as a job of its execution for whom that runs for.
+    pub fn origin(&self) -> Origin {
+        match &self.attempt {
+            Some(a) => {
+                Origin::new(Trigger::Job, Some(a.execution.clone()), Some(a.principal.clone()), Some(a.acts_as.clone()))
+            }
+            None => Origin::new(Trigger::Api, None, Some(self.label()), Some(self.acts_as())),
+        }
+    }
+
+    /// It, as the owner of a schedule or listener it creates or changes.
+    pub fn owner(&self) -> shoal_store::Owner {
+        shoal_store::Owner { acts_as: self.acts_as(), label: self.label() }
+    }
+
+    /// Whose rights it has: `token:ID` or `user:ID` (an attempt's, whom its execution runs for).
+    pub fn acts_as(&self) -> String {
+        match (&self.kind, &self.attempt) {
+            (PrincipalKind::User, _) => format!("user:{}", self.id),
+            (PrincipalKind::Attempt, Some(a)) => a.acts_as.clone(),
+            _ => format!("token:{}", self.id),
+        }
+    }
+
+    /// Whether it may see this execution: one in its sandboxes; for an attempt, only its own
+    /// execution and those it started.
+    pub fn sees(&self, e: &shoal_store::ExecutionRow) -> bool {
+        match &self.attempt {
+            Some(a) => {
+                e.id.as_str() == a.execution
+                    || (e.origin.trigger == Trigger::Job && e.origin.reference.as_deref() == Some(a.execution.as_str()))
+            }
+            None => self.covers(e.sandbox.as_deref()),
         }
     }
 
@@ -202,10 +263,7 @@ impl Principal {
     /// Whether it may act on `sandbox`; `None` (an inline command outside any sandbox) only
     /// when every sandbox is in scope.
     pub fn covers(&self, sandbox: Option<&str>) -> bool {
-        match sandbox {
-            None => self.unscoped(),
-            Some(name) => self.sandboxes.iter().any(|g| glob_matches(g, name)),
-        }
+        globs_cover(&self.sandboxes, sandbox)
     }
 
     /// Refuses (403 `forbidden`) unless the principal has `need` and `sandbox` in scope;
@@ -293,30 +351,6 @@ pub(crate) fn check_sandboxes(globs: Option<Vec<String>>) -> ApiResult<Vec<Strin
     Ok(sandboxes)
 }
 
-/// `*` matches any run of characters, `?` one; everything else itself.
-pub fn glob_matches(glob: &str, name: &str) -> bool {
-    let (g, n): (Vec<char>, Vec<char>) = (glob.chars().collect(), name.chars().collect());
-    // Iterative match with one backtracking point (the last `*`).
-    let (mut gi, mut ni, mut star, mut mark) = (0, 0, None, 0);
-    while ni < n.len() {
-        if gi < g.len() && (g[gi] == '?' || g[gi] == n[ni]) {
-            gi += 1;
-            ni += 1;
-        } else if gi < g.len() && g[gi] == '*' {
-            star = Some(gi);
-            mark = ni;
-            gi += 1;
-        } else if let Some(s) = star {
-            gi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
-    }
-    g[gi..].iter().all(|&c| c == '*')
-}
-
 fn like_pattern(glob: &str) -> String {
     let mut out = String::with_capacity(glob.len() + 4);
     for c in glob.chars() {
@@ -401,6 +435,8 @@ pub struct Authenticator {
     cache: Fresh<Arc<Entry>>,
     /// Sessions by their text's SHA-256, as tokens are.
     sessions: Fresh<Arc<SessionEntry>>,
+    /// Attempts' tokens, as tokens are: what each may do, or why it may not.
+    attempts: Fresh<Arc<Result<Principal, String>>>,
     /// Hashes the store did not know (kept apart, so made-up ones never push a real one out).
     unknown: Fresh<()>,
     lookups: tokio::sync::Semaphore,
@@ -423,6 +459,7 @@ impl Authenticator {
             store,
             cache: Fresh::new(),
             sessions: Fresh::new(),
+            attempts: Fresh::new(),
             unknown: Fresh::new(),
             lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
             used: Mutex::new(HashSet::new()),
@@ -435,10 +472,12 @@ impl Authenticator {
 
     /// The principal of an API token's text, or 401 `invalid_token` saying why not.
     pub async fn token(&self, text: &str) -> ApiResult<Principal> {
-        if shoal_wire::parse_token(text).map_err(ApiError::invalid_token)? == shoal_wire::TokenKind::Session {
-            return Err(ApiError::invalid_token(
+        match shoal_wire::parse_token(text).map_err(ApiError::invalid_token)? {
+            shoal_wire::TokenKind::Session => return Err(ApiError::invalid_token(
                 "a login session is not a bearer token: it goes in the `shoal_session` cookie; use an API token here",
-            ));
+            )),
+            shoal_wire::TokenKind::Attempt => return self.attempt(text).await,
+            shoal_wire::TokenKind::Api => {}
         }
         let hash = token_hash(text);
         let cached = self.cache.get(&hash);
@@ -488,6 +527,7 @@ impl Authenticator {
                     name: row.name.clone(),
                     role: row.role,
                     sandboxes: row.sandboxes.clone(),
+                    attempt: None,
                 },
                 offset_ms: store_now - wall_ms(),
                 row,
@@ -498,6 +538,66 @@ impl Authenticator {
             None => self.unknown.put(hash, ()),
         }
         Ok(entry)
+    }
+
+    /// The principal of an attempt's token (`SHOAL_TOKEN` in its environment), or 401
+    /// `invalid_token` saying why not: the attempt has ended or been superseded, or whom its
+    /// execution runs for has lost its rights.
+    async fn attempt(&self, text: &str) -> ApiResult<Principal> {
+        let hash = token_hash(text);
+        if self.unknown.get(&hash).is_some() {
+            return Err(unknown_attempt());
+        }
+        let found = match self.attempts.get(&hash) {
+            Some(found) => found,
+            None => {
+                let _turn =
+                    self.lookups.acquire().await.map_err(|_| ApiError::internal("the token lookups were closed"))?;
+                let Some(row) = self.store.attempt_by_token(&hex::encode(hash)).await? else {
+                    self.unknown.put(hash, ());
+                    return Err(unknown_attempt());
+                };
+                let found = Arc::new(self.attempt_principal(row).await?);
+                self.attempts.put(hash, found.clone());
+                found
+            }
+        };
+        found.as_ref().clone().map_err(ApiError::invalid_token)
+    }
+
+    /// What an attempt's token may do: at most `runner`, in its own sandbox, and only if whom
+    /// its execution runs for still may.
+    async fn attempt_principal(&self, row: shoal_store::AttemptTokenRow) -> ApiResult<Result<Principal, String>> {
+        let what = format!("execution {} attempt {}", row.execution_id, row.attempt);
+        if !row.live {
+            return Ok(Err(format!(
+                "this token was given to {what}, which has ended or moved to another attempt; an attempt's token is valid only while it runs"
+            )));
+        }
+        let (Some(label), Some(acts_as)) = (row.principal, row.acts_as) else {
+            return Ok(Err(format!(
+                "{what} records no principal to act for (it was made before principals were recorded)"
+            )));
+        };
+        let rights = match self.store.rights_of(&acts_as).await? {
+            Ok(r) => r,
+            Err(why) => return Ok(Err(format!("{what} runs for {label}, which may no longer act: {why}"))),
+        };
+        let sandboxes = row.sandbox.into_iter().filter(|s| globs_cover(&rights.sandboxes, Some(s))).collect();
+        Ok(Ok(Principal {
+            kind: PrincipalKind::Attempt,
+            id: row.execution_id.clone(),
+            name: format!("{}/{}", row.execution_id, row.attempt),
+            role: rights.role.min(Role::Runner),
+            sandboxes,
+            attempt: Some(AttemptOf {
+                execution: row.execution_id,
+                attempt: row.attempt,
+                fence: row.fence,
+                principal: rights.label,
+                acts_as,
+            }),
+        }))
     }
 
     /// The principal of a session cookie's text, or 401 `invalid_token` saying why not.
@@ -544,6 +644,7 @@ impl Authenticator {
                     name: user.name,
                     role: user.role,
                     sandboxes: user.sandboxes,
+                    attempt: None,
                 },
                 expires_at,
                 offset_ms: now - wall_ms(),
@@ -591,6 +692,12 @@ impl Authenticator {
         self.cache.remove_where(|e| ids.contains(&e.row.id));
         Ok(ids.len())
     }
+}
+
+fn unknown_attempt() -> ApiError {
+    ApiError::invalid_token(
+        "this attempt token is not known to the cluster: an attempt's token (`SHOAL_TOKEN`) works only inside the attempt it was given to",
+    )
 }
 
 /// Query parameters under which a credential might be sent (refused: URLs end up in logs,
@@ -767,6 +874,13 @@ pub(crate) async fn authenticate(
             }
         },
     };
+    if principal.kind == PrincipalKind::Attempt && !ATTEMPT_OPERATIONS.contains(&op) {
+        return ApiError::forbidden(format!(
+            "{} is an attempt's token (`SHOAL_TOKEN`): it may only read its own execution and those it started, with their logs, cancel those, and submit jobs of its sandbox; `{op}` needs another credential",
+            principal.label()
+        ))
+        .into_response();
+    }
     match access {
         R(need) if principal.role < need => {
             return principal.require(need, None, &format!("`{op}`")).unwrap_err().into_response();
@@ -854,6 +968,7 @@ mod tests {
             name: "ci".into(),
             role: Role::Runner,
             sandboxes: vec!["team-*".into()],
+            attempt: None,
         };
         assert!(p.require(Role::Runner, Some("team-a"), "running jobs").is_ok());
         let e = p.require(Role::Editor, Some("team-a"), "writing files").unwrap_err();

@@ -43,6 +43,9 @@ pub fn execution(e: &ExecutionRow) -> ApiResult<wire::Execution> {
         priority: e.spec.priority,
         timeout_ms: e.spec.timeout_ms,
         retries: e.spec.retries,
+        trigger: e.origin.trigger,
+        trigger_ref: e.origin.reference.clone(),
+        principal: e.origin.principal.clone(),
         cancel_requested_by: e.cancel_requested.clone(),
         created_at: crate::rfc3339(e.created_at),
         started_at: e.started_at.map(crate::rfc3339),
@@ -95,6 +98,7 @@ pub async fn submit(state: State, principal: Principal, request: axum::extract::
         },
         priority: req.priority,
         idempotency,
+        origin: principal.origin(),
     };
     let plan = match submission::prepare(&state.store, &state.node.id, submission).await? {
         Prepared::Ready(plan) => {
@@ -112,7 +116,14 @@ pub async fn submit(state: State, principal: Principal, request: axum::extract::
             return crate::forward::to_sandbox_holder(&state, &sandbox, &holder, request).await;
         }
     };
-    let submitted = plan.submit(&state.store, &state.submitter).await?;
+    let attempt = principal.attempt.as_ref().map(|a| (a.execution.as_str(), shoal_core::FencingToken(a.fence)));
+    let submitted = plan.submit(&state.store, &state.submitter, attempt).await.map_err(|e| match e {
+        shoal_service::DomainError::Store(shoal_store::StoreError::Fenced) => ApiError::invalid_token(format!(
+            "{} has ended or moved to another attempt: nothing it asks for is accepted any more",
+            principal.label()
+        )),
+        other => other.into(),
+    })?;
     state.engine.wake();
     match submitted {
         Submitted::Created(row) => {
@@ -198,7 +209,7 @@ async fn find_execution(state: &crate::AppState, principal: &Principal, id: &str
     let not_found = || ApiError::not_found(format!("no execution with id `{id}`"));
     let id = ExecutionId::parse(id).ok_or_else(not_found)?;
     let row = state.store.get_execution(id.as_str()).await?.ok_or_else(not_found)?;
-    if !principal.covers(row.sandbox.as_deref()) {
+    if !principal.sees(&row) {
         return Err(not_found());
     }
     Ok(row)
@@ -212,8 +223,10 @@ pub async fn get(state: State, principal: Principal, Path(id): Path<String>) -> 
     v.attempts = Some(
         attempts
             .iter()
-            .map(|a| wire::Attempt {
+            .enumerate()
+            .map(|(i, a)| wire::Attempt {
                 attempt: a.attempt,
+                cause: cause(i.checked_sub(1).and_then(|p| attempts[p].outcome.as_deref())),
                 node: a.node_id.clone(),
                 fencing_token: a.fence.0,
                 started_at: crate::rfc3339(a.started_at),
@@ -253,6 +266,16 @@ pub async fn cancel(
     };
     let row = find_execution(&state, &principal, &id).await?;
     Ok((status, Json(execution(&row)?)))
+}
+
+/// Why an attempt started, from how the one before it ended (`None`: it is the first).
+fn cause(previous: Option<&str>) -> wire::AttemptCause {
+    match previous {
+        None => wire::AttemptCause::First,
+        Some("node_lost") => wire::AttemptCause::NodeLost,
+        Some("handed_back") => wire::AttemptCause::HandedBack,
+        Some(_) => wire::AttemptCause::Retry,
+    }
 }
 
 #[derive(Deserialize)]

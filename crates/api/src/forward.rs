@@ -626,6 +626,7 @@ mod tests {
                 name: "ci".into(),
                 role,
                 sandboxes: vec!["*".into()],
+                attempt: None,
             })
             .unwrap()
         };

@@ -22,7 +22,7 @@ use shoal_core::listener::{
     FILE_EVENTS,
 };
 use shoal_core::{ExecState, Role};
-use shoal_store::{EventRow, ListenerDef, ListenerRow, NewEvent, Store};
+use shoal_store::{EventRow, ListenerDef, ListenerRow, NewEvent, Origin, Store};
 use shoal_wire as wire;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -194,7 +194,9 @@ async fn definition(
     }
     let params = jobs::params_from_json(&b.params.clone().unwrap_or_default())?;
     check_templates(kind, &params).map_err(ApiError::invalid_parameter)?;
-    Ok(ListenerDef { name, kind, sandbox, job, params, config, secret, enabled: b.enabled.unwrap_or(true) })
+    // Whoever creates or changes a listener owns it from then on: its jobs start with their rights.
+    let owner = principal.owner();
+    Ok(ListenerDef { name, kind, sandbox, job, params, config, secret, enabled: b.enabled.unwrap_or(true), owner })
 }
 
 /// A listener row as the API shows it (never with its secret).
@@ -215,6 +217,7 @@ pub fn listener(l: &ListenerRow) -> ApiResult<wire::Listener> {
         on_cluster: None,
         hook_url: None,
         secret: None,
+        owner: l.owner.as_ref().map(|o| o.label.clone()),
         created_at: crate::rfc3339(l.created_at),
         updated_at: crate::rfc3339(l.updated_at),
     };
@@ -247,6 +250,7 @@ fn event(e: &EventRow) -> wire::ListenerEvent {
         node: e.node_id.clone(),
         outcome: e.outcome,
         reason: e.reason,
+        message: e.message.clone(),
         execution: e.execution_id.clone(),
         payload: e.payload.clone(),
     }
@@ -610,15 +614,24 @@ pub async fn hook(state: State, Path(name): Path<String>, request: Request) -> A
         [("delivery".to_owned(), delivery.clone()), ("hook".to_owned(), listener.name.clone())].into();
     let mut stored_payload = values.clone();
     stored_payload.insert("payload".into(), payload.to_string());
-    let (execution, reason) = if listener.enabled {
-        let params = event_params(&listener.params, &values, &|n| payload_field(&payload, n))
-            .map_err(|m| ApiError::invalid_parameter(format!("webhook `{name}`: {m}")))?;
-        let job = shoal_service::jobs::load(s, &listener.job).await?;
-        (Some(job.execution(&params)?), None)
-    } else {
-        (None, Some(EventReason::Disabled))
+    let allowed =
+        shoal_service::rights::owner_may_run(&state.store, listener.owner.as_ref(), &listener.sandbox, &[]).await?;
+    let (execution, reason, message) = match allowed {
+        _ if !listener.enabled => (None, Some(EventReason::Disabled), None),
+        Err(why) => {
+            tracing::warn!(listener = %listener.name, reason = %why, "a webhook delivery starts nothing: its owner may not run its job");
+            (None, Some(EventReason::NotPermitted), Some(why))
+        }
+        Ok(()) => {
+            let params = event_params(&listener.params, &values, &|n| payload_field(&payload, n))
+                .map_err(|m| ApiError::invalid_parameter(format!("webhook `{name}`: {m}")))?;
+            let job = shoal_service::jobs::load(s, &listener.job).await?;
+            let origin = Origin::owned(shoal_wire::Trigger::Listener, &listener.id, listener.owner.as_ref());
+            (Some(job.execution(&params, origin)?), None, None)
+        }
     };
-    let new = NewEvent { key: key.clone(), payload: stored_payload, execution, reason, cursor: None, silent: false };
+    let new =
+        NewEvent { key: key.clone(), payload: stored_payload, execution, reason, message, cursor: None, silent: false };
     let recorded = state.store.record_events(&listener.id, &state.node.id, &[new], None).await?;
     let row = state
         .store

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use shoal_core::schedule::{CronSpec, Misfire, Overlap, ScheduleError, DEFAULT_MISFIRE_THRESHOLD_MS, MAX_PREVIEW};
 use shoal_core::Role;
-use shoal_store::{FiringRow, ScheduleDef, ScheduleRow, Store};
+use shoal_store::{FiringRow, Owner, ScheduleDef, ScheduleRow, Store};
 use shoal_wire as wire;
 use std::collections::BTreeMap;
 
@@ -35,7 +35,7 @@ pub(crate) fn schedule_error(e: ScheduleError) -> ApiError {
 }
 
 /// A validated definition, and the parsed expression.
-fn definition(b: &Body_, name: String) -> ApiResult<(ScheduleDef, CronSpec)> {
+fn definition(b: &Body_, name: String, owner: Owner) -> ApiResult<(ScheduleDef, CronSpec)> {
     let missing = |f: &str| ApiError::invalid_request(format!("`{f}` is required"));
     let cron = b.cron.clone().ok_or_else(|| missing("cron"))?;
     let timezone = b.timezone.clone().unwrap_or_else(|| "UTC".into());
@@ -72,6 +72,7 @@ fn definition(b: &Body_, name: String) -> ApiResult<(ScheduleDef, CronSpec)> {
         misfire,
         misfire_threshold_ms: threshold,
         overlap,
+        owner,
     };
     Ok((def, spec))
 }
@@ -96,6 +97,7 @@ pub fn schedule(s: &ScheduleRow) -> ApiResult<wire::Schedule> {
         last_fire_time: (s.last_fire_at > s.created_at).then(|| crate::rfc3339(s.last_fire_at)),
         next_fire_time: next.map(crate::rfc3339),
         last_execution: s.last_execution_id.clone(),
+        owner: s.owner.as_ref().map(|o| o.label.clone()),
         created_at: crate::rfc3339(s.created_at),
         updated_at: crate::rfc3339(s.updated_at),
     })
@@ -107,6 +109,7 @@ fn firing(f: &FiringRow) -> wire::Firing {
         fire_time: crate::rfc3339(f.fire_at),
         outcome: f.outcome,
         reason: f.reason,
+        message: f.message.clone(),
         execution: f.execution_id.clone(),
         node: f.node_id.clone(),
         claimed_at: crate::rfc3339(f.claimed_at),
@@ -161,7 +164,7 @@ pub async fn get(state: State, principal: Principal, Path(reference): Path<Strin
 #[utoipa::path(post, path = "/schedules", operation_id = "createSchedule", tag = "schedules", request_body = wire::ScheduleRequest, responses((status = 201, description = "Defined.", body = wire::Schedule)))]
 pub async fn create(state: State, principal: Principal, request: Request) -> ApiResult<Response> {
     let (b, request) = triggers::receive::<Body_>(&state, request).await?;
-    let (def, _) = definition(&b, triggers::new_name::<ScheduleRow>(&b.name)?)?;
+    let (def, _) = definition(&b, triggers::new_name::<ScheduleRow>(&b.name)?, principal.owner())?;
     triggers::save::<ScheduleRow>(&state, &principal, request, &def, None).await
 }
 
@@ -205,7 +208,8 @@ pub async fn patch(
         misfire_threshold: b.misfire_threshold.or(Some(format!("{}ms", old.misfire_threshold_ms))),
         overlap: b.overlap.or(Some(old.overlap.as_str().to_owned())),
     };
-    let (def, _) = definition(&merged, old.name.clone())?;
+    // Whoever changes a schedule owns it from then on: it fires with their rights.
+    let (def, _) = definition(&merged, old.name.clone(), principal.owner())?;
     triggers::save::<ScheduleRow>(&state, &principal, request, &def, Some(&old.id)).await
 }
 

@@ -20,5 +20,5 @@ pub use job::{Allocation, JobFileError, JobKind, JobSpec, OnNodeLoss, ParamError
 pub use path::{PathError, SandboxPath};
 pub use sandbox::{validate_partitions, Partition, SandboxKind};
 /// What a token or user may do (the wire's enum).
-pub use shoal_wire::Role;
+pub use shoal_wire::{Role, Trigger};
 pub use state::{Decision, ExecState, Outcome, ReasonCode};

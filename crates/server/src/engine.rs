@@ -59,6 +59,11 @@ pub struct EngineConfig {
     pub drain_deadline: Duration,
     /// Where the lease deadline is published to supervisors (see `shoal_runner::deadline`).
     pub deadline_file: PathBuf,
+    /// This node's URL, as it advertises it: `SHOAL_SERVER` in each attempt's environment.
+    pub url: String,
+    /// The CA bundle the cluster's certificates are checked against (`cluster.tls_ca`), given
+    /// to attempts as `SHOAL_CA_FILE`.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A peer's figures from gossip, for [`claim_delay`].
@@ -540,6 +545,13 @@ impl Engine {
         env.push(("SHOAL_ATTEMPT".into(), c.attempt.to_string()));
         env.push(("SHOAL_NODE_ID".into(), self.cfg.node_id.clone()));
         env.push(("SHOAL_FENCING_TOKEN".into(), c.fence.to_string()));
+        // `shoal` inside the job talks to this node with the attempt's own token, which is
+        // valid only while this attempt is the execution's current one.
+        env.push(("SHOAL_SERVER".into(), self.cfg.url.clone()));
+        env.push(("SHOAL_TOKEN".into(), c.token.text().to_owned()));
+        if let Some(ca) = &self.cfg.ca_file {
+            env.push(("SHOAL_CA_FILE".into(), ca.display().to_string()));
+        }
         if let (Some(name), Some(root)) = (&c.sandbox, sandbox_root) {
             env.push(("SHOAL_SANDBOX".into(), name.clone()));
             env.push(("SHOAL_SANDBOX_ROOT".into(), root));
@@ -857,6 +869,8 @@ mod tests {
             limits: Limits::default(),
             drain_deadline: Duration::from_secs(60),
             deadline_file: dir.join("lease-deadline"),
+            url: "http://127.0.0.1:1".into(),
+            ca_file: None,
         };
         Arc::new(Engine::new(Arc::new(store), cfg, launcher, Arc::default(), Arc::default()))
     }

@@ -137,6 +137,8 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
             },
             drain_deadline: config.cluster.drain_deadline,
             deadline_file: config.data_dir.join("lease-deadline"),
+            url: url.clone(),
+            ca_file: config.cluster.tls_ca.clone(),
         },
         launcher,
         metrics.clone(),

@@ -20,10 +20,12 @@ use parking_lot::Mutex;
 use shoal_cluster::keys;
 use shoal_core::listener::{event_params, EventReason, ListenerKind, OnCluster, OnFile, OnJob};
 use shoal_core::schedule::{due_firings, on_overlap, CronSpec, FiringReason, Overlap, OverlapDecision, SkipReason};
+use shoal_core::Trigger;
 use shoal_service::jobs::{self, JobRef};
+use shoal_service::rights;
 use shoal_store::{
-    CursorMove, FireContext, FireDecision, FiringOutcome, ListenerRow, NewEvent, NewFiring, SandboxRow, ScheduleRow,
-    Store,
+    CursorMove, FireContext, FireDecision, FiringOutcome, ListenerRow, NewEvent, NewFiring, Origin, SandboxRow,
+    ScheduleRow, Store,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -147,25 +149,39 @@ pub fn owner<'a>(live: &'a [String], key: &str) -> Option<&'a str> {
 
 /// What the scheduler does with one schedule's due firings, decided in the firing
 /// transaction with the schedule locked (see `Store::fire_schedules`).
-pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>, lead_ms: i64) -> FireDecision {
+pub fn decide(
+    ctx: &FireContext<'_>,
+    spec: &CronSpec,
+    job: Result<&JobRef, (FiringReason, &str)>,
+    lead_ms: i64,
+) -> FireDecision {
     let s = ctx.schedule;
     let (misfire, overlap) = (s.misfire, s.overlap);
     let plan = due_firings(spec, Some(s.last_fire_at), ctx.now, s.misfire_threshold_ms, misfire);
     let mut d = FireDecision { covered_to: plan.last_covered(), ..FireDecision::default() };
+    let origin = || Origin::owned(Trigger::Schedule, &s.id, s.owner.as_ref());
     let execution = |fire_at: i64| match job {
-        Ok(j) => j.execution(&spec.firing_params(&s.params, fire_at)).map_err(|e| e.to_string()).map(|mut e| {
-            // Claimed ahead: not claimable by any node before its firing time.
-            if fire_at > ctx.now {
-                e.run_after = Some(fire_at);
-            }
-            e
-        }),
-        Err(m) => Err(m.to_owned()),
+        Ok(j) => {
+            j.execution(&spec.firing_params(&s.params, fire_at), origin()).map_err(|e| e.to_string()).map(|mut e| {
+                // Claimed ahead: not claimable by any node before its firing time.
+                if fire_at > ctx.now {
+                    e.run_after = Some(fire_at);
+                }
+                e
+            })
+        }
+        Err((_, m)) => Err(m.to_owned()),
+    };
+    // Why a firing that should start cannot: its owner may not, or its job does not load.
+    let unstartable = match job {
+        Err((reason, _)) => reason,
+        Ok(_) => FiringReason::JobError,
     };
     let skipped = |fire_at, reason: FiringReason| NewFiring {
         fire_at,
         outcome: FiringOutcome::Skipped,
         reason: Some(reason),
+        message: None,
         execution: None,
     };
 
@@ -206,6 +222,7 @@ pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>
                         fire_at,
                         outcome: FiringOutcome::Queued,
                         reason: Some(FiringReason::Overlap),
+                        message: None,
                         execution: None,
                     });
                     waiting = true;
@@ -233,13 +250,14 @@ pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>
                     fire_at,
                     outcome: FiringOutcome::Started,
                     reason: None,
+                    message: None,
                     execution: Some(e),
                 });
                 running = true;
             }
             Err(m) => {
-                tracing::warn!(schedule = %s.name, error = %m, "a firing could not start its job");
-                d.firings.push(skipped(fire_at, FiringReason::JobError));
+                tracing::warn!(schedule = %s.name, error = %m, reason = %unstartable, "a firing could not start its job");
+                d.firings.push(NewFiring { message: Some(m), ..skipped(fire_at, unstartable) });
             }
         }
     }
@@ -255,6 +273,7 @@ pub fn decide(ctx: &FireContext<'_>, spec: &CronSpec, job: Result<&JobRef, &str>
                     fire_at: f,
                     outcome: FiringOutcome::Started,
                     reason: None,
+                    message: None,
                     execution: Some(e),
                 }),
                 Err(_) => break,
@@ -466,6 +485,16 @@ impl Triggers {
             };
             jobs_cache.insert((row.sandbox.as_str(), row.job.as_str()), loaded);
         }
+        // Each firing starts its job with its owner's rights, checked now, at each look: an
+        // owner revoked, deleted or out of scope starts nothing (`not_permitted`).
+        let mut allowed: HashMap<&str, Result<(), String>> = HashMap::new();
+        for &i in &due {
+            let row = &st.schedules[i].row;
+            let may = rights::owner_may_run(&self.store, row.owner.as_ref(), &row.sandbox, &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            allowed.insert(row.id.as_str(), may);
+        }
         let ids: Vec<String> = due.iter().map(|&i| st.schedules[i].row.id.clone()).collect();
         let mut outcomes = Vec::new();
         for chunk in ids.chunks(FIRE_BATCH) {
@@ -477,10 +506,14 @@ impl Triggers {
                         return FireDecision::default();
                     };
                     let Some(spec) = &e.spec else { return FireDecision::default() };
-                    let job = match jobs_cache.get(&(e.row.sandbox.as_str(), e.row.job.as_str())) {
-                        Some(Ok(j)) => Ok(j),
-                        Some(Err(m)) => Err(m.as_str()),
-                        None => Err("the job was not read"),
+                    let job = match (
+                        allowed.get(e.row.id.as_str()),
+                        jobs_cache.get(&(e.row.sandbox.as_str(), e.row.job.as_str())),
+                    ) {
+                        (Some(Err(why)), _) => Err((FiringReason::NotPermitted, why.as_str())),
+                        (_, Some(Ok(j))) => Ok(j),
+                        (_, Some(Err(m))) => Err((FiringReason::JobError, m.as_str())),
+                        (_, None) => Err((FiringReason::JobError, "the job was not read")),
                     };
                     decide(ctx, spec, job, lead)
                 })
@@ -490,6 +523,7 @@ impl Triggers {
             outcomes.push((store_now, fired));
         }
         drop(jobs_cache);
+        drop(allowed);
         let mut recorded = 0usize;
         let mut soonest: Option<i64> = None;
         let mut latest_now = 0;
@@ -599,36 +633,54 @@ impl Triggers {
         self.metrics.claims_lost.fetch_add(tried.saturating_sub(recorded) as u64, Ordering::Relaxed);
     }
 
-    async fn job_of(&self, l: &ListenerRow, sandbox: Option<SandboxRow>) -> Result<JobRef, String> {
-        match sandbox {
-            Some(s) => jobs::load(s, &l.job).await.map_err(|e| e.to_string()),
-            None => Err(format!("sandbox `{}` no longer exists", l.sandbox)),
+    /// The job a listener's events start, or why they start none: its owner may not (now:
+    /// run jobs of its sandbox, and read what it watches, `reads`), or the job does not load.
+    async fn job_of(
+        &self,
+        l: &ListenerRow,
+        sandbox: Option<SandboxRow>,
+        reads: &[Option<&str>],
+    ) -> Result<Result<JobRef, (EventReason, String)>, String> {
+        let may =
+            rights::owner_may_run(&self.store, l.owner.as_ref(), &l.sandbox, reads).await.map_err(|e| e.to_string())?;
+        if let Err(why) = may {
+            return Ok(Err((EventReason::NotPermitted, why)));
         }
+        Ok(match sandbox {
+            Some(s) => jobs::load(s, &l.job).await.map_err(|e| (EventReason::JobError, e.to_string())),
+            None => Err((EventReason::JobError, format!("sandbox `{}` no longer exists", l.sandbox))),
+        })
     }
 
-    /// The execution an event starts, or why it starts none.
-    fn event_execution(
+    /// The event to record: with the execution it starts, or why it starts none.
+    fn event(
         l: &ListenerRow,
-        job: &Result<JobRef, String>,
-        values: &BTreeMap<String, String>,
-    ) -> (Option<shoal_store::NewExecution>, Option<EventReason>) {
-        if !l.enabled {
-            return (None, Some(EventReason::Disabled));
-        }
-        let job = match job {
-            Ok(j) => j,
-            Err(m) => {
-                tracing::warn!(listener = %l.name, error = %m, "an event could not start its job");
-                return (None, Some(EventReason::JobError));
+        job: &Result<JobRef, (EventReason, String)>,
+        key: String,
+        values: BTreeMap<String, String>,
+        cursor: Option<CursorMove>,
+    ) -> NewEvent {
+        let skipped = |reason: EventReason, message: Option<String>| (None, Some(reason), message);
+        let (execution, reason, message) = match job {
+            _ if !l.enabled => skipped(EventReason::Disabled, None),
+            Err((reason, m)) => {
+                tracing::warn!(listener = %l.name, error = %m, reason = %reason, "an event could not start its job");
+                skipped(*reason, Some(m.clone()))
+            }
+            Ok(job) => {
+                let origin = Origin::owned(Trigger::Listener, &l.id, l.owner.as_ref());
+                match event_params(&l.params, &values, &|_| None)
+                    .and_then(|p| job.execution(&p, origin).map_err(|e| e.to_string()))
+                {
+                    Ok(e) => (Some(e), None, None),
+                    Err(m) => {
+                        tracing::warn!(listener = %l.name, error = %m, "an event could not start its job");
+                        skipped(EventReason::JobError, Some(m))
+                    }
+                }
             }
         };
-        match event_params(&l.params, values, &|_| None).and_then(|p| job.execution(&p).map_err(|e| e.to_string())) {
-            Ok(e) => (Some(e), None),
-            Err(m) => {
-                tracing::warn!(listener = %l.name, error = %m, "an event could not start its job");
-                (None, Some(EventReason::JobError))
-            }
-        }
+        NewEvent { key, payload: values, execution, reason, message, cursor, silent: false }
     }
 
     async fn job_events(&self, l: &ListenerRow, sandbox: Option<SandboxRow>) -> Result<usize, String> {
@@ -642,7 +694,7 @@ impl Triggers {
         if rows.is_empty() {
             return Ok(0);
         }
-        let job = self.job_of(l, sandbox).await;
+        let job = self.job_of(l, sandbox, &[Some(&cfg.sandbox)]).await?;
         let mut events = Vec::with_capacity(rows.len());
         let mut cursor = l.cursor_at;
         for r in &rows {
@@ -661,15 +713,7 @@ impl Triggers {
             for (k, v) in &r.params {
                 values.insert(format!("param.{k}"), v.clone());
             }
-            let (execution, reason) = Self::event_execution(l, &job, &values);
-            events.push(NewEvent {
-                key: r.id.clone(),
-                payload: values,
-                execution,
-                reason,
-                cursor: None,
-                silent: false,
-            });
+            events.push(Self::event(l, &job, r.id.clone(), values, None));
         }
         let recorded =
             self.store.record_events(&l.id, &self.node, &events, Some(cursor)).await.map_err(|e| e.to_string())?;
@@ -689,7 +733,7 @@ impl Triggers {
             }
             return Ok(0);
         }
-        let job = self.job_of(l, sandbox).await;
+        let job = self.job_of(l, sandbox, &[None]).await?;
         let events: Vec<NewEvent> = wanted
             .iter()
             .map(|r| {
@@ -698,15 +742,7 @@ impl Triggers {
                         .into_iter()
                         .map(|(k, v)| (k.to_owned(), v))
                         .collect();
-                let (execution, reason) = Self::event_execution(l, &job, &values);
-                NewEvent {
-                    key: format!("{}:{}:{}", r.kind, r.node_id, r.generation),
-                    payload: values,
-                    execution,
-                    reason,
-                    cursor: None,
-                    silent: false,
-                }
+                Self::event(l, &job, format!("{}:{}:{}", r.kind, r.node_id, r.generation), values, None)
             })
             .collect();
         let recorded = self.store.record_events(&l.id, &self.node, &events, cursor).await.map_err(|e| e.to_string())?;
@@ -755,7 +791,7 @@ impl Triggers {
             return Ok(0);
         }
         let wanted: Vec<FileEventKind> = cfg.events.iter().filter_map(|e| FileEventKind::parse(e)).collect();
-        let job = self.job_of(l, job_sandbox).await;
+        let job = self.job_of(l, job_sandbox, &[Some(&watched.name)]).await?;
         let mut events = Vec::with_capacity(found.len());
         for ev in &found {
             let from = cursor.get(&ev.path).map(|(s, m)| (*s as i64, *m));
@@ -781,20 +817,13 @@ impl Triggers {
                     payload: values,
                     execution: None,
                     reason: None,
+                    message: None,
                     cursor: cursor_move,
                     silent: true,
                 });
                 continue;
             }
-            let (execution, reason) = Self::event_execution(l, &job, &values);
-            events.push(NewEvent {
-                key: ev.key(),
-                payload: values,
-                execution,
-                reason,
-                cursor: cursor_move,
-                silent: false,
-            });
+            events.push(Self::event(l, &job, ev.key(), values, cursor_move));
         }
         let mut recorded = 0;
         for chunk in events.chunks(FIRE_BATCH) {
@@ -842,6 +871,7 @@ mod tests {
             last_execution_id: Some("e0".into()),
             created_at: 0,
             updated_at: 0,
+            owner: None,
         }
     }
 
@@ -858,35 +888,40 @@ mod tests {
         // The job cannot be read here: started firings become `job_error`, which shows the
         // decision to start without a sandbox on disk.
         let s = schedule("replace", "once", true);
-        let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err("no job"), 0);
+        let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err((FiringReason::JobError, "no job")), 0);
         assert!(d.cancel_previous);
         assert_eq!(
             outcomes(&d),
             vec![(1_001_000, "skipped", Some("overlap")), (1_002_000, "skipped", Some("job_error"))]
         );
         let s = schedule("skip", "once", true);
-        let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err("no job"), 0);
+        let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err((FiringReason::JobError, "no job")), 0);
         assert_eq!(
             outcomes(&d),
             vec![(1_001_000, "skipped", Some("overlap")), (1_002_000, "skipped", Some("overlap"))]
         );
-        let d = decide(&ctx(&s, Some(ExecState::Succeeded), None), &spec, Err("no job"), 0);
+        let d = decide(&ctx(&s, Some(ExecState::Succeeded), None), &spec, Err((FiringReason::JobError, "no job")), 0);
         assert_eq!(d.firings[0].reason.map(FiringReason::as_str), Some("job_error"));
         let s = schedule("queue", "once", true);
-        let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err("no job"), 0);
+        let d = decide(&ctx(&s, Some(ExecState::Running), None), &spec, Err((FiringReason::JobError, "no job")), 0);
         assert_eq!(outcomes(&d), vec![(1_001_000, "queued", Some("overlap")), (1_002_000, "skipped", Some("overlap"))]);
-        let d = decide(&ctx(&s, Some(ExecState::Running), Some(999_000)), &spec, Err("no job"), 0);
+        let d = decide(
+            &ctx(&s, Some(ExecState::Running), Some(999_000)),
+            &spec,
+            Err((FiringReason::JobError, "no job")),
+            0,
+        );
         assert!(d.release_queued.is_none(), "the previous run still goes");
         assert_eq!(outcomes(&d)[0], (1_001_000, "skipped", Some("overlap")));
         assert_eq!(d.covered_to, Some(1_002_000));
         let s = schedule("allow", "once", false);
-        let d = decide(&ctx(&s, None, None), &spec, Err("no job"), 0);
+        let d = decide(&ctx(&s, None, None), &spec, Err((FiringReason::JobError, "no job")), 0);
         assert_eq!(
             outcomes(&d),
             vec![(1_001_000, "skipped", Some("disabled")), (1_002_000, "skipped", Some("disabled"))]
         );
         // Nothing is claimed ahead for a schedule whose job cannot be read, or that is disabled.
-        let d = decide(&ctx(&s, None, None), &spec, Err("no job"), 1_500);
+        let d = decide(&ctx(&s, None, None), &spec, Err((FiringReason::JobError, "no job")), 1_500);
         assert_eq!(
             outcomes(&d),
             vec![(1_001_000, "skipped", Some("disabled")), (1_002_000, "skipped", Some("disabled"))]

@@ -6,7 +6,7 @@
 
 use crate::{job_file, DomainError, Result};
 use shoal_core::{Allocation, JobSpec, SandboxKind, SandboxPath};
-use shoal_store::{NewExecution, SandboxRow, Store};
+use shoal_store::{NewExecution, Origin, SandboxRow, Store};
 use std::collections::BTreeMap;
 
 /// A job file read and checked.
@@ -79,8 +79,8 @@ impl JobRef {
         Ok(())
     }
 
-    /// The execution to enqueue with these parameter values.
-    pub fn execution(&self, params: &BTreeMap<String, String>) -> Result<NewExecution> {
+    /// The execution to enqueue with these parameter values, for `origin`.
+    pub fn execution(&self, params: &BTreeMap<String, String>, origin: Origin) -> Result<NewExecution> {
         let bound = self.spec.bind_params(params)?;
         let spec = self.spec.resolve(&bound);
         // A value substituted from an event (a file name, a webhook's payload) may carry what
@@ -96,6 +96,7 @@ impl JobRef {
             pinned_node: crate::pinned_node(&self.sandbox),
             idempotency: None,
             run_after: None,
+            origin,
         })
     }
 }

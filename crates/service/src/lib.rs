@@ -10,6 +10,7 @@
 pub mod job_file;
 pub mod jobs;
 pub mod passwords;
+pub mod rights;
 pub mod roots;
 pub mod sessions;
 pub mod submission;

@@ -5,8 +5,10 @@
 
 use crate::job_file::{self, check_workdir_resolves_inside};
 use crate::{DomainError, Result};
-use shoal_core::{Allocation, OnNodeLoss, Partition, RunSpec, SandboxKind, SandboxName, SandboxPath};
-use shoal_store::{NewExecution, SandboxRow, Store, StoreError, Submitted, Submitter};
+use shoal_core::{
+    Allocation, FencingToken, OnNodeLoss, Partition, RunSpec, SandboxKind, SandboxName, SandboxPath, Trigger,
+};
+use shoal_store::{NewExecution, Origin, SandboxRow, Store, StoreError, Submitted, Submitter};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -24,6 +26,8 @@ pub struct Submission {
     pub priority: Option<i32>,
     /// `Idempotency-Key` and a hash of the request it came with.
     pub idempotency: Option<(String, String)>,
+    /// Who asks, and through what.
+    pub origin: Origin,
 }
 
 /// An inline command's settings, as given (durations still text).
@@ -76,18 +80,30 @@ pub enum Plan {
 
 impl Plan {
     /// Enqueues the plan: a single execution through group commit, a partitioned one with
-    /// its children in one transaction.
-    pub async fn submit(&self, store: &Store, submitter: &Submitter) -> Result<Submitted> {
-        Ok(match self {
-            Plan::One(new) => submitter.submit(new.clone()).await?,
-            Plan::Partitioned { parent, children } => store.submit_partitioned(parent, children).await?,
+    /// its children in one transaction. Asked for by a running attempt (`attempt`: its
+    /// execution and fencing token), it is fenced as the attempt's other writes are: accepted
+    /// only while that attempt is current, checked in the inserting transaction
+    /// ([`shoal_store::StoreError::Fenced`] if not).
+    pub async fn submit(
+        &self,
+        store: &Store,
+        submitter: &Submitter,
+        attempt: Option<(&str, FencingToken)>,
+    ) -> Result<Submitted> {
+        Ok(match (self, attempt) {
+            (Plan::One(new), Some((parent, fence))) => store.submit_for_attempt(parent, fence, new).await?,
+            (Plan::One(new), None) => submitter.submit(new.clone()).await?,
+            (Plan::Partitioned { .. }, Some(_)) => {
+                return Err(invalid("a running attempt cannot start a partitioned job; submit it with an API token"))
+            }
+            (Plan::Partitioned { parent, children }, None) => store.submit_partitioned(parent, children).await?,
         })
     }
 }
 
 /// Checks `sub` as node `here` and says what to enqueue, or which node must.
 pub async fn prepare(store: &Store, here: &str, sub: Submission) -> Result<Prepared> {
-    let Submission { sandbox: sandbox_name, job, command, mut params, inline, priority, idempotency } = sub;
+    let Submission { sandbox: sandbox_name, job, command, mut params, inline, priority, idempotency, origin } = sub;
     let sandbox = match &sandbox_name {
         Some(name) => Some(named_sandbox(store, name).await?),
         None => None,
@@ -166,8 +182,16 @@ pub async fn prepare(store: &Store, here: &str, sub: Submission) -> Result<Prepa
         Allocation::Partitioned { sandbox: parts } => Some(partitions_of(store, parts).await?),
         _ => None,
     };
-    let new =
-        NewExecution { sandbox: sandbox_name, job: job_path, params, spec, pinned_node, idempotency, run_after: None };
+    let new = NewExecution {
+        sandbox: sandbox_name,
+        job: job_path,
+        params,
+        spec,
+        pinned_node,
+        idempotency,
+        run_after: None,
+        origin,
+    };
     let Some((parts, list)) = partitioned else { return Ok(Prepared::Ready(Box::new(Plan::One(new)))) };
     if new.pinned_node.is_some() {
         return Err(invalid(
@@ -266,6 +290,8 @@ pub fn fan_out(parent: &NewExecution, sandbox: &str, partitions: &[Partition]) -
                 pinned_node: Some(p.node.clone()),
                 idempotency: None,
                 run_after: None,
+                // As the store records it: for the parent's principal, from the parent.
+                origin: Origin { trigger: Trigger::Partition, reference: None, ..parent.origin.clone() },
             };
             (p.name.clone(), child)
         })

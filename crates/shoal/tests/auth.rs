@@ -359,6 +359,7 @@ async fn forwarded_requests_carry_a_checked_principal(backend: Backend) {
             name: "someone".into(),
             role,
             sandboxes: vec!["*".into()],
+            attempt: None,
         });
         let forwarder = &forwarder;
         let url = n.url.clone();

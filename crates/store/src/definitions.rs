@@ -127,3 +127,30 @@ pub(crate) fn stored_params(r: &Row, i: usize, noun: &str) -> Result<BTreeMap<St
     serde_json::from_str(&r.text(i)?)
         .map_err(|e| StoreError::Internal(format!("stored {noun} params are invalid: {e}")))
 }
+
+/// Who owns a schedule or listener: whose rights its jobs start with (checked again at each
+/// firing or event through [`Store::rights_of`]). Stored as the columns `owner` and
+/// `owner_name`, which both kinds have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// `token:ID` or `user:ID`.
+    pub acts_as: String,
+    /// `token:NAME` or `user:NAME`, as shown.
+    pub label: String,
+}
+
+impl Owner {
+    /// The owner in columns `i` and `i + 1`, if it has one.
+    pub(crate) fn read(r: &Row, i: usize) -> Result<Option<Owner>> {
+        Ok(match (r.opt_text(i)?, r.opt_text(i + 1)?) {
+            (Some(acts_as), Some(label)) => Some(Owner { acts_as, label }),
+            _ => None,
+        })
+    }
+
+    /// `fields` followed by the owner's two columns.
+    pub(crate) fn with(&self, mut fields: Vec<Value>) -> Vec<Value> {
+        fields.extend([self.acts_as.as_str().into(), self.label.as_str().into()]);
+        fields
+    }
+}

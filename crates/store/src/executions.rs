@@ -11,7 +11,7 @@ use crate::db::{query_one, Dialect, Row, Tx, Value};
 use crate::{Result, Store, StoreError};
 use shoal_core::placement::{eligible, NodeView};
 use shoal_core::state::{decide, Decision, Outcome};
-use shoal_core::{ExecState, ExecutionId, FencingToken, ReasonCode, RunSpec};
+use shoal_core::{ExecState, ExecutionId, FencingToken, ReasonCode, RunSpec, Trigger};
 use std::collections::{BTreeMap, HashMap};
 
 #[derive(Clone, Debug)]
@@ -26,6 +26,47 @@ pub struct NewExecution {
     pub idempotency: Option<(String, String)>,
     /// Not claimable before this store time (a schedule's firing claimed ahead of its time).
     pub run_after: Option<i64>,
+    pub origin: Origin,
+}
+
+/// What created an execution, and whose rights it runs with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub trigger: Trigger,
+    /// The schedule, listener or execution that created it.
+    pub reference: Option<String>,
+    /// Whom it runs for, as shown: `token:NAME` or `user:NAME`.
+    pub principal: Option<String>,
+    /// Whose rights it runs with: `token:ID` or `user:ID` (see [`crate::Store::rights_of`]).
+    pub acts_as: Option<String>,
+}
+
+impl Origin {
+    /// Made by `trigger` from `reference`, for the principal shown as `label` whose rights are
+    /// `acts_as`.
+    pub fn new(trigger: Trigger, reference: Option<String>, label: Option<String>, acts_as: Option<String>) -> Origin {
+        Origin { trigger, reference, principal: label, acts_as }
+    }
+}
+
+impl Origin {
+    /// Made by a schedule's firing or a listener's event (`trigger`, from `reference`), for
+    /// its owner.
+    pub fn owned(trigger: Trigger, reference: &str, owner: Option<&crate::Owner>) -> Origin {
+        Origin {
+            trigger,
+            reference: Some(reference.to_owned()),
+            principal: owner.map(|o| o.label.clone()),
+            acts_as: owner.map(|o| o.acts_as.clone()),
+        }
+    }
+}
+
+impl Default for Origin {
+    /// Through the API, for nobody known (tests of the store alone).
+    fn default() -> Origin {
+        Origin { trigger: Trigger::Api, reference: None, principal: None, acts_as: None }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +101,7 @@ pub struct ExecutionRow {
     pub parent_id: Option<String>,
     /// The partition a child runs on.
     pub partition: Option<String>,
+    pub origin: Origin,
 }
 
 /// One attempt of an execution, as recorded.
@@ -81,6 +123,8 @@ pub struct Claimed {
     pub attempt: i64,
     pub sandbox: Option<String>,
     pub spec: RunSpec,
+    /// The attempt's own token (`SHOAL_TOKEN` in its environment).
+    pub token: crate::principals::AttemptToken,
     /// How long the execution had been runnable (since its `run_after`: its submission, or
     /// the time it was held or retried until) when this claim took it, on the store's clock.
     pub queued_for: std::time::Duration,
@@ -164,7 +208,11 @@ pub enum CancelResult {
 
 const COLUMNS: &str =
     "id, sandbox, job, params, spec, state, reason, message, exit_code, signal, attempt, node_id, fence,
-    cancel_requested, created_at, run_after, started_at, finished_at, updated_at, parent_id, partition";
+    cancel_requested, created_at, run_after, started_at, finished_at, updated_at, parent_id, partition,
+    origin, origin_ref, principal, acts_as";
+
+/// The index of the first column a query selects after [`COLUMNS`].
+const AFTER: usize = 25;
 
 fn json_err(e: serde_json::Error) -> StoreError {
     StoreError::Internal(format!("stored JSON is invalid: {e}"))
@@ -194,6 +242,12 @@ fn execution_row(r: &Row) -> Result<ExecutionRow> {
         updated_at: r.i64(18)?,
         parent_id: r.opt_text(19)?,
         partition: r.opt_text(20)?,
+        origin: Origin {
+            trigger: r.named(21, "execution trigger", Trigger::parse)?,
+            reference: r.opt_text(22)?,
+            principal: r.opt_text(23)?,
+            acts_as: r.opt_text(24)?,
+        },
     })
 }
 
@@ -285,7 +339,7 @@ async fn lock_fenced(tx: &mut dyn Tx, wanted: &[(&str, FencingToken)]) -> Result
         let rows = tx.query(&sql, part.iter().map(|(id, _)| (*id).into()).collect()).await?;
         let tokens: HashMap<&str, FencingToken> = part.iter().copied().collect();
         for row in rows {
-            let losses = row.i64(21)?;
+            let losses = row.i64(AFTER)?;
             let exec = execution_row(&row)?;
             let token = tokens.get(exec.id.as_str()).copied();
             if exec.state == ExecState::Running && exec.fence.is_some() && exec.fence == token {
@@ -424,15 +478,33 @@ pub(crate) async fn insert_executions(
     for part in inserts.chunks(BATCH_ROWS / 2) {
         let sql = format!(
                 "INSERT INTO executions (id, sandbox, job, params, spec, state, reason, message, priority, pinned_node,
-                     concurrency_key, max_concurrent, idempotency_key, request_hash, created_at, run_after, updated_at)
+                     concurrency_key, max_concurrent, idempotency_key, request_hash, created_at, run_after, updated_at,
+                     origin, origin_ref, principal, acts_as)
                  SELECT v.column1, v.column2, v.column3, v.column4, v.column5, 'queued', 'submitted', 'waiting for a free slot',
                      v.column6, v.column7, v.column8, v.column9, v.column10, v.column11, {{now}},
-                     COALESCE(v.column12, {{now}}), {{now}}
+                     COALESCE(v.column12, {{now}}), {{now}}, v.column13, v.column14, v.column15, v.column16
                  FROM (VALUES {}) AS v
                  {}",
                 values_list(
                     part.len(),
-                    &[None, None, None, None, None, Some("BIGINT"), None, None, Some("BIGINT"), None, None, Some("BIGINT")],
+                    &[
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        Some("BIGINT"),
+                        None,
+                        None,
+                        Some("BIGINT"),
+                        None,
+                        None,
+                        Some("BIGINT"),
+                        None,
+                        None,
+                        None,
+                        None
+                    ],
                     1
                 ),
                 if returning { format!("RETURNING {COLUMNS}") } else { String::new() }
@@ -457,6 +529,10 @@ pub(crate) async fn insert_executions(
                 key.into(),
                 hash.into(),
                 new.run_after.into(),
+                new.origin.trigger.as_str().into(),
+                new.origin.reference.clone().into(),
+                new.origin.principal.clone().into(),
+                new.origin.acts_as.clone().into(),
             ]);
         }
         if !returning {
@@ -493,6 +569,39 @@ impl Store {
     /// them all (nothing was written); an inner one concerns its item only.
     pub async fn submit_batch(&self, items: &[NewExecution]) -> Result<Vec<Result<Submitted>>> {
         let mut tx = self.begin_write().await?;
+        let results = submit_in(tx.as_mut(), items).await?;
+        tx.commit().await?;
+        Ok(results)
+    }
+
+    /// Accepts an execution that a running attempt asks for with its own token: only while
+    /// that attempt (`parent` with fencing token `fence`) is still the execution's current
+    /// one, checked under a row lock in the same transaction ([`StoreError::Fenced`] if not).
+    pub async fn submit_for_attempt(&self, parent: &str, fence: FencingToken, new: &NewExecution) -> Result<Submitted> {
+        let mut tx = self.begin_write().await?;
+        let current = query_one(
+            tx.as_mut(),
+            "SELECT state, fence FROM executions WHERE id = $1 {for_share}",
+            vec![parent.into()],
+        )
+        .await?;
+        let live = match &current {
+            Some(r) => r.text(0)? == ExecState::Running.as_str() && r.opt_i64(1)? == Some(fence.0),
+            None => false,
+        };
+        if !live {
+            tx.rollback().await?;
+            return Err(StoreError::Fenced);
+        }
+        let result = submit_in(tx.as_mut(), std::slice::from_ref(new)).await?.pop();
+        tx.commit().await?;
+        result.unwrap_or_else(|| Err(StoreError::Internal("a batch of one gave no result".into())))
+    }
+}
+
+/// [`Store::submit_batch`] in the caller's transaction, which commits it.
+async fn submit_in(tx: &mut dyn Tx, items: &[NewExecution]) -> Result<Vec<Result<Submitted>>> {
+    {
         // Earlier submissions with the same idempotency keys.
         let keys: Vec<&str> = items.iter().filter_map(|n| n.idempotency.as_ref().map(|(k, _)| k.as_str())).collect();
         let mut seen: HashMap<String, (ExecutionRow, Option<String>)> = HashMap::new();
@@ -502,7 +611,7 @@ impl Store {
                 in_list(part.len(), 1)
             );
             for r in tx.query(&sql, part.iter().map(|k| (*k).into()).collect()).await? {
-                seen.insert(r.text(22)?, (execution_row(&r)?, r.opt_text(21)?));
+                seen.insert(r.text(AFTER + 1)?, (execution_row(&r)?, r.opt_text(AFTER)?));
             }
         }
         enum Plan {
@@ -535,11 +644,10 @@ impl Store {
             plans.push(Plan::Insert(id.clone()));
             inserts.push((id, new));
         }
-        let created = insert_executions(tx.as_mut(), &inserts, true).await?;
+        let created = insert_executions(tx, &inserts, true).await?;
         if !created.is_empty() {
-            Store::notify_work(tx.as_mut()).await?;
+            Store::notify_work(tx).await?;
         }
-        tx.commit().await?;
         let lookup = |id: &str| {
             created
                 .get(id)
@@ -556,7 +664,9 @@ impl Store {
             })
             .collect())
     }
+}
 
+impl Store {
     pub async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRow>> {
         let mut c = self.read().await?;
         get_in(c.as_mut(), id).await
@@ -575,7 +685,7 @@ impl Store {
             let sql = format!("SELECT {COLUMNS}, request_hash FROM executions WHERE idempotency_key = $1");
             if let Some(r) = query_one(tx.as_mut(), &sql, vec![key.as_str().into()]).await? {
                 tx.rollback().await?;
-                return if r.opt_text(21)?.as_deref() == Some(hash.as_str()) {
+                return if r.opt_text(AFTER)?.as_deref() == Some(hash.as_str()) {
                     Ok(Submitted::Replayed(execution_row(&r)?))
                 } else {
                     Err(StoreError::IdempotencyMismatch)
@@ -588,8 +698,10 @@ impl Store {
             tx.as_mut(),
             &format!(
                 "INSERT INTO executions (id, sandbox, job, params, spec, state, reason, message, priority,
-                     idempotency_key, request_hash, created_at, run_after, started_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, 'running', 'partitions', $6, $7, $8, $9, {{now}}, {{now}}, {{now}}, {{now}})
+                     idempotency_key, request_hash, created_at, run_after, started_at, updated_at,
+                     origin, origin_ref, principal, acts_as)
+                 VALUES ($1, $2, $3, $4, $5, 'running', 'partitions', $6, $7, $8, $9, {{now}}, {{now}}, {{now}}, {{now}},
+                     $10, $11, $12, $13)
                  RETURNING {COLUMNS}"
             ),
             vec![
@@ -602,6 +714,10 @@ impl Store {
                 i64::from(parent.spec.priority).into(),
                 key.into(),
                 hash.into(),
+                parent.origin.trigger.as_str().into(),
+                parent.origin.reference.clone().into(),
+                parent.origin.principal.clone().into(),
+                parent.origin.acts_as.clone().into(),
             ],
         )
         .await?
@@ -613,9 +729,10 @@ impl Store {
             };
             tx.execute(
                 "INSERT INTO executions (id, sandbox, job, params, spec, state, reason, message, priority, pinned_node,
-                     concurrency_key, max_concurrent, parent_id, partition, created_at, run_after, updated_at)
+                     concurrency_key, max_concurrent, parent_id, partition, created_at, run_after, updated_at,
+                     origin, origin_ref, principal, acts_as)
                  VALUES ($1, $2, $3, $4, $5, 'queued', 'submitted', 'waiting for a free slot', $6, $7, $8, $9, $10, $11,
-                     {now}, {now}, {now})",
+                     {now}, {now}, {now}, 'partition', $10, $12, $13)",
                 vec![
                     uuid::Uuid::now_v7().to_string().into(),
                     child.sandbox.clone().into(),
@@ -628,6 +745,8 @@ impl Store {
                     child.spec.max_concurrent.map(i64::from).into(),
                     parent_id.as_str().into(),
                     partition.as_str().into(),
+                    parent.origin.principal.clone().into(),
+                    parent.origin.acts_as.clone().into(),
                 ],
             )
             .await?;
@@ -801,6 +920,7 @@ impl Store {
                     attempt: *attempt,
                     sandbox,
                     spec,
+                    token: crate::principals::AttemptToken::mint(),
                     queued_for: std::time::Duration::from_millis((now - run_after).max(0) as u64),
                     claimed_at: std::time::Instant::now(),
                 });
@@ -808,13 +928,13 @@ impl Store {
         }
         if !claimed.is_empty() {
             let sql = format!(
-                "INSERT INTO attempts (execution_id, attempt, fence, node_id, started_at)
-                 SELECT v.column1, v.column2, v.column3, $1, {{now}} FROM (VALUES {}) AS v",
-                values_list(claimed.len(), &[None, Some("BIGINT"), Some("BIGINT")], 2)
+                "INSERT INTO attempts (execution_id, attempt, fence, node_id, started_at, token_hash)
+                 SELECT v.column1, v.column2, v.column3, $1, {{now}}, v.column4 FROM (VALUES {}) AS v",
+                values_list(claimed.len(), &[None, Some("BIGINT"), Some("BIGINT"), None], 2)
             );
             let mut params: Vec<Value> = vec![node.id.into()];
             for c in &claimed {
-                params.extend([c.id.as_str().into(), c.attempt.into(), c.fence.0.into()]);
+                params.extend([c.id.as_str().into(), c.attempt.into(), c.fence.0.into(), c.token.hash.clone().into()]);
             }
             tx.execute(&sql, params).await?;
         }

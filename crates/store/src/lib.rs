@@ -11,6 +11,7 @@ mod listeners;
 mod nodes;
 pub mod pgtls;
 mod postgres;
+mod principals;
 mod sandboxes;
 mod schedules;
 pub mod schema;
@@ -22,14 +23,16 @@ mod tokens;
 mod users;
 
 pub use db::Dialect;
+pub use definitions::Owner;
 pub use executions::{
     AttemptEnd, AttemptRow, CancelResult, Claimed, ExecutionFilter, ExecutionRow, Finish, FinishResult, LogChunk,
-    LogRow, NewExecution, Submitted,
+    LogRow, NewExecution, Origin, Submitted,
 };
 pub use listeners::{
     CursorMove, EventRow, FinishedExecution, ListenerDef, ListenerRow, NewEvent, NodeEventRow, Recorded,
 };
 pub use nodes::{NodeLease, NodeRegistration, NodeRow, NodeStatus, Renewal};
+pub use principals::{AttemptToken, AttemptTokenRow, Rights};
 pub use sandboxes::SandboxRow;
 pub use schedules::{FireContext, FireDecision, Fired, FiringOutcome, FiringRow, NewFiring, ScheduleDef, ScheduleRow};
 pub use session::{NodeSession, SessionEvent, WORK_CHANNEL};

@@ -8,7 +8,7 @@
 //! the same event computes the same key and only one of them starts a job.
 
 use crate::db::{query_one, Row, Tx, Value};
-use crate::definitions::{job_fields, stored_params, Definitions};
+use crate::definitions::{job_fields, stored_params, Definitions, Owner};
 use crate::executions::insert_executions;
 use crate::{NewExecution, Result, Store, StoreError};
 use shoal_core::listener::{EventOutcome, EventReason, ListenerKind};
@@ -32,6 +32,9 @@ pub struct ListenerRow {
     pub cursor_at: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Whose rights its events start jobs with; `None` for one made before owners were
+    /// recorded.
+    pub owner: Option<Owner>,
 }
 
 #[derive(Clone, Debug)]
@@ -44,6 +47,8 @@ pub struct ListenerDef {
     pub config: String,
     pub secret: Option<String>,
     pub enabled: bool,
+    /// Who creates or replaces it, and so owns it from then on.
+    pub owner: Owner,
 }
 
 #[derive(Clone, Debug)]
@@ -54,6 +59,7 @@ pub struct EventRow {
     pub node_id: String,
     pub outcome: EventOutcome,
     pub reason: Option<EventReason>,
+    pub message: Option<String>,
     pub execution_id: Option<String>,
     pub payload: BTreeMap<String, String>,
 }
@@ -66,6 +72,8 @@ pub struct NewEvent {
     /// The execution to start (`None`: record the event as skipped, with `reason`).
     pub execution: Option<NewExecution>,
     pub reason: Option<EventReason>,
+    /// What the reason means here, when it has more to say.
+    pub message: Option<String>,
     /// File listeners: the cursor entry this event moves from (`None`: the path was not in
     /// the cursor) and to (`None`: remove it). The event is recorded only if the cursor
     /// still holds `from`, so a node working from an old scan cannot move it backwards.
@@ -112,7 +120,7 @@ pub struct FinishedExecution {
 }
 
 const COLUMNS: &str =
-    "id, name, kind, sandbox, job, params, config, secret, enabled, cursor_at, created_at, updated_at";
+    "id, name, kind, sandbox, job, params, config, secret, enabled, cursor_at, created_at, updated_at, owner, owner_name";
 
 /// Listeners as definitions: their events and file cursor go with them.
 const LISTENERS: Definitions<ListenerRow> = Definitions {
@@ -137,6 +145,7 @@ fn listener_row(r: &Row) -> Result<ListenerRow> {
         cursor_at: r.i64(9)?,
         created_at: r.i64(10)?,
         updated_at: r.i64(11)?,
+        owner: Owner::read(r, 12)?,
     })
 }
 
@@ -157,28 +166,33 @@ fn event_row(r: &Row) -> Result<EventRow> {
         reason: r.opt_named(5, "event reason", EventReason::parse)?,
         execution_id: r.opt_text(6)?,
         payload: serde_json::from_str(&r.text(7)?).unwrap_or_default(),
+        message: r.opt_text(8)?,
     })
 }
 
-const EVENT_COLUMNS: &str = "listener_id, key, at, node_id, outcome, reason, execution_id, payload";
+const EVENT_COLUMNS: &str = "listener_id, key, at, node_id, outcome, reason, execution_id, payload, message";
 
 impl Store {
     /// Creates a listener. Job and cluster events from now on (the store's clock) are its.
     pub async fn create_listener(&self, def: &ListenerDef) -> Result<ListenerRow> {
         let mut fields = vec![def.kind.as_str().into()];
         fields.extend(def_fields(def)?);
-        LISTENERS.insert(self, &def.name, "$1, $2, $3, $4, $5, $6, $7, $8, $9, {now}, {now}, {now}", fields).await
+        let fields = def.owner.with(fields);
+        LISTENERS
+            .insert(self, &def.name, "$1, $2, $3, $4, $5, $6, $7, $8, $9, {now}, {now}, {now}, $10, $11", fields)
+            .await
     }
 
     /// Replaces a listener's definition (name and kind stay).
     pub async fn update_listener(&self, reference: &str, def: &ListenerDef) -> Result<ListenerRow> {
-        let fields = def_fields(def)?;
+        let fields = def.owner.with(def_fields(def)?);
         let (tx, old) = LISTENERS.lock(self, reference).await?;
         LISTENERS
             .update(
                 tx,
                 &old.id,
-                "sandbox = $2, job = $3, params = $4, config = $5, secret = $6, enabled = $7, updated_at = {now}",
+                "sandbox = $2, job = $3, params = $4, config = $5, secret = $6, enabled = $7, updated_at = {now},
+                 owner = $8, owner_name = $9",
                 fields,
             )
             .await
@@ -268,8 +282,8 @@ impl Store {
             let payload = serde_json::to_string(&ev.payload).map_err(|e| StoreError::Internal(e.to_string()))?;
             let inserted = tx
                 .query(
-                    "INSERT INTO events (listener_id, key, at, node_id, outcome, reason, execution_id, payload)
-                     VALUES ($1, $2, {now}, $3, $4, $5, $6, $7)
+                    "INSERT INTO events (listener_id, key, at, node_id, outcome, reason, execution_id, payload, message)
+                     VALUES ($1, $2, {now}, $3, $4, $5, $6, $7, $8)
                      ON CONFLICT (listener_id, key) DO NOTHING RETURNING key",
                     vec![
                         listener_id.into(),
@@ -281,6 +295,7 @@ impl Store {
                         ev.reason.map(EventReason::as_str).into(),
                         exec_id.clone().into(),
                         payload.into(),
+                        ev.message.clone().into(),
                     ],
                 )
                 .await?;

@@ -8,7 +8,7 @@
 //! only spreads the work (see shoal-server's `triggers.rs`); it never decides correctness.
 
 use crate::db::{query_one, Row, Tx, Value};
-use crate::definitions::{job_fields, stored_params, Definitions};
+use crate::definitions::{job_fields, stored_params, Definitions, Owner};
 use crate::executions::{insert_executions, values_list, BATCH_ROWS};
 use crate::{NewExecution, Result, Store, StoreError};
 use shoal_core::schedule::{FiringReason, Misfire, Overlap};
@@ -43,6 +43,8 @@ pub struct ScheduleRow {
     pub last_execution_id: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Whose rights it fires with; `None` for one made before owners were recorded.
+    pub owner: Option<Owner>,
 }
 
 /// A schedule's definition, as created or replaced by the API.
@@ -58,6 +60,8 @@ pub struct ScheduleDef {
     pub misfire: Misfire,
     pub misfire_threshold_ms: i64,
     pub overlap: Overlap,
+    /// Who creates or replaces it, and so owns it from then on.
+    pub owner: Owner,
 }
 
 /// What became of a firing time (the wire's enum, through the core).
@@ -69,6 +73,7 @@ pub struct FiringRow {
     pub fire_at: i64,
     pub outcome: FiringOutcome,
     pub reason: Option<FiringReason>,
+    pub message: Option<String>,
     pub execution_id: Option<String>,
     pub node_id: String,
     pub claimed_at: i64,
@@ -80,6 +85,8 @@ pub struct NewFiring {
     pub fire_at: i64,
     pub outcome: FiringOutcome,
     pub reason: Option<FiringReason>,
+    /// What the reason means here, when it has more to say.
+    pub message: Option<String>,
     /// The execution to enqueue with it (for [`FiringOutcome::Started`]).
     pub execution: Option<NewExecution>,
 }
@@ -123,7 +130,10 @@ pub struct Fired {
 
 const COLUMNS: &str =
     "id, name, sandbox, job, params, cron, timezone, enabled, misfire, misfire_max, misfire_threshold_ms,
-    overlap, last_fire_at, last_execution_id, created_at, updated_at";
+    overlap, last_fire_at, last_execution_id, created_at, updated_at, owner, owner_name";
+
+/// The index of the first column a query selects after [`COLUMNS`].
+const AFTER: usize = 18;
 
 /// Schedules as definitions: their firing history goes with them.
 const SCHEDULES: Definitions<ScheduleRow> = Definitions {
@@ -155,6 +165,7 @@ fn schedule_row(r: &Row) -> Result<ScheduleRow> {
         last_execution_id: r.opt_text(13)?,
         created_at: r.i64(14)?,
         updated_at: r.i64(15)?,
+        owner: Owner::read(r, 16)?,
     })
 }
 
@@ -167,6 +178,7 @@ fn firing_row(r: &Row) -> Result<FiringRow> {
         execution_id: r.opt_text(4)?,
         node_id: r.text(5)?,
         claimed_at: r.i64(6)?,
+        message: r.opt_text(7)?,
     })
 }
 
@@ -192,8 +204,8 @@ impl Store {
             .insert(
                 self,
                 &def.name,
-                "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, {now}, NULL, {now}, {now}",
-                def_fields(def)?,
+                "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, {now}, NULL, {now}, {now}, $13, $14",
+                def.owner.with(def_fields(def)?),
             )
             .await
     }
@@ -216,13 +228,14 @@ impl Store {
         fields.push(
             i64::from((def.enabled && !old.enabled) || def.cron != old.cron || def.timezone != old.timezone).into(),
         );
+        let fields = def.owner.with(fields);
         SCHEDULES
             .update(
                 tx,
                 &old.id,
                 "sandbox = $2, job = $3, params = $4, cron = $5, timezone = $6, enabled = $7,
                  misfire = $8, misfire_max = $9, misfire_threshold_ms = $10, overlap = $11, updated_at = {now},
-                 last_fire_at = CASE WHEN $12 = 1 THEN {now} ELSE last_fire_at END",
+                 last_fire_at = CASE WHEN $12 = 1 THEN {now} ELSE last_fire_at END, owner = $13, owner_name = $14",
                 fields,
             )
             .await
@@ -251,7 +264,7 @@ impl Store {
     /// A schedule's firings, newest first.
     pub async fn list_firings(&self, schedule_id: &str, limit: i64) -> Result<Vec<FiringRow>> {
         self.read_rows(
-            "SELECT schedule_id, fire_at, outcome, reason, execution_id, node_id, claimed_at FROM firings
+            "SELECT schedule_id, fire_at, outcome, reason, execution_id, node_id, claimed_at, message FROM firings
              WHERE schedule_id = $1 ORDER BY fire_at DESC LIMIT $2",
             vec![schedule_id.into(), limit.into()],
             firing_row,
@@ -262,7 +275,7 @@ impl Store {
     /// Every firing of a schedule in `[from, to]`, oldest first (for tests and audits).
     pub async fn firings_between(&self, schedule_id: &str, from: i64, to: i64) -> Result<Vec<FiringRow>> {
         self.read_rows(
-            "SELECT schedule_id, fire_at, outcome, reason, execution_id, node_id, claimed_at FROM firings
+            "SELECT schedule_id, fire_at, outcome, reason, execution_id, node_id, claimed_at, message FROM firings
              WHERE schedule_id = $1 AND fire_at >= $2 AND fire_at <= $3 ORDER BY fire_at",
             vec![schedule_id.into(), from.into(), to.into()],
             firing_row,
@@ -326,12 +339,12 @@ impl Store {
             .await?
         {
             let s = schedule_row(&r)?;
-            if let Some(state) = r.opt_text(16)?.and_then(|t| ExecState::parse(&t)) {
+            if let Some(state) = r.opt_text(AFTER)?.and_then(|t| ExecState::parse(&t)) {
                 if let Some(id) = &s.last_execution_id {
                     previous.insert(id.clone(), state);
                 }
             }
-            if let Some(at) = r.opt_i64(17)? {
+            if let Some(at) = r.opt_i64(AFTER + 1)? {
                 queued.insert(s.id.clone(), at);
             }
             schedules.push(s);
@@ -386,13 +399,13 @@ impl Store {
         let index: HashMap<&str, usize> = schedules.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
         for part in rows.chunks(BATCH_ROWS) {
             let sql = format!(
-                "INSERT INTO firings (schedule_id, fire_at, outcome, reason, execution_id, node_id, claimed_at)
-                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, $1, {{now}} FROM (VALUES {}) AS v
+                "INSERT INTO firings (schedule_id, fire_at, outcome, reason, execution_id, node_id, claimed_at, message)
+                 SELECT v.column1, v.column2, v.column3, v.column4, v.column5, $1, {{now}}, v.column6 FROM (VALUES {}) AS v
                  WHERE 1 = 1
                  ON CONFLICT (schedule_id, fire_at) DO NOTHING RETURNING schedule_id, fire_at",
-                values_list(part.len(), &[None, Some("BIGINT"), None, Some("TEXT"), Some("TEXT")], 2)
+                values_list(part.len(), &[None, Some("BIGINT"), None, Some("TEXT"), Some("TEXT"), Some("TEXT")], 2)
             );
-            let mut params: Vec<Value> = Vec::with_capacity(1 + part.len() * 5);
+            let mut params: Vec<Value> = Vec::with_capacity(1 + part.len() * 6);
             params.push(node.into());
             for (i, f, exec_id) in part {
                 params.extend([
@@ -401,6 +414,7 @@ impl Store {
                     f.outcome.as_str().into(),
                     f.reason.map(FiringReason::as_str).into(),
                     exec_id.clone().into(),
+                    f.message.clone().into(),
                 ]);
             }
             for r in tx.query(&sql, params).await? {

@@ -218,6 +218,26 @@ CREATE INDEX sessions_user ON sessions (user_id);
 CREATE INDEX sessions_expires ON sessions (expires_at);
 ";
 
+/// Who did it (issue 11): what created each execution (`origin`: api, schedule, listener,
+/// partition, job), from what (`origin_ref`), whose label it shows (`principal`) and whose
+/// rights it runs with (`acts_as`: `token:ID` or `user:ID`); the owner of each schedule and
+/// listener in the same two forms; the SHA-256 of each attempt's own token; and a message
+/// beside a firing's or an event's reason.
+const V7_COMMON: &str = "
+ALTER TABLE executions ADD COLUMN origin TEXT NOT NULL DEFAULT 'api';
+ALTER TABLE executions ADD COLUMN origin_ref TEXT;
+ALTER TABLE executions ADD COLUMN principal TEXT;
+ALTER TABLE executions ADD COLUMN acts_as TEXT;
+ALTER TABLE attempts ADD COLUMN token_hash TEXT;
+CREATE UNIQUE INDEX attempts_token ON attempts (token_hash) WHERE token_hash IS NOT NULL;
+ALTER TABLE schedules ADD COLUMN owner TEXT;
+ALTER TABLE schedules ADD COLUMN owner_name TEXT;
+ALTER TABLE listeners ADD COLUMN owner TEXT;
+ALTER TABLE listeners ADD COLUMN owner_name TEXT;
+ALTER TABLE firings ADD COLUMN message TEXT;
+ALTER TABLE events ADD COLUMN message TEXT;
+";
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -253,10 +273,11 @@ CREATE SEQUENCE fence_seq;
     Migration { version: 4, common: V4_COMMON, sqlite: "", postgres: "" },
     Migration { version: 5, common: V5_COMMON, sqlite: "", postgres: "" },
     Migration { version: 6, common: V6_COMMON, sqlite: "", postgres: "" },
+    Migration { version: 7, common: V7_COMMON, sqlite: "", postgres: "" },
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i64 = 6;
+pub const LATEST: i64 = 7;
 
 pub async fn current_version(tx: &mut dyn Tx) -> Result<i64> {
     let row = query_one(tx, "SELECT value FROM shoal_meta WHERE key = 'schema_version'", vec![]).await?;

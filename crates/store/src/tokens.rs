@@ -51,14 +51,18 @@ fn token_row(r: &Row) -> Result<TokenRow> {
         name: r.text(1)?,
         prefix: r.text(2)?,
         role: r.named(3, "token role", Role::parse)?,
-        sandboxes: serde_json::from_str(&r.text(4)?)
-            .map_err(|e| StoreError::Internal(format!("a token's stored sandboxes are invalid: {e}")))?,
+        sandboxes: sandboxes_of(&r.text(4)?)?,
         created_by: r.text(5)?,
         created_at: r.i64(6)?,
         last_used_at: r.opt_i64(7)?,
         expires_at: r.opt_i64(8)?,
         revoked_at: r.opt_i64(9)?,
     })
+}
+
+/// A token's or user's stored sandbox globs.
+pub(crate) fn sandboxes_of(json: &str) -> Result<Vec<String>> {
+    serde_json::from_str(json).map_err(|e| StoreError::Internal(format!("stored sandbox globs are invalid: {e}")))
 }
 
 fn insert_params(t: &NewToken) -> Result<Vec<Value>> {

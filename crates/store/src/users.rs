@@ -46,8 +46,7 @@ fn user_row(r: &Row) -> Result<UserRow> {
         name: r.text(1)?,
         password_hash: r.text(2)?,
         role: r.named(3, "user role", Role::parse)?,
-        sandboxes: serde_json::from_str(&r.text(4)?)
-            .map_err(|e| StoreError::Internal(format!("a user's stored sandboxes are invalid: {e}")))?,
+        sandboxes: crate::tokens::sandboxes_of(&r.text(4)?)?,
         created_by: r.text(5)?,
         created_at: r.i64(6)?,
     })

@@ -47,6 +47,7 @@ fn inline() -> NewExecution {
         pinned_node: None,
         idempotency: None,
         run_after: None,
+        origin: Default::default(),
     }
 }
 

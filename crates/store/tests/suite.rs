@@ -64,6 +64,8 @@ suite!(
     a_firing_time_is_claimed_once_however_many_nodes_try,
     an_event_is_recorded_once_and_its_cursor_moves_by_compare_and_set,
     definitions_are_found_by_id_or_name_and_deleted_with_what_they_own,
+    an_attempt_token_is_valid_only_while_its_attempt_is_current,
+    rights_are_read_again_and_end_with_their_token_or_user,
 );
 
 fn node(id: &str) -> NodeRegistration {
@@ -92,6 +94,7 @@ fn new_exec(spec: RunSpec) -> NewExecution {
         pinned_node: None,
         idempotency: None,
         run_after: None,
+        origin: Default::default(),
     }
 }
 
@@ -609,7 +612,12 @@ fn schedule_def(name: &str) -> shoal_store::ScheduleDef {
         misfire: shoal_core::schedule::Misfire::Once,
         misfire_threshold_ms: 60_000,
         overlap: shoal_core::schedule::Overlap::Allow,
+        owner: owner(),
     }
+}
+
+fn owner() -> shoal_store::Owner {
+    shoal_store::Owner { acts_as: "token:t-owner".into(), label: "token:owner".into() }
 }
 
 /// Guarantee 4 at the store: four handles (as four nodes) fire the same 20 firing times of
@@ -632,6 +640,7 @@ async fn a_firing_time_is_claimed_once_however_many_nodes_try(f: Fixture) {
                             fire_at: *t,
                             outcome: shoal_store::FiringOutcome::Started,
                             reason: None,
+                            message: None,
                             execution: Some(new_exec(inline())),
                         })
                         .collect(),
@@ -670,6 +679,7 @@ fn listener_def(name: &str) -> shoal_store::ListenerDef {
         config: "{}".into(),
         secret: None,
         enabled: true,
+        owner: owner(),
     }
 }
 
@@ -682,6 +692,7 @@ async fn an_event_is_recorded_once_and_its_cursor_moves_by_compare_and_set(f: Fi
         payload: BTreeMap::new(),
         execution: Some(new_exec(inline())),
         reason: None,
+        message: None,
         cursor: Some(shoal_store::CursorMove { path: "in/a.csv".into(), from, to }),
         silent: false,
     };
@@ -709,6 +720,7 @@ async fn fire_once(store: &Store, schedule: &str, fire_at: i64) -> String {
                 fire_at,
                 outcome: shoal_store::FiringOutcome::Started,
                 reason: None,
+                message: None,
                 execution: Some(new_exec(inline())),
             }],
             covered_to: Some(fire_at),
@@ -788,6 +800,7 @@ async fn definitions_are_found_by_id_or_name_and_deleted_with_what_they_own(f: F
         payload: BTreeMap::new(),
         execution: Some(new_exec(inline())),
         reason: None,
+        message: None,
         cursor: Some(shoal_store::CursorMove { path: "a.csv".into(), from: None, to: Some((1, 10)) }),
         silent: false,
     };
@@ -800,4 +813,94 @@ async fn definitions_are_found_by_id_or_name_and_deleted_with_what_they_own(f: F
     assert_eq!(message(s.update_listener("files", &def).await), "no listener `files`");
     assert_eq!(message(s.delete_listener(&l.id).await), format!("no listener `{}`", l.id));
     assert!(s.list_listeners().await.unwrap().is_empty());
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// Issue 11: each claim mints the attempt its own token (only its SHA-256 is stored), which
+/// finds the attempt and its execution's principal while the attempt is current and not
+/// after; a submission in its name is fenced like its other writes; executions keep what
+/// created them.
+async fn an_attempt_token_is_valid_only_while_its_attempt_is_current(f: Fixture) {
+    let s = &f.store;
+    let mut spec = inline();
+    spec.retries = 1;
+    let mut new = new_exec(spec);
+    new.origin =
+        shoal_store::Origin::new(shoal_core::Trigger::Api, None, Some("token:ci".into()), Some("token:t-ci".into()));
+    let e = submit(s, new).await;
+    assert_eq!(e.origin.principal.as_deref(), Some("token:ci"));
+    let c = s.claim(&view("n1"), 1).await.unwrap().remove(0);
+    assert!(c.token.text().starts_with("shoal_att_"));
+    assert!(!format!("{c:?}").contains(c.token.text()), "a claim's Debug shows the attempt's token");
+    let hash = sha256_hex(c.token.text());
+    let row = s.attempt_by_token(&hash).await.unwrap().expect("the token finds its attempt");
+    assert_eq!((row.execution_id.as_str(), row.attempt, row.fence, row.live), (e.id.as_str(), 1, c.fence.0, true));
+    assert_eq!((row.principal.as_deref(), row.acts_as.as_deref()), (Some("token:ci"), Some("token:t-ci")));
+    assert!(s.attempt_by_token(&sha256_hex("shoal_att_made-up")).await.unwrap().is_none());
+    // A job it submits records what made it; it is accepted only while the attempt is current.
+    let mut child = new_exec(inline());
+    child.origin = shoal_store::Origin::new(
+        shoal_core::Trigger::Job,
+        Some(e.id.to_string()),
+        Some("token:ci".into()),
+        Some("token:t-ci".into()),
+    );
+    let made = match s.submit_for_attempt(e.id.as_str(), c.fence, &child).await.unwrap() {
+        Submitted::Created(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(made.origin.trigger, shoal_core::Trigger::Job);
+    assert_eq!(made.origin.reference.as_deref(), Some(e.id.as_str()));
+    let stale = FencingToken(c.fence.0 - 1);
+    assert!(matches!(s.submit_for_attempt(e.id.as_str(), stale, &child).await, Err(StoreError::Fenced)));
+    // The attempt fails and is retried: its token is no longer live, the next one has its own.
+    let end = Finish { id: c.id.clone(), fence: c.fence, attempt: 1, end: exited(1), logs: vec![] };
+    assert_eq!(s.finish(&[end]).await.unwrap(), vec![FinishResult::Done(ExecState::Queued)]);
+    assert!(!s.attempt_by_token(&hash).await.unwrap().unwrap().live, "a finished attempt's token is live");
+    assert!(matches!(s.submit_for_attempt(e.id.as_str(), c.fence, &child).await, Err(StoreError::Fenced)));
+    let c2 = s.claim(&view("n2"), 1).await.unwrap().remove(0);
+    assert_ne!(c2.token.text(), c.token.text());
+    assert!(s.attempt_by_token(&sha256_hex(c2.token.text())).await.unwrap().unwrap().live);
+    assert!(!s.attempt_by_token(&hash).await.unwrap().unwrap().live, "the old attempt's token came back");
+}
+
+/// Issue 11: whose rights work runs with is read from the store each time: a token's until
+/// it is revoked, a user's until they are deleted.
+async fn rights_are_read_again_and_end_with_their_token_or_user(f: Fixture) {
+    let s = &f.store;
+    let token = s
+        .create_token(&shoal_store::NewToken {
+            id: "t-ci".into(),
+            name: "ci".into(),
+            hash: sha256_hex("x"),
+            prefix: "shoal_api_x".into(),
+            role: shoal_core::Role::Runner,
+            sandboxes: vec!["team-*".into()],
+            created_by: "test".into(),
+            expires_in_ms: None,
+        })
+        .await
+        .unwrap();
+    let rights = s.rights_of(&format!("token:{}", token.id)).await.unwrap().unwrap();
+    assert_eq!(
+        (rights.label.as_str(), rights.role, rights.sandboxes),
+        ("token:ci", shoal_core::Role::Runner, vec!["team-*".to_owned()])
+    );
+    s.revoke_token("ci").await.unwrap();
+    let why = s.rights_of("token:t-ci").await.unwrap().unwrap_err();
+    assert!(why.contains("`ci` was revoked"), "{why}");
+    assert!(s.rights_of("token:nobody").await.unwrap().unwrap_err().contains("no longer exists"));
+    assert!(s.rights_of("someone").await.unwrap().is_err());
+    // A schedule keeps its owner through a change and shows the new one after it.
+    let created = s.create_schedule(&schedule_def("owned")).await.unwrap();
+    assert_eq!(created.owner, Some(owner()));
+    let mut def = schedule_def("owned");
+    def.owner = shoal_store::Owner { acts_as: "user:u1".into(), label: "user:ann".into() };
+    let changed = s.update_schedule("owned", &def).await.unwrap();
+    assert_eq!(changed.owner.unwrap().label, "user:ann");
+    assert!(s.rights_of("user:u1").await.unwrap().unwrap_err().contains("deleted"));
 }

@@ -31,6 +31,46 @@ impl ExecutionState {
     }
 }
 
+/// What created an execution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// A request to the API, with a token or a user's session (`principal`).
+    Api,
+    /// A schedule's firing (`trigger_ref` is the schedule's id; `principal` its owner).
+    Schedule,
+    /// A listener's event (`trigger_ref` is the listener's id; `principal` its owner).
+    Listener,
+    /// A partitioned execution, for one of its partitions (`trigger_ref` is the parent).
+    Partition,
+    /// A running attempt, with its own token (`trigger_ref` is that execution; `principal`
+    /// the one it ran for).
+    Job,
+}
+
+names!(Trigger {
+    Api => "api",
+    Schedule => "schedule",
+    Listener => "listener",
+    Partition => "partition",
+    Job => "job",
+});
+
+/// Why an attempt was started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptCause {
+    /// The execution's first attempt, started for its `trigger`.
+    First,
+    /// The previous attempt failed (exited non-zero, was signalled or timed out) and the
+    /// job has retries left.
+    Retry,
+    /// The node of the previous attempt died or lost its lease.
+    NodeLost,
+    /// The node of the previous attempt stopped or drained and gave it back.
+    HandedBack,
+}
+
 /// Why an execution is in its state (`message` explains it to people).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -196,6 +236,14 @@ pub struct Execution {
     pub timeout_ms: Option<u64>,
     #[schema(minimum = 0)]
     pub retries: u32,
+    /// What created it.
+    pub trigger: Trigger,
+    /// The schedule, listener or execution that created it; null for `api`.
+    pub trigger_ref: Option<String>,
+    /// Whose rights it runs with, as authenticated (`token:NAME` or `user:NAME`): who asked
+    /// through the API, a schedule's or listener's owner, or what its parent or creating
+    /// attempt ran with. Null only for executions made before this was recorded.
+    pub principal: Option<String>,
     /// Who asked to cancel the execution, as authenticated (`token:NAME`), once asked: for a
     /// running one, it is being stopped; for one that had not started, it was cancelled so.
     pub cancel_requested_by: Option<String>,
@@ -224,6 +272,8 @@ pub struct Execution {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Attempt {
     pub attempt: i64,
+    /// Why it was started.
+    pub cause: AttemptCause,
     pub node: String,
     /// Orders the attempts of one execution; a write carrying an older token is refused.
     pub fencing_token: i64,

@@ -87,6 +87,7 @@ macro_rules! trigger_struct {
     (@shared response job $k:tt) => { trigger_struct!(@put $k job: String); };
     (@shared response params $k:tt) => { trigger_struct!(@put $k params: BTreeMap<String, String>); };
     (@shared response enabled $k:tt) => { trigger_struct!(@put $k enabled: bool); };
+    (@shared response owner $k:tt) => { trigger_struct!(@put $k owner: Option<String>); };
     (@shared response created_at $k:tt) => {
         trigger_struct!(@put $k #[schema(format = DateTime)] created_at: String);
     };
@@ -203,6 +204,7 @@ mod tests {
         check(&ExecutionReason::ALL, ExecutionReason::as_str, ExecutionReason::parse);
         check(&FiringOutcome::ALL, FiringOutcome::as_str, FiringOutcome::parse);
         check(&FiringReason::ALL, FiringReason::as_str, FiringReason::parse);
+        check(&Trigger::ALL, Trigger::as_str, Trigger::parse);
         check(&EventOutcome::ALL, EventOutcome::as_str, EventOutcome::parse);
         check(&EventReason::ALL, EventReason::as_str, EventReason::parse);
         check(&ListenerKind::ALL, ListenerKind::as_str, ListenerKind::parse);
@@ -295,13 +297,14 @@ mod tests {
             last_fire_time: None,
             next_fire_time: Some(t.clone()),
             last_execution: None,
+            owner: Some("token:ci".into()),
             created_at: t.clone(),
             updated_at: t.clone(),
         };
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(
             json,
-            r#"{"id":"i","name":"a","sandbox":"sb","job":"j.toml","params":{"n":"1"},"cron":"@daily","timezone":"UTC","enabled":true,"misfire":"once","misfire_max":null,"misfire_threshold_ms":60000,"overlap":"allow","last_fire_time":null,"next_fire_time":"2026-01-01T00:00:00.000Z","last_execution":null,"created_at":"2026-01-01T00:00:00.000Z","updated_at":"2026-01-01T00:00:00.000Z"}"#
+            r#"{"id":"i","name":"a","sandbox":"sb","job":"j.toml","params":{"n":"1"},"cron":"@daily","timezone":"UTC","enabled":true,"misfire":"once","misfire_max":null,"misfire_threshold_ms":60000,"overlap":"allow","last_fire_time":null,"next_fire_time":"2026-01-01T00:00:00.000Z","last_execution":null,"owner":"token:ci","created_at":"2026-01-01T00:00:00.000Z","updated_at":"2026-01-01T00:00:00.000Z"}"#
         );
         assert_eq!(serde_json::from_str::<Schedule>(&json).unwrap(), s);
         let l = Listener {
@@ -317,13 +320,14 @@ mod tests {
             on_cluster: None,
             hook_url: Some("/api/v1/hooks/l".into()),
             secret: None,
+            owner: None,
             created_at: t.clone(),
             updated_at: t,
         };
         let json = serde_json::to_string(&l).unwrap();
         assert_eq!(
             json,
-            r#"{"id":"i","name":"l","kind":"webhook","sandbox":"sb","job":"j.toml","params":{},"enabled":false,"hook_url":"/api/v1/hooks/l","created_at":"2026-01-01T00:00:00.000Z","updated_at":"2026-01-01T00:00:00.000Z"}"#
+            r#"{"id":"i","name":"l","kind":"webhook","sandbox":"sb","job":"j.toml","params":{},"enabled":false,"hook_url":"/api/v1/hooks/l","owner":null,"created_at":"2026-01-01T00:00:00.000Z","updated_at":"2026-01-01T00:00:00.000Z"}"#
         );
         assert_eq!(serde_json::from_str::<Listener>(&json).unwrap(), l);
     }

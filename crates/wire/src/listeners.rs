@@ -107,6 +107,12 @@ trigger_struct! {
         /// signing secret. It is never shown again.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub secret: Option<String>,
+        /// Whose rights it starts its job with (`token:NAME` or `user:NAME`): whoever created or last
+        /// changed it. Each time, the owner must still exist and have role `runner` in the
+        /// sandbox, and `viewer` where it watches; else nothing starts and the event is recorded
+        /// `skipped` with reason `not_permitted`. Null for one made before owners were recorded,
+        /// which starts nothing until someone changes it.
+        owner,
         created_at,
         updated_at,
     }
@@ -225,10 +231,13 @@ pub enum EventReason {
     Disabled,
     /// The job could not be started (file missing or invalid, parameters do not bind).
     JobError,
+    /// The listener's owner no longer exists or no longer may run its job or read what it
+    /// watches (`message` says why).
+    NotPermitted,
 }
 
 names!(EventOutcome { Started => "started", Skipped => "skipped" });
-names!(EventReason { Disabled => "disabled", JobError => "job_error" });
+names!(EventReason { Disabled => "disabled", JobError => "job_error", NotPermitted => "not_permitted" });
 
 /// One event a listener recorded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -249,6 +258,9 @@ pub struct ListenerEvent {
     pub outcome: EventOutcome,
     /// Null when started.
     pub reason: Option<EventReason>,
+    /// What `reason` means for this event, when it has more to say (a `not_permitted` one
+    /// names the owner and what it lacks).
+    pub message: Option<String>,
     #[schema(format = "uuid")]
     pub execution: Option<String>,
     /// The event's values, as `{event.NAME}` sees them. A webhook's are `delivery`, `hook`

@@ -63,6 +63,12 @@ trigger_struct! {
         /// The execution the newest started firing created.
         #[schema(format = "uuid")]
         pub last_execution: Option<String>,
+        /// Whose rights it fires with (`token:NAME` or `user:NAME`): whoever created or last
+        /// changed it. Each time, the owner must still exist and have role `runner` in the
+        /// sandbox; else nothing starts and the firing is recorded
+        /// `skipped` with reason `not_permitted`. Null for one made before owners were recorded,
+        /// which starts nothing until someone changes it.
+        owner,
         created_at,
         updated_at,
     }
@@ -150,10 +156,19 @@ pub enum FiringReason {
     Disabled,
     /// The job could not be started (file missing or invalid, parameters do not bind).
     JobError,
+    /// The schedule's owner no longer exists or no longer may run its job (`message` says
+    /// why).
+    NotPermitted,
 }
 
 names!(FiringOutcome { Started => "started", Skipped => "skipped", Queued => "queued" });
-names!(FiringReason { Misfire => "misfire", Overlap => "overlap", Disabled => "disabled", JobError => "job_error" });
+names!(FiringReason {
+    Misfire => "misfire",
+    Overlap => "overlap",
+    Disabled => "disabled",
+    JobError => "job_error",
+    NotPermitted => "not_permitted",
+});
 
 /// One firing time of a schedule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -166,6 +181,9 @@ pub struct Firing {
     pub fire_time: String,
     pub outcome: FiringOutcome,
     pub reason: Option<FiringReason>,
+    /// What `reason` means for this firing, when it has more to say (a `not_permitted` one
+    /// names the owner and what it lacks).
+    pub message: Option<String>,
     #[schema(format = "uuid")]
     pub execution: Option<String>,
     /// The node that claimed the firing time.
