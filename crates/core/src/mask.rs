@@ -58,13 +58,15 @@ impl Masker {
         let mut i = 0;
         while i < buf.len() {
             let rest = &buf[i..];
+            // First whether a value could begin here and end past the data: then what to do
+            // here is not known yet (a longer value would win over a shorter one found now).
+            if hold && self.values.iter().any(|v| v.len() > rest.len() && v.starts_with(rest)) {
+                return (out, i);
+            }
             if let Some(v) = self.values.iter().find(|v| rest.starts_with(v)) {
                 out.extend_from_slice(MASK);
                 i += v.len();
                 continue;
-            }
-            if hold && self.values.iter().any(|v| v.len() > rest.len() && v.starts_with(rest)) {
-                return (out, i);
             }
             out.push(buf[i]);
             i += 1;
@@ -91,6 +93,12 @@ mod tests {
         assert_eq!(all_at_once(&["abcdef", "cd"], "xabcdefx abcd"), "x***x ab***");
         assert_eq!(all_at_once(&[], "plain"), "plain");
         assert_eq!(all_at_once(&["aa"], "aaaaa"), "******a");
+        // A shorter value found at the end of a chunk waits for what a longer one needs.
+        let mut m = Masker::new(["ca", "c"]);
+        let mut out = m.feed(b"abc");
+        out.extend(m.feed(b"a"));
+        out.extend(m.finish());
+        assert_eq!(out, b"ab***");
     }
 
     #[test]

@@ -112,6 +112,13 @@ pub struct Opened {
     pub value: String,
 }
 
+/// No value in `Debug` output.
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened").finish_non_exhaustive()
+    }
+}
+
 impl Keyring {
     /// Reads the current key file and the previous ones.
     pub fn load(current: &Path, previous: &[PathBuf]) -> Result<Keyring, String> {
