@@ -60,7 +60,8 @@ pub async fn put(
     may_change(&principal, sandbox, &format!("setting secret `{name}`"))?;
     shoal_service::secrets::check_name(&name)?;
     if let Some(s) = sandbox {
-        let unknown = || ApiError::unknown_sandbox(format!("no sandbox named `{s}`; create it first or check the name"));
+        let unknown =
+            || ApiError::unknown_sandbox(format!("no sandbox named `{s}`; create it first or check the name"));
         SandboxName::parse(s).map_err(|_| unknown())?;
         state.store.get_sandbox(s).await?.ok_or_else(unknown)?;
     }

@@ -33,8 +33,8 @@ use shoal_wire::{
     Ready, Sandbox, SandboxList, Schedule, ScheduleList, ScheduleRequest, SubmitRequest, Upload,
 };
 pub use shoal_wire::{
-    CreatedToken, LoginRequest, Rewrap, Secret, SecretList, SecretRequest, Session, Token, TokenList, TokenRequest, User,
-    UserList, UserRequest,
+    CreatedToken, LoginRequest, Rewrap, Secret, SecretList, SecretRequest, Session, Token, TokenList, TokenRequest,
+    User, UserList, UserRequest,
 };
 use std::marker::PhantomData;
 use std::path::Path;

@@ -248,28 +248,24 @@ fn pieces(template: &str) -> Result<Vec<Piece<'_>>, String> {
                     return Err(format!("unclosed `{{` in `{template}`; write `{{{{` for a literal brace"));
                 };
                 let name = &template[i + 1..i + 1 + end];
-                if let Some(secret) = name.strip_prefix(SECRET_PREFIX) {
-                    if !is_secret_name(secret) {
+                let piece = match name.strip_prefix(SECRET_PREFIX) {
+                    Some(secret) if is_secret_name(secret) => Piece::Secret(secret),
+                    Some(_) => {
                         return Err(format!(
                             "`{{{name}}}` in `{template}` names no valid secret; secret names are 1 to 64 letters, digits, `_` and `-`, starting with a letter"
-                        ));
+                        ))
                     }
-                    if !literal.is_empty() {
-                        out.push(Piece::Text(std::mem::take(&mut literal).into()));
+                    None if is_param_name(name) => Piece::Param(name),
+                    None => {
+                        return Err(format!(
+                            "`{{{name}}}` in `{template}` is not a parameter placeholder; names use letters, digits, `_` and `-`, and `{{{{` writes a literal brace"
+                        ))
                     }
-                    out.push(Piece::Secret(secret));
-                    i += end + 2;
-                    continue;
-                }
-                if !is_param_name(name) {
-                    return Err(format!(
-                        "`{{{name}}}` in `{template}` is not a parameter placeholder; names use letters, digits, `_` and `-`, and `{{{{` writes a literal brace"
-                    ));
-                }
+                };
                 if !literal.is_empty() {
                     out.push(Piece::Text(std::mem::take(&mut literal).into()));
                 }
-                out.push(Piece::Param(name));
+                out.push(piece);
                 i += end + 2;
             }
             b'}' => {
@@ -340,26 +336,24 @@ fn substitute_env(template: &str, values: &BTreeMap<String, String>) -> EnvValue
     EnvValue::WithSecrets(out)
 }
 
-/// Names of the parameter placeholders in a template, in order.
-fn placeholders(template: &str) -> Result<Vec<&str>, String> {
+/// Names of the parameter placeholders (or, with `secrets`, the secret ones) in a template,
+/// in order.
+fn placeholder_names(template: &str, secrets: bool) -> Result<Vec<&str>, String> {
     Ok(pieces(template)?
         .into_iter()
-        .filter_map(|p| match p {
-            Piece::Param(n) => Some(n),
-            Piece::Text(_) | Piece::Secret(_) => None,
+        .filter_map(|p| match (p, secrets) {
+            (Piece::Param(n), false) | (Piece::Secret(n), true) => Some(n),
+            _ => None,
         })
         .collect())
 }
 
-/// Names of the secret placeholders in a template, in order.
+fn placeholders(template: &str) -> Result<Vec<&str>, String> {
+    placeholder_names(template, false)
+}
+
 fn secret_placeholders(template: &str) -> Result<Vec<&str>, String> {
-    Ok(pieces(template)?
-        .into_iter()
-        .filter_map(|p| match p {
-            Piece::Secret(n) => Some(n),
-            Piece::Text(_) | Piece::Param(_) => None,
-        })
-        .collect())
+    placeholder_names(template, true)
 }
 
 impl JobSpec {
@@ -651,11 +645,7 @@ impl RunSpec {
 
     /// The secrets the attempt's environment names, each once.
     pub fn secret_names(&self) -> std::collections::BTreeSet<String> {
-        self.secret_env
-            .values()
-            .flat_map(|t| secret_placeholders(t).unwrap_or_default())
-            .map(str::to_owned)
-            .collect()
+        self.secret_env.values().flat_map(|t| secret_placeholders(t).unwrap_or_default()).map(str::to_owned).collect()
     }
 
     /// The variables of [`RunSpec::secret_env`] with the secrets' `values` in place; a secret
@@ -669,7 +659,9 @@ impl RunSpec {
                     Piece::Text(t) => value.push_str(&t),
                     Piece::Secret(name) => match values.get(name) {
                         Some(v) => value.push_str(v),
-                        None => return Err(format!("environment variable `{k}` names secret `{name}`, which is not set")),
+                        None => {
+                            return Err(format!("environment variable `{k}` names secret `{name}`, which is not set"))
+                        }
                     },
                     Piece::Param(name) => {
                         return Err(format!("environment variable `{k}` holds an unsubstituted `{{{name}}}`"))
@@ -722,7 +714,11 @@ impl RunSpec {
                     "environment variable `{k}` contains a NUL byte, which no environment value can hold"
                 ));
             }
-            if let Some(name) = secret_placeholders(v).map_err(|m| format!("environment variable `{k}`: {m}"))?.iter().find(|n| !is_secret_name(n)) {
+            if let Some(name) = secret_placeholders(v)
+                .map_err(|m| format!("environment variable `{k}`: {m}"))?
+                .iter()
+                .find(|n| !is_secret_name(n))
+            {
                 return Err(format!("environment variable `{k}` names `{name}`, which is no secret name"));
             }
         }
@@ -895,11 +891,17 @@ kind = "any"
         let r = spec.resolve(&params(&[("host", "{secret.OTHER}")]));
         assert_eq!(r.env.get("PLAIN").map(String::as_str), Some("{secret.OTHER}"));
         assert_eq!(r.env.get("LIT").map(String::as_str), Some("{secret.NO}"));
-        assert_eq!(r.secret_env.get("DB").map(String::as_str), Some("postgres://u:{secret.DB_PASS}@{{secret.OTHER}}/x"));
+        assert_eq!(
+            r.secret_env.get("DB").map(String::as_str),
+            Some("postgres://u:{secret.DB_PASS}@{{secret.OTHER}}/x")
+        );
         assert_eq!(r.secret_names().into_iter().collect::<Vec<_>>(), ["DB_PASS"]);
         r.validate().unwrap();
         let values: BTreeMap<String, String> = [("DB_PASS".to_owned(), "p{w}".to_owned())].into();
-        assert_eq!(r.render_secret_env(&values).unwrap(), [("DB".to_owned(), "postgres://u:p{w}@{secret.OTHER}/x".to_owned())]);
+        assert_eq!(
+            r.render_secret_env(&values).unwrap(),
+            [("DB".to_owned(), "postgres://u:p{w}@{secret.OTHER}/x".to_owned())]
+        );
         let e = r.render_secret_env(&BTreeMap::new()).unwrap_err();
         assert!(e.contains("`DB_PASS`"), "{e}");
         // A stored spec without secrets reads and writes as before.

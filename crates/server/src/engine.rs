@@ -11,11 +11,11 @@ use crate::lifecycle::{LifeCycle, Phase};
 use crate::workers::{Step, Workers};
 use parking_lot::Mutex;
 use shoal_api::{LogHub, Metrics, WorkerStatus};
+use shoal_core::mask::Masker;
 use shoal_core::placement::{
     admits_work, claim_delay, Candidate, Limits, Load, NodeState, NodeView, Refusal, RegistryState,
 };
 use shoal_core::state::Outcome;
-use shoal_core::mask::Masker;
 use shoal_core::{ExecutionId, FencingToken, JobKind, SandboxPath};
 use shoal_runner::{Exit, Launcher, SpawnSpec, Stream};
 use shoal_store::{

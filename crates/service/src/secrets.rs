@@ -15,7 +15,7 @@ use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use shoal_store::{NewSecret, SealedSecret, Store};
+use shoal_store::{SealedSecret, Store};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -81,7 +81,9 @@ fn read_key(file: &Path) -> Result<Key, String> {
     }
     let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read the secrets key file {shown}: {e}"))?;
     let bytes = hex::decode(text.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()).ok_or_else(|| {
-        format!("the secrets key file {shown} must hold 64 hex digits (32 random bytes), as `openssl rand -hex 32` prints")
+        format!(
+            "the secrets key file {shown} must hold 64 hex digits (32 random bytes), as `openssl rand -hex 32` prints"
+        )
     })?;
     Ok(Key { id: key_id(&bytes), cipher: XChaCha20Poly1305::new(&bytes.into()), file: file.to_owned() })
 }
@@ -151,7 +153,9 @@ impl Keyring {
                             f.display()
                         ));
                     }
-                    if generate_key_file(&f).map_err(|e| format!("cannot write the secrets key file {}: {e}", f.display()))? {
+                    if generate_key_file(&f)
+                        .map_err(|e| format!("cannot write the secrets key file {}: {e}", f.display()))?
+                    {
                         generated = Some(f.clone());
                     }
                 }
@@ -233,7 +237,12 @@ impl Keyring {
                 XNonce::from_slice(&s.nonce),
                 Payload { msg: &s.ciphertext, aad: &aad(s.sandbox.as_deref(), &s.name) },
             )
-            .map_err(|_| format!("{what} does not open with key id {}: it was changed or moved in the store; set it again", s.key_id))?;
+            .map_err(|_| {
+                format!(
+                    "{what} does not open with key id {}: it was changed or moved in the store; set it again",
+                    s.key_id
+                )
+            })?;
         let value = String::from_utf8(plain).map_err(|_| format!("{what} is not UTF-8; set it again"))?;
         Ok(Opened { value })
     }
@@ -293,16 +302,7 @@ pub async fn set(
             ring.current_id()
         )));
     }
-    let sealed = ring.seal(sandbox, name, value);
-    let new = NewSecret {
-        sandbox: sealed.sandbox,
-        name: sealed.name,
-        ciphertext: sealed.ciphertext,
-        nonce: sealed.nonce,
-        key_id: sealed.key_id,
-        by: by.to_owned(),
-    };
-    Ok(store.put_secret(&new).await?)
+    Ok(store.put_secret(&ring.seal(sandbox, name, value), by).await?)
 }
 
 /// Refuses (`UnknownSecret`) a submission naming a secret that neither its sandbox nor the
@@ -410,7 +410,7 @@ mod tests {
         let other = Keyring::load(&b, &[]).unwrap();
         let e = other.open(&sealed).unwrap_err();
         assert!(e.contains(ring.current_id()) && e.contains("does not have"), "{e}");
-        let rotated = Keyring::load(&b, &[a.clone()]).unwrap();
+        let rotated = Keyring::load(&b, std::slice::from_ref(&a)).unwrap();
         assert_eq!(rotated.open(&sealed).unwrap().value, "hunter22");
         assert_eq!(rotated.seal(None, "X", "value").key_id, other.current_id());
         assert_ne!(ring.current_id(), other.current_id());

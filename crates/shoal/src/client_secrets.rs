@@ -76,7 +76,6 @@ fn read_value(name: &str) -> Result<String, String> {
     Ok(value)
 }
 
-
 pub(crate) async fn cmd_secret(client: &Client, cmd: SecretCmd, json: bool) -> CmdResult {
     match cmd {
         SecretCmd::Set { name, sandbox } => {

@@ -98,7 +98,12 @@ async fn a_job_reads_its_secret_and_its_output_is_masked(backend: Backend) {
     assert!(logs.contains("got ***\n") && !logs.contains("another-value"), "{logs}");
 
     // No answer holds a value: the list, the execution, its spec in the store.
-    for path in ["/api/v1/secrets", "/api/v1/secrets?sandbox=etl", &format!("/api/v1/executions/{}", e["id"].as_str().unwrap()), "/api/v1/executions"] {
+    for path in [
+        "/api/v1/secrets",
+        "/api/v1/secrets?sandbox=etl",
+        &format!("/api/v1/executions/{}", e["id"].as_str().unwrap()),
+        "/api/v1/executions",
+    ] {
         let (status, body) = n.get(path).await;
         assert_eq!(status, 200, "{path}: {body}");
         let text = body.to_string();
@@ -120,10 +125,16 @@ async fn unknown_secrets_are_refused_and_a_sandboxs_own_wins() {
     n.sandbox("a", &[("jobs/shows.toml", shows)]).await;
     n.sandbox("b", &[("jobs/shows.toml", shows)]).await;
     let before = n.count_executions().await;
-    let (status, v) = n.post("/api/v1/executions", json!({"sandbox": "a", "job": "jobs/shows.toml", "params": {"want": "x"}})).await;
+    let (status, v) =
+        n.post("/api/v1/executions", json!({"sandbox": "a", "job": "jobs/shows.toml", "params": {"want": "x"}})).await;
     assert_eq!((status, v["error"]["code"].as_str()), (422, Some("unknown_secret")), "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("`TOKEN`") && msg.contains("jobs/shows.toml") && msg.contains("shoal secret set TOKEN --sandbox a"), "{msg}");
+    assert!(
+        msg.contains("`TOKEN`")
+            && msg.contains("jobs/shows.toml")
+            && msg.contains("shoal secret set TOKEN --sandbox a"),
+        "{msg}"
+    );
     assert_eq!(n.count_executions().await, before, "nothing was queued");
 
     assert_eq!(put(&n, None, "TOKEN", None, "cluster-wide-value").await.0, 201);
@@ -196,17 +207,25 @@ async fn who_may_set_and_see_secrets() {
         let url = format!("{}/api/v1/secrets", n.url);
         async move {
             let v: Value = reqwest::Client::new().get(url).bearer_auth(t).send().await.unwrap().json().await.unwrap();
-            v["secrets"].as_array().unwrap().iter().map(|s| format!("{}/{}", s["sandbox"].as_str().unwrap_or("*"), s["name"].as_str().unwrap())).collect::<Vec<_>>()
+            v["secrets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| format!("{}/{}", s["sandbox"].as_str().unwrap_or("*"), s["name"].as_str().unwrap()))
+                .collect::<Vec<_>>()
         }
     };
     assert_eq!(list(viewer.clone()).await, ["*/K3", "team-a/K1"]);
     assert_eq!(list(common::test_token().to_owned()).await, ["*/K3", "team-a/K1", "team-b/K2"]);
-    let resp = reqwest::Client::new().get(format!("{}/api/v1/secrets?sandbox=team-b", n.url)).bearer_auth(&viewer).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 403);
-    let resp = reqwest::Client::new().get(format!("{}/api/v1/secrets?nope=1", n.url)).bearer_auth(&viewer).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 400);
+    for (query, want) in [("?sandbox=team-b", 403), ("?nope=1", 400)] {
+        let url = format!("{}/api/v1/secrets{query}", n.url);
+        let resp = reqwest::Client::new().get(url).bearer_auth(&viewer).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{query}");
+    }
 
-    let del = |t: &str, path: &str| reqwest::Client::new().delete(format!("{}{path}", n.url)).bearer_auth(t.to_owned()).send();
+    let del = |t: &str, path: &str| {
+        reqwest::Client::new().delete(format!("{}{path}", n.url)).bearer_auth(t.to_owned()).send()
+    };
     assert_eq!(del(&viewer, "/api/v1/secrets/K1?sandbox=team-a").await.unwrap().status().as_u16(), 403);
     assert_eq!(del(&editor, "/api/v1/secrets/K3").await.unwrap().status().as_u16(), 403);
     assert_eq!(del(&editor, "/api/v1/secrets/K1?sandbox=team-a").await.unwrap().status().as_u16(), 204);
@@ -337,7 +356,11 @@ async fn no_log_line_holds_a_value() {
     assert_eq!(code, Some(2), "an empty value is a usage error: {out}");
 
     let id = client
-        .submit(&shoal_wire::SubmitRequest { sandbox: Some("etl".into()), job: Some("jobs/prints.toml".into()), ..Default::default() })
+        .submit(&shoal_wire::SubmitRequest {
+            sandbox: Some("etl".into()),
+            job: Some("jobs/prints.toml".into()),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .0
@@ -353,7 +376,10 @@ async fn no_log_line_holds_a_value() {
     };
     let (_, logs) = cli(&["logs", &id], "");
     assert_eq!(e.state, shoal_wire::ExecutionState::Succeeded, "{logs}");
-    assert!(logs.contains("got ***") && logs.contains("***!") && !logs.contains(VALUE), "the CLI shows the value masked: {logs}");
+    assert!(
+        logs.contains("got ***") && logs.contains("***!") && !logs.contains(VALUE),
+        "the CLI shows the value masked: {logs}"
+    );
     // The value went through the node (set, sealed, opened, into a child, masked): it is in no
     // line of its debug log, which does say what happened.
     let log = node.logs();

@@ -33,7 +33,7 @@ pub use listeners::{
 pub use nodes::{NodeLease, NodeRegistration, NodeRow, NodeStatus, Renewal};
 pub use sandboxes::SandboxRow;
 pub use schedules::{FireContext, FireDecision, Fired, FiringOutcome, FiringRow, NewFiring, ScheduleDef, ScheduleRow};
-pub use secrets::{NewSecret, SealedSecret, SecretRow};
+pub use secrets::{SealedSecret, SecretRow};
 pub use session::{NodeSession, SessionEvent, WORK_CHANNEL};
 pub use sqlite::PoolReport;
 pub use submitter::Submitter;

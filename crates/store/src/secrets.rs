@@ -7,19 +7,6 @@
 use crate::db::{query_one, Row, Value};
 use crate::{Result, Store, StoreError};
 
-/// A value to keep, sealed by the caller.
-#[derive(Clone, Debug)]
-pub struct NewSecret {
-    /// `None`: cluster-wide.
-    pub sandbox: Option<String>,
-    pub name: String,
-    pub ciphertext: Vec<u8>,
-    pub nonce: Vec<u8>,
-    pub key_id: String,
-    /// Who sets it (`token:NAME`, `user:NAME`).
-    pub by: String,
-}
-
 /// A secret as listed: never its value, nor its ciphertext.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretRow {
@@ -32,7 +19,7 @@ pub struct SecretRow {
     pub updated_at: i64,
 }
 
-/// A secret as a node opens it.
+/// A secret sealed: as a node stores it and opens it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SealedSecret {
     pub sandbox: Option<String>,
@@ -76,8 +63,9 @@ fn sealed_row(r: &Row) -> Result<SealedSecret> {
 }
 
 impl Store {
-    /// Sets a secret, made or replaced; whether it was made.
-    pub async fn put_secret(&self, s: &NewSecret) -> Result<(SecretRow, bool)> {
+    /// Sets a secret, sealed by the caller, made or replaced by `by` (`token:NAME`,
+    /// `user:NAME`); whether it was made.
+    pub async fn put_secret(&self, s: &SealedSecret, by: &str) -> Result<(SecretRow, bool)> {
         let key = || vec![sandbox_value(s.sandbox.as_deref()), s.name.clone().into()];
         let mut tx = self.begin_write().await?;
         let existed =
@@ -89,7 +77,7 @@ impl Store {
             Value::Bytes(s.ciphertext.clone()),
             Value::Bytes(s.nonce.clone()),
             s.key_id.clone().into(),
-            s.by.clone().into(),
+            by.into(),
         ]);
         if existed {
             tx.execute(

@@ -803,14 +803,13 @@ async fn definitions_are_found_by_id_or_name_and_deleted_with_what_they_own(f: F
     assert!(s.list_listeners().await.unwrap().is_empty());
 }
 
-fn sealed(sandbox: Option<&str>, name: &str, byte: u8, key: &str) -> shoal_store::NewSecret {
-    shoal_store::NewSecret {
+fn sealed(sandbox: Option<&str>, name: &str, byte: u8, key: &str) -> shoal_store::SealedSecret {
+    shoal_store::SealedSecret {
         sandbox: sandbox.map(str::to_owned),
         name: name.into(),
         ciphertext: vec![byte; 20],
         nonce: vec![byte; 12],
         key_id: key.into(),
-        by: "token:t".into(),
     }
 }
 
@@ -820,18 +819,19 @@ fn sealed(sandbox: Option<&str>, name: &str, byte: u8, key: &str) -> shoal_store
 /// sandbox.
 async fn secrets_are_kept_sealed_by_sandbox_and_name(f: Fixture) {
     let s = &f.store;
-    let (row, made) = s.put_secret(&sealed(None, "DB", 1, "k1")).await.unwrap();
+    let (row, made) = s.put_secret(&sealed(None, "DB", 1, "k1"), "token:t").await.unwrap();
     assert!(made);
     assert_eq!((row.sandbox.clone(), row.name.as_str(), row.key_id.as_str()), (None, "DB", "k1"));
-    assert_eq!(row.created_at, row.updated_at);
-    let (_, made) = s.put_secret(&sealed(Some("etl"), "DB", 2, "k1")).await.unwrap();
+    assert!(row.updated_at >= row.created_at, "{row:?}");
+    let (_, made) = s.put_secret(&sealed(Some("etl"), "DB", 2, "k1"), "token:t").await.unwrap();
     assert!(made, "a sandbox's secret is apart from the cluster-wide one of its name");
-    s.put_secret(&sealed(Some("web"), "API", 3, "k1")).await.unwrap();
-    let mut again = sealed(Some("etl"), "DB", 4, "k2");
-    again.by = "user:ann".into();
-    let (replaced, made) = s.put_secret(&again).await.unwrap();
+    s.put_secret(&sealed(Some("web"), "API", 3, "k1"), "token:t").await.unwrap();
+    let (replaced, made) = s.put_secret(&sealed(Some("etl"), "DB", 4, "k2"), "user:ann").await.unwrap();
     assert!(!made);
-    assert_eq!((replaced.created_by.as_str(), replaced.updated_by.as_str(), replaced.key_id.as_str()), ("token:t", "user:ann", "k2"));
+    assert_eq!(
+        (replaced.created_by.as_str(), replaced.updated_by.as_str(), replaced.key_id.as_str()),
+        ("token:t", "user:ann", "k2")
+    );
     assert!(replaced.updated_at >= replaced.created_at);
 
     let listed: Vec<(Option<String>, String)> =
@@ -849,7 +849,12 @@ async fn secrets_are_kept_sealed_by_sandbox_and_name(f: Fixture) {
     // Sealing again: only what was read, only once.
     let old = s.sealed_secrets_not_under("k2").await.unwrap();
     assert_eq!(old.len(), 2);
-    let resealed = shoal_store::SealedSecret { ciphertext: vec![9; 20], nonce: vec![9; 12], key_id: "k2".into(), ..old[0].clone() };
+    let resealed = shoal_store::SealedSecret {
+        ciphertext: vec![9; 20],
+        nonce: vec![9; 12],
+        key_id: "k2".into(),
+        ..old[0].clone()
+    };
     assert!(s.reseal_secret(&old[0], &resealed).await.unwrap());
     assert!(!s.reseal_secret(&old[0], &resealed).await.unwrap(), "its nonce changed: not the value read");
     assert_eq!(s.sealed_secrets_not_under("k2").await.unwrap(), vec![old[1].clone()]);
