@@ -114,6 +114,12 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("listUsers", Cluster),
     ("createUser", Cluster),
     ("deleteUser", Cluster),
+    // A sandbox's secret needs `editor` there, a cluster-wide one `admin` for `*`: the
+    // handlers check. Listing shows names, never values.
+    ("listSecrets", R(Viewer)),
+    ("putSecret", R(Editor)),
+    ("deleteSecret", R(Editor)),
+    ("rewrapSecrets", Cluster),
     ("getOpenApi", R(Viewer)),
     ("getOpenApiRoot", R(Viewer)),
     ("liveV1", Public),

@@ -60,6 +60,7 @@ constructors! {
     conflict => Conflict,
     execution_finished => ExecutionFinished,
     sandbox_not_here => SandboxNotHere,
+    secrets_key_mismatch => SecretsKeyMismatch,
     payload_too_large => PayloadTooLarge,
     unsupported_media_type => UnsupportedMediaType,
     invalid_request => InvalidRequest,
@@ -71,6 +72,7 @@ constructors! {
     invalid_parameter => InvalidParameter,
     unknown_node => UnknownNode,
     unknown_tag => UnknownTag,
+    unknown_secret => UnknownSecret,
     invalid_partitions => InvalidPartitions,
     invalid_cron => InvalidCron,
     unknown_time_zone => UnknownTimeZone,
@@ -204,6 +206,8 @@ impl From<DomainError> for ApiError {
             DomainError::UnknownNode(_) => ApiError::unknown_node(message),
             DomainError::RootNotAllowed(_) => ApiError::root_not_allowed(message),
             DomainError::UnknownTag(_) => ApiError::unknown_tag(message),
+            DomainError::UnknownSecret(_) => ApiError::unknown_secret(message),
+            DomainError::SecretsKey(_) => ApiError::secrets_key_mismatch(message),
             DomainError::Store(e) => e.into(),
             DomainError::SandboxFolder { .. } | DomainError::Internal(_) => ApiError::internal(message),
         }
@@ -249,6 +253,8 @@ mod tests {
             (DomainError::UnknownNode("m".into()), ErrorCode::UnknownNode),
             (DomainError::RootNotAllowed("m".into()), ErrorCode::RootNotAllowed),
             (DomainError::UnknownTag("m".into()), ErrorCode::UnknownTag),
+            (DomainError::UnknownSecret("m".into()), ErrorCode::UnknownSecret),
+            (DomainError::SecretsKey("m".into()), ErrorCode::SecretsKeyMismatch),
         ] {
             let e = ApiError::from(domain);
             assert_eq!((e.code, e.message.as_str()), (code, "m"));

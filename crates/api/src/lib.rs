@@ -21,6 +21,7 @@ mod nodes;
 mod openapi;
 mod sandboxes;
 pub mod schedules;
+mod secrets;
 mod sessions;
 mod tokens;
 mod triggers;
@@ -108,6 +109,8 @@ pub struct AppState {
     pub hosts: browser::HostPolicy,
     /// Who is asking: the token cache.
     pub auth: Arc<auth::Authenticator>,
+    /// The keys that seal and open job secrets (`cluster.secrets_key_file`).
+    pub secrets: Arc<shoal_service::secrets::Keyring>,
 }
 
 pub type State = axum::extract::State<Arc<AppState>>;

@@ -61,7 +61,10 @@ pub const ERRORS: &[(&str, &[&[ErrorCode]])] = &[
     ("putSandboxFile", &[HOLDER, &[NotFound, InvalidPath, InvalidQuery, BadRequest, PayloadTooLarge, Conflict]]),
     ("deleteSandboxFile", &[HOLDER, &[NotFound, InvalidPath, InvalidQuery, Conflict]]),
     ("listExecutions", &[&[InvalidQuery]]),
-    ("submitExecution", &[JSON_BODY, HOLDER, BIND, &[InvalidRequest, IdempotencyKeyReused, UnknownNode, UnknownTag]]),
+    (
+        "submitExecution",
+        &[JSON_BODY, HOLDER, BIND, &[InvalidRequest, IdempotencyKeyReused, UnknownNode, UnknownTag, UnknownSecret]],
+    ),
     ("getExecution", &[&[NotFound]]),
     ("getExecutionLogs", &[&[NotFound, InvalidQuery]]),
     ("cancelExecution", &[&[NotFound, ExecutionFinished]]),
@@ -91,6 +94,10 @@ pub const ERRORS: &[(&str, &[&[ErrorCode]])] = &[
     ("listUsers", &[]),
     ("createUser", &[JSON_BODY, &[AlreadyExists, InvalidRequest]]),
     ("deleteUser", &[&[NotFound]]),
+    ("listSecrets", &[&[InvalidQuery]]),
+    ("putSecret", &[JSON_BODY, &[InvalidQuery, InvalidRequest, UnknownSandbox, SecretsKeyMismatch]]),
+    ("deleteSecret", &[&[NotFound, InvalidQuery]]),
+    ("rewrapSecrets", &[&[SecretsKeyMismatch]]),
     ("getOpenApi", &[]),
     ("liveV1", &[]),
     ("readyV1", &[&[NotReady]]),
@@ -138,6 +145,8 @@ fn meaning(code: ErrorCode) -> &'static str {
         IdempotencyKeyReused => "the `Idempotency-Key` was used with another body",
         UnknownNode => "a node that has never joined the cluster",
         UnknownTag => "no node carries these tags",
+        UnknownSecret => "the job file names a secret (`{secret.NAME}`) that neither its sandbox nor the cluster has (the message names it and the job file)",
+        SecretsKeyMismatch => "the store holds secrets sealed with a key this node does not have (the message names the key ids); every node needs the same `cluster.secrets_key_file`",
         InvalidPartitions => "the partitions are missing, overlap, or repeat a name",
         InvalidCron => "the cron expression is wrong (`details` names the field when one is: `CronErrorDetails`)",
         UnknownTimeZone => "not an IANA time zone name",
@@ -155,7 +164,7 @@ fn meaning(code: ErrorCode) -> &'static str {
 
 /// Every route of the API and its description, in one router.
 pub fn router() -> OpenApiRouter<Arc<AppState>> {
-    use crate::{executions, files, health, listeners, nodes, sandboxes, schedules, sessions, tokens, users};
+    use crate::{executions, files, health, listeners, nodes, sandboxes, schedules, secrets, sessions, tokens, users};
     let api = OpenApiRouter::new()
         .routes(routes!(nodes::list))
         .routes(routes!(nodes::get))
@@ -186,6 +195,9 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(sessions::login, sessions::logout))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::delete))
+        .routes(routes!(secrets::list))
+        .routes(routes!(secrets::put, secrets::delete))
+        .routes(routes!(secrets::rewrap))
         .routes(routes!(health::openapi))
         .routes(routes!(health::live_v1))
         .routes(routes!(health::ready_v1))

@@ -33,7 +33,8 @@ use shoal_wire::{
     Ready, Sandbox, SandboxList, Schedule, ScheduleList, ScheduleRequest, SubmitRequest, Upload,
 };
 pub use shoal_wire::{
-    CreatedToken, LoginRequest, Session, Token, TokenList, TokenRequest, User, UserList, UserRequest,
+    CreatedToken, LoginRequest, Rewrap, Secret, SecretList, SecretRequest, Session, Token, TokenList, TokenRequest,
+    User, UserList, UserRequest,
 };
 use std::marker::PhantomData;
 use std::path::Path;
@@ -302,6 +303,34 @@ impl Client {
     /// Deletes the user with this name (or id), and ends their sessions.
     pub async fn delete_user(&self, reference: &str) -> Result<()> {
         self.execute(Call::new(Method::DELETE, format!("/users/{}", segment(reference)?))).await.map(drop)
+    }
+
+    // ---- job secrets ----
+
+    /// The secrets this client's credential may see (cluster-wide ones and those of its
+    /// sandboxes; with `sandbox`, that sandbox's): names and times, never a value.
+    pub async fn secrets(&self, sandbox: Option<&str>) -> Result<SecretList> {
+        self.get("/secrets".into(), sandbox.map(|s| ("sandbox", s.to_owned())).into_iter().collect()).await
+    }
+
+    /// Sets secret `name` of `sandbox` (cluster-wide without one) to `request.value`; the
+    /// answer says who set it and when, never the value.
+    pub async fn set_secret(&self, name: &str, sandbox: Option<&str>, request: &SecretRequest) -> Result<Secret> {
+        let mut call = Call::with_json(Method::PUT, format!("/secrets/{}", segment(name)?), request)?;
+        call.query.extend(sandbox.map(|s| ("sandbox", s.to_owned())));
+        decode(self.execute(call).await?)
+    }
+
+    /// Removes secret `name` of `sandbox` (the cluster-wide one without).
+    pub async fn delete_secret(&self, name: &str, sandbox: Option<&str>) -> Result<()> {
+        let mut call = Call::new(Method::DELETE, format!("/secrets/{}", segment(name)?));
+        call.query.extend(sandbox.map(|s| ("sandbox", s.to_owned())));
+        self.execute(call).await.map(drop)
+    }
+
+    /// Seals every secret again under the current key of the node that answers.
+    pub async fn rewrap_secrets(&self) -> Result<Rewrap> {
+        decode(self.execute(Call::new(Method::POST, "/secrets/_rewrap".into())).await?)
     }
 
     // ---- sandboxes and their files ----

@@ -71,6 +71,13 @@ pub struct RunSpec {
     pub workdir: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Variables whose values name secrets (`{secret.NAME}`): templates in which everything
+    /// but those placeholders is literal (`{{` and `}}` for braces, parameters already
+    /// substituted), rendered only by the node that starts an attempt, into the child's
+    /// environment. So the stored spec, and every answer made from it, holds the placeholder,
+    /// never the value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     #[serde(default)]
@@ -200,11 +207,24 @@ fn is_param_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// One piece of a template: literal text or a `{name}` placeholder.
+/// Whether `name` can name a secret (`{secret.NAME}`): 1 to 64 ASCII letters, digits, `_` and
+/// `-`, starting with a letter.
+pub fn is_secret_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// What comes before a secret's name in a placeholder.
+const SECRET_PREFIX: &str = "secret.";
+
+/// One piece of a template: literal text, a `{name}` placeholder or a `{secret.NAME}` one.
 #[derive(Debug, PartialEq, Eq)]
 enum Piece<'a> {
     Text(std::borrow::Cow<'a, str>),
     Param(&'a str),
+    Secret(&'a str),
 }
 
 /// Splits a template into pieces. `{{` and `}}` stand for literal braces.
@@ -228,15 +248,24 @@ fn pieces(template: &str) -> Result<Vec<Piece<'_>>, String> {
                     return Err(format!("unclosed `{{` in `{template}`; write `{{{{` for a literal brace"));
                 };
                 let name = &template[i + 1..i + 1 + end];
-                if !is_param_name(name) {
-                    return Err(format!(
-                        "`{{{name}}}` in `{template}` is not a parameter placeholder; names use letters, digits, `_` and `-`, and `{{{{` writes a literal brace"
-                    ));
-                }
+                let piece = match name.strip_prefix(SECRET_PREFIX) {
+                    Some(secret) if is_secret_name(secret) => Piece::Secret(secret),
+                    Some(_) => {
+                        return Err(format!(
+                            "`{{{name}}}` in `{template}` names no valid secret; secret names are 1 to 64 letters, digits, `_` and `-`, starting with a letter"
+                        ))
+                    }
+                    None if is_param_name(name) => Piece::Param(name),
+                    None => {
+                        return Err(format!(
+                            "`{{{name}}}` in `{template}` is not a parameter placeholder; names use letters, digits, `_` and `-`, and `{{{{` writes a literal brace"
+                        ))
+                    }
+                };
                 if !literal.is_empty() {
                     out.push(Piece::Text(std::mem::take(&mut literal).into()));
                 }
-                out.push(Piece::Param(name));
+                out.push(piece);
                 i += end + 2;
             }
             b'}' => {
@@ -265,20 +294,66 @@ pub fn substitute(template: &str, values: &BTreeMap<String, String>) -> Result<S
                 Some(v) => out.push_str(v),
                 None => return Err(format!("no parameter `{name}`")),
             },
+            Piece::Secret(name) => {
+                return Err(format!("`{{secret.{name}}}` is a secret; only `env` values may name secrets"))
+            }
         }
     }
     Ok(out)
 }
 
-/// Names of the placeholders in a template, in order.
-fn placeholders(template: &str) -> Result<Vec<&str>, String> {
+/// Doubles the braces of `text`, so that a template holds it literally.
+fn escape_braces(text: &str) -> String {
+    text.replace('{', "{{").replace('}', "}}")
+}
+
+/// An `env` value with its parameters substituted.
+enum EnvValue {
+    /// No secret in it: the value itself.
+    Plain(String),
+    /// A template that keeps the secrets' placeholders and holds everything else literally
+    /// (the parameters' values escaped, so a parameter's value cannot name a secret).
+    WithSecrets(String),
+}
+
+fn substitute_env(template: &str, values: &BTreeMap<String, String>) -> EnvValue {
+    let pieces = pieces(template).unwrap_or_default();
+    if !pieces.iter().any(|p| matches!(p, Piece::Secret(_))) {
+        return EnvValue::Plain(substitute(template, values).unwrap_or_else(|_| template.to_owned()));
+    }
+    let mut out = String::with_capacity(template.len());
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => out.push_str(&escape_braces(&t)),
+            Piece::Param(name) => out.push_str(&escape_braces(values.get(name).map_or("", String::as_str))),
+            Piece::Secret(name) => {
+                out.push_str("{secret.");
+                out.push_str(name);
+                out.push('}');
+            }
+        }
+    }
+    EnvValue::WithSecrets(out)
+}
+
+/// Names of the parameter placeholders (or, with `secrets`, the secret ones) in a template,
+/// in order.
+fn placeholder_names(template: &str, secrets: bool) -> Result<Vec<&str>, String> {
     Ok(pieces(template)?
         .into_iter()
-        .filter_map(|p| match p {
-            Piece::Param(n) => Some(n),
-            Piece::Text(_) => None,
+        .filter_map(|p| match (p, secrets) {
+            (Piece::Param(n), false) | (Piece::Secret(n), true) => Some(n),
+            _ => None,
         })
         .collect())
+}
+
+fn placeholders(template: &str) -> Result<Vec<&str>, String> {
+    placeholder_names(template, false)
+}
+
+fn secret_placeholders(template: &str) -> Result<Vec<&str>, String> {
+    placeholder_names(template, true)
 }
 
 impl JobSpec {
@@ -309,13 +384,24 @@ impl JobSpec {
             }
             params.insert(name.into_inner(), ParamSpec { default: p.default, description: p.description });
         }
-        let check_template = |s: &Spanned<String>| -> Result<(), JobFileError> {
+        let check_params = |s: &Spanned<String>| -> Result<(), JobFileError> {
             for name in placeholders(s.get_ref()).map_err(|m| ctx.err(s.span(), m))? {
                 if !params.contains_key(name) {
                     return Err(
                         ctx.err(s.span(), format!("`{{{name}}}` names no parameter; declare it as [params.{name}]"))
                     );
                 }
+            }
+            Ok(())
+        };
+        // Secrets go only into the environment: an argument shows in `ps`, a folder in paths.
+        let check_template = |s: &Spanned<String>| -> Result<(), JobFileError> {
+            check_params(s)?;
+            if let Some(name) = secret_placeholders(s.get_ref()).map_err(|m| ctx.err(s.span(), m))?.first() {
+                return Err(ctx.err(
+                    s.span(),
+                    format!("`{{secret.{name}}}`: only `env` values may name secrets (an argument shows in `ps`); pass it as an environment variable"),
+                ));
             }
             Ok(())
         };
@@ -356,7 +442,7 @@ impl JobSpec {
                     format!("invalid environment variable name `{}`; names may not be empty, contain `=`, or start with `SHOAL_` (shoal sets those)", k.get_ref()),
                 ));
             }
-            check_template(&v)?;
+            check_params(&v)?;
             if v.get_ref().contains('\0') {
                 return Err(ctx.err(
                     v.span(),
@@ -510,10 +596,18 @@ impl JobSpec {
             JobKind::Process { command } => JobKind::Process { command: command.iter().map(sub).collect() },
             JobKind::Noop => JobKind::Noop,
         };
+        let (mut env, mut secret_env) = (BTreeMap::new(), BTreeMap::new());
+        for (k, v) in &self.env {
+            match substitute_env(v, bound) {
+                EnvValue::Plain(value) => env.insert(k.clone(), value),
+                EnvValue::WithSecrets(template) => secret_env.insert(k.clone(), template),
+            };
+        }
         RunSpec {
             kind,
             workdir: self.workdir.as_ref().map(sub),
-            env: self.env.iter().map(|(k, v)| (k.clone(), sub(v))).collect(),
+            env,
+            secret_env,
             timeout_ms: self.timeout.map(|d| d.as_millis() as u64),
             retries: self.retries,
             retry_backoff_ms: self.retry_backoff.as_millis() as u64,
@@ -533,6 +627,7 @@ impl RunSpec {
             kind: JobKind::Process { command },
             workdir: None,
             env: BTreeMap::new(),
+            secret_env: BTreeMap::new(),
             timeout_ms: None,
             retries: 0,
             retry_backoff_ms: default_backoff_ms(),
@@ -546,6 +641,36 @@ impl RunSpec {
 
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout_ms.map(Duration::from_millis)
+    }
+
+    /// The secrets the attempt's environment names, each once.
+    pub fn secret_names(&self) -> std::collections::BTreeSet<String> {
+        self.secret_env.values().flat_map(|t| secret_placeholders(t).unwrap_or_default()).map(str::to_owned).collect()
+    }
+
+    /// The variables of [`RunSpec::secret_env`] with the secrets' `values` in place; a secret
+    /// missing from `values` is an error naming it.
+    pub fn render_secret_env(&self, values: &BTreeMap<String, String>) -> Result<Vec<(String, String)>, String> {
+        let mut out = Vec::with_capacity(self.secret_env.len());
+        for (k, template) in &self.secret_env {
+            let mut value = String::new();
+            for piece in pieces(template).map_err(|m| format!("environment variable `{k}`: {m}"))? {
+                match piece {
+                    Piece::Text(t) => value.push_str(&t),
+                    Piece::Secret(name) => match values.get(name) {
+                        Some(v) => value.push_str(v),
+                        None => {
+                            return Err(format!("environment variable `{k}` names secret `{name}`, which is not set"))
+                        }
+                    },
+                    Piece::Param(name) => {
+                        return Err(format!("environment variable `{k}` holds an unsubstituted `{{{name}}}`"))
+                    }
+                }
+            }
+            out.push((k.clone(), value));
+        }
+        Ok(out)
     }
 
     /// Checks what an attempt would run, after parameters were substituted: a program to
@@ -578,6 +703,23 @@ impl RunSpec {
                 return Err(format!(
                     "environment variable `{k}` contains a NUL byte, which no environment value can hold"
                 ));
+            }
+        }
+        for (k, v) in &self.secret_env {
+            if k.is_empty() || k.contains(['=', '\0']) || self.env.contains_key(k) {
+                return Err(format!("invalid environment variable name `{}`", k.escape_debug()));
+            }
+            if v.contains('\0') {
+                return Err(format!(
+                    "environment variable `{k}` contains a NUL byte, which no environment value can hold"
+                ));
+            }
+            if let Some(name) = secret_placeholders(v)
+                .map_err(|m| format!("environment variable `{k}`: {m}"))?
+                .iter()
+                .find(|n| !is_secret_name(n))
+            {
+                return Err(format!("environment variable `{k}` names `{name}`, which is no secret name"));
             }
         }
         if let Some(w) = &self.workdir {
@@ -738,6 +880,44 @@ kind = "any"
         assert_eq!(job.bind_params(&BTreeMap::new()), Err(ParamError::Missing("a".into())));
         let e = job.bind_params(&params(&[("a", "1"), ("b", "2")])).unwrap_err();
         assert!(e.to_string().contains("`b`") && e.to_string().contains("`a`"), "{e}");
+    }
+
+    /// Secrets are named in `env` values only, kept as placeholders through parameter
+    /// substitution (a parameter's value never names one), and rendered by the node.
+    #[test]
+    fn secrets_stay_placeholders_until_the_node_renders_them() {
+        let text = "command = [\"sh\"]\n[env]\nDB = \"postgres://u:{secret.DB_PASS}@{host}/x\"\nPLAIN = \"{host}\"\nLIT = \"{{secret.NO}}\"\n[params.host]\ndefault = \"h\"\n";
+        let spec = JobSpec::parse(text).unwrap();
+        let r = spec.resolve(&params(&[("host", "{secret.OTHER}")]));
+        assert_eq!(r.env.get("PLAIN").map(String::as_str), Some("{secret.OTHER}"));
+        assert_eq!(r.env.get("LIT").map(String::as_str), Some("{secret.NO}"));
+        assert_eq!(
+            r.secret_env.get("DB").map(String::as_str),
+            Some("postgres://u:{secret.DB_PASS}@{{secret.OTHER}}/x")
+        );
+        assert_eq!(r.secret_names().into_iter().collect::<Vec<_>>(), ["DB_PASS"]);
+        r.validate().unwrap();
+        let values: BTreeMap<String, String> = [("DB_PASS".to_owned(), "p{w}".to_owned())].into();
+        assert_eq!(
+            r.render_secret_env(&values).unwrap(),
+            [("DB".to_owned(), "postgres://u:p{w}@{secret.OTHER}/x".to_owned())]
+        );
+        let e = r.render_secret_env(&BTreeMap::new()).unwrap_err();
+        assert!(e.contains("`DB_PASS`"), "{e}");
+        // A stored spec without secrets reads and writes as before.
+        let json = serde_json::to_string(&RunSpec::inline(vec!["x".into()])).unwrap();
+        assert!(!json.contains("secret_env"), "{json}");
+
+        // Not in arguments or folders, and names are checked, with their position.
+        let e = JobSpec::parse("command = [\"echo\", \"{secret.A}\"]\n").unwrap_err();
+        assert_eq!((e.line, e.column), (1, 20));
+        assert!(e.message.contains("only `env` values may name secrets"), "{e}");
+        assert!(JobSpec::parse("command = [\"true\"]\nworkdir = \"{secret.A}\"\n").is_err());
+        let e = JobSpec::parse("command = [\"true\"]\n[env]\nA = \"{secret.9x}\"\n").unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(e.message.contains("names no valid secret"), "{e}");
+        assert!(JobSpec::parse("command = [\"true\"]\n[env]\nA = \"{secret.}\"\n").is_err());
+        assert!(is_secret_name("Db_pass-2") && !is_secret_name("_x") && !is_secret_name(&"a".repeat(65)));
     }
 
     #[test]

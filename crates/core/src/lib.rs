@@ -9,6 +9,7 @@ pub mod duration;
 pub mod ids;
 pub mod job;
 pub mod listener;
+pub mod mask;
 pub mod path;
 pub mod placement;
 pub mod sandbox;

@@ -94,6 +94,8 @@ struct RawCluster {
     multicast: Option<RawMulticast>,
     drain_deadline: Option<String>,
     tls_ca: Option<PathBuf>,
+    secrets_key_file: Option<PathBuf>,
+    secrets_previous_key_files: Option<Vec<PathBuf>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -208,6 +210,11 @@ pub struct ClusterConfig {
     /// The CA bundle (PEM) other nodes' certificates are verified against when this node
     /// forwards to them over https; `None`: the system's roots.
     pub tls_ca: Option<PathBuf>,
+    /// The key that seals job secrets; `None`: `data_dir/secrets.key`, made on a store that
+    /// holds no secret yet (`shoal_service::secrets::Keyring::open_for_node`).
+    pub secrets_key_file: Option<PathBuf>,
+    /// Keys that secrets may still be sealed with while the key is rotated; they only open.
+    pub secrets_previous_key_files: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -270,6 +277,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "multicast",
             "drain_deadline",
             "tls_ca",
+            "secrets_key_file",
+            "secrets_previous_key_files",
         ],
     ),
     (
@@ -378,6 +387,7 @@ impl Config {
                     | "level"
                     | "format"
                     | "tls_ca"
+                    | "secrets_key_file"
             ) {
                 toml::Value::String(value)
             } else {
@@ -649,6 +659,8 @@ impl Config {
                 multicast,
                 drain_deadline,
                 tls_ca: raw.cluster.tls_ca,
+                secrets_key_file: raw.cluster.secrets_key_file,
+                secrets_previous_key_files: raw.cluster.secrets_previous_key_files.unwrap_or_default(),
             },
             executor: ExecutorConfig {
                 slots,
@@ -755,6 +767,22 @@ slots = 8
         assert_eq!(c.http.write_timeout, Duration::from_millis(500));
         let c = Config::parse("", "x", env(&[("SHOAL_HTTP_WRITE_TIMEOUT", "2m")])).unwrap();
         assert_eq!(c.http.write_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn secrets_keys_come_from_the_file_or_the_environment() {
+        let c = Config::parse("", "x", env(&[])).unwrap();
+        assert_eq!((c.cluster.secrets_key_file, c.cluster.secrets_previous_key_files), (None, vec![]));
+        let c = Config::parse(
+            "[cluster]\nsecrets_key_file = \"/etc/shoal/new.key\"\nsecrets_previous_key_files = [\"/etc/shoal/old.key\"]\n",
+            "x",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.cluster.secrets_key_file.as_deref(), Some(Path::new("/etc/shoal/new.key")));
+        assert_eq!(c.cluster.secrets_previous_key_files, [PathBuf::from("/etc/shoal/old.key")]);
+        let c = Config::parse("", "x", env(&[("SHOAL_CLUSTER_SECRETS_KEY_FILE", "/k")])).unwrap();
+        assert_eq!(c.cluster.secrets_key_file.as_deref(), Some(Path::new("/k")));
     }
 
     #[test]

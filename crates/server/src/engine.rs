@@ -11,6 +11,7 @@ use crate::lifecycle::{LifeCycle, Phase};
 use crate::workers::{Step, Workers};
 use parking_lot::Mutex;
 use shoal_api::{LogHub, Metrics, WorkerStatus};
+use shoal_core::mask::Masker;
 use shoal_core::placement::{
     admits_work, claim_delay, Candidate, Limits, Load, NodeState, NodeView, Refusal, RegistryState,
 };
@@ -64,6 +65,8 @@ pub struct EngineConfig {
     /// The CA bundle the cluster's certificates are checked against (`cluster.tls_ca`), given
     /// to attempts as `SHOAL_CA_FILE`.
     pub ca_file: Option<PathBuf>,
+    /// Opens the job secrets an attempt's environment names.
+    pub secrets: Arc<shoal_service::secrets::Keyring>,
 }
 
 /// A peer's figures from gossip, for [`claim_delay`].
@@ -514,6 +517,20 @@ impl Engine {
         }
     }
 
+    /// The environment variables that name secrets, with the values in place, and the values
+    /// (to mask). An error (a secret removed since the submission, a key this node lacks) is
+    /// shown in the attempt's output and never holds a value.
+    async fn open_secrets(&self, c: &Claimed) -> Result<(Vec<(String, String)>, Vec<String>), String> {
+        if c.spec.secret_env.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let values =
+            shoal_service::secrets::open_for_attempt(&self.store, &self.cfg.secrets, c.sandbox.as_deref(), &c.spec)
+                .await?;
+        let env = c.spec.render_secret_env(&values)?;
+        Ok((env, values.into_values().collect()))
+    }
+
     /// Resolves where and how an attempt runs; an error is shown in the attempt's output.
     async fn spawn_spec(&self, c: &Claimed) -> Result<SpawnSpec, String> {
         let JobKind::Process { command } = &c.spec.kind else {
@@ -580,10 +597,17 @@ impl Engine {
                 false,
             )
         };
-        let spec = match self.spawn_spec(c).await {
+        // Secrets are opened here, on the node that runs the attempt, and go only into the
+        // child's environment; every value is masked in the output the store keeps.
+        let (secret_env, masks) = match self.open_secrets(c).await {
+            Ok(opened) => opened,
+            Err(msg) => return spawn_failed(msg),
+        };
+        let mut spec = match self.spawn_spec(c).await {
             Ok(s) => s,
             Err(msg) => return spawn_failed(msg),
         };
+        spec.env.extend(secret_env);
         let mut child = match self.launcher.spawn(spec).await {
             Ok(ch) => ch,
             Err(e) => return spawn_failed(e.to_string()),
@@ -603,6 +627,7 @@ impl Engine {
             fence: c.fence,
             attempt: c.attempt,
             max_output: self.cfg.max_output_bytes,
+            masks,
         };
         let writer = tokio::spawn(write_logs(target, output, fenced_tx));
         let deadline = c.spec.timeout().map(|t| tokio::time::Instant::now() + t);
@@ -673,6 +698,8 @@ struct LogTarget {
     fence: FencingToken,
     attempt: i64,
     max_output: u64,
+    /// The secrets' values, each stored as `***`.
+    masks: Vec<String>,
 }
 
 /// Pumps an attempt's output into the store, fenced, until the pipes close. Returns what it
@@ -682,7 +709,10 @@ async fn write_logs(
     mut output: tokio::sync::mpsc::Receiver<shoal_runner::OutputChunk>,
     fenced: watch::Sender<bool>,
 ) -> Vec<LogChunk> {
-    let LogTarget { store, metrics, logs, id, fence, attempt, max_output } = target;
+    let LogTarget { store, metrics, logs, id, fence, attempt, max_output, masks } = target;
+    // One masker per stream: a value split across two reads of one pipe is still masked.
+    let (mut mask_out, mut mask_err) = (Masker::new(&masks), Masker::new(&masks));
+    drop(masks);
     let mut pending: Vec<LogChunk> = Vec::new();
     // Output beyond `max_output` is counted, not kept: one runaway job must not fill the store.
     let mut kept: u64 = 0;
@@ -702,8 +732,15 @@ async fn write_logs(
                         continue;
                     }
                     let stream = match chunk.stream { Stream::Stdout => 1, Stream::Stderr => 2 };
+                    let mut data = match chunk.stream {
+                        _ if mask_out.is_empty() => chunk.data,
+                        Stream::Stdout => mask_out.feed(&chunk.data).into(),
+                        Stream::Stderr => mask_err.feed(&chunk.data).into(),
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
                     let room = max_output.saturating_sub(kept) as usize;
-                    let mut data = chunk.data;
                     if data.len() > room {
                         over_limit += (data.len() - room) as u64;
                         data.truncate(room);
@@ -736,7 +773,25 @@ async fn write_logs(
                         }
                     }
                 }
-                None => open = false,
+                None => {
+                    open = false;
+                    // What each masker held back, now that nothing can complete a value.
+                    for (stream, rest) in [(1, mask_out.finish()), (2, mask_err.finish())] {
+                        let room = max_output.saturating_sub(kept) as usize;
+                        if refused || rest.is_empty() {
+                            continue;
+                        }
+                        over_limit += rest.len().saturating_sub(room) as u64;
+                        let rest = &rest[..rest.len().min(room)];
+                        if rest.is_empty() {
+                            continue;
+                        }
+                        kept += rest.len() as u64;
+                        buffered += rest.len();
+                        pending.push(LogChunk { seq, stream, data: rest.to_vec() });
+                        seq += 1;
+                    }
+                }
             },
             _ = tick.tick() => {
                 if pending.is_empty() || refused {
@@ -871,6 +926,11 @@ mod tests {
             deadline_file: dir.join("lease-deadline"),
             url: "http://127.0.0.1:1".into(),
             ca_file: None,
+            secrets: {
+                let key = dir.join("secrets.key");
+                shoal_service::secrets::generate_key_file(&key).unwrap();
+                Arc::new(shoal_service::secrets::Keyring::load(&key, &[]).unwrap())
+            },
         };
         Arc::new(Engine::new(Arc::new(store), cfg, launcher, Arc::default(), Arc::default()))
     }

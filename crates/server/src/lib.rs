@@ -106,6 +106,20 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         other => anyhow::anyhow!("store {}: {other}", shoal_store::redact(&config.store.url)),
     })?;
     let store = Arc::new(store);
+    // The key that seals job secrets: a node that cannot open the store's secrets refuses to
+    // start, rather than run jobs with values it cannot read.
+    let (secrets, made_key) = shoal_service::secrets::Keyring::open_for_node(
+        &store,
+        config.cluster.secrets_key_file.as_deref(),
+        &config.cluster.secrets_previous_key_files,
+        &config.data_dir,
+    )
+    .await
+    .map_err(ConfigError::Invalid)?;
+    if let Some(file) = made_key {
+        tracing::info!(file = %file.display(), key_id = %secrets.current_id(), "made a key for job secrets, readable only by this user; every node of the cluster needs this same key (cluster.secrets_key_file)");
+    }
+    let secrets = Arc::new(secrets);
     filewatch::clean_stale_uploads(store.clone(), id.clone());
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -139,6 +153,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
             deadline_file: config.data_dir.join("lease-deadline"),
             url: url.clone(),
             ca_file: config.cluster.tls_ca.clone(),
+            secrets: secrets.clone(),
         },
         launcher,
         metrics.clone(),
@@ -232,6 +247,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         roots: Arc::new(root_policy(&config).await?),
         hosts: shoal_api::browser::HostPolicy::new(&url, &config.http.hosts),
         auth,
+        secrets: secrets.clone(),
     });
     let app = shoal_api::router(state);
     // Start-up frees much of what it allocated (building the router builds its OpenAPI

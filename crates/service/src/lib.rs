@@ -1,7 +1,7 @@
 //! The domain rules that both the API and the trigger workers follow, below HTTP: reading a
 //! sandbox's job file, binding its parameters, checking a submission (an inline command's
 //! settings, where a job runs) and fanning a partitioned job out into its children; making
-//! tokens, hashing passwords and making login sessions.
+//! tokens, hashing passwords and making login sessions; sealing and opening job secrets.
 //!
 //! Errors are [`DomainError`]s that say what went wrong; the API maps them to its codes and
 //! statuses in one place (`shoal_api::error`), the trigger workers record them on a firing
@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod passwords;
 pub mod rights;
 pub mod roots;
+pub mod secrets;
 pub mod sessions;
 pub mod submission;
 pub mod tokens;
@@ -76,6 +77,12 @@ pub enum DomainError {
     /// An allocation needing tags no node of the cluster carries.
     #[error("{0}")]
     UnknownTag(String),
+    /// A job names a secret that neither its sandbox nor the cluster has.
+    #[error("{0}")]
+    UnknownSecret(String),
+    /// This node's secrets key is not the one the store's secrets were sealed with.
+    #[error("{0}")]
+    SecretsKey(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A bug or a broken machine (a blocking task that panicked).

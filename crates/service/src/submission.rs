@@ -146,6 +146,7 @@ pub async fn prepare(store: &Store, here: &str, sub: Submission) -> Result<Prepa
                     .await
                     .map_err(|message| DomainError::JobWorkdirOutside { job: path.to_string(), message })?;
             }
+            crate::secrets::check_known(store, Some(&sandbox.name), &path.to_string(), &resolved).await?;
             (Some(path.to_string()), resolved)
         }
         (None, Some(command)) => {

@@ -131,6 +131,10 @@ pub enum ClientCommand {
     /// Make, list and delete users, the people who log in with a password (admin)
     #[command(subcommand)]
     User(crate::client_users::UserCmd),
+    /// Set, list and remove job secrets (`{secret.NAME}` in a job file's env); values from
+    /// standard input, never shown
+    #[command(subcommand)]
+    Secret(crate::client_secrets::SecretCmd),
 }
 
 #[derive(clap::Args, Debug)]
@@ -335,6 +339,7 @@ pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
         ClientCommand::Hook(args) => client_sched::cmd_hook(&client, args, json).await,
         ClientCommand::Token(cmd) => crate::client_tokens::cmd_token(&client, cmd, json).await,
         ClientCommand::User(cmd) => crate::client_users::cmd_user(&client, cmd, json).await,
+        ClientCommand::Secret(cmd) => crate::client_secrets::cmd_secret(&client, cmd, json).await,
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 
 mod client_cmds;
 mod client_sched;
+mod client_secrets;
 mod client_tokens;
 mod client_users;
 mod output;

@@ -337,6 +337,10 @@ async fn up_cluster(args: UpArgs) -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("cannot find this executable to start the nodes")?;
 
     let store_url = format!("sqlite://{data_text}/shoal.db");
+    // Every node needs the same key for job secrets: one file, kept from run to run.
+    let key_file = data_dir.join(shoal_service::secrets::DEFAULT_KEY_FILE);
+    shoal_service::secrets::generate_key_file(&key_file)
+        .with_context(|| format!("cannot write the secrets key {}", key_file.display()))?;
     let mut specs = Vec::new();
     let mut configs = Vec::new();
     for k in 1..=args.nodes {
@@ -345,13 +349,14 @@ async fn up_cluster(args: UpArgs) -> anyhow::Result<u8> {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let port = if listen.port() == 0 { 0 } else { listen.port() + (k - 1) as u16 };
         let text = format!(
-            "# written by `shoal up --nodes {}`; rewritten on every run\nnode_id = {}\ndata_dir = {}\n\n[sandboxes]\nallowed_roots = [{}]\n\n[http]\nlisten = {}\n\n[store]\nurl = {}\n\n[executor]\nslots = {}\n",
+            "# written by `shoal up --nodes {}`; rewritten on every run\nnode_id = {}\ndata_dir = {}\n\n[sandboxes]\nallowed_roots = [{}]\n\n[http]\nlisten = {}\n\n[store]\nurl = {}\n\n[cluster]\nsecrets_key_file = {}\n\n[executor]\nslots = {}\n",
             args.nodes,
             toml_str(&id),
             toml_str(&format!("{data_text}/{id}")),
             toml_str(&format!("{data_text}/sandboxes")),
             toml_str(&SocketAddr::new(listen.ip(), port).to_string()),
             toml_str(&store_url),
+            toml_str(&key_file.display().to_string()),
             args.slots,
         );
         let path = dir.join("shoal.toml");

@@ -339,6 +339,30 @@ async fn every_status_and_code_the_document_lists_happens() {
     n.sandbox("broken", &[("jobs/bad.toml", "command = 3\n")]).await;
     let bad = j(json!({"sandbox": "broken", "job": "jobs/bad.toml"}));
     p.expect("submitExecution", M::POST, "/executions", bad, (422, "invalid_job")).await;
+    let needs = "command = [\"true\"]\n[env]\nX = \"{secret.NOBODY_SET}\"\n";
+    n.sandbox("needy", &[("jobs/needs.toml", needs)]).await;
+    let needs = j(json!({"sandbox": "needy", "job": "jobs/needs.toml"}));
+    p.expect("submitExecution", M::POST, "/executions", needs, (422, "unknown_secret")).await;
+
+    // Secrets. n1 and n2 made keys of their own on this empty store: once n1 sealed one, n2's
+    // key does not match (n2 is stopped below and never started again).
+    let value = || j(json!({"value": "a value"}));
+    p.expect("listSecrets", M::GET, "/secrets", Body::None, (200, "")).await;
+    p.expect("listSecrets", M::GET, "/secrets?bogus=1", Body::None, (400, "invalid_query")).await;
+    p.expect("putSecret", M::PUT, "/secrets/S1", value(), (201, "")).await;
+    p.expect("putSecret", M::PUT, "/secrets/S1", value(), (200, "")).await;
+    p.expect("putSecret", M::PUT, "/secrets/S1?sandbox=examples", value(), (201, "")).await;
+    p.expect("putSecret", M::PUT, "/secrets/S1?bogus=1", value(), (400, "invalid_query")).await;
+    p.expect("putSecret", M::PUT, "/secrets/S1?sandbox=nope", value(), (422, "unknown_sandbox")).await;
+    p.expect("putSecret", M::PUT, "/secrets/S1", j(json!({"value": "abc"})), (422, "invalid_request")).await;
+    p.expect("rewrapSecrets", M::POST, "/secrets/_rewrap", Body::None, (200, "")).await;
+    p.expect("deleteSecret", M::DELETE, "/secrets/S1?sandbox=examples", Body::None, (204, "")).await;
+    p.expect("deleteSecret", M::DELETE, "/secrets/S1?sandbox=examples", Body::None, (404, "not_found")).await;
+    p.expect("deleteSecret", M::DELETE, "/secrets/S1?bogus=1", Body::None, (400, "invalid_query")).await;
+    let n1_url = std::mem::replace(&mut p.url, n2.url.clone());
+    p.expect("putSecret", M::PUT, "/secrets/S2", value(), (409, "secrets_key_mismatch")).await;
+    p.expect("rewrapSecrets", M::POST, "/secrets/_rewrap", Body::None, (409, "secrets_key_mismatch")).await;
+    p.url = n1_url;
     p.expect("listExecutions", M::GET, "/executions", Body::None, (200, "")).await;
     p.expect("listExecutions", M::GET, "/executions?state=bogus", Body::None, (400, "invalid_query")).await;
     p.expect("getExecution", M::GET, &format!("/executions/{done}"), Body::None, (200, "")).await;

@@ -150,6 +150,14 @@ async fn three_nodes_run_the_example_job_and_all_stop() {
         assert!(out.contains(&format!("node {} stopped\n", n.id)), "{}", up.explain());
     }
     assert!(data.join("sandboxes/examples/out/report-2026-11-20.csv").exists());
+    // One key for job secrets, private, named by every node's configuration.
+    let key = data.join("secrets.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions()) & 0o777;
+    assert_eq!(mode, 0o600);
+    for id in ["n1", "n2", "n3"] {
+        let config = std::fs::read_to_string(data.join(id).join("shoal.toml")).unwrap();
+        assert!(config.contains(&format!("secrets_key_file = {:?}", key.display().to_string())), "{config}");
+    }
 
     let store = shoal_store::Store::open(&format!("sqlite://{}/shoal.db", data.display()), 1).await.unwrap();
     let rows = store.list_nodes().await.unwrap();

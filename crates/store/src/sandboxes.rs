@@ -106,6 +106,8 @@ impl Store {
             )));
         }
         tx.execute("DELETE FROM sandboxes WHERE name = $1", vec![name.into()]).await?;
+        // A sandbox made again under this name must not inherit the old one's secrets.
+        tx.execute("DELETE FROM secrets WHERE sandbox = $1", vec![name.into()]).await?;
         tx.commit().await
     }
 }

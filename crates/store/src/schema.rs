@@ -238,6 +238,35 @@ ALTER TABLE firings ADD COLUMN message TEXT;
 ALTER TABLE events ADD COLUMN message TEXT;
 ";
 
+/// Version 9: job secrets (`secrets.rs`), each sealed by the nodes (an AEAD under a key the
+/// store never sees) and kept with the id of the key that sealed it; `sandbox` is `''` for a
+/// cluster-wide secret. The two texts differ only in the bytes' type.
+macro_rules! v9 {
+    ($bytes:literal) => {
+        concat!(
+            "
+CREATE TABLE secrets (
+    sandbox TEXT NOT NULL,
+    name TEXT NOT NULL,
+    ciphertext ",
+            $bytes,
+            " NOT NULL,
+    nonce ",
+            $bytes,
+            " NOT NULL,
+    key_id TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_by TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (sandbox, name)
+);
+CREATE INDEX secrets_key ON secrets (key_id);
+"
+        )
+    };
+}
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -274,10 +303,13 @@ CREATE SEQUENCE fence_seq;
     Migration { version: 5, common: V5_COMMON, sqlite: "", postgres: "" },
     Migration { version: 6, common: V6_COMMON, sqlite: "", postgres: "" },
     Migration { version: 7, common: V7_COMMON, sqlite: "", postgres: "" },
+    // v8: the audit trail (another branch)
+    Migration { version: 8, common: "", sqlite: "", postgres: "" },
+    Migration { version: 9, common: "", sqlite: v9!("BLOB"), postgres: v9!("BYTEA") },
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i64 = 7;
+pub const LATEST: i64 = 9;
 
 pub async fn current_version(tx: &mut dyn Tx) -> Result<i64> {
     let row = query_one(tx, "SELECT value FROM shoal_meta WHERE key = 'schema_version'", vec![]).await?;

@@ -66,6 +66,7 @@ suite!(
     definitions_are_found_by_id_or_name_and_deleted_with_what_they_own,
     an_attempt_token_is_valid_only_while_its_attempt_is_current,
     rights_are_read_again_and_end_with_their_token_or_user,
+    secrets_are_kept_sealed_by_sandbox_and_name,
 );
 
 fn node(id: &str) -> NodeRegistration {
@@ -903,4 +904,70 @@ async fn rights_are_read_again_and_end_with_their_token_or_user(f: Fixture) {
     let changed = s.update_schedule("owned", &def).await.unwrap();
     assert_eq!(changed.owner.unwrap().label, "user:ann");
     assert!(s.rights_of("user:u1").await.unwrap().unwrap_err().contains("deleted"));
+}
+
+fn sealed(sandbox: Option<&str>, name: &str, byte: u8, key: &str) -> shoal_store::SealedSecret {
+    shoal_store::SealedSecret {
+        sandbox: sandbox.map(str::to_owned),
+        name: name.into(),
+        ciphertext: vec![byte; 20],
+        nonce: vec![byte; 12],
+        key_id: key.into(),
+    }
+}
+
+/// Secrets are set (made, then replaced) per sandbox and name, a cluster-wide one apart from a
+/// sandbox's of the same name; found for a job of a sandbox with the cluster-wide ones; listed
+/// without their bytes; sealed again only if unchanged since read; deleted alone or with their
+/// sandbox.
+async fn secrets_are_kept_sealed_by_sandbox_and_name(f: Fixture) {
+    let s = &f.store;
+    let (row, made) = s.put_secret(&sealed(None, "DB", 1, "k1"), "token:t").await.unwrap();
+    assert!(made);
+    assert_eq!((row.sandbox.clone(), row.name.as_str(), row.key_id.as_str()), (None, "DB", "k1"));
+    assert!(row.updated_at >= row.created_at, "{row:?}");
+    let (_, made) = s.put_secret(&sealed(Some("etl"), "DB", 2, "k1"), "token:t").await.unwrap();
+    assert!(made, "a sandbox's secret is apart from the cluster-wide one of its name");
+    s.put_secret(&sealed(Some("web"), "API", 3, "k1"), "token:t").await.unwrap();
+    let (replaced, made) = s.put_secret(&sealed(Some("etl"), "DB", 4, "k2"), "user:ann").await.unwrap();
+    assert!(!made);
+    assert_eq!(
+        (replaced.created_by.as_str(), replaced.updated_by.as_str(), replaced.key_id.as_str()),
+        ("token:t", "user:ann", "k2")
+    );
+    assert!(replaced.updated_at >= replaced.created_at);
+
+    let listed: Vec<(Option<String>, String)> =
+        s.list_secrets().await.unwrap().into_iter().map(|r| (r.sandbox, r.name)).collect();
+    assert_eq!(listed, [(None, "DB".into()), (Some("etl".into()), "DB".into()), (Some("web".into()), "API".into())]);
+
+    let mut found = s.sealed_secrets(Some("etl"), &["DB".into(), "API".into(), "NONE".into()]).await.unwrap();
+    found.sort_by(|a, b| a.sandbox.cmp(&b.sandbox));
+    assert_eq!(found.len(), 2, "web's API is not etl's: {found:?}");
+    assert_eq!((found[0].sandbox.as_deref(), found[0].ciphertext.clone()), (None, vec![1; 20]));
+    assert_eq!((found[1].sandbox.as_deref(), found[1].nonce.clone()), (Some("etl"), vec![4; 12]));
+    assert_eq!(s.sealed_secrets(None, &["API".into()]).await.unwrap(), vec![]);
+    assert_eq!(s.secret_key_ids().await.unwrap(), [("k1".to_owned(), 2), ("k2".to_owned(), 1)]);
+
+    // Sealing again: only what was read, only once.
+    let old = s.sealed_secrets_not_under("k2").await.unwrap();
+    assert_eq!(old.len(), 2);
+    let resealed = shoal_store::SealedSecret {
+        ciphertext: vec![9; 20],
+        nonce: vec![9; 12],
+        key_id: "k2".into(),
+        ..old[0].clone()
+    };
+    assert!(s.reseal_secret(&old[0], &resealed).await.unwrap());
+    assert!(!s.reseal_secret(&old[0], &resealed).await.unwrap(), "its nonce changed: not the value read");
+    assert_eq!(s.sealed_secrets_not_under("k2").await.unwrap(), vec![old[1].clone()]);
+
+    assert_eq!(s.delete_secret(None, "DB").await.unwrap().name, "DB");
+    assert!(matches!(s.delete_secret(None, "DB").await, Err(StoreError::NotFound(_))));
+    assert_eq!(s.sealed_secrets(Some("etl"), &["DB".into()]).await.unwrap().len(), 1);
+    // Deleting a sandbox deletes its secrets: one made again under its name starts with none.
+    s.create_sandbox("web", SandboxKind::Shared, "/srv/web", None, &[]).await.unwrap();
+    s.delete_sandbox("web").await.unwrap();
+    let left: Vec<String> = s.list_secrets().await.unwrap().into_iter().map(|r| r.name).collect();
+    assert_eq!(left, ["DB"]);
 }

@@ -110,6 +110,7 @@ mod listeners;
 mod nodes;
 mod sandboxes;
 mod schedules;
+mod secrets;
 
 pub use auth::*;
 pub use error::*;
@@ -118,6 +119,7 @@ pub use listeners::*;
 pub use nodes::*;
 pub use sandboxes::*;
 pub use schedules::*;
+pub use secrets::*;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
