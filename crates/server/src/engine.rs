@@ -599,10 +599,13 @@ impl Engine {
         };
         // Secrets are opened here, on the node that runs the attempt, and go only into the
         // child's environment; every value is masked in the output the store keeps.
-        let (secret_env, masks) = match self.open_secrets(c).await {
+        let (secret_env, mut masks) = match self.open_secrets(c).await {
             Ok(opened) => opened,
             Err(msg) => return spawn_failed(msg),
         };
+        // The attempt's own token too: a job that prints its environment leaves no
+        // credential in its stored output, even one that ends with the attempt.
+        masks.push(c.token.text().to_owned());
         let mut spec = match self.spawn_spec(c).await {
             Ok(s) => s,
             Err(msg) => return spawn_failed(msg),

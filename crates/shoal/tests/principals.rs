@@ -286,14 +286,15 @@ async fn an_attempt_has_a_token_of_its_own_while_it_runs(backend: Backend) {
     assert_eq!((status, v["error"]["code"].as_str()), (401, Some("invalid_token")), "{v}");
 }
 
-/// `shoal` inside a job works with no flags: its environment names the node and the token.
+/// `shoal` inside a job works with no flags: its environment names the node and the token,
+/// which its stored output never shows.
 async fn shoal_inside_a_job_needs_no_flags(backend: Backend) {
     let n = TestNode::start(backend).await;
     n.sandbox(
         "team-a",
         &[(
             "jobs/chain.toml",
-            "command = [\"{shoal}\", \"run\", \"team-a/jobs/greet.toml\", \"-p\", \"name=job\", \"--wait\"]\n[params.shoal]\n",
+            "command = [\"sh\", \"-c\", \"echo token=$SHOAL_TOKEN; exec \\\"$0\\\" run team-a/jobs/greet.toml -p name=job --wait\", \"{shoal}\"]\n[params.shoal]\n",
         )],
     )
     .await;
@@ -303,7 +304,10 @@ async fn shoal_inside_a_job_needs_no_flags(backend: Backend) {
         )
         .await;
     let done = n.wait_final(&id, Duration::from_secs(30)).await;
-    assert_eq!(done["state"], "succeeded", "{done}: {}", n.logs(&id).await);
+    let logs = n.logs(&id).await;
+    assert_eq!(done["state"], "succeeded", "{done}: {logs}");
+    // The token it printed is stored masked.
+    assert!(logs.contains("token=***\n") && !logs.contains("shoal_att_"), "{logs}");
     let (_, v) = n.get("/api/v1/executions?sandbox=team-a&job=jobs/greet.toml").await;
     let child = &v["executions"][0];
     assert_eq!(
