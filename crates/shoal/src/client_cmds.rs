@@ -588,6 +588,9 @@ fn execution_fields(e: &Execution) -> Vec<(&'static str, String)> {
         ("priority", e.priority.to_string()),
         ("timeout_ms", or_dash(e.timeout_ms)),
         ("retries", e.retries.to_string()),
+        ("trigger", e.trigger.as_str().to_owned()),
+        ("trigger_ref", or_dash(e.trigger_ref.as_deref())),
+        ("principal", or_dash(e.principal.as_deref())),
         ("cancel_requested_by", or_dash(e.cancel_requested_by.as_deref())),
         ("created_at", e.created_at.clone()),
         ("started_at", or_dash(e.started_at.as_deref())),
@@ -599,7 +602,10 @@ fn execution_fields(e: &Execution) -> Vec<(&'static str, String)> {
     if let Some(attempts) = &e.attempts {
         let shown: Vec<String> = attempts
             .iter()
-            .map(|a| format!("#{} on {}: {}", a.attempt, a.node, a.outcome.as_deref().unwrap_or("running")))
+            .map(|a| {
+                let outcome = a.outcome.as_deref().unwrap_or("running");
+                format!("#{} ({}) on {}: {outcome}", a.attempt, name(&a.cause), a.node)
+            })
             .collect();
         fields.push(("attempts", if shown.is_empty() { "-".into() } else { shown.join(", ") }));
     }

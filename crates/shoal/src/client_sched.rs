@@ -682,6 +682,7 @@ impl Definition for Schedule {
             ("next_fire_time", or_dash(self.next_fire_time.as_deref())),
             ("last_fire_time", or_dash(self.last_fire_time.as_deref())),
             ("last_execution", or_dash(self.last_execution.as_deref())),
+            ("owner", or_dash(self.owner.as_deref())),
             ("misfire", name(&self.misfire)),
             ("misfire_max", or_dash(self.misfire_max)),
             ("misfire_threshold_ms", self.misfire_threshold_ms.to_string()),
@@ -805,6 +806,7 @@ impl Definition for Listener {
             ("sandbox", self.sandbox.clone()),
             ("job", self.job.clone()),
             ("params", pairs(&self.params)),
+            ("owner", or_dash(self.owner.as_deref())),
         ];
         if let Some(url) = &self.hook_url {
             fields.push(("hook_url", url.clone()));
@@ -1263,7 +1265,19 @@ mod tests {
         let keys: Vec<&str> = shown.iter().map(|(k, _)| *k).collect();
         assert_eq!(
             keys,
-            ["id", "name", "kind", "enabled", "trigger", "sandbox", "job", "params", "created_at", "updated_at"]
+            [
+                "id",
+                "name",
+                "kind",
+                "enabled",
+                "trigger",
+                "sandbox",
+                "job",
+                "params",
+                "owner",
+                "created_at",
+                "updated_at"
+            ]
         );
         assert!(shown.contains(&("trigger", "node_died".into())) && shown.contains(&("kind", "cluster".into())));
         let shown = hook.fields();
