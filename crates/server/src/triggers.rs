@@ -487,12 +487,22 @@ impl Triggers {
         }
         // Each firing starts its job with its owner's rights, checked now, at each look: an
         // owner revoked, deleted or out of scope starts nothing (`not_permitted`).
+        // One read per owner and sandbox, however many of its schedules are due.
+        let mut by_owner: HashMap<(Option<&str>, &str), Result<(), String>> = HashMap::new();
         let mut allowed: HashMap<&str, Result<(), String>> = HashMap::new();
         for &i in &due {
             let row = &st.schedules[i].row;
-            let may = rights::owner_may_run(&self.store, row.owner.as_ref(), &row.sandbox, &[])
-                .await
-                .map_err(|e| e.to_string())?;
+            let key = (row.owner.as_ref().map(|o| o.acts_as.as_str()), row.sandbox.as_str());
+            let may = match by_owner.get(&key) {
+                Some(may) => may.clone(),
+                None => {
+                    let may = rights::owner_may_run(&self.store, row.owner.as_ref(), &row.sandbox, &[])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    by_owner.insert(key, may.clone());
+                    may
+                }
+            };
             allowed.insert(row.id.as_str(), may);
         }
         let ids: Vec<String> = due.iter().map(|&i| st.schedules[i].row.id.clone()).collect();
