@@ -47,7 +47,7 @@ fn may_change(principal: &Principal, sandbox: Option<&str>, what: &str) -> ApiRe
     }
 }
 
-#[utoipa::path(put, path = "/secrets/{name}", operation_id = "putSecret", tag = "secrets", params(("name" = String, Path, description = "The secret's name, as a job file's `env` names it (`{secret.NAME}`): 1 to 64 letters, digits, `_` and `-`, starting with a letter."), ("sandbox" = Option<String>, Query, description = "The sandbox whose jobs see it (needs `editor` there); leave out for a cluster-wide secret (needs `admin` for every sandbox).")), request_body = wire::SecretRequest, responses((status = 201, description = "Made. The value is sealed (XChaCha20-Poly1305) by this node before the store sees it, and never answered.", body = wire::Secret), (status = 200, description = "Replaced: jobs started from now on get the new value.", body = wire::Secret)))]
+#[utoipa::path(put, path = "/secrets/{name}", operation_id = "putSecret", tag = "secrets", params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$", description = "The secret's name, as a job file's `env` names it (`{secret.NAME}`): 1 to 64 letters, digits, `_` and `-`, starting with a letter."), ("sandbox" = Option<String>, Query, description = "The sandbox whose jobs see it (needs `editor` there); leave out for a cluster-wide secret (needs `admin` for every sandbox).")), request_body = wire::SecretRequest, responses((status = 201, description = "Made. The value is sealed (XChaCha20-Poly1305) by this node before the store sees it, and never answered.", body = wire::Secret), (status = 200, description = "Replaced: jobs started from now on get the new value.", body = wire::Secret)))]
 pub async fn put(
     state: State,
     principal: Principal,
@@ -94,7 +94,7 @@ pub async fn list(
     Ok(Json(wire::SecretList { secrets: shown.map(secret).collect() }))
 }
 
-#[utoipa::path(delete, path = "/secrets/{name}", operation_id = "deleteSecret", tag = "secrets", params(("name" = String, Path, description = "The secret's name."), ("sandbox" = Option<String>, Query, description = "The sandbox it belongs to; leave out for the cluster-wide one.")), responses((status = 204, description = "Removed. An attempt that starts later and names it fails, saying so in its output.")))]
+#[utoipa::path(delete, path = "/secrets/{name}", operation_id = "deleteSecret", tag = "secrets", params(("name" = String, Path, pattern = "^[A-Za-z][A-Za-z0-9_-]{0,63}$", description = "The secret's name."), ("sandbox" = Option<String>, Query, description = "The sandbox it belongs to; leave out for the cluster-wide one.")), responses((status = 204, description = "Removed. An attempt that starts later and names it fails, saying so in its output.")))]
 pub async fn delete(
     state: State,
     principal: Principal,
