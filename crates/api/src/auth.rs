@@ -111,6 +111,7 @@ pub const ACCESS: &[(&str, Access)] = &[
     // Any user may log out; the handler needs the session cookie itself.
     ("deleteSession", R(Viewer)),
     ("listUsers", Cluster),
+    ("listAudit", Cluster),
     ("createUser", Cluster),
     ("deleteUser", Cluster),
     ("getOpenApi", R(Viewer)),
@@ -152,7 +153,7 @@ impl Routes {
         Routes { by_route }
     }
 
-    fn get(&self, method: &Method, route: &str) -> Option<(&'static str, Access)> {
+    pub(crate) fn get(&self, method: &Method, route: &str) -> Option<(&'static str, Access)> {
         // HEAD is served by the GET route.
         let method = if method == Method::HEAD { &Method::GET } else { method };
         self.by_route.get(&(method.clone(), route.to_owned())).copied()
@@ -748,6 +749,8 @@ pub(crate) async fn authenticate(
                 };
                 match state.auth.session(&session).await {
                     Ok(p) => {
+                        // A change refused for its CSRF token is still one this session tried.
+                        crate::audit::note_principal(&req, &p);
                         if let Err(e) = check_csrf(req.method(), req.headers(), &session) {
                             return e.into_response();
                         }
@@ -767,6 +770,7 @@ pub(crate) async fn authenticate(
             }
         },
     };
+    crate::audit::note_principal(&req, &principal);
     match access {
         R(need) if principal.role < need => {
             return principal.require(need, None, &format!("`{op}`")).unwrap_err().into_response();

@@ -91,6 +91,7 @@ pub const ERRORS: &[(&str, &[&[ErrorCode]])] = &[
     ("listUsers", &[]),
     ("createUser", &[JSON_BODY, &[AlreadyExists, InvalidRequest]]),
     ("deleteUser", &[&[NotFound]]),
+    ("listAudit", &[&[InvalidQuery]]),
     ("getOpenApi", &[]),
     ("liveV1", &[]),
     ("readyV1", &[&[NotReady]]),
@@ -186,6 +187,7 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(sessions::login, sessions::logout))
         .routes(routes!(users::list, users::create))
         .routes(routes!(users::delete))
+        .routes(routes!(crate::audit::list))
         .routes(routes!(health::openapi))
         .routes(routes!(health::live_v1))
         .routes(routes!(health::ready_v1))

@@ -21,4 +21,6 @@ pub use path::{PathError, SandboxPath};
 pub use sandbox::{validate_partitions, Partition, SandboxKind};
 /// What a token or user may do (the wire's enum).
 pub use shoal_wire::Role;
+/// How a change recorded in the audit trail ended (the wire's enum).
+pub use shoal_wire::AuditOutcome;
 pub use state::{Decision, ExecState, Outcome, ReasonCode};

@@ -4,6 +4,7 @@
 //! whether a write is still allowed, what time it is) is made by the database, in a
 //! transaction, on the database's clock. Nodes only ask.
 
+mod audit;
 mod db;
 mod definitions;
 mod executions;
@@ -21,6 +22,7 @@ mod submitter;
 mod tokens;
 mod users;
 
+pub use audit::{AuditFilter, AuditRow, NewAudit};
 pub use db::Dialect;
 pub use executions::{
     AttemptEnd, AttemptRow, CancelResult, Claimed, ExecutionFilter, ExecutionRow, Finish, FinishResult, LogChunk,

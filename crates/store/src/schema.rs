@@ -218,6 +218,26 @@ CREATE INDEX sessions_user ON sessions (user_id);
 CREATE INDEX sessions_expires ON sessions (expires_at);
 ";
 
+/// The audit trail (`audit.rs`): one row per change made through the API and per login, at
+/// the store's clock; read newest first, by time and id, filtered by principal or action.
+const V8_COMMON: &str = "
+CREATE TABLE audit (
+    id TEXT PRIMARY KEY,
+    at BIGINT NOT NULL,
+    principal TEXT NOT NULL,
+    node TEXT NOT NULL,
+    served_by TEXT,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    status BIGINT NOT NULL,
+    code TEXT
+);
+CREATE INDEX audit_at ON audit (at, id);
+CREATE INDEX audit_principal ON audit (principal, at, id);
+CREATE INDEX audit_action ON audit (action, at, id);
+";
+
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -253,10 +273,13 @@ CREATE SEQUENCE fence_seq;
     Migration { version: 4, common: V4_COMMON, sqlite: "", postgres: "" },
     Migration { version: 5, common: V5_COMMON, sqlite: "", postgres: "" },
     Migration { version: 6, common: V6_COMMON, sqlite: "", postgres: "" },
+    // v7: execution principals (main)
+    Migration { version: 7, common: "", sqlite: "", postgres: "" },
+    Migration { version: 8, common: V8_COMMON, sqlite: "", postgres: "" },
 ];
 
 /// The newest schema version this build knows.
-pub const LATEST: i64 = 6;
+pub const LATEST: i64 = 8;
 
 pub async fn current_version(tx: &mut dyn Tx) -> Result<i64> {
     let row = query_one(tx, "SELECT value FROM shoal_meta WHERE key = 'schema_version'", vec![]).await?;

@@ -102,6 +102,7 @@ macro_rules! trigger_struct {
     };
 }
 
+mod audit;
 mod auth;
 mod error;
 mod executions;
@@ -110,6 +111,7 @@ mod nodes;
 mod sandboxes;
 mod schedules;
 
+pub use audit::*;
 pub use auth::*;
 pub use error::*;
 pub use executions::*;
@@ -208,6 +210,7 @@ mod tests {
         check(&ListenerKind::ALL, ListenerKind::as_str, ListenerKind::parse);
         check(&NodeState::ALL, NodeState::as_str, NodeState::parse);
         check(&CronField::ALL, CronField::as_str, CronField::parse);
+        check(&AuditOutcome::ALL, AuditOutcome::as_str, AuditOutcome::parse);
         assert_eq!(FiringReason::parse("bogus"), None);
     }
 
