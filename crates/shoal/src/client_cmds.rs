@@ -131,6 +131,9 @@ pub enum ClientCommand {
     /// Make, list and delete users, the people who log in with a password (admin)
     #[command(subcommand)]
     User(crate::client_users::UserCmd),
+    /// Show the audit trail, newest first: every change made through the API and every login,
+    /// with who, through which node, on what and how it ended (admin)
+    Audit(crate::client_audit::AuditArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -335,6 +338,7 @@ pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
         ClientCommand::Hook(args) => client_sched::cmd_hook(&client, args, json).await,
         ClientCommand::Token(cmd) => crate::client_tokens::cmd_token(&client, cmd, json).await,
         ClientCommand::User(cmd) => crate::client_users::cmd_user(&client, cmd, json).await,
+        ClientCommand::Audit(args) => crate::client_audit::cmd_audit(&client, args, json).await,
     };
     match result {
         Ok(code) => code,
