@@ -55,7 +55,7 @@ const CREATED: &[(&str, &str)] = &[
     ("submitExecution", "/id"),
     ("createSchedule", "/name"),
     ("createListener", "/name"),
-    ("createToken", "/token/name"),
+    ("createToken", "/name"),
     ("createUser", "/name"),
 ];
 
@@ -145,14 +145,18 @@ impl AuditLog {
         if batch.is_empty() {
             return Ok(0);
         }
+        let now = Instant::now();
         let rows: Vec<NewAudit> = batch
             .iter()
-            .map(|q| NewAudit { age_ms: i64::try_from(q.at.elapsed().as_millis()).unwrap_or(i64::MAX), ..q.row.clone() })
+            .map(|q| {
+                let age = now.saturating_duration_since(q.at);
+                NewAudit { age_ms: i64::try_from(age.as_millis()).unwrap_or(i64::MAX), ..q.row.clone() }
+            })
             .collect();
         // Dropped (the node stopping) or failed: the rows go back. A batch whose commit was
         // made but not confirmed is written again, and its ids make that change nothing.
         let mut back = PutBack { log: self, batch: Some(batch) };
-        store.insert_audit(&rows).await?;
+        store.insert_audit(&rows, now).await?;
         back.batch = None;
         if self.dropping.swap(false, Ordering::Relaxed) {
             tracing::info!("the audit queue has room again");

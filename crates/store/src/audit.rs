@@ -6,14 +6,16 @@
 use crate::db::{Row, Value};
 use crate::{Result, Store};
 use shoal_core::AuditOutcome;
+use std::time::Instant;
 
-/// A row to write. Its time is the store's clock at the insert minus `age_ms`, how long the
-/// row waited in its node's queue (measured on the node's monotonic clock), so a row queued
-/// while the store was away still gets the time of its request.
+/// A row to write. Its time is the store's clock at the insert minus its age, how long the row
+/// waited in its node's queue (measured on the node's monotonic clock), so a row queued while
+/// the store was away still gets the time of its request.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NewAudit {
     /// Unique (a UUIDv7); a batch written again after an uncertain commit changes nothing.
     pub id: String,
+    /// How old it was when [`Store::insert_audit`] was called (its `measured` instant).
     pub age_ms: i64,
     /// `token:NAME`, `user:NAME` (for a login, the name tried).
     pub principal: String,
@@ -91,11 +93,15 @@ fn audit_row(r: &Row) -> Result<AuditRow> {
 
 impl Store {
     /// Writes these rows in one transaction; a row whose id is already stored is skipped.
-    pub async fn insert_audit(&self, rows: &[NewAudit]) -> Result<()> {
+    /// `measured` is when the rows' ages were taken: the time waited since for the store (a
+    /// connection, the write lock) is added to them once the transaction has begun, so it
+    /// does not shift their times, and rows keep the order they were queued in.
+    pub async fn insert_audit(&self, rows: &[NewAudit], measured: Instant) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
+        let waited = i64::try_from(measured.elapsed().as_millis()).unwrap_or(i64::MAX);
         for chunk in rows.chunks(MAX_BATCH) {
             let mut sql = format!("INSERT INTO audit ({COLUMNS}) VALUES ");
             let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * PER_ROW);
@@ -119,7 +125,7 @@ impl Store {
                 ));
                 params.extend([
                     r.id.clone().into(),
-                    r.age_ms.max(0).into(),
+                    r.age_ms.max(0).saturating_add(waited).into(),
                     r.principal.clone().into(),
                     r.node.clone().into(),
                     r.served_by.clone().into(),

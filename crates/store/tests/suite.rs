@@ -829,9 +829,9 @@ async fn audit_rows_are_listed_newest_first_filtered_paged_and_pruned(f: Fixture
         audit("a4", 20_000, "user:ann", "putSandboxFile", "ETL/jobs/y.toml", 403),
         audit("a5", 10_000, "user:bob", "createSession", "", 401),
     ];
-    s.insert_audit(&rows).await.unwrap();
+    s.insert_audit(&rows, std::time::Instant::now()).await.unwrap();
     // Written again (a commit whose answer was lost): nothing doubles.
-    s.insert_audit(&rows[..2]).await.unwrap();
+    s.insert_audit(&rows[..2], std::time::Instant::now()).await.unwrap();
     let now = s.now_ms().await.unwrap();
     let ids = |rows: &[shoal_store::AuditRow]| rows.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
     let all = s.list_audit(&AuditFilter { limit: 10, ..Default::default() }).await.unwrap();
@@ -873,7 +873,7 @@ async fn audit_rows_are_listed_newest_first_filtered_paged_and_pruned(f: Fixture
     assert_eq!(seen, [vec!["a5", "a4"], vec!["a3", "a2"], vec!["a1"]]);
     // Rows of one time are paged by id.
     let same: Vec<_> = (0..3).map(|i| audit(&format!("b{i}"), 90_000_000, "token:x", "x", "", 200)).collect();
-    s.insert_audit(&same).await.unwrap();
+    s.insert_audit(&same, std::time::Instant::now()).await.unwrap();
     let old = s.list_audit(&AuditFilter { principal: Some("token:x".into()), limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(ids(&old), ["b2", "b1", "b0"]);
     let mut f2 = AuditFilter { principal: Some("token:x".into()), limit: 1, ..Default::default() };
