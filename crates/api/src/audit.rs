@@ -22,13 +22,13 @@ use crate::error::{ApiError, ApiResult};
 use crate::metrics::Metrics;
 use crate::{AppState, State};
 use axum::extract::{MatchedPath, Query, RawPathParams, Request};
-use axum::http::{header, HeaderMap, Method};
+use axum::http::{header, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, RequestExt};
 use parking_lot::Mutex;
 use serde::Deserialize;
-use shoal_store::{AuditFilter, AuditRow, NewAudit, Store, StoreError};
+use shoal_store::{AuditFilter, AuditRecord, AuditRow, NewAudit, Store, StoreError};
 use shoal_wire::{self as wire, AuditOutcome};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,7 +103,13 @@ pub struct AuditLog {
 
 impl AuditLog {
     pub fn new(node: String, metrics: Arc<Metrics>) -> AuditLog {
-        AuditLog { node, queue: Mutex::new(VecDeque::new()), wake: Notify::new(), metrics, dropping: AtomicBool::new(false) }
+        AuditLog {
+            node,
+            queue: Mutex::new(VecDeque::new()),
+            wake: Notify::new(),
+            metrics,
+            dropping: AtomicBool::new(false),
+        }
     }
 
     /// Fires when a row is queued.
@@ -199,19 +205,16 @@ impl Drop for PutBack<'_> {
     }
 }
 
-/// Whether a request carries forwarding headers: a verified one was recorded by the node that
-/// forwarded it, and one that does not verify is refused before it changes anything.
-fn forwarded(headers: &HeaderMap) -> bool {
-    headers.keys().any(|k| k.as_str().starts_with("x-shoal-") && k != crate::forward::SERVED_BY)
-}
-
 /// The layer that records changes; see the module's text.
 pub(crate) async fn record(
     axum::extract::State((state, routes)): axum::extract::State<(Arc<AppState>, Arc<Routes>)>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) || forwarded(req.headers()) {
+    // A request with forwarding headers was recorded by the node that forwarded it, if they
+    // verify; if not, it is refused (401) before it changes anything.
+    let forwarded = crate::forward::claims_forwarded(req.headers());
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) || forwarded {
         return next.run(req).await;
     }
     let op = req.extensions().get::<MatchedPath>().and_then(|m| routes.get(req.method(), m.as_str()));
@@ -275,14 +278,16 @@ async fn finish(state: &AppState, op: &'static str, mut target: String, note: &N
     state.audit.push(NewAudit {
         id: uuid::Uuid::now_v7().to_string(),
         age_ms: 0,
-        principal,
-        node: state.audit.node.clone(),
-        served_by,
-        action: op.to_owned(),
-        target,
-        outcome: AuditOutcome::of_status(status),
-        status: i64::from(status),
-        code,
+        record: AuditRecord {
+            principal,
+            node: state.audit.node.clone(),
+            served_by,
+            action: op.to_owned(),
+            target,
+            outcome: AuditOutcome::of_status(status),
+            status: i64::from(status),
+            code,
+        },
     });
     res
 }
@@ -327,10 +332,11 @@ async fn time_of(state: &AppState, name: &str, text: &str) -> ApiResult<i64> {
     Ok(i64::try_from(ms).unwrap_or(i64::MAX))
 }
 
-fn entry(r: AuditRow) -> wire::AuditEntry {
+fn entry(row: AuditRow) -> wire::AuditEntry {
+    let r = row.record;
     wire::AuditEntry {
-        at: crate::rfc3339(r.at),
-        id: r.id,
+        at: crate::rfc3339(row.at),
+        id: row.id,
         principal: r.principal,
         node: r.node,
         served_by: r.served_by,
@@ -364,23 +370,9 @@ pub async fn list(
             e.body_text()
         ))
     })?;
-    let outcome = match &q.outcome {
-        Some(o) => Some(AuditOutcome::parse(o).ok_or_else(|| {
-            ApiError::invalid_query(format!(
-                "unknown outcome `{o}`; use one of {}",
-                AuditOutcome::ALL.map(|o| o.as_str()).join(", ")
-            ))
-        })?),
-        None => None,
-    };
-    let limit = match &q.limit {
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| ApiError::invalid_query(format!("limit `{l}` must be a whole number from 1 to 1000")))?,
-        None => 50,
-    };
+    let names = AuditOutcome::ALL.map(|o| o.as_str());
+    let outcome = crate::query::named("outcome", q.outcome.as_deref(), AuditOutcome::parse, &names)?;
+    let limit = crate::query::page_limit(q.limit.as_deref())?;
     let before = match &q.cursor {
         Some(c) => Some(
             parse_cursor(c)
@@ -418,12 +410,8 @@ pub async fn list(
 mod tests {
     use super::*;
 
-    #[test]
-    fn cursors_round_trip_and_refuse_what_was_not_made_here() {
-        let id = uuid::Uuid::now_v7().to_string();
-        let row = AuditRow {
-            id: id.clone(),
-            at: 1_700_000_000_123,
+    fn record() -> AuditRecord {
+        AuditRecord {
             principal: "token:ci".into(),
             node: "n1".into(),
             served_by: None,
@@ -432,20 +420,29 @@ mod tests {
             outcome: AuditOutcome::Ok,
             status: 201,
             code: None,
-        };
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_what_was_not_made_here() {
+        let id = uuid::Uuid::now_v7().to_string();
+        let row = AuditRow { id: id.clone(), at: 1_700_000_000_123, record: record() };
         assert_eq!(parse_cursor(&cursor(&row)), Some((1_700_000_000_123, id)));
         for bad in ["", "12", "x.y", "12.not-a-uuid", ".0191e0a0-0000-7000-8000-000000000000"] {
             assert_eq!(parse_cursor(bad), None, "{bad}");
         }
     }
 
+    /// Only the headers that have a request verified as forwarded keep it out of the trail;
+    /// another `x-shoal-*` header a client sends does not.
     #[test]
-    fn forwarding_headers_mark_a_forwarded_request_but_served_by_does_not() {
-        let mut h = HeaderMap::new();
+    fn forwarding_headers_mark_a_forwarded_request_and_no_others_do() {
+        let mut h = axum::http::HeaderMap::new();
         h.insert(crate::forward::SERVED_BY, "n1".parse().unwrap());
-        assert!(!forwarded(&h));
+        h.insert("x-shoal-position", "0/1".parse().unwrap());
+        assert!(!crate::forward::claims_forwarded(&h));
         h.insert("x-shoal-forwarded-by", "n1".parse().unwrap());
-        assert!(forwarded(&h));
+        assert!(crate::forward::claims_forwarded(&h));
     }
 
     /// A queue that is full drops new rows and counts them; a flush that fails puts its batch
@@ -454,18 +451,7 @@ mod tests {
     async fn the_queue_is_bounded_and_keeps_what_the_store_did_not_take() {
         let metrics = Arc::new(Metrics::default());
         let log = AuditLog::new("n1".into(), metrics.clone());
-        let row = |i: usize| NewAudit {
-            id: format!("r{i}"),
-            age_ms: 0,
-            principal: "token:t".into(),
-            node: "n1".into(),
-            served_by: None,
-            action: "createSandbox".into(),
-            target: String::new(),
-            outcome: AuditOutcome::Ok,
-            status: 201,
-            code: None,
-        };
+        let row = |i: usize| NewAudit { id: format!("r{i}"), age_ms: 0, record: record() };
         for i in 0..QUEUE_CAPACITY + 3 {
             log.push(row(i));
         }

@@ -20,6 +20,7 @@ mod logwatch;
 mod metrics;
 mod nodes;
 mod openapi;
+mod query;
 mod sandboxes;
 pub mod schedules;
 mod sessions;

@@ -27,13 +27,14 @@ use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+pub use shoal_wire::{
+    AuditEntry, AuditList, AuditOutcome, CreatedToken, LoginRequest, Session, Token, TokenList, TokenRequest, User,
+    UserList, UserRequest,
+};
 use shoal_wire::{
     CreateSandboxRequest, ErrorCode, EventList, Execution, ExecutionList, ExecutionState, FiringList, FolderListing,
     HookAnswer, JobList, Listener, ListenerList, ListenerRequest, LogStream, Node, NodeList, Preview, PreviewRequest,
     Ready, Sandbox, SandboxList, Schedule, ScheduleList, ScheduleRequest, SubmitRequest, Upload,
-};
-pub use shoal_wire::{
-    AuditEntry, AuditList, AuditOutcome, CreatedToken, LoginRequest, Session, Token, TokenList, TokenRequest, User, UserList, UserRequest,
 };
 use std::marker::PhantomData;
 use std::path::Path;

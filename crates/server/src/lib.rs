@@ -427,8 +427,13 @@ impl Node {
         // The audit rows still queued, within the same deadline.
         match tokio::time::timeout_at(deadline, self.audit.flush_all(&e.store)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::warn!(error = %err, queued = self.audit.queued(), "audit rows could not be written before stopping; they are lost"),
-            Err(_) => tracing::warn!(queued = self.audit.queued(), "the store did not take the audit rows in time before stopping; they are lost"),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, queued = self.audit.queued(), "audit rows could not be written before stopping; they are lost")
+            }
+            Err(_) => tracing::warn!(
+                queued = self.audit.queued(),
+                "the store did not take the audit rows in time before stopping; they are lost"
+            ),
         }
         match tokio::time::timeout_at(deadline, e.store.release_lease(&self.id, generation)).await {
             Ok(Ok(())) => {}

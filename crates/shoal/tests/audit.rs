@@ -7,14 +7,17 @@
 #[macro_use]
 mod common;
 
-use common::{Backend, TestNode};
+use common::{call, Backend, TestNode};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 const T: Duration = Duration::from_secs(20);
 
-on_both!(every_class_of_change_is_recorded_with_who_what_and_how_it_ended, the_trail_is_for_admins_and_filters_and_pages);
+on_both!(
+    every_class_of_change_is_recorded_with_who_what_and_how_it_ended,
+    the_trail_is_for_admins_and_filters_and_pages
+);
 
 /// The entries `GET /api/v1/audit?QUERY` answers (one page of up to 1000).
 async fn entries(n: &TestNode, query: &str) -> Vec<Value> {
@@ -52,7 +55,14 @@ fn summary(e: &Value) -> (String, String, String, String, String, u64, String) {
     (s("principal"), s("node"), s("action"), s("target"), s("outcome"), e["status"].as_u64().unwrap(), s("code"))
 }
 
-fn row(principal: &str, action: &str, target: &str, outcome: &str, status: u64, code: &str) -> (String, String, String, String, String, u64, String) {
+fn row(
+    principal: &str,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    status: u64,
+    code: &str,
+) -> (String, String, String, String, String, u64, String) {
     let s = |v: &str| v.to_owned();
     (s(principal), s("n1"), s(action), s(target), s(outcome), status, s(code))
 }
@@ -62,20 +72,6 @@ async fn mint(n: &TestNode, body: Value) -> String {
     let (status, v) = n.post("/api/v1/tokens", body).await;
     assert_eq!(status, 201, "{v}");
     format!("Bearer {}", v["secret"].as_str().unwrap())
-}
-
-async fn send(n: &TestNode, method: &str, path: &str, auth: Option<&str>, body: Option<Value>) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut req = reqwest::Client::new().request(method, format!("{}{path}", n.url));
-    if let Some(a) = auth {
-        req = req.header("authorization", a);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 async fn every_class_of_change_is_recorded_with_who_what_and_how_it_ended(backend: Backend) {
@@ -97,7 +93,8 @@ async fn every_class_of_change_is_recorded_with_who_what_and_how_it_ended(backen
     let schedule = json!({"name": "nightly", "sandbox": "etl", "job": "jobs/greet.toml", "cron": "0 3 * * *", "params": {"name": "n"}});
     assert_eq!(n.post("/api/v1/schedules", schedule.clone()).await.0, 201);
     assert_eq!(n.post("/api/v1/schedules", schedule).await.0, 409);
-    let (status, _) = n.request(reqwest::Method::PATCH, "/api/v1/schedules/nightly", Some(json!({"enabled": false}))).await;
+    let (status, _) =
+        n.request(reqwest::Method::PATCH, "/api/v1/schedules/nightly", Some(json!({"enabled": false}))).await;
     assert_eq!(status, 200);
     assert_eq!(n.request(reqwest::Method::DELETE, "/api/v1/schedules/nightly", None).await.0, 204);
     let created = wait_entries(&n, "action=createSchedule", 2).await;
@@ -109,7 +106,10 @@ async fn every_class_of_change_is_recorded_with_who_what_and_how_it_ended(backen
             row(admin, "createSchedule", "nightly", "ok", 201, ""),
         ]
     );
-    assert_eq!(summary(&entry(&n, "patchSchedule", "nightly").await), row(admin, "patchSchedule", "nightly", "ok", 200, ""));
+    assert_eq!(
+        summary(&entry(&n, "patchSchedule", "nightly").await),
+        row(admin, "patchSchedule", "nightly", "ok", 200, "")
+    );
     assert_eq!(entry(&n, "deleteSchedule", "nightly").await["status"], 204);
     let hook = json!({"name": "deploy", "kind": "webhook", "sandbox": "etl", "job": "jobs/greet.toml", "params": {"name": "x"}});
     assert_eq!(n.post("/api/v1/listeners", hook).await.0, 201);
@@ -178,18 +178,19 @@ async fn every_class_of_change_is_recorded_with_who_what_and_how_it_ended(backen
     // Denied: a role too low (refused before the handler), a sandbox out of scope (by it).
     let watcher = mint(&n, json!({"name": "viewer2", "role": "viewer"})).await;
     let body = json!({"name": "nope", "kind": "shared", "root": "/tmp/nope"});
-    assert_eq!(send(&n, "POST", "/api/v1/sandboxes", Some(&watcher), Some(body.clone())).await.0, 403);
+    assert_eq!(call(&n, Some(&watcher), "POST", "/api/v1/sandboxes", Some(body.clone())).await.0, 403);
     let denied = wait_entries(&n, "principal=token:viewer2", 1).await;
     assert_eq!(summary(&denied[0]), row("token:viewer2", "createSandbox", "", "denied", 403, "forbidden"));
     let scoped = mint(&n, json!({"name": "team", "role": "editor", "sandboxes": ["team-*"]})).await;
-    assert_eq!(send(&n, "DELETE", "/api/v1/sandboxes/etl/files/jobs/greet.toml", Some(&scoped), None).await.0, 403);
+    assert_eq!(call(&n, Some(&scoped), "DELETE", "/api/v1/sandboxes/etl/files/jobs/greet.toml", None).await.0, 403);
     let e = entry(&n, "deleteSandboxFile", "etl/jobs/greet.toml").await;
     assert_eq!(summary(&e), row("token:team", "deleteSandboxFile", "etl/jobs/greet.toml", "denied", 403, "forbidden"));
 
     // Not recorded: no credential, a credential that is not valid, and reads.
-    assert_eq!(send(&n, "POST", "/api/v1/sandboxes", None, Some(body.clone())).await.0, 401);
-    let forged = format!("Bearer {}", shoal_wire::format_token(shoal_wire::TokenKind::Api, &[7; shoal_wire::TOKEN_BYTES]));
-    assert_eq!(send(&n, "POST", "/api/v1/sandboxes", Some(&forged), Some(body)).await.0, 401);
+    assert_eq!(call(&n, None, "POST", "/api/v1/sandboxes", Some(body.clone())).await.0, 401);
+    let forged =
+        format!("Bearer {}", shoal_wire::format_token(shoal_wire::TokenKind::Api, &[7; shoal_wire::TOKEN_BYTES]));
+    assert_eq!(call(&n, Some(&forged), "POST", "/api/v1/sandboxes", Some(body)).await.0, 401);
     let (status, _) = n.post("/api/v1/schedules/preview", json!({"cron": "@daily"})).await;
     assert_eq!(status, 200);
     n.get("/api/v1/executions").await;
@@ -211,7 +212,7 @@ async fn the_trail_is_for_admins_and_filters_and_pages(backend: Backend) {
     let viewer = mint(&n, json!({"name": "viewer", "role": "viewer"})).await;
     let team_admin = mint(&n, json!({"name": "team-admin", "role": "admin", "sandboxes": ["team-*"]})).await;
     for auth in [&viewer, &team_admin] {
-        let (status, v) = send(&n, "GET", "/api/v1/audit", Some(auth), None).await;
+        let (status, v) = call(&n, Some(auth), "GET", "/api/v1/audit", None).await;
         assert_eq!((status, v["error"]["code"].as_str()), (403, Some("forbidden")), "{v}");
     }
     for i in 0..7 {
@@ -343,15 +344,20 @@ async fn shoal_audit_prints_the_trail() {
     n.sandbox("cli", &[]).await;
     let viewer = mint(&n, json!({"name": "peeker", "role": "viewer"})).await;
     let body = json!({"name": "x", "kind": "shared", "root": "/tmp/x"});
-    assert_eq!(send(&n, "POST", "/api/v1/sandboxes", Some(&viewer), Some(body)).await.0, 403);
+    assert_eq!(call(&n, Some(&viewer), "POST", "/api/v1/sandboxes", Some(body)).await.0, 403);
     wait_entries(&n, "principal=token:peeker", 1).await;
     let run = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_shoal")).args(args).env_remove("SHOAL_SERVER").output().unwrap()
+            std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+                .args(args)
+                .env_remove("SHOAL_SERVER")
+                .output()
+                .unwrap()
         })
     };
     let base = |extra: &[&str]| {
-        let mut a = vec!["audit".to_owned(), "--server".into(), n.url.clone(), "--token".into(), common::test_token().into()];
+        let mut a =
+            vec!["audit".to_owned(), "--server".into(), n.url.clone(), "--token".into(), common::test_token().into()];
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };

@@ -8,15 +8,9 @@ use crate::{Result, Store};
 use shoal_core::AuditOutcome;
 use std::time::Instant;
 
-/// A row to write. Its time is the store's clock at the insert minus its age, how long the row
-/// waited in its node's queue (measured on the node's monotonic clock), so a row queued while
-/// the store was away still gets the time of its request.
+/// What one row says happened.
 #[derive(Clone, Debug, PartialEq)]
-pub struct NewAudit {
-    /// Unique (a UUIDv7); a batch written again after an uncertain commit changes nothing.
-    pub id: String,
-    /// How old it was when [`Store::insert_audit`] was called (its `measured` instant).
-    pub age_ms: i64,
+pub struct AuditRecord {
     /// `token:NAME`, `user:NAME` (for a login, the name tried).
     pub principal: String,
     /// The node the client sent the request to, which records it.
@@ -35,19 +29,24 @@ pub struct NewAudit {
     pub code: Option<String>,
 }
 
+/// A row to write. Its time is the store's clock at the insert minus its age, how long the row
+/// waited in its node's queue (measured on the node's monotonic clock), so a row queued while
+/// the store was away still gets the time of its request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewAudit {
+    /// Unique (a UUIDv7); a batch written again after an uncertain commit changes nothing.
+    pub id: String,
+    /// How old it was when [`Store::insert_audit`] was called (its `measured` instant).
+    pub age_ms: i64,
+    pub record: AuditRecord,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuditRow {
     pub id: String,
     /// Store milliseconds.
     pub at: i64,
-    pub principal: String,
-    pub node: String,
-    pub served_by: Option<String>,
-    pub action: String,
-    pub target: String,
-    pub outcome: AuditOutcome,
-    pub status: i64,
-    pub code: Option<String>,
+    pub record: AuditRecord,
 }
 
 /// Which rows [`Store::list_audit`] answers; every filter given must hold.
@@ -80,14 +79,16 @@ fn audit_row(r: &Row) -> Result<AuditRow> {
     Ok(AuditRow {
         id: r.text(0)?,
         at: r.i64(1)?,
-        principal: r.text(2)?,
-        node: r.text(3)?,
-        served_by: r.opt_text(4)?,
-        action: r.text(5)?,
-        target: r.text(6)?,
-        outcome: r.named(7, "audit outcome", AuditOutcome::parse)?,
-        status: r.i64(8)?,
-        code: r.opt_text(9)?,
+        record: AuditRecord {
+            principal: r.text(2)?,
+            node: r.text(3)?,
+            served_by: r.opt_text(4)?,
+            action: r.text(5)?,
+            target: r.text(6)?,
+            outcome: r.named(7, "audit outcome", AuditOutcome::parse)?,
+            status: r.i64(8)?,
+            code: r.opt_text(9)?,
+        },
     })
 }
 
@@ -105,7 +106,8 @@ impl Store {
         for chunk in rows.chunks(MAX_BATCH) {
             let mut sql = format!("INSERT INTO audit ({COLUMNS}) VALUES ");
             let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * PER_ROW);
-            for (i, r) in chunk.iter().enumerate() {
+            for (i, row) in chunk.iter().enumerate() {
+                let r = &row.record;
                 let n = i * PER_ROW;
                 if i > 0 {
                     sql.push_str(", ");
@@ -124,8 +126,8 @@ impl Store {
                     n + 10
                 ));
                 params.extend([
-                    r.id.clone().into(),
-                    r.age_ms.max(0).saturating_add(waited).into(),
+                    row.id.clone().into(),
+                    row.age_ms.max(0).saturating_add(waited).into(),
                     r.principal.clone().into(),
                     r.node.clone().into(),
                     r.served_by.clone().into(),

@@ -22,7 +22,7 @@ mod submitter;
 mod tokens;
 mod users;
 
-pub use audit::{AuditFilter, AuditRow, NewAudit};
+pub use audit::{AuditFilter, AuditRecord, AuditRow, NewAudit};
 pub use db::Dialect;
 pub use executions::{
     AttemptEnd, AttemptRow, CancelResult, Claimed, ExecutionFilter, ExecutionRow, Finish, FinishResult, LogChunk,

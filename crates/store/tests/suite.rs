@@ -804,9 +804,7 @@ async fn definitions_are_found_by_id_or_name_and_deleted_with_what_they_own(f: F
 }
 
 fn audit(id: &str, age_ms: i64, principal: &str, action: &str, target: &str, status: u16) -> shoal_store::NewAudit {
-    shoal_store::NewAudit {
-        id: id.into(),
-        age_ms,
+    let record = shoal_store::AuditRecord {
         principal: principal.into(),
         node: "n1".into(),
         served_by: (id == "a3").then(|| "n2".to_owned()),
@@ -815,7 +813,8 @@ fn audit(id: &str, age_ms: i64, principal: &str, action: &str, target: &str, sta
         outcome: shoal_core::AuditOutcome::of_status(status),
         status: status.into(),
         code: (status >= 400).then(|| "forbidden".to_owned()),
-    }
+    };
+    shoal_store::NewAudit { id: id.into(), age_ms, record }
 }
 
 async fn audit_rows_are_listed_newest_first_filtered_paged_and_pruned(f: Fixture) {
@@ -837,15 +836,15 @@ async fn audit_rows_are_listed_newest_first_filtered_paged_and_pruned(f: Fixture
     let all = s.list_audit(&AuditFilter { limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(ids(&all), ["a5", "a4", "a3", "a2", "a1"]);
     // The time is the store's at the insert less the time queued.
-    let a1 = &all[4];
-    assert!((now - 52_000..=now - 49_000).contains(&a1.at), "{} vs now {now}", a1.at);
+    let a1 = &all[4].record;
+    assert!((now - 52_000..=now - 49_000).contains(&all[4].at), "{} vs now {now}", all[4].at);
     assert_eq!(
         (a1.principal.as_str(), a1.node.as_str(), a1.action.as_str(), a1.target.as_str()),
         ("token:ci", "n1", "createSandbox", "etl")
     );
     assert_eq!((a1.outcome, a1.status, a1.code.clone(), a1.served_by.clone()), (AuditOutcome::Ok, 201, None, None));
-    assert_eq!(all[2].served_by.as_deref(), Some("n2"));
-    assert_eq!((all[1].outcome, all[1].code.as_deref()), (AuditOutcome::Denied, Some("forbidden")));
+    assert_eq!(all[2].record.served_by.as_deref(), Some("n2"));
+    assert_eq!((all[1].record.outcome, all[1].record.code.as_deref()), (AuditOutcome::Denied, Some("forbidden")));
     let page = |f: AuditFilter| async move { ids(&s.list_audit(&AuditFilter { limit: 10, ..f }).await.unwrap()) };
     assert_eq!(page(AuditFilter { principal: Some("user:ann".into()), ..Default::default() }).await, ["a4", "a3"]);
     assert_eq!(page(AuditFilter { action: Some("putSandboxFile".into()), ..Default::default() }).await, ["a4", "a2"]);
@@ -874,7 +873,10 @@ async fn audit_rows_are_listed_newest_first_filtered_paged_and_pruned(f: Fixture
     // Rows of one time are paged by id.
     let same: Vec<_> = (0..3).map(|i| audit(&format!("b{i}"), 90_000_000, "token:x", "x", "", 200)).collect();
     s.insert_audit(&same, std::time::Instant::now()).await.unwrap();
-    let old = s.list_audit(&AuditFilter { principal: Some("token:x".into()), limit: 10, ..Default::default() }).await.unwrap();
+    let old = s
+        .list_audit(&AuditFilter { principal: Some("token:x".into()), limit: 10, ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(ids(&old), ["b2", "b1", "b0"]);
     let mut f2 = AuditFilter { principal: Some("token:x".into()), limit: 1, ..Default::default() };
     f2.before = Some((old[0].at, old[0].id.clone()));
