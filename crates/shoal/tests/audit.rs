@@ -161,6 +161,17 @@ async fn every_class_of_change_is_recorded_with_who_what_and_how_it_ended(backen
             row("user:ann", "createSession", "", "ok", 201, ""),
         ]
     );
+    // A change with the cookie but not its CSRF token is refused, and recorded as the user's.
+    let no_csrf = reqwest::Client::new()
+        .post(format!("{}/api/v1/sandboxes", n.url))
+        .header("cookie", &cookie)
+        .json(&json!({"name": "csrf", "kind": "shared", "root": "/tmp/csrf"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_csrf.status(), 403);
+    let refused = wait_entries(&n, "principal=user:ann&action=createSandbox", 1).await;
+    assert_eq!(summary(&refused[0]), row("user:ann", "createSandbox", "", "denied", 403, "csrf_failed"));
     // The user's own changes are theirs; logging out is one.
     let by_user = reqwest::Client::new()
         .delete(format!("{}/api/v1/sessions", n.url))
@@ -386,5 +397,46 @@ async fn shoal_audit_prints_the_trail() {
     let out = run(args).await.unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("(forbidden)"), "{out:?}");
+    n.stop().await;
+}
+
+/// Rows made while the store is away wait in the node's queue and are written once it is
+/// back, with the time of their request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_made_while_the_store_is_away_are_written_when_it_is_back() {
+    let pg = shoal_testkit::postgres();
+    let db_url = pg.fresh_database();
+    let proxy = common::proxy::Proxy::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await;
+    let via_proxy = db_url.replace(&format!(":{}/", pg.port()), &format!(":{}/", proxy.port));
+    let mut n = TestNode::start_on(tempfile::tempdir().unwrap(), via_proxy, "").await;
+    let watcher = shoal_store::Store::open(&db_url, 1).await.unwrap();
+    // The token is now in the node's cache (trusted for 500 ms): the change below is
+    // authenticated without the store, and its handler fails for want of it.
+    assert_eq!(n.get("/api/v1/nodes").await.0, 200);
+    proxy.cut();
+    let (status, v) = n.post("/api/v1/nodes/n1/suspend", json!({})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (503, Some("store_unavailable")), "{v}");
+    let cut_until = watcher.now_ms().await.unwrap();
+    // The `audit` worker, woken by the row, finds the store away and keeps it.
+    proxy.restore();
+    let filter = shoal_store::AuditFilter { action: Some("suspendNode".into()), limit: 10, ..Default::default() };
+    let deadline = tokio::time::Instant::now() + T;
+    let rows = loop {
+        let rows = watcher.list_audit(&filter).await.unwrap();
+        if !rows.is_empty() {
+            break rows;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queued row was not written within {T:?} of the store's return"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let r = &rows[0];
+    assert_eq!(
+        (r.record.principal.as_str(), r.record.status, r.record.code.as_deref()),
+        ("token:test-admin", 503, Some("store_unavailable"))
+    );
+    assert!(r.at <= cut_until, "the row has its request's time ({}), not its write's (after {cut_until})", r.at);
     n.stop().await;
 }
