@@ -255,7 +255,11 @@ async fn finish(state: &AppState, op: &'static str, mut target: String, note: &N
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let small = axum::body::HttpBody::size_hint(res.body()).exact().is_some_and(|n| n <= READ_BODY as u64);
+    // Its length, known in memory, or (an answer streamed from another node) as sent.
+    let length = axum::body::HttpBody::size_hint(res.body()).exact().or_else(|| {
+        res.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    });
+    let small = length.is_some_and(|n| n <= READ_BODY as u64);
     let wanted = status >= 400 || (created.is_some() && target.is_empty() && res.status().is_success());
     let (res, body) = if json && small && wanted {
         let (parts, body) = res.into_parts();

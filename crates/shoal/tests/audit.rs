@@ -294,6 +294,15 @@ async fn a_forwarded_change_is_recorded_once_by_the_node_the_client_reached() {
         (drained[0]["node"].as_str(), drained[0]["served_by"].as_str(), drained[0]["target"].as_str()),
         (Some("n1"), Some("n2"), Some("n2"))
     );
+    // A sandbox local to n2, registered through n1 (n2 makes its folder): its name is read from
+    // the answer n2 streamed back.
+    let holder = tempfile::tempdir_in(std::fs::canonicalize(std::env::temp_dir()).unwrap()).unwrap();
+    let root = holder.path().join("loc");
+    let body = json!({"name": "loc", "kind": "local", "node": "n2", "root": root.display().to_string()});
+    let (status, v) = n1.post("/api/v1/sandboxes", body).await;
+    assert_eq!(status, 201, "{v}");
+    let made = entry(&n1, "createSandbox", "loc").await;
+    assert_eq!((made["node"].as_str(), made["served_by"].as_str()), (Some("n1"), Some("n2")), "{made}");
     // A change made on n2 itself: once its row is written, anything n2 queued before it is too.
     let (status, v) = n2.post("/api/v1/nodes/n2/resume", json!({})).await;
     assert_eq!(status, 200, "{v}");
