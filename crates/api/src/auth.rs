@@ -112,6 +112,7 @@ pub const ACCESS: &[(&str, Access)] = &[
     // Any user may log out; the handler needs the session cookie itself.
     ("deleteSession", R(Viewer)),
     ("listUsers", Cluster),
+    ("listAudit", Cluster),
     ("createUser", Cluster),
     ("deleteUser", Cluster),
     // A sandbox's secret needs `editor` there, a cluster-wide one `admin` for `*`: the
@@ -159,7 +160,7 @@ impl Routes {
         Routes { by_route }
     }
 
-    fn get(&self, method: &Method, route: &str) -> Option<(&'static str, Access)> {
+    pub(crate) fn get(&self, method: &Method, route: &str) -> Option<(&'static str, Access)> {
         // HEAD is served by the GET route.
         let method = if method == Method::HEAD { &Method::GET } else { method };
         self.by_route.get(&(method.clone(), route.to_owned())).copied()
@@ -861,6 +862,8 @@ pub(crate) async fn authenticate(
                 };
                 match state.auth.session(&session).await {
                     Ok(p) => {
+                        // A change refused for its CSRF token is still one this session tried.
+                        crate::audit::note_principal(&req, &p);
                         if let Err(e) = check_csrf(req.method(), req.headers(), &session) {
                             return e.into_response();
                         }
@@ -880,6 +883,7 @@ pub(crate) async fn authenticate(
             }
         },
     };
+    crate::audit::note_principal(&req, &principal);
     if principal.kind == PrincipalKind::Attempt && !ATTEMPT_OPERATIONS.contains(&op) {
         return ApiError::forbidden(format!(
             "{} is an attempt's token (`SHOAL_TOKEN`): it may only read its own execution and those it started, with their logs, cancel those, and submit jobs of its sandbox; `{op}` needs another credential",

@@ -163,23 +163,8 @@ pub async fn list(
     let Query(q) = query.map_err(|e| {
         ApiError::invalid_query(format!("{}; filters are state, sandbox, job, node, limit and cursor", e.body_text()))
     })?;
-    let st = match &q.state {
-        Some(s) => Some(ExecState::parse(s).ok_or_else(|| {
-            ApiError::invalid_query(format!(
-                "unknown state `{s}`; use one of {}",
-                ExecState::ALL.map(|s| s.as_str()).join(", ")
-            ))
-        })?),
-        None => None,
-    };
-    let limit = match &q.limit {
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=1000).contains(l))
-            .ok_or_else(|| ApiError::invalid_query(format!("limit `{l}` must be a whole number from 1 to 1000")))?,
-        None => 50,
-    };
+    let st = crate::query::named("state", q.state.as_deref(), ExecState::parse, &ExecState::ALL.map(|s| s.as_str()))?;
+    let limit = crate::query::page_limit(q.limit.as_deref())?;
     if let Some(c) = &q.cursor {
         ExecutionId::parse(c)
             .ok_or_else(|| ApiError::invalid_query(format!("cursor `{c}` is not one this API returned")))?;

@@ -475,11 +475,16 @@ impl Forwarder {
     }
 }
 
+/// Whether a request carries any of the forwarding headers, and so is verified as forwarded.
+pub(crate) fn claims_forwarded(headers: &HeaderMap) -> bool {
+    SIGNED.iter().chain([&PRINCIPAL]).any(|h| headers.contains_key(h))
+}
+
 /// Middleware on `/api/v1`: verifies requests that carry forwarding headers, and marks the good
 /// ones with [`Forwarded`]; a bad one is refused with `401 invalid_signature` and changes
 /// nothing. Requests without these headers (from clients) pass untouched.
 pub(crate) async fn verify(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    if !SIGNED.iter().chain([&PRINCIPAL]).any(|h| req.headers().contains_key(h)) {
+    if !claims_forwarded(req.headers()) {
         return next.run(req).await;
     }
     let path_and_query = path_and_query(req.uri(), req.extensions());

@@ -4,6 +4,7 @@
 //! cluster state themselves. The engine (in `shoal-server`) is reached through [`Engine`],
 //! so this crate does not depend on how nodes run work.
 
+pub mod audit;
 pub mod auth;
 mod body;
 pub mod browser;
@@ -19,6 +20,7 @@ mod logwatch;
 mod metrics;
 mod nodes;
 mod openapi;
+mod query;
 mod sandboxes;
 pub mod schedules;
 mod secrets;
@@ -111,6 +113,8 @@ pub struct AppState {
     pub auth: Arc<auth::Authenticator>,
     /// The keys that seal and open job secrets (`cluster.secrets_key_file`).
     pub secrets: Arc<shoal_service::secrets::Keyring>,
+    /// The audit rows waiting for the store.
+    pub audit: Arc<audit::AuditLog>,
 }
 
 pub type State = axum::extract::State<Arc<AppState>>;
@@ -124,13 +128,15 @@ pub fn router(state: Arc<AppState>) -> Router {
     let routes = Arc::new(auth::Routes::new(&docs));
     let api = api.fallback(health::api_not_found).method_not_allowed_fallback(health::method_not_allowed);
     // Innermost first: a forwarded request's signature is verified, then who asks is
-    // authenticated (a forwarded request's principal is the signed one).
+    // authenticated (a forwarded request's principal is the signed one). Changes are recorded
+    // around all of that, with their answers in the one error shape.
     root.merge(api)
         .fallback(health::api_not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
-        .layer(middleware::from_fn_with_state((state.clone(), routes), auth::authenticate))
+        .layer(middleware::from_fn_with_state((state.clone(), routes.clone()), auth::authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), forward::verify))
         .layer(middleware::map_response(error::shape_rejections))
+        .layer(middleware::from_fn_with_state((state.clone(), routes), audit::record))
         .layer(middleware::from_fn_with_state(state.clone(), browser::guard))
         .layer(middleware::map_response_with_state(state.clone(), forward::served_by))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::time_requests))

@@ -61,6 +61,9 @@ pub struct Metrics {
     pub events_recorded: Count,
     /// Firings and events another node had claimed first (work both nodes looked at).
     pub claims_lost: Count,
+    /// Audit rows this node wrote to the store, and dropped because its queue was full.
+    pub audit_recorded: Count,
+    pub audit_dropped: Count,
     /// Store reads made by log followers (`logs?follow=true`) on this node: one per wake,
     /// never a poll per follower.
     pub log_follow_reads: Count,
@@ -108,6 +111,8 @@ impl Default for Metrics {
             events_recorded: Count::default(),
             claims_lost: Count::default(),
             log_follow_reads: Count::default(),
+            audit_recorded: Count::default(),
+            audit_dropped: Count::default(),
             dispatch_latency: Histogram::new(DISPATCH_BUCKETS),
             firing_lateness: Histogram::new(LATENESS_BUCKETS),
             claim_batch_size: Histogram::new(BATCH_BUCKETS),
@@ -134,7 +139,7 @@ const UNMATCHED: &str = "unmatched";
 impl Metrics {
     /// Every counter with its name (without `_total`, which the encoder adds) and help
     /// (without the full stop, which it adds too): the one place a counter is named.
-    fn counters(&self) -> [(&'static str, &'static str, &Count); 12] {
+    fn counters(&self) -> [(&'static str, &'static str, &Count); 14] {
         [
             ("shoal_attempts_started", "Attempts this node started", &self.attempts_started),
             ("shoal_attempts_finished", "Attempts this node recorded an end for", &self.attempts_finished),
@@ -168,6 +173,12 @@ impl Metrics {
                 "Firings and events this node found already claimed by another node",
                 &self.claims_lost,
             ),
+            ("shoal_audit_recorded", "Audit trail rows this node wrote to the store", &self.audit_recorded),
+            (
+                "shoal_audit_dropped",
+                "Audit trail rows this node dropped because its queue was full (the store away for long)",
+                &self.audit_dropped,
+            ),
         ]
     }
 
@@ -200,6 +211,11 @@ impl Metrics {
         reg.register("shoal_running_attempts", "Attempts running on this node", ConstGauge::new(sampled.running));
         reg.register("shoal_slots", "Concurrent attempts this node allows", ConstGauge::new(sampled.slots));
         reg.register("shoal_ready", "1 when the node is ready", ConstGauge::new(i64::from(sampled.ready)));
+        reg.register(
+            "shoal_audit_queued",
+            "Audit trail rows waiting in this node's memory for the store",
+            ConstGauge::new(sampled.audit_queued),
+        );
         reg.register_with_unit(
             "shoal_dispatch_latency",
             "Time from an execution becoming runnable (submitted, or its run_after when held or retried) to its attempt's process start on this node",
@@ -233,6 +249,7 @@ struct Sampled {
     slots: i64,
     ready: bool,
     rejected_gossip_packets: u64,
+    audit_queued: i64,
     /// None when the store could not be read: the gauge is then left out, not zeroed.
     executions: Option<Vec<(shoal_core::ExecState, i64)>>,
 }
@@ -243,6 +260,7 @@ pub async fn render(state: State) -> Response {
         slots: i64::from(state.node.slots),
         ready: state.engine.readiness().is_ok(),
         rejected_gossip_packets: state.engine.rejected_gossip_packets(),
+        audit_queued: i64::try_from(state.audit.queued()).unwrap_or(i64::MAX),
         executions: state.store.count_by_state().await.ok(),
     };
     let registry = state.metrics.registry(&state.node.id, sampled);
@@ -271,7 +289,14 @@ mod tests {
     use super::*;
 
     fn sampled() -> Sampled {
-        Sampled { running: 2, slots: 4, ready: true, rejected_gossip_packets: 3, executions: Some(vec![]) }
+        Sampled {
+            running: 2,
+            slots: 4,
+            ready: true,
+            rejected_gossip_packets: 3,
+            audit_queued: 0,
+            executions: Some(vec![]),
+        }
     }
 
     /// The names, help texts and `node` label that scrapers and the tests read are those of

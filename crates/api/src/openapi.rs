@@ -98,6 +98,7 @@ pub const ERRORS: &[(&str, &[&[ErrorCode]])] = &[
     ("putSecret", &[JSON_BODY, &[InvalidQuery, InvalidRequest, UnknownSandbox, SecretsKeyMismatch]]),
     ("deleteSecret", &[&[NotFound, InvalidQuery]]),
     ("rewrapSecrets", &[&[SecretsKeyMismatch]]),
+    ("listAudit", &[&[InvalidQuery]]),
     ("getOpenApi", &[]),
     ("liveV1", &[]),
     ("readyV1", &[&[NotReady]]),
@@ -198,6 +199,7 @@ pub fn router() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(secrets::list))
         .routes(routes!(secrets::put, secrets::delete))
         .routes(routes!(secrets::rewrap))
+        .routes(routes!(crate::audit::list))
         .routes(routes!(health::openapi))
         .routes(routes!(health::live_v1))
         .routes(routes!(health::ready_v1))

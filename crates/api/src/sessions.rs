@@ -135,6 +135,7 @@ pub async fn login(state: State, request: Request) -> ApiResult<Response> {
             return Ok(res);
         }
     };
+    crate::audit::note_login(&parts.extensions, &req.name);
     let checked = async {
         let user = state.store.user_by_name(&req.name).await?;
         let ok = auth.passwords.verify(req.password, user.as_ref().map(|u| u.password_hash.clone())).await?;

@@ -27,14 +27,14 @@ use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+pub use shoal_wire::{
+    AuditEntry, AuditList, AuditOutcome, CreatedToken, LoginRequest, Rewrap, Secret, SecretList, SecretRequest,
+    Session, Token, TokenList, TokenRequest, User, UserList, UserRequest,
+};
 use shoal_wire::{
     CreateSandboxRequest, ErrorCode, EventList, Execution, ExecutionList, ExecutionState, FiringList, FolderListing,
     HookAnswer, JobList, Listener, ListenerList, ListenerRequest, LogStream, Node, NodeList, Preview, PreviewRequest,
     Ready, Sandbox, SandboxList, Schedule, ScheduleList, ScheduleRequest, SubmitRequest, Upload,
-};
-pub use shoal_wire::{
-    CreatedToken, LoginRequest, Rewrap, Secret, SecretList, SecretRequest, Session, Token, TokenList, TokenRequest,
-    User, UserList, UserRequest,
 };
 use std::marker::PhantomData;
 use std::path::Path;
@@ -64,6 +64,27 @@ pub struct ExecutionFilter {
     pub sandbox: Option<String>,
     pub job: Option<String>,
     pub node: Option<String>,
+    /// Page size, 1 to 1000 (the server's default is 50).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Filters of `GET /audit`; `None` leaves a filter out.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// `token:NAME` or `user:NAME`.
+    pub principal: Option<String>,
+    /// An operation id (`createSchedule`; `createSession` for logins).
+    pub action: Option<String>,
+    /// A prefix of the target.
+    pub target: Option<String>,
+    pub outcome: Option<AuditOutcome>,
+    /// The node that recorded it.
+    pub node: Option<String>,
+    /// RFC 3339, or a duration before now on the store's clock (`1h`).
+    pub since: Option<String>,
+    pub until: Option<String>,
     /// Page size, 1 to 1000 (the server's default is 50).
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
@@ -459,6 +480,23 @@ impl Client {
             query.push(("limit", l.to_string()));
         }
         self.get("/executions".into(), query).await
+    }
+
+    /// A page of the audit trail, newest first (needs `admin` for every sandbox).
+    pub async fn audit(&self, filter: &AuditFilter) -> Result<AuditList> {
+        let f = filter;
+        let query = [
+            ("principal", f.principal.clone()),
+            ("action", f.action.clone()),
+            ("target", f.target.clone()),
+            ("outcome", f.outcome.map(|o| o.as_str().to_owned())),
+            ("node", f.node.clone()),
+            ("since", f.since.clone()),
+            ("until", f.until.clone()),
+            ("limit", f.limit.map(|l| l.to_string())),
+            ("cursor", f.cursor.clone()),
+        ];
+        self.get("/audit".into(), query.into_iter().filter_map(|(k, v)| Some((k, v?))).collect()).await
     }
 
     pub async fn execution(&self, id: &str) -> Result<Execution> {

@@ -20,6 +20,8 @@ pub use ids::{ExecutionId, FencingToken, NodeId, SandboxName};
 pub use job::{Allocation, JobFileError, JobKind, JobSpec, OnNodeLoss, ParamError, RunSpec};
 pub use path::{PathError, SandboxPath};
 pub use sandbox::{validate_partitions, Partition, SandboxKind};
+/// How a change recorded in the audit trail ended (the wire's enum).
+pub use shoal_wire::AuditOutcome;
 /// What a token or user may do (the wire's enum).
 pub use shoal_wire::{Role, Trigger};
 pub use state::{Decision, ExecState, Outcome, ReasonCode};

@@ -41,6 +41,14 @@ struct Raw {
     log: RawLog,
     #[serde(default)]
     sandboxes: RawSandboxes,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    retention: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -143,6 +151,13 @@ pub struct Config {
     pub executor: ExecutorConfig,
     pub log: LogConfig,
     pub sandboxes: SandboxesConfig,
+    pub audit: AuditConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    /// How long the audit trail keeps a row (at least 1 s; default 90 days).
+    pub retention: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -287,6 +302,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
     ),
     ("log", &["level", "format"]),
     ("sandboxes", &["allowed_roots"]),
+    ("audit", &["retention"]),
 ];
 const TOP_LEVEL: &[&str] = &["node_id", "data_dir", "tags"];
 
@@ -622,6 +638,10 @@ impl Config {
                 )));
             }
         }
+        let retention = parse_duration("audit.retention", &raw.audit.retention, Duration::from_secs(90 * 86400))?;
+        if retention < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid("audit.retention must be at least 1s".into()));
+        }
         let format = match raw.log.format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -673,6 +693,7 @@ impl Config {
             },
             log: LogConfig { level: raw.log.level.unwrap_or_else(|| "info".into()), format },
             sandboxes: SandboxesConfig { allowed_roots: raw.sandboxes.allowed_roots },
+            audit: AuditConfig { retention },
         })
     }
 }
@@ -699,6 +720,19 @@ mod tests {
         assert_eq!(c.http.max_connections, 1024);
         assert_eq!(c.http.session_ttl, Duration::from_secs(12 * 3600));
         assert_eq!(c.sandboxes.allowed_roots, None, "none given: the data directory");
+    }
+
+    #[test]
+    fn audit_retention_is_a_duration_of_at_least_a_second() {
+        assert_eq!(Config::parse("", "x", env(&[])).unwrap().audit.retention, Duration::from_secs(90 * 86400));
+        let c = Config::parse("[audit]\nretention = \"30d\"\n", "x", env(&[])).unwrap();
+        assert_eq!(c.audit.retention, Duration::from_secs(30 * 86400));
+        let c = Config::parse("", "x", env(&[("SHOAL_AUDIT_RETENTION", "2s")])).unwrap();
+        assert_eq!(c.audit.retention, Duration::from_secs(2));
+        for bad in ["0s", "500ms", "soon"] {
+            let e = Config::parse(&format!("[audit]\nretention = \"{bad}\"\n"), "x", env(&[])).unwrap_err();
+            assert!(e.to_string().contains("audit.retention"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -47,6 +47,12 @@ const LOG_WATCH_EVERY: Duration = Duration::from_millis(250);
 /// How often the tokens used since are written as used (`last_used_at`, to within a minute).
 const TOKEN_USAGE_EVERY: Duration = Duration::from_secs(20);
 
+/// How often the `audit` worker looks for queued rows when nothing woke it.
+const AUDIT_EVERY: Duration = Duration::from_secs(1);
+
+/// Audit rows one step of the `audit-prune` worker deletes at most.
+const AUDIT_PRUNE_BATCH: i64 = 1000;
+
 /// A running node.
 pub struct Node {
     engine: Arc<Engine>,
@@ -57,6 +63,7 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     http: JoinHandle<()>,
     kill_grace: Duration,
+    audit: Arc<shoal_api::audit::AuditLog>,
 }
 
 /// Reads the node id kept in the data directory, or makes one and keeps it.
@@ -225,6 +232,8 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     engine.workers.spawn(Periodic::new("token-usage", TOKEN_USAGE_EVERY, auth.clone(), |a| async move {
         a.flush_usage().await.map(|n| if n > 0 { Step::Busy } else { Step::Idle }).map_err(|e| e.to_string())
     }));
+    let audit = Arc::new(shoal_api::audit::AuditLog::new(id.clone(), metrics.clone()));
+    spawn_audit_workers(&engine, &audit, config.audit.retention);
 
     let state = Arc::new(AppState {
         forwarder: Arc::new(shoal_api::Forwarder::new(id.clone(), secret, peer_ca.as_deref())?),
@@ -248,6 +257,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         hosts: shoal_api::browser::HostPolicy::new(&url, &config.http.hosts),
         auth,
         secrets: secrets.clone(),
+        audit: audit.clone(),
     });
     let app = shoal_api::router(state);
     // Start-up frees much of what it allocated (building the router builds its OpenAPI
@@ -261,7 +271,31 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     let http = http::spawn(listener, acceptor, app, (&config.http).into(), &id, shutdown_rx.clone());
     engine.wake.notify_one();
     tracing::info!(node = %id, url = %url, store = %store.redacted_url(), generation = lease.generation, startup_ms = started.elapsed().as_millis() as u64, "node ready");
-    Ok(Node { engine, cluster, id, url, shutdown, http, kill_grace: config.executor.kill_grace })
+    Ok(Node { engine, cluster, id, url, shutdown, http, kill_grace: config.executor.kill_grace, audit })
+}
+
+/// The audit trail's workers: `audit` writes the rows the API queued, in batches, as soon as
+/// they come (retrying, with the runner's backoff, while the store is away); `audit-prune`
+/// deletes rows older than `audit.retention`, in bounded batches, on every node (deleting is
+/// the same whoever does it).
+fn spawn_audit_workers(engine: &Arc<Engine>, audit: &Arc<shoal_api::audit::AuditLog>, retention: Duration) {
+    let store = engine.store.clone();
+    engine.workers.spawn(
+        Periodic::new("audit", AUDIT_EVERY, (audit.clone(), store.clone()), |(a, s)| async move {
+            a.flush(&s).await.map(|n| if n > 0 { Step::Busy } else { Step::Idle }).map_err(|e| e.to_string())
+        })
+        .woken_by(|(a, _)| a.wake()),
+    );
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    // A short retention (tests) is pruned promptly; a long one once a minute.
+    let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    engine.workers.spawn(Periodic::new("audit-prune", every, store, move |s| async move {
+        match s.prune_audit(retention_ms, AUDIT_PRUNE_BATCH).await {
+            Ok(n) if n as i64 >= AUDIT_PRUNE_BATCH => Ok(Step::Busy),
+            Ok(_) => Ok(Step::Idle),
+            Err(e) => Err(e.to_string()),
+        }
+    }));
 }
 
 /// Starts gossip on its own thread and runtime, with this node's fixed keys.
@@ -408,6 +442,17 @@ impl Node {
         e.workers.shutdown(tokio::time::Instant::now() + WORKER_EXIT).await;
         let generation = e.generation.load(Ordering::SeqCst);
         let deadline = deadline.max(tokio::time::Instant::now() + Duration::from_millis(500));
+        // The audit rows still queued, within the same deadline.
+        match tokio::time::timeout_at(deadline, self.audit.flush_all(&e.store)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, queued = self.audit.queued(), "audit rows could not be written before stopping; they are lost")
+            }
+            Err(_) => tracing::warn!(
+                queued = self.audit.queued(),
+                "the store did not take the audit rows in time before stopping; they are lost"
+            ),
+        }
         match tokio::time::timeout_at(deadline, e.store.release_lease(&self.id, generation)).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!(error = %err, "could not release the lease; it will expire on its own"),

@@ -135,6 +135,9 @@ pub enum ClientCommand {
     /// standard input, never shown
     #[command(subcommand)]
     Secret(crate::client_secrets::SecretCmd),
+    /// Show the audit trail, newest first: every change made through the API and every login,
+    /// with who, through which node, on what and how it ended (admin)
+    Audit(crate::client_audit::AuditArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -340,6 +343,7 @@ pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
         ClientCommand::Token(cmd) => crate::client_tokens::cmd_token(&client, cmd, json).await,
         ClientCommand::User(cmd) => crate::client_users::cmd_user(&client, cmd, json).await,
         ClientCommand::Secret(cmd) => crate::client_secrets::cmd_secret(&client, cmd, json).await,
+        ClientCommand::Audit(args) => crate::client_audit::cmd_audit(&client, args, json).await,
     };
     match result {
         Ok(code) => code,

@@ -1,6 +1,7 @@
 //! The `shoal` command: `server` runs a node, `up` starts a ready-to-try local node with the
 //! example sandbox, and the client commands (run, ps, logs, ...) talk to any node's API.
 
+mod client_audit;
 mod client_cmds;
 mod client_sched;
 mod client_secrets;

@@ -6,7 +6,7 @@
 #[macro_use]
 mod common;
 
-use common::{Backend, TestNode};
+use common::{call, Backend, TestNode};
 use serde_json::{json, Value};
 use shoal_api::auth::{Access, ACCESS};
 use shoal_wire::Role;
@@ -21,21 +21,6 @@ async fn token(n: &TestNode, name: &str, role: &str, sandboxes: Option<&[&str]>)
     let (status, v) = n.post("/api/v1/tokens", body).await;
     assert_eq!(status, 201, "{v}");
     v["secret"].as_str().unwrap().to_owned()
-}
-
-/// `(status, body)` of a request with this `Authorization` (none when `None`).
-async fn call(n: &TestNode, auth: Option<&str>, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = reqwest::Client::new().request(method.parse().unwrap(), format!("{}{path}", n.url));
-    if let Some(a) = auth {
-        req = req.header("authorization", a);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 fn bearer(t: &str) -> String {

@@ -650,6 +650,9 @@ async fn every_status_and_code_the_document_lists_happens() {
     p.expect("createUser", M::POST, "/users", j(gone), (201, "")).await;
     p.expect("deleteUser", M::DELETE, "/users/gone", Body::None, (204, "")).await;
     p.expect("deleteUser", M::DELETE, "/users/gone", Body::None, (404, "not_found")).await;
+    // The audit trail.
+    p.expect("listAudit", M::GET, "/audit?limit=5", Body::None, (200, "")).await;
+    p.expect("listAudit", M::GET, "/audit?outcome=maybe", Body::None, (400, "invalid_query")).await;
     let credentials = |password: &str| j(json!({"name": "ann", "password": password}));
     // Logged in twice: one session to log out of, one kept for the CSRF cases below.
     let mut sessions = Vec::new();

@@ -4,6 +4,7 @@
 //! whether a write is still allowed, what time it is) is made by the database, in a
 //! transaction, on the database's clock. Nodes only ask.
 
+mod audit;
 mod db;
 mod definitions;
 mod executions;
@@ -23,6 +24,7 @@ mod submitter;
 mod tokens;
 mod users;
 
+pub use audit::{AuditFilter, AuditRecord, AuditRow, NewAudit};
 pub use db::Dialect;
 pub use definitions::Owner;
 pub use executions::{

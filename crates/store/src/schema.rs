@@ -238,6 +238,26 @@ ALTER TABLE firings ADD COLUMN message TEXT;
 ALTER TABLE events ADD COLUMN message TEXT;
 ";
 
+/// The audit trail (`audit.rs`): one row per change made through the API and per login, at
+/// the store's clock; read newest first, by time and id, filtered by principal or action.
+const V8_COMMON: &str = "
+CREATE TABLE audit (
+    id TEXT PRIMARY KEY,
+    at BIGINT NOT NULL,
+    principal TEXT NOT NULL,
+    node TEXT NOT NULL,
+    served_by TEXT,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    status BIGINT NOT NULL,
+    code TEXT
+);
+CREATE INDEX audit_at ON audit (at, id);
+CREATE INDEX audit_principal ON audit (principal, at, id);
+CREATE INDEX audit_action ON audit (action, at, id);
+";
+
 /// Version 9: job secrets (`secrets.rs`), each sealed by the nodes (an AEAD under a key the
 /// store never sees) and kept with the id of the key that sealed it; `sandbox` is `''` for a
 /// cluster-wide secret. The two texts differ only in the bytes' type.
@@ -303,8 +323,7 @@ CREATE SEQUENCE fence_seq;
     Migration { version: 5, common: V5_COMMON, sqlite: "", postgres: "" },
     Migration { version: 6, common: V6_COMMON, sqlite: "", postgres: "" },
     Migration { version: 7, common: V7_COMMON, sqlite: "", postgres: "" },
-    // v8: the audit trail (another branch)
-    Migration { version: 8, common: "", sqlite: "", postgres: "" },
+    Migration { version: 8, common: V8_COMMON, sqlite: "", postgres: "" },
     Migration { version: 9, common: "", sqlite: v9!("BLOB"), postgres: v9!("BYTEA") },
 ];
 

@@ -103,6 +103,7 @@ macro_rules! trigger_struct {
     };
 }
 
+mod audit;
 mod auth;
 mod error;
 mod executions;
@@ -112,6 +113,7 @@ mod sandboxes;
 mod schedules;
 mod secrets;
 
+pub use audit::*;
 pub use auth::*;
 pub use error::*;
 pub use executions::*;
@@ -212,6 +214,7 @@ mod tests {
         check(&ListenerKind::ALL, ListenerKind::as_str, ListenerKind::parse);
         check(&NodeState::ALL, NodeState::as_str, NodeState::parse);
         check(&CronField::ALL, CronField::as_str, CronField::parse);
+        check(&AuditOutcome::ALL, AuditOutcome::as_str, AuditOutcome::parse);
         assert_eq!(FiringReason::parse("bogus"), None);
     }
 

@@ -186,14 +186,7 @@ impl TestNode {
     }
 
     pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}{}", self.url, path));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        exchange(self.http.request(method, format!("{}{}", self.url, path)), body).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -278,6 +271,26 @@ impl Drop for TestNode {
             eprintln!("note: test node dropped without stop(); its tasks end with the runtime");
         }
     }
+}
+
+/// `(status, body)` of a request with this `Authorization` (none when `None`).
+pub async fn call(n: &TestNode, auth: Option<&str>, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method.parse().unwrap(), format!("{}{path}", n.url));
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    exchange(req, body).await
+}
+
+/// Sends `req` with `body` as JSON, if any: `(status, body)`, the body as JSON or else text.
+async fn exchange(mut req: reqwest::RequestBuilder, body: Option<Value>) -> (u16, Value) {
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
 /// Copies the repository's example sandbox into `root`.
