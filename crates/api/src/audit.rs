@@ -43,6 +43,12 @@ pub const QUEUE_CAPACITY: usize = 10_000;
 /// Rows written by one step of the `audit` worker at most.
 const BATCH: usize = 500;
 
+/// Changes a node runs at once. Each runs on a task of its own, which a client that goes away
+/// does not stop; without a bound, clients that send changes and hang up while the store is
+/// slow would pile up tasks. Past it, a change waits for a turn before it starts (and one
+/// whose client leaves while it waits never starts).
+pub const MAX_CHANGES_IN_FLIGHT: usize = 1024;
+
 /// The largest answer whose body is read for its error code or for what a create made.
 const READ_BODY: usize = 64 * 1024;
 
@@ -99,12 +105,15 @@ pub struct AuditLog {
     metrics: Arc<Metrics>,
     /// Whether rows are being dropped (logged once when it starts).
     dropping: AtomicBool,
+    /// Turns for changes running on their own task ([`MAX_CHANGES_IN_FLIGHT`]).
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl AuditLog {
     pub fn new(node: String, metrics: Arc<Metrics>) -> AuditLog {
         AuditLog {
             node,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_CHANGES_IN_FLIGHT)),
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             metrics,
@@ -228,10 +237,22 @@ pub(crate) async fn record(
     };
     let note = Note::default();
     req.extensions_mut().insert(note.clone());
-    // On a task of its own: a client gone away drops this future, never the handler's.
+    // On a task of its own: a client gone away drops this future, never the handler's. The
+    // turn is taken first, here, so waiting for one is dropped with the client.
+    let turn = match state.audit.in_flight.clone().try_acquire_owned() {
+        Ok(turn) => turn,
+        // Every turn taken: wait for one (no await otherwise, so a free turn is never lost to
+        // a client that has already gone).
+        Err(_) => match state.audit.in_flight.clone().acquire_owned().await {
+            Ok(turn) => turn,
+            Err(_) => return ApiError::internal("the node is shutting down").into_response(),
+        },
+    };
     let task = tokio::spawn(async move {
         let res = next.run(req).await;
-        finish(&state, op, target, &note, res).await
+        let res = finish(&state, op, target, &note, res).await;
+        drop(turn);
+        res
     });
     match task.await {
         Ok(res) => res,
