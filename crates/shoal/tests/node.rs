@@ -589,6 +589,8 @@ async fn health_nodes_metrics_openapi(b: Backend) {
     let mut names: Vec<&str> = workers.iter().map(|w| w["name"].as_str().unwrap()).collect();
     names.sort();
     let mut want = [
+        "audit",
+        "audit-prune",
         "cancel-watcher",
         "discovery",
         "dispatcher",
