@@ -383,7 +383,7 @@ fn entry(row: AuditRow) -> wire::AuditEntry {
         ("since" = Option<String>, Query, description = "Only entries at or after this time: RFC 3339, or a duration before now on the store's clock (`90m`, `7d`)."),
         ("until" = Option<String>, Query, description = "Only entries before this time: RFC 3339, or a duration before now."),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size (default 50)."),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page.")),
+        ("cursor" = Option<String>, Query, pattern = "^-?[0-9]{1,18}\\.[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$", description = "`next_cursor` of the previous page.")),
     responses((status = 200, description = "A page of the audit trail, newest first: every change made through the API and every login, with who, through which node, on what and how it ended. Needs `admin` for every sandbox.", body = wire::AuditList)))]
 pub async fn list(
     state: State,
@@ -405,11 +405,12 @@ pub async fn list(
         ),
         None => None,
     };
-    let since = match &q.since {
+    // Empty, as the other filters: not given.
+    let since = match q.since.as_ref().filter(|t| !t.is_empty()) {
         Some(t) => Some(time_of(&state, "since", t).await?),
         None => None,
     };
-    let until = match &q.until {
+    let until = match q.until.as_ref().filter(|t| !t.is_empty()) {
         Some(t) => Some(time_of(&state, "until", t).await?),
         None => None,
     };
