@@ -18,18 +18,9 @@ async fn token(n: &TestNode, name: &str, role: &str, sandboxes: &[&str]) -> Stri
     v["secret"].as_str().unwrap().to_owned()
 }
 
-/// `(status, body)` of a request with `Authorization: Bearer token`.
+/// `(status, body)` of a request with `Authorization: Bearer token` ([`common::call`]).
 async fn call(n: &TestNode, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
-        .request(method.parse().unwrap(), format!("{}{path}", n.url))
-        .header("authorization", format!("Bearer {token}"));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    common::call(n, Some(&format!("Bearer {token}")), method, path, body).await
 }
 
 /// The first `Some` that `f` answers, polled until `timeout` (then the test fails, naming
