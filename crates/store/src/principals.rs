@@ -71,25 +71,16 @@ impl Store {
     pub async fn rights_of(&self, acts_as: &str) -> Result<std::result::Result<Rights, String>> {
         let mut c = self.read().await?;
         if let Some(id) = acts_as.strip_prefix("token:") {
-            let row = query_one(
-                c.as_mut(),
-                "SELECT name, role, sandboxes, revoked_at, expires_at, {now} FROM tokens WHERE id = $1",
-                vec![id.into()],
-            )
-            .await?;
-            let Some(r) = row else { return Ok(Err(format!("token `{id}` no longer exists"))) };
-            let name = r.text(0)?;
-            if r.opt_i64(3)?.is_some() {
-                return Ok(Err(format!("token `{name}` was revoked")));
+            let Some((t, now)) = crate::tokens::token_by_id_in(c.as_mut(), id).await? else {
+                return Ok(Err(format!("token `{id}` no longer exists")));
+            };
+            if t.revoked_at.is_some() {
+                return Ok(Err(format!("token `{}` was revoked", t.name)));
             }
-            if r.opt_i64(4)?.is_some_and(|e| e <= r.i64(5).unwrap_or(0)) {
-                return Ok(Err(format!("token `{name}` expired")));
+            if !t.live_at(now) {
+                return Ok(Err(format!("token `{}` expired", t.name)));
             }
-            return Ok(Ok(Rights {
-                label: format!("token:{name}"),
-                role: r.named(1, "token role", Role::parse)?,
-                sandboxes: crate::tokens::sandboxes_of(&r.text(2)?)?,
-            }));
+            return Ok(Ok(Rights { label: format!("token:{}", t.name), role: t.role, sandboxes: t.sandboxes }));
         }
         if let Some(id) = acts_as.strip_prefix("user:") {
             let row =

@@ -60,6 +60,12 @@ fn token_row(r: &Row) -> Result<TokenRow> {
     })
 }
 
+/// The token with this id, and the store's clock now.
+pub(crate) async fn token_by_id_in(c: &mut dyn crate::db::Tx, id: &str) -> Result<Option<(TokenRow, i64)>> {
+    let row = query_one(c, &format!("SELECT {COLUMNS}, {{now}} FROM tokens WHERE id = $1"), vec![id.into()]).await?;
+    row.map(|r| Ok((token_row(&r)?, r.i64(10)?))).transpose()
+}
+
 /// A token's or user's stored sandbox globs.
 pub(crate) fn sandboxes_of(json: &str) -> Result<Vec<String>> {
     serde_json::from_str(json).map_err(|e| StoreError::Internal(format!("stored sandbox globs are invalid: {e}")))
