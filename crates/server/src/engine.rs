@@ -297,7 +297,7 @@ impl Engine {
         Ok(Step::Idle)
     }
 
-    pub async fn renew_lease(self: Arc<Self>, bound: Duration) -> Result<Step, String> {
+    pub async fn renew_lease(self: Arc<Self>, beat: Duration) -> Result<Step, String> {
         let sent = Instant::now();
         let sent_boottime = shoal_runner::deadline::boottime_ms();
         let generation = self.generation.load(Ordering::SeqCst);
@@ -313,14 +313,14 @@ impl Engine {
         // A renewal that is merely slow (queued behind another node's write on a shared SQLite
         // file, say) is still worth its wait: cutting it off and starting again only sends it
         // to the back. So it may take until shortly before the watchdog would act, and never
-        // less than `bound`; the expiry it sets counts from the moment it was sent.
+        // less than a `beat`; the expiry it sets counts from the moment it was sent.
         let until_watchdog = self
             .cfg
             .lease_ttl
             .saturating_sub(self.kill_margin())
             .saturating_sub(self.last_renewal.lock().elapsed())
             .saturating_sub(Duration::from_millis(100));
-        let bound = bound.max(until_watchdog);
+        let bound = beat.max(until_watchdog);
         let renewal =
             self.store.renew_lease_within(&self.cfg.node_id, generation, self.cfg.lease_ttl, &status, bound).await;
         match renewal {
@@ -337,7 +337,10 @@ impl Engine {
                     tracing::info!("store reachable again; taking work again");
                     self.wake.notify_one();
                 }
-                Ok(Step::Idle)
+                // The next renewal is sent one beat after this one was, not one beat after its
+                // answer: a slow answer must not push every later renewal back towards the
+                // watchdog's deadline, which counts from the last renewal sent.
+                Ok(Step::After(beat.saturating_sub(sent.elapsed())))
             }
             Err(StoreError::LeaseLost(g)) => {
                 if self.life.supersede() {

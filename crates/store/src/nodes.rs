@@ -343,10 +343,38 @@ mod tests {
         drop(held);
         renew().await.unwrap();
 
+        // A writer of this node whose statement runs long inside the database (a slow disk,
+        // say): the renewal waits for it, and names the store, not the pool.
+        let slow = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let mut tx = store.begin_write().await.unwrap();
+                tx.query(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+                    vec![],
+                )
+                .await
+                .map(drop)
+            }
+        });
+        let start = std::time::Instant::now();
+        // (Its `BEGIN` takes no time; a call inside for a while is the statement.)
+        while store.pool_report().longest_call.is_none_or(|c| c < Duration::from_millis(100)) {
+            assert!(start.elapsed() < Duration::from_secs(5), "the slow statement never reached the database");
+            tokio::task::yield_now().await;
+        }
+        let e = renew().await.unwrap_err().to_string();
+        assert!(e.contains("behind this node's other writers, which wait on the store itself"), "{e}");
+        // Dropping the writer interrupts its statement.
+        slow.abort();
+        let _ = slow.await;
+        renew().await.unwrap();
+
         // A second handle on the file, opened (and migrated) while it is free.
         let other = Store::open(&format!("sqlite://{}", path.display()), 4).await.unwrap();
         // Another process holds SQLite's write lock. A writer of this node waits on it inside
-        // the database; a renewal queued behind that writer names the store, not the pool.
+        // the database, and does not hold a renewal up meanwhile: the renewal waits on the
+        // store itself, beside that writer, not behind it.
         let outside = rusqlite::Connection::open(&path).unwrap();
         outside.execute_batch("BEGIN IMMEDIATE").unwrap();
         let writer = tokio::spawn({
@@ -359,13 +387,23 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let e = renew().await.unwrap_err().to_string();
-        assert!(e.contains("locked by another process"), "{e}");
-        // A renewal that gets its turn at once waits on the store itself (a second handle:
-        // this one's writer lock is still taken by the writer above).
+        assert!(e.contains("the store did not answer"), "{e}");
         let e = other.renew_lease_within("n1", generation, ttl, &STATUS, BOUND).await.unwrap_err().to_string();
         assert!(e.contains("the store did not answer"), "{e}");
+        // A renewal waiting beside the writer when the lock is let go gets its turn, and
+        // the writer begins after it.
+        let renewal = tokio::spawn({
+            let store = store.clone();
+            async move { store.renew_lease_within("n1", generation, ttl, &STATUS, Duration::from_secs(5)).await }
+        });
+        let start = std::time::Instant::now();
+        while store.pool_report().calls < 2 {
+            assert!(start.elapsed() < Duration::from_secs(5), "the renewal never reached the database");
+            tokio::task::yield_now().await;
+        }
         // Both recover as soon as the lock is let go.
         outside.execute_batch("ROLLBACK").unwrap();
+        renewal.await.unwrap().unwrap();
         writer.await.unwrap().unwrap();
         renew().await.unwrap();
         other.renew_lease("n1", generation, ttl, &STATUS).await.unwrap();

@@ -198,6 +198,7 @@ impl PgPool {
             waiting: s.waiting,
             oldest_held: None,
             longest_call: None,
+            calls: 0,
             discarded: 0,
         }
     }

@@ -50,9 +50,12 @@ struct Shared {
     /// Writers of this process queue here instead, first come first served, and only
     /// writers of other processes sharing the file meet the busy handler.
     queue: Arc<tokio::sync::Mutex<()>>,
-    /// Held by whichever writer of this process runs now. Ordinary writers take it while
-    /// holding `queue`, so at most one of them ever waits here; a lease renewal takes only
-    /// this, and so waits for the one transaction under way, never for the whole queue.
+    /// Held by whichever writer of this process holds SQLite's write lock now. An ordinary
+    /// writer takes it (holding `queue`) only once its `BEGIN IMMEDIATE` has the lock, and
+    /// lets the lock go again if a lease renewal holds the gate; a renewal takes only this.
+    /// So a renewal waits for the one transaction under way, never for the whole queue, nor
+    /// for a writer that is itself still waiting on another process (whose wait in SQLite's
+    /// busy handler is not bounded by anything of ours).
     gate: Arc<tokio::sync::Mutex<()>>,
     path: PathBuf,
     size: usize,
@@ -111,9 +114,7 @@ fn open_once(path: &Path) -> rusqlite::Result<Connection> {
 fn spawn_connection(path: &Path, name: String, lane: usize) -> Result<Handle> {
     let conn = open(path)
         .and_then(|c| {
-            if lane == LEASE {
-                c.busy_handler(Some(lease_busy))?;
-            }
+            c.busy_handler(Some(if lane == LEASE { busy_every::<1> } else { busy_every::<2> }))?;
             Ok(c)
         })
         .map_err(|e| StoreError::Unavailable(format!("cannot open the SQLite store {}: {e}", path.display())))?;
@@ -134,15 +135,19 @@ fn spawn_connection(path: &Path, name: String, lane: usize) -> Result<Handle> {
     Ok(Handle { jobs: tx, interrupt })
 }
 
-/// The busy handler of the lease connection: while another process holds the write lock, try
-/// again every millisecond (for as long as [`BUSY_TIMEOUT`]), where SQLite's own handler backs
-/// off to 100 ms between tries. Lock hand-overs between processes are a race among waiters;
-/// this makes the renewal, a transaction of two small statements, the likeliest winner.
-fn lease_busy(tries: i32) -> bool {
-    if tries as u128 >= BUSY_TIMEOUT.as_millis() {
+/// The busy handler of every connection: while another process holds the write lock, try
+/// again every `MS` milliseconds (for as long as [`BUSY_TIMEOUT`]), where SQLite's own
+/// handler backs off to 100 ms between tries. Lock hand-overs between processes are a race
+/// among waiters, and a writer that sleeps 100 ms at a time loses it again and again to a
+/// process whose writers follow one another without a gap (seen at 1.3 s for one `BEGIN`
+/// under load). Renewals try every millisecond, ordinary writers every two: the renewal, a
+/// transaction of two small statements, stays the likeliest winner. Only one ordinary writer
+/// of a process waits here at a time (the others queue in the pool), so this costs little.
+fn busy_every<const MS: u64>(tries: i32) -> bool {
+    if (tries.max(0) as u64).saturating_mul(MS) >= BUSY_TIMEOUT.as_millis() as u64 {
         return false;
     }
-    std::thread::sleep(Duration::from_millis(1));
+    std::thread::sleep(Duration::from_millis(MS));
     true
 }
 
@@ -156,6 +161,8 @@ pub struct PoolReport {
     pub oldest_held: Option<Duration>,
     /// How long the longest call now inside the database has been running.
     pub longest_call: Option<Duration>,
+    /// How many calls are inside the database now (a lease renewal's among them).
+    pub calls: usize,
     pub discarded: u64,
 }
 
@@ -187,9 +194,13 @@ impl std::fmt::Display for PoolReport {
 impl Shared {
     fn report(&self) -> PoolReport {
         let oldest_held = self.held.lock().values().min().map(|t| t.elapsed());
-        let longest_call = self.calls.lock().values().min().map(|t| t.elapsed());
+        let (longest_call, calls) = {
+            let calls = self.calls.lock();
+            (calls.values().min().map(|t| t.elapsed()), calls.len())
+        };
         PoolReport {
             longest_call,
+            calls,
             size: self.size,
             in_use: self.size.saturating_sub(self.lanes[MAIN].permits.available_permits()),
             waiting: self.waiting.load(Ordering::Relaxed),
@@ -255,7 +266,8 @@ struct Checkout {
     lane: usize,
     id: u64,
     /// Held until the transaction's last closure has run (after any rollback): the gate,
-    /// then the queue (none for reads, only the gate for a lease renewal).
+    /// then the queue (none for reads, only the gate for a lease renewal; an ordinary writer
+    /// holds the gate from when its `BEGIN IMMEDIATE` has the write lock).
     _writer: (Option<tokio::sync::OwnedMutexGuard<()>>, Option<tokio::sync::OwnedMutexGuard<()>>),
 }
 
@@ -390,11 +402,12 @@ impl SqlitePool {
                 ),
                 Mode::Read | Mode::Lease => None,
             };
+            // An ordinary writer takes the gate in `start`, once it has the write lock.
             let gate = match mode {
-                Mode::Write | Mode::Lease => Some(
+                Mode::Lease => Some(
                     tokio::time::timeout_at(deadline, shared.gate.clone().lock_owned()).await.map_err(|_| late())?,
                 ),
-                Mode::Read => None,
+                Mode::Read | Mode::Write => None,
             };
             let writer = (gate, queue);
             let lane = if mode == Mode::Lease { LEASE } else { MAIN };
@@ -419,18 +432,44 @@ impl SqliteTx {
     /// The second half of [`SqlitePool::begin`]: `BEGIN IMMEDIATE` unless `mode` reads. It is
     /// here that a writer waits for another process's lock on the file.
     pub(crate) async fn start(mut self, mode: Mode) -> Result<Box<dyn Tx>> {
-        if mode != Mode::Read {
-            // Dropping `self` rolls back from here on, even while BEGIN is still queued.
-            self.call(move |c| {
-                if !c.is_autocommit() {
-                    // Never expected (connections go back clean); never build on it either.
-                    c.execute_batch("ROLLBACK")?;
+        match mode {
+            Mode::Read => {}
+            Mode::Lease => self.begin_immediate().await?,
+            Mode::Write => {
+                let Some(gate) = self.checkout.as_ref().map(|c| c.shared.gate.clone()) else {
+                    return Err(StoreError::Internal("transaction already ended".into()));
+                };
+                loop {
+                    // Let a renewal of this node under way finish first, then wait for the
+                    // write lock without holding the gate, so a renewal that comes meanwhile
+                    // waits on the store itself (its own busy handler), not behind us.
+                    drop(gate.lock().await);
+                    self.begin_immediate().await?;
+                    if let Ok(held) = gate.clone().try_lock_owned() {
+                        if let Some(c) = self.checkout.as_mut() {
+                            c._writer.0 = Some(held);
+                        }
+                        break;
+                    }
+                    // A renewal took the gate while we waited, and now waits for our lock.
+                    self.call(|c| c.execute_batch("ROLLBACK")).await?;
                 }
-                c.execute_batch("BEGIN IMMEDIATE")
-            })
-            .await?;
+            }
         }
         Ok(Box::new(self))
+    }
+
+    /// Takes SQLite's write lock. Dropping `self` rolls back from here on, even while BEGIN
+    /// is still queued.
+    async fn begin_immediate(&mut self) -> Result<()> {
+        self.call(move |c| {
+            if !c.is_autocommit() {
+                // Never expected (connections go back clean); never build on it either.
+                c.execute_batch("ROLLBACK")?;
+            }
+            c.execute_batch("BEGIN IMMEDIATE")
+        })
+        .await
     }
 }
 

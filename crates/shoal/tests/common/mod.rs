@@ -110,6 +110,17 @@ pub fn store_url(backend: Backend, dir: &Path) -> String {
     }
 }
 
+/// With `SHOAL_TEST_LOG` set (a filter such as `warn` or `shoal_server=debug`), the nodes of
+/// a test print their logs to its output, for finding out why a test failed.
+fn log_if_asked() {
+    if let Ok(filter) = std::env::var("SHOAL_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// The configuration every test node starts from: port 0, short lease, fast polls.
 pub fn config_text(dir: &Path, store_url: &str, extra: &str) -> String {
     format!(
@@ -168,6 +179,7 @@ impl TestNode {
     }
 
     async fn start_with_text(dir: tempfile::TempDir, store_url: String, text: String) -> TestNode {
+        log_if_asked();
         let config = Config::parse(&text, "test", Vec::<(String, String)>::new()).unwrap();
         admit_test_token(&store_url).await;
         let node = shoal_server::start(config).await.unwrap();
