@@ -31,7 +31,7 @@ use serde::Deserialize;
 use shoal_store::{AuditFilter, AuditRecord, AuditRow, NewAudit, Store, StoreError};
 use shoal_wire::{self as wire, AuditOutcome};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Notify;
@@ -45,8 +45,10 @@ const BATCH: usize = 500;
 
 /// Changes a node runs at once. Each runs on a task of its own, which a client that goes away
 /// does not stop; without a bound, clients that send changes and hang up while the store is
-/// slow would pile up tasks. Past it, a change waits for a turn before it starts (and one
-/// whose client leaves while it waits never starts).
+/// slow would pile up tasks. Past it, a change waits for a turn before it starts, and one
+/// whose client leaves while it waits never starts: hyper drops it once it reads the hang-up,
+/// which it does for a request that arrived whole (one whose body never did starts, and fails
+/// reading it). `tests/audit.rs`: `changes_beyond_the_bound_wait_and_never_start_...`.
 pub const MAX_CHANGES_IN_FLIGHT: usize = 1024;
 
 /// The largest answer whose body is read for its error code or for what a create made.
@@ -107,6 +109,8 @@ pub struct AuditLog {
     dropping: AtomicBool,
     /// Turns for changes running on their own task ([`MAX_CHANGES_IN_FLIGHT`]).
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Changes waiting for a turn.
+    waiting: AtomicUsize,
 }
 
 impl AuditLog {
@@ -114,6 +118,7 @@ impl AuditLog {
         AuditLog {
             node,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_CHANGES_IN_FLIGHT)),
+            waiting: AtomicUsize::new(0),
             queue: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             metrics,
@@ -129,6 +134,11 @@ impl AuditLog {
     /// Rows waiting for the store.
     pub fn queued(&self) -> usize {
         self.queue.lock().len()
+    }
+
+    /// Changes running on their own task now, and changes waiting for a turn to.
+    pub fn changes(&self) -> (usize, usize) {
+        (MAX_CHANGES_IN_FLIGHT - self.in_flight.available_permits(), self.waiting.load(Ordering::Relaxed))
     }
 
     fn push(&self, row: NewAudit) {
@@ -243,10 +253,14 @@ pub(crate) async fn record(
         Ok(turn) => turn,
         // Every turn taken: wait for one (no await otherwise, so a free turn is never lost to
         // a client that has already gone).
-        Err(_) => match state.audit.in_flight.clone().acquire_owned().await {
-            Ok(turn) => turn,
-            Err(_) => return ApiError::internal("the node is shutting down").into_response(),
-        },
+        Err(_) => {
+            // Counted as waiting until it has its turn or its client has gone and dropped it.
+            let _waiting = shoal_core::held::Held::new(&state.audit.waiting);
+            match state.audit.in_flight.clone().acquire_owned().await {
+                Ok(turn) => turn,
+                Err(_) => return ApiError::internal("the node is shutting down").into_response(),
+            }
+        }
     };
     let task = tokio::spawn(async move {
         let res = next.run(req).await;

@@ -216,6 +216,16 @@ impl Metrics {
             "Audit trail rows waiting in this node's memory for the store",
             ConstGauge::new(sampled.audit_queued),
         );
+        reg.register(
+            "shoal_changes_in_flight",
+            "Changes (API requests that change something) running on their own task, at most 1024 at once",
+            ConstGauge::new(sampled.changes.0),
+        );
+        reg.register(
+            "shoal_changes_waiting",
+            "Changes waiting for one of the 1024 turns; one whose client hangs up meanwhile never starts",
+            ConstGauge::new(sampled.changes.1),
+        );
         reg.register_with_unit(
             "shoal_dispatch_latency",
             "Time from an execution becoming runnable (submitted, or its run_after when held or retried) to its attempt's process start on this node",
@@ -250,6 +260,8 @@ struct Sampled {
     ready: bool,
     rejected_gossip_packets: u64,
     audit_queued: i64,
+    /// Changes running on their own task, and waiting for a turn to (`audit::record`).
+    changes: (i64, i64),
     /// None when the store could not be read: the gauge is then left out, not zeroed.
     executions: Option<Vec<(shoal_core::ExecState, i64)>>,
 }
@@ -261,6 +273,10 @@ pub async fn render(state: State) -> Response {
         ready: state.engine.readiness().is_ok(),
         rejected_gossip_packets: state.engine.rejected_gossip_packets(),
         audit_queued: i64::try_from(state.audit.queued()).unwrap_or(i64::MAX),
+        changes: {
+            let (running, waiting) = state.audit.changes();
+            (i64::try_from(running).unwrap_or(i64::MAX), i64::try_from(waiting).unwrap_or(i64::MAX))
+        },
         executions: state.store.count_by_state().await.ok(),
     };
     let registry = state.metrics.registry(&state.node.id, sampled);
@@ -295,6 +311,7 @@ mod tests {
             ready: true,
             rejected_gossip_packets: 3,
             audit_queued: 0,
+            changes: (0, 0),
             executions: Some(vec![]),
         }
     }

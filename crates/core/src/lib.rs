@@ -6,6 +6,7 @@
 //! That is what lets this crate be property-tested.
 
 pub mod duration;
+pub mod held;
 pub mod ids;
 pub mod job;
 pub mod listener;

@@ -1,7 +1,8 @@
 //! The audit trail on real nodes: every class of change is recorded with its principal, node,
 //! action, target and outcome (denied ones too), logins with the name tried, reads and
 //! requests without a valid credential not at all; a forwarded change once; a change whose
-//! client went away still gets its row; `GET /api/v1/audit` is admin-only, filters and pages;
+//! client went away still gets its row, and changes past the bound on those in flight wait
+//! and never start once their client leaves; `GET /api/v1/audit` is admin-only, filters and pages;
 //! `audit.retention` prunes; `shoal audit` prints it.
 
 #[macro_use]
@@ -41,6 +42,22 @@ async fn wait_entries(n: &TestNode, query: &str, count: usize) -> Vec<Value> {
     }
 }
 
+/// Every entry `GET /api/v1/audit?QUERY` answers, page after page of `limit` by cursor.
+async fn every_page(n: &TestNode, query: &str, limit: usize) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let after = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+        let (status, page) = n.get(&format!("/api/v1/audit?{query}&limit={limit}{after}")).await;
+        assert_eq!(status, 200, "{page}");
+        all.extend(page["entries"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return all,
+        }
+    }
+}
+
 /// The one entry of `action` on `target`, once it is written.
 async fn entry(n: &TestNode, action: &str, target: &str) -> Value {
     let found = wait_entries(n, &format!("action={action}&target={target}"), 1).await;
@@ -65,6 +82,16 @@ fn row(
 ) -> (String, String, String, String, String, u64, String) {
     let s = |v: &str| v.to_owned();
     (s(principal), s("n1"), s(action), s(target), s(outcome), status, s(code))
+}
+
+/// A whole HTTP/1.1 request posting `body` (JSON) to `path` with the harness's token, to send
+/// on a socket of one's own and hang up.
+fn raw_post(path: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        common::test_token(),
+        body.len()
+    )
 }
 
 /// A token made through the API, with its `Authorization` value.
@@ -235,18 +262,11 @@ async fn the_trail_is_for_admins_and_filters_and_pages(backend: Backend) {
         ["s6", "s5", "s4", "s3", "s2", "s1", "s0"]
     );
     // Pages of three, by cursor, cover it once each.
-    let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let after = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
-        let (status, page) = n.get(&format!("/api/v1/audit?action=createSandbox&limit=3{after}")).await;
-        assert_eq!(status, 200, "{page}");
-        seen.extend(page["entries"].as_array().unwrap().iter().map(|e| e["target"].as_str().unwrap().to_owned()));
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
-        }
-    }
+    let seen: Vec<String> = every_page(&n, "action=createSandbox", 3)
+        .await
+        .iter()
+        .map(|e| e["target"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(seen, ["s6", "s5", "s4", "s3", "s2", "s1", "s0"]);
     // Filters: principal, target prefix, outcome, node, time.
     assert_eq!(entries(&n, "principal=token:test-admin&action=createSandbox").await.len(), 7);
@@ -323,11 +343,7 @@ async fn a_client_that_goes_away_after_sending_a_change_still_gets_its_row() {
     // Making a user hashes its password (Argon2id, tens of milliseconds): the client is gone
     // long before the answer.
     let body = json!({"name": "gone", "password": "a password long enough", "role": "viewer"}).to_string();
-    let request = format!(
-        "POST /api/v1/users HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        common::test_token(),
-        body.len()
-    );
+    let request = raw_post("/api/v1/users", &body);
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     drop(stream);
@@ -335,6 +351,81 @@ async fn a_client_that_goes_away_after_sending_a_change_still_gets_its_row() {
     assert_eq!((e["outcome"].as_str(), e["status"].as_u64()), (Some("ok"), Some(201)), "{e}");
     let (_, users) = n.get("/api/v1/users").await;
     assert!(users["users"].as_array().unwrap().iter().any(|u| u["name"] == "gone"), "{users}");
+    n.stop().await;
+}
+
+/// Changes run on their own task so a client's hang-up cannot stop them half done, but at
+/// most `MAX_CHANGES_IN_FLIGHT` (1024) at once per node: clients that send changes and hang
+/// up while the store is slow cannot pile tasks up. Past it a change waits for a turn, and
+/// one whose client leaves meanwhile never starts: no change, no audit row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_beyond_the_bound_wait_and_never_start_once_their_client_leaves() {
+    const BOUND: usize = 1024;
+    const SENT: usize = BOUND + 76;
+    let dir = tempfile::tempdir().unwrap();
+    let url = common::store_url(Backend::Sqlite, dir.path());
+    let file = dir.path().join("shoal.db");
+    // More connections than turns, so that it is the turns that run out; a lease long enough
+    // that the store held below does not cut the node off.
+    let mut n = TestNode::start_edited(dir, url, |t| {
+        t.replace("max_request_bytes = 65536", "max_request_bytes = 65536\nmax_connections = 4096")
+            .replace("lease_ttl = \"2s\"", "lease_ttl = \"60s\"")
+    })
+    .await;
+    let addr = n.url.trim_start_matches("http://").to_owned();
+    // Another process holds the store's write lock: every change that starts waits for it.
+    let outside = rusqlite::Connection::open(&file).unwrap();
+    outside.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut clients = Vec::with_capacity(SENT);
+    for i in 0..SENT {
+        let body = json!({"name": format!("t{i}"), "role": "viewer"}).to_string();
+        let request = raw_post("/api/v1/tokens", &body);
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        clients.push(s);
+    }
+    let gauges = || {
+        let n = n.url.clone();
+        async move {
+            let text = common::http().get(format!("{n}/metrics")).send().await.unwrap().text().await.unwrap();
+            (common::metric(&text, "shoal_changes_in_flight"), common::metric(&text, "shoal_changes_waiting"))
+        }
+    };
+    let until = |want: (f64, f64)| async move {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let (running, waiting) = gauges().await;
+            assert!(running <= BOUND as f64, "{running} changes in flight, past the bound");
+            if (running, waiting) == want {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "in flight {running}, waiting {waiting}; want {want:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    until((BOUND as f64, (SENT - BOUND) as f64)).await;
+    // Every client hangs up: the changes under way go on, the waiting ones are dropped.
+    drop(clients);
+    until((BOUND as f64, 0.0)).await;
+    // The store is back: the changes under way end, and no other starts.
+    outside.execute_batch("ROLLBACK").unwrap();
+    until((0.0, 0.0)).await;
+
+    let deadline = tokio::time::Instant::now() + T;
+    let rows = loop {
+        let rows = every_page(&n, "action=createToken", 1000).await;
+        if rows.len() >= BOUND || tokio::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(rows.len(), BOUND, "createToken rows");
+    assert!(rows.iter().all(|r| r["outcome"] == "ok" && r["status"] == 201), "{:#?}", rows.first());
+    let (status, tokens) = n.get("/api/v1/tokens").await;
+    assert_eq!(status, 200, "{tokens}");
+    let ours = |name: &str| name.strip_prefix('t').is_some_and(|i| i.parse::<usize>().is_ok());
+    let made = tokens["tokens"].as_array().unwrap().iter().filter(|t| ours(t["name"].as_str().unwrap())).count();
+    assert_eq!(made, BOUND, "tokens made");
     n.stop().await;
 }
 

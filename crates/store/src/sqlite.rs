@@ -328,22 +328,6 @@ impl Drop for InCall {
     }
 }
 
-/// Counts a transaction as waiting while it waits.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(n: &'a AtomicUsize) -> Self {
-        n.fetch_add(1, Ordering::Relaxed);
-        Waiting(n)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl SqlitePool {
     pub fn open(path: &Path, size: usize) -> Result<SqlitePool> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -393,7 +377,7 @@ impl SqlitePool {
     pub(crate) async fn acquire(&self, mode: Mode) -> Result<SqliteTx> {
         let shared = &self.shared;
         let checkout = {
-            let _waiting = Waiting::new(&shared.waiting);
+            let _waiting = shoal_core::held::Held::new(&shared.waiting);
             let deadline = tokio::time::Instant::now() + POOL_WAIT;
             let late = || shared.pool_error("this node's writers did not get their turn");
             let queue = match mode {
