@@ -362,13 +362,20 @@ async fn time_of(state: &AppState, name: &str, text: &str) -> ApiResult<i64> {
         let now = state.store.now_ms().await?;
         return Ok(now.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)));
     }
-    let at = humantime::parse_rfc3339_weak(text).map_err(|_| {
+    let at = chrono::DateTime::parse_from_rfc3339(text).map_err(|_| {
+        if shoal_core::duration::well_formed(text) {
+            // A duration, but one the parser refused (too long): say that.
+            if let Err(e) = shoal_core::duration::parse(text) {
+                return ApiError::invalid_query(format!("`{name}`: {e}"));
+            }
+        }
         ApiError::invalid_query(format!(
-            "`{name}` `{text}` is neither a time (RFC 3339, e.g. 2026-01-31T08:00:00Z) nor a duration before now (e.g. 90m, 7d)"
+            "`{name}` `{text}` is neither a time (RFC 3339 with its offset, e.g. 2026-01-31T08:00:00Z or \
+             2026-01-31T09:00:00+01:00) nor a duration before now (e.g. 90m, 7d)"
         ))
     })?;
-    let ms = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    Ok(i64::try_from(ms).unwrap_or(i64::MAX))
+    // Store times are milliseconds since 1970; an earlier time is the same as 1970.
+    Ok(at.timestamp_millis().max(0))
 }
 
 fn entry(row: AuditRow) -> wire::AuditEntry {

@@ -281,6 +281,17 @@ fn refine(mut doc: Value) -> Value {
                 for p in params.iter_mut().filter(|p| p["name"] == "path" && p["in"] == "path") {
                     p["schema"]["pattern"] = json!(INSIDE);
                 }
+                // The audit trail's times: RFC 3339, or a duration before now (`audit::time_of`);
+                // empty is not given, as for the other filters.
+                if id == "listAudit" {
+                    for p in params.iter_mut().filter(|p| p["name"] == "since" || p["name"] == "until") {
+                        p["schema"] = json!({"type": "string", "anyOf": [
+                            {"format": "date-time"},
+                            {"pattern": shoal_core::duration::pattern()},
+                            {"maxLength": 0},
+                        ]});
+                    }
+                }
             }
             // Who may call it: a bearer token, but for the health checks and webhooks.
             let public = crate::auth::ACCESS.iter().any(|(op, a)| *op == id && *a == crate::auth::Access::Public);

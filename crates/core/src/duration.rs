@@ -22,8 +22,9 @@ pub fn pattern() -> String {
     format!(r"^\s*({number}{})\s*)+$", UNITS.join("|"))
 }
 
-/// Whether `text` has the syntax of [`pattern`].
-fn well_formed(text: &str) -> bool {
+/// Whether `text` has the syntax of [`pattern`] (a duration [`parse`] may still refuse as too
+/// long).
+pub fn well_formed(text: &str) -> bool {
     let mut rest = text.trim();
     if rest.is_empty() {
         return false;

@@ -280,6 +280,16 @@ async fn the_trail_is_for_admins_and_filters_and_pages(backend: Backend) {
     let first = &all[6]["at"];
     let since = entries(&n, &format!("since={}&action=createSandbox", first.as_str().unwrap())).await;
     assert_eq!(since.len(), 7, "since the first one's own time, inclusive");
+    // The same instant written with another offset is the same filter (a `+` is `%2B` in a
+    // query); a moment later leaves the first out.
+    let at = chrono::DateTime::parse_from_rfc3339(first.as_str().unwrap()).unwrap();
+    let elsewhere = at.with_timezone(&chrono::FixedOffset::east_opt(5 * 3600 + 30 * 60).unwrap());
+    let text = elsewhere.to_rfc3339_opts(chrono::SecondsFormat::Millis, false).replace('+', "%2B");
+    assert!(text.ends_with("%2B05:30"), "{text}");
+    assert_eq!(entries(&n, &format!("since={text}&action=createSandbox")).await.len(), 7, "{text}");
+    let later = (at + chrono::Duration::milliseconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let after_first = entries(&n, &format!("since={later}&action=createSandbox")).await;
+    assert!(after_first.len() < 7 && after_first.iter().all(|e| e["target"] != "s0"), "{later}: {after_first:#?}");
     assert!(entries(&n, "since=2000-01-01T00:00:00Z&until=2001-01-01T00:00:00Z").await.is_empty());
     // Bad queries say what is wrong.
     for (query, says) in [
@@ -288,6 +298,8 @@ async fn the_trail_is_for_admins_and_filters_and_pages(backend: Backend) {
         ("limit=x", "limit `x`"),
         ("cursor=abc", "cursor `abc`"),
         ("since=yesterday", "`since` `yesterday`"),
+        ("until=2026-01-31T08:00:00", "RFC 3339 with its offset"),
+        ("since=101years", "`since`: duration `101years` is too long"),
         ("colour=red", "filters are principal"),
     ] {
         let (status, v) = n.get(&format!("/api/v1/audit?{query}")).await;

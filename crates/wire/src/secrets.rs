@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 pub struct SecretRequest {
     /// The value: 4 bytes to 64 KiB of UTF-8, no NUL byte. No answer ever holds it; a job gets
     /// it in its environment, and every occurrence in the job's output is stored as `***`.
-    #[schema(format = Password, min_length = 4, max_length = 65536)]
+    #[schema(format = Password, min_length = 4, max_length = 65536, pattern = r"^[^\u0000]*$")]
     pub value: String,
 }
 

@@ -13,7 +13,8 @@ refused only
   was sent before, not this request's shape);
 - for the rules a JSON Schema cannot state: a duration out of range (422
   `invalid_request`: more than 100 years, or zero where more than zero is needed; its syntax
-  is in the document as a `pattern`, but not the range of a sum of parts), a file or
+  is in the document as a `pattern`, but not the range of a sum of parts; 400
+  `invalid_query` for the audit trail's `since` and `until`), a file or
   folder name over 255 bytes or a path over 4096 (400 `invalid_path`: the document's
   lengths count characters, the file system counts bytes of UTF-8), and a new user's
   password over 1024 bytes (422 `invalid_request`; its minimum, 12 characters, is there).
@@ -48,18 +49,13 @@ SEMANTIC = {
 
 def beyond_a_schema(status, code, message):
     """The server's words for the rules no JSON Schema can state (see the module's text)."""
-    # The audit trail's `since`/`until`: an RFC 3339 time or a duration, which the document
-    # does not state as a pattern yet.
-    if status == 400 and code == "invalid_query" and "is neither a time (RFC 3339" in message:
+    if status == 400 and code == "invalid_query" and "is too long; the longest accepted is 100 years" in message:
         return True
     if status == 422 and code == "invalid_request":
         return (
             "is too long; the longest accepted is 100 years" in message
             or "must be more than zero" in message
             or "the password is over 1024 bytes" in message
-            # A NUL byte in a secret's value (no environment variable can hold one): a rule
-            # the document does not state yet.
-            or "contains a NUL byte, which no environment variable can hold" in message
         )
     if status == 400 and code == "invalid_path":
         return "has a name longer than 255 bytes" in message or "the limit is 4096 bytes" in message
