@@ -38,6 +38,7 @@ impl ApiError {
 
 // The table of codes and statuses is `shoal_wire::ErrorCode`; these are its constructors.
 constructors! {
+    invalid_position => InvalidPosition,
     bad_request => BadRequest,
     invalid_json => InvalidJson,
     invalid_query => InvalidQuery,

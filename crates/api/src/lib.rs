@@ -21,6 +21,7 @@ mod metrics;
 mod nodes;
 mod openapi;
 mod query;
+pub mod replicas;
 mod sandboxes;
 pub mod schedules;
 mod secrets;
@@ -115,6 +116,8 @@ pub struct AppState {
     pub secrets: Arc<shoal_service::secrets::Keyring>,
     /// The audit rows waiting for the store.
     pub audit: Arc<audit::AuditLog>,
+    /// Which requests' reads are forced to the primary or to a replica.
+    pub reads: replicas::ReadRouting,
 }
 
 pub type State = axum::extract::State<Arc<AppState>>;
@@ -133,12 +136,14 @@ pub fn router(state: Arc<AppState>) -> Router {
     root.merge(api)
         .fallback(health::api_not_found)
         .method_not_allowed_fallback(health::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), replicas::route))
         .layer(middleware::from_fn_with_state((state.clone(), routes.clone()), auth::authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), forward::verify))
         .layer(middleware::map_response(error::shape_rejections))
         .layer(middleware::from_fn_with_state((state.clone(), routes), audit::record))
         .layer(middleware::from_fn_with_state(state.clone(), browser::guard))
         .layer(middleware::map_response_with_state(state.clone(), forward::served_by))
+        .layer(middleware::map_response_with_state(state.clone(), replicas::read_from_primary))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::time_requests))
         .with_state(state)
 }

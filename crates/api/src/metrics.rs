@@ -226,6 +226,50 @@ impl Metrics {
             "Changes waiting for one of the 1024 turns; one whose client hangs up meanwhile never starts",
             ConstGauge::new(sampled.changes.1),
         );
+        if !sampled.replicas.is_empty() {
+            let up = Family::<[(&'static str, String); 2], Gauge>::default();
+            let lag_seconds =
+                Family::<[(&'static str, String); 1], Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+            let lag_bytes = Family::<[(&'static str, String); 1], Gauge>::default();
+            let reads = Family::<[(&'static str, String); 1], Counter>::default();
+            for r in &sampled.replicas {
+                for s in shoal_store::ReplicaState::ALL {
+                    let set = i64::from(r.state == s);
+                    up.get_or_create(&[("replica", r.address.clone()), ("state", s.to_string())]).set(set);
+                }
+                let label = [("replica", r.address.clone())];
+                if let Some(ms) = r.lag_ms {
+                    lag_seconds.get_or_create(&label).set(ms as f64 / 1000.0);
+                }
+                if let Some(b) = r.lag_bytes {
+                    lag_bytes.get_or_create(&label).set(i64::try_from(b).unwrap_or(i64::MAX));
+                }
+                reads.get_or_create(&label).inc_by(r.reads);
+            }
+            reg.register(
+                "shoal_replica_state",
+                "1 for each read replica's state as last checked (unknown, ok, lagging, down)",
+                up,
+            );
+            reg.register_with_unit(
+                "shoal_replica_lag",
+                "Replay lag of each read replica behind the primary, as last checked",
+                Unit::Seconds,
+                lag_seconds,
+            );
+            reg.register_with_unit(
+                "shoal_replica_lag",
+                "Replay lag of each read replica behind the primary in WAL, as last checked",
+                Unit::Bytes,
+                lag_bytes,
+            );
+            reg.register("shoal_replica_reads", "Reads each read replica served for this node", reads);
+            reg.register(
+                "shoal_primary_routed_reads",
+                "Reads of requests that could go to a replica but went to the primary (none fit, or one failed)",
+                ConstCounter::new(sampled.primary_reads),
+            );
+        }
         reg.register_with_unit(
             "shoal_dispatch_latency",
             "Time from an execution becoming runnable (submitted, or its run_after when held or retried) to its attempt's process start on this node",
@@ -262,6 +306,9 @@ struct Sampled {
     audit_queued: i64,
     /// Changes running on their own task, and waiting for a turn to (`audit::record`).
     changes: (i64, i64),
+    /// Read replicas as last checked, and the reads routes sent to the primary.
+    replicas: Vec<shoal_store::ReplicaView>,
+    primary_reads: u64,
     /// None when the store could not be read: the gauge is then left out, not zeroed.
     executions: Option<Vec<(shoal_core::ExecState, i64)>>,
 }
@@ -277,6 +324,8 @@ pub async fn render(state: State) -> Response {
             let (running, waiting) = state.audit.changes();
             (i64::try_from(running).unwrap_or(i64::MAX), i64::try_from(waiting).unwrap_or(i64::MAX))
         },
+        replicas: state.store.replica_views(),
+        primary_reads: state.store.routed_primary_reads(),
         executions: state.store.count_by_state().await.ok(),
     };
     let registry = state.metrics.registry(&state.node.id, sampled);
@@ -312,6 +361,8 @@ mod tests {
             rejected_gossip_packets: 3,
             audit_queued: 0,
             changes: (0, 0),
+            replicas: vec![],
+            primary_reads: 0,
             executions: Some(vec![]),
         }
     }

@@ -45,6 +45,7 @@ fn node(state: &crate::AppState, n: &NodeRow, gossip: &HashMap<String, bool>) ->
         not_accepting_because: None,
         workers: None,
         rejected_gossip_packets: None,
+        replicas: None,
         previous_state: None,
     };
     if n.id == state.node.id {
@@ -56,6 +57,9 @@ fn node(state: &crate::AppState, n: &NodeRow, gossip: &HashMap<String, bool>) ->
         v.not_accepting_because = refusal;
         v.workers = Some(state.engine.workers());
         v.rejected_gossip_packets = Some(state.engine.rejected_gossip_packets());
+        if state.store.has_replicas() {
+            v.replicas = Some(state.store.replica_views());
+        }
     }
     v
 }

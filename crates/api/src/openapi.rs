@@ -114,6 +114,7 @@ fn meaning(code: ErrorCode) -> &'static str {
     match code {
         BadRequest => "the request could not be read (a malformed header, an interrupted body)",
         InvalidJson => "the body is not valid JSON, has unknown fields or wrong types",
+        InvalidPosition => "the `X-Shoal-Position` header is not one WAL position (`X/Y` in hex) as a write's answer gave it",
         InvalidQuery => "a query parameter is unknown or out of range (for a partitioned sandbox's files: `?partition=NAME` is missing)",
         InvalidPath => "a path is refused (absolute, `..`, NUL, too long, or leading out of the sandbox)",
         Unauthorized => "the webhook signature is missing, malformed, wrong, or its time is over 300 s off",
@@ -292,6 +293,18 @@ fn refine(mut doc: Value) -> Value {
                         ]});
                     }
                 }
+            }
+            // Read-your-writes, on any request (`replicas.rs`).
+            let position = json!({
+                "name": "X-Shoal-Position",
+                "in": "header",
+                "required": false,
+                "description": "Read at least this far in the store's history: the `X-Shoal-Position` of an earlier write's answer. With read replicas, such a request reads only from a replica that has replayed that far, else from the primary.",
+                "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"},
+            });
+            match op.get_mut("parameters").and_then(Value::as_array_mut) {
+                Some(params) => params.push(position),
+                None => op["parameters"] = json!([position]),
             }
             // Who may call it: a bearer token, but for the health checks and webhooks.
             let public = crate::auth::ACCESS.iter().any(|(op, a)| *op == id && *a == crate::auth::Access::Public);
@@ -489,6 +502,7 @@ pub fn codes_of(operation: &str, method: &str) -> Vec<ErrorCode> {
         .flat_map(|(_, groups)| groups.iter().flat_map(|g| g.iter().copied()))
         .collect();
     out.extend(FORWARDED);
+    out.push(InvalidPosition);
     if !HEALTH.contains(&operation) {
         out.extend(BROWSER);
         out.push(TokenInQuery);

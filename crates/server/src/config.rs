@@ -88,6 +88,10 @@ struct RawStore {
     url: Option<String>,
     pool_size: Option<u32>,
     replicas: Option<Vec<String>>,
+    replica_max_lag: Option<String>,
+    replica_max_lag_bytes: Option<u64>,
+    route_to_primary: Option<Vec<String>>,
+    route_to_replica: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -206,6 +210,16 @@ pub struct TlsFiles {
 pub struct StoreConfig {
     pub url: String,
     pub pool_size: usize,
+    /// Read replicas' URLs (PostgreSQL only).
+    pub replicas: Vec<String>,
+    /// A replica further behind than this, in time or in bytes of WAL, takes no reads.
+    pub replica_max_lag: Duration,
+    pub replica_max_lag_bytes: u64,
+    /// Requests (`"METHOD /api/v1/path"`) whose reads always go to the primary.
+    pub route_to_primary: regex::RegexSet,
+    /// Requests whose reads go to a replica whatever their method (unless the list above
+    /// matches them too).
+    pub route_to_replica: regex::RegexSet,
 }
 
 #[derive(Clone, Debug)]
@@ -279,7 +293,18 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "tls",
         ],
     ),
-    ("store", &["url", "pool_size", "replicas"]),
+    (
+        "store",
+        &[
+            "url",
+            "pool_size",
+            "replicas",
+            "replica_max_lag",
+            "replica_max_lag_bytes",
+            "route_to_primary",
+            "route_to_replica",
+        ],
+    ),
     (
         "cluster",
         &[
@@ -515,18 +540,37 @@ impl Config {
             return Err(ConfigError::Invalid("http.max_connections must be from 1 to 1000000".into()));
         }
         let url = raw.store.url.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("shoal.db").display()));
-        if let Some(replicas) = &raw.store.replicas {
-            if url.starts_with("sqlite://") && !replicas.is_empty() {
-                return Err(ConfigError::Invalid(
-                    "store.replicas is set but the store is SQLite: read replicas are a PostgreSQL feature; remove store.replicas or use a postgres:// store.url".into(),
-                ));
-            }
-            if !replicas.is_empty() {
-                return Err(ConfigError::Invalid(
-                    "store.replicas: read-replica routing is not supported by this version yet; remove the key".into(),
-                ));
-            }
+        let replicas = raw.store.replicas.unwrap_or_default();
+        if url.starts_with("sqlite://") && !replicas.is_empty() {
+            return Err(ConfigError::Invalid(
+                "store.replicas is set but the store is SQLite: read replicas are a PostgreSQL feature; remove store.replicas or use a postgres:// store.url".into(),
+            ));
         }
+        if let Some(r) = replicas.iter().find(|r| !(r.starts_with("postgres://") || r.starts_with("postgresql://"))) {
+            return Err(ConfigError::Invalid(format!(
+                "store.replicas: `{}` is not a postgres:// URL",
+                shoal_store::redact(r)
+            )));
+        }
+        let replica_max_lag =
+            parse_duration("store.replica_max_lag", &raw.store.replica_max_lag, Duration::from_secs(5))?;
+        if replica_max_lag > Duration::from_secs(3600) {
+            return Err(ConfigError::Invalid("store.replica_max_lag must be at most 1h".into()));
+        }
+        let replica_max_lag_bytes = raw.store.replica_max_lag_bytes.unwrap_or(16 * 1024 * 1024);
+        let routes = |key: &str, list: Option<Vec<String>>| {
+            let list = list.unwrap_or_default();
+            for (i, p) in list.iter().enumerate() {
+                if let Err(e) = regex::Regex::new(p) {
+                    return Err(ConfigError::Invalid(format!(
+                        "store.{key}[{i}]: `{p}` is not a regular expression: {e}"
+                    )));
+                }
+            }
+            regex::RegexSet::new(&list).map_err(|e| ConfigError::Invalid(format!("store.{key}: {e}")))
+        };
+        let route_to_primary = routes("route_to_primary", raw.store.route_to_primary)?;
+        let route_to_replica = routes("route_to_replica", raw.store.route_to_replica)?;
         let pool_size = raw.store.pool_size.unwrap_or(8);
         if !(1..=256).contains(&pool_size) {
             return Err(ConfigError::Invalid("store.pool_size must be from 1 to 256".into()));
@@ -668,7 +712,15 @@ impl Config {
                 max_connections: max_connections as usize,
                 tls,
             },
-            store: StoreConfig { url, pool_size: pool_size as usize },
+            store: StoreConfig {
+                url,
+                pool_size: pool_size as usize,
+                replicas,
+                replica_max_lag,
+                replica_max_lag_bytes,
+                route_to_primary,
+                route_to_replica,
+            },
             cluster: ClusterConfig {
                 secret: raw.cluster.secret,
                 lease_ttl,
@@ -874,6 +926,13 @@ slots = 8
             ("[executor]\nslots = 0", "executor.slots"),
             ("[executor]\nkill_grace = \"soon\"", "executor.kill_grace"),
             ("[store]\nreplicas = [\"postgres://r\"]", "PostgreSQL feature"),
+            ("[store]\nurl = \"postgres://p/db\"\nreplicas = [\"mysql://r\"]", "not a postgres:// URL"),
+            (
+                "[store]\nroute_to_primary = [\"^GET /a\", \"(\"]",
+                "store.route_to_primary[1]: `(` is not a regular expression",
+            ),
+            ("[store]\nreplica_max_lag = \"2h\"", "store.replica_max_lag must be at most 1h"),
+            ("[store]\nreplica_max_lag = \"soon\"", "store.replica_max_lag"),
             ("[cluster]\nseeds = [\"a\"]", "HOST:PORT"),
             ("[cluster]\nsecret = \"short\"", "16 characters"),
             ("[cluster]\ngossip_listen = \"0.0.0.0:7800\"", "gossip_advertise"),

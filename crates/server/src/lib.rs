@@ -50,6 +50,9 @@ const TOKEN_USAGE_EVERY: Duration = Duration::from_secs(20);
 /// How often the `audit` worker looks for queued rows when nothing woke it.
 const AUDIT_EVERY: Duration = Duration::from_secs(1);
 
+/// How often the `replicas` worker checks each read replica's health and lag.
+const REPLICA_CHECK_EVERY: Duration = Duration::from_millis(500);
+
 /// Audit rows one step of the `audit-prune` worker deletes at most.
 const AUDIT_PRUNE_BATCH: i64 = 1000;
 
@@ -112,6 +115,13 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         StoreError::Unavailable(m) => anyhow::anyhow!("{m}"),
         other => anyhow::anyhow!("store {}: {other}", shoal_store::redact(&config.store.url)),
     })?;
+    let store = store
+        .with_replicas(
+            &config.store.replicas,
+            config.store.pool_size,
+            shoal_store::MaxLag { time: config.store.replica_max_lag, bytes: config.store.replica_max_lag_bytes },
+        )
+        .map_err(|e| anyhow::anyhow!("store.replicas: {e}"))?;
     let store = Arc::new(store);
     // The key that seals job secrets: a node that cannot open the store's secrets refuses to
     // start, rather than run jobs with values it cannot read.
@@ -234,6 +244,12 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     }));
     let audit = Arc::new(shoal_api::audit::AuditLog::new(id.clone(), metrics.clone()));
     spawn_audit_workers(&engine, &audit, config.audit.retention);
+    if store.has_replicas() {
+        // Checked often: a replica found lagging or down stops taking reads within a check.
+        engine.workers.spawn(Periodic::new("replicas", REPLICA_CHECK_EVERY, store.clone(), |s| async move {
+            s.check_replicas().await.map(|_| Step::Idle).map_err(|e| e.to_string())
+        }));
+    }
 
     let state = Arc::new(AppState {
         forwarder: Arc::new(shoal_api::Forwarder::new(id.clone(), secret, peer_ca.as_deref())?),
@@ -258,6 +274,10 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
         auth,
         secrets: secrets.clone(),
         audit: audit.clone(),
+        reads: shoal_api::replicas::ReadRouting {
+            to_primary: config.store.route_to_primary.clone(),
+            to_replica: config.store.route_to_replica.clone(),
+        },
     });
     let app = shoal_api::router(state);
     // Start-up frees much of what it allocated (building the router builds its OpenAPI

@@ -13,6 +13,7 @@ mod nodes;
 pub mod pgtls;
 mod postgres;
 mod principals;
+mod replicas;
 mod sandboxes;
 mod schedules;
 pub mod schema;
@@ -36,6 +37,7 @@ pub use listeners::{
 };
 pub use nodes::{NodeLease, NodeRegistration, NodeRow, NodeStatus, Renewal};
 pub use principals::{AttemptToken, AttemptTokenRow, Rights};
+pub use replicas::{Lsn, MaxLag, ReplicaState, ReplicaView, Route};
 pub use sandboxes::SandboxRow;
 pub use schedules::{FireContext, FireDecision, Fired, FiringOutcome, FiringRow, NewFiring, ScheduleDef, ScheduleRow};
 pub use secrets::{SealedSecret, SecretRow};
@@ -104,6 +106,8 @@ impl Acquired {
 pub struct Store {
     backend: Backend,
     url: String,
+    /// Read replicas (PostgreSQL), when configured: see `replicas.rs`.
+    replicas: Option<replicas::Replicas>,
 }
 
 /// Hides the password in a store URL so it can be logged and shown in errors.
@@ -156,7 +160,7 @@ impl Store {
                 redact(url)
             )));
         };
-        let store = Store { backend, url: url.to_owned() };
+        let store = Store { backend, url: url.to_owned(), replicas: None };
         schema::migrate(&store).await.map_err(|e| match e {
             StoreError::Unavailable(m) => {
                 StoreError::Unavailable(format!("cannot reach the store at {}: {m}", store.redacted_url()))
@@ -202,8 +206,17 @@ impl Store {
         }
     }
 
-    /// A connection in autocommit mode, for single-statement reads.
+    /// A connection in autocommit mode, for single-statement reads: a replica's when the
+    /// read runs inside a route that may use one (`replicas.rs`), else the primary's.
     pub(crate) async fn read(&self) -> Result<Box<dyn Tx>> {
+        if let Some(tx) = self.replica_read().await {
+            return Ok(tx);
+        }
+        self.primary_read().await
+    }
+
+    /// A connection in autocommit mode on the primary, whatever the route.
+    pub(crate) async fn primary_read(&self) -> Result<Box<dyn Tx>> {
         match &self.backend {
             Backend::Sqlite(p) => p.begin(sqlite::Mode::Read).await,
             Backend::Postgres(p) => p.begin(true).await,

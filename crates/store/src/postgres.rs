@@ -164,6 +164,17 @@ impl PgPool {
         Ok(PgPool { pool: build(size.max(1))?, lease_pool: build(1)?, config: cfg, tls })
     }
 
+    /// `host:port` of the URL's first host, for messages and headers that name a server.
+    pub fn address(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!("{host}:{port}")
+    }
+
     pub async fn begin(&self, autocommit: bool) -> Result<Box<dyn Tx>> {
         self.acquire().await?.start(autocommit).await
     }
@@ -179,14 +190,13 @@ impl PgPool {
     }
 
     async fn take(&self, pool: &Pool) -> Result<PgTx> {
-        let client = pool.get().await.map_err(map_pool_err)?;
-        if client.is_closed() {
-            // A connection that died while idle (server restart, failover): drop it from the
-            // pool instead of handing out an error on first use.
-            let _ = Object::take(client);
-            return Err(StoreError::Unavailable("connection to PostgreSQL was closed".into()));
-        }
-        Ok(PgTx { client: Some(client), open: false, in_flight: false, tls: self.tls.clone() })
+        take(pool, &self.tls).await
+    }
+
+    /// A handle that opens autocommit reads on this pool, kept apart from it (a replica's read
+    /// falls back to the primary through one).
+    pub(crate) fn reader(&self) -> PgReader {
+        PgReader { pool: self.pool.clone(), tls: self.tls.clone() }
     }
 
     /// What this node's own pool is doing, for messages that tell a wedge from an outage.
@@ -201,6 +211,30 @@ impl PgPool {
             calls: 0,
             discarded: 0,
         }
+    }
+}
+
+async fn take(pool: &Pool, tls: &PgTls) -> Result<PgTx> {
+    let client = pool.get().await.map_err(map_pool_err)?;
+    if client.is_closed() {
+        // A connection that died while idle (server restart, failover): drop it from the
+        // pool instead of handing out an error on first use.
+        let _ = Object::take(client);
+        return Err(StoreError::Unavailable("connection to PostgreSQL was closed".into()));
+    }
+    Ok(PgTx { client: Some(client), open: false, in_flight: false, tls: tls.clone() })
+}
+
+/// Opens autocommit reads on a pool; see [`PgPool::reader`].
+#[derive(Clone)]
+pub(crate) struct PgReader {
+    pool: Pool,
+    tls: PgTls,
+}
+
+impl PgReader {
+    pub(crate) async fn begin(&self) -> Result<Box<dyn Tx>> {
+        take(&self.pool, &self.tls).await?.start(true).await
     }
 }
 

@@ -41,6 +41,7 @@ codes! {
     InvalidQuery => (400, "invalid_query"),
     InvalidPath => (400, "invalid_path"),
     TokenInQuery => (400, "token_in_query"),
+    InvalidPosition => (400, "invalid_position"),
     Unauthenticated => (401, "unauthenticated"),
     InvalidToken => (401, "invalid_token"),
     Unauthorized => (401, "unauthorized"),

@@ -91,6 +91,10 @@ pub struct Node {
     /// with this cluster's secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejected_gossip_packets: Option<u64>,
+    /// Only on the answering node, when it has read replicas (`store.replicas`): each as its
+    /// last health check found it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Vec<Replica>>,
     /// Only in answers to drain, suspend and resume: the state before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_state: Option<NodeState>,
@@ -116,6 +120,40 @@ pub enum WorkerState {
     /// Ended by the node's shutdown.
     Stopped,
 }
+
+/// A read replica as the answering node sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Replica {
+    /// `host:port`, as `X-Shoal-Read-From: replica:HOST:PORT` names it.
+    pub address: String,
+    pub state: ReplicaState,
+    /// Replay lag behind the primary at the last check, in milliseconds (0 when it had
+    /// replayed everything the primary had written); absent while it is down.
+    pub lag_ms: Option<u64>,
+    /// The same lag in bytes of WAL.
+    pub lag_bytes: Option<u64>,
+    /// Reads it served for this node since the node started.
+    pub reads: u64,
+    /// Why it is down, when it is.
+    pub error: Option<String>,
+}
+
+/// Whether a read replica takes reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaState {
+    /// Not checked yet: takes no reads.
+    Unknown,
+    /// Answering and within both lag limits (`store.replica_max_lag`,
+    /// `store.replica_max_lag_bytes`): takes reads.
+    Ok,
+    /// Answering, but further behind than a limit allows: takes no reads.
+    Lagging,
+    /// Not answering, or no longer a replica (promoted): takes no reads.
+    Down,
+}
+
+names!(ReplicaState { Unknown => "unknown", Ok => "ok", Lagging => "lagging", Down => "down" });
 
 /// How a background worker of the answering node is doing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

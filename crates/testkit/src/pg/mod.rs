@@ -34,7 +34,11 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 wal_level = replica
-max_wal_senders = 10
+max_wal_senders = 20
+max_replication_slots = 20
+# Base backups taken at once (tests in parallel) each stream the WAL from their start; kept
+# WAL lets none of them find a segment recycled under it.
+wal_keep_size = '1GB'
 hot_standby = on
 timezone = 'UTC'
 log_timezone = 'UTC'

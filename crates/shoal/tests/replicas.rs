@@ -1,0 +1,237 @@
+//! Read replicas (`store.replicas`) on a real PostgreSQL primary with real streaming replicas:
+//! reads go to a fit replica by method and by the override lists, and every answer says where
+//! it read from; a lagging replica is skipped; read-your-writes holds against a replica whose
+//! replay is paused; a replica that stops costs no failed request.
+
+mod common;
+
+use common::TestNode;
+use serde_json::json;
+use shoal_testkit::{psql, PgReplica};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A fresh database on the test server, a streaming replica of the server, and the database's
+/// URL on the replica.
+fn database_with_replica() -> (String, PgReplica, String) {
+    let pg = shoal_testkit::postgres();
+    let url = pg.fresh_database();
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let replica = pg.start_replica();
+    let replica_url = replica.url_for(&db);
+    (url, replica, replica_url)
+}
+
+/// A node on `url` with the replica `replica_url` and `more` lines in `[store]`.
+async fn node_with_replica(url: &str, replica_url: &str, more: &str) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("pool_size = 4\nreplicas = [\"{replica_url}\"]\n{more}");
+    TestNode::start_edited(dir, url.to_owned(), |t| t.replace("pool_size = 4", &store)).await
+}
+
+/// A request's status, body and the named response headers.
+async fn call(
+    n: &TestNode,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+    position: Option<&str>,
+) -> (u16, serde_json::Value, Option<String>, Option<String>) {
+    let mut req = common::http().request(method, format!("{}{path}", n.url));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    if let Some(p) = position {
+        req = req.header("x-shoal-position", p);
+    }
+    let res = req.send().await.unwrap();
+    let header = |name: &str| res.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    let (from, pos) = (header("x-shoal-read-from"), header("x-shoal-position"));
+    let status = res.status().as_u16();
+    let body = res.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body, from, pos)
+}
+
+/// Waits until the node's one replica is in `state`, and answers its view.
+async fn replica_state(n: &TestNode, state: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let (_, me) = n.get("/api/v1/nodes/n1").await;
+        let r = me["replicas"][0].clone();
+        if r["state"] == state {
+            return r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "replica never {state}: {me}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_a_fit_replica_by_method_and_by_the_override_lists() {
+    let (url, replica, replica_url) = database_with_replica();
+    let more = "route_to_primary = [\"^GET /api/v1/nodes$\"]\nroute_to_replica = [\"^POST /api/v1/executions$\"]";
+    let mut n = node_with_replica(&url, &replica_url, more).await;
+    let view = replica_state(&n, "ok").await;
+    let address = format!("127.0.0.1:{}", replica.port());
+    assert_eq!(view["address"], address.as_str(), "{view}");
+    let on_replica = format!("replica:{address}");
+
+    // A write: reads forced to the replica (the sandbox's job file is read there), the write
+    // itself on the primary; its answer carries the WAL position after it.
+    n.sandbox("s", &[("jobs/a.toml", "command = [\"true\"]\n")]).await;
+    let deadline = tokio::time::Instant::now() + T;
+    let id = loop {
+        let (status, body, from, position) = call(
+            &n,
+            reqwest::Method::POST,
+            "/api/v1/executions",
+            Some(json!({"sandbox": "s", "job": "jobs/a.toml"})),
+            None,
+        )
+        .await;
+        // The replica may not have replayed the sandbox yet: then the job is not found there.
+        if status == 201 {
+            assert_eq!(from.as_deref(), Some(on_replica.as_str()), "{body}");
+            assert!(shoal_store::Lsn::parse(position.as_deref().unwrap()).is_some(), "{position:?}");
+            break body["id"].as_str().unwrap().to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Reads by method go to the replica, unless route_to_primary names them.
+    let (status, _, from, _) = call(&n, reqwest::Method::GET, "/api/v1/executions", None, None).await;
+    assert_eq!((status, from.as_deref()), (200, Some(on_replica.as_str())));
+    let (status, _, from, _) = call(&n, reqwest::Method::GET, "/api/v1/nodes", None, None).await;
+    assert_eq!((status, from.as_deref()), (200, Some("primary")));
+    // Other writes read from the primary and carry a position.
+    let (status, _, from, position) =
+        call(&n, reqwest::Method::POST, &format!("/api/v1/executions/{id}/cancel"), Some(json!({})), None).await;
+    assert!(matches!(status, 202 | 409), "{status}");
+    assert_eq!(from.as_deref(), Some("primary"));
+    assert!(position.is_some());
+    // An answer refused before any handler (no credential) read from the primary, if at all.
+    let res = reqwest::get(format!("{}/api/v1/executions", n.url)).await.unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+    assert_eq!(res.headers()["x-shoal-read-from"], "primary");
+
+    // A position that is not one is refused, and one given twice too.
+    for bad in ["", "16B3748", "0/xyz", "0/1/2"] {
+        let (status, body, _, _) = call(&n, reqwest::Method::GET, "/api/v1/executions", None, Some(bad)).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_position")), "{bad:?}: {body}");
+    }
+    let res = common::http()
+        .get(format!("{}/api/v1/executions", n.url))
+        .header("x-shoal-position", "0/1")
+        .header("x-shoal-position", "0/2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+
+    // The replica's reads are counted, and its state and lag are in /metrics.
+    let metrics = common::metrics_text(&n).await;
+    let reads = metrics
+        .lines()
+        .find(|l| l.starts_with("shoal_replica_reads_total{") && l.contains(&address))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no replica reads in {metrics}"));
+    assert!(reads >= 2.0, "{reads}");
+    assert!(
+        metrics.contains(&format!("shoal_replica_state{{node=\"n1\",replica=\"{address}\",state=\"ok\"}} 1")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("shoal_replica_lag_seconds{"), "{metrics}");
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_holds_against_a_paused_replica_and_a_lagging_one_is_skipped() {
+    let (url, replica, replica_url) = database_with_replica();
+    // Never lagging by its limits at first: the paused replica keeps taking reads.
+    let mut n =
+        node_with_replica(&url, &replica_url, "replica_max_lag = \"1h\"\nreplica_max_lag_bytes = 1000000000").await;
+    replica_state(&n, "ok").await;
+    let on_replica = format!("replica:127.0.0.1:{}", replica.port());
+    let admin = replica.url_for("postgres");
+    tokio::task::spawn_blocking(move || psql(&admin, "SELECT pg_wal_replay_pause()").unwrap()).await.unwrap();
+
+    let (status, made, _, position) =
+        call(&n, reqwest::Method::POST, "/api/v1/executions", Some(json!({"command": ["true"]})), None).await;
+    assert_eq!(status, 201, "{made}");
+    let id = made["id"].as_str().unwrap();
+    let position = position.expect("a write's answer carries its position");
+    // Without the position the paused replica answers, and has not seen the execution.
+    let (status, _, from, _) = call(&n, reqwest::Method::GET, &format!("/api/v1/executions/{id}"), None, None).await;
+    assert_eq!((status, from.as_deref()), (404, Some(on_replica.as_str())));
+    // With it, the primary answers, since the replica has not replayed that far.
+    let (status, body, from, _) =
+        call(&n, reqwest::Method::GET, &format!("/api/v1/executions/{id}"), None, Some(&position)).await;
+    assert_eq!((status, from.as_deref()), (200, Some("primary")), "{body}");
+    assert_eq!(body["id"], id);
+    n.stop().await;
+
+    // A node whose limit the paused replica now exceeds skips it: it is lagging.
+    let mut n = node_with_replica(&url, &replica_url, "replica_max_lag = \"500ms\"").await;
+    replica_state(&n, "lagging").await;
+    let (status, _, from, _) = call(&n, reqwest::Method::GET, &format!("/api/v1/executions/{id}"), None, None).await;
+    assert_eq!((status, from.as_deref()), (200, Some("primary")));
+    // Replay resumed, it catches up and takes reads again.
+    let admin = replica.url_for("postgres");
+    tokio::task::spawn_blocking(move || psql(&admin, "SELECT pg_wal_replay_resume()").unwrap()).await.unwrap();
+    replica_state(&n, "ok").await;
+    let (status, _, from, _) = call(&n, reqwest::Method::GET, &format!("/api/v1/executions/{id}"), None, None).await;
+    assert_eq!((status, from.as_deref()), (200, Some(on_replica.as_str())));
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_stops_costs_no_failed_request() {
+    let (url, replica, replica_url) = database_with_replica();
+    let mut n = node_with_replica(&url, &replica_url, "").await;
+    replica_state(&n, "ok").await;
+    let on_replica = format!("replica:127.0.0.1:{}", replica.port());
+    let (_, _, from, _) = call(&n, reqwest::Method::GET, "/api/v1/executions", None, None).await;
+    assert_eq!(from.as_deref(), Some(on_replica.as_str()));
+    replica.kill();
+    // Reads go on without a failure from the moment it is gone: the first finds it dead and
+    // reads from the primary, the health check marks it down.
+    for _ in 0..50 {
+        let (status, body, from, _) = call(&n, reqwest::Method::GET, "/api/v1/executions", None, None).await;
+        assert_eq!((status, from.as_deref()), (200, Some("primary")), "{body}");
+    }
+    let view = replica_state(&n, "down").await;
+    assert!(view["error"].as_str().is_some(), "{view}");
+    n.stop().await;
+}
+
+/// A replica whose network breaks under open connections (a proxy cut): reads that were to go
+/// there are made on the primary, still without a failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_under_its_connections_costs_no_failed_request() {
+    let (url, replica, _) = database_with_replica();
+    let proxy = common::proxy::Proxy::start(format!("127.0.0.1:{}", replica.port()).parse().unwrap()).await;
+    let db = url.rsplit('/').next().unwrap();
+    let through = format!("postgres://shoal@127.0.0.1:{}/{db}", proxy.port);
+    let mut n = node_with_replica(&url, &through, "").await;
+    replica_state(&n, "ok").await;
+    let on_replica = format!("replica:127.0.0.1:{}", proxy.port);
+    // Several reads at once, so the pool holds several connections to the replica.
+    let reads = (0..4).map(|_| call(&n, reqwest::Method::GET, "/api/v1/executions", None, None));
+    for (status, _, from, _) in futures::future::join_all(reads).await {
+        assert_eq!((status, from.as_deref()), (200, Some(on_replica.as_str())));
+    }
+    proxy.cut();
+    for _ in 0..50 {
+        let (status, body, from, _) = call(&n, reqwest::Method::GET, "/api/v1/executions", None, None).await;
+        assert_eq!((status, from.as_deref()), (200, Some("primary")), "{body}");
+    }
+    replica_state(&n, "down").await;
+    // Back, it takes reads again.
+    proxy.restore();
+    replica_state(&n, "ok").await;
+    let (_, _, from, _) = call(&n, reqwest::Method::GET, "/api/v1/executions", None, None).await;
+    assert_eq!(from.as_deref(), Some(on_replica.as_str()));
+    n.stop().await;
+}
