@@ -13,12 +13,24 @@
 //! store creates at most one execution, webhook deliveries, which carry a delivery id for the
 //! same purpose, `PATCH`es (they set fields to given values) and cron previews. Others (cancel,
 //! create, delete) move on only when the connection could not be made at all.
+//!
+//! Reads see the client's own writes even when the node serves them from a PostgreSQL read
+//! replica, which may lag behind the primary. The answer to every write carries the WAL
+//! position after it (`X-Shoal-Position: X/Y`); the client keeps the highest position any
+//! answer has carried, shared by its clones, and sends it on every request after, so a node
+//! serves the read only from a replica that has replayed that far, or from the primary.
+//! [`Client::observe_position`] hands it a position from elsewhere: the `shoal` CLI, whose
+//! every command is a new process, keeps the last one in
+//! `$XDG_CACHE_HOME/shoal/positions/<hash of the servers>` (else under `~/.cache`), so that
+//! `shoal run ... && shoal show ID` reads the execution the first command wrote.
 
 mod error;
 mod logs;
+mod position;
 mod urls;
 
 pub use error::{Error, Result, UNEXPECTED_RESPONSE};
+pub use position::Lsn;
 pub use urls::{file_path, segment, API_PREFIX};
 
 use bytes::Bytes;
@@ -39,7 +51,7 @@ use shoal_wire::{
 use std::marker::PhantomData;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -49,6 +61,10 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 /// Told the bytes of a file sent so far while it uploads (from 0 again when the upload moves
 /// to another server).
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Carries a WAL position: on answers to writes, the position after the write; on requests,
+/// the position a replica must have replayed to serve them.
+const POSITION_HEADER: &str = "x-shoal-position";
 
 /// How long to wait for a TCP connection before trying the next server.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -119,8 +135,8 @@ pub struct Download {
     pub stream: ByteStream,
 }
 
-/// A client for one cluster. Cheap to clone; clones share the memory of which server works.
-/// Its `Debug` shows no token.
+/// A client for one cluster. Cheap to clone; clones share the memory of which server works
+/// and of the WAL position seen. Its `Debug` shows no token.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -130,6 +146,9 @@ pub struct Client {
     request_timeout: Duration,
     /// Sent as `Authorization: Bearer ...` on every request.
     token: Option<String>,
+    /// The highest WAL position an answer carried (an [`Lsn`]'s number), sent on every
+    /// request. 0 stands for none: `0/0` is PostgreSQL's invalid position, never a real one.
+    position: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Client {
@@ -138,6 +157,7 @@ impl std::fmt::Debug for Client {
             .field("servers", &self.servers)
             .field("request_timeout", &self.request_timeout)
             .field("token", &self.token.as_ref().map(|t| shoal_wire::shown_part(t) + "..."))
+            .field("position", &self.position())
             .finish_non_exhaustive()
     }
 }
@@ -231,6 +251,7 @@ impl Client {
             preferred: Arc::new(AtomicUsize::new(0)),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             token: None,
+            position: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -258,6 +279,24 @@ impl Client {
     /// The server the next request goes to first: the last one that answered.
     pub fn current_server(&self) -> &str {
         &self.servers[self.preferred.load(Ordering::Relaxed) % self.servers.len()]
+    }
+
+    /// The highest WAL position an answer has carried (or [`Client::observe_position`] was
+    /// given), as `X/Y`; every request carries it. `None` until there is one.
+    pub fn position(&self) -> Option<String> {
+        match self.position.load(Ordering::Relaxed) {
+            0 => None,
+            p => Some(Lsn(p).to_string()),
+        }
+    }
+
+    /// Takes `text` (`X/Y`) as a position seen, if it is higher than the one kept. Anything
+    /// that is not a position is ignored: the worst that comes of that is a later read
+    /// served by a replica that has not caught up with it.
+    pub fn observe_position(&self, text: &str) {
+        if let Some(lsn) = Lsn::parse(text) {
+            self.position.fetch_max(lsn.0, Ordering::Relaxed);
+        }
     }
 
     // ---- nodes and health ----
@@ -630,6 +669,9 @@ impl Client {
             if let Some(token) = &self.token {
                 req = req.bearer_auth(token);
             }
+            if let Some(position) = self.position() {
+                req = req.header(POSITION_HEADER, position);
+            }
             for (k, v) in &call.headers {
                 req = req.header(*k, v);
             }
@@ -660,6 +702,11 @@ impl Client {
                     });
                 }
             };
+            // From any answer, not only successes: a position is a floor for later reads, so
+            // keeping one that is higher than needed costs at most a read from the primary.
+            if let Some(position) = response.headers().get(POSITION_HEADER).and_then(|v| v.to_str().ok()) {
+                self.observe_position(position);
+            }
             let status = response.status();
             if status.is_success() {
                 if call.streaming {

@@ -325,6 +325,8 @@ pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
             return EXIT_USAGE;
         }
     };
+    let carried = crate::positions::positions_dir(std::env::var_os("XDG_CACHE_HOME"), std::env::var_os("HOME"))
+        .map(|dir| crate::positions::Carried::load(&client, dir));
     let json = opts.json;
     let result = match cmd {
         ClientCommand::Run(args) => cmd_run(&client, args, json).await,
@@ -345,6 +347,10 @@ pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
         ClientCommand::Secret(cmd) => crate::client_secrets::cmd_secret(&client, cmd, json).await,
         ClientCommand::Audit(args) => crate::client_audit::cmd_audit(&client, args, json).await,
     };
+    // Failed commands too: a `run --wait` whose job failed has still submitted it.
+    if let Some(carried) = carried {
+        carried.save(&client);
+    }
     match result {
         Ok(code) => code,
         Err(e) => report(&e),

@@ -8,6 +8,7 @@ mod client_secrets;
 mod client_tokens;
 mod client_users;
 mod output;
+mod positions;
 mod up;
 
 use clap::{Parser, Subcommand};
