@@ -26,11 +26,10 @@
 
 mod error;
 mod logs;
-mod position;
 mod urls;
 
 pub use error::{Error, Result, UNEXPECTED_RESPONSE};
-pub use position::Lsn;
+pub use shoal_wire::Lsn;
 pub use urls::{file_path, segment, API_PREFIX};
 
 use bytes::Bytes;

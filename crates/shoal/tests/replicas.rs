@@ -12,6 +12,9 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
 
+/// Limits a paused replica does not reach within a test: it keeps taking reads.
+const NEVER_LAGGING: &str = "replica_max_lag = \"1h\"\nreplica_max_lag_bytes = 1000000000";
+
 /// A fresh database on the test server, a streaming replica of the server, and the database's
 /// URL on the replica.
 fn database_with_replica() -> (String, PgReplica, String) {
@@ -51,6 +54,12 @@ async fn call(
     let status = res.status().as_u16();
     let body = res.json().await.unwrap_or(serde_json::Value::Null);
     (status, body, from, pos)
+}
+
+/// Pauses or resumes (`how`) the replica's replay of the primary's WAL.
+async fn replay(replica: &PgReplica, how: &str) {
+    let (admin, sql) = (replica.url_for("postgres"), format!("SELECT pg_wal_replay_{how}()"));
+    tokio::task::spawn_blocking(move || psql(&admin, &sql).unwrap()).await.unwrap();
 }
 
 /// Waits until the node's one replica is in `state`, and answers its view.
@@ -150,12 +159,10 @@ async fn reads_go_to_a_fit_replica_by_method_and_by_the_override_lists() {
 async fn read_your_writes_holds_against_a_paused_replica_and_a_lagging_one_is_skipped() {
     let (url, replica, replica_url) = database_with_replica();
     // Never lagging by its limits at first: the paused replica keeps taking reads.
-    let mut n =
-        node_with_replica(&url, &replica_url, "replica_max_lag = \"1h\"\nreplica_max_lag_bytes = 1000000000").await;
+    let mut n = node_with_replica(&url, &replica_url, NEVER_LAGGING).await;
     replica_state(&n, "ok").await;
     let on_replica = format!("replica:127.0.0.1:{}", replica.port());
-    let admin = replica.url_for("postgres");
-    tokio::task::spawn_blocking(move || psql(&admin, "SELECT pg_wal_replay_pause()").unwrap()).await.unwrap();
+    replay(&replica, "pause").await;
 
     let (status, made, _, position) =
         call(&n, reqwest::Method::POST, "/api/v1/executions", Some(json!({"command": ["true"]})), None).await;
@@ -178,8 +185,7 @@ async fn read_your_writes_holds_against_a_paused_replica_and_a_lagging_one_is_sk
     let (status, _, from, _) = call(&n, reqwest::Method::GET, &format!("/api/v1/executions/{id}"), None, None).await;
     assert_eq!((status, from.as_deref()), (200, Some("primary")));
     // Replay resumed, it catches up and takes reads again.
-    let admin = replica.url_for("postgres");
-    tokio::task::spawn_blocking(move || psql(&admin, "SELECT pg_wal_replay_resume()").unwrap()).await.unwrap();
+    replay(&replica, "resume").await;
     replica_state(&n, "ok").await;
     let (status, _, from, _) = call(&n, reqwest::Method::GET, &format!("/api/v1/executions/{id}"), None, None).await;
     assert_eq!((status, from.as_deref()), (200, Some(on_replica.as_str())));
@@ -234,4 +240,57 @@ async fn a_replica_cut_off_under_its_connections_costs_no_failed_request() {
     let (_, _, from, _) = call(&n, reqwest::Method::GET, "/api/v1/executions", None, None).await;
     assert_eq!(from.as_deref(), Some(on_replica.as_str()));
     n.stop().await;
+}
+
+/// `shoal run ... && shoal show ID`, two processes, against a replica whose replay is paused:
+/// the first leaves its write's position in the CLI's cache, the second sends it, and so reads
+/// from the primary instead of answering 404 from the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_its_own_writes_across_commands() {
+    let (url, replica, replica_url) = database_with_replica();
+    let mut n = node_with_replica(&url, &replica_url, NEVER_LAGGING).await;
+    replica_state(&n, "ok").await;
+    replay(&replica, "pause").await;
+    let cache = tempfile::tempdir().unwrap();
+    let shoal = |args: &[&str], cache: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .arg("--server")
+            .arg(&n.url)
+            .args(args)
+            .env("SHOAL_TOKEN", common::test_token())
+            .env("XDG_CACHE_HOME", cache)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, out, err) = shoal(&["run", "--json", "--command", "--", "true"], cache.path());
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let made: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = made["id"].as_str().unwrap().to_owned();
+    let saved: Vec<_> = walk(cache.path());
+    assert_eq!(saved.len(), 1, "the position is kept in the cache: {saved:?}");
+    let (code, out, err) = shoal(&["show", &id], cache.path());
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains(&id), "{out}");
+    // Without the cached position (another cache), the paused replica does not know it.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (code, _, err) = shoal(&["show", &id], elsewhere.path());
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("(not_found)"), "{err}");
+    n.stop().await;
+}
+
+/// The files under `dir`, with their contents.
+fn walk(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push((p.clone(), std::fs::read_to_string(&p).unwrap_or_default()));
+        }
+    }
+    out
 }

@@ -1,4 +1,6 @@
-//! WAL positions (PostgreSQL's `pg_lsn`), which the client carries so that reads see its writes.
+//! WAL positions (PostgreSQL's `pg_lsn`): the server puts one on the answer to every write
+//! (`X-Shoal-Position`) and honours it on reads; the client carries it so that reads see its
+//! writes.
 
 use std::fmt;
 
@@ -6,7 +8,7 @@ use std::fmt;
 /// as `pg_current_wal_lsn()` shows it). Ordered as the number, so `F/0` comes before `10/0`
 /// although it sorts after it as text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Lsn(pub(crate) u64);
+pub struct Lsn(pub u64);
 
 impl Lsn {
     /// Reads `X/Y`, each half 1 to 8 hex digits (either case), as PostgreSQL accepts it.
