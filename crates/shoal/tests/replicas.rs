@@ -79,47 +79,43 @@ async fn replica_state(n: &TestNode, state: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_go_to_a_fit_replica_by_method_and_by_the_override_lists() {
     let (url, replica, replica_url) = database_with_replica();
-    let more = "route_to_primary = [\"^GET /api/v1/nodes$\"]\nroute_to_replica = [\"^POST /api/v1/executions$\"]";
+    let more =
+        "route_to_primary = [\"^GET /api/v1/nodes$\"]\nroute_to_replica = [\"^POST /api/v1/executions/[^/]+/cancel$\"]";
     let mut n = node_with_replica(&url, &replica_url, more).await;
     let view = replica_state(&n, "ok").await;
     let address = format!("127.0.0.1:{}", replica.port());
     assert_eq!(view["address"], address.as_str(), "{view}");
     let on_replica = format!("replica:{address}");
 
-    // A write: reads forced to the replica (the sandbox's job file is read there), the write
-    // itself on the primary; its answer carries the WAL position after it.
-    n.sandbox("s", &[("jobs/a.toml", "command = [\"true\"]\n")]).await;
+    // A write reads from the primary, and its answer carries the WAL position after it.
+    let (status, made, from, position) =
+        call(&n, reqwest::Method::POST, "/api/v1/executions", Some(json!({"command": ["true"]})), None).await;
+    assert_eq!((status, from.as_deref()), (201, Some("primary")), "{made}");
+    assert!(shoal_store::Lsn::parse(position.as_deref().unwrap()).is_some(), "{position:?}");
+    let id = made["id"].as_str().unwrap().to_owned();
+    // Reads by method go to the replica (once it has replayed the end, it shows it).
     let deadline = tokio::time::Instant::now() + T;
-    let id = loop {
-        let (status, body, from, position) = call(
-            &n,
-            reqwest::Method::POST,
-            "/api/v1/executions",
-            Some(json!({"sandbox": "s", "job": "jobs/a.toml"})),
-            None,
-        )
-        .await;
-        // The replica may not have replayed the sandbox yet: then the job is not found there.
-        if status == 201 {
-            assert_eq!(from.as_deref(), Some(on_replica.as_str()), "{body}");
-            assert!(shoal_store::Lsn::parse(position.as_deref().unwrap()).is_some(), "{position:?}");
-            break body["id"].as_str().unwrap().to_owned();
+    loop {
+        let (status, body, from, _) =
+            call(&n, reqwest::Method::GET, &format!("/api/v1/executions/{id}"), None, None).await;
+        assert_eq!(from.as_deref(), Some(on_replica.as_str()), "{body}");
+        if status == 200 && body["state"] == "succeeded" {
+            break;
         }
         assert!(tokio::time::Instant::now() < deadline, "{status} {body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-
-    // Reads by method go to the replica, unless route_to_primary names them.
+    }
     let (status, _, from, _) = call(&n, reqwest::Method::GET, "/api/v1/executions", None, None).await;
     assert_eq!((status, from.as_deref()), (200, Some(on_replica.as_str())));
+    // ... unless route_to_primary names them.
     let (status, _, from, _) = call(&n, reqwest::Method::GET, "/api/v1/nodes", None, None).await;
     assert_eq!((status, from.as_deref()), (200, Some("primary")));
-    // Other writes read from the primary and carry a position.
-    let (status, _, from, position) =
+    // route_to_replica sends a write's showing reads to the replica: cancelling the finished
+    // execution reads it there, and is refused without writing anything.
+    let (status, body, from, _) =
         call(&n, reqwest::Method::POST, &format!("/api/v1/executions/{id}/cancel"), Some(json!({})), None).await;
-    assert!(matches!(status, 202 | 409), "{status}");
-    assert_eq!(from.as_deref(), Some("primary"));
-    assert!(position.is_some());
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("execution_finished")), "{body}");
+    assert_eq!(from.as_deref(), Some(on_replica.as_str()));
     // An answer refused before any handler (no credential) read from the primary, if at all.
     let res = reqwest::get(format!("{}/api/v1/executions", n.url)).await.unwrap();
     assert_eq!(res.status().as_u16(), 401);

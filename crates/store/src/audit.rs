@@ -184,7 +184,7 @@ impl Store {
         }
         params.push(f.limit.into());
         sql.push_str(&format!(" ORDER BY at DESC, id DESC LIMIT ${}", params.len()));
-        self.read_rows(&sql, params, audit_row).await
+        self.view_rows(&sql, params, audit_row).await
     }
 
     /// Deletes up to `max` of the oldest rows older than `retention_ms` (store clock); says

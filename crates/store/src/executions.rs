@@ -668,7 +668,7 @@ async fn submit_in(tx: &mut dyn Tx, items: &[NewExecution]) -> Result<Vec<Result
 
 impl Store {
     pub async fn get_execution(&self, id: &str) -> Result<Option<ExecutionRow>> {
-        let mut c = self.read().await?;
+        let mut c = self.view().await?;
         get_in(c.as_mut(), id).await
     }
 
@@ -769,7 +769,7 @@ impl Store {
     /// Every attempt of an execution, oldest first: where each ran, with which token, and how
     /// it ended (`None` while it runs).
     pub async fn list_attempts(&self, id: &str) -> Result<Vec<AttemptRow>> {
-        self.read_rows(
+        self.view_rows(
             "SELECT attempt, fence, node_id, started_at, finished_at, outcome FROM attempts
              WHERE execution_id = $1 ORDER BY attempt",
             vec![id.into()],
@@ -819,7 +819,7 @@ impl Store {
         }
         params.push(f.limit.into());
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", params.len()));
-        self.read_rows(&sql, params, execution_row).await
+        self.view_rows(&sql, params, execution_row).await
     }
 
     /// Claims up to `max` queued executions this node may run, highest priority first,
@@ -1144,7 +1144,7 @@ impl Store {
 
     /// Log chunks of an execution after position (`attempt`, `seq`), in order.
     pub async fn read_logs(&self, id: &str, after: (i64, i64), limit: i64) -> Result<Vec<LogRow>> {
-        self.read_rows(
+        self.view_rows(
             "SELECT attempt, seq, stream, data, at FROM logs
              WHERE execution_id = $1 AND (attempt > $2 OR (attempt = $2 AND seq > $3))
              ORDER BY attempt, seq LIMIT $4",

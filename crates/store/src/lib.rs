@@ -102,6 +102,16 @@ impl Acquired {
     }
 }
 
+/// Runs one read on `c` and parses every row.
+async fn parse_rows<T>(
+    mut c: Box<dyn Tx>,
+    sql: &str,
+    params: Vec<db::Value>,
+    parse: impl Fn(&db::Row) -> Result<T>,
+) -> Result<Vec<T>> {
+    c.query(sql, params).await?.iter().map(parse).collect()
+}
+
 /// A handle on the store; cheap to share behind an `Arc`.
 pub struct Store {
     backend: Backend,
@@ -206,17 +216,35 @@ impl Store {
         }
     }
 
-    /// A connection in autocommit mode, for single-statement reads: a replica's when the
-    /// read runs inside a route that may use one (`replicas.rs`), else the primary's.
+    /// A connection in autocommit mode on the primary, for single-statement reads. Every read
+    /// is on the primary but those made for showing things to API clients ([`Store::view`]):
+    /// authentication, rights, leases, sessions, the store's clock and everything the cluster
+    /// decides by must never see a replica's past.
     pub(crate) async fn read(&self) -> Result<Box<dyn Tx>> {
+        self.primary_read().await
+    }
+
+    /// A connection for a read that only shows something to an API client (an execution, its
+    /// attempts and logs, a list, the audit trail): a replica's when the read runs inside a
+    /// route that may use one (`replicas.rs`), else the primary's.
+    pub(crate) async fn view(&self) -> Result<Box<dyn Tx>> {
         if let Some(tx) = self.replica_read().await {
             return Ok(tx);
         }
         self.primary_read().await
     }
 
-    /// A connection in autocommit mode on the primary, whatever the route.
-    pub(crate) async fn primary_read(&self) -> Result<Box<dyn Tx>> {
+    /// [`Store::view`] for one read whose every row is parsed.
+    pub(crate) async fn view_rows<T>(
+        &self,
+        sql: &str,
+        params: Vec<db::Value>,
+        parse: impl Fn(&db::Row) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        parse_rows(self.view().await?, sql, params, parse).await
+    }
+
+    async fn primary_read(&self) -> Result<Box<dyn Tx>> {
         match &self.backend {
             Backend::Sqlite(p) => p.begin(sqlite::Mode::Read).await,
             Backend::Postgres(p) => p.begin(true).await,
@@ -230,8 +258,7 @@ impl Store {
         params: Vec<db::Value>,
         parse: impl Fn(&db::Row) -> Result<T>,
     ) -> Result<Vec<T>> {
-        let mut c = self.read().await?;
-        c.query(sql, params).await?.iter().map(parse).collect()
+        parse_rows(self.read().await?, sql, params, parse).await
     }
 
     /// What this node's own connection pool is doing: how many connections are in use, for

@@ -1,15 +1,17 @@
 //! Read replicas (PostgreSQL): which autocommit reads go to a streaming replica, and which
 //! replicas are fit to take them.
 //!
-//! Only reads made inside [`Store::routed`] may go to a replica: the API wraps the handlers of
-//! its read requests in it (`crates/api/src/replicas.rs`). Everything else the node reads
-//! (claims, leases, triggers, fencing, authentication) runs outside any route and so on the
-//! primary, as do all writes and every read inside a write transaction.
+//! Only reads that show something to an API client ([`Store::view`]: an execution, its
+//! attempts and logs, the lists, the audit trail) and are made inside [`Store::routed`] may go
+//! to a replica: the API wraps the handlers of its read requests in a route
+//! (`crates/api/src/replicas.rs`). Every other read (authentication, rights, leases, sessions,
+//! the store's clock, claims, triggers, fencing), every write and every read inside a write
+//! transaction is on the primary, inside a route or not.
 //!
 //! A route picks its replica once, when it first reads, from what the last health check saw:
 //! a replica that answered, is still in recovery, lags by less than both limits and, when the
 //! request carries a WAL position (read-your-writes), had replayed at least that far. Every
-//! read of the request then goes there, so one answer never mixes two replicas' views. A
+//! read of the request then goes there, so one answer never mixes two replicas' views (it may mix a replica and the primary after a fallback). A
 //! replica whose connection fails is marked down at once and the read, and the rest of the
 //! request, go to the primary: a replica that dies costs no failed request, also when it dies
 //! between a connection's checkout and its query ([`ReplicaTx`]).
@@ -34,6 +36,8 @@ pub struct MaxLag {
 
 #[derive(Clone, Debug)]
 struct Health {
+    /// When this was found (this node's monotonic clock).
+    checked: Option<std::time::Instant>,
     state: ReplicaState,
     replayed: Option<Lsn>,
     lag_ms: Option<u64>,
@@ -70,6 +74,12 @@ impl Replica {
 
 /// How long one health check of one replica may take before it counts as down.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a read may wait on a replica (a connection, then its answer) before it is made on
+/// the primary instead: a replica that takes connections but never answers costs no more.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// A health check older than this says nothing: the replica takes no reads until the next one
+/// (the `replicas` worker checks every 500 ms; a primary it cannot read stops the checks).
+const STALE: Duration = Duration::from_secs(2);
 
 /// Where a routed request read from: the primary, or the replica at this index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +112,10 @@ impl Replicas {
         // The first fit one, in the configured order: the order is the operator's preference.
         self.list.iter().position(|r| {
             let h = r.health.lock();
-            h.state == ReplicaState::Ok && at_least.is_none_or(|want| h.replayed.is_some_and(|got| got >= want))
+            let fresh = h.checked.is_some_and(|t| t.elapsed() < STALE);
+            fresh
+                && h.state == ReplicaState::Ok
+                && at_least.is_none_or(|want| h.replayed.is_some_and(|got| got >= want))
         })
     }
 }
@@ -131,6 +144,7 @@ impl Store {
                 address,
                 pool,
                 health: Mutex::new(Health {
+                    checked: None,
                     state: ReplicaState::Unknown,
                     replayed: None,
                     lag_ms: None,
@@ -180,7 +194,10 @@ impl Store {
             return None;
         };
         let replica = &replicas.list[i];
-        match replica.pool.begin(true).await {
+        let begun = tokio::time::timeout(READ_TIMEOUT, replica.pool.begin(true)).await.unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(format!("no connection within {}s", READ_TIMEOUT.as_secs())))
+        });
+        match begun {
             Ok(tx) => Some(Box::new(ReplicaTx {
                 inner: tx,
                 on_primary: false,
@@ -219,13 +236,23 @@ impl Store {
     /// behind the primary's position read just before. Returns how many are fit.
     pub async fn check_replicas(&self) -> Result<usize> {
         let Some(replicas) = &self.replicas else { return Ok(0) };
-        let primary = self.wal_position().await?.unwrap_or(Lsn(0));
+        let primary = tokio::time::timeout(CHECK_TIMEOUT, self.wal_position())
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "the primary's WAL position: no answer within {}s",
+                    CHECK_TIMEOUT.as_secs()
+                )))
+            })?
+            .unwrap_or(Lsn(0));
         let checks = replicas.list.iter().map(|r| async move {
             let found = tokio::time::timeout(CHECK_TIMEOUT, check(r)).await.unwrap_or_else(|_| {
                 Err(StoreError::Unavailable(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())))
             });
+            let checked = Some(std::time::Instant::now());
             let health = match found {
                 Ok(Probe { in_recovery: false, .. }) => Health {
+                    checked,
                     state: ReplicaState::Down,
                     replayed: None,
                     lag_ms: None,
@@ -239,6 +266,7 @@ impl Store {
                     let lag_ms = if behind == 0 { 0 } else { p.last_replay_age_ms };
                     let fits = behind <= replicas.max_lag.bytes && lag_ms <= replicas.max_lag.time.as_millis() as u64;
                     Health {
+                        checked,
                         state: if fits { ReplicaState::Ok } else { ReplicaState::Lagging },
                         replayed: p.replayed,
                         lag_ms: Some(lag_ms),
@@ -247,6 +275,7 @@ impl Store {
                     }
                 }
                 Err(e) => Health {
+                    checked,
                     state: ReplicaState::Down,
                     replayed: None,
                     lag_ms: None,
@@ -312,7 +341,10 @@ impl Tx for ReplicaTx {
             self.primary_reads.fetch_add(1, Ordering::Relaxed);
             return self.inner.query(sql, params).await;
         }
-        match self.inner.query(sql, params.clone()).await {
+        let answer = tokio::time::timeout(READ_TIMEOUT, self.inner.query(sql, params.clone()))
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable(format!("no answer within {}s", READ_TIMEOUT.as_secs()))));
+        match answer {
             Ok(rows) => {
                 self.replica.reads.fetch_add(1, Ordering::Relaxed);
                 Ok(rows)
