@@ -299,8 +299,8 @@ fn refine(mut doc: Value) -> Value {
                 "name": "X-Shoal-Position",
                 "in": "header",
                 "required": false,
-                "description": "Read at least this far in the store's history: the `X-Shoal-Position` of an earlier write's answer. With read replicas, such a request reads only from a replica that has replayed that far, else from the primary.",
-                "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"},
+                "description": "Read at least this far in the store's history: the `X-Shoal-Position` of an earlier write's answer (empty is not given). With read replicas, such a request reads only from a replica that has replayed that far, else from the primary.",
+                "schema": {"type": "string", "pattern": "^([0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8})?$"},
             });
             match op.get_mut("parameters").and_then(Value::as_array_mut) {
                 Some(params) => params.push(position),

@@ -51,6 +51,10 @@ fn position(req: &Request) -> Result<Option<Lsn>, ApiError> {
     if values.next().is_some() {
         return Err(ApiError::invalid_position("X-Shoal-Position is given more than once; send it once"));
     }
+    // Empty is not given, as for the query's filters.
+    if value.is_empty() {
+        return Ok(None);
+    }
     value.to_str().ok().and_then(Lsn::parse).map(Some).ok_or_else(|| {
         ApiError::invalid_position(format!(
             "X-Shoal-Position `{}` is not a WAL position: send back the value of an answer's X-Shoal-Position, such as `0/16B3748`",

@@ -349,15 +349,20 @@ impl Tx for ReplicaTx {
                 self.replica.reads.fetch_add(1, Ordering::Relaxed);
                 Ok(rows)
             }
-            Err(e @ StoreError::Unavailable(_)) => {
-                self.replica.failed(&e);
+            // Any other error of a replica (a migration not replayed yet, a conflict with
+            // recovery) is its own, not the read's: the primary answers instead.
+            Err(e) => {
+                if matches!(e, StoreError::Unavailable(_)) {
+                    self.replica.failed(&e);
+                } else {
+                    tracing::warn!(replica = %self.replica.address, error = %e, "a read failed on a replica; reading from the primary");
+                }
                 *self.route.chosen.lock() = Some(Source::Primary);
                 self.inner = self.primary.begin().await?;
                 self.on_primary = true;
                 self.primary_reads.fetch_add(1, Ordering::Relaxed);
                 self.inner.query(sql, params).await
             }
-            Err(e) => Err(e),
         }
     }
 
