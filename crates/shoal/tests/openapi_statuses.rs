@@ -7,8 +7,9 @@
 //!
 //! Most cases are written out, including a second node that holds a local sandbox (requests
 //! it forwarded itself: 409 `sandbox_not_here`; with it stopped: 503 `node_unavailable`);
-//! five kinds run over every operation of the document: a forged forwarding header (401
-//! `invalid_signature`), a foreign `Host` or `Origin` (403 `foreign_host`, `foreign_origin`;
+//! six kinds run over every operation of the document: a forged forwarding header (401
+//! `invalid_signature`), an `X-Shoal-Position` that is not a WAL position (400
+//! `invalid_position`), a foreign `Host` or `Origin` (403 `foreign_host`, `foreign_origin`;
 //! not on the health checks), a body that is not JSON, too large, of another type, or cut short
 //! (400, 413, 415, 400 `bad_request`), and the store cut off (503 `store_unavailable`).
 
@@ -740,6 +741,9 @@ async fn every_status_and_code_the_document_lists_happens() {
     for (id, method, path, json_body) in operations(&doc) {
         let path = concrete(&path);
         p.expect_with(&id, method.clone(), &path, Body::None, &forged, (401, "invalid_signature")).await;
+        // A read-your-writes position that is not one, on any operation, before anything is read.
+        let nonsense = [("x-shoal-position", "yesterday".to_owned())];
+        p.expect_with(&id, method.clone(), &path, Body::None, &nonsense, (400, "invalid_position")).await;
         // A rebound name and a page of another site, refused before anything is read; the
         // health checks take any Host.
         if id != "liveV1" && id != "readyV1" {
