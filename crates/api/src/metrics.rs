@@ -53,6 +53,10 @@ pub struct Metrics {
     pub executions_submitted: Count,
     pub takeovers: Count,
     pub lease_renewal_failures: Count,
+    /// Store outages this node's attempts rode through (every member reported it), and the
+    /// rides that ended by killing the attempts (docs/design/store-outage.md).
+    pub store_outage_rides: Count,
+    pub store_outage_rides_ended: Count,
     pub log_bytes_written: Count,
     /// Schedule firings this node recorded, by whether they started an execution.
     pub firings_started: Count,
@@ -105,6 +109,8 @@ impl Default for Metrics {
             executions_submitted: Count::default(),
             takeovers: Count::default(),
             lease_renewal_failures: Count::default(),
+            store_outage_rides: Count::default(),
+            store_outage_rides_ended: Count::default(),
             log_bytes_written: Count::default(),
             firings_started: Count::default(),
             firings_skipped: Count::default(),
@@ -139,7 +145,7 @@ const UNMATCHED: &str = "unmatched";
 impl Metrics {
     /// Every counter with its name (without `_total`, which the encoder adds) and help
     /// (without the full stop, which it adds too): the one place a counter is named.
-    fn counters(&self) -> [(&'static str, &'static str, &Count); 14] {
+    fn counters(&self) -> [(&'static str, &'static str, &Count); 16] {
         [
             ("shoal_attempts_started", "Attempts this node started", &self.attempts_started),
             ("shoal_attempts_finished", "Attempts this node recorded an end for", &self.attempts_finished),
@@ -156,6 +162,16 @@ impl Metrics {
                 &self.log_follow_reads,
             ),
             ("shoal_lease_renewal_failures", "Failed renewals of this node's lease", &self.lease_renewal_failures),
+            (
+                "shoal_store_outage_rides",
+                "Store outages every member reported, through which this node kept its attempts running",
+                &self.store_outage_rides,
+            ),
+            (
+                "shoal_store_outage_rides_ended",
+                "Rides through a store outage that ended by killing the attempts (a member reached the store or went silent, or the grace ran out)",
+                &self.store_outage_rides_ended,
+            ),
             ("shoal_log_bytes_written", "Bytes of job output written to the store", &self.log_bytes_written),
             (
                 "shoal_schedule_firings_started",

@@ -53,6 +53,10 @@ pub mod keys {
     /// A counter the node bumps when it accepts new work, so peers look for work without
     /// waiting for their poll (stores without notifications: SQLite).
     pub const WORK: &str = "work";
+    /// Whether the node's lease renewals succeed: `reachable` or `unreachable` (from its first
+    /// failed renewal on). A node keeps its attempts through a store outage only while every
+    /// member says `unreachable` (docs/design/store-outage.md in the shoal repository).
+    pub const STORE: &str = "store";
     /// A counter the node bumps when a schedule or listener is defined, changed or deleted
     /// through it, so peers reload definitions without waiting for their next look.
     pub const TRIGGERS: &str = "triggers";

@@ -33,8 +33,9 @@ const SEED_GOSSIP_INTERVAL: Duration = Duration::from_secs(1);
 pub const DYNAMIC_SEED_TTL: Duration = Duration::from_secs(10 * 60);
 
 /// The view is rebuilt at least this often (changes to live nodes rebuild it at once), to catch changes
-/// chitchat does not signal, such as a node heard of but not yet alive.
-const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// chitchat does not signal, such as a node heard of but not yet alive. Short, because a node riding
+/// through a store outage must hear within a bounded time that a peer reaches the store again.
+const REFRESH_INTERVAL: Duration = Duration::from_millis(250);
 
 /// [`Membership::shutdown`] waits this long for the gossip thread to stop.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);

@@ -63,6 +63,7 @@ impl Cluster {
         );
         m.set(keys::CPU, format!("{:.1}", load.cpu));
         m.set(keys::MEMORY, format!("{:.1}", load.memory));
+        self.publish_store(e);
         let peers = m
             .snapshot()
             .into_iter()
@@ -79,6 +80,39 @@ impl Cluster {
             })
             .collect();
         *e.peers.lock() = peers;
+    }
+
+    /// Tells peers whether this node's lease renewals succeed (`keys::STORE`). Called by the
+    /// lease worker after each renewal, and with the other figures.
+    pub fn publish_store(&self, e: &Engine) {
+        self.membership.set(keys::STORE, if e.store_failing() { "unreachable" } else { "reachable" });
+    }
+
+    /// Whether the loss of the store is shared by the whole cluster, as far as this node can
+    /// tell: every other member (a live lease at this node's last renewal, or alive in gossip)
+    /// is alive in gossip and says it cannot reach the store either. `Err` names the first
+    /// member that says otherwise, or cannot be heard. See docs/design/store-outage.md.
+    pub fn shared_loss(&self, e: &Engine) -> Result<(), String> {
+        let me = e.cfg.node_id.as_str();
+        let peers = self.membership.snapshot();
+        let registry = e.members.lock().clone();
+        let mut members: std::collections::BTreeSet<&str> = registry.iter().map(String::as_str).collect();
+        members.extend(peers.iter().filter(|p| p.alive).map(|p| p.id.as_str()));
+        members.remove(me);
+        for id in members {
+            let Some(p) = peers.iter().find(|p| p.id == id) else {
+                return Err(format!("member {id} is not heard of in gossip"));
+            };
+            if !p.alive {
+                return Err(format!("member {id} is not alive in gossip"));
+            }
+            match p.keys.get(keys::STORE).map(String::as_str) {
+                Some("unreachable") => {}
+                Some(other) => return Err(format!("member {id} says the store is {other}")),
+                None => return Err(format!("member {id} says nothing of the store")),
+            }
+        }
+        Ok(())
     }
 
     /// Tells peers through gossip that this node accepted work (for stores that cannot notify).
@@ -129,6 +163,11 @@ impl Cluster {
     /// Ends the leases of nodes gossip has lost whose store session has ended, and takes
     /// their attempts over at once.
     pub async fn take_over_dead(&self, e: &Arc<Engine>) -> Result<Step, String> {
+        // Right after a store outage every store session is gone: a peer alive but cut off
+        // from gossip would look dead. Nothing is ended until this node has renewed for a lease.
+        if e.recovered_lately() {
+            return Ok(Step::Idle);
+        }
         let dead: HashSet<(String, u64)> = self
             .membership
             .snapshot()

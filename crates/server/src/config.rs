@@ -105,6 +105,7 @@ struct RawCluster {
     seeds: Option<Vec<String>>,
     multicast: Option<RawMulticast>,
     drain_deadline: Option<String>,
+    store_outage_grace: Option<String>,
     tls_ca: Option<PathBuf>,
     secrets_key_file: Option<PathBuf>,
     secrets_previous_key_files: Option<Vec<PathBuf>>,
@@ -236,6 +237,10 @@ pub struct ClusterConfig {
     pub multicast: Option<Multicast>,
     /// How long a drain waits for running attempts before handing them back.
     pub drain_deadline: Duration,
+    /// How long a node keeps its attempts running while every member of the cluster reports
+    /// the store unreachable (docs/design/store-outage.md); zero: never, kill at once as a
+    /// node cut off alone does.
+    pub store_outage_grace: Duration,
     /// The CA bundle (PEM) other nodes' certificates are verified against when this node
     /// forwards to them over https; `None`: the system's roots.
     pub tls_ca: Option<PathBuf>,
@@ -316,6 +321,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
             "seeds",
             "multicast",
             "drain_deadline",
+            "store_outage_grace",
             "tls_ca",
             "secrets_key_file",
             "secrets_previous_key_files",
@@ -651,6 +657,13 @@ impl Config {
             .transpose()?;
         let drain_deadline =
             parse_duration("cluster.drain_deadline", &raw.cluster.drain_deadline, Duration::from_secs(300))?;
+        let store_outage_grace =
+            parse_duration("cluster.store_outage_grace", &raw.cluster.store_outage_grace, Duration::from_secs(120))?;
+        if store_outage_grace > Duration::from_secs(3600) {
+            return Err(ConfigError::Invalid(
+                "cluster.store_outage_grace must be at most 1h (0s turns riding through an outage off)".into(),
+            ));
+        }
         let limit = |what: &str, v: Option<f64>| match v {
             Some(p) if !(p > 0.0 && p <= 100.0) => {
                 Err(ConfigError::Invalid(format!("{what} must be a percentage above 0 and at most 100")))
@@ -730,6 +743,7 @@ impl Config {
                 seeds,
                 multicast,
                 drain_deadline,
+                store_outage_grace,
                 tls_ca: raw.cluster.tls_ca,
                 secrets_key_file: raw.cluster.secrets_key_file,
                 secrets_previous_key_files: raw.cluster.secrets_previous_key_files.unwrap_or_default(),

@@ -58,6 +58,9 @@ pub struct EngineConfig {
     pub scratch_dir: PathBuf,
     pub limits: Limits,
     pub drain_deadline: Duration,
+    /// How long attempts may ride through a store outage the whole cluster shares
+    /// (`cluster.store_outage_grace`; zero: never).
+    pub store_outage_grace: Duration,
     /// Where the lease deadline is published to supervisors (see `shoal_runner::deadline`).
     pub deadline_file: PathBuf,
     /// This node's URL, as it advertises it: `SHOAL_SERVER` in each attempt's environment.
@@ -103,6 +106,18 @@ pub struct Engine {
     /// that, so `sent + ttl` is never later than the real expiry.
     pub last_renewal: Mutex<Instant>,
     pub last_store_error: Mutex<Option<String>>,
+    /// When the first of the renewals failing since the last success was sent; `None` while
+    /// renewals succeed. While set, this node takes nothing over (its reaper and failure
+    /// detector wait), and gossip says it cannot reach the store.
+    pub failing_since: Mutex<Option<Instant>>,
+    /// When renewals last succeeded again after failing: for a lease after that, this node
+    /// ends no dead node's lease early (see `Cluster::take_over_dead`).
+    pub recovered_at: Mutex<Option<Instant>>,
+    /// The other nodes whose lease was live at the last successful renewal.
+    pub members: Mutex<Vec<String>>,
+    /// Since when the attempts here ride through a store outage the cluster shares, instead
+    /// of being killed (docs/design/store-outage.md).
+    pub riding: Mutex<Option<Instant>>,
     /// Active, draining or suspended; set through the API.
     state: Mutex<(NodeState, Option<Instant>)>,
     pub load: Mutex<Load>,
@@ -141,6 +156,10 @@ impl Engine {
             life: LifeCycle::default(),
             last_renewal: Mutex::new(Instant::now()),
             last_store_error: Mutex::new(None),
+            failing_since: Mutex::new(None),
+            recovered_at: Mutex::new(None),
+            members: Mutex::new(Vec::new()),
+            riding: Mutex::new(None),
             state: Mutex::new((NodeState::Active, None)),
             load: Mutex::new(Load::default()),
             peers: Mutex::new(Vec::new()),
@@ -309,6 +328,7 @@ impl Engine {
             running: self.running() as i64,
             cpu_permille: (load.cpu * 10.0) as i64,
             memory_permille: (load.memory * 10.0) as i64,
+            failing_ms: self.failing_since.lock().map_or(0, |t| t.elapsed().as_millis().max(1) as i64),
         };
         // A renewal that is merely slow (queued behind another node's write on a shared SQLite
         // file, say) is still worth its wait: cutting it off and starting again only sends it
@@ -328,6 +348,23 @@ impl Engine {
                 *self.last_renewal.lock() = sent;
                 self.publish_deadline(sent_boottime);
                 *self.last_store_error.lock() = None;
+                *self.members.lock() = r.members;
+                if self.failing_since.lock().take().is_some() {
+                    *self.recovered_at.lock() = Some(Instant::now());
+                }
+                if let Some(since) = self.riding.lock().take() {
+                    tracing::warn!(
+                        ride_ms = since.elapsed().as_millis() as u64,
+                        running = self.running(),
+                        "store reachable again; every attempt rode through the outage"
+                    );
+                }
+                if r.extended > 0 {
+                    tracing::warn!(
+                        leases = r.extended,
+                        "first renewal after a store outage nobody renewed through: gave the leases that ran out in it a whole lease back"
+                    );
+                }
                 if r.had_expired {
                     tracing::warn!(
                         "lease had expired before it was renewed; attempts of this node may have been taken over"
@@ -361,6 +398,7 @@ impl Engine {
             }
             Err(err) => {
                 self.metrics.lease_renewal_failures.fetch_add(1, Ordering::Relaxed);
+                self.failing_since.lock().get_or_insert(sent);
                 *self.last_store_error.lock() = Some(err.to_string());
                 Err(err.to_string())
             }
@@ -391,8 +429,34 @@ impl Engine {
         }
     }
 
+    /// Whether this node's renewals are failing: then it takes nothing over. After a store
+    /// outage, its first successful renewal gives back the leases that ran out in it
+    /// (`Store::renew_lease`), and only then may this node reap.
+    pub fn store_failing(&self) -> bool {
+        self.failing_since.lock().is_some()
+    }
+
+    /// Whether renewals failed less than a lease ago: nodes that rode through an outage may
+    /// still be reopening their store sessions, so none is ended as dead yet.
+    pub fn recovered_lately(&self) -> bool {
+        self.store_failing() || self.recovered_at.lock().is_some_and(|t| t.elapsed() < self.cfg.lease_ttl)
+    }
+
+    /// Publishes to supervisors a deadline `margin` from now, for attempts riding through a
+    /// store outage: renewed by every watchdog check, so a node that freezes while riding has
+    /// its children killed `margin` after it stopped looking.
+    pub fn publish_ride_deadline(&self) {
+        let deadline = shoal_runner::deadline::boottime_ms() + self.kill_margin().as_millis() as u64;
+        if let Err(e) = shoal_runner::deadline::write(&self.cfg.deadline_file, deadline) {
+            tracing::warn!(error = %e, path = %self.cfg.deadline_file.display(), "cannot publish the lease deadline");
+        }
+    }
+
     /// Takes over the attempts of nodes whose lease is gone.
     pub async fn reap(self: Arc<Self>) -> Result<Step, String> {
+        if self.store_failing() {
+            return Ok(Step::Idle);
+        }
         let touched = self.store.reap_lost_attempts().await.map_err(|e| e.to_string())?;
         if touched.is_empty() {
             return Ok(Step::Idle);
@@ -929,6 +993,7 @@ mod tests {
             scratch_dir: dir.join("scratch"),
             limits: Limits::default(),
             drain_deadline: Duration::from_secs(60),
+            store_outage_grace: Duration::from_secs(120),
             deadline_file: dir.join("lease-deadline"),
             url: "http://127.0.0.1:1".into(),
             ca_file: None,

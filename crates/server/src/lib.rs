@@ -167,6 +167,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
                 memory: config.executor.memory_limit,
             },
             drain_deadline: config.cluster.drain_deadline,
+            store_outage_grace: config.cluster.store_outage_grace,
             deadline_file: config.data_dir.join("lease-deadline"),
             url: url.clone(),
             ca_file: config.cluster.tls_ca.clone(),
@@ -227,7 +228,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     cluster.publish(&engine);
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    spawn_engine_workers(&engine, &config);
+    spawn_engine_workers(&engine, &cluster, &config);
     if let Some(certificate) = certificate {
         spawn_tls_reload(&engine, certificate);
     }
@@ -355,15 +356,21 @@ async fn start_membership(
 
 /// The engine's workers: the lease, its watchdog, claiming, takeover of lost attempts,
 /// cancel requests and the log watch.
-fn spawn_engine_workers(engine: &Arc<Engine>, config: &Config) {
+fn spawn_engine_workers(engine: &Arc<Engine>, cluster: &Arc<cluster::Cluster>, config: &Config) {
     let beat = (config.cluster.lease_ttl / 5).max(Duration::from_millis(200));
     let poll = config.executor.poll_interval;
     let w = &engine.workers;
     let e = || engine.clone();
     // The lease is retried at its own pace however often it fails: backing off would let it
     // run out while the store is reachable again.
-    w.spawn(Periodic::new("lease", beat, e(), move |e| e.renew_lease(beat)).backoff(Backoff::Never));
-    w.spawn(Watchdog { engine: e() });
+    // Gossip hears at once whether the renewal went through.
+    let lease = Periodic::new("lease", beat, (e(), cluster.clone()), move |(e, c)| async move {
+        let step = e.clone().renew_lease(beat).await;
+        c.publish_store(&e);
+        step
+    });
+    w.spawn(lease.backoff(Backoff::Never));
+    w.spawn(Watchdog { engine: e(), cluster: cluster.clone() });
     w.spawn(
         Periodic::new("dispatcher", poll, e(), |e| async move {
             e.dispatch().await.map(|any| if any { Step::Busy } else { Step::Idle }).map_err(|e| e.to_string())
@@ -389,8 +396,15 @@ fn spawn_tls_reload(engine: &Arc<Engine>, certificate: Arc<tls::CertResolver>) {
 
 /// Kills every attempt before the lease can run out when renewals keep failing: every
 /// `WATCHDOG_EVERY`, whatever the store does (its step never touches the store, nor fails).
+///
+/// Unless the loss is shared (docs/design/store-outage.md): when, at that moment, every
+/// other member says through gossip that it cannot reach the store either, nobody can take
+/// anything over, so the attempts ride through the outage. The ride ends, killing every attempt
+/// at once, as soon as a member reaches the store or cannot be heard, or after
+/// `cluster.store_outage_grace`; it ends without a kill when this node renews again.
 struct Watchdog {
     engine: Arc<Engine>,
+    cluster: Arc<cluster::Cluster>,
 }
 
 #[async_trait::async_trait]
@@ -409,12 +423,60 @@ impl Worker for Watchdog {
         // them over: covers the kill itself and the scheduling of this check.
         let deadline = e.cfg.lease_ttl.saturating_sub(e.kill_margin());
         let since = e.last_renewal.lock().elapsed();
-        if since >= deadline && e.life.cut_off() {
-            tracing::error!(
-                since_ms = since.as_millis() as u64,
-                "cannot renew the lease in time; killing every attempt before it runs out"
-            );
-            e.stop_all(Stop::LeaseLost);
+        if since < deadline {
+            return Ok(Step::Idle);
+        }
+        let riding = *e.riding.lock();
+        if let Some(started) = riding {
+            let grace = e.cfg.store_outage_grace;
+            let end = if started.elapsed() >= grace {
+                Err(format!("the store has been away longer than cluster.store_outage_grace ({grace:?})"))
+            } else {
+                self.cluster.shared_loss(e)
+            };
+            match end {
+                Ok(()) => e.publish_ride_deadline(),
+                Err(why) => {
+                    *e.riding.lock() = None;
+                    e.metrics.store_outage_rides_ended.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        why,
+                        ride_ms = started.elapsed().as_millis() as u64,
+                        "riding through the store outage is no longer safe; killing every attempt"
+                    );
+                    e.stop_all(Stop::LeaseLost);
+                }
+            }
+            return Ok(Step::Idle);
+        }
+        if !e.life.cut_off() {
+            // Cut off already: the attempts were killed (or rode and then were).
+            return Ok(Step::Idle);
+        }
+        let shared = if e.cfg.store_outage_grace.is_zero() {
+            Err("cluster.store_outage_grace is 0s".to_owned())
+        } else {
+            self.cluster.shared_loss(e)
+        };
+        match shared {
+            Ok(()) => {
+                *e.riding.lock() = Some(std::time::Instant::now());
+                e.metrics.store_outage_rides.fetch_add(1, Ordering::Relaxed);
+                e.publish_ride_deadline();
+                tracing::warn!(
+                    since_ms = since.as_millis() as u64,
+                    running = e.running(),
+                    "cannot renew the lease, and no member of the cluster reaches the store either; the attempts ride through the outage"
+                );
+            }
+            Err(why) => {
+                tracing::error!(
+                    since_ms = since.as_millis() as u64,
+                    why,
+                    "cannot renew the lease in time; killing every attempt before it runs out"
+                );
+                e.stop_all(Stop::LeaseLost);
+            }
         }
         Ok(Step::Idle)
     }

@@ -31,6 +31,9 @@ pub struct NodeStatus {
     /// Machine CPU and memory use, in tenths of a percent.
     pub cpu_permille: i64,
     pub memory_permille: i64,
+    /// How long this node's renewals had been failing before this one, in milliseconds on the
+    /// node's own clock (0: the last one succeeded). See [`Store::renew_lease`].
+    pub failing_ms: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -45,6 +48,12 @@ pub struct Renewal {
     /// The lease had already run out when it was renewed: other nodes may have taken this
     /// node's attempts in the meantime.
     pub had_expired: bool,
+    /// How many other nodes' leases this renewal extended, as the first after a gap in which
+    /// no node renewed (see [`Store::renew_lease`]).
+    pub extended: u64,
+    /// The other nodes whose lease is live, as of this renewal: the members a node asks,
+    /// through gossip, whether they reach the store when its own renewals fail.
+    pub members: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -77,6 +86,7 @@ impl Store {
     pub async fn register_node(&self, reg: &NodeRegistration, ttl: Duration) -> Result<NodeLease> {
         let tags = serde_json::to_string(&reg.tags).map_err(|e| StoreError::Internal(e.to_string()))?;
         let mut tx = self.begin_write().await?;
+        lock_every_node(tx.as_mut()).await?;
         // An earlier process of this node that did not stop gracefully died, whether or not
         // its lease had run out yet: cluster listeners hear of it.
         let previous = query_one(
@@ -114,11 +124,21 @@ impl Store {
         .await?
         .ok_or_else(|| StoreError::Internal("node upsert returned no row".into()))?;
         crate::listeners::insert_node_event(tx.as_mut(), &reg.id, row.i64(0)?, "node_joined").await?;
+        // A node that joins after nobody renewed for a whole lease (the store was away from
+        // every node, or every node was down) gives the leases that ran out meanwhile back
+        // before its reaper can take them: see `after_a_shared_gap`.
+        after_a_shared_gap(tx.as_mut(), &reg.id, ttl_ms(ttl), ttl_ms(ttl)).await?;
         tx.commit().await?;
         Ok(NodeLease { generation: row.i64(0)?, expires_at: row.i64(1)? })
     }
 
     /// Extends the node's lease to `now + ttl` (store time) and publishes its state and load.
+    ///
+    /// A renewal whose node had been failing to renew (`status.failing_ms > 0`), when no other
+    /// node renewed in that time either, is the first after a store outage the whole cluster
+    /// shared: it also gives every lease that ran out in the gap, or is about to, a whole
+    /// lease from now, so that nodes which kept their attempts running through the outage
+    /// (docs/design/store-outage.md) have the time to renew before anyone takes them over.
     pub async fn renew_lease(
         &self,
         node: &str,
@@ -175,6 +195,9 @@ impl Store {
         ttl: Duration,
         status: &NodeStatus,
     ) -> Result<Renewal> {
+        if status.failing_ms > 0 {
+            lock_every_node(tx.as_mut()).await?;
+        }
         let row = query_one(
             tx.as_mut(),
             "SELECT generation, lease_expires_at < {now}, state FROM nodes WHERE id = $1 {for_update}",
@@ -195,6 +218,17 @@ impl Store {
             return Err(StoreError::LeaseEnded);
         }
         let had_expired = row.i64(1)? != 0;
+        let extended = if status.failing_ms > 0 {
+            after_a_shared_gap(tx.as_mut(), node, status.failing_ms, ttl_ms(ttl)).await?
+        } else {
+            0
+        };
+        let members = tx
+            .query("SELECT id FROM nodes WHERE id <> $1 AND lease_expires_at > {now} ORDER BY id", vec![node.into()])
+            .await?
+            .iter()
+            .map(|r| r.text(0))
+            .collect::<Result<Vec<_>>>()?;
         let row = query_one(
             tx.as_mut(),
             "UPDATE nodes SET lease_expires_at = {now} + $3, renewed_at = {now}, state = $4, running = $5,
@@ -213,7 +247,7 @@ impl Store {
         .await?
         .ok_or(StoreError::LeaseLost(current))?;
         tx.commit().await?;
-        Ok(Renewal { expires_at: row.i64(0)?, had_expired })
+        Ok(Renewal { expires_at: row.i64(0)?, had_expired, extended, members })
     }
 
     /// Ends the node's lease at once (clean shutdown), so nothing waits for it to expire.
@@ -282,6 +316,42 @@ impl Store {
     }
 }
 
+/// The store's half of riding through an outage (docs/design/store-outage.md): if no node but
+/// `node` renewed in the last `gap_ms` (store time), every lease other than `node`'s that ran
+/// out after the latest renewal `S` of any other node, or that ends within `ttl_ms`, is set to
+/// end `ttl_ms` from now. Leases that ran out before `S` (their owners were gone while others
+/// still renewed), released ones and ended ones are left alone. Returns how many were extended.
+///
+/// The caller has locked every row with [`lock_every_node`] before any other.
+async fn after_a_shared_gap(tx: &mut dyn Tx, node: &str, gap_ms: i64, ttl_ms: i64) -> Result<u64> {
+    let last = query_one(
+        tx,
+        "SELECT MAX(renewed_at), {now} FROM nodes WHERE id <> $1 AND state NOT IN ('stopped', 'lost')",
+        vec![node.into()],
+    )
+    .await?;
+    let Some(last) = last else { return Ok(0) };
+    // No other node: nothing to give back.
+    let Some(latest) = last.opt_i64(0)? else { return Ok(0) };
+    if latest > last.i64(1)? - gap_ms {
+        return Ok(0);
+    }
+    tx.execute(
+        "UPDATE nodes SET lease_expires_at = {now} + $3
+         WHERE id <> $1 AND state NOT IN ('stopped', 'lost') AND lease_expires_at > $2
+           AND lease_expires_at < {now} + $3",
+        vec![node.into(), latest.into(), ttl_ms.into()],
+    )
+    .await
+}
+
+/// Locks every node's row, in id order, before a transaction that may change other nodes'
+/// rows: two of them at once, each holding its own row first, would deadlock on each other's.
+/// (An ordinary renewal locks its own row alone, so it never waits while holding one.)
+async fn lock_every_node(tx: &mut dyn Tx) -> Result<()> {
+    tx.query("SELECT id FROM nodes ORDER BY id {for_update}", vec![]).await.map(drop)
+}
+
 fn node_row(r: &Row) -> Result<NodeRow> {
     Ok(NodeRow {
         id: r.text(0)?,
@@ -322,7 +392,7 @@ mod tests {
     }
 
     const STATUS: NodeStatus =
-        NodeStatus { state: RegistryState::Active, running: 0, cpu_permille: 0, memory_permille: 0 };
+        NodeStatus { state: RegistryState::Active, running: 0, cpu_permille: 0, memory_permille: 0, failing_ms: 0 };
     const BOUND: Duration = Duration::from_millis(300);
 
     /// A renewal that cannot finish in time says whether this node's own pool or the store

@@ -35,7 +35,13 @@ fn node(id: &str) -> NodeRegistration {
 }
 
 fn status() -> NodeStatus {
-    NodeStatus { state: shoal_core::placement::RegistryState::Active, running: 0, cpu_permille: 0, memory_permille: 0 }
+    NodeStatus {
+        state: shoal_core::placement::RegistryState::Active,
+        running: 0,
+        cpu_permille: 0,
+        memory_permille: 0,
+        failing_ms: 0,
+    }
 }
 
 fn inline() -> NewExecution {

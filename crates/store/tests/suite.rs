@@ -55,6 +55,7 @@ suite!(
     retries_wait_for_backoff,
     cancel_rules,
     leases_and_takeover,
+    only_a_renewal_after_a_gap_nobody_renewed_in_gives_leases_back,
     recover_own_attempts_after_restart,
     logs_read_in_order,
     concurrent_claimers_never_share_an_execution,
@@ -84,7 +85,13 @@ fn node(id: &str) -> NodeRegistration {
 }
 
 fn status(running: i64) -> NodeStatus {
-    NodeStatus { state: shoal_core::placement::RegistryState::Active, running, cpu_permille: 0, memory_permille: 0 }
+    NodeStatus {
+        state: shoal_core::placement::RegistryState::Active,
+        running,
+        cpu_permille: 0,
+        memory_permille: 0,
+        failing_ms: 0,
+    }
 }
 
 fn new_exec(spec: RunSpec) -> NewExecution {
@@ -407,6 +414,58 @@ async fn leases_and_takeover(f: Fixture) {
     })
     .await;
     assert!(s.renew_lease("n3", 1, Duration::from_secs(60), &status(0)).await.unwrap().had_expired);
+}
+
+/// The store's half of riding through an outage (docs/design/store-outage.md).
+async fn only_a_renewal_after_a_gap_nobody_renewed_in_gives_leases_back(f: Fixture) {
+    let s = &f.store;
+    let ttl = Duration::from_millis(300);
+    let live = |id: &'static str| async move {
+        let nodes = s.list_nodes().await.unwrap();
+        let n = nodes.iter().find(|n| n.id == id).unwrap();
+        n.lease_expires_at > n.now
+    };
+    // Whether `id` last renewed more than `ms` ago, on the store's clock.
+    let quiet = |id: &'static str, ms: i64| async move {
+        let nodes = s.list_nodes().await.unwrap();
+        let n = nodes.iter().find(|n| n.id == id).unwrap();
+        n.now - n.renewed_at > ms
+    };
+    let failing = |ms: i64| NodeStatus { failing_ms: ms, ..status(0) };
+    // n3's lease runs out before the others renew last: it was gone while they still renewed.
+    s.register_node(&node("n3"), Duration::ZERO).await.unwrap();
+    s.register_node(&node("n1"), ttl).await.unwrap();
+    s.register_node(&node("n2"), ttl).await.unwrap();
+    // A renewal by a node that never failed gives nothing back.
+    let r = s.renew_lease("n1", 1, ttl, &status(0)).await.unwrap();
+    assert_eq!((r.extended, r.members.clone()), (0, vec!["n2".to_owned()]));
+    // Nobody renews for longer than a lease: n1 and n2 run out.
+    shoal_testkit::wait_until_async("a gap of 400 ms", Duration::from_secs(5), || async { quiet("n2", 400).await })
+        .await;
+    // n1 comes back, having failed for 350 ms in which nobody renewed: n2's lease, which ran
+    // out in the gap, gets a whole lease from now; n3's, gone before it, does not.
+    let r = s.renew_lease("n1", 1, ttl, &failing(350)).await.unwrap();
+    assert!(r.had_expired);
+    assert_eq!(r.extended, 1);
+    assert_eq!(r.members, vec!["n2".to_owned()], "n2 is live again, n3 is not");
+    assert!(live("n2").await && !live("n3").await);
+    // A failing renewal during which another node renewed gives nothing back.
+    s.renew_lease("n2", 1, ttl, &status(0)).await.unwrap();
+    assert_eq!(s.renew_lease("n1", 1, ttl, &failing(10_000)).await.unwrap().extended, 0);
+    // A released lease is never given back, however long the gap.
+    s.release_lease("n2", 1).await.unwrap();
+    shoal_testkit::wait_until_async("n1's lease to run out", Duration::from_secs(5), || async { !live("n1").await })
+        .await;
+    assert_eq!(s.renew_lease("n1", 1, ttl, &failing(60_000)).await.unwrap().extended, 0);
+    assert!(!live("n2").await && !live("n3").await);
+    // A node that joins after nobody renewed for a whole lease gives back what ran out in that
+    // gap (n1's lease) before its reaper runs.
+    shoal_testkit::wait_until_async("a gap of a whole lease", Duration::from_secs(5), || async {
+        quiet("n1", 2 * 300).await
+    })
+    .await;
+    s.register_node(&node("n4"), ttl).await.unwrap();
+    assert!(live("n1").await && !live("n2").await && !live("n3").await);
 }
 
 async fn recover_own_attempts_after_restart(f: Fixture) {

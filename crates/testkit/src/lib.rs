@@ -8,7 +8,7 @@
 mod pg;
 mod wait;
 
-pub use pg::{postgres, psql, PgReplica, PgServer};
+pub use pg::{multi_host_url, postgres, psql, PgReplica, PgServer};
 #[cfg(feature = "procs")]
 pub use shoal_procs as procs;
 pub use wait::wait_until;

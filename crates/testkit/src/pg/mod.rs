@@ -53,6 +53,14 @@ fn url(port: u16, db: &str) -> String {
     format!("postgres://{SUPERUSER}@127.0.0.1:{port}/{db}")
 }
 
+/// The URL of database `db` on every server of `ports`, in that order, asking for the one that
+/// takes writes (`target_session_attrs=read-write`): what a node is given to find a promoted
+/// replica again after a failover.
+pub fn multi_host_url(ports: &[u16], db: &str) -> String {
+    let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    format!("postgres://{SUPERUSER}@{}/{db}?target_session_attrs=read-write", hosts.join(","))
+}
+
 /// Appends `text` to the data directory's `postgresql.conf`; later lines win.
 fn append_config(data: &Path, text: &str) -> Result<(), String> {
     let path = data.join("postgresql.conf");
@@ -120,6 +128,21 @@ pub struct PgServer {
 impl PgServer {
     fn start() -> Result<PgServer, String> {
         Self::start_with(|_| Ok(()))
+    }
+
+    /// A server of its own (not the process's shared one), for a test that kills it or
+    /// promotes a replica over it. Stopped and removed when dropped.
+    pub fn start_private() -> PgServer {
+        match Self::start() {
+            Ok(server) => server,
+            Err(e) => panic!("cannot start a PostgreSQL server: {e}"),
+        }
+    }
+
+    /// Stops the server at once, as a crash would (immediate shutdown): every connection to
+    /// it ends. Its data directory stays until it is dropped.
+    pub fn kill(&self) {
+        self.inst.stop();
     }
 
     /// A server of its own (not the process's shared one) with TLS on, presenting the PEM
