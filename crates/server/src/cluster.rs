@@ -90,29 +90,31 @@ impl Cluster {
 
     /// Whether the loss of the store is shared by the whole cluster, as far as this node can
     /// tell: every other member (a live lease at this node's last renewal, or alive in gossip)
-    /// is alive in gossip and says it cannot reach the store either. `Err` names the first
-    /// member that says otherwise, or cannot be heard. See docs/design/store-outage.md.
-    pub fn shared_loss(&self, e: &Engine) -> Result<(), String> {
+    /// is alive in gossip and says it cannot reach the store either. See
+    /// docs/design/store-outage.md.
+    pub fn shared_loss(&self, e: &Engine) -> Loss {
         let me = e.cfg.node_id.as_str();
         let peers = self.membership.snapshot();
         let registry = e.members.lock().clone();
         let mut members: std::collections::BTreeSet<&str> = registry.iter().map(String::as_str).collect();
         members.extend(peers.iter().filter(|p| p.alive).map(|p| p.id.as_str()));
         members.remove(me);
+        let mut reached = None;
         for id in members {
             let Some(p) = peers.iter().find(|p| p.id == id) else {
-                return Err(format!("member {id} is not heard of in gossip"));
+                return Loss::Unheard(format!("member {id} is not heard of in gossip"));
             };
             if !p.alive {
-                return Err(format!("member {id} is not alive in gossip"));
+                return Loss::Unheard(format!("member {id} is not alive in gossip"));
             }
             match p.keys.get(keys::STORE).map(String::as_str) {
                 Some("unreachable") => {}
-                Some(other) => return Err(format!("member {id} says the store is {other}")),
-                None => return Err(format!("member {id} says nothing of the store")),
+                Some("reachable") => reached = reached.or(Some(format!("member {id} reaches the store"))),
+                Some(other) => return Loss::Unheard(format!("member {id} says the store is {other}")),
+                None => return Loss::Unheard(format!("member {id} says nothing of the store")),
             }
         }
-        Ok(())
+        reached.map_or(Loss::Shared, Loss::Reached)
     }
 
     /// Tells peers through gossip that this node accepted work (for stores that cannot notify).
@@ -213,6 +215,20 @@ impl Cluster {
         }
         Ok(Step::Idle)
     }
+}
+
+/// What [`Cluster::shared_loss`] finds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// Every other member is alive in gossip and cannot reach the store.
+    Shared,
+    /// A member reaches the store (the first one named): the store is back, and that member's
+    /// first renewal gave this node's lease back for a whole lease, counted from before it
+    /// said so; this node must renew or kill within that.
+    Reached(String),
+    /// A member cannot be heard, or says something else: it might reach the store and take
+    /// this node's attempts over at any moment.
+    Unheard(String),
 }
 
 /// The local sandboxes and the partitions (`sandbox/partition`) that `node` holds.

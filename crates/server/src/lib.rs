@@ -370,7 +370,7 @@ fn spawn_engine_workers(engine: &Arc<Engine>, cluster: &Arc<cluster::Cluster>, c
         step
     });
     w.spawn(lease.backoff(Backoff::Never));
-    w.spawn(Watchdog { engine: e(), cluster: cluster.clone() });
+    w.spawn(Watchdog { engine: e(), cluster: cluster.clone(), linger: ride_linger(config), heard_back: None });
     w.spawn(
         Periodic::new("dispatcher", poll, e(), |e| async move {
             e.dispatch().await.map(|any| if any { Step::Busy } else { Step::Idle }).map_err(|e| e.to_string())
@@ -405,6 +405,30 @@ fn spawn_tls_reload(engine: &Arc<Engine>, certificate: Arc<tls::CertResolver>) {
 struct Watchdog {
     engine: Arc<Engine>,
     cluster: Arc<cluster::Cluster>,
+    /// How long a ride may go on after a member says it reaches the store again (see
+    /// [`ride_linger`]); zero: riding is off.
+    linger: Duration,
+    /// When, in this ride, a member was first heard to reach the store.
+    heard_back: Option<std::time::Instant>,
+}
+
+/// The longest a peer's word in gossip can be out of date while gossip still calls it alive:
+/// its failure detector's time to notice silence (about five gossip intervals, see
+/// `shoal_cluster::Membership`) and the refresh of this node's view.
+fn heard_within(config: &Config) -> Duration {
+    config.cluster.gossip_interval * 5 + Duration::from_millis(250)
+}
+
+/// How long a riding node may keep its attempts after a member says it reaches the store
+/// again: that member's first renewal gave this node's lease back until a whole lease after
+/// it, at most `heard_within` before this node heard of it, and the children must be dead a
+/// margin before that. Zero when the lease is too short for the gossip interval: then a
+/// member that goes silent could not be told from one that took over in time, and nothing
+/// rides (docs/design/store-outage.md).
+fn ride_linger(config: &Config) -> Duration {
+    let ttl = config.cluster.lease_ttl;
+    let margin = (ttl / 5).max(Duration::from_millis(500));
+    ttl.saturating_sub(margin).saturating_sub(heard_within(config))
 }
 
 #[async_trait::async_trait]
@@ -432,7 +456,22 @@ impl Worker for Watchdog {
             let end = if started.elapsed() >= grace {
                 Err(format!("the store has been away longer than cluster.store_outage_grace ({grace:?})"))
             } else {
-                self.cluster.shared_loss(e)
+                match self.cluster.shared_loss(e) {
+                    cluster::Loss::Shared if self.heard_back.is_none() => Ok(()),
+                    // Heard once, it counts for the rest of the ride.
+                    cluster::Loss::Shared | cluster::Loss::Reached(_) => {
+                        let heard = *self.heard_back.get_or_insert_with(std::time::Instant::now);
+                        if heard.elapsed() < self.linger {
+                            Ok(())
+                        } else {
+                            Err(format!(
+                                "a member reaches the store again, and this node has not renewed within {:?}",
+                                self.linger
+                            ))
+                        }
+                    }
+                    cluster::Loss::Unheard(why) => Err(why),
+                }
             };
             match end {
                 Ok(()) => e.publish_ride_deadline(),
@@ -455,11 +494,17 @@ impl Worker for Watchdog {
         }
         let shared = if e.cfg.store_outage_grace.is_zero() {
             Err("cluster.store_outage_grace is 0s".to_owned())
+        } else if self.linger.is_zero() {
+            Err("cluster.lease_ttl is too short for cluster.gossip_interval to ride through an outage".to_owned())
         } else {
-            self.cluster.shared_loss(e)
+            match self.cluster.shared_loss(e) {
+                cluster::Loss::Shared => Ok(()),
+                cluster::Loss::Reached(why) | cluster::Loss::Unheard(why) => Err(why),
+            }
         };
         match shared {
             Ok(()) => {
+                self.heard_back = None;
                 *e.riding.lock() = Some(std::time::Instant::now());
                 e.metrics.store_outage_rides.fetch_add(1, Ordering::Relaxed);
                 e.publish_ride_deadline();

@@ -48,8 +48,8 @@ pub struct Renewal {
     /// The lease had already run out when it was renewed: other nodes may have taken this
     /// node's attempts in the meantime.
     pub had_expired: bool,
-    /// How many other nodes' leases this renewal extended, as the first after a gap in which
-    /// no node renewed (see [`Store::renew_lease`]).
+    /// How many other nodes' leases that had run out since the last renewal by anyone this
+    /// renewal gave back, as a possible first write after a store outage ([`Store::renew_lease`]).
     pub extended: u64,
     /// The other nodes whose lease is live, as of this renewal: the members a node asks,
     /// through gossip, whether they reach the store when its own renewals fail.
@@ -87,6 +87,9 @@ impl Store {
         let tags = serde_json::to_string(&reg.tags).map_err(|e| StoreError::Internal(e.to_string()))?;
         let mut tx = self.begin_write().await?;
         lock_every_node(tx.as_mut()).await?;
+        // A node that joins may be the first to write after a store outage: the leases that
+        // ran out in it are given back before its reaper can take them (`give_back`).
+        give_back(tx.as_mut(), &reg.id, ttl_ms(ttl)).await?;
         // An earlier process of this node that did not stop gracefully died, whether or not
         // its lease had run out yet: cluster listeners hear of it.
         let previous = query_one(
@@ -124,21 +127,17 @@ impl Store {
         .await?
         .ok_or_else(|| StoreError::Internal("node upsert returned no row".into()))?;
         crate::listeners::insert_node_event(tx.as_mut(), &reg.id, row.i64(0)?, "node_joined").await?;
-        // A node that joins after nobody renewed for a whole lease (the store was away from
-        // every node, or every node was down) gives the leases that ran out meanwhile back
-        // before its reaper can take them: see `after_a_shared_gap`.
-        after_a_shared_gap(tx.as_mut(), &reg.id, ttl_ms(ttl), ttl_ms(ttl)).await?;
         tx.commit().await?;
         Ok(NodeLease { generation: row.i64(0)?, expires_at: row.i64(1)? })
     }
 
     /// Extends the node's lease to `now + ttl` (store time) and publishes its state and load.
     ///
-    /// A renewal whose node had been failing to renew (`status.failing_ms > 0`), when no other
-    /// node renewed in that time either, is the first after a store outage the whole cluster
-    /// shared: it also gives every lease that ran out in the gap, or is about to, a whole
-    /// lease from now, so that nodes which kept their attempts running through the outage
-    /// (docs/design/store-outage.md) have the time to renew before anyone takes them over.
+    /// A renewal whose node had been failing to renew (`status.failing_ms > 0`) may be the
+    /// first write after a store outage: it also gives back the leases that ran out since the
+    /// last renewal by anyone (`give_back`), so that nodes which kept their attempts running
+    /// through the outage (docs/design/store-outage.md) have a whole lease to renew in before
+    /// anyone takes them over.
     pub async fn renew_lease(
         &self,
         node: &str,
@@ -218,11 +217,7 @@ impl Store {
             return Err(StoreError::LeaseEnded);
         }
         let had_expired = row.i64(1)? != 0;
-        let extended = if status.failing_ms > 0 {
-            after_a_shared_gap(tx.as_mut(), node, status.failing_ms, ttl_ms(ttl)).await?
-        } else {
-            0
-        };
+        let extended = if status.failing_ms > 0 { give_back(tx.as_mut(), node, ttl_ms(ttl)).await? } else { 0 };
         let members = tx
             .query("SELECT id FROM nodes WHERE id <> $1 AND lease_expires_at > {now} ORDER BY id", vec![node.into()])
             .await?
@@ -316,33 +311,38 @@ impl Store {
     }
 }
 
-/// The store's half of riding through an outage (docs/design/store-outage.md): if no node but
-/// `node` renewed in the last `gap_ms` (store time), every lease other than `node`'s that ran
-/// out after the latest renewal `S` of any other node, or that ends within `ttl_ms`, is set to
-/// end `ttl_ms` from now. Leases that ran out before `S` (their owners were gone while others
-/// still renewed), released ones and ended ones are left alone. Returns how many were extended.
+/// The store's half of riding through an outage (docs/design/store-outage.md). `S` is the
+/// latest renewal by any node (this one's last included): nobody renewed after it. Every
+/// lease but `node`'s that ran out after `S`, or ends within `ttl_ms`, is set to end `ttl_ms`
+/// from now. Leases that ran out before `S` stay out: a node renewed after they had, so their
+/// owners were not riding (a rider's lease ends after the moment every member had failed).
+/// Released and ended leases stay out. Returns how many that had run out were given back.
+///
+/// Cheap and harmless when there was no outage: live leases only move a little later, and a
+/// lease that ran out a moment ago waits one lease longer to be taken over.
 ///
 /// The caller has locked every row with [`lock_every_node`] before any other.
-async fn after_a_shared_gap(tx: &mut dyn Tx, node: &str, gap_ms: i64, ttl_ms: i64) -> Result<u64> {
-    let last = query_one(
+async fn give_back(tx: &mut dyn Tx, node: &str, ttl_ms: i64) -> Result<u64> {
+    let latest = query_one(tx, "SELECT MAX(renewed_at) FROM nodes WHERE state NOT IN ('stopped', 'lost')", vec![])
+        .await?
+        .map(|r| r.opt_i64(0))
+        .transpose()?
+        .flatten();
+    let Some(latest) = latest else { return Ok(0) };
+    let which = "id <> $1 AND state NOT IN ('stopped', 'lost') AND lease_expires_at > $2";
+    let ran_out = query_one(
         tx,
-        "SELECT MAX(renewed_at), {now} FROM nodes WHERE id <> $1 AND state NOT IN ('stopped', 'lost')",
-        vec![node.into()],
+        &format!("SELECT COUNT(*) FROM nodes WHERE {which} AND lease_expires_at <= {{now}}"),
+        vec![node.into(), latest.into()],
     )
-    .await?;
-    let Some(last) = last else { return Ok(0) };
-    // No other node: nothing to give back.
-    let Some(latest) = last.opt_i64(0)? else { return Ok(0) };
-    if latest > last.i64(1)? - gap_ms {
-        return Ok(0);
-    }
+    .await?
+    .map_or(Ok(0), |r| r.i64(0))?;
     tx.execute(
-        "UPDATE nodes SET lease_expires_at = {now} + $3
-         WHERE id <> $1 AND state NOT IN ('stopped', 'lost') AND lease_expires_at > $2
-           AND lease_expires_at < {now} + $3",
+        &format!("UPDATE nodes SET lease_expires_at = {{now}} + $3 WHERE {which} AND lease_expires_at < {{now}} + $3"),
         vec![node.into(), latest.into(), ttl_ms.into()],
     )
-    .await
+    .await?;
+    Ok(ran_out as u64)
 }
 
 /// Locks every node's row, in id order, before a transaction that may change other nodes'

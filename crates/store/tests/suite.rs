@@ -55,7 +55,7 @@ suite!(
     retries_wait_for_backoff,
     cancel_rules,
     leases_and_takeover,
-    only_a_renewal_after_a_gap_nobody_renewed_in_gives_leases_back,
+    the_first_write_after_an_outage_gives_back_the_leases_that_ran_out_in_it,
     recover_own_attempts_after_restart,
     logs_read_in_order,
     concurrent_claimers_never_share_an_execution,
@@ -417,7 +417,7 @@ async fn leases_and_takeover(f: Fixture) {
 }
 
 /// The store's half of riding through an outage (docs/design/store-outage.md).
-async fn only_a_renewal_after_a_gap_nobody_renewed_in_gives_leases_back(f: Fixture) {
+async fn the_first_write_after_an_outage_gives_back_the_leases_that_ran_out_in_it(f: Fixture) {
     let s = &f.store;
     let ttl = Duration::from_millis(300);
     let live = |id: &'static str| async move {
@@ -440,16 +440,16 @@ async fn only_a_renewal_after_a_gap_nobody_renewed_in_gives_leases_back(f: Fixtu
     let r = s.renew_lease("n1", 1, ttl, &status(0)).await.unwrap();
     assert_eq!((r.extended, r.members.clone()), (0, vec!["n2".to_owned()]));
     // Nobody renews for longer than a lease: n1 and n2 run out.
-    shoal_testkit::wait_until_async("a gap of 400 ms", Duration::from_secs(5), || async { quiet("n2", 400).await })
+    shoal_testkit::wait_until_async("a gap of 400 ms", Duration::from_secs(5), || async { quiet("n1", 400).await })
         .await;
-    // n1 comes back, having failed for 350 ms in which nobody renewed: n2's lease, which ran
-    // out in the gap, gets a whole lease from now; n3's, gone before it, does not.
+    // n1 comes back after failing: n2's lease, which ran out after the last renewal by
+    // anyone, gets a whole lease from now; n3's, gone before it, does not.
     let r = s.renew_lease("n1", 1, ttl, &failing(350)).await.unwrap();
     assert!(r.had_expired);
     assert_eq!(r.extended, 1);
     assert_eq!(r.members, vec!["n2".to_owned()], "n2 is live again, n3 is not");
     assert!(live("n2").await && !live("n3").await);
-    // A failing renewal during which another node renewed gives nothing back.
+    // A failing renewal just after another node renewed finds nothing run out to give back.
     s.renew_lease("n2", 1, ttl, &status(0)).await.unwrap();
     assert_eq!(s.renew_lease("n1", 1, ttl, &failing(10_000)).await.unwrap().extended, 0);
     // A released lease is never given back, however long the gap.
@@ -458,8 +458,8 @@ async fn only_a_renewal_after_a_gap_nobody_renewed_in_gives_leases_back(f: Fixtu
         .await;
     assert_eq!(s.renew_lease("n1", 1, ttl, &failing(60_000)).await.unwrap().extended, 0);
     assert!(!live("n2").await && !live("n3").await);
-    // A node that joins after nobody renewed for a whole lease gives back what ran out in that
-    // gap (n1's lease) before its reaper runs.
+    // A node that joins gives back what ran out since the last renewal (n1's lease) before
+    // its reaper can run.
     shoal_testkit::wait_until_async("a gap of a whole lease", Duration::from_secs(5), || async {
         quiet("n1", 2 * 300).await
     })
