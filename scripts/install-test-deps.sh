@@ -2,6 +2,7 @@
 # Installs what the test suite needs beyond the Rust toolchain: PostgreSQL's
 # server programs and psql, which shoal-testkit runs as throwaway servers, and
 # faketime, which runs a node with a skewed clock (tests/triggers_kill.rs), and
+# iproute2's ip, for network namespaces (tests/store_outage.rs), and
 # Python's croniter, the independent cron implementation that shoal's schedules
 # are compared with (crates/core/tests/cron_vixie_differential.rs), and
 # schemathesis, which fuzzes a node against its OpenAPI document.
@@ -82,6 +83,13 @@ if ! command -v faketime >/dev/null 2>&1; then
     did+=("installed faketime")
 fi
 
+# `ip`, which puts a node in a network namespace of its own to cut it off from gossip
+# (crates/shoal/tests/common/netns.rs).
+if ! command -v ip >/dev/null 2>&1; then
+    apt_install iproute2
+    did+=("installed iproute2")
+fi
+
 # Python tools, pinned: the cron differential test relies on croniter's
 # day_or/implement_cron_bug semantics; schemathesis fuzzes a node against its
 # OpenAPI document (crates/shoal/tests/openapi_fuzz.rs).
@@ -132,7 +140,7 @@ if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
 fi
 
 if [[ ${#did[@]} -eq 0 ]]; then
-    echo "install-test-deps: PostgreSQL ($bindir), faketime, croniter $CRONITER_VERSION and schemathesis $SCHEMATHESIS_VERSION already present; nothing to do"
+    echo "install-test-deps: PostgreSQL ($bindir), faketime, ip, croniter $CRONITER_VERSION and schemathesis $SCHEMATHESIS_VERSION already present; nothing to do"
 else
     echo "install-test-deps: $(IFS=,; echo "${did[*]}" | sed 's/,/, /g') ($bindir)"
 fi

@@ -1,6 +1,7 @@
 //! Test harness: real nodes (in-process, on port 0) on a real store, and an HTTP client.
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod procs;
 pub mod proxy;
 
