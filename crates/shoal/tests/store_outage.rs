@@ -6,15 +6,18 @@
 //!   `store_unavailable` and change nothing;
 //! - an outage longer than `cluster.store_outage_grace`: every attempt is killed when the grace
 //!   runs out, runs again once the store is back, and no two attempts of one execution overlap;
-//! - the same 20 s outage with one node (a real process in a network namespace of its own) also
-//!   cut off from gossip: its attempts stop before its lease ends, and run again after the store
-//!   returns, never beside an earlier attempt.
+//! - the same 20 s outage with one node (a real process in a network namespace of its own, on
+//!   the store's Unix sockets) also cut off from gossip: its attempts stop before its lease
+//!   ends. The others cannot hear it either, and it might reach the store and take their
+//!   attempts over, so they stop theirs too; every execution runs again after the store
+//!   returns, never beside its earlier attempt.
 //!
 //! Every attempt writes a heartbeat line with its fencing token ten times a second; overlaps
 //! and pauses are read from those lines.
 
 mod common;
 
+use common::netns::Netns;
 use common::TestNode;
 use serde_json::{json, Value};
 use shoal_testkit::{PgReplica, PgServer};
@@ -56,6 +59,21 @@ impl Store {
     /// The URL the nodes are given: both servers, the writable one wanted.
     fn url(&self) -> String {
         shoal_testkit::multi_host_url(&[self.primary.port(), self.replica.port()], &self.db)
+    }
+
+    /// The same over the servers' Unix sockets, which a node in a network namespace reaches
+    /// whatever becomes of its network.
+    fn socket_url(&self) -> String {
+        // A socket's folder, percent-encoded as the URL's host.
+        let dir = |d: &Path| d.parent().unwrap().display().to_string().replace('/', "%2F");
+        format!(
+            "postgres://shoal@{}:{},{}:{}/{}?target_session_attrs=read-write",
+            dir(self.primary.data_dir()),
+            self.primary.port(),
+            dir(self.replica.data_dir()),
+            self.replica.port(),
+            self.db,
+        )
     }
 }
 
@@ -101,11 +119,18 @@ async fn get(url: &str, path: &str) -> (u16, Value) {
 
 /// The sandbox of the beating job, with the folders it writes to.
 async fn beating_sandbox(n: &TestNode) -> PathBuf {
-    let root = n.sandbox("beat", &[("jobs/beat.toml", BEATING_JOB)]).await;
-    for d in ["pids", "beats"] {
+    beating_sandbox_in(&n.url, &n.dir.path().join("sandboxes/beat")).await
+}
+
+async fn beating_sandbox_in(url: &str, root: &Path) -> PathBuf {
+    for d in ["pids", "beats", "jobs"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
-    root
+    std::fs::write(root.join("jobs/beat.toml"), BEATING_JOB).unwrap();
+    let body = json!({"name": "beat", "kind": "shared", "root": root.display().to_string()});
+    let res = common::http().post(format!("{url}/api/v1/sandboxes")).json(&body).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 201, "{}", res.text().await.unwrap());
+    root.to_owned()
 }
 
 async fn submit(url: &str) -> String {
@@ -308,4 +333,123 @@ async fn an_outage_longer_than_the_grace_stops_every_attempt_and_nothing_runs_tw
     for n in nodes.iter_mut() {
         n.stop().await;
     }
+}
+
+/// A node as a real process in a network namespace of its own, listening on the namespace's
+/// address (port 7900: the namespace has no other users).
+async fn node_in(ns: &Netns, dir: &Path, store: &str, id: &str) -> (shoal_testkit::procs::Server, String) {
+    let url = format!("http://{}:7900", ns.inner_ip);
+    let text =
+        edit(id, "")(common::config_text(dir, store, "")).replace("127.0.0.1:0", &format!("{}:7900", ns.inner_ip));
+    let config = dir.join(format!("{id}.toml"));
+    std::fs::write(&config, text).unwrap();
+    common::admit_test_token(store).await;
+    let args = ["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_shoal"), "server", "--config"].map(Into::into);
+    let spec = shoal_testkit::procs::Spec::new(
+        id,
+        "ip",
+        args.into_iter().chain([config.as_os_str().to_owned()]),
+        dir.join(format!("{id}.log")),
+    )
+    .env("RUST_LOG", "info,chitchat=warn");
+    let mut server = shoal_testkit::procs::Server::spawn(spec).unwrap_or_else(|e| panic!("{e}"));
+    if let Err(e) = server.wait_ready(&url, std::time::Instant::now() + T).await {
+        panic!("{e}\n{}", server.logs());
+    }
+    (server, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_also_cut_off_from_gossip_stops_its_attempts_and_they_run_again_after_the_outage() {
+    let store = Store::start();
+    let url = store.socket_url();
+    let ns = Netns::create();
+    let x_dir = tempfile::tempdir().unwrap();
+    // n3 starts alone, in its namespace, and takes the first ten executions.
+    let (mut x, x_url) = node_in(&ns, x_dir.path(), &url, "n3").await;
+    let on_host = |id: &str| {
+        let (id, ip) = (id.to_owned(), ns.host_ip.clone());
+        move |t: String| edit(&id, "")(t).replace("127.0.0.1:0", &format!("{ip}:0"))
+    };
+    let root = beating_sandbox_in(&x_url, &x_dir.path().join("beat")).await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(submit(&x_url).await);
+    }
+    wait_all(&x_url, &ids, "running on n3", |e| e["state"] == "running").await;
+    let mut nodes = Vec::new();
+    nodes.push(TestNode::start_edited(tempfile::tempdir().unwrap(), url.clone(), on_host("n1")).await);
+    nodes.push(TestNode::start_edited(tempfile::tempdir().unwrap(), url.clone(), on_host("n2")).await);
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).chain([x_url.clone()]).collect();
+    gossip_formed(&urls, 3).await;
+    for i in 0..EXECUTIONS - 10 {
+        ids.push(submit(&nodes[i % 2].url).await);
+    }
+    let running = wait_all(&nodes[0].url, &ids, "running", |e| e["state"] == "running").await;
+    let on_x: Vec<String> = running.iter().filter(|(_, e)| e["node"] == "n3").map(|(id, _)| id.clone()).collect();
+    assert!(on_x.len() >= 10, "n3 runs its ten: {running:#?}");
+    shoal_testkit::wait_until_async("every attempt to beat", T, || {
+        let (root, ids) = (&root, &ids);
+        async move { ids.iter().all(|id| !beats(root, id).is_empty()) }
+    })
+    .await;
+    let x_pids: Vec<i32> = on_x.iter().map(|id| pids(&root)[&format!("{id}.1")]).collect();
+
+    // The lease n3 holds now, then the store and n3's network go at once.
+    let watcher = shoal_store::Store::open(&url, 1).await.unwrap();
+    let x_row = watcher.list_nodes().await.unwrap().into_iter().find(|n| n.id == "n3").unwrap();
+    let lease_left = Duration::from_millis((x_row.lease_expires_at - x_row.now).max(0) as u64);
+    let read_at = Instant::now();
+    drop(watcher);
+    store.primary.kill();
+    ns.cut();
+    // n3 cannot hear its peers: it does not ride, and its children die before its lease ends.
+    shoal_testkit::wait_until_async("n3's attempts to be killed", Duration::from_secs(10), || {
+        let x_pids = &x_pids;
+        async move { x_pids.iter().all(|p| !common::alive(*p)) }
+    })
+    .await;
+    let killed = read_at.elapsed();
+    assert!(killed < lease_left, "n3's attempts died {killed:?} after its lease had {lease_left:?} left");
+    // The outage lasts its 20 s; then the replica is promoted and everything runs to the end.
+    while read_at.elapsed() < OUTAGE {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    store.replica.promote();
+    // Every execution runs again, and beats, before it is let go.
+    let again = wait_all(&nodes[0].url, &ids, "running again", |e| e["state"] == "running" && e["attempt"] == 2).await;
+    shoal_testkit::wait_until_async("every second attempt to beat", T, || {
+        let (root, again) = (&root, &again);
+        async move {
+            again.iter().all(|(id, e)| {
+                let token = e["attempts"].as_array().unwrap().last().unwrap()["fencing_token"].as_i64().unwrap();
+                beats(root, id).iter().any(|(t, _)| *t == token)
+            })
+        }
+    })
+    .await;
+    std::fs::write(root.join("release"), "").unwrap();
+    let done = wait_all(&nodes[0].url, &ids, "finished", |e| e["state"] == "succeeded").await;
+    for (id, e) in &done {
+        assert_eq!(e["attempt"], 2, "{id}: {e}");
+        let spans = attempts_apart(&root, id);
+        assert_eq!(spans.len(), 2, "{id}: {spans:?}");
+    }
+    // n1 and n2 could not hear n3 either: they stopped riding too (n3 might have reached the
+    // store and taken their attempts), so every node ended a ride or never began one.
+    for n in &nodes {
+        let text = common::metrics_text(n).await;
+        assert_eq!(
+            common::metric(&text, "shoal_store_outage_rides_total"),
+            common::metric(&text, "shoal_store_outage_rides_ended_total"),
+            "{}",
+            n.url
+        );
+    }
+    ns.restore();
+    for n in nodes.iter_mut() {
+        n.stop().await;
+    }
+    x.terminate().unwrap();
+    let _ = x.wait();
 }
