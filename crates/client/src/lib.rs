@@ -14,6 +14,12 @@
 //! same purpose, `PATCH`es (they set fields to given values) and cron previews. Others (cancel,
 //! create, delete) move on only when the connection could not be made at all.
 //!
+//! When every server says it cannot serve now (a store failover, say: every node answers `503
+//! store_unavailable`), a call that is safe to repeat is tried again round after round, with
+//! a pause doubling from 250 ms to 2 s, for as long as [`Client::with_patience`] allows
+//! (none by default; the `shoal` CLI waits a minute, `--patience`). A submission keeps its
+//! idempotency key through every round.
+//!
 //! Reads see the client's own writes even when the node serves them from a PostgreSQL read
 //! replica, which may lag behind the primary. The answer to every write carries the WAL
 //! position after it (`X-Shoal-Position: X/Y`); the client keeps the highest position any
@@ -148,6 +154,8 @@ pub struct Client {
     /// The highest WAL position an answer carried (an [`Lsn`]'s number), sent on every
     /// request. 0 stands for none: `0/0` is PostgreSQL's invalid position, never a real one.
     position: Arc<AtomicU64>,
+    /// How long a call safe to repeat goes on being tried while every server is unavailable.
+    patience: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -251,7 +259,16 @@ impl Client {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             token: None,
             position: Arc::new(AtomicU64::new(0)),
+            patience: Duration::ZERO,
         })
+    }
+
+    /// How long a call that is safe to repeat (see the module's text) is tried again, round
+    /// after round over the servers, while every one of them is unreachable or says it cannot
+    /// serve now. Zero (the default): one round.
+    pub fn with_patience(mut self, patience: Duration) -> Client {
+        self.patience = patience;
+        self
     }
 
     /// Changes the deadline of non-streaming calls.
@@ -656,6 +673,25 @@ impl Client {
     }
 
     async fn execute(&self, call: Call<'_>) -> Result<Reply> {
+        let until = tokio::time::Instant::now() + self.patience;
+        let mut pause = Duration::from_millis(250);
+        loop {
+            match self.one_round(&call).await {
+                Err(Error::Unreachable { tried, last }) if call.idempotent && call.upload.is_none() => {
+                    let now = tokio::time::Instant::now();
+                    if now >= until {
+                        return Err(Error::Unreachable { tried, last });
+                    }
+                    tokio::time::sleep(pause.min(until - now)).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One try of every server in turn; see the module's text.
+    async fn one_round(&self, call: &Call<'_>) -> Result<Reply> {
         let n = self.servers.len();
         let start = self.preferred.load(Ordering::Relaxed) % n;
         let mut tried = Vec::with_capacity(n);

@@ -76,6 +76,18 @@ pub struct GlobalOpts {
     /// Print JSON instead of tables
     #[arg(long, global = true)]
     pub json: bool,
+    /// How long to keep trying a request that is safe to repeat while no server can serve it
+    /// (a store failover: 503 store_unavailable everywhere), e.g. 2m; 0s: try each server once
+    #[arg(long, global = true, env = "SHOAL_PATIENCE", default_value = "60s", value_parser = parse_patience)]
+    pub patience: std::time::Duration,
+}
+
+fn parse_patience(text: &str) -> Result<std::time::Duration, String> {
+    let d = shoal_core::duration::parse(text)?;
+    if d > std::time::Duration::from_secs(3600) {
+        return Err("at most 1h".into());
+    }
+    Ok(d)
 }
 
 impl std::fmt::Debug for GlobalOpts {
@@ -86,6 +98,7 @@ impl std::fmt::Debug for GlobalOpts {
             .field("token_file", &self.token_file)
             .field("ca_file", &self.ca_file)
             .field("json", &self.json)
+            .field("patience", &self.patience)
             .finish()
     }
 }
@@ -312,7 +325,7 @@ pub async fn run(cmd: ClientCommand, opts: &GlobalOpts) -> i32 {
         None => None,
     };
     let client = match Client::with_ca(opts.servers.clone(), ca.as_deref()) {
-        Ok(c) => c,
+        Ok(c) => c.with_patience(opts.patience),
         Err(e) => {
             eprintln!("error: {e}");
             return EXIT_USAGE;

@@ -260,6 +260,13 @@ async fn long_attempts_ride_through_a_failover_of_twenty_seconds() {
     // A submission meanwhile is refused, and changes nothing.
     let (status, body) = nodes[1].post("/api/v1/executions", json!({"sandbox": "beat", "job": "jobs/beat.toml"})).await;
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("store_unavailable")), "{body}");
+    // The CLI, given every node, keeps trying with its idempotency key until the store is back.
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"));
+    cli.args(nodes.iter().flat_map(|n| ["--server".to_owned(), n.url.clone()]))
+        .args(["run", "beat/jobs/beat.toml"])
+        .env("SHOAL_TOKEN", common::test_token())
+        .env("XDG_CACHE_HOME", root.join("cache"));
+    let cli = tokio::task::spawn_blocking(move || cli.output());
     // The whole outage: every attempt keeps running, watched the whole time.
     while killed.elapsed() < OUTAGE {
         for (name, pid) in &first_pids {
@@ -276,6 +283,13 @@ async fn long_attempts_ride_through_a_failover_of_twenty_seconds() {
         .await;
     }
     eprintln!("ready on the new primary {:?} after the promotion", promoted.elapsed());
+    let out = cli.await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "shoal run: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let late = stdout.split_whitespace().find(|w| ids.iter().all(|i| i != w) && w.len() == 36).unwrap().to_owned();
+    eprintln!("the CLI's submission went through {:?} after the promotion", promoted.elapsed());
+    let mut ids = ids;
+    ids.push(late);
     std::fs::write(root.join("release"), "").unwrap();
     let done = wait_all(&nodes[0].url, &ids, "finished", |e| e["state"] == "succeeded").await;
     for (id, e) in &done {
@@ -285,10 +299,10 @@ async fn long_attempts_ride_through_a_failover_of_twenty_seconds() {
         let pause = longest_pause(&root, id);
         assert!(pause < Duration::from_secs(2), "{id} paused for {pause:?}");
     }
-    assert_eq!(pids(&root).len(), EXECUTIONS, "no attempt was started again");
-    // The refused submission left nothing behind.
+    assert_eq!(pids(&root).len(), EXECUTIONS + 1, "no attempt was started again");
+    // The refused submission left nothing behind, and the CLI's retries made one execution.
     let (_, listed) = nodes[0].get("/api/v1/executions?limit=100").await;
-    assert_eq!(listed["executions"].as_array().unwrap().len(), EXECUTIONS);
+    assert_eq!(listed["executions"].as_array().unwrap().len(), EXECUTIONS + 1);
     for n in &nodes {
         assert_eq!(metric(n, "shoal_store_outage_rides_total").await, 1.0, "every node rode once");
         assert_eq!(metric(n, "shoal_store_outage_rides_ended_total").await, 0.0, "and never had to kill");
