@@ -60,6 +60,9 @@ pub trait Engine: Send + Sync + 'static {
     fn refusal(&self) -> Option<String>;
     /// What this node's gossip says of each node it has heard of: (id, alive).
     fn gossip(&self) -> Vec<(String, bool)>;
+    /// Whether each node heard of in gossip (this one included) says it reaches the store:
+    /// (id, `reachable` or `unreachable`).
+    fn store_reports(&self) -> Vec<(String, String)>;
     /// Gossip packets dropped because they failed authentication.
     fn rejected_gossip_packets(&self) -> u64;
     /// The URL of another node that gossip currently reports alive, if it does.

@@ -13,6 +13,7 @@ use shoal_wire as wire;
 use std::collections::HashMap;
 
 fn node(state: &crate::AppState, n: &NodeRow, gossip: &HashMap<String, bool>) -> wire::Node {
+    let store = state.engine.store_reports().into_iter().find(|(id, _)| *id == n.id).map(|(_, s)| s);
     let live = n.lease_expires_at > n.now && !matches!(n.state, RegistryState::Stopped | RegistryState::Lost);
     // A node whose lease ran out without a clean stop is lost, whatever it last published.
     let shown = if live || n.state == RegistryState::Stopped { n.state } else { RegistryState::Lost };
@@ -36,6 +37,11 @@ fn node(state: &crate::AppState, n: &NodeRow, gossip: &HashMap<String, bool>) ->
             Some(true) => wire::GossipView::Alive,
             Some(false) => wire::GossipView::Dead,
             None => wire::GossipView::Unknown,
+        },
+        store: match store.as_deref() {
+            Some("reachable") => wire::StoreView::Reachable,
+            Some("unreachable") => wire::StoreView::Unreachable,
+            _ => wire::StoreView::Unknown,
         },
         lease_expires_in_ms: n.lease_expires_at - n.now,
         lease_age_ms: n.now - n.renewed_at,

@@ -954,6 +954,11 @@ impl shoal_api::Engine for EngineHandle {
         self.cluster.membership.snapshot().into_iter().map(|p| (p.id, p.alive)).collect()
     }
 
+    fn store_reports(&self) -> Vec<(String, String)> {
+        let key = shoal_cluster::keys::STORE;
+        self.cluster.membership.snapshot().into_iter().filter_map(|p| Some((p.id, p.keys.get(key)?.clone()))).collect()
+    }
+
     fn rejected_gossip_packets(&self) -> u64 {
         self.cluster.membership.rejected_packets()
     }

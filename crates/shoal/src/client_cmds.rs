@@ -30,7 +30,7 @@ use indicatif::ProgressBar;
 use shoal_client::{ByteStream, Client, Error, ExecutionFilter, NodeAction};
 use shoal_wire::{
     CreateSandboxRequest, ErrorCode, Execution, ExecutionState, FileEntry, FileKind, JobEntry, JobErrorDetails,
-    LogStream, Node, Sandbox, SubmitRequest,
+    LogStream, Node, Replica, Sandbox, SubmitRequest,
 };
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -652,7 +652,7 @@ async fn cmd_show(client: &Client, id: &str, json: bool) -> CmdResult {
 
 impl Row for Node {
     const HEADERS: &'static [&'static str] =
-        &["ID", "STATE", "GOSSIP", "URL", "RUNNING/SLOTS", "CPU", "MEM", "LEASE AGE", "LEASE", "VERSION"];
+        &["ID", "STATE", "GOSSIP", "STORE", "URL", "RUNNING/SLOTS", "CPU", "MEM", "LEASE AGE", "LEASE", "VERSION"];
 
     fn cells(&self) -> Vec<String> {
         let ms = self.lease_expires_in_ms;
@@ -661,6 +661,7 @@ impl Row for Node {
             self.id.clone(),
             self.state.to_string(),
             name(&self.gossip),
+            name(&self.store),
             self.url.clone(),
             format!("{}/{}", self.running, self.slots),
             format!("{:.0}%", self.load.cpu_percent),
@@ -672,13 +673,36 @@ impl Row for Node {
     }
 }
 
+impl Row for Replica {
+    const HEADERS: &'static [&'static str] = &["REPLICA", "STATE", "LAG", "LAG BYTES", "READS", "ERROR"];
+
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.address.clone(),
+            self.state.to_string(),
+            self.lag_ms.map_or("-".into(), |ms| fmt_ms(ms as i64)),
+            self.lag_bytes.map_or("-".into(), |b| b.to_string()),
+            self.reads.to_string(),
+            self.error.as_deref().map_or("-".into(), |e| clip(e, 60)),
+        ]
+    }
+}
+
 async fn cmd_nodes(client: &Client, json: bool) -> CmdResult {
     let list = client.nodes().await?;
     if json {
         print_json(&list);
-    } else {
-        emit(&rows_table(&list.nodes));
+        return Ok(EXIT_OK);
     }
+    let mut out = rows_table(&list.nodes);
+    // The read replicas as the node that answered sees them.
+    if let Some(me) = list.nodes.iter().find(|n| n.is_self == Some(true)) {
+        if let Some(replicas) = me.replicas.as_deref().filter(|r| !r.is_empty()) {
+            out.push_str(&format!("\nread replicas, as {} sees them:\n", me.id));
+            out.push_str(&rows_table(replicas));
+        }
+    }
+    emit(&out);
     Ok(EXIT_OK)
 }
 

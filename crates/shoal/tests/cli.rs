@@ -106,10 +106,12 @@ async fn drain_suspend_and_resume_from_the_cli() {
     let o = shoal(&n, &["nodes"]).await;
     let (out, _) = text(&o);
     let header = out.lines().next().unwrap();
-    for col in ["ID", "STATE", "GOSSIP", "CPU", "MEM", "LEASE AGE", "VERSION"] {
+    for col in ["ID", "STATE", "GOSSIP", "STORE", "CPU", "MEM", "LEASE AGE", "VERSION"] {
         assert!(header.contains(col), "{out}");
     }
-    assert!(out.lines().nth(1).unwrap().contains("draining") && out.contains("alive"), "{out}");
+    let row = out.lines().nth(1).unwrap();
+    assert!(row.contains("draining") && row.contains("alive") && row.contains("reachable"), "{out}");
+    assert!(!out.contains("read replicas"), "SQLite has none: {out}");
     let o = shoal(&n, &["suspend", "n1"]).await;
     assert!(text(&o).0.starts_with("node n1: suspended (was draining)"), "{:?}", text(&o));
     assert_eq!(n.get("/health/ready").await.0, 200, "a suspended node stays ready");

@@ -286,6 +286,19 @@ async fn the_cli_reads_its_own_writes_across_commands() {
     let (code, _, err) = shoal(&["show", &id], elsewhere.path());
     assert_ne!(code, Some(0), "{err}");
     assert!(err.contains("(not_found)"), "{err}");
+    // `shoal nodes` says each node reaches the store, and how the answering node sees its
+    // replica.
+    let (code, out, err) = shoal(&["nodes"], cache.path());
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let mut lines = out.lines();
+    assert!(lines.next().unwrap().contains("STORE"), "{out}");
+    assert!(lines.next().unwrap().contains(" reachable "), "{out}");
+    assert!(out.contains("read replicas, as n1 sees them:"), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(&format!("127.0.0.1:{}", replica.port())))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains(" ok "), "{out}");
     n.stop().await;
 }
 

@@ -37,6 +37,19 @@ pub enum GossipView {
     Unknown,
 }
 
+/// Whether a node reaches the store, as it says through gossip (its lease renewals succeed
+/// or fail), seen from the answering node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreView {
+    Reachable,
+    Unreachable,
+    /// Not heard of in gossip, or it said nothing of the store.
+    Unknown,
+}
+
+names!(StoreView { Reachable => "reachable", Unreachable => "unreachable", Unknown => "unknown" });
+
 /// Machine load a node last published.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Load {
@@ -68,6 +81,9 @@ pub struct Node {
     /// Where the node gossips (UDP).
     pub gossip_addr: String,
     pub gossip: GossipView,
+    /// Whether it reaches the store, as it says through gossip: a node whose renewals fail
+    /// says `unreachable` at once (and rides through an outage only while every member does).
+    pub store: StoreView,
     /// On the store's clock; negative once expired.
     pub lease_expires_in_ms: i64,
     /// Time since the last lease renewal, on the store's clock.
