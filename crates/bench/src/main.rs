@@ -19,6 +19,7 @@ mod failover;
 mod forwarding;
 mod latency;
 mod nodes;
+mod replicas;
 mod soak;
 mod startup;
 mod stats;
@@ -72,6 +73,11 @@ enum BenchCmd {
     /// The cost of authenticating a request against a build without access control, and the
     /// time until every one of three nodes refuses a revoked token
     Auth(auth::AuthArgs),
+    /// GET /api/v1/executions with no read replica, one and two, side by side; the routing
+    /// layer's cost per request (throwaway PostgreSQL servers of its own)
+    Replicas(replicas::ReplicasArgs),
+    /// Kill the PostgreSQL primary, promote its replica: time to the first claim on it
+    Promotion(replicas::PromotionArgs),
 }
 
 /// Options shared by the in-process throughput and latency benchmarks.
@@ -130,6 +136,8 @@ async fn run(cli: Cli) -> Result<()> {
         BenchCmd::Schedules(a) => triggers::schedules(&shoal, a).await,
         BenchCmd::Files(a) => triggers::files(&shoal, a).await,
         BenchCmd::Auth(a) => auth::run(&shoal, a).await,
+        BenchCmd::Replicas(a) => replicas::replicas(&shoal, a).await,
+        BenchCmd::Promotion(a) => replicas::promotion(&shoal, a).await,
     }
 }
 

@@ -83,7 +83,12 @@ impl InProcess<'_> {
     }
 
     pub(crate) async fn start(&self) -> Result<shoal_server::Node> {
-        let config = shoal_server::Config::parse(&self.config_text(), "(bench)", Vec::<(String, String)>::new())?;
+        self.start_edited(|t| t).await
+    }
+
+    /// A node whose configuration is this one's changed by `edit` (lines added to `[store]`).
+    pub(crate) async fn start_edited(&self, edit: impl FnOnce(String) -> String) -> Result<shoal_server::Node> {
+        let config = shoal_server::Config::parse(&edit(self.config_text()), "(bench)", Vec::<(String, String)>::new())?;
         admit(self.store).await?;
         shoal_server::start(config).await.with_context(|| format!("cannot start in-process node {}", self.id))
     }
