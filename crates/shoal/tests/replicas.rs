@@ -315,3 +315,27 @@ fn walk(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
     }
     out
 }
+
+/// Two fit replicas take the reads in turn: each serves about half, and each answer names the
+/// one it read from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_spread_over_the_fit_replicas() {
+    let (url, first, first_url) = database_with_replica();
+    let second = shoal_testkit::postgres().start_replica();
+    let db = url.rsplit('/').next().unwrap();
+    let both = format!("{first_url}\", \"{}", second.url_for(db));
+    let mut n = node_with_replica(&url, &both, NEVER_LAGGING).await;
+    let (a, b) = (format!("replica:127.0.0.1:{}", first.port()), format!("replica:127.0.0.1:{}", second.port()));
+    serves_reads(&n, &a).await;
+    serves_reads(&n, &b).await;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        let from = call(&n, reqwest::Method::GET, "/api/v1/executions", None, None).await.2.unwrap();
+        *seen.entry(from).or_insert(0) += 1;
+    }
+    let mut want = vec![a, b];
+    want.sort();
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), want, "{seen:?}");
+    assert!(seen.values().all(|&c| c >= 5), "{seen:?}");
+    n.stop().await;
+}

@@ -10,7 +10,8 @@
 //!
 //! A route picks its replica once, when it first reads, from what the last health check saw:
 //! a replica that answered, is still in recovery, lags by less than both limits and, when the
-//! request carries a WAL position (read-your-writes), had replayed at least that far. Every
+//! request carries a WAL position (read-your-writes), had replayed at least that far. Routes
+//! take the fit replicas in turn, so the reads spread over them. Every
 //! read of the request then goes there, so one answer never mixes two replicas' views (it may mix a replica and the primary after a fallback). A
 //! replica whose connection fails is marked down at once and the read, and the rest of the
 //! request, go to the primary: a replica that dies costs no failed request, also when it dies
@@ -21,7 +22,7 @@ use crate::postgres::{PgPool, PgReader};
 use crate::{Result, Store, StoreError};
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +56,8 @@ pub(crate) struct Replica {
 /// The node's replicas and their limits.
 pub(crate) struct Replicas {
     list: Vec<Arc<Replica>>,
+    /// Counts routes, to take the fit replicas in turn.
+    turn: AtomicUsize,
     max_lag: MaxLag,
     /// Reads the primary served inside a route (no fit replica, or one that failed).
     primary_reads: Arc<AtomicU64>,
@@ -109,14 +112,19 @@ tokio::task_local! {
 
 impl Replicas {
     fn fit(&self, at_least: Option<Lsn>) -> Option<usize> {
-        // The first fit one, in the configured order: the order is the operator's preference.
-        self.list.iter().position(|r| {
-            let h = r.health.lock();
-            let fresh = h.checked.is_some_and(|t| t.elapsed() < STALE);
-            fresh
-                && h.state == ReplicaState::Ok
-                && at_least.is_none_or(|want| h.replayed.is_some_and(|got| got >= want))
-        })
+        let fit: Vec<usize> = (0..self.list.len())
+            .filter(|&i| {
+                let h = self.list[i].health.lock();
+                let fresh = h.checked.is_some_and(|t| t.elapsed() < STALE);
+                fresh
+                    && h.state == ReplicaState::Ok
+                    && at_least.is_none_or(|want| h.replayed.is_some_and(|got| got >= want))
+            })
+            .collect();
+        if fit.is_empty() {
+            return None;
+        }
+        Some(fit[self.turn.fetch_add(1, Ordering::Relaxed) % fit.len()])
     }
 }
 
@@ -154,7 +162,13 @@ impl Store {
                 reads: AtomicU64::new(0),
             }));
         }
-        self.replicas = Some(Replicas { list, max_lag, primary_reads: Arc::new(AtomicU64::new(0)), primary });
+        self.replicas = Some(Replicas {
+            list,
+            turn: AtomicUsize::new(0),
+            max_lag,
+            primary_reads: Arc::new(AtomicU64::new(0)),
+            primary,
+        });
         Ok(self)
     }
 
