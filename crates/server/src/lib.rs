@@ -122,6 +122,7 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
             shoal_store::MaxLag { time: config.store.replica_max_lag, bytes: config.store.replica_max_lag_bytes },
         )
         .map_err(|e| anyhow::anyhow!("store.replicas: {e}"))?;
+    store.replicas_wait_for_schema().await.context("cannot read the primary's WAL position")?;
     let store = Arc::new(store);
     // The key that seals job secrets: a node that cannot open the store's secrets refuses to
     // start, rather than run jobs with values it cannot read.

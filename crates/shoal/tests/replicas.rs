@@ -96,6 +96,7 @@ async fn reads_go_to_a_fit_replica_by_method_and_by_the_override_lists() {
     let address = format!("127.0.0.1:{}", replica.port());
     assert_eq!(view["address"], address.as_str(), "{view}");
     let on_replica = format!("replica:{address}");
+    serves_reads(&n, &on_replica).await;
 
     // A write reads from the primary, and its answer carries the WAL position after it.
     let (status, made, from, position) =
@@ -337,5 +338,36 @@ async fn reads_spread_over_the_fit_replicas() {
     want.sort();
     assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), want, "{seen:?}");
     assert!(seen.values().all(|&c| c >= 5), "{seen:?}");
+    n.stop().await;
+}
+
+/// A replica that has not replayed the schema this node migrated takes no reads, however
+/// small its lag limits find it: it would lack the tables. Once it has, it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_nodes_schema_takes_no_reads() {
+    let (url, replica, replica_url) = database_with_replica();
+    // The database exists on the replica, empty; its replay stops before the node migrates.
+    let db = url.rsplit('/').next().unwrap().to_owned();
+    let replica_admin = replica.url_for(&db);
+    shoal_testkit::wait_until_async("the replica to have the database", T, || {
+        let a = replica_admin.clone();
+        async move { tokio::task::spawn_blocking(move || psql(&a, "SELECT 1").is_ok()).await.unwrap() }
+    })
+    .await;
+    replay(&replica, "pause").await;
+    let mut n = node_with_replica(&url, &replica_url, NEVER_LAGGING).await;
+    let view = replica_state(&n, "ok").await;
+    for _ in 0..5 {
+        let (status, _, from, _) = call(&n, reqwest::Method::GET, "/api/v1/executions", None, None).await;
+        assert_eq!((status, from.as_deref()), (200, Some("primary")));
+    }
+    let (_, me) = n.get("/api/v1/nodes/n1").await;
+    assert_eq!(
+        (me["replicas"][0]["state"].as_str(), me["replicas"][0]["reads"].as_u64()),
+        (Some("ok"), Some(0)),
+        "{view} {me}"
+    );
+    replay(&replica, "resume").await;
+    serves_reads(&n, &format!("replica:127.0.0.1:{}", replica.port())).await;
     n.stop().await;
 }

@@ -58,6 +58,10 @@ pub(crate) struct Replicas {
     list: Vec<Arc<Replica>>,
     /// Counts routes, to take the fit replicas in turn.
     turn: AtomicUsize,
+    /// The primary's WAL position once this node's schema was in place
+    /// ([`Store::replicas_wait_for_schema`]): a replica that has not replayed that far may
+    /// lack a table or column this node reads, and takes no reads.
+    floor: Mutex<Option<Lsn>>,
     max_lag: MaxLag,
     /// Reads the primary served inside a route (no fit replica, or one that failed).
     primary_reads: Arc<AtomicU64>,
@@ -112,6 +116,7 @@ tokio::task_local! {
 
 impl Replicas {
     fn fit(&self, at_least: Option<Lsn>) -> Option<usize> {
+        let at_least = at_least.max(*self.floor.lock());
         let fit: Vec<usize> = (0..self.list.len())
             .filter(|&i| {
                 let h = self.list[i].health.lock();
@@ -165,6 +170,7 @@ impl Store {
         self.replicas = Some(Replicas {
             list,
             turn: AtomicUsize::new(0),
+            floor: Mutex::new(None),
             max_lag,
             primary_reads: Arc::new(AtomicU64::new(0)),
             primary,
@@ -234,6 +240,17 @@ impl Store {
     /// replayed to show that write. `None` on SQLite. The insert position, not the write
     /// position (`pg_current_wal_lsn`): with `synchronous_commit` off, a commit's record may
     /// not be written out yet, and the write position would then fall short of it.
+    /// Keeps reads off every replica until it has replayed the primary's WAL as far as now:
+    /// called once the schema is migrated, so that a replica behind a migration this node
+    /// made never answers a read with a missing table or column (which would fall back to the
+    /// primary, with a warning, read after read).
+    pub async fn replicas_wait_for_schema(&self) -> Result<()> {
+        let Some(replicas) = &self.replicas else { return Ok(()) };
+        let position = self.wal_position().await?;
+        *replicas.floor.lock() = position;
+        Ok(())
+    }
+
     pub async fn wal_position(&self) -> Result<Option<Lsn>> {
         if self.dialect() != crate::Dialect::Postgres {
             return Ok(None);
