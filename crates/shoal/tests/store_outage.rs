@@ -210,6 +210,14 @@ fn attempts_apart(root: &Path, id: &str) -> Vec<(i64, u128, u128)> {
     spans
 }
 
+/// Waits until every execution's attempt has written a heartbeat.
+async fn all_beat(root: &Path, ids: &[String]) {
+    shoal_testkit::wait_until_async("every attempt to beat", T, || async move {
+        ids.iter().all(|id| !beats(root, id).is_empty())
+    })
+    .await;
+}
+
 /// The longest time between two heartbeats of one execution.
 fn longest_pause(root: &Path, id: &str) -> Duration {
     let b = beats(root, id);
@@ -230,11 +238,7 @@ async fn thirty_running(nodes: &[TestNode]) -> (PathBuf, Vec<String>) {
         ids.push(submit(&nodes[i % nodes.len()].url).await);
     }
     let running = wait_all(&nodes[0].url, &ids, "running", |e| e["state"] == "running").await;
-    shoal_testkit::wait_until_async("every attempt to beat", T, || {
-        let (root, ids) = (&root, &ids);
-        async move { ids.iter().all(|id| !beats(root, id).is_empty()) }
-    })
-    .await;
+    all_beat(&root, &ids).await;
     let on: std::collections::BTreeSet<&str> = running.values().filter_map(|e| e["node"].as_str()).collect();
     assert_eq!(on.len(), nodes.len(), "the attempts run on every node: {on:?}");
     (root, ids)
@@ -402,11 +406,7 @@ async fn a_node_also_cut_off_from_gossip_stops_its_attempts_and_they_run_again_a
     let running = wait_all(&nodes[0].url, &ids, "running", |e| e["state"] == "running").await;
     let on_x: Vec<String> = running.iter().filter(|(_, e)| e["node"] == "n3").map(|(id, _)| id.clone()).collect();
     assert!(on_x.len() >= 10, "n3 runs its ten: {running:#?}");
-    shoal_testkit::wait_until_async("every attempt to beat", T, || {
-        let (root, ids) = (&root, &ids);
-        async move { ids.iter().all(|id| !beats(root, id).is_empty()) }
-    })
-    .await;
+    all_beat(&root, &ids).await;
     let x_pids: Vec<i32> = on_x.iter().map(|id| pids(&root)[&format!("{id}.1")]).collect();
 
     // The lease n3 holds now, then the store and n3's network go at once.
