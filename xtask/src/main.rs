@@ -214,6 +214,9 @@ fn bench(root: &Path, extra: &[OsString]) -> Result<()> {
     // cut off from the store.
     run(&["failover", "--nodes", "3", "--kills", "20", "--lease", "10s"], &Some(pg.fresh_database()))?;
     run(&["cutoff", "--rounds", "5", "--lease", "4s"], &Some(pg.fresh_database()))?;
+    // Read replicas and a primary's failover, on servers of their own.
+    run(&["replicas", "--concurrency", "16", "--duration", "5s", "--rounds", "3", "--requests", "2000"], &None)?;
+    run(&["promotion", "--rounds", "7"], &None)?;
     triggers()?;
     // The reference point of the performance targets: small transactions per second this PostgreSQL
     // commits (pgbench's simple-update script, 8 clients), measured in the same run.
