@@ -294,6 +294,7 @@ async fn long_attempts_ride_through_a_failover_of_twenty_seconds() {
     eprintln!("the CLI's submission went through {:?} after the promotion", promoted.elapsed());
     let mut ids = ids;
     ids.push(late);
+    all_beat(&root, &ids).await;
     std::fs::write(root.join("release"), "").unwrap();
     let done = wait_all(&nodes[0].url, &ids, "finished", |e| e["state"] == "succeeded").await;
     for (id, e) in &done {
