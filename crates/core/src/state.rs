@@ -26,8 +26,9 @@ pub enum Outcome {
     NodeLost {
         node: String,
     },
-    /// The node gave the attempt back on purpose (drain deadline, shutdown): it runs again
-    /// elsewhere whatever `on_node_loss` says, since no node failed.
+    /// The node gave the attempt back on purpose (drain deadline, shutdown, or an attempt a
+    /// claim made though the node was told it failed, which it never started): it runs again
+    /// whatever `on_node_loss` says, since no node failed.
     HandedBack {
         node: String,
     },
@@ -92,7 +93,7 @@ pub fn decide(spec: &RunSpec, attempt: u32, node_losses: u32, outcome: &Outcome)
             }
         }
         Outcome::HandedBack { node } => {
-            let message = format!("node {node} handed attempt {attempt} back while stopping");
+            let message = format!("node {node} handed attempt {attempt} back");
             if node_losses <= MAX_NODE_LOSS_RETRIES {
                 Decision::Retry {
                     after: Duration::ZERO,

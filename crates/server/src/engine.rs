@@ -23,7 +23,7 @@ use shoal_store::{
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -125,6 +125,10 @@ pub struct Engine {
     pub peers: Mutex<Vec<PeerLoad>>,
     /// What to register again with when the cluster ended this node's lease.
     pub registration: Mutex<Option<NodeRegistration>>,
+    /// A claim failed without saying whether it committed (its connection was lost, maybe
+    /// with the commit in flight): the attempts it may have made here after all are looked for,
+    /// and handed back, before the next claim.
+    claim_unsure: AtomicBool,
 }
 
 /// Largest amount of output kept in memory for an attempt while the store is unreachable.
@@ -164,6 +168,7 @@ impl Engine {
             load: Mutex::new(Load::default()),
             peers: Mutex::new(Vec::new()),
             registration: Mutex::new(None),
+            claim_unsure: AtomicBool::new(false),
         }
     }
 
@@ -482,9 +487,20 @@ impl Engine {
     pub async fn dispatch(self: &Arc<Self>) -> Result<bool, StoreError> {
         let mut any = false;
         while self.accepting() {
+            if self.claim_unsure.load(Ordering::SeqCst) {
+                self.hand_back_unstarted().await?;
+            }
             let free = self.cfg.slots.saturating_sub(self.running());
             let view = NodeView { id: &self.cfg.node_id, tags: &self.cfg.tags };
-            let claimed = self.store.claim(&view, free.min(256)).await?;
+            let claimed = match self.store.claim(&view, free.min(256)).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    if matches!(e, StoreError::Unavailable(_)) {
+                        self.claim_unsure.store(true, Ordering::SeqCst);
+                    }
+                    return Err(e);
+                }
+            };
             if claimed.is_empty() {
                 break;
             }
@@ -524,6 +540,23 @@ impl Engine {
             }
         }
         Ok(any)
+    }
+
+    /// After a claim whose commit is unknown: the attempts the store says run here that do not
+    /// (made by that claim, never started) are handed back, to run again. Called only by the
+    /// dispatcher between claims, so no claim of this node is under way, and every attempt it
+    /// did start is in `attempts` until its end is stored.
+    async fn hand_back_unstarted(&self) -> Result<(), StoreError> {
+        let running: Vec<FencingToken> = self.attempts.lock().keys().copied().collect();
+        let handed = self.store.hand_back_unstarted(&self.cfg.node_id, &running).await?;
+        self.claim_unsure.store(false, Ordering::SeqCst);
+        if !handed.is_empty() {
+            tracing::warn!(
+                attempts = handed.len(),
+                "a claim told it had failed had committed all the same; its attempts, never started, were handed back"
+            );
+        }
+        Ok(())
     }
 
     async fn run_attempt(self: Arc<Self>, c: Claimed, stop_rx: watch::Receiver<Option<Stop>>) {

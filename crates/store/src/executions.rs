@@ -1084,6 +1084,8 @@ impl Store {
              WHERE e.state = 'running' AND e.fence IS NOT NULL AND (n.id IS NULL OR n.lease_expires_at <= {now})
              LIMIT 500",
             vec![],
+            &[],
+            |node| Outcome::NodeLost { node },
         )
         .await
     }
@@ -1094,26 +1096,53 @@ impl Store {
         self.take_over(
             "SELECT id, fence, node_id FROM executions WHERE state = 'running' AND node_id = $1 LIMIT 10000",
             vec![node.into()],
+            &[],
+            |node| Outcome::NodeLost { node },
         )
         .await
     }
 
-    async fn take_over(&self, select: &str, params: Vec<Value>) -> Result<Vec<ExecutionId>> {
+    /// Hands back the attempts recorded as running on `node` that it does not run (`running`:
+    /// the tokens of those it does): ones made by a claim the node was told had failed, whose
+    /// commit reached the store all the same (its connection was lost with the commit in
+    /// flight, as when a primary crashes while its standby already has the claim). Nothing
+    /// started them, so they run again whatever their `on_node_loss` says. Only the node
+    /// itself may call this, between its claims: another claim of its own under way would
+    /// look the same.
+    pub async fn hand_back_unstarted(&self, node: &str, running: &[FencingToken]) -> Result<Vec<ExecutionId>> {
+        self.take_over(
+            "SELECT id, fence, node_id FROM executions WHERE state = 'running' AND node_id = $1 LIMIT 10000",
+            vec![node.into()],
+            running,
+            |node| Outcome::HandedBack { node },
+        )
+        .await
+    }
+
+    /// Ends the attempts `select` finds (`id, fence, node_id`), but those whose token is in
+    /// `keep`, with the outcome `why` gives for their node, if they are still current.
+    async fn take_over(
+        &self,
+        select: &str,
+        params: Vec<Value>,
+        keep: &[FencingToken],
+        why: fn(String) -> Outcome,
+    ) -> Result<Vec<ExecutionId>> {
         let candidates = {
             let mut c = self.read().await?;
             c.query(select, params).await?
         };
-        if candidates.is_empty() {
-            return Ok(Vec::new());
-        }
         let mut wanted = Vec::with_capacity(candidates.len());
         let mut nodes = HashMap::new();
         for r in &candidates {
-            if let Some(fence) = r.opt_i64(1)? {
+            if let Some(fence) = r.opt_i64(1)?.map(FencingToken).filter(|f| !keep.contains(f)) {
                 let id = r.text(0)?;
                 nodes.insert(id.clone(), r.opt_text(2)?.unwrap_or_default());
-                wanted.push((id, FencingToken(fence)));
+                wanted.push((id, fence));
             }
+        }
+        if wanted.is_empty() {
+            return Ok(Vec::new());
         }
         let mut tx = self.begin_write().await?;
         // Re-checked under the row locks: an attempt may have finished meanwhile.
@@ -1123,7 +1152,7 @@ impl Store {
             .into_values()
             .map(|(row, losses)| {
                 let node = nodes.get(row.id.as_str()).cloned().unwrap_or_default();
-                (row, losses, AttemptEnd { outcome: Outcome::NodeLost { node }, exit_code: None, signal: None })
+                (row, losses, AttemptEnd { outcome: why(node), exit_code: None, signal: None })
             })
             .collect();
         let args: Vec<_> = ends.iter().map(|(row, losses, end)| (row, *losses, end, &[][..])).collect();
@@ -1132,11 +1161,15 @@ impl Store {
         tx.commit().await?;
         let mut touched = Vec::with_capacity(ends.len());
         for ((row, _, end), state) in ends.into_iter().zip(states) {
-            let node = match &end.outcome {
-                Outcome::NodeLost { node } => node.clone(),
-                _ => String::new(),
-            };
-            tracing::warn!(execution = %row.id, node = %node, attempt = row.attempt, new_state = %state, "took over an attempt from a lost node");
+            match &end.outcome {
+                Outcome::HandedBack { node } => {
+                    tracing::warn!(execution = %row.id, node = %node, attempt = row.attempt, new_state = %state, "handed back an attempt a claim made though the node was told it failed; it never started")
+                }
+                Outcome::NodeLost { node } => {
+                    tracing::warn!(execution = %row.id, node = %node, attempt = row.attempt, new_state = %state, "took over an attempt from a lost node")
+                }
+                _ => {}
+            }
             touched.push(row.id);
         }
         Ok(touched)

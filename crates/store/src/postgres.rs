@@ -19,7 +19,9 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
 /// How long a dropped transaction's rollback (or, for a dropped read, the end of the query
@@ -37,6 +39,54 @@ pub struct PgPool {
     pub(crate) config: tokio_postgres::Config,
     /// TLS as the URL's `sslmode` asks, for every connection the store opens.
     pub(crate) tls: PgTls,
+    /// When a connection last found its server read-only, for both pools and the sessions.
+    pub(crate) demotion: Arc<Demotion>,
+}
+
+/// When a connection of a pool last found its server read-only (25006). The server's other
+/// connections (which could be any connection opened before, since a multi-host URL does not
+/// say where each went) are not used again: the idle ones are dropped at once, the ones in use
+/// when they come back, and a node session opened before then is ended (`session.rs`), so
+/// that everything is opened again on the server that takes writes.
+pub(crate) struct Demotion {
+    last: watch::Sender<Option<Instant>>,
+    pools: [Pool; 2],
+}
+
+impl Demotion {
+    /// A connection found its server read-only just now.
+    fn seen(&self) {
+        let now = Instant::now();
+        self.last.send_replace(Some(now));
+        let dropped: usize = self.pools.iter().map(|p| p.retain(|_, m| m.created > now).removed.len()).sum();
+        tracing::warn!(
+            dropped,
+            "the store's server refused a write as read-only (a demoted primary?); every connection opened before is dropped, new ones go to the host that takes writes"
+        );
+    }
+
+    /// Whether a connection opened at `opened` may be on a server found read-only since.
+    fn covers(&self, opened: Instant) -> bool {
+        self.last.borrow().is_some_and(|seen| opened <= seen)
+    }
+
+    /// Returns once a connection finds its server read-only after `opened` (never, if the
+    /// pool is dropped first): a session opened then may be on that server.
+    pub(crate) async fn after(mut watching: watch::Receiver<Option<Instant>>, opened: Instant) {
+        loop {
+            if watching.borrow_and_update().is_some_and(|seen| opened <= seen) {
+                return;
+            }
+            if watching.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// What [`Demotion::after`] watches.
+    pub(crate) fn watch(&self) -> watch::Receiver<Option<Instant>> {
+        self.last.subscribe()
+    }
 }
 
 impl ToSql for Value {
@@ -161,7 +211,9 @@ impl PgPool {
                 .build()
                 .map_err(|e| StoreError::Config(format!("cannot build the PostgreSQL pool: {e}")))
         };
-        Ok(PgPool { pool: build(size.max(1))?, lease_pool: build(1)?, config: cfg, tls })
+        let (pool, lease_pool) = (build(size.max(1))?, build(1)?);
+        let demotion = Arc::new(Demotion { last: watch::channel(None).0, pools: [pool.clone(), lease_pool.clone()] });
+        Ok(PgPool { pool, lease_pool, config: cfg, tls, demotion })
     }
 
     /// `host:port` of the URL's first host, for messages and headers that name a server.
@@ -190,13 +242,13 @@ impl PgPool {
     }
 
     async fn take(&self, pool: &Pool) -> Result<PgTx> {
-        take(pool, &self.tls).await
+        take(pool, &self.tls, &self.demotion).await
     }
 
     /// A handle that opens autocommit reads on this pool, kept apart from it (a replica's read
     /// falls back to the primary through one).
     pub(crate) fn reader(&self) -> PgReader {
-        PgReader { pool: self.pool.clone(), tls: self.tls.clone() }
+        PgReader { pool: self.pool.clone(), tls: self.tls.clone(), demotion: self.demotion.clone() }
     }
 
     /// What this node's own pool is doing, for messages that tell a wedge from an outage.
@@ -214,15 +266,29 @@ impl PgPool {
     }
 }
 
-async fn take(pool: &Pool, tls: &PgTls) -> Result<PgTx> {
-    let client = pool.get().await.map_err(map_pool_err)?;
-    if client.is_closed() {
-        // A connection that died while idle (server restart, failover): drop it from the
-        // pool instead of handing out an error on first use.
-        let _ = Object::take(client);
-        return Err(StoreError::Unavailable("connection to PostgreSQL was closed".into()));
+async fn take(pool: &Pool, tls: &PgTls, demotion: &Arc<Demotion>) -> Result<PgTx> {
+    // Each connection passed over leaves the pool, so after its size of them the pool opens a
+    // new one, which is neither.
+    for _ in 0..=pool.status().max_size {
+        let client = pool.get().await.map_err(map_pool_err)?;
+        // A connection that died while idle (server restart, failover), or that may be on a
+        // server found read-only since it was opened: drop it from the pool and take another
+        // instead of handing out an error on first use.
+        if client.is_closed() || demotion.covers(Object::metrics(&client).created) {
+            let _ = Object::take(client);
+            continue;
+        }
+        return Ok(PgTx {
+            client: Some(client),
+            open: false,
+            in_flight: false,
+            tls: tls.clone(),
+            demotion: demotion.clone(),
+        });
     }
-    Ok(PgTx { client: Some(client), open: false, in_flight: false, tls: tls.clone() })
+    Err(StoreError::Unavailable(
+        "no usable connection to PostgreSQL: every one the pool gave was closed or on a server found read-only".into(),
+    ))
 }
 
 /// Opens autocommit reads on a pool; see [`PgPool::reader`].
@@ -230,11 +296,12 @@ async fn take(pool: &Pool, tls: &PgTls) -> Result<PgTx> {
 pub(crate) struct PgReader {
     pool: Pool,
     tls: PgTls,
+    demotion: Arc<Demotion>,
 }
 
 impl PgReader {
     pub(crate) async fn begin(&self) -> Result<Box<dyn Tx>> {
-        take(&self.pool, &self.tls).await?.start(true).await
+        take(&self.pool, &self.tls, &self.demotion).await?.start(true).await
     }
 }
 
@@ -264,6 +331,8 @@ pub(crate) struct PgTx {
     in_flight: bool,
     /// For a cancel request, which connects afresh.
     tls: PgTls,
+    /// Told when this connection finds its server read-only.
+    demotion: Arc<Demotion>,
 }
 
 impl PgTx {
@@ -284,7 +353,11 @@ impl PgTx {
 
     /// Connections that failed or landed on a demoted primary are evicted from the pool, not
     /// reused: the next checkout connects afresh and `target_session_attrs` finds the primary.
+    /// A demoted primary takes every connection opened before with it ([`Demotion`]).
     fn check(&mut self, e: tokio_postgres::Error) -> StoreError {
+        if e.code() == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION) {
+            self.demotion.seen();
+        }
         let err = map_err(e);
         if matches!(err, StoreError::Unavailable(_)) {
             if let Some(c) = self.client.take() {

@@ -4,7 +4,10 @@
 //! - PostgreSQL: a dedicated connection (outside the pool) holding a session-level advisory
 //!   lock on the node's random `session_key`. When the process dies, the kernel closes the
 //!   socket, the backend exits at once and the lock is free. The same connection LISTENs on
-//!   [`WORK_CHANNEL`], so new work reaches idle nodes without waiting for a poll.
+//!   [`WORK_CHANNEL`], so new work reaches idle nodes without waiting for a poll. It also ends
+//!   when one of the pool's connections finds its server read-only (a demoted primary, which
+//!   the session itself, never writing, would not notice): opened again, it lands where writes
+//!   go, beside the others' locks and their notifications.
 //! - SQLite (nodes on one machine): an exclusive `flock` on a lock file beside the database,
 //!   named by the session key. The kernel drops it when the process dies.
 //!
@@ -95,6 +98,10 @@ impl Store {
             Backend::Postgres(pool) => {
                 let mut cfg = pool.config.clone();
                 cfg.application_name(format!("shoal session {node}"));
+                // A session may be opened on a primary that is demoted later: it never writes
+                // to find out, so it ends when any of the pool's connections finds out.
+                let demoted = pool.demotion.watch();
+                let opened = std::time::Instant::now();
                 let (client, mut conn) = cfg.connect(pool.tls.clone()).await.map_err(|e| {
                     StoreError::Unavailable(format!(
                         "cannot open a session connection: {}",
@@ -104,8 +111,14 @@ impl Store {
                 let events = tx.clone();
                 tokio::spawn(async move {
                     let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    let demotion = crate::postgres::Demotion::after(demoted, opened);
+                    tokio::pin!(demotion);
                     let why = loop {
-                        match messages.next().await {
+                        let message = tokio::select! {
+                            m = messages.next() => m,
+                            () = &mut demotion => break "its server may be the one found read-only (a demoted primary)".to_owned(),
+                        };
+                        match message {
                             Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
                                 let _ = events.send(SessionEvent::Work);
                             }
@@ -114,6 +127,8 @@ impl Store {
                             None => break "connection closed".to_owned(),
                         }
                     };
+                    // The connection closes here, before the node hears: its lock is let go.
+                    drop(messages);
                     let _ = events.send(SessionEvent::Lost(why));
                 });
                 let key = loop {

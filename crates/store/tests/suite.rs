@@ -57,6 +57,7 @@ suite!(
     leases_and_takeover,
     the_first_write_after_an_outage_gives_back_the_leases_that_ran_out_in_it,
     recover_own_attempts_after_restart,
+    attempts_a_node_does_not_run_are_handed_back,
     logs_read_in_order,
     concurrent_claimers_never_share_an_execution,
     group_commit_keeps_every_submission_apart,
@@ -478,6 +479,32 @@ async fn recover_own_attempts_after_restart(f: Fixture) {
     let r = s.get_execution(e.id.as_str()).await.unwrap().unwrap();
     assert_eq!(r.state, ExecState::Queued);
     assert!(s.recover_node("n1").await.unwrap().is_empty());
+}
+
+/// A claim whose answer was lost (its commit reached the store all the same) made attempts
+/// the node never started: handed back, they run again; the ones it runs are kept.
+async fn attempts_a_node_does_not_run_are_handed_back(f: Fixture) {
+    let s = &f.store;
+    s.register_node(&node("n1"), Duration::from_secs(60)).await.unwrap();
+    s.register_node(&node("n2"), Duration::from_secs(60)).await.unwrap();
+    let (kept, lost, other) =
+        (submit(s, new_exec(inline())).await, submit(s, new_exec(inline())).await, submit(s, new_exec(inline())).await);
+    let claimed = s.claim(&view("n1"), 2).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(s.claim(&view("n2"), 1).await.unwrap()[0].id, other.id);
+    let runs = claimed.iter().find(|c| c.id == kept.id).unwrap().fence;
+    assert!(claimed.iter().any(|c| c.id == lost.id));
+
+    assert_eq!(s.hand_back_unstarted("n1", &[runs]).await.unwrap(), vec![lost.id.clone()]);
+    let r = s.get_execution(lost.id.as_str()).await.unwrap().unwrap();
+    assert_eq!((r.state, r.reason), (ExecState::Queued, shoal_core::ReasonCode::HandedBack), "{r:?}");
+    for id in [&kept.id, &other.id] {
+        assert_eq!(s.get_execution(id.as_str()).await.unwrap().unwrap().state, ExecState::Running);
+    }
+    assert!(s.hand_back_unstarted("n1", &[runs]).await.unwrap().is_empty());
+    // Claimed again, it runs once more as the next attempt.
+    let again = s.claim(&view("n1"), 1).await.unwrap();
+    assert_eq!((again[0].id.as_str(), again[0].attempt), (lost.id.as_str(), 2));
 }
 
 async fn logs_read_in_order(f: Fixture) {

@@ -183,7 +183,11 @@ impl PgServer {
         append_config(&data, CONFIG)?;
         append_config(&data, &socket_config(&root))?;
         setup(&data)?;
-        Ok(PgServer { inst: Instance::start(bins, root)?, next_db: AtomicU32::new(0), next_replica: AtomicU32::new(0) })
+        Ok(PgServer {
+            inst: Instance::start(bins, root, None)?,
+            next_db: AtomicU32::new(0),
+            next_replica: AtomicU32::new(0),
+        })
     }
 
     /// Creates a new, empty database with a name unique in this process and
@@ -229,23 +233,35 @@ impl PgServer {
     }
 
     fn try_start_replica(&self) -> Result<PgReplica, String> {
-        let bins = bins()?;
-        let root = dirs::new_root()?;
-        let data = root.join("data");
         let n = self.next_replica.fetch_add(1, Ordering::Relaxed);
-        let slot = format!("shoal_replica_{n}");
-        let mut backup = proc::command(&bins.tool("pg_basebackup"), &root)?;
-        backup
-            .arg("-D")
-            .arg(&data)
-            // -R writes standby.signal and primary_conninfo; -C -S makes the slot.
-            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-C", "-S", &slot])
-            .args(["-h", "127.0.0.1", "-p", &self.port().to_string(), "-U", SUPERUSER]);
-        proc::run("pg_basebackup", backup)?;
-        // The copied configuration names the primary's socket directory.
-        append_config(&data, &socket_config(&root))?;
-        Ok(PgReplica { inst: Instance::start(bins, root)?, slot, primary_admin_url: self.admin_url() })
+        start_replica_of(self.port(), n, None)
     }
+}
+
+/// A hot standby of the server on `port`, copied with `pg_basebackup` and holding the
+/// replication slot `shoal_replica_{n}` there, listening on `listen` if given (else on a free
+/// port).
+fn start_replica_of(port: u16, n: u32, listen: Option<u16>) -> Result<PgReplica, String> {
+    let bins = bins()?;
+    let root = dirs::new_root()?;
+    let data = root.join("data");
+    let slot = format!("shoal_replica_{n}");
+    let mut backup = proc::command(&bins.tool("pg_basebackup"), &root)?;
+    backup
+        .arg("-D")
+        .arg(&data)
+        // -R writes standby.signal and primary_conninfo; -C -S makes the slot.
+        .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-C", "-S", &slot])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", SUPERUSER]);
+    proc::run("pg_basebackup", backup)?;
+    // The copied configuration names the primary's socket directory.
+    append_config(&data, &socket_config(&root))?;
+    Ok(PgReplica {
+        inst: Instance::start(bins, root, listen)?,
+        slot,
+        primary_admin_url: url(port, "postgres"),
+        next_replica: AtomicU32::new(0),
+    })
 }
 
 /// The shared server is a static and never dropped; one of [`PgServer::start_tls`] goes with
@@ -257,12 +273,14 @@ impl Drop for PgServer {
     }
 }
 
-/// A streaming replica of the test server; see [`PgServer::start_replica`].
+/// A streaming replica of a test server; see [`PgServer::start_replica`] and
+/// [`PgReplica::start_replica_at`].
 #[derive(Debug)]
 pub struct PgReplica {
     inst: Instance,
     slot: String,
     primary_admin_url: String,
+    next_replica: AtomicU32,
 }
 
 impl PgReplica {
@@ -279,6 +297,26 @@ impl PgReplica {
     /// The replica's data directory; its parent holds its `postgres.log`.
     pub fn data_dir(&self) -> &Path {
         &self.inst.data
+    }
+
+    /// Waits until the replica has replayed all its primary had written when called (what a
+    /// switchover waits for before promoting it, so that no commit is left behind); panics
+    /// after 30 s. The primary may be read-only but must be up.
+    pub fn wait_replayed(&self) {
+        // A checkpoint flushes (and so sends) every record before it: without one, a record no
+        // commit follows may stay unsent until the background writer's next snapshot, 15 s on.
+        let flushed = psql(&self.primary_admin_url, "CHECKPOINT")
+            .and_then(|_| psql(&self.primary_admin_url, "SELECT pg_current_wal_flush_lsn()"));
+        let written = match flushed {
+            Ok(lsn) => lsn,
+            Err(e) => panic!("cannot flush the primary's WAL and read its position: {e}"),
+        };
+        let sql = format!("SELECT pg_last_wal_replay_lsn() >= '{written}'::pg_lsn");
+        crate::wait_until(
+            &format!("the replica on port {} to replay the primary's WAL up to {written}", self.port()),
+            Duration::from_secs(30),
+            || psql(&self.url_for("postgres"), &sql).is_ok_and(|r| r == "t"),
+        );
     }
 
     /// Promotes the replica to a primary, returning once it accepts writes.
@@ -298,6 +336,19 @@ impl PgReplica {
     pub fn kill(&self) {
         self.inst.stop();
     }
+
+    /// Starts a hot standby streaming from this replica once it is promoted, listening on
+    /// `port`: given the port of a server killed before (a primary that failed over to this
+    /// one), it is that old primary brought back as a standby of the new one, at its old
+    /// address, as an operator rebuilds it. Stopped and removed when dropped; panics if the
+    /// port is taken.
+    pub fn start_replica_at(&self, port: u16) -> PgReplica {
+        let n = self.next_replica.fetch_add(1, Ordering::Relaxed);
+        match start_replica_of(self.port(), n, Some(port)) {
+            Ok(replica) => replica,
+            Err(e) => panic!("cannot start a replica of the replica on port {}: {e}", self.port()),
+        }
+    }
 }
 
 impl Drop for PgReplica {
@@ -311,10 +362,12 @@ impl Drop for PgReplica {
             self.slot
         );
         for _ in 0..100 {
-            if psql(&self.primary_admin_url, &drop_slot).is_ok() {
-                break;
+            match psql(&self.primary_admin_url, &drop_slot) {
+                Ok(_) => break,
+                // The primary is gone (killed, having failed over to this replica): so is the slot.
+                Err(e) if e.contains("Connection refused") => break,
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
         let _ = std::fs::remove_dir_all(&self.inst.root);
     }

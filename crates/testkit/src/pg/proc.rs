@@ -204,13 +204,18 @@ enum Readiness {
 }
 
 impl Instance {
-    /// Starts `postgres` over the initialized `root/data` on a free port and
-    /// waits until it accepts connections.
-    pub(super) fn start(bins: &Bins, root: PathBuf) -> Result<Instance, String> {
+    /// Starts `postgres` over the initialized `root/data` on `port`, or on a free port when
+    /// `None`, and waits until it accepts connections.
+    pub(super) fn start(bins: &Bins, root: PathBuf, port: Option<u16>) -> Result<Instance, String> {
         let data = root.join("data");
         let log_path = root.join("postgres.log");
-        for attempt in 1..=PORT_ATTEMPTS {
-            let port = free_port()?;
+        // A port given is that port or nothing.
+        let attempts = if port.is_some() { 1 } else { PORT_ATTEMPTS };
+        for attempt in 1..=attempts {
+            let port = match port {
+                Some(p) => p,
+                None => free_port()?,
+            };
             let log = File::options()
                 .create(true)
                 .append(true)
@@ -229,7 +234,7 @@ impl Instance {
                 }
                 Readiness::Exited(status) => {
                     let log = read_log_from(&log_path, log_start);
-                    if log.contains("Address already in use") && attempt < PORT_ATTEMPTS {
+                    if log.contains("Address already in use") && attempt < attempts {
                         continue;
                     }
                     return Err(format!(
