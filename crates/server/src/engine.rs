@@ -115,6 +115,11 @@ pub struct Engine {
     pub recovered_at: Mutex<Option<Instant>>,
     /// The other nodes whose lease was live at the last successful renewal.
     pub members: Mutex<Vec<String>>,
+    /// After an outage long enough for nodes to have ridden through it: this node claims
+    /// nothing before this moment (every rider has a lease's time to check its attempts),
+    /// and first checks its own attempts against the store (`verify_after_outage`).
+    claim_after: Mutex<Option<Instant>>,
+    verify_after_outage: AtomicBool,
     /// Since when the attempts here ride through a store outage the cluster shares, instead
     /// of being killed (docs/design/store-outage.md).
     pub riding: Mutex<Option<Instant>>,
@@ -163,6 +168,8 @@ impl Engine {
             failing_since: Mutex::new(None),
             recovered_at: Mutex::new(None),
             members: Mutex::new(Vec::new()),
+            claim_after: Mutex::new(None),
+            verify_after_outage: AtomicBool::new(false),
             riding: Mutex::new(None),
             state: Mutex::new((NodeState::Active, None)),
             load: Mutex::new(Load::default()),
@@ -354,8 +361,16 @@ impl Engine {
                 self.publish_deadline(sent_boottime);
                 *self.last_store_error.lock() = None;
                 *self.members.lock() = r.members;
-                if self.failing_since.lock().take().is_some() {
+                if let Some(since) = self.failing_since.lock().take() {
                     *self.recovered_at.lock() = Some(Instant::now());
+                    // Long enough that a node may have ridden through it: the server that
+                    // answers now may be a promoted replica that lost commits, such as a
+                    // claim whose attempt still runs here. Check before claiming anything.
+                    if since.elapsed() >= self.cfg.lease_ttl.saturating_sub(self.kill_margin()) {
+                        *self.claim_after.lock() = Some(Instant::now() + self.cfg.lease_ttl);
+                        self.verify_after_outage.store(true, Ordering::SeqCst);
+                        self.wake.notify_one();
+                    }
                 }
                 if let Some(since) = self.riding.lock().take() {
                     tracing::warn!(
@@ -486,6 +501,12 @@ impl Engine {
     /// Claims what fits in the free slots and starts it; loops while there is more.
     pub async fn dispatch(self: &Arc<Self>) -> Result<bool, StoreError> {
         let mut any = false;
+        if self.verify_after_outage.load(Ordering::SeqCst) {
+            self.verify_own_attempts().await?;
+        }
+        if self.claim_after.lock().is_some_and(|t| Instant::now() < t) {
+            return Ok(false);
+        }
         while self.accepting() {
             if self.claim_unsure.load(Ordering::SeqCst) {
                 self.hand_back_unstarted().await?;
@@ -540,6 +561,32 @@ impl Engine {
             }
         }
         Ok(any)
+    }
+
+    /// After an outage: stops every attempt here that the store does not say runs here with
+    /// that token (the server that came back lost the commit that claimed it, and another node
+    /// may claim the execution again). Fenced: nothing of it is written.
+    async fn verify_own_attempts(&self) -> Result<(), StoreError> {
+        let current: std::collections::HashSet<(String, FencingToken)> = self
+            .store
+            .attempts_running_on(&self.cfg.node_id)
+            .await?
+            .into_iter()
+            .map(|(id, fence)| (id.to_string(), fence))
+            .collect();
+        let lost: Vec<(String, FencingToken)> = self
+            .attempts
+            .lock()
+            .iter()
+            .filter(|(fence, a)| !current.contains(&(a.execution.clone(), **fence)))
+            .map(|(fence, a)| (a.execution.clone(), *fence))
+            .collect();
+        for (id, fence) in lost {
+            tracing::error!(execution = %id, %fence, "after the store outage, the store does not know this attempt: the server that came back lost its claim; stopping it");
+            self.stop_one(&id, Some(fence), Stop::Fenced);
+        }
+        self.verify_after_outage.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     /// After a claim whose commit is unknown: the attempts the store says run here that do not

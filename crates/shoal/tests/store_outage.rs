@@ -252,6 +252,8 @@ async fn long_attempts_ride_through_a_failover_of_twenty_seconds() {
     let first_pids = pids(&root);
     assert_eq!(first_pids.len(), EXECUTIONS);
 
+    // Nothing the nodes wrote is lost with the primary: the replica is asynchronous.
+    tokio::task::block_in_place(|| store.replica.wait_replayed());
     store.primary.kill();
     let killed = Instant::now();
     // Every node finds the store gone (and rides instead of killing: the pids below).
@@ -324,6 +326,8 @@ async fn an_outage_longer_than_the_grace_stops_every_attempt_and_nothing_runs_tw
     let (root, ids) = thirty_running(&nodes).await;
     let first_pids = pids(&root);
 
+    // Nothing the nodes wrote is lost with the primary: the replica is asynchronous.
+    tokio::task::block_in_place(|| store.replica.wait_replayed());
     store.primary.kill();
     let killed = Instant::now();
     shoal_testkit::wait_until_async("every attempt to be killed when the grace runs out", T, || {
@@ -410,6 +414,8 @@ async fn a_node_also_cut_off_from_gossip_stops_its_attempts_and_they_run_again_a
     all_beat(&root, &ids).await;
     let x_pids: Vec<i32> = on_x.iter().map(|id| pids(&root)[&format!("{id}.1")]).collect();
 
+    // Nothing the nodes wrote is lost with the primary: the replica is asynchronous.
+    tokio::task::block_in_place(|| store.replica.wait_replayed());
     // The lease n3 holds now, then the store and n3's network go at once.
     let watcher = shoal_store::Store::open(&url, 1).await.unwrap();
     let x_row = watcher.list_nodes().await.unwrap().into_iter().find(|n| n.id == "n3").unwrap();
@@ -467,4 +473,57 @@ async fn a_node_also_cut_off_from_gossip_stops_its_attempts_and_they_run_again_a
     }
     x.terminate().unwrap();
     let _ = x.wait();
+}
+
+/// The server that comes back after an outage may be a replica that lost the last commits, such
+/// as the claim of an attempt that rode through: the node finds that the store does not know
+/// its attempt, stops it, and nobody claims the execution again until a lease later, so the two
+/// never run side by side. The lost claim is made by hand here (the claim's rows put back as
+/// they were before it) while the node rides, cut off from its store by a proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_whose_claim_the_store_lost_stops_before_it_runs_again() {
+    let pg = shoal_testkit::postgres();
+    let url = pg.fresh_database();
+    let proxy = common::proxy::Proxy::start(format!("127.0.0.1:{}", pg.port()).parse().unwrap()).await;
+    let via_proxy = url.replace(&format!(":{}/", pg.port()), &format!(":{}/", proxy.port));
+    let mut n = TestNode::start_on(tempfile::tempdir().unwrap(), via_proxy, "").await;
+    let root = beating_sandbox(&n).await;
+    let id = submit(&n.url).await;
+    let ids = vec![id.clone()];
+    wait_all(&n.url, &ids, "running", |e| e["state"] == "running").await;
+    all_beat(&root, &ids).await;
+    let first = pids(&root)[&format!("{id}.1")];
+
+    proxy.cut();
+    // A node alone rides (nobody else could take anything over): still alive past its moment.
+    let cut = Instant::now();
+    while cut.elapsed() < Duration::from_secs(3) {
+        assert!(common::alive(first), "the attempt was killed {:?} after the cut", cut.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lost = format!(
+        "DELETE FROM attempts WHERE execution_id = '{id}';
+         UPDATE executions SET state = 'queued', node_id = NULL, fence = NULL, attempt = 0, reason = 'submitted' WHERE id = '{id}'"
+    );
+    shoal_testkit::psql(&url, &lost).unwrap();
+    proxy.restore();
+    shoal_testkit::wait_until_async(
+        "the attempt the store lost to be stopped",
+        T,
+        || async move { !common::alive(first) },
+    )
+    .await;
+    let again = wait_all(&n.url, &ids, "running again", |e| e["state"] == "running").await;
+    assert_eq!(again[&id]["attempt"], 1, "the store counts the new attempt as the first: {}", again[&id]);
+    shoal_testkit::wait_until_async("the new attempt to beat", T, || {
+        let root = &root;
+        let id = &id;
+        async move { attempts_apart(root, id).len() == 2 }
+    })
+    .await;
+    std::fs::write(root.join("release"), "").unwrap();
+    let done = wait_all(&n.url, &ids, "finished", |e| e["state"] == "succeeded").await;
+    assert_eq!(done[&id]["attempt"], 1);
+    assert_eq!(attempts_apart(&root, &id).len(), 2, "two attempts, one after the other");
+    n.stop().await;
 }

@@ -1109,6 +1109,20 @@ impl Store {
     /// started them, so they run again whatever their `on_node_loss` says. Only the node
     /// itself may call this, between its claims: another claim of its own under way would
     /// look the same.
+    /// The attempts the store says run on `node` now: (execution, fencing token). A node that
+    /// rode through a store outage compares them with what it runs (the promoted server may
+    /// have lost a commit that made one of them).
+    pub async fn attempts_running_on(&self, node: &str) -> Result<Vec<(ExecutionId, FencingToken)>> {
+        let mut c = self.read().await?;
+        let rows = c
+            .query(
+                "SELECT id, fence FROM executions WHERE state = 'running' AND node_id = $1 AND fence IS NOT NULL",
+                vec![node.into()],
+            )
+            .await?;
+        rows.iter().map(|r| Ok((ExecutionId::from_trusted(r.text(0)?), FencingToken(r.i64(1)?)))).collect()
+    }
+
     pub async fn hand_back_unstarted(&self, node: &str, running: &[FencingToken]) -> Result<Vec<ExecutionId>> {
         self.take_over(
             "SELECT id, fence, node_id FROM executions WHERE state = 'running' AND node_id = $1 LIMIT 10000",
