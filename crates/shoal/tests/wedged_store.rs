@@ -5,6 +5,10 @@
 //! "timed out"), kill its job before its lease can run out, and still stop within
 //! `executor.kill_grace` plus a few seconds when asked, though every store call it makes
 //! waits on the lock.
+//!
+//! A node that is the whole cluster would ride through the store's loss, since nobody could
+//! take its job over (docs/design/store-outage.md); riding is turned off here
+//! (`store_outage_grace = "0s"`) to see the kill.
 
 mod common;
 
@@ -17,7 +21,10 @@ async fn a_locked_store_is_named_and_shutdown_still_ends_in_time() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("shoal.db");
     let pid_file = dir.path().join("job.pid");
-    let mut n = TestNode::start_on(dir, format!("sqlite://{}", db.display()), "").await;
+    let mut n = TestNode::start_edited(dir, format!("sqlite://{}", db.display()), |t| {
+        t.replace("lease_ttl = \"2s\"", "lease_ttl = \"2s\"\nstore_outage_grace = \"0s\"")
+    })
+    .await;
     let script = format!("echo $$ > {}; exec sleep 60", pid_file.display());
     let id = n.submit(json!({"command": ["sh", "-c", script]})).await;
     n.wait_state(&id, "running", Duration::from_secs(10)).await;
