@@ -12,8 +12,20 @@ use shoal_store::NodeRow;
 use shoal_wire as wire;
 use std::collections::HashMap;
 
-fn node(state: &crate::AppState, n: &NodeRow, gossip: &HashMap<String, bool>) -> wire::Node {
-    let store = state.engine.store_reports().into_iter().find(|(id, _)| *id == n.id).map(|(_, s)| s);
+/// What this node's gossip says of every node, read once per answer.
+struct Seen {
+    alive: HashMap<String, bool>,
+    store: HashMap<String, String>,
+}
+
+fn seen(state: &crate::AppState) -> Seen {
+    Seen {
+        alive: state.engine.gossip().into_iter().collect(),
+        store: state.engine.store_reports().into_iter().collect(),
+    }
+}
+
+fn node(state: &crate::AppState, n: &NodeRow, seen: &Seen) -> wire::Node {
     let live = n.lease_expires_at > n.now && !matches!(n.state, RegistryState::Stopped | RegistryState::Lost);
     // A node whose lease ran out without a clean stop is lost, whatever it last published.
     let shown = if live || n.state == RegistryState::Stopped { n.state } else { RegistryState::Lost };
@@ -33,12 +45,12 @@ fn node(state: &crate::AppState, n: &NodeRow, gossip: &HashMap<String, bool>) ->
         version: n.version.clone(),
         generation: n.generation,
         gossip_addr: n.gossip_addr.clone(),
-        gossip: match gossip.get(&n.id) {
+        gossip: match seen.alive.get(&n.id) {
             Some(true) => wire::GossipView::Alive,
             Some(false) => wire::GossipView::Dead,
             None => wire::GossipView::Unknown,
         },
-        store: match store.as_deref() {
+        store: match seen.store.get(&n.id).map(String::as_str) {
             Some("reachable") => wire::StoreView::Reachable,
             Some("unreachable") => wire::StoreView::Unreachable,
             _ => wire::StoreView::Unknown,
@@ -73,16 +85,16 @@ fn node(state: &crate::AppState, n: &NodeRow, gossip: &HashMap<String, bool>) ->
 #[utoipa::path(get, path = "/nodes", operation_id = "listNodes", tag = "nodes", responses((status = 200, description = "Every node the store knows, with leases measured on the store's clock.", body = wire::NodeList)))]
 pub async fn list(state: State) -> ApiResult<Json<wire::NodeList>> {
     let nodes = state.store.list_nodes().await?;
-    let gossip: HashMap<String, bool> = state.engine.gossip().into_iter().collect();
-    Ok(Json(wire::NodeList { nodes: nodes.iter().map(|n| node(&state, n, &gossip)).collect() }))
+    let seen = seen(&state);
+    Ok(Json(wire::NodeList { nodes: nodes.iter().map(|n| node(&state, n, &seen)).collect() }))
 }
 
 #[utoipa::path(get, path = "/nodes/{id}", operation_id = "getNode", tag = "nodes", params(("id" = String, Path, description = "Node id.")), responses((status = 200, description = "The node.", body = wire::Node)))]
 pub async fn get(state: State, Path(id): Path<String>) -> ApiResult<Json<wire::Node>> {
     let nodes = state.store.list_nodes().await?;
     let n = nodes.iter().find(|n| n.id == id).ok_or_else(|| ApiError::not_found(format!("no node with id `{id}`")))?;
-    let gossip: HashMap<String, bool> = state.engine.gossip().into_iter().collect();
-    Ok(Json(node(&state, n, &gossip)))
+    let seen = seen(&state);
+    Ok(Json(node(&state, n, &seen)))
 }
 
 /// Sets this node's state, or forwards the request to the node it names.
@@ -96,11 +108,11 @@ async fn set_state(state: State, id: String, req: Request, to: NodeState) -> Api
     }
     let before = state.engine.set_state(to);
     let nodes = state.store.list_nodes().await?;
-    let gossip: HashMap<String, bool> = state.engine.gossip().into_iter().collect();
+    let seen = seen(&state);
     let n = nodes.iter().find(|n| n.id == id).ok_or_else(|| {
         ApiError::internal(format!("node {id} is not in the store's registry while it runs; it is stopping"))
     })?;
-    let mut v = node(&state, n, &gossip);
+    let mut v = node(&state, n, &seen);
     v.previous_state = Some(before.into());
     Ok(Json(v).into_response())
 }

@@ -371,7 +371,12 @@ fn spawn_engine_workers(engine: &Arc<Engine>, cluster: &Arc<cluster::Cluster>, c
         step
     });
     w.spawn(lease.backoff(Backoff::Never));
-    w.spawn(Watchdog { engine: e(), cluster: cluster.clone(), linger: ride_linger(config), heard_back: None });
+    w.spawn(Watchdog {
+        engine: e(),
+        cluster: cluster.clone(),
+        linger: ride_linger(config, engine.kill_margin()),
+        heard_back: None,
+    });
     w.spawn(
         Periodic::new("dispatcher", poll, e(), |e| async move {
             e.dispatch().await.map(|any| if any { Step::Busy } else { Step::Idle }).map_err(|e| e.to_string())
@@ -426,10 +431,8 @@ fn heard_within(config: &Config) -> Duration {
 /// margin before that. Zero when the lease is too short for the gossip interval: then a
 /// member that goes silent could not be told from one that took over in time, and nothing
 /// rides (docs/design/store-outage.md).
-fn ride_linger(config: &Config) -> Duration {
-    let ttl = config.cluster.lease_ttl;
-    let margin = (ttl / 5).max(Duration::from_millis(500));
-    ttl.saturating_sub(margin).saturating_sub(heard_within(config))
+fn ride_linger(config: &Config, margin: Duration) -> Duration {
+    config.cluster.lease_ttl.saturating_sub(margin).saturating_sub(heard_within(config))
 }
 
 #[async_trait::async_trait]
