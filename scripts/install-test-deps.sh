@@ -3,6 +3,8 @@
 # server programs and psql, which shoal-testkit runs as throwaway servers, and
 # faketime, which runs a node with a skewed clock (tests/triggers_kill.rs), and
 # iproute2's ip, for network namespaces (tests/store_outage.rs), and
+# PgBouncer, which shoal-testkit puts in front of a test server in each pooling
+# mode (crates/store/tests/pooler.rs, crates/shoal/tests/failover.rs), and
 # Python's croniter, the independent cron implementation that shoal's schedules
 # are compared with (crates/core/tests/cron_vixie_differential.rs), and
 # schemathesis, which fuzzes a node against its OpenAPI document.
@@ -90,6 +92,14 @@ if ! command -v ip >/dev/null 2>&1; then
     did+=("installed iproute2")
 fi
 
+# PgBouncer: the tests run their own, as PostgreSQL's user, on free ports. Debian's
+# package may start one of its own on 6432 where an init system runs; it is stopped.
+if ! command -v pgbouncer >/dev/null 2>&1 && [[ ! -x /usr/sbin/pgbouncer ]]; then
+    apt_install pgbouncer
+    as_root service pgbouncer stop >/dev/null 2>&1 || true
+    did+=("installed pgbouncer")
+fi
+
 # Python tools, pinned: the cron differential test relies on croniter's
 # day_or/implement_cron_bug semantics; schemathesis fuzzes a node against its
 # OpenAPI document (crates/shoal/tests/openapi_fuzz.rs).
@@ -140,7 +150,7 @@ if [[ $(id -u) -eq 0 ]] && ! id postgres >/dev/null 2>&1; then
 fi
 
 if [[ ${#did[@]} -eq 0 ]]; then
-    echo "install-test-deps: PostgreSQL ($bindir), faketime, ip, croniter $CRONITER_VERSION and schemathesis $SCHEMATHESIS_VERSION already present; nothing to do"
+    echo "install-test-deps: PostgreSQL ($bindir), faketime, ip, pgbouncer, croniter $CRONITER_VERSION and schemathesis $SCHEMATHESIS_VERSION already present; nothing to do"
 else
     echo "install-test-deps: $(IFS=,; echo "${did[*]}" | sed 's/,/, /g') ($bindir)"
 fi

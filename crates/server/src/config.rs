@@ -86,6 +86,7 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     url: Option<String>,
+    session_url: Option<String>,
     pool_size: Option<u32>,
     replicas: Option<Vec<String>>,
     replica_max_lag: Option<String>,
@@ -210,6 +211,9 @@ pub struct TlsFiles {
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
     pub url: String,
+    /// Where node sessions (an advisory lock and `LISTEN`) connect when `url` goes through a
+    /// pooler in transaction mode: the same database, past the pooler (PostgreSQL only).
+    pub session_url: Option<String>,
     pub pool_size: usize,
     /// Read replicas' URLs (PostgreSQL only).
     pub replicas: Vec<String>,
@@ -302,6 +306,7 @@ const SECTIONS: &[(&str, &[&str])] = &[
         "store",
         &[
             "url",
+            "session_url",
             "pool_size",
             "replicas",
             "replica_max_lag",
@@ -546,6 +551,21 @@ impl Config {
             return Err(ConfigError::Invalid("http.max_connections must be from 1 to 1000000".into()));
         }
         let url = raw.store.url.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("shoal.db").display()));
+        let session_url = raw.store.session_url;
+        match &session_url {
+            Some(_) if url.starts_with("sqlite://") => {
+                return Err(ConfigError::Invalid(
+                    "store.session_url is set but the store is SQLite: it is for PostgreSQL behind a pooler in transaction mode; remove store.session_url or use a postgres:// store.url".into(),
+                ))
+            }
+            Some(s) if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) => {
+                return Err(ConfigError::Invalid(format!(
+                    "store.session_url: `{}` is not a postgres:// URL; give the URL of the same database as store.url, past the pooler",
+                    shoal_store::redact(s)
+                )))
+            }
+            _ => {}
+        }
         let replicas = raw.store.replicas.unwrap_or_default();
         if url.starts_with("sqlite://") && !replicas.is_empty() {
             return Err(ConfigError::Invalid(
@@ -727,6 +747,7 @@ impl Config {
             },
             store: StoreConfig {
                 url,
+                session_url,
                 pool_size: pool_size as usize,
                 replicas,
                 replica_max_lag,
@@ -940,6 +961,11 @@ slots = 8
             ("[executor]\nslots = 0", "executor.slots"),
             ("[executor]\nkill_grace = \"soon\"", "executor.kill_grace"),
             ("[store]\nreplicas = [\"postgres://r\"]", "PostgreSQL feature"),
+            ("[store]\nsession_url = \"postgres://r/db\"", "store.session_url is set but the store is SQLite"),
+            (
+                "[store]\nurl = \"postgres://p/db\"\nsession_url = \"p:6432\"",
+                "store.session_url: `p:6432` is not a postgres:// URL",
+            ),
             ("[store]\nurl = \"postgres://p/db\"\nreplicas = [\"mysql://r\"]", "not a postgres:// URL"),
             (
                 "[store]\nroute_to_primary = [\"^GET /a\", \"(\"]",

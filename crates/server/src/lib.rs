@@ -111,10 +111,13 @@ pub async fn start(config: Config) -> anyhow::Result<Node> {
     };
     let acceptor = certificate.clone().map(tls::acceptor).transpose().map_err(anyhow::Error::msg)?;
     let peer_ca = config.cluster.tls_ca.as_deref().map(tls::load_ca).transpose().map_err(ConfigError::Invalid)?;
-    let store = Store::open(&config.store.url, config.store.pool_size).await.map_err(|e| match e {
-        StoreError::Unavailable(m) => anyhow::anyhow!("{m}"),
-        other => anyhow::anyhow!("store {}: {other}", shoal_store::redact(&config.store.url)),
-    })?;
+    let store =
+        Store::open_with_session(&config.store.url, config.store.pool_size, config.store.session_url.as_deref())
+            .await
+            .map_err(|e| match e {
+                StoreError::Unavailable(m) => anyhow::anyhow!("{m}"),
+                other => anyhow::anyhow!("store {}: {other}", shoal_store::redact(&config.store.url)),
+            })?;
     let store = store
         .with_replicas(
             &config.store.replicas,

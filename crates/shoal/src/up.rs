@@ -121,7 +121,7 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
     // Environment overrides still apply, as for `shoal server`.
     let config = shoal_server::Config::parse(&config_text, "(shoal up)", std::env::vars())?;
     let token = {
-        let store = open_store(&config.store.url).await?;
+        let store = open_store(&config.store).await?;
         up_token(&store, &data_dir).await?
     };
     let node = shoal_server::start(config).await?;
@@ -161,8 +161,9 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
 }
 
 /// Opens the store as this process's own handle (to register the sandbox and the token).
-async fn open_store(url: &str) -> anyhow::Result<shoal_store::Store> {
-    shoal_store::Store::open(url, 1).await.map_err(|e| match e {
+async fn open_store(config: &shoal_server::config::StoreConfig) -> anyhow::Result<shoal_store::Store> {
+    let url = &config.url;
+    shoal_store::Store::open_with_session(url, 1, config.session_url.as_deref()).await.map_err(|e| match e {
         shoal_store::StoreError::Unavailable(m) => anyhow::anyhow!("{m}"),
         other => anyhow::anyhow!("store {}: {other}", shoal_store::redact(url)),
     })
@@ -376,7 +377,7 @@ async fn up_cluster(args: UpArgs) -> anyhow::Result<u8> {
     // An override such as SHOAL_STORE_URL applies to every node alike; this process uses the
     // same store to register the sandbox and to find the nodes.
     let config = &configs[0];
-    let store = open_store(&config.store.url).await?;
+    let store = open_store(&config.store).await?;
     let root_text = sandbox_root.display().to_string();
     register_examples(&store, &root_text).await?;
     let token = up_token(&store, &data_dir).await?;

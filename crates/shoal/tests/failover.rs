@@ -2,13 +2,16 @@
 //! running an attempt (the process alone, not its group, as a crash would). Gossip notices,
 //! the store confirms the dead node's session has ended, and another node runs the
 //! execution again long before the dead node's lease would have run out; the attempts never
-//! overlap, which each attempt's fencing-token heartbeats prove.
+//! overlap, which each attempt's fencing-token heartbeats prove. The same holds with the nodes
+//! behind PgBouncer, in session mode and in transaction mode with `store.session_url`; in
+//! transaction mode without it, and in statement mode, a node refuses to start.
 
 mod common;
 
-use common::procs::{get, start_cluster, Proc};
+use common::procs::{get, start_cluster, wait_cluster, Proc};
 use common::{alive, read_pid};
 use serde_json::{json, Value};
+use shoal_testkit::{PgBouncer, PoolMode};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -84,8 +87,14 @@ async fn start_beating(http: &reqwest::Client, dir: &Path, procs: &[Proc]) -> Be
 }
 
 async fn sigkill_failover(store: String) {
+    sigkill_failover_with_env(store, &[]).await;
+}
+
+/// [`sigkill_failover`] with nodes given more environment (`SHOAL_STORE_SESSION_URL`).
+async fn sigkill_failover_with_env(store: String, env: &[(&str, String)]) {
     let dir = tempfile::tempdir().unwrap();
-    let mut procs = start_cluster(dir.path(), &store, &["n1", "n2", "n3"], LEASE).await;
+    let procs = ["n1", "n2", "n3"].map(|id| Proc::start_with_env(dir.path(), &store, id, LEASE, "", env));
+    let mut procs = wait_cluster(procs.into()).await;
     let http = common::http();
     let Beating { sandbox, id, first_pid, victim_id, victim } = start_beating(&http, dir.path(), &procs).await;
     let killed_at = Instant::now();
@@ -134,6 +143,72 @@ async fn sigkill_failover(store: String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_node_is_taken_over_early_on_postgres() {
     sigkill_failover(shoal_testkit::postgres().fresh_database()).await;
+}
+
+/// Session pooling: a client keeps its server connection for life, and PgBouncer resets it
+/// (`DISCARD ALL`, which lets go of advisory locks) when the client goes, so a killed node's
+/// session lock ends with its process as it does without a pooler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_node_is_taken_over_early_behind_pgbouncer_in_session_mode() {
+    let bouncer = PgBouncer::start(shoal_testkit::postgres().port(), PoolMode::Session);
+    let (_direct, pooled) = pooled_database(&bouncer);
+    sigkill_failover(pooled).await;
+}
+
+/// Transaction pooling: every statement goes through PgBouncer, node sessions past it on
+/// `store.session_url`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_node_is_taken_over_early_behind_pgbouncer_in_transaction_mode_with_a_session_url() {
+    let bouncer = PgBouncer::start(shoal_testkit::postgres().port(), PoolMode::Transaction);
+    let (direct, pooled) = pooled_database(&bouncer);
+    sigkill_failover_with_env(pooled, &[("SHOAL_STORE_SESSION_URL", direct)]).await;
+}
+
+/// A fresh database: its direct URL, and its URL through `bouncer`.
+fn pooled_database(bouncer: &PgBouncer) -> (String, String) {
+    let direct = shoal_testkit::postgres().fresh_database();
+    let name = direct.rsplit('/').next().unwrap().to_owned();
+    let pooled = bouncer.url_for(&name);
+    (direct, pooled)
+}
+
+/// Behind a pooler that loses session state, a node refuses to start: exit code 3, a message
+/// naming the pooling mode and what to change, and nothing written to the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_pgbouncer_in_transaction_or_statement_mode_a_node_without_a_session_url_refuses_to_start() {
+    for (mode, says) in [
+        (PoolMode::Transaction, ["transaction pooling mode", "store.session_url"]),
+        (PoolMode::Statement, ["statement pooling mode", "pool_mode = session"]),
+    ] {
+        let bouncer = PgBouncer::start(shoal_testkit::postgres().port(), mode);
+        let (direct, pooled) = pooled_database(&bouncer);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("shoal.toml");
+        std::fs::write(&config, common::config_text(dir.path(), &pooled, "")).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["server", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("a node behind {mode:?} pooling started instead of refusing");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{mode:?}: {stderr}");
+        for needle in says {
+            assert!(stderr.contains(needle), "{mode:?}: the refusal should say {needle:?}: {stderr}");
+        }
+        let tables = shoal_testkit::psql(&direct, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'");
+        assert_eq!(tables.unwrap(), "0", "{mode:?}: a refused node must write nothing");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ mod executions;
 mod listeners;
 mod nodes;
 pub mod pgtls;
+mod pooler;
 mod postgres;
 mod principals;
 mod replicas;
@@ -151,6 +152,14 @@ impl Store {
     /// Opens the store at `url` (`sqlite://PATH` or `postgres://...`), checks it can be
     /// reached, and applies pending migrations.
     pub async fn open(url: &str, pool_size: usize) -> Result<Store> {
+        Store::open_with_session(url, pool_size, None).await
+    }
+
+    /// [`Store::open`], with node sessions connecting to `session_url` (PostgreSQL:
+    /// `store.session_url`, a URL past a pooler in transaction mode) instead of `url`. On
+    /// PostgreSQL, the connections are first checked to keep what node sessions need
+    /// (`pooler.rs`), and a store they do not is refused with [`StoreError::Config`].
+    pub async fn open_with_session(url: &str, pool_size: usize, session_url: Option<&str>) -> Result<Store> {
         let backend = if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
                 return Err(StoreError::Config(
@@ -163,15 +172,29 @@ impl Store {
                 .map_err(|e| StoreError::Internal(e.to_string()))??;
             Backend::Sqlite(pool)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Backend::Postgres(Box::new(postgres::PgPool::open(url, pool_size)?))
+            Backend::Postgres(Box::new(postgres::PgPool::open(url, pool_size, session_url)?))
         } else {
             return Err(StoreError::Config(format!(
                 "unsupported store URL {}; use sqlite://PATH or postgres://USER@HOST/DB",
                 redact(url)
             )));
         };
+        if session_url.is_some() && !matches!(backend, Backend::Postgres(_)) {
+            return Err(StoreError::Config(
+                "store.session_url is set but the store is SQLite: it is for PostgreSQL behind a pooler; remove it"
+                    .into(),
+            ));
+        }
         let store = Store { backend, url: url.to_owned(), replicas: None };
-        schema::migrate(&store).await.map_err(|e| match e {
+        let checked = match &store.backend {
+            Backend::Postgres(pool) => pool.check_pooling().await,
+            Backend::Sqlite(_) => Ok(()),
+        };
+        let opened = match checked {
+            Ok(()) => schema::migrate(&store).await,
+            Err(e) => Err(e),
+        };
+        opened.map_err(|e| match e {
             StoreError::Unavailable(m) => {
                 StoreError::Unavailable(format!("cannot reach the store at {}: {m}", store.redacted_url()))
             }

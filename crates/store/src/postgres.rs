@@ -6,6 +6,13 @@
 //! Every connection (the pool's, the lease connection, sessions, cancels) goes through one TLS
 //! connector built from the URL's `sslmode` and `sslrootcert` (`pgtls.rs`).
 //!
+//! Statements are never prepared by name: each is sent with its parameters in one message
+//! (Parse, Bind, Execute, Sync on the unnamed statement), leaving the parameters' types for
+//! the server to infer as `PREPARE` would. Nothing a statement needs outlives it, so the same
+//! code runs through a pooler in transaction mode, where consecutive transactions of one
+//! connection may run on different server connections (docs/configuration.md, "Behind a
+//! pooler"), and a connection holds no statement cache.
+//!
 //! Cancellation safety: a transaction's future may be dropped at any await, even while its
 //! `BEGIN` is on the wire. A transaction counts as open from before `BEGIN` is sent, and one
 //! dropped open is rolled back by a task before its connection is reused; if that `ROLLBACK`
@@ -22,7 +29,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::types::{to_sql_checked, Format, IsNull, Kind, ToSql, Type};
 
 /// How long a dropped transaction's rollback (or, for a dropped read, the end of the query
 /// still running) may take before the statement is cancelled on the server and the
@@ -35,10 +42,12 @@ pub struct PgPool {
     /// One connection kept for lease renewals alone, so a renewal never waits behind the
     /// pool's other users for a connection.
     lease_pool: Pool,
-    /// Kept to open node sessions: dedicated connections outside the pool.
+    /// The pool's connection settings, from the URL.
     pub(crate) config: tokio_postgres::Config,
     /// TLS as the URL's `sslmode` asks, for every connection the store opens.
     pub(crate) tls: PgTls,
+    /// Where node sessions connect: dedicated connections outside the pool.
+    pub(crate) session: SessionTarget,
     /// When a connection last found its server read-only, for both pools and the sessions.
     pub(crate) demotion: Arc<Demotion>,
 }
@@ -89,25 +98,72 @@ impl Demotion {
     }
 }
 
+/// The type every parameter is sent with: OID 0, "unspecified", so the server infers it from
+/// the statement as `PREPARE` does. The value then goes in a format any inferred type it may
+/// be given can read: an integer as text (the input of `BIGINT`, `INT`, `SMALLINT` and
+/// `BOOLEAN` alike), text and bytes as their bytes (the binary form of `TEXT` and of `BYTEA`).
+fn unspecified() -> Type {
+    static UNSPECIFIED: std::sync::OnceLock<Type> = std::sync::OnceLock::new();
+    UNSPECIFIED.get_or_init(|| Type::new("unspecified".into(), 0, Kind::Simple, "pg_catalog".into())).clone()
+}
+
+/// Where a node's session connects (`session.rs`): `store.session_url` when it is set (a URL
+/// past a pooler in transaction mode), else the pool's own URL.
+pub(crate) struct SessionTarget {
+    pub(crate) config: tokio_postgres::Config,
+    pub(crate) tls: PgTls,
+    /// Set from `store.session_url`, not the pool's URL.
+    pub(crate) separate: bool,
+}
+
+/// A URL's connection settings and its TLS connector, with shoal's defaults where the URL says
+/// nothing.
+fn connection(url: &str, what: &str) -> Result<(tokio_postgres::Config, PgTls)> {
+    let split = split_url(url)?;
+    let tls = PgTls::new(split.mode, split.root.as_ref())?;
+    let mut cfg = tokio_postgres::Config::from_str(&split.url).map_err(|e| {
+        StoreError::Config(format!("invalid PostgreSQL URL in {what}, {}: {}", crate::redact(url), with_causes(&e)))
+    })?;
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(Duration::from_secs(5));
+    }
+    cfg.application_name("shoal");
+    // A server that vanishes without closing the socket (a cut network, a frozen host) is
+    // noticed by the kernel within about half a minute instead of the default two hours,
+    // unless the URL chose its own keepalive settings.
+    if cfg.get_keepalives() && cfg.get_keepalives_interval().is_none() && cfg.get_keepalives_retries().is_none() {
+        cfg.keepalives_idle(Duration::from_secs(10));
+        cfg.keepalives_interval(Duration::from_secs(5));
+        cfg.keepalives_retries(3);
+    }
+    Ok((cfg, tls))
+}
+
 impl ToSql for Value {
     fn to_sql(
         &self,
-        ty: &Type,
+        _ty: &Type,
         out: &mut BytesMut,
     ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match self {
-            Value::Null => Ok(IsNull::Yes),
-            Value::I64(v) if *ty == Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
-            Value::I64(v) if *ty == Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
-            Value::I64(v) if *ty == Type::BOOL => (*v != 0).to_sql(ty, out),
-            Value::I64(v) => v.to_sql(ty, out),
-            Value::Text(v) => v.as_str().to_sql(ty, out),
-            Value::Bytes(v) => v.as_slice().to_sql(ty, out),
+            Value::Null => return Ok(IsNull::Yes),
+            Value::I64(v) => out.extend_from_slice(v.to_string().as_bytes()),
+            Value::Text(v) => out.extend_from_slice(v.as_bytes()),
+            Value::Bytes(v) => out.extend_from_slice(v),
+        }
+        Ok(IsNull::No)
+    }
+
+    fn encode_format(&self, _ty: &Type) -> Format {
+        match self {
+            Value::I64(_) => Format::Text,
+            _ => Format::Binary,
         }
     }
 
     fn accepts(_ty: &Type) -> bool {
-        // Checked per value in `to_sql`; a mismatch is a bug in this crate's SQL.
+        // The server types every parameter (see `unspecified`); one it cannot read is an error
+        // it names, and a bug in this crate's SQL.
         true
     }
 
@@ -179,24 +235,17 @@ fn map_pool_err(e: deadpool_postgres::PoolError) -> StoreError {
 }
 
 impl PgPool {
-    pub fn open(url: &str, size: usize) -> Result<PgPool> {
-        let split = split_url(url)?;
-        let tls = PgTls::new(split.mode, split.root.as_ref())?;
-        let mut cfg = tokio_postgres::Config::from_str(&split.url).map_err(|e| {
-            StoreError::Config(format!("invalid PostgreSQL URL {}: {}", crate::redact(url), with_causes(&e)))
-        })?;
-        if cfg.get_connect_timeout().is_none() {
-            cfg.connect_timeout(Duration::from_secs(5));
-        }
-        cfg.application_name("shoal");
-        // A server that vanishes without closing the socket (a cut network, a frozen host) is
-        // noticed by the kernel within about half a minute instead of the default two hours,
-        // unless the URL chose its own keepalive settings.
-        if cfg.get_keepalives() && cfg.get_keepalives_interval().is_none() && cfg.get_keepalives_retries().is_none() {
-            cfg.keepalives_idle(Duration::from_secs(10));
-            cfg.keepalives_interval(Duration::from_secs(5));
-            cfg.keepalives_retries(3);
-        }
+    /// A pool on `url`, whose node sessions connect to `session_url` when given. Nothing is
+    /// connected yet: [`PgPool::check_pooling`] is the first to.
+    pub fn open(url: &str, size: usize, session_url: Option<&str>) -> Result<PgPool> {
+        let (cfg, tls) = connection(url, "store.url")?;
+        let session = match session_url {
+            Some(url) => {
+                let (config, tls) = connection(url, "store.session_url")?;
+                SessionTarget { config, tls, separate: true }
+            }
+            None => SessionTarget { config: cfg.clone(), tls: tls.clone(), separate: false },
+        };
         let build = |size: usize| {
             let manager = Manager::from_config(
                 cfg.clone(),
@@ -213,7 +262,52 @@ impl PgPool {
         };
         let (pool, lease_pool) = (build(size.max(1))?, build(1)?);
         let demotion = Arc::new(Demotion { last: watch::channel(None).0, pools: [pool.clone(), lease_pool.clone()] });
-        Ok(PgPool { pool, lease_pool, config: cfg, tls, demotion })
+        Ok(PgPool { pool, lease_pool, config: cfg, tls, session, demotion })
+    }
+
+    /// Refuses a pool whose connections cannot give node sessions what they need (see
+    /// `pooler.rs`): through a pooler in statement mode, or in transaction mode without
+    /// `store.session_url`, or with a `store.session_url` that loses session state itself or
+    /// reaches another database. The refusal says what to change.
+    pub(crate) async fn check_pooling(&self) -> Result<()> {
+        const SEE: &str = "see \"Behind a pooler\" in docs/configuration.md";
+        let statement = |what: &str, why: &str| {
+            StoreError::Config(format!(
+                "{what} cannot hold a transaction open ({why}): it goes through a pooler in statement pooling mode (PgBouncer's pool_mode = statement), and every change shoal makes is a transaction of several statements; give shoal's database pool_mode = session, or pool_mode = transaction with store.session_url set past the pooler ({SEE})"
+            ))
+        };
+        let pooling = crate::pooler::probe(&self.config, &self.tls, "store.url").await?;
+        if let crate::pooler::Pooling::Statement(why) = &pooling {
+            return Err(statement("store.url", why));
+        }
+        if !self.session.separate {
+            if pooling == crate::pooler::Pooling::Transaction {
+                return Err(StoreError::Config(format!(
+                    "store.url does not keep session state between transactions: it goes through a pooler in transaction pooling mode (PgBouncer's pool_mode = transaction), where a node's session lock and its LISTEN would stay behind on a server connection it no longer holds; either give shoal's database pool_mode = session in the pooler, or set store.session_url to a URL that reaches the same database directly, past the pooler ({SEE})"
+                )));
+            }
+            return Ok(());
+        }
+        match crate::pooler::probe(&self.session.config, &self.session.tls, "store.session_url").await? {
+            crate::pooler::Pooling::Session => {}
+            crate::pooler::Pooling::Statement(why) => return Err(statement("store.session_url", &why)),
+            crate::pooler::Pooling::Transaction => {
+                return Err(StoreError::Config(format!(
+                    "store.session_url does not keep session state between transactions either: it goes through a pooler in transaction pooling mode; point it at PostgreSQL itself, or at a pooler in session mode ({SEE})"
+                )))
+            }
+        }
+        let target = (&self.session.config, &self.session.tls);
+        if !crate::pooler::same_database((&self.config, &self.tls), target).await? {
+            return Err(StoreError::Config(format!(
+                "store.session_url reaches another database than store.url: a lock taken through it is not seen through store.url; point both at the same database of the same PostgreSQL server ({SEE})"
+            )));
+        }
+        tracing::info!(
+            pool = if pooling == crate::pooler::Pooling::Transaction { "per transaction" } else { "per session" },
+            "store.url's connections are pooled; node sessions (advisory locks, LISTEN) go through store.session_url"
+        );
+        Ok(())
     }
 
     /// `host:port` of the URL's first host, for messages and headers that name a server.
@@ -369,8 +463,10 @@ impl PgTx {
     }
 }
 
-fn params(p: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
-    p.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+/// Each value with the type left to the server (see [`unspecified`]).
+fn params(p: &[Value]) -> Vec<(&(dyn ToSql + Sync), Type)> {
+    let ty = unspecified();
+    p.iter().map(|v| (v as &(dyn ToSql + Sync), ty.clone())).collect()
 }
 
 #[async_trait]
@@ -382,11 +478,7 @@ impl Tx for PgTx {
     async fn query(&mut self, sql: &str, p: Vec<Value>) -> Result<Vec<Row>> {
         let sql = render(Dialect::Postgres, sql);
         self.in_flight = true;
-        let client = self.client()?;
-        let res = match client.prepare_cached(&sql).await {
-            Ok(stmt) => client.query(&stmt, &params(&p)).await,
-            Err(e) => Err(e),
-        };
+        let res = self.client()?.query_typed(&sql, &params(&p)).await;
         self.in_flight = false;
         match res {
             Ok(rows) => rows.iter().map(from_row).collect(),
@@ -397,11 +489,7 @@ impl Tx for PgTx {
     async fn execute(&mut self, sql: &str, p: Vec<Value>) -> Result<u64> {
         let sql = render(Dialect::Postgres, sql);
         self.in_flight = true;
-        let client = self.client()?;
-        let res = match client.prepare_cached(&sql).await {
-            Ok(stmt) => client.execute(&stmt, &params(&p)).await,
-            Err(e) => Err(e),
-        };
+        let res = self.client()?.execute_typed(&sql, &params(&p)).await;
         self.in_flight = false;
         res.map_err(|e| self.check(e))
     }

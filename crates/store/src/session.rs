@@ -96,13 +96,13 @@ impl Store {
                 }
             }
             Backend::Postgres(pool) => {
-                let mut cfg = pool.config.clone();
+                let mut cfg = pool.session.config.clone();
                 cfg.application_name(format!("shoal session {node}"));
                 // A session may be opened on a primary that is demoted later: it never writes
                 // to find out, so it ends when any of the pool's connections finds out.
                 let demoted = pool.demotion.watch();
                 let opened = std::time::Instant::now();
-                let (client, mut conn) = cfg.connect(pool.tls.clone()).await.map_err(|e| {
+                let (client, mut conn) = cfg.connect(pool.session.tls.clone()).await.map_err(|e| {
                     StoreError::Unavailable(format!(
                         "cannot open a session connection: {}",
                         crate::postgres::with_causes(&e)

@@ -1,5 +1,6 @@
 //! One store test suite, run against both backends: SQLite in a temporary file and a
-//! throwaway PostgreSQL server started by the test harness.
+//! throwaway PostgreSQL server started by the test harness, reached directly and through
+//! PgBouncer in transaction pooling mode (node sessions past it, on `store.session_url`).
 
 use shoal_core::placement::NodeView;
 use shoal_core::state::Outcome;
@@ -16,18 +17,43 @@ use std::time::Duration;
 struct Fixture {
     store: Arc<Store>,
     url: String,
+    /// Where node sessions connect when not to `url`.
+    session_url: Option<String>,
     _dir: Option<tempfile::TempDir>,
+}
+
+impl Fixture {
+    /// Another handle on the same store, as another node opens it.
+    async fn open_again(&self, pool_size: usize) -> shoal_store::Result<Store> {
+        Store::open_with_session(&self.url, pool_size, self.session_url.as_deref()).await
+    }
 }
 
 async fn sqlite() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/shoal.db", dir.path().display());
-    Fixture { store: Arc::new(Store::open(&url, 4).await.unwrap()), url, _dir: Some(dir) }
+    Fixture { store: Arc::new(Store::open(&url, 4).await.unwrap()), url, session_url: None, _dir: Some(dir) }
 }
 
 async fn postgres() -> Fixture {
     let url = shoal_testkit::postgres().fresh_database();
-    Fixture { store: Arc::new(Store::open(&url, 8).await.unwrap()), url, _dir: None }
+    Fixture { store: Arc::new(Store::open(&url, 8).await.unwrap()), url, session_url: None, _dir: None }
+}
+
+/// The test process's PgBouncer in transaction mode, in front of its PostgreSQL.
+fn bouncer() -> &'static shoal_testkit::PgBouncer {
+    static BOUNCER: std::sync::OnceLock<shoal_testkit::PgBouncer> = std::sync::OnceLock::new();
+    BOUNCER.get_or_init(|| {
+        shoal_testkit::PgBouncer::start(shoal_testkit::postgres().port(), shoal_testkit::PoolMode::Transaction)
+    })
+}
+
+async fn postgres_pooled() -> Fixture {
+    let direct = shoal_testkit::postgres().fresh_database();
+    let db = direct.rsplit('/').next().unwrap().to_owned();
+    let url = bouncer().url_for(&db);
+    let store = Store::open_with_session(&url, 8, Some(&direct)).await.unwrap();
+    Fixture { store: Arc::new(store), url, session_url: Some(direct), _dir: None }
 }
 
 macro_rules! suite {
@@ -39,6 +65,10 @@ macro_rules! suite {
         mod on_postgres {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name(super::postgres().await).await })*
+        }
+        mod on_postgres_through_pgbouncer_in_transaction_mode {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::postgres_pooled().await).await })*
         }
     };
 }
@@ -132,10 +162,10 @@ fn exited(code: i32) -> AttemptEnd {
 async fn migrations_are_idempotent_and_refuse_newer_schemas(f: Fixture) {
     assert_eq!(f.store.schema_version().await.unwrap(), shoal_store::schema::LATEST);
     // A second node opening the same store migrates nothing and works.
-    let again = Store::open(&f.url, 2).await.unwrap();
+    let again = f.open_again(2).await.unwrap();
     assert_eq!(again.schema_version().await.unwrap(), shoal_store::schema::LATEST);
     f.store.force_schema_version(shoal_store::schema::LATEST + 1).await.unwrap();
-    match Store::open(&f.url, 2).await {
+    match f.open_again(2).await {
         Err(e @ StoreError::SchemaTooNew { .. }) => assert!(e.to_string().contains("upgrade this node"), "{e}"),
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("opened a store with a newer schema"),
@@ -531,7 +561,7 @@ async fn logs_read_in_order(f: Fixture) {
 
 async fn concurrent_claimers_never_share_an_execution(f: Fixture) {
     // Two handles on one store, as two nodes (or two processes on one SQLite file) have.
-    let other = Arc::new(Store::open(&f.url, 4).await.unwrap());
+    let other = Arc::new(f.open_again(4).await.unwrap());
     for _ in 0..120 {
         submit(&f.store, new_exec(inline())).await;
     }
@@ -715,7 +745,7 @@ async fn a_firing_time_is_claimed_once_however_many_nodes_try(f: Fixture) {
     let s = f.store.create_schedule(&schedule_def("tick")).await.unwrap();
     let base = (s.created_at / 1000 + 100) * 1000;
     let times: Vec<i64> = (0..20).map(|i| base + i * 1000).collect();
-    let other = Arc::new(Store::open(&f.url, 4).await.unwrap());
+    let other = Arc::new(f.open_again(4).await.unwrap());
     let mut tasks = Vec::new();
     for (i, store) in [f.store.clone(), other.clone(), f.store.clone(), other].into_iter().enumerate() {
         let (id, times) = (s.id.clone(), times.clone());

@@ -7,8 +7,11 @@
 //! by the next test process that starts a server.
 
 mod bins;
+mod bouncer;
 mod dirs;
 mod proc;
+
+pub use bouncer::{PgBouncer, PoolMode};
 
 use std::io::Write as _;
 use std::path::Path;

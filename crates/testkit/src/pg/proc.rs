@@ -130,7 +130,7 @@ type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
 /// The death signal fires when the *thread* that forked the child exits, and
 /// cargo's test harness runs every test on its own short-lived thread, so all
 /// such children are forked by one thread that lives as long as the process.
-fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
+pub(super) fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
     static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
@@ -179,7 +179,7 @@ fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
 
 /// A port that was free a moment ago. Another process may take it before
 /// PostgreSQL binds it; [`Instance::start`] retries when that happens.
-fn free_port() -> Result<u16, String> {
+pub(super) fn free_port() -> Result<u16, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| format!("cannot bind 127.0.0.1:0 to find a free port: {e}"))?;
     listener.local_addr().map(|a| a.port()).map_err(|e| format!("cannot read the probed port: {e}"))
@@ -281,17 +281,7 @@ fn wait_ready(bins: &Bins, root: &Path, port: u16, child: &mut Child) -> Readine
         if let Ok(Some(status)) = child.try_wait() {
             return Readiness::Exited(status);
         }
-        let mut probe = Command::new(&pg_isready);
-        scrub_pg_env(&mut probe);
-        let accepting = probe
-            .arg("-q")
-            .arg("-h")
-            .arg(root)
-            .args(["-p", &port.to_string(), "-U", SUPERUSER, "-d", "postgres"])
-            .stdin(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if accepting {
+        if accepting(&pg_isready, root, port) {
             return Readiness::Ready;
         }
         if Instant::now() >= deadline {
@@ -301,7 +291,22 @@ fn wait_ready(bins: &Bins, root: &Path, port: u16, child: &mut Child) -> Readine
     }
 }
 
-fn read_log_from(path: &Path, start: u64) -> String {
+/// Whether a server (or a PgBouncer) answers `pg_isready` on the Unix socket for `port` in the
+/// directory `socket_dir`.
+pub(super) fn accepting(pg_isready: &Path, socket_dir: &Path, port: u16) -> bool {
+    let mut probe = Command::new(pg_isready);
+    scrub_pg_env(&mut probe);
+    probe
+        .arg("-q")
+        .arg("-h")
+        .arg(socket_dir)
+        .args(["-p", &port.to_string(), "-U", SUPERUSER, "-d", "postgres"])
+        .stdin(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+pub(super) fn read_log_from(path: &Path, start: u64) -> String {
     match std::fs::read(path) {
         Ok(bytes) => {
             let start = usize::try_from(start).unwrap_or(0).min(bytes.len());
@@ -315,13 +320,13 @@ fn read_log_from(path: &Path, start: u64) -> String {
 /// normally, which cargo's harness does with or without failures. A process
 /// killed outright skips this: its servers still get the death signal, and
 /// its directories are swept by the next test process that starts a server.
-mod exit_cleanup {
+pub(super) mod exit_cleanup {
     use super::*;
 
     static LIVE: Mutex<Vec<(u32, PathBuf)>> = Mutex::new(Vec::new());
     static OWNER: OnceLock<u32> = OnceLock::new();
 
-    pub(super) fn register(pid: u32, root: &Path) {
+    pub(in crate::pg) fn register(pid: u32, root: &Path) {
         static HOOK: Once = Once::new();
         HOOK.call_once(|| {
             let _ = OWNER.set(std::process::id());
@@ -331,7 +336,7 @@ mod exit_cleanup {
         LIVE.lock().push((pid, root.to_owned()));
     }
 
-    pub(super) fn forget(pid: u32) {
+    pub(in crate::pg) fn forget(pid: u32) {
         LIVE.lock().retain(|(p, _)| *p != pid);
     }
 
