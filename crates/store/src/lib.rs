@@ -172,7 +172,7 @@ impl Store {
                 .map_err(|e| StoreError::Internal(e.to_string()))??;
             Backend::Sqlite(pool)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Backend::Postgres(Box::new(postgres::PgPool::open(url, pool_size, session_url)?))
+            Backend::Postgres(Box::new(postgres::PgPool::open(url, "store.url", pool_size, session_url)?))
         } else {
             return Err(StoreError::Config(format!(
                 "unsupported store URL {}; use sqlite://PATH or postgres://USER@HOST/DB",
@@ -195,6 +195,8 @@ impl Store {
             Err(e) => Err(e),
         };
         opened.map_err(|e| match e {
+            // The session URL's own failures name it, not store.url.
+            StoreError::Unavailable(m) if m.contains("store.session_url") => StoreError::Unavailable(m),
             StoreError::Unavailable(m) => {
                 StoreError::Unavailable(format!("cannot reach the store at {}: {m}", store.redacted_url()))
             }

@@ -24,10 +24,18 @@
 use crate::pgtls::PgTls;
 use crate::postgres::with_causes;
 use crate::{Result, StoreError};
+use std::time::Duration;
 use tokio_postgres::{Client, Config, SimpleQueryMessage};
 
 /// The rounds of the probe; see the module's comment.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
+/// How long A's read may wait while B holds its transaction. A pooler with no other server
+/// connection free makes A wait for B's: that wait is itself a sign of per-transaction pooling.
+const PINNED_WAIT: Duration = Duration::from_secs(3);
+/// The whole probe, connections included, before it gives up as unreachable.
+const PROBE_LIMIT: Duration = Duration::from_secs(30);
+/// What PgBouncer says when it ends a client that opened a transaction in statement mode.
+const STATEMENT_MODE: &str = "transaction blocks not allowed in statement pool";
 /// The custom setting A sets for its session.
 const SETTING: &str = "shoal.pooling_probe";
 /// The first key of the two-key advisory lock that checks `store.session_url` reaches the same
@@ -76,6 +84,22 @@ fn probe_failed(what: &str, e: &tokio_postgres::Error) -> StoreError {
 /// How the connections of `config` hold on to their server connection; see the module's
 /// comment. `what` names the URL in messages (`store.url`).
 pub(crate) async fn probe(config: &Config, tls: &PgTls, what: &str) -> Result<Pooling> {
+    tokio::time::timeout(PROBE_LIMIT, probe_rounds(config, tls, what)).await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(format!("cannot probe {what}: no answer within {PROBE_LIMIT:?}")))
+    })
+}
+
+/// A failure of B's transaction: statement pooling when the pooler says so, else the error.
+fn refused(what: &str, e: &tokio_postgres::Error) -> Result<Pooling> {
+    let why = with_causes(e);
+    if why.contains(STATEMENT_MODE) {
+        Ok(Pooling::Statement(why))
+    } else {
+        Err(StoreError::Unavailable(format!("cannot probe {what}: {why}")))
+    }
+}
+
+async fn probe_rounds(config: &Config, tls: &PgTls, what: &str) -> Result<Pooling> {
     let nonce = format!("{:016x}", rand::random::<u64>());
     let a = connect(config, tls, what).await?;
     let b = connect(config, tls, what).await?;
@@ -84,24 +108,30 @@ pub(crate) async fn probe(config: &Config, tls: &PgTls, what: &str) -> Result<Po
     let pid = own.first().cloned().flatten();
     let look = format!("SELECT pg_backend_pid(), current_setting('{SETTING}', true)");
     let expected = [pid.clone(), Some(nonce.clone())];
+    let reset = format!("RESET {SETTING}");
     for _ in 0..ROUNDS {
+        // PgBouncer in statement mode ends the client that opens a transaction.
         if let Err(e) = b.simple_query("BEGIN").await {
-            // PgBouncer in statement mode ends the client that opens a transaction.
-            return Ok(Pooling::Statement(with_causes(&e)));
+            return refused(what, &e);
         }
-        let theirs = first_row(&b, &look).await;
-        let again = first_row(&a, &look).await.map_err(|e| probe_failed(what, &e))?;
-        let theirs = match theirs {
+        let theirs = match first_row(&b, &look).await {
             Ok(row) => row,
-            Err(e) => return Ok(Pooling::Statement(with_causes(&e))),
+            Err(e) => return refused(what, &e),
+        };
+        let again = match tokio::time::timeout(PINNED_WAIT, first_row(&a, &look)).await {
+            Ok(row) => row.map_err(|e| probe_failed(what, &e))?,
+            // Waiting for the server connection B holds: A has none of its own.
+            Err(_) => return Ok(Pooling::Transaction),
         };
         let _ = b.simple_query("COMMIT").await;
         let shared = theirs.first() == Some(&pid) || theirs.get(1) == Some(&Some(nonce.clone()));
         if shared || again != expected {
+            // Best effort: the setting may be on another server connection by now.
+            let _ = b.simple_query(&reset).await;
             return Ok(Pooling::Transaction);
         }
     }
-    let _ = a.simple_query(&format!("RESET {SETTING}")).await;
+    let _ = a.simple_query(&reset).await;
     Ok(Pooling::Session)
 }
 
@@ -130,6 +160,9 @@ pub(crate) async fn same_database(pool: (&Config, &PgTls), session: (&Config, &P
         )
         .await
         .map_err(|e| probe_failed("store.url", &e))?;
+        // Let go at once rather than at disconnect: a session pooler may keep the server
+        // connection, and a lock with it, when its reset does not unlock.
+        let _ = holder.simple_query(&format!("SELECT pg_advisory_unlock({CHECK_LOCK_CLASS}, {key})")).await;
         return Ok(free.first() == Some(&Some("f".to_owned())));
     }
     Err(StoreError::Unavailable("cannot take a lock to check store.session_url: every key tried was held".into()))

@@ -100,8 +100,9 @@ impl Demotion {
 
 /// The type every parameter is sent with: OID 0, "unspecified", so the server infers it from
 /// the statement as `PREPARE` does. The value then goes in a format any inferred type it may
-/// be given can read: an integer as text (the input of `BIGINT`, `INT`, `SMALLINT` and
-/// `BOOLEAN` alike), text and bytes as their bytes (the binary form of `TEXT` and of `BYTEA`).
+/// be given can read: an integer as text (the input of `BIGINT`, `INT` and `SMALLINT`, and of
+/// `BOOLEAN` for 0 and 1), text and bytes as their bytes (the binary form of `TEXT` and of
+/// `BYTEA`).
 fn unspecified() -> Type {
     static UNSPECIFIED: std::sync::OnceLock<Type> = std::sync::OnceLock::new();
     UNSPECIFIED.get_or_init(|| Type::new("unspecified".into(), 0, Kind::Simple, "pg_catalog".into())).clone()
@@ -237,8 +238,9 @@ fn map_pool_err(e: deadpool_postgres::PoolError) -> StoreError {
 impl PgPool {
     /// A pool on `url`, whose node sessions connect to `session_url` when given. Nothing is
     /// connected yet: [`PgPool::check_pooling`] is the first to.
-    pub fn open(url: &str, size: usize, session_url: Option<&str>) -> Result<PgPool> {
-        let (cfg, tls) = connection(url, "store.url")?;
+    /// `what` names the setting the URL comes from, in messages (`store.url`, `store.replicas`).
+    pub fn open(url: &str, what: &str, size: usize, session_url: Option<&str>) -> Result<PgPool> {
+        let (cfg, tls) = connection(url, what)?;
         let session = match session_url {
             Some(url) => {
                 let (config, tls) = connection(url, "store.session_url")?;
@@ -271,14 +273,11 @@ impl PgPool {
     /// reaches another database. The refusal says what to change.
     pub(crate) async fn check_pooling(&self) -> Result<()> {
         const SEE: &str = "see \"Behind a pooler\" in docs/configuration.md";
-        let statement = |what: &str, why: &str| {
-            StoreError::Config(format!(
-                "{what} cannot hold a transaction open ({why}): it goes through a pooler in statement pooling mode (PgBouncer's pool_mode = statement), and every change shoal makes is a transaction of several statements; give shoal's database pool_mode = session, or pool_mode = transaction with store.session_url set past the pooler ({SEE})"
-            ))
-        };
         let pooling = crate::pooler::probe(&self.config, &self.tls, "store.url").await?;
         if let crate::pooler::Pooling::Statement(why) = &pooling {
-            return Err(statement("store.url", why));
+            return Err(StoreError::Config(format!(
+                "store.url cannot hold a transaction open ({why}): it goes through a pooler in statement pooling mode (PgBouncer's pool_mode = statement), and every change shoal makes is a transaction of several statements; give shoal's database pool_mode = session, or pool_mode = transaction with store.session_url set past the pooler ({SEE})"
+            )));
         }
         if !self.session.separate {
             if pooling == crate::pooler::Pooling::Transaction {
@@ -290,7 +289,11 @@ impl PgPool {
         }
         match crate::pooler::probe(&self.session.config, &self.session.tls, "store.session_url").await? {
             crate::pooler::Pooling::Session => {}
-            crate::pooler::Pooling::Statement(why) => return Err(statement("store.session_url", &why)),
+            crate::pooler::Pooling::Statement(why) => {
+                return Err(StoreError::Config(format!(
+                    "store.session_url cannot hold a transaction open ({why}): it goes through a pooler in statement pooling mode; point it at PostgreSQL itself, or at a pooler in session mode ({SEE})"
+                )))
+            }
             crate::pooler::Pooling::Transaction => {
                 return Err(StoreError::Config(format!(
                     "store.session_url does not keep session state between transactions either: it goes through a pooler in transaction pooling mode; point it at PostgreSQL itself, or at a pooler in session mode ({SEE})"
@@ -304,8 +307,12 @@ impl PgPool {
             )));
         }
         tracing::info!(
-            pool = if pooling == crate::pooler::Pooling::Transaction { "per transaction" } else { "per session" },
-            "store.url's connections are pooled; node sessions (advisory locks, LISTEN) go through store.session_url"
+            store_url = if pooling == crate::pooler::Pooling::Transaction {
+                "pooled per transaction"
+            } else {
+                "keeps session state"
+            },
+            "node sessions (advisory locks, LISTEN) go through store.session_url"
         );
         Ok(())
     }

@@ -151,7 +151,7 @@ impl Store {
         };
         let mut list = Vec::with_capacity(urls.len());
         for url in urls {
-            let pool = PgPool::open(url, pool_size, None)?;
+            let pool = PgPool::open(url, "store.replicas", pool_size, None)?;
             let address = pool.address();
             list.push(Arc::new(Replica {
                 address,

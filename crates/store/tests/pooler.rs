@@ -38,6 +38,19 @@ async fn transaction_pooling_without_a_session_url_is_refused_before_anything_is
     assert_eq!(tables(&direct), "0", "a refused store must not have been migrated");
 }
 
+/// With one server connection for the database, the probe's second client holds it inside its
+/// transaction and the first can get none: that too is found to be transaction pooling, at once
+/// rather than after the pooler's `query_wait_timeout` (two minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_pooling_with_a_single_server_connection_is_found_without_waiting_for_the_pooler() {
+    let bouncer = PgBouncer::start_sized(postgres().port(), PoolMode::Transaction, 1);
+    let (direct, pooled) = database(&bouncer);
+    let opened = tokio::time::timeout(Duration::from_secs(60), Store::open(&pooled, 4)).await;
+    let message = refusal(opened.expect("the probe waited on the pooler"));
+    assert!(message.contains("transaction pooling mode"), "{message}");
+    assert_eq!(tables(&direct), "0");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_pooling_is_refused_with_or_without_a_session_url() {
     let bouncer = PgBouncer::start(postgres().port(), PoolMode::Statement);

@@ -59,7 +59,7 @@ fn program() -> Result<PathBuf, String> {
     })
 }
 
-fn config(root: &Path, upstream: u16, port: u16, mode: PoolMode) -> String {
+fn config(root: &Path, upstream: u16, port: u16, mode: PoolMode, pool_size: u32) -> String {
     let dir = root.display();
     format!(
         "[databases]
@@ -74,7 +74,7 @@ auth_file = {dir}/userlist.txt
 admin_users = {SUPERUSER}
 pool_mode = {mode}
 max_client_conn = 1000
-default_pool_size = 40
+default_pool_size = {pool_size}
 logfile = {dir}/pgbouncer.log
 ",
         mode = mode.name()
@@ -85,13 +85,19 @@ impl PgBouncer {
     /// Starts PgBouncer in `mode` in front of the test server on port `upstream` and waits
     /// until it accepts connections; panics if it cannot.
     pub fn start(upstream: u16, mode: PoolMode) -> PgBouncer {
-        match Self::try_start(upstream, mode) {
+        Self::start_sized(upstream, mode, 40)
+    }
+
+    /// [`PgBouncer::start`] with at most `pool_size` server connections per database and user
+    /// (`default_pool_size`).
+    pub fn start_sized(upstream: u16, mode: PoolMode, pool_size: u32) -> PgBouncer {
+        match Self::try_start(upstream, mode, pool_size) {
             Ok(bouncer) => bouncer,
             Err(e) => panic!("cannot start PgBouncer ({} pooling): {e}", mode.name()),
         }
     }
 
-    fn try_start(upstream: u16, mode: PoolMode) -> Result<PgBouncer, String> {
+    fn try_start(upstream: u16, mode: PoolMode, pool_size: u32) -> Result<PgBouncer, String> {
         let program = program()?;
         let root = dirs::new_root()?;
         let users = root.join("userlist.txt");
@@ -102,7 +108,7 @@ impl PgBouncer {
         for _ in 0..5 {
             let port = proc::free_port()?;
             let ini = root.join("pgbouncer.ini");
-            std::fs::write(&ini, config(&root, upstream, port, mode))
+            std::fs::write(&ini, config(&root, upstream, port, mode, pool_size))
                 .map_err(|e| format!("cannot write {}: {e}", ini.display()))?;
             let log_start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
             let out = File::options()
