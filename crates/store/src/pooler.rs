@@ -18,7 +18,7 @@
 //! not A's setting, and A sees its own pid and setting again. A pooler in transaction mode
 //! gave A's server connection back after A's statement, so B gets it (an idle one is taken
 //! before a new one is opened, and PgBouncer hands out the last one given back first) or A
-//! moves to another. A pooler in statement mode refuses B's transaction. Three rounds, in case
+//! moves to another. A pooler in statement mode refuses B's transaction. Five rounds, in case
 //! other clients take the server connections in between.
 
 use crate::pgtls::PgTls;
