@@ -559,8 +559,16 @@ async fn rows_made_while_the_store_is_away_are_written_when_it_is_back() {
     proxy.cut();
     let (status, v) = n.post("/api/v1/nodes/n1/suspend", json!({})).await;
     assert_eq!((status, v["error"]["code"].as_str()), (503, Some("store_unavailable")), "{v}");
-    let cut_until = watcher.now_ms().await.unwrap();
-    // The `audit` worker, woken by the row, finds the store away and keeps it.
+    let answered = watcher.now_ms().await.unwrap();
+    // The `audit` worker, woken by the row, finds the store away and keeps it. The store
+    // stays away for 400 ms on its own clock, so that the row's time tells its request's
+    // (before `answered`) from its write's (after `answered + 400`) past any rounding.
+    let away = Duration::from_millis(400);
+    let deadline = tokio::time::Instant::now() + T;
+    while watcher.now_ms().await.unwrap() < answered + away.as_millis() as i64 {
+        assert!(tokio::time::Instant::now() < deadline, "the store's clock did not move for {T:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     proxy.restore();
     let filter = shoal_store::AuditFilter { action: Some("suspendNode".into()), limit: 10, ..Default::default() };
     let deadline = tokio::time::Instant::now() + T;
@@ -580,6 +588,14 @@ async fn rows_made_while_the_store_is_away_are_written_when_it_is_back() {
         (r.record.principal.as_str(), r.record.status, r.record.code.as_deref()),
         ("token:test-admin", 503, Some("store_unavailable"))
     );
-    assert!(r.at <= cut_until, "the row has its request's time ({}), not its write's (after {cut_until})", r.at);
+    // Its age is counted in whole milliseconds, twice (queued, then waiting for its
+    // transaction), so it may be a few ms late; a row with its write's time is 400 ms late.
+    let slack = 50;
+    assert!(
+        r.at <= answered + slack,
+        "the row has its request's time (at {}, answered at {answered}), not its write's (after {})",
+        r.at,
+        answered + away.as_millis() as i64
+    );
     n.stop().await;
 }
