@@ -217,6 +217,8 @@ fn bench(root: &Path, extra: &[OsString]) -> Result<()> {
     // Read replicas and a primary's failover, on servers of their own.
     run(&["replicas", "--concurrency", "16", "--duration", "5s", "--rounds", "3", "--requests", "2000"], &None)?;
     run(&["promotion", "--rounds", "7"], &None)?;
+    // Behind PgBouncer in transaction mode, and prepared against unnamed statements.
+    run(&["pooler", "--count", "5000", "--rounds", "5", "--requests", "2000", "--statements", "5000"], &None)?;
     triggers()?;
     // The reference point of the performance targets: small transactions per second this PostgreSQL
     // commits (pgbench's simple-update script, 8 clients), measured in the same run.

@@ -19,6 +19,7 @@ mod failover;
 mod forwarding;
 mod latency;
 mod nodes;
+mod pooler;
 mod replicas;
 mod soak;
 mod startup;
@@ -78,6 +79,9 @@ enum BenchCmd {
     Replicas(replicas::ReplicasArgs),
     /// Kill the PostgreSQL primary, promote its replica: time to the first claim on it
     Promotion(replicas::PromotionArgs),
+    /// A node direct on PostgreSQL and one behind PgBouncer in transaction mode, side by side;
+    /// named prepared statements against the unnamed ones the store sends (servers of its own)
+    Pooler(pooler::PoolerArgs),
 }
 
 /// Options shared by the in-process throughput and latency benchmarks.
@@ -138,6 +142,7 @@ async fn run(cli: Cli) -> Result<()> {
         BenchCmd::Auth(a) => auth::run(&shoal, a).await,
         BenchCmd::Replicas(a) => replicas::replicas(&shoal, a).await,
         BenchCmd::Promotion(a) => replicas::promotion(&shoal, a).await,
+        BenchCmd::Pooler(a) => pooler::run(&shoal, a).await,
     }
 }
 

@@ -88,8 +88,20 @@ impl InProcess<'_> {
 
     /// A node whose configuration is this one's changed by `edit` (lines added to `[store]`).
     pub(crate) async fn start_edited(&self, edit: impl FnOnce(String) -> String) -> Result<shoal_server::Node> {
-        let config = shoal_server::Config::parse(&edit(self.config_text()), "(bench)", Vec::<(String, String)>::new())?;
-        admit(self.store).await?;
+        self.launch(edit(self.config_text()), self.store).await
+    }
+
+    /// A node whose store is a transaction pooler's URL, with `session_url` (the same database
+    /// past the pooler) for its session; the token is admitted through `session_url`, since a
+    /// store opened on the pooler alone is refused.
+    pub(crate) async fn start_pooled(&self, session_url: &str) -> Result<shoal_server::Node> {
+        let text = self.config_text().replacen("[store]\n", &format!("[store]\nsession_url = {session_url:?}\n"), 1);
+        self.launch(text, session_url).await
+    }
+
+    async fn launch(&self, text: String, admit_at: &str) -> Result<shoal_server::Node> {
+        let config = shoal_server::Config::parse(&text, "(bench)", Vec::<(String, String)>::new())?;
+        admit(admit_at).await?;
         shoal_server::start(config).await.with_context(|| format!("cannot start in-process node {}", self.id))
     }
 }
