@@ -37,7 +37,6 @@ pub use listeners::{
     CursorMove, EventRow, FinishedExecution, ListenerDef, ListenerRow, NewEvent, NodeEventRow, Recorded,
 };
 pub use nodes::{NodeLease, NodeRegistration, NodeRow, NodeStatus, Renewal};
-pub use postgres::Statements;
 pub use principals::{AttemptToken, AttemptTokenRow, Rights};
 pub use replicas::{Lsn, MaxLag, ReplicaState, ReplicaView, Route};
 pub use sandboxes::SandboxRow;
@@ -217,15 +216,6 @@ impl Store {
         match self.backend {
             Backend::Sqlite(_) => "sqlite",
             Backend::Postgres(_) => "postgres",
-        }
-    }
-
-    /// How PostgreSQL statements are sent, as chosen at open from what the pool's connections
-    /// keep (`postgres.rs`); `None` on SQLite.
-    pub fn statements(&self) -> Option<Statements> {
-        match &self.backend {
-            Backend::Sqlite(_) => None,
-            Backend::Postgres(p) => Some(p.statements()),
         }
     }
 

@@ -3,9 +3,8 @@
 //! it can run behind or a refusal to start that says what to change, never an error at run
 //! time (docs/configuration.md, "Behind a pooler").
 //!
-//! The pool's statements can do without a session (each is then sent whole on the unnamed
-//! statement: `postgres.rs`; they are prepared by name only where this probe finds the session
-//! kept), but a node's session cannot (`session.rs`): an advisory lock that must last
+//! The pool's statements need no session (each is sent whole on the unnamed statement:
+//! `postgres.rs`), but a node's session does (`session.rs`): an advisory lock that must last
 //! as long as the node's process and end with it, and `LISTEN`. Through a pooler in
 //! transaction mode (PgBouncer's `pool_mode = transaction`) the lock would stay on whichever
 //! server connection took it, held by nobody, and notifications would go to whichever client

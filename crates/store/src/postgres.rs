@@ -6,15 +6,16 @@
 //! Every connection (the pool's, the lease connection, sessions, cancels) goes through one TLS
 //! connector built from the URL's `sslmode` and `sslrootcert` (`pgtls.rs`).
 //!
-//! Statements are sent one of two ways ([`Statements`]), chosen at start from what the pool's
-//! connections keep (`pooler.rs`). Where they keep their session (PostgreSQL itself, a pooler
-//! in session mode) each statement is prepared by name once per connection and reused, so the
-//! server parses it once. Behind a pooler in transaction mode, where consecutive transactions
-//! of one connection may run on different server connections (docs/configuration.md, "Behind
-//! a pooler"), a name prepared on one would be missing on the next, so each statement goes
-//! with its parameters in one message on the unnamed statement (Parse, Bind, Execute, Sync),
-//! parsed every time. Either way the parameters' types are left for the server to infer, as
-//! `PREPARE` does, and values are encoded the same way ([`unspecified`]).
+//! Statements are never prepared by name: each is sent with its parameters in one message
+//! (Parse, Bind, Execute, Sync on the unnamed statement), leaving the parameters' types for
+//! the server to infer as `PREPARE` would. Nothing a statement needs outlives it, so the same
+//! code runs through a pooler in transaction mode, where consecutive transactions of one
+//! connection may run on different server connections (docs/configuration.md, "Behind a
+//! pooler"), and a connection holds no statement cache. Such a cache would also grow without
+//! bound, one entry per connection for every text ever sent: many statements' text varies with
+//! their batch's row count or a list's filters. The price is the server's parse of each
+//! statement each time, about 0.11 ms on a one-row read, which whole-node throughput did not
+//! resolve (BENCHMARKS.md, "Behind PgBouncer").
 //!
 //! Cancellation safety: a transaction's future may be dropped at any await, even while its
 //! `BEGIN` is on the wire. A transaction counts as open from before `BEGIN` is sent, and one
@@ -29,7 +30,6 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -54,29 +54,6 @@ pub struct PgPool {
     pub(crate) session: SessionTarget,
     /// When a connection last found its server read-only, for both pools and the sessions.
     pub(crate) demotion: Arc<Demotion>,
-    /// Whether statements are prepared by name ([`Statements::Prepared`]): set by
-    /// [`PgPool::check_pooling`]; until then, and on a pool never checked (a replica's),
-    /// unnamed, which works behind any pooler.
-    prepared: Arc<AtomicBool>,
-}
-
-/// How a pool sends its statements; see the module's text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Statements {
-    /// Prepared by name once per connection and reused: where connections keep their session.
-    Prepared,
-    /// Each whole on the unnamed statement, parsed every time: behind a transaction pooler.
-    Unnamed,
-}
-
-impl Statements {
-    fn of(prepared: &AtomicBool) -> Statements {
-        if prepared.load(Ordering::Relaxed) {
-            Statements::Prepared
-        } else {
-            Statements::Unnamed
-        }
-    }
 }
 
 /// When a connection of a pool last found its server read-only (25006). The server's other
@@ -291,7 +268,7 @@ impl PgPool {
         };
         let (pool, lease_pool) = (build(size.max(1))?, build(1)?);
         let demotion = Arc::new(Demotion { last: watch::channel(None).0, pools: [pool.clone(), lease_pool.clone()] });
-        Ok(PgPool { pool, lease_pool, config: cfg, tls, session, demotion, prepared: Arc::new(AtomicBool::new(false)) })
+        Ok(PgPool { pool, lease_pool, config: cfg, tls, session, demotion })
     }
 
     /// Refuses a pool whose connections cannot give node sessions what they need (see
@@ -312,8 +289,6 @@ impl PgPool {
                     "store.url does not keep session state between transactions: it goes through a pooler in transaction pooling mode (PgBouncer's pool_mode = transaction), where a node's session lock and its LISTEN would stay behind on a server connection it no longer holds; either give shoal's database pool_mode = session in the pooler, or set store.session_url to a URL that reaches the same database directly, past the pooler ({SEE})"
                 )));
             }
-            // Its connections keep their session: statements can be prepared once on each.
-            self.prepared.store(true, Ordering::Relaxed);
             return Ok(());
         }
         match crate::pooler::probe(&self.session.config, &self.session.tls, "store.session_url").await? {
@@ -335,9 +310,6 @@ impl PgPool {
                 "store.session_url reaches another database than store.url: a lock taken through it is not seen through store.url; point both at the same database of the same PostgreSQL server ({SEE})"
             )));
         }
-        // With store.session_url set, store.url is taken for a transaction pooler even when
-        // the probe found its session kept (docs/configuration.md: it can be fooled): the
-        // statements stay unnamed.
         tracing::info!(
             store_url = if pooling == crate::pooler::Pooling::Transaction {
                 "pooled per transaction"
@@ -375,23 +347,13 @@ impl PgPool {
     }
 
     async fn take(&self, pool: &Pool) -> Result<PgTx> {
-        take(pool, &self.tls, &self.demotion, self.statements()).await
-    }
-
-    /// How this pool sends its statements now.
-    pub fn statements(&self) -> Statements {
-        Statements::of(&self.prepared)
+        take(pool, &self.tls, &self.demotion).await
     }
 
     /// A handle that opens autocommit reads on this pool, kept apart from it (a replica's read
     /// falls back to the primary through one).
     pub(crate) fn reader(&self) -> PgReader {
-        PgReader {
-            pool: self.pool.clone(),
-            tls: self.tls.clone(),
-            demotion: self.demotion.clone(),
-            prepared: self.prepared.clone(),
-        }
+        PgReader { pool: self.pool.clone(), tls: self.tls.clone(), demotion: self.demotion.clone() }
     }
 
     /// What this node's own pool is doing, for messages that tell a wedge from an outage.
@@ -409,7 +371,7 @@ impl PgPool {
     }
 }
 
-async fn take(pool: &Pool, tls: &PgTls, demotion: &Arc<Demotion>, statements: Statements) -> Result<PgTx> {
+async fn take(pool: &Pool, tls: &PgTls, demotion: &Arc<Demotion>) -> Result<PgTx> {
     // Each connection passed over leaves the pool, so after its size of them the pool opens a
     // new one, which is neither.
     for _ in 0..=pool.status().max_size {
@@ -427,7 +389,6 @@ async fn take(pool: &Pool, tls: &PgTls, demotion: &Arc<Demotion>, statements: St
             in_flight: false,
             tls: tls.clone(),
             demotion: demotion.clone(),
-            statements,
         });
     }
     Err(StoreError::Unavailable(
@@ -441,12 +402,11 @@ pub(crate) struct PgReader {
     pool: Pool,
     tls: PgTls,
     demotion: Arc<Demotion>,
-    prepared: Arc<AtomicBool>,
 }
 
 impl PgReader {
     pub(crate) async fn begin(&self) -> Result<Box<dyn Tx>> {
-        take(&self.pool, &self.tls, &self.demotion, Statements::of(&self.prepared)).await?.start(true).await
+        take(&self.pool, &self.tls, &self.demotion).await?.start(true).await
     }
 }
 
@@ -478,7 +438,6 @@ pub(crate) struct PgTx {
     tls: PgTls,
     /// Told when this connection finds its server read-only.
     demotion: Arc<Demotion>,
-    statements: Statements,
 }
 
 impl PgTx {
@@ -515,15 +474,10 @@ impl PgTx {
     }
 }
 
-/// Each value with the type left to the server (see [`unspecified`]), for the unnamed statement.
+/// Each value with the type left to the server (see [`unspecified`]).
 fn params(p: &[Value]) -> Vec<(&(dyn ToSql + Sync), Type)> {
     let ty = unspecified();
     p.iter().map(|v| (v as &(dyn ToSql + Sync), ty.clone())).collect()
-}
-
-/// The values for a statement prepared by name, whose types the server inferred at `PREPARE`.
-fn prepared_params(p: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
-    p.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
 #[async_trait]
@@ -535,14 +489,7 @@ impl Tx for PgTx {
     async fn query(&mut self, sql: &str, p: Vec<Value>) -> Result<Vec<Row>> {
         let sql = render(Dialect::Postgres, sql);
         self.in_flight = true;
-        let client = self.client()?;
-        let res = match self.statements {
-            Statements::Prepared => match client.prepare_cached(&sql).await {
-                Ok(stmt) => client.query(&stmt, &prepared_params(&p)).await,
-                Err(e) => Err(e),
-            },
-            Statements::Unnamed => client.query_typed(&sql, &params(&p)).await,
-        };
+        let res = self.client()?.query_typed(&sql, &params(&p)).await;
         self.in_flight = false;
         match res {
             Ok(rows) => rows.iter().map(from_row).collect(),
@@ -553,14 +500,7 @@ impl Tx for PgTx {
     async fn execute(&mut self, sql: &str, p: Vec<Value>) -> Result<u64> {
         let sql = render(Dialect::Postgres, sql);
         self.in_flight = true;
-        let client = self.client()?;
-        let res = match self.statements {
-            Statements::Prepared => match client.prepare_cached(&sql).await {
-                Ok(stmt) => client.execute(&stmt, &prepared_params(&p)).await,
-                Err(e) => Err(e),
-            },
-            Statements::Unnamed => client.execute_typed(&sql, &params(&p)).await,
-        };
+        let res = self.client()?.execute_typed(&sql, &params(&p)).await;
         self.in_flight = false;
         res.map_err(|e| self.check(e))
     }

@@ -19,6 +19,7 @@ use crate::{Backend, Result, Store, StoreError};
 use futures::StreamExt;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
+use tokio_postgres::types::Type;
 
 /// The PostgreSQL NOTIFY channel that says "new work may be claimable".
 pub const WORK_CHANNEL: &str = "shoal_work";
@@ -133,10 +134,18 @@ impl Store {
                 });
                 let key = loop {
                     let key = i64::from(rand::random::<i32>());
-                    let row = client
-                        .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&SESSION_LOCK_CLASS, &(key as i32)])
+                    // On the unnamed statement, as every other: a name prepared here could be
+                    // left on a session pooler's server connection by a killed process.
+                    let (class, key32) = (SESSION_LOCK_CLASS, key as i32);
+                    let rows = client
+                        .query_typed(
+                            "SELECT pg_try_advisory_lock($1, $2)",
+                            &[(&class, Type::INT4), (&key32, Type::INT4)],
+                        )
                         .await
                         .map_err(|e| StoreError::Unavailable(format!("cannot take the session lock: {e}")))?;
+                    let row =
+                        rows.first().ok_or_else(|| StoreError::Internal("no row from pg_try_advisory_lock".into()))?;
                     if row.get::<_, bool>(0) {
                         break key;
                     }

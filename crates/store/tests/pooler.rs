@@ -2,7 +2,7 @@
 //! and what node sessions keep through each (`src/pooler.rs`; docs/configuration.md, "Behind a
 //! pooler"). The whole store suite also runs through transaction pooling (`suite.rs`).
 
-use shoal_store::{SessionEvent, Statements, Store, StoreError};
+use shoal_store::{SessionEvent, Store, StoreError};
 use shoal_testkit::{postgres, psql, PgBouncer, PoolMode};
 use std::time::Duration;
 
@@ -98,10 +98,23 @@ async fn sessions_work(store: &Store) {
     .await;
 }
 
-/// Reads from 16 tasks at once, each statement several times over, on the pool's connections.
-/// Behind a transaction pooler PgBouncer hands each client's transactions to whichever server
-/// connection is free, so a statement that needed its session (one prepared by name) fails.
-async fn busy(store: &std::sync::Arc<Store>) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_pooling_keeps_sessions_and_ends_them_with_their_client() {
+    let bouncer = PgBouncer::start(postgres().port(), PoolMode::Session);
+    let (_direct, pooled) = database(&bouncer);
+    let store = Store::open(&pooled, 4).await.unwrap();
+    sessions_work(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_pooling_with_a_session_url_runs_every_statement_and_keeps_sessions() {
+    let bouncer = PgBouncer::start(postgres().port(), PoolMode::Transaction);
+    let (direct, pooled) = database(&bouncer);
+    let store = std::sync::Arc::new(Store::open_with_session(&pooled, 8, Some(&direct)).await.unwrap());
+    sessions_work(&store).await;
+    // Reads and writes from many tasks at once, so that PgBouncer hands each client's
+    // transactions to whichever server connection is free: a statement that needed its
+    // session (one prepared by name, say) fails here.
     let mut tasks = Vec::new();
     for _ in 0..16 {
         let store = store.clone();
@@ -117,47 +130,10 @@ async fn busy(store: &std::sync::Arc<Store>) {
     for task in tasks {
         task.await.unwrap().unwrap();
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_pooling_keeps_sessions_and_ends_them_with_their_client() {
-    let bouncer = PgBouncer::start(postgres().port(), PoolMode::Session);
-    let (_direct, pooled) = database(&bouncer);
-    let store = std::sync::Arc::new(Store::open(&pooled, 4).await.unwrap());
-    // Each client keeps its server connection: statements are prepared once and reused.
-    assert_eq!(store.statements(), Some(Statements::Prepared));
-    sessions_work(&store).await;
-    busy(&store).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transaction_pooling_with_a_session_url_runs_every_statement_and_keeps_sessions() {
-    let bouncer = PgBouncer::start(postgres().port(), PoolMode::Transaction);
-    let (direct, pooled) = database(&bouncer);
-    let store = std::sync::Arc::new(Store::open_with_session(&pooled, 8, Some(&direct)).await.unwrap());
-    assert_eq!(store.statements(), Some(Statements::Unnamed));
-    sessions_work(&store).await;
-    busy(&store).await;
     let clients = psql(
         &direct,
         "SELECT count(DISTINCT pid) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'shoal'",
     )
     .unwrap();
     assert!(clients.parse::<u32>().unwrap() > 1, "the reads should have run on several server connections: {clients}");
-}
-
-/// Statements are prepared by name only where the pool's connections keep their session and
-/// no `store.session_url` says a transaction pooler is in front; SQLite has no such choice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn statements_are_prepared_only_where_connections_keep_their_session() {
-    let direct = postgres().fresh_database();
-    let store = Store::open(&direct, 2).await.unwrap();
-    assert_eq!(store.statements(), Some(Statements::Prepared));
-    // A session URL is set for a transaction pooler alone; the probe's word that store.url
-    // keeps its session is not taken over it (docs/configuration.md, "Behind a pooler").
-    let store = Store::open_with_session(&direct, 2, Some(&direct)).await.unwrap();
-    assert_eq!(store.statements(), Some(Statements::Unnamed));
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite://{}/s.db", dir.path().display()), 2).await.unwrap();
-    assert_eq!(store.statements(), None);
 }
