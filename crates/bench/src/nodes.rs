@@ -174,6 +174,34 @@ pub(crate) async fn submit(c: &Client, request: &SubmitRequest) -> Result<String
     Ok(e.id)
 }
 
+/// Submits `request` `count` times from `concurrency` tasks, each going round the `clients`
+/// from its own starting point; answers the executions' ids.
+pub(crate) async fn submit_spread(
+    clients: &[Client],
+    request: &SubmitRequest,
+    count: usize,
+    concurrency: usize,
+) -> Result<Vec<String>> {
+    let per = count.div_ceil(concurrency.max(1));
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let n = per.min(count.saturating_sub(w * per));
+        let (clients, request) = (clients.to_vec(), request.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(n);
+            for i in 0..n {
+                ids.push(submit(&clients[(w + i) % clients.len()], &request).await?);
+            }
+            anyhow::Ok(ids)
+        }));
+    }
+    let mut ids = Vec::with_capacity(count);
+    for t in tasks {
+        ids.extend(t.await??);
+    }
+    Ok(ids)
+}
+
 /// Polls execution `id` until it is final; answers it.
 pub(crate) async fn wait_final(c: &Client, id: &str, limit: Duration) -> Result<Execution> {
     let deadline = Instant::now() + limit;

@@ -87,23 +87,9 @@ async fn burst(s: &mut Subject, count: usize, concurrency: usize) -> Result<f64>
     let store = &s.counter;
     let before = nodes::count_final(store).await?;
     let body = nodes::job(&s.sandbox, "jobs/noop.toml");
+    let clients = (0..concurrency).map(|_| nodes::client(s.node.url())).collect::<Result<Vec<_>>>()?;
     let t0 = Instant::now();
-    let per = count.div_ceil(concurrency);
-    let mut tasks = Vec::new();
-    for w in 0..concurrency {
-        let n = per.min(count.saturating_sub(w * per));
-        let (c, body) = (nodes::client(s.node.url())?, body.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut ids = Vec::with_capacity(n);
-            for _ in 0..n {
-                ids.push(nodes::submit(&c, &body).await?);
-            }
-            anyhow::Ok(ids)
-        }));
-    }
-    for t in tasks {
-        s.ids.extend(t.await??);
-    }
+    s.ids.extend(nodes::submit_spread(&clients, &body, count, concurrency).await?);
     let deadline = Instant::now() + Duration::from_secs(300);
     while nodes::count_final(store).await? - before < count as i64 {
         ensure!(Instant::now() < deadline, "{}: {count} executions not final within 300 s", s.name);
@@ -114,7 +100,7 @@ async fn burst(s: &mut Subject, count: usize, concurrency: usize) -> Result<f64>
 
 /// How one statement is sent on the driver connection.
 #[derive(Clone, Copy)]
-enum Send {
+enum Way {
     Prepared,
     Unnamed,
 }
@@ -126,12 +112,12 @@ async fn statement(
     prepared: &tokio_postgres::Statement,
     sql: &str,
     (args, types): (&[&(dyn ToSql + Sync)], &[Type]),
-    how: Send,
+    how: Way,
 ) -> Result<f64> {
     let t = Instant::now();
     let rows = match how {
-        Send::Prepared => c.query(prepared, args).await?,
-        Send::Unnamed => {
+        Way::Prepared => c.query(prepared, args).await?,
+        Way::Unnamed => {
             let typed: Vec<_> = args.iter().zip(types).map(|(a, t)| (*a, t.clone())).collect();
             c.query_typed(sql, &typed).await?
         }
@@ -299,10 +285,10 @@ pub(crate) async fn run(shoal: &Path, a: PoolerArgs) -> Result<()> {
     ];
     for (label, sql, types, args) in &statements {
         let prepared = direct_db.prepare_typed(sql, types).await?;
-        let kinds: [(&str, &tokio_postgres::Client, usize, Send); 3] = [
-            ("named, prepared once (as before 13)", &direct_db, 0, Send::Prepared),
-            ("unnamed, parsed each time (direct)", &direct_db, 0, Send::Unnamed),
-            ("unnamed, through PgBouncer", &pooled_db, 1, Send::Unnamed),
+        let kinds: [(&str, &tokio_postgres::Client, usize, Way); 3] = [
+            ("named, prepared once (as before 13)", &direct_db, 0, Way::Prepared),
+            ("unnamed, parsed each time (direct)", &direct_db, 0, Way::Unnamed),
+            ("unnamed, through PgBouncer", &pooled_db, 1, Way::Unnamed),
         ];
         let mut took = [Vec::new(), Vec::new(), Vec::new()];
         for i in 0..a.statements {

@@ -52,21 +52,7 @@ pub(crate) async fn run(shoal: &Path, a: ThroughputArgs) -> Result<()> {
     let done_before = nodes::count_final(&store).await?;
     let body = nodes::job(&sandbox, job);
     let t0 = Instant::now();
-    let per = c.count.div_ceil(c.concurrency);
-    let mut tasks = Vec::new();
-    for w in 0..c.concurrency {
-        let count = per.min(c.count.saturating_sub(w * per));
-        let (clients, body) = (clients.clone(), body.clone());
-        tasks.push(tokio::spawn(async move {
-            for i in 0..count {
-                nodes::submit(&clients[(w + i) % clients.len()], &body).await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    nodes::submit_spread(&clients, &body, c.count, c.concurrency).await?;
     let submitted = t0.elapsed();
     while nodes::count_final(&store).await? - done_before < c.count as i64 {
         tokio::time::sleep(Duration::from_millis(5)).await;

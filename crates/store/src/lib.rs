@@ -186,15 +186,13 @@ impl Store {
             ));
         }
         let store = Store { backend, url: url.to_owned(), replicas: None };
-        let checked = match &store.backend {
-            Backend::Postgres(pool) => pool.check_pooling().await,
-            Backend::Sqlite(_) => Ok(()),
+        let opened = async {
+            if let Backend::Postgres(pool) = &store.backend {
+                pool.check_pooling().await?;
+            }
+            schema::migrate(&store).await
         };
-        let opened = match checked {
-            Ok(()) => schema::migrate(&store).await,
-            Err(e) => Err(e),
-        };
-        opened.map_err(|e| match e {
+        opened.await.map_err(|e| match e {
             // The session URL's own failures name it, not store.url.
             StoreError::Unavailable(m) if m.contains("store.session_url") => StoreError::Unavailable(m),
             StoreError::Unavailable(m) => {
